@@ -1,0 +1,44 @@
+# revproxy: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.deps-installed
+# Tests and the demo run the code of this checkout, not a stale installed copy.
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test lint typecheck unit install bench clean
+
+$(STAMP): requirements-test.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+# A real (non-editable) install: twistd finds plugins by scanning sys.path for
+# twisted/plugins, which an editable install hides.
+install: $(STAMP)
+	$(BIN)/pip install -q --no-deps --no-build-isolation .
+
+run: install
+	@echo "revproxy demo: http://127.0.0.1:8080/  (upstream: examples/www on 127.0.0.1:8081; Ctrl-C stops both)"
+	$(BIN)/python examples/demo_upstream.py 127.0.0.1 8081 examples/www & \
+	  upstream=$$!; trap 'kill $$upstream 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/twistd -n --pidfile= revproxy --config examples/quickstart.toml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m twisted.trial --jobs=2 tests
+
+test: lint typecheck unit
+
+bench: install
+	bench/run.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache

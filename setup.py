@@ -1,0 +1,7 @@
+"""
+Setuptools shim; the metadata lives in setup.cfg.
+"""
+
+from setuptools import setup
+
+setup()
