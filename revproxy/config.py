@@ -1,0 +1,1417 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The revproxy configuration: one TOML document, strictly validated into
+immutable attrs objects.
+
+L{parseConfig} is pure: no reactor, no sockets, no files (endpoint strings are
+parsed against a L{MemoryReactor}).  It reports every problem of a document at
+once in one L{ConfigError}, each as C{"key.path: problem"}, where the key path
+is spelled as in the file (C{sites[2].upstreams[0]}).  Only L{loadConfig} and
+L{checkConfig} read files.
+
+The attribute names of the config classes are the TOML keys, so code, error
+messages and the file say the same thing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import idna
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.testing import MemoryReactor
+
+_T = TypeVar("_T")
+
+_DEFAULT_MAX_BODY_BYTES = 10485760
+_DEFAULT_CONNECT_TIMEOUT_SECS = 5.0
+_DEFAULT_RESPONSE_TIMEOUT_SECS = 60.0
+_DEFAULT_HEALTH_INTERVAL_SECS = 10.0
+
+_MAX_BODY_BYTES = 2**40
+_MAX_TIMEOUT_SECS = 86400
+_MAX_SHUTDOWN_TIMEOUT_SECS = 3600
+_MAX_REQUESTS_PER_SECOND = 1e6
+_MAX_BURST = 10**7
+
+_TLS_MODES = ("acme", "files", "none")
+_CHALLENGES = ("http-01", "tls-alpn-01")
+_KEY_TYPES = ("ec-p256", "rsa2048")
+_LOG_FORMATS = ("json", "combined")
+
+_TOP_KEYS = ("server", "acme", "logging", "defaults", "sites")
+_SERVER_KEYS = (
+    "listen_http",
+    "listen_https",
+    "admin_socket_path",
+    "ops_listen",
+    "state_dir",
+    "shutdown_timeout_secs",
+    "trusted_proxies",
+)
+_ACME_KEYS = (
+    "email",
+    "directory_url",
+    "ca_file",
+    "challenge",
+    "renew_before_days",
+    "key_type",
+)
+_LOGGING_KEYS = ("access_log", "access_log_format")
+_DEFAULTS_KEYS = (
+    "max_body_bytes",
+    "rate_limit",
+    "connect_timeout_secs",
+    "response_timeout_secs",
+)
+_SITE_KEYS = (
+    "name",
+    "hosts",
+    "upstreams",
+    "tls",
+    "cert_file",
+    "key_file",
+    "redirect_http",
+    "health_check",
+    "default",
+    *_DEFAULTS_KEYS,
+)
+_RATE_LIMIT_KEYS = ("requests_per_second", "burst")
+_HEALTH_CHECK_KEYS = ("path", "interval_secs")
+
+# Where each key lives, to tell an operator who put a key under the wrong
+# header (a common TOML slip: keys written below [[sites]] belong to the site).
+_HOMES = (
+    ("[server]", _SERVER_KEYS),
+    ("[acme]", _ACME_KEYS),
+    ("[logging]", _LOGGING_KEYS),
+    ("[defaults]", _DEFAULTS_KEYS),
+    ("[[sites]]", _SITE_KEYS),
+)
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SYNTAX = re.compile(r"(?s)(.*) \((at line (\d+), column (\d+)|at end of document)\)")
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+class ConfigError(Exception):
+    """
+    All problems found in one config document.
+
+    @ivar errors: One C{"key.path: problem"} string per problem, in document
+        order.
+    """
+
+    def __init__(self, errors: Sequence[str] | str) -> None:
+        if isinstance(errors, str):
+            errors = (errors,)
+        self.errors: tuple[str, ...] = tuple(errors)
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+@attrs.frozen
+class Upstream:
+    """
+    One upstream server of a site.
+
+    @ivar url: The normalized URL, always with its port:
+        C{"http://10.0.0.1:8000"}, C{"https://[::1]:443"}.
+    @ivar scheme: C{"http"} or C{"https"}.
+    @ivar host: Lowercase hostname (IDN as punycode) or IP address; an IPv6
+        address has no brackets.
+    @ivar port: The port, 80 or 443 by scheme when the URL names none.
+    """
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+
+@attrs.frozen
+class RateLimit:
+    """
+    A token bucket per site and client IP; C{RateLimit(0, 0)} means off.
+    """
+
+    requests_per_second: float
+    burst: int
+
+    @property
+    def enabled(self) -> bool:
+        """
+        Whether requests are limited at all.
+        """
+        return self.requests_per_second > 0 and self.burst > 0
+
+
+_NO_RATE_LIMIT = RateLimit(0.0, 0)
+
+
+@attrs.frozen
+class HealthCheck:
+    """
+    An active health check: C{GET path} on every upstream each
+    C{interval_secs}.
+    """
+
+    path: str
+    interval_secs: float = _DEFAULT_HEALTH_INTERVAL_SECS
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    The C{[server]} table: listeners and process settings (static: a change
+    needs a restart).
+    """
+
+    listen_http: tuple[str, ...] = ("tcp:80",)
+    listen_https: tuple[str, ...] = ("tcp:443",)
+    admin_socket_path: str = "/run/revproxy/admin.sock"
+    ops_listen: str = "tcp:9901:interface=127.0.0.1"
+    state_dir: str = "/var/lib/revproxy"
+    shutdown_timeout_secs: float = 30.0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@attrs.frozen
+class AcmeConfig:
+    """
+    The C{[acme]} table (static).
+    """
+
+    email: str = ""
+    directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    ca_file: str = ""
+    challenge: str = "http-01"
+    renew_before_days: float | None = None
+    key_type: str = "ec-p256"
+
+
+@attrs.frozen
+class LoggingConfig:
+    """
+    The C{[logging]} table (dynamic).
+
+    @ivar access_log: A file path, C{"-"} for standard output, or C{""} for
+        no access log.
+    """
+
+    access_log: str = "/var/log/revproxy/access.log"
+    access_log_format: str = "json"
+
+
+@attrs.frozen
+class Defaults:
+    """
+    The C{[defaults]} table (dynamic): limits every site inherits unless it
+    sets its own.
+    """
+
+    max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES
+    rate_limit: RateLimit = _NO_RATE_LIMIT
+    connect_timeout_secs: float = _DEFAULT_CONNECT_TIMEOUT_SECS
+    response_timeout_secs: float = _DEFAULT_RESPONSE_TIMEOUT_SECS
+
+
+@attrs.frozen
+class SiteConfig:
+    """
+    One C{[[sites]]} entry (dynamic), with its limits resolved against
+    C{[defaults]}.
+
+    @ivar hosts: Normalized names: lowercase, IDN as punycode, no trailing
+        dot, IPv6 without brackets; C{"*.example.com"} wildcards kept.
+    @ivar default: Whether this site answers requests whose Host matches no
+        site.
+    """
+
+    name: str
+    hosts: tuple[str, ...]
+    upstreams: tuple[Upstream, ...]
+    tls: str = "none"
+    cert_file: str = ""
+    key_file: str = ""
+    redirect_http: bool = False
+    health_check: HealthCheck | None = None
+    default: bool = False
+    max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES
+    rate_limit: RateLimit = _NO_RATE_LIMIT
+    connect_timeout_secs: float = _DEFAULT_CONNECT_TIMEOUT_SECS
+    response_timeout_secs: float = _DEFAULT_RESPONSE_TIMEOUT_SECS
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole, valid configuration.
+
+    @ivar path: The file it was loaded from (L{loadConfig}), else C{""}.
+    @ivar source_sha256: Hex SHA-256 of that file's bytes, else C{""}.
+    """
+
+    server: ServerConfig
+    acme: AcmeConfig
+    logging: LoggingConfig
+    defaults: Defaults
+    sites: tuple[SiteConfig, ...]
+    path: str = ""
+    source_sha256: str = ""
+
+
+def parseConfig(text: str, *, baseDir: str | None = None) -> Config:
+    """
+    Parse and validate a TOML config document.
+
+    @param baseDir: The directory that relative C{cert_file}, C{key_file} and
+        C{ca_file} paths are relative to; when L{None}, they are kept as
+        written.
+    @raise ConfigError: listing every problem found.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(_syntaxError(str(e))) from None
+    except ValueError as e:
+        # tomllib lets int()'s digit limit escape as a plain ValueError.
+        raise ConfigError(f"TOML error: {e}") from None
+    except RecursionError:
+        raise ConfigError("TOML error: the document is nested too deeply") from None
+    return _Parser(baseDir).parse(document)
+
+
+def loadConfig(path: str) -> Config:
+    """
+    Read, parse and validate the config file at C{path}.
+
+    Relative file paths in it are relative to the file's directory.  The
+    result records C{path} and the SHA-256 of the file's bytes.
+
+    @raise ConfigError: when the file cannot be read or is invalid.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{path}: cannot read the config file: {_reason(e)}"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: the config file is not UTF-8 text (bad byte at offset {e.start})"
+        ) from None
+    config = parseConfig(
+        text.removeprefix("\ufeff"),
+        baseDir=os.path.dirname(os.path.abspath(path)),
+    )
+    return attrs.evolve(
+        config, path=path, source_sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def checkConfig(config: Config) -> list[str]:
+    """
+    The extra checks of C{--check}, beyond L{parseConfig}: every certificate,
+    key and CA file the config names is a readable file.
+
+    @return: One C{"key.path: problem"} per problem; empty when all is well.
+    """
+    problems: list[str] = []
+
+    def checkReadable(keyPath: str, filename: str) -> None:
+        try:
+            if not stat.S_ISREG(os.stat(filename).st_mode):
+                problems.append(
+                    f"{keyPath}: {_quote(filename, None)} is not a regular file"
+                )
+                return
+            with open(filename, "rb") as f:
+                f.read(1)
+        except (OSError, ValueError) as e:
+            problems.append(
+                f"{keyPath}: cannot read {_quote(filename, None)}: {_reason(e)}"
+            )
+
+    if config.acme.ca_file:
+        checkReadable("acme.ca_file", config.acme.ca_file)
+    for index, site in enumerate(config.sites):
+        if site.cert_file:
+            checkReadable(f"sites[{index}].cert_file", site.cert_file)
+        if site.key_file:
+            checkReadable(f"sites[{index}].key_file", site.key_file)
+    return problems
+
+
+def quickConfig(listen: str, to: str) -> Config:
+    """
+    The config of C{twistd revproxy --listen ENDPOINT --to URL}: one listener,
+    one default site forwarding everything to one upstream, no HTTPS, no
+    admin socket, no ops listener, access log on standard output.
+
+    @raise ConfigError: naming C{--listen} or C{--to}.
+    """
+    errors: list[str] = []
+    _checkEndpoint(errors, "--listen", listen)
+    upstream: Upstream | None = None
+    try:
+        upstream = _parseUpstream(to)
+    except ValueError as e:
+        errors.append(f"--to: {e}")
+    if errors or upstream is None:
+        raise ConfigError(errors)
+    return Config(
+        server=ServerConfig(
+            listen_http=(listen,),
+            listen_https=(),
+            admin_socket_path="",
+            ops_listen="",
+        ),
+        acme=AcmeConfig(),
+        logging=LoggingConfig(access_log="-"),
+        defaults=Defaults(),
+        sites=(
+            SiteConfig(name="default", hosts=(), upstreams=(upstream,), default=True),
+        ),
+    )
+
+
+def _syntaxError(message: str) -> str:
+    """
+    Present a C{tomllib} error, which ends in C{"(at line X, column Y)"}.
+    """
+    match = _SYNTAX.fullmatch(message)
+    if match is None:
+        return f"TOML syntax error: {message}"
+    if match.group(3) is None:
+        return f"TOML syntax error at end of document: {match.group(1)}"
+    return (
+        f"TOML syntax error at line {match.group(3)}, "
+        f"column {match.group(4)}: {match.group(1)}"
+    )
+
+
+def _reason(e: BaseException) -> str:
+    """
+    The human part of an exception: C{strerror} for an C{OSError}.
+    """
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _quote(text: str, limit: int | None = 80) -> str:
+    """
+    Quote a value for an error message, shortening it beyond C{limit}
+    characters.
+    """
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _formatNumber(value: float) -> str:
+    """
+    Write a number as TOML would: C{1000000} rather than C{1000000.0}, C{inf},
+    C{nan}.
+    """
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    text = str(value)
+    return text if len(text) <= 40 else text[:20] + "..." + text[-5:]
+
+
+def _describe(value: object) -> str:
+    """
+    Name a TOML value's type, and show it when short: C{string "x"}.
+    """
+    if isinstance(value, bool):
+        return "boolean " + ("true" if value else "false")
+    if isinstance(value, int):
+        return "integer " + _formatNumber(value)
+    if isinstance(value, float):
+        return "float " + _formatNumber(value)
+    if isinstance(value, str):
+        return "string " + _quote(value)
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, datetime):
+        return "datetime " + value.isoformat()
+    if isinstance(value, date | time):
+        return f"{type(value).__name__} {value.isoformat()}"
+    return type(value).__name__
+
+
+def _join(path: str, key: str) -> str:
+    """
+    The key path of C{key} inside C{path}, quoting a key that is not bare.
+    """
+    if not _BARE_KEY.fullmatch(key):
+        key = json.dumps(key)
+    return f"{path}.{key}" if path else key
+
+
+def _unknownKey(key: str, known: Sequence[str]) -> str:
+    """
+    The problem of an unknown key, with the closest known key when there is
+    one, or the table where the key belongs.
+    """
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    homes = [name for name, keys in _HOMES if key in keys and keys is not known]
+    if homes:
+        return f"unknown key (it belongs in {' or '.join(homes)})"
+    return "unknown key"
+
+
+def _rangeProblem(
+    value: float,
+    low: float,
+    high: float,
+    *,
+    lowOpen: bool = False,
+    highOpen: bool = False,
+) -> str | None:
+    """
+    Say what is wrong when C{value} is out of its range, else L{None}.
+    """
+    aboveLow = value > low if lowOpen else value >= low
+    belowHigh = value < high if highOpen else value <= high
+    if aboveLow and belowHigh:
+        return None
+    lowText = ("greater than " if lowOpen else "at least ") + _formatNumber(low)
+    highText = ("less than " if highOpen else "at most ") + _formatNumber(high)
+    if not lowOpen and not highOpen:
+        rule = f"between {_formatNumber(low)} and {_formatNumber(high)}"
+    else:
+        rule = f"{lowText} and {highText}"
+    return f"must be {rule}, got {_formatNumber(value)}"
+
+
+def _asString(errors: list[str], path: str, value: object) -> str | None:
+    """
+    Check that C{value} is a string without control characters.
+    """
+    if not isinstance(value, str):
+        errors.append(f"{path}: expected a string, got {_describe(value)}")
+        return None
+    if _CONTROL.search(value):
+        errors.append(f"{path}: {_quote(value)} contains a control character")
+        return None
+    return value
+
+
+def _asBoolean(errors: list[str], path: str, value: object) -> bool | None:
+    """
+    Check that C{value} is C{true} or C{false}.
+    """
+    if not isinstance(value, bool):
+        errors.append(f"{path}: expected true or false, got {_describe(value)}")
+        return None
+    return value
+
+
+def _asNumber(
+    errors: list[str],
+    path: str,
+    value: object,
+    low: float,
+    high: float,
+    *,
+    lowOpen: bool = False,
+    highOpen: bool = False,
+) -> float | None:
+    """
+    Check that C{value} is a finite integer or float inside its range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        errors.append(f"{path}: expected a number, got {_describe(value)}")
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.append(f"{path}: expected a finite number, got {_describe(value)}")
+        return None
+    # Compare before float(): a huge TOML integer would overflow it.
+    problem = _rangeProblem(value, low, high, lowOpen=lowOpen, highOpen=highOpen)
+    if problem is not None:
+        errors.append(f"{path}: {problem}")
+        return None
+    return float(value)
+
+
+def _asInteger(
+    errors: list[str], path: str, value: object, low: int, high: int
+) -> int | None:
+    """
+    Check that C{value} is an integer (not a float) inside its range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(f"{path}: expected an integer, got {_describe(value)}")
+        return None
+    problem = _rangeProblem(value, low, high)
+    if problem is not None:
+        errors.append(f"{path}: {problem}")
+        return None
+    return value
+
+
+def _asChoice(
+    errors: list[str], path: str, value: object, choices: Sequence[str]
+) -> str | None:
+    """
+    Check that C{value} is one of C{choices}.
+    """
+    text = _asString(errors, path, value)
+    if text is None:
+        return None
+    if text not in choices:
+        allowed = ", ".join(f'"{choice}"' for choice in choices)
+        errors.append(f"{path}: {_quote(text)} is not one of {allowed}")
+        return None
+    return text
+
+
+def _asList(errors: list[str], path: str, value: object) -> list[object] | None:
+    """
+    Check that C{value} is an array.
+    """
+    if not isinstance(value, list):
+        errors.append(f"{path}: expected an array, got {_describe(value)}")
+        return None
+    return value
+
+
+def _asStringList(
+    errors: list[str], path: str, value: object
+) -> list[str | None] | None:
+    """
+    Check that C{value} is an array of strings.
+
+    @return: L{None} if it is not an array, else its items, each L{None} where
+        it is not a string, so that the others can still be checked.
+    """
+    items = _asList(errors, path, value)
+    if items is None:
+        return None
+    return [_asString(errors, f"{path}[{i}]", item) for i, item in enumerate(items)]
+
+
+class _Table:
+    """
+    One TOML table being read: reports its unknown keys at once, then hands
+    out checked values, recording a problem for each bad one.
+
+    Each getter returns the table's value, C{default} when the key is absent,
+    or L{None} when the value is wrong (and the problem is recorded).
+    """
+
+    def __init__(
+        self,
+        errors: list[str],
+        path: str,
+        value: Mapping[str, object],
+        known: Sequence[str],
+    ) -> None:
+        self.errors = errors
+        self.path = path
+        self._value = value
+        for key in value:
+            if key not in known:
+                errors.append(f"{_join(path, key)}: {_unknownKey(key, known)}")
+
+    def keyPath(self, key: str) -> str:
+        """
+        The key path of C{key} in this table.
+        """
+        return _join(self.path, key)
+
+    def error(self, key: str, problem: str) -> None:
+        """
+        Record a problem with C{key}.
+        """
+        self.errors.append(f"{self.keyPath(key)}: {problem}")
+
+    def has(self, key: str) -> bool:
+        """
+        Whether C{key} is set in this table.
+        """
+        return key in self._value
+
+    def get(self, key: str) -> object:
+        """
+        The raw value of a key that L{has}.
+        """
+        return self._value[key]
+
+    def string(self, key: str, default: _T) -> str | _T | None:
+        """
+        A string.
+        """
+        if key not in self._value:
+            return default
+        return _asString(self.errors, self.keyPath(key), self._value[key])
+
+    def boolean(self, key: str, default: _T) -> bool | _T | None:
+        """
+        A boolean.
+        """
+        if key not in self._value:
+            return default
+        return _asBoolean(self.errors, self.keyPath(key), self._value[key])
+
+    def choice(self, key: str, default: _T, choices: Sequence[str]) -> str | _T | None:
+        """
+        One of C{choices}.
+        """
+        if key not in self._value:
+            return default
+        return _asChoice(self.errors, self.keyPath(key), self._value[key], choices)
+
+    def number(
+        self,
+        key: str,
+        default: _T,
+        low: float,
+        high: float,
+        *,
+        lowOpen: bool = False,
+        highOpen: bool = False,
+    ) -> float | _T | None:
+        """
+        A finite number in a range.
+        """
+        if key not in self._value:
+            return default
+        return _asNumber(
+            self.errors,
+            self.keyPath(key),
+            self._value[key],
+            low,
+            high,
+            lowOpen=lowOpen,
+            highOpen=highOpen,
+        )
+
+    def integer(self, key: str, default: _T, low: int, high: int) -> int | _T | None:
+        """
+        An integer in a range.
+        """
+        if key not in self._value:
+            return default
+        return _asInteger(self.errors, self.keyPath(key), self._value[key], low, high)
+
+    def table(self, key: str, known: Sequence[str]) -> _Table | None:
+        """
+        A sub-table (C{[server]}, or an inline C{{ ... }}); L{None} when it is
+        absent or not a table.
+        """
+        if key not in self._value:
+            return None
+        value = self._value[key]
+        if not isinstance(value, dict):
+            self.error(key, f"expected a table, got {_describe(value)}")
+            return None
+        return _Table(self.errors, self.keyPath(key), value, known)
+
+
+def _or(value: _T | None, fallback: _T) -> _T:
+    """
+    C{value}, or C{fallback} where it was invalid: only used to finish
+    building objects that are thrown away because errors were recorded.
+    """
+    return fallback if value is None else value
+
+
+def _endpointKey(endpoint: object) -> tuple[object, ...] | None:
+    """
+    What two endpoints that cannot both listen share: port and interface, or
+    a UNIX socket path; L{None} for an ephemeral port or another kind.
+    """
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        port = getattr(endpoint, "_port", None)
+        interface = getattr(endpoint, "_interface", "")
+        if not interface:
+            interface = "::" if isinstance(endpoint, TCP6ServerEndpoint) else "0.0.0.0"
+        try:
+            interface = str(ipaddress.ip_address(interface))
+        except ValueError:
+            pass
+        if port == 0:
+            return None
+        return ("tcp", port, interface)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return ("unix", getattr(endpoint, "_address", None))
+    return None
+
+
+def _checkEndpoint(
+    errors: list[str], path: str, description: str, *, plainTCP: bool = False
+) -> tuple[object, ...] | None:
+    """
+    Check a Twisted server endpoint string by parsing it.
+
+    @param plainTCP: Whether only C{tcp:} and C{tcp6:} are allowed, for
+        listeners that revproxy wraps in TLS itself.
+    @return: The endpoint's L{_endpointKey}, or L{None}.
+    """
+    if plainTCP and description.split(":", 1)[0] not in ("tcp", "tcp6"):
+        errors.append(
+            f"{path}: {_quote(description)} must be a plain tcp: or tcp6: endpoint "
+            "(revproxy adds TLS itself)"
+        )
+        return None
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        errors.append(f"{path}: invalid endpoint {_quote(description)}: {_reason(e)}")
+        return None
+    port = getattr(endpoint, "_port", 0)
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) and not (
+        isinstance(port, int) and 0 <= port <= 65535
+    ):
+        errors.append(
+            f"{path}: invalid endpoint {_quote(description)}: "
+            "the port must be between 0 and 65535"
+        )
+        return None
+    return _endpointKey(endpoint)
+
+
+def _normalizeHost(name: str, *, allowWildcard: bool) -> str:
+    """
+    Normalize a hostname or IP address as revproxy matches it.
+
+    @return: The lowercase A-label form without a trailing dot (C{*.} kept in
+        front of a wildcard), or the IP address without brackets.
+    @raise ValueError: saying why C{name} is not a valid host.
+    """
+    if name.startswith("[") and name.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(name[1:-1]))
+        except ValueError:
+            raise ValueError(f"{_quote(name)} is not a valid IPv6 address") from None
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if "://" in name or "/" in name:
+        raise ValueError(f"{_quote(name)} is not a hostname (give a name, not a URL)")
+    if ":" in name:
+        raise ValueError(
+            f"{_quote(name)} is not a valid hostname (hosts are matched without a port)"
+        )
+    if name == "*":
+        raise ValueError(
+            '"*" is not a valid host; to catch every other host, set default = true'
+        )
+    wildcard = name.startswith("*.")
+    rest = name[2:] if wildcard else name
+    if wildcard and not allowWildcard:
+        raise ValueError(f"{_quote(name)}: a wildcard is not allowed here")
+    if "*" in rest:
+        raise ValueError(
+            f"{_quote(name)} is not a valid hostname: a wildcard is only allowed "
+            'as the whole first label, as in "*.example.com"'
+        )
+    if rest.endswith("."):
+        rest = rest[:-1]
+    if not rest:
+        raise ValueError(f"{_quote(name)} is not a valid hostname: it is empty")
+    try:
+        encoded = idna.encode(rest, uts46=True).decode("ascii")
+    except (UnicodeError, ValueError) as e:
+        raise ValueError(f"{_quote(name)} is not a valid hostname: {e}") from None
+    labels = encoded.split(".")
+    if len(encoded) > 253:
+        raise ValueError(
+            f"{_quote(name)} is not a valid hostname: longer than 253 characters"
+        )
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            raise ValueError(
+                f"{_quote(name)} is not a valid hostname: each label must be 1-63 "
+                "letters, digits or hyphens, not starting or ending with a hyphen"
+            )
+    if labels[-1].isdigit():
+        raise ValueError(
+            f"{_quote(name)} is neither a valid IP address nor a hostname "
+            "(its last label is all digits)"
+        )
+    return ("*." if wildcard else "") + encoded
+
+
+def _parseUpstream(url: str) -> Upstream:
+    """
+    Parse an upstream URL: C{http://} or C{https://}, a host, maybe a port,
+    and nothing else.
+
+    @raise ValueError: saying what is wrong.
+    """
+    quoted = _quote(url)
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        raise ValueError(f"{quoted} is not an http(s) URL: it contains whitespace")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"{quoted} is not an http(s) URL: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not url.lower().startswith(scheme + "://"):
+        raise ValueError(f"{quoted} is not an http(s) URL")
+    if "@" in parts.netloc:
+        raise ValueError(f"{quoted}: an upstream URL must not contain user info")
+    if not parts.hostname:
+        raise ValueError(f"{quoted}: the URL has no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(
+            f"{quoted}: an upstream URL must not have a path "
+            f"(got {_quote(parts.path)}); the request path is forwarded as it is"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"{quoted}: an upstream URL must not have a query or fragment")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    elif not 1 <= port <= 65535:
+        raise ValueError(f"{quoted}: the port must be between 1 and 65535")
+    host = _normalizeHost(parts.hostname, allowWildcard=False)
+    netloc = f"[{host}]" if ":" in host else host
+    return Upstream(
+        url=f"{scheme}://{netloc}:{port}", scheme=scheme, host=host, port=port
+    )
+
+
+def _directoryProblem(url: str) -> str | None:
+    """
+    Say what is wrong with an ACME directory URL, else L{None}.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        host = None
+    else:
+        if parts.scheme == "https" and host:
+            return None
+        if parts.scheme == "http" and host in _LOOPBACK_NAMES:
+            return None
+    return (
+        f"{_quote(url)} must be an https:// URL "
+        "(http:// only for 127.0.0.1 or localhost)"
+    )
+
+
+@attrs.frozen
+class _ParsedSite:
+    """
+    A site as read, with what the checks across sites need.
+    """
+
+    config: SiteConfig
+    name: str | None
+    hosts: tuple[tuple[int, str], ...]
+    default: bool
+    usesAcme: bool
+
+
+class _Parser:
+    """
+    Turn a decoded TOML document into a L{Config}, collecting every problem.
+    """
+
+    def __init__(self, baseDir: str | None) -> None:
+        self._baseDir = baseDir
+        self._errors: list[str] = []
+
+    def parse(self, document: Mapping[str, object]) -> Config:
+        """
+        Validate the whole document.
+
+        @raise ConfigError: when anything is wrong.
+        """
+        top = _Table(self._errors, "", document, _TOP_KEYS)
+        server, httpsListeners = self._server(top.table("server", _SERVER_KEYS))
+        acme, emailMissing = self._acme(top.table("acme", _ACME_KEYS))
+        logging = self._logging(top.table("logging", _LOGGING_KEYS))
+        defaults = self._defaults(top.table("defaults", _DEFAULTS_KEYS))
+        sites = self._sites(top, server, httpsListeners, defaults)
+
+        if any(site.usesAcme for site in sites):
+            if emailMissing:
+                self._errors.append(
+                    'acme.email: required when a site uses tls = "acme"'
+                )
+            if acme.challenge == "http-01" and not server.listen_http:
+                self._errors.append(
+                    'acme.challenge: "http-01" needs server.listen_http, which is '
+                    'empty (or use "tls-alpn-01")'
+                )
+
+        if self._errors:
+            raise ConfigError(self._errors)
+        return Config(
+            server=server,
+            acme=acme,
+            logging=logging,
+            defaults=defaults,
+            sites=tuple(site.config for site in sites),
+        )
+
+    def _path(self, filename: str) -> str:
+        """
+        Resolve a relative file path against the config file's directory.
+        """
+        if filename and self._baseDir is not None and not os.path.isabs(filename):
+            return os.path.normpath(os.path.join(self._baseDir, filename))
+        return filename
+
+    def _server(self, table: _Table | None) -> tuple[ServerConfig, bool]:
+        """
+        Read C{[server]}.
+
+        @return: The server config, and whether C{listen_https} is valid and
+            not empty (a valid but empty one is reported by the sites).
+        """
+        base = ServerConfig()
+        if table is None:
+            return base, True
+        errors = self._errors
+        seen: dict[tuple[object, ...], str] = {}
+
+        def endpoints(
+            key: str, default: tuple[str, ...], plainTCP: bool
+        ) -> tuple[str, ...] | None:
+            if not table.has(key):
+                values: list[str | None] | None = list(default)
+            else:
+                values = _asStringList(errors, table.keyPath(key), table.get(key))
+            if values is None:
+                return None
+            valid: list[str] = []
+            for index, description in enumerate(values):
+                path = f"{table.keyPath(key)}[{index}]"
+                if description is not None and endpoint(path, description, plainTCP):
+                    valid.append(description)
+            return tuple(valid) if len(valid) == len(values) else None
+
+        def endpoint(path: str, description: str, plainTCP: bool) -> bool:
+            before = len(errors)
+            key = _checkEndpoint(errors, path, description, plainTCP=plainTCP)
+            if key is not None:
+                if key in seen:
+                    errors.append(
+                        f"{path}: {_quote(description)} listens on the same "
+                        f"address as {seen[key]}"
+                    )
+                else:
+                    seen[key] = path
+            return len(errors) == before
+
+        listenHTTP = endpoints("listen_http", base.listen_http, False)
+        listenHTTPS = endpoints("listen_https", base.listen_https, True)
+        opsListen = table.string("ops_listen", base.ops_listen)
+        if opsListen and not endpoint(table.keyPath("ops_listen"), opsListen, False):
+            opsListen = None
+        if listenHTTP == () and listenHTTPS == ():
+            table.error(
+                "listen_http",
+                "listen_http and listen_https are both empty, so revproxy "
+                "would not listen anywhere",
+            )
+        adminSocketPath = table.string("admin_socket_path", base.admin_socket_path)
+        stateDir = table.string("state_dir", base.state_dir)
+        if stateDir == "":
+            table.error("state_dir", "must not be empty")
+        shutdownTimeout = table.number(
+            "shutdown_timeout_secs",
+            base.shutdown_timeout_secs,
+            0,
+            _MAX_SHUTDOWN_TIMEOUT_SECS,
+        )
+        trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        if table.has("trusted_proxies"):
+            path = table.keyPath("trusted_proxies")
+            items = _asStringList(errors, path, table.get("trusted_proxies"))
+            for index, item in enumerate(items or ()):
+                if item is None:
+                    continue
+                try:
+                    trusted.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    errors.append(
+                        f"{path}[{index}]: {_quote(item)} is not an IP address or "
+                        "network (CIDR)"
+                    )
+        server = ServerConfig(
+            listen_http=_or(listenHTTP, base.listen_http),
+            listen_https=_or(listenHTTPS, base.listen_https),
+            admin_socket_path=_or(adminSocketPath, base.admin_socket_path),
+            ops_listen=_or(opsListen, base.ops_listen),
+            state_dir=_or(stateDir, base.state_dir),
+            shutdown_timeout_secs=_or(shutdownTimeout, base.shutdown_timeout_secs),
+            trusted_proxies=tuple(trusted),
+        )
+        return server, listenHTTPS is None or listenHTTPS != ()
+
+    def _acme(self, table: _Table | None) -> tuple[AcmeConfig, bool]:
+        """
+        Read C{[acme]}.
+
+        @return: The ACME config, and whether C{email} is absent or empty.
+        """
+        base = AcmeConfig()
+        if table is None:
+            return base, True
+        email = table.string("email", base.email)
+        if email and not _EMAIL.fullmatch(email):
+            table.error("email", f"{_quote(email)} does not look like an email address")
+        directoryURL = table.string("directory_url", base.directory_url)
+        if directoryURL is not None:
+            problem = _directoryProblem(directoryURL)
+            if problem is not None:
+                table.error("directory_url", problem)
+        caFile = table.string("ca_file", base.ca_file)
+        challenge = table.choice("challenge", base.challenge, _CHALLENGES)
+        renewBefore = table.number(
+            "renew_before_days", None, 0, 365, lowOpen=True, highOpen=True
+        )
+        keyType = table.choice("key_type", base.key_type, _KEY_TYPES)
+        config = AcmeConfig(
+            email=_or(email, base.email),
+            directory_url=_or(directoryURL, base.directory_url),
+            ca_file=self._path(_or(caFile, base.ca_file)),
+            challenge=_or(challenge, base.challenge),
+            renew_before_days=renewBefore,
+            key_type=_or(keyType, base.key_type),
+        )
+        return config, email == ""
+
+    def _logging(self, table: _Table | None) -> LoggingConfig:
+        """
+        Read C{[logging]}.
+        """
+        base = LoggingConfig()
+        if table is None:
+            return base
+        accessLog = table.string("access_log", base.access_log)
+        accessLogFormat = table.choice(
+            "access_log_format", base.access_log_format, _LOG_FORMATS
+        )
+        return LoggingConfig(
+            access_log=_or(accessLog, base.access_log),
+            access_log_format=_or(accessLogFormat, base.access_log_format),
+        )
+
+    def _limits(self, table: _Table, base: Defaults) -> Defaults:
+        """
+        Read the limits that C{[defaults]} sets and each site may override.
+        """
+        maxBody = table.integer(
+            "max_body_bytes", base.max_body_bytes, 1, _MAX_BODY_BYTES
+        )
+        rateLimit = self._rateLimit(table.table("rate_limit", _RATE_LIMIT_KEYS))
+        connectTimeout = table.number(
+            "connect_timeout_secs",
+            base.connect_timeout_secs,
+            0,
+            _MAX_TIMEOUT_SECS,
+            lowOpen=True,
+        )
+        responseTimeout = table.number(
+            "response_timeout_secs",
+            base.response_timeout_secs,
+            0,
+            _MAX_TIMEOUT_SECS,
+            lowOpen=True,
+        )
+        return Defaults(
+            max_body_bytes=_or(maxBody, base.max_body_bytes),
+            rate_limit=base.rate_limit if rateLimit is None else rateLimit,
+            connect_timeout_secs=_or(connectTimeout, base.connect_timeout_secs),
+            response_timeout_secs=_or(responseTimeout, base.response_timeout_secs),
+        )
+
+    def _defaults(self, table: _Table | None) -> Defaults:
+        """
+        Read C{[defaults]}.
+        """
+        if table is None:
+            return Defaults()
+        return self._limits(table, Defaults())
+
+    def _rateLimit(self, table: _Table | None) -> RateLimit | None:
+        """
+        Read a C{rate_limit = { requests_per_second = R, burst = B }}.
+        """
+        if table is None:
+            return None
+        for key in _RATE_LIMIT_KEYS:
+            if not table.has(key):
+                table.error(key, "required (set both to 0 to turn rate limiting off)")
+        rate = table.number("requests_per_second", None, 0, _MAX_REQUESTS_PER_SECOND)
+        burst = table.integer("burst", None, 0, _MAX_BURST)
+        if rate is None or burst is None:
+            return None
+        if rate > 0 and burst == 0:
+            table.error("burst", "burst must be >= 1 when requests_per_second > 0")
+            return None
+        if rate == 0 and burst > 0:
+            table.error(
+                "requests_per_second",
+                "must be > 0 when burst > 0 (set both to 0 to turn rate limiting off)",
+            )
+            return None
+        return RateLimit(requests_per_second=rate, burst=burst)
+
+    def _healthCheck(self, table: _Table | None) -> HealthCheck | None:
+        """
+        Read a C{health_check = { path = "/healthz", interval_secs = 10 }}.
+        """
+        if table is None:
+            return None
+        if not table.has("path"):
+            table.error("path", 'required (the path to GET, such as "/healthz")')
+        path = table.string("path", None)
+        if path is not None:
+            if not path.startswith("/"):
+                table.error("path", f'{_quote(path)} must start with "/"')
+            elif any(c.isspace() for c in path):
+                table.error("path", f"{_quote(path)} must not contain whitespace")
+        interval = table.number(
+            "interval_secs", _DEFAULT_HEALTH_INTERVAL_SECS, 1, _MAX_TIMEOUT_SECS
+        )
+        if path is None or interval is None:
+            return None
+        return HealthCheck(path=path, interval_secs=interval)
+
+    def _sites(
+        self,
+        top: _Table,
+        server: ServerConfig,
+        httpsListeners: bool,
+        defaults: Defaults,
+    ) -> list[_ParsedSite]:
+        """
+        Read every C{[[sites]]} entry, then check them against each other.
+        """
+        if not top.has("sites"):
+            top.error("sites", "at least one [[sites]] table is required")
+            return []
+        value = top.get("sites")
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            top.error(
+                "sites",
+                f"expected an array of tables ([[sites]]), got {_describe(value)}",
+            )
+            return []
+        if not value:
+            top.error("sites", "at least one [[sites]] table is required")
+            return []
+        sites = [
+            self._site(
+                _Table(self._errors, f"sites[{index}]", item, _SITE_KEYS),
+                httpsListeners,
+                defaults,
+            )
+            for index, item in enumerate(value)
+        ]
+
+        names: dict[str, int] = {}
+        hosts: dict[str, int] = {}
+        defaultSite: int | None = None
+        for index, site in enumerate(sites):
+            if site.name is not None:
+                if site.name in names:
+                    self._errors.append(
+                        f"sites[{index}].name: duplicate site name "
+                        f"{_quote(site.name)} (also sites[{names[site.name]}])"
+                    )
+                else:
+                    names[site.name] = index
+            for hostIndex, host in site.hosts:
+                if host in hosts:
+                    other = hosts[host]
+                    self._errors.append(
+                        f"sites[{index}].hosts[{hostIndex}]: host {_quote(host)} is "
+                        f"already claimed by sites[{other}] "
+                        f"({_quote(sites[other].config.name)})"
+                    )
+                else:
+                    hosts[host] = index
+            if site.default:
+                if defaultSite is not None:
+                    self._errors.append(
+                        f"sites[{index}].default: only one site may have "
+                        f"default = true (also sites[{defaultSite}])"
+                    )
+                else:
+                    defaultSite = index
+        return sites
+
+    def _site(
+        self, table: _Table, httpsListeners: bool, defaults: Defaults
+    ) -> _ParsedSite:
+        """
+        Read one C{[[sites]]} entry, checking what concerns it alone.
+        """
+        name = table.string("name", None)
+        if not table.has("name"):
+            table.error("name", "required")
+        elif name is not None and not _SITE_NAME.fullmatch(name):
+            table.error(
+                "name",
+                f"{_quote(name)} must be 1-64 letters, digits, '_', '.' or '-'",
+            )
+            name = None
+        isDefault = table.boolean("default", False)
+
+        hosts: list[tuple[int, str]] = []
+        noHosts = not table.has("hosts")
+        if table.has("hosts"):
+            path = table.keyPath("hosts")
+            items = _asStringList(self._errors, path, table.get("hosts"))
+            for index, item in enumerate(items or ()):
+                if item is None:
+                    continue
+                try:
+                    host = _normalizeHost(item, allowWildcard=True)
+                except ValueError as e:
+                    self._errors.append(f"{path}[{index}]: {e}")
+                    continue
+                for otherIndex, other in hosts:
+                    if other == host:
+                        self._errors.append(
+                            f"{path}[{index}]: duplicate host {_quote(host)} "
+                            f"(also hosts[{otherIndex}])"
+                        )
+                        break
+                else:
+                    hosts.append((index, host))
+            noHosts = items == []
+            if noHosts and isDefault is False:
+                table.error("hosts", "must not be empty unless default = true")
+        elif isDefault is False:
+            table.error("hosts", "required (a list of hostnames) unless default = true")
+
+        upstreams: list[Upstream] = []
+        if not table.has("upstreams"):
+            table.error(
+                "upstreams", 'required (a list of URLs like "http://10.0.0.1:8000")'
+            )
+        else:
+            path = table.keyPath("upstreams")
+            items = _asStringList(self._errors, path, table.get("upstreams"))
+            if items == []:
+                table.error("upstreams", "must not be empty")
+            seen: dict[str, int] = {}
+            for index, item in enumerate(items or ()):
+                if item is None:
+                    continue
+                try:
+                    upstream = _parseUpstream(item)
+                except ValueError as e:
+                    self._errors.append(f"{path}[{index}]: {e}")
+                    continue
+                if upstream.url in seen:
+                    self._errors.append(
+                        f"{path}[{index}]: duplicate upstream {_quote(upstream.url)} "
+                        f"(also upstreams[{seen[upstream.url]}])"
+                    )
+                else:
+                    seen[upstream.url] = index
+                    upstreams.append(upstream)
+
+        tls = table.choice("tls", "none", _TLS_MODES)
+        certFile = table.string("cert_file", "")
+        keyFile = table.string("key_file", "")
+        if tls == "files":
+            for key, value in (("cert_file", certFile), ("key_file", keyFile)):
+                if value == "":
+                    table.error(key, 'required when tls = "files"')
+        elif tls is not None:
+            for key, value in (("cert_file", certFile), ("key_file", keyFile)):
+                if value:
+                    table.error(
+                        key,
+                        f'only used with tls = "files" (this site has tls = "{tls}")',
+                    )
+        if tls == "acme":
+            for index, host in hosts:
+                if host.startswith("*."):
+                    self._errors.append(
+                        f"{table.keyPath('hosts')}[{index}]: wildcard hosts need "
+                        'DNS-01, which revproxy does not do; use tls = "files"'
+                    )
+            if noHosts:
+                table.error(
+                    "tls",
+                    'tls = "acme" needs at least one host to get a certificate for',
+                )
+        if tls in ("acme", "files") and not httpsListeners:
+            table.error(
+                "tls",
+                f'tls = "{tls}" needs server.listen_https, which is empty',
+            )
+        redirect = table.boolean("redirect_http", False)
+        if redirect and tls == "none":
+            table.error("redirect_http", 'needs tls = "acme" or "files"')
+
+        healthCheck = self._healthCheck(table.table("health_check", _HEALTH_CHECK_KEYS))
+        limits = self._limits(table, defaults)
+        config = SiteConfig(
+            name=_or(name, ""),
+            hosts=tuple(host for _, host in hosts),
+            upstreams=tuple(upstreams),
+            tls=_or(tls, "none"),
+            cert_file=self._path(_or(certFile, "")),
+            key_file=self._path(_or(keyFile, "")),
+            redirect_http=_or(redirect, False),
+            health_check=healthCheck,
+            default=_or(isDefault, False),
+            max_body_bytes=limits.max_body_bytes,
+            rate_limit=limits.rate_limit,
+            connect_timeout_secs=limits.connect_timeout_secs,
+            response_timeout_secs=limits.response_timeout_secs,
+        )
+        return _ParsedSite(
+            config=config,
+            name=name,
+            hosts=tuple(hosts),
+            default=isDefault is True,
+            usesAcme=tls == "acme",
+        )

@@ -1,0 +1,308 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The lean upstream HTTP/1.1 client: one protocol instance per pooled
+connection, one exchange (request and response) on it at a time.
+
+It does what the forwarder needs and nothing else: write a serialized
+request, parse the response with httptools (llhttp, strict) and hand status,
+headers, body chunks and the end to an L{IResponseSink}.  No Agent, no
+Deferred per request: the forwarder is the sink, and the pool hands
+connections out and takes them back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from revproxy.proxy.pool import ConnectionPool, PoolKey
+
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+class UpstreamProtocolError(Exception):
+    """
+    The upstream sent bytes that are not a valid HTTP/1.1 response.
+    """
+
+
+class UpstreamClosed(Exception):
+    """
+    The upstream closed the connection before the response was complete.
+
+    @ivar gotBytes: whether any byte of the response had arrived.
+    """
+
+    def __init__(self, gotBytes: bool, reason: Failure | None) -> None:
+        super().__init__(
+            "upstream closed the connection "
+            + ("mid-response" if gotBytes else "before responding")
+        )
+        self.gotBytes = gotBytes
+        self.reason = reason
+
+
+class _HeadResponseDone(Exception):
+    """
+    Raised from the parser callback to end a response to HEAD after its
+    headers: httptools cannot be told that such a response has no body.
+    """
+
+
+class _ExcessBytes(Exception):
+    """
+    Raised from the parser callback when a second response starts where one
+    was asked for.
+    """
+
+
+class Stream(TypingProtocol):
+    """
+    What revproxy uses of a connected TCP or TLS transport: writing, flow
+    control both ways, and closing.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+
+
+class IResponseSink(TypingProtocol):
+    """
+    What an L{UpstreamConnection} reports an exchange's progress to.
+    """
+
+    def responseStarted(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """
+        The final (non-1xx) status line and headers arrived.
+        """
+
+    def responseBody(self, data: bytes) -> None:
+        """
+        A chunk of the response body arrived (de-chunked).
+        """
+
+    def responseDone(self) -> None:
+        """
+        The response is complete; the connection is free again.
+        """
+
+    def responseFailed(self, reason: Exception) -> None:
+        """
+        The exchange failed; the connection is already closed.
+        """
+
+
+class UpstreamConnection(Protocol):
+    """
+    One keep-alive connection to an upstream.
+
+    @ivar key: the pool key (scheme, host, port) this connection belongs to.
+    @ivar reused: whether this connection has completed an exchange before.
+    @ivar idleSince: when the connection went back to the pool.
+    """
+
+    def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.reused = False
+        self.idleSince = 0.0
+        self.connected = False
+        self.bodyPending = False
+        self._sink: IResponseSink | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._isHead = False
+        self._gotBytes = False
+        self._started = False
+        self._keepAlive = False
+        self._untilClose = False
+        self._framed = False
+        self._done = False
+        self._excess = False
+
+    @property
+    def stream(self) -> Stream | None:
+        """
+        The transport, typed as what it is.
+        """
+        return cast("Stream | None", self.transport)
+
+    # -- the pool's side
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        self.pool.connectionMade(self)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self.connected = False
+        sink = self._sink
+        self.pool.connectionLost(self)
+        if sink is None:
+            return
+        self._sink = None
+        if self._started and self._untilClose and not self._done:
+            # A body delimited by the end of the connection is complete when
+            # the connection closes cleanly.
+            if reason.check(ConnectionDone):
+                self._done = True
+                sink.responseDone()
+                return
+        sink.responseFailed(UpstreamClosed(self._gotBytes, reason))
+
+    def send(self, sink: IResponseSink, data: bytes, isHead: bool) -> None:
+        """
+        Start an exchange: write C{data} (the serialized request head, and the
+        body when it is small) and report the response to C{sink}.
+        """
+        self._sink = sink
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._reason = b""
+        self._isHead = isHead
+        self._gotBytes = False
+        self._started = False
+        self._keepAlive = False
+        self._untilClose = False
+        self._framed = False
+        self._done = False
+        self._excess = False
+        self.bodyPending = False
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+
+    def abandon(self) -> None:
+        """
+        Drop the exchange in progress and close the connection: the client
+        went away or a deadline passed.
+        """
+        self._sink = None
+        stream = self.stream
+        if stream is not None:
+            stream.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        parser = self._parser
+        if self._sink is None or parser is None:
+            # Bytes nobody asked for: the connection is out of step.
+            self._abort()
+            return
+        self._gotBytes = True
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, _HeadResponseDone):
+                self._done = True
+            elif isinstance(cause, _ExcessBytes):
+                self._excess = True
+            else:
+                sink = self._sink
+                self._sink = None
+                self._abort()
+                if sink is not None and not self._done:
+                    sink.responseFailed(UpstreamProtocolError(str(e)))
+                return
+        if self._done:
+            # Only now, with the parser out of the way: releasing from inside
+            # its callback would let bytes after the response reach the next
+            # exchange on this connection (response smuggling).
+            self._finish()
+
+    def _abort(self) -> None:
+        self._parser = None
+        stream = self.stream
+        if stream is not None:
+            stream.abortConnection()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            # A second response where one was asked for.
+            raise _ExcessBytes()
+
+    def on_status(self, reason: bytes) -> None:
+        # httptools may report the reason phrase in pieces.
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        code = parser.get_status_code()
+        if 100 <= code < 200 and code != 101:
+            # Interim responses (100 Continue, 103 Early Hints) are not
+            # relayed: the proxy answered the client's Expect itself.
+            self._headers = []
+            self._reason = b""
+            return
+        headers = self._headers
+        self._headers = []
+        framed = False
+        closes = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                framed = True
+            elif lower == b"transfer-encoding":
+                framed = framed or b"chunked" in value.lower()
+            elif lower == b"connection":
+                closes = closes or b"close" in value.lower()
+        isHead = self._isHead
+        self._framed = framed
+        self._untilClose = not framed and code not in (204, 304) and not isHead
+        if isHead:
+            # llhttp does not know the request was HEAD, so without a length
+            # it would think the body runs to the end of the connection.
+            self._keepAlive = not closes and parser.get_http_version() == "1.1"
+        else:
+            self._keepAlive = bool(parser.should_keep_alive()) and not self._untilClose
+        self._started = True
+        sink = self._sink
+        if sink is not None:
+            sink.responseStarted(code, self._reason, headers)
+        if isHead:
+            raise _HeadResponseDone()
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None and self._started and body:
+            sink.responseBody(body)
+
+    def on_message_complete(self) -> None:
+        if self._started:
+            self._done = True
+        # else: the end of an interim (1xx) response; the final one follows.
+
+    def _finish(self) -> None:
+        sink = self._sink
+        self._sink = None
+        self._parser = None
+        self.reused = True
+        if self._excess:
+            # The upstream is out of step with us: drop it hard.
+            self._abort()
+        elif self._keepAlive and not self.bodyPending:
+            self.pool.release(self)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+        if sink is not None:
+            sink.responseDone()

@@ -1,0 +1,322 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Header rewriting between a client, revproxy and an upstream.
+
+Headers are lists of C{(name, value)} byte pairs in arrival order, names as
+received; a repeated header (C{Set-Cookie}) is one pair per line, and every
+one is kept in order.
+
+This module is pure and on the hot path: no reactor, no I/O, no twisted.web;
+lookups are against precomputed frozensets and dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+"""
+Lowercased names of the hop-by-hop headers a proxy never forwards.  Every
+name that starts with C{proxy-} (see L{isHopByHop}) is hop-by-hop as well.
+"""
+
+_PROXY_PREFIX = b"proxy-"
+_DEFAULT_VIA = b"1.1 revproxy"
+
+# What upstreamRequestHeaders does with a name that is not simply copied.
+_HOST = 1
+_XFF = 2
+_XFP = 3
+_XFH = 4
+_FORWARDING = 5
+_DROP = 6
+_VIA = 7
+_REQUEST_SPECIAL: dict[bytes, int] = {
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"forwarded": _FORWARDING,
+    b"x-real-ip": _FORWARDING,
+    b"expect": _DROP,
+    b"content-length": _DROP,
+    b"via": _VIA,
+}
+
+
+def isHopByHop(lowerName: bytes, drop: frozenset[bytes] = HOP_BY_HOP) -> bool:
+    """
+    Whether the lowercased header name C{lowerName} is hop-by-hop.
+
+    @param drop: the names to drop, as returned by L{hopByHopNames}.
+    """
+    return lowerName in drop or lowerName.startswith(_PROXY_PREFIX)
+
+
+def hopByHopNames(headers: Headers) -> frozenset[bytes]:
+    """
+    The lowercased names to drop from C{headers}: L{HOP_BY_HOP} and every
+    token listed in any C{Connection} header.
+
+    Names that start with C{proxy-} are hop-by-hop too but cannot be listed in
+    a set; L{isHopByHop} checks both.
+    """
+    listed: list[bytes] = []
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    listed.append(token)
+    if not listed:
+        return HOP_BY_HOP
+    return HOP_BY_HOP.union(listed)
+
+
+def _appendVia(out: Headers, lastVia: int, via: bytes) -> None:
+    """
+    Append C{via} to the last C{Via} header of C{out}, at index C{lastVia}, or
+    add a new C{Via} header when C{lastVia} is negative.
+    """
+    if lastVia < 0:
+        out.append((b"Via", via))
+    else:
+        name, value = out[lastVia]
+        out[lastVia] = (name, value + b", " + via if value else via)
+
+
+def upstreamRequestHeaders(
+    headers: Headers,
+    *,
+    clientIP: str,
+    peerTrusted: bool,
+    scheme: bytes,
+    host: bytes | None,
+    via: bytes = _DEFAULT_VIA,
+    bodyLength: int | None,
+) -> Headers:
+    """
+    Rewrite a client's request headers into those sent upstream.
+
+      - Hop-by-hop headers (L{HOP_BY_HOP}, C{proxy-*} and the names listed in
+        C{Connection}) are dropped, and so are C{Expect} (the proxy has
+        already answered C{100-continue} and holds the body) and every
+        incoming C{Content-Length}.
+      - C{Host} is kept as it is, moved to the front; it is never dropped,
+        even when C{Connection} lists it, since an HTTP/1.1 request without
+        it is invalid.
+      - From a trusted peer, C{X-Forwarded-For} is the incoming chain (all
+        its headers joined with C{", "}) followed by C{clientIP};
+        C{X-Forwarded-Proto} and C{X-Forwarded-Host} keep the first incoming
+        value; C{Forwarded} and C{X-Real-IP} pass through.  From any other
+        peer all of those are dropped and the C{X-Forwarded-*} headers start
+        afresh from C{clientIP}, C{scheme} and C{host}.  No C{Forwarded}
+        header is generated.
+      - C{via} is appended to the last C{Via} header, or sent as a new one.
+      - When C{bodyLength} is not L{None}, exactly one C{Content-Length}.
+
+    Headers that are not rewritten keep their order; the generated ones
+    follow them.  A forwarder that tunnels an C{Upgrade} adds its own
+    C{Connection: Upgrade} and C{Upgrade} headers to the result.
+
+    @param clientIP: the TCP peer's address.
+    @param peerTrusted: whether the TCP peer is one of C{trusted_proxies}.
+    @param scheme: C{b"http"} or C{b"https"}, as the client spoke it.
+    @param host: the request's C{Host} value, or L{None} if it had none.
+    @param bodyLength: the length of the body sent upstream, or L{None} when
+        there is no body.
+    """
+    drop = hopByHopNames(headers)
+    special = _REQUEST_SPECIAL
+    hosts: Headers = []
+    out: Headers = []
+    chain: list[bytes] = []
+    proto: bytes | None = None
+    forwardedHost: bytes | None = None
+    lastVia = -1
+    for pair in headers:
+        lower = pair[0].lower()
+        kind = special.get(lower)
+        if kind == _HOST:
+            hosts.append(pair)
+        elif lower in drop or lower.startswith(_PROXY_PREFIX):
+            continue
+        elif kind is None:
+            out.append(pair)
+        elif kind == _DROP:
+            continue
+        elif kind == _VIA:
+            lastVia = len(out)
+            out.append(pair)
+        elif not peerTrusted:
+            continue
+        elif kind == _XFF:
+            chain.append(pair[1])
+        elif kind == _XFP:
+            if proto is None:
+                proto = pair[1]
+        elif kind == _XFH:
+            if forwardedHost is None:
+                forwardedHost = pair[1]
+        else:
+            out.append(pair)
+
+    ip = clientIP.encode("ascii")
+    chain = [value for value in chain if value.strip()]
+    chain.append(ip)
+    out.append((b"X-Forwarded-For", b", ".join(chain)))
+    out.append((b"X-Forwarded-Proto", scheme if proto is None else proto))
+    if forwardedHost is None:
+        forwardedHost = host
+    if forwardedHost is not None:
+        out.append((b"X-Forwarded-Host", forwardedHost))
+    if hosts:
+        # Nothing moved, so lastVia still indexes into out once hosts prefix it.
+        out[:0] = hosts
+        if lastVia >= 0:
+            lastVia += len(hosts)
+    _appendVia(out, lastVia, via)
+    if bodyLength is not None:
+        out.append((b"Content-Length", b"%d" % (bodyLength,)))
+    return out
+
+
+def clientResponseHeaders(headers: Headers, via: bytes = _DEFAULT_VIA) -> Headers:
+    """
+    Rewrite an upstream's response headers into those sent to the client.
+
+    Hop-by-hop headers (L{HOP_BY_HOP}, C{proxy-*} and the names listed in
+    C{Connection}) are dropped: C{Transfer-Encoding} with them, since the
+    server frames the body again.  C{Content-Length} is kept, as the
+    forwarder passes the upstream's body through unchanged, unless the
+    upstream also sent C{Transfer-Encoding}, which overrides it (RFC 9112,
+    section 6.3).  Every other header keeps its place, and C{via} is
+    appended to the last C{Via} header or sent as a new one.
+    """
+    drop = hopByHopNames(headers)
+    out: Headers = []
+    lastVia = -1
+    chunked = False
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in drop or lower.startswith(_PROXY_PREFIX):
+            if lower == b"transfer-encoding":
+                chunked = True
+            continue
+        if lower == b"via":
+            lastVia = len(out)
+        out.append(pair)
+    if chunked:
+        # A Content-Length beside Transfer-Encoding is the stuff of response
+        # smuggling: the forwarder read the body by its chunks, not this.
+        kept = [pair for pair in out if pair[0].lower() != b"content-length"]
+        if len(kept) != len(out):
+            out = kept
+            lastVia = -1
+            for index, pair in enumerate(out):
+                if pair[0].lower() == b"via":
+                    lastVia = index
+    _appendVia(out, lastVia, via)
+    return out
+
+
+_Address = IPv4Address | IPv6Address
+_Network = IPv4Network | IPv6Network
+
+
+def _parseAddress(ip: str) -> _Address | None:
+    """
+    Parse C{ip}, reading an IPv4-mapped IPv6 address as its IPv4 address.
+
+    @return: the address, or L{None} if C{ip} is not one.
+    """
+    try:
+        address = ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return mapped
+    return address
+
+
+def _inNetworks(address: _Address, trusted: Sequence[_Network]) -> bool:
+    """
+    Whether C{address} is in one of the networks C{trusted}.
+    """
+    version = address.version
+    for network in trusted:
+        if network.version == version and address in network:
+            return True
+    return False
+
+
+def isTrusted(ip: str, trusted: Sequence[_Network]) -> bool:
+    """
+    Whether the address C{ip} is in one of the networks C{trusted}.
+
+    An IPv4-mapped IPv6 address (C{::ffff:10.0.0.1}) counts as its IPv4
+    address; a string that is not an address is never trusted.
+    """
+    if not trusted:
+        return False
+    address = _parseAddress(ip)
+    return address is not None and _inNetworks(address, trusted)
+
+
+def clientAddress(peerIP: str, headers: Headers, trusted: Sequence[_Network]) -> str:
+    """
+    The address of the client, as far as the proxy can believe it.
+
+    That is C{peerIP}, unless the peer is trusted: then C{X-Forwarded-For} is
+    walked from the right, and the first address that is not trusted itself
+    is the client.  The walk stops at an entry that is not an address
+    (C{unknown}, an address with a port): the last trusted address walked
+    past is the client then, since nothing further left can be believed.  If
+    every address is trusted, the left-most one is the client.  Empty list
+    elements are skipped, as RFC 9110 asks.
+
+    @param peerIP: the TCP peer's address, returned as it is given.
+    @param trusted: the networks of C{trusted_proxies}.
+    @return: C{peerIP}, or an address from C{X-Forwarded-For} in its
+        canonical text form (an IPv4-mapped one as its IPv4 address).
+    """
+    if not trusted:
+        return peerIP
+    peer = _parseAddress(peerIP)
+    if peer is None or not _inNetworks(peer, trusted):
+        return peerIP
+    values = [value for name, value in headers if name.lower() == b"x-forwarded-for"]
+    if not values:
+        return peerIP
+    entries = b",".join(values).split(b",")
+    believed = peerIP
+    for raw in reversed(entries):
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            text = entry.decode("ascii")
+        except UnicodeDecodeError:
+            return believed
+        address = _parseAddress(text)
+        if address is None:
+            return believed
+        believed = str(address)
+        if not _inNetworks(address, trusted):
+            return believed
+    return believed

@@ -1,0 +1,414 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+Upstream selection and connection pooling.
+
+L{UpstreamSelector} is pure: round robin over a site's upstreams, skipping
+one that refused a connection for a short back-off.  L{ConnectionPool} keeps
+idle keep-alive connections per upstream, retires them before a typical
+upstream idle timeout, and caps the connections to each upstream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from revproxy.proxy.client import UpstreamConnection
+
+_log = Logger()
+
+PoolKey = tuple[str, str, int]
+"""
+(scheme, host, port) of an upstream.
+"""
+
+# Most upstream servers close idle keep-alive connections after a few seconds
+# (Node.js 5 s, gunicorn 2 s... nginx 75 s); retiring ours first keeps the
+# race where both ends close at once rare, and the one-retry on a reused
+# connection covers the rest.
+DEFAULT_IDLE_TIMEOUT = 4.0
+DEFAULT_MAX_IDLE = 64
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_BACKOFF = 5.0
+
+
+class UpstreamSelector:
+    """
+    Round robin over upstreams, skipping those in back-off.
+
+    @ivar upstreams: the upstreams, in config order; any hashable values.
+    """
+
+    def __init__(
+        self,
+        upstreams: Sequence[object],
+        clock: IReactorTime,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self.upstreams = tuple(upstreams)
+        self._clock = clock
+        self._backoff = backoff
+        self._next = 0
+        self._downUntil: dict[object, float] = {}
+
+    def pick(self, exclude: Sequence[object] = ()) -> object | None:
+        """
+        The next upstream to try, or L{None} when every upstream not in
+        C{exclude} is gone.  Upstreams in back-off are used only when all
+        others are in back-off too (a dead pool must still be probed).
+        """
+        upstreams = self.upstreams
+        n = len(upstreams)
+        if n == 1:
+            only = upstreams[0]
+            return None if only in exclude else only
+        down = self._downUntil
+        now = self._clock.seconds() if down else 0.0
+        fallback = None
+        for i in range(n):
+            candidate = upstreams[(self._next + i) % n]
+            if candidate in exclude:
+                continue
+            until = down.get(candidate)
+            if until is not None:
+                if until > now:
+                    if fallback is None:
+                        fallback = candidate
+                    continue
+                del down[candidate]
+            self._next = (self._next + i + 1) % n
+            return candidate
+        return fallback
+
+    def markDown(self, upstream: object) -> None:
+        """
+        C{upstream} refused a connection: skip it for the back-off period.
+        """
+        self._downUntil[upstream] = self._clock.seconds() + self._backoff
+
+    def markUp(self, upstream: object) -> None:
+        """
+        C{upstream} answered: take it out of back-off.
+        """
+        if self._downUntil:
+            self._downUntil.pop(upstream, None)
+
+    def isDown(self, upstream: object) -> bool:
+        """
+        Whether C{upstream} is in back-off now.
+        """
+        until = self._downUntil.get(upstream)
+        return until is not None and until > self._clock.seconds()
+
+
+class IConnectionWaiter(TypingProtocol):
+    """
+    Who asked the pool for a connection.
+    """
+
+    def connectionReady(self, connection: UpstreamConnection) -> None:
+        """
+        Here is a connection, fresh or reused (see C{connection.reused}).
+        """
+
+    def connectionFailed(self, reason: Failure) -> None:
+        """
+        No connection could be made.
+        """
+
+
+class IUpstreamConnector(TypingProtocol):
+    """
+    How the pool opens a connection: C{reactor.connectTCP} or C{connectSSL}
+    with the timeout and TLS options bound in.
+    """
+
+    def __call__(
+        self, key: PoolKey, factory: ClientFactory, timeout: float
+    ) -> IConnector: ...
+
+
+class _ConnectionFactory(ClientFactory):
+    """
+    Builds one L{UpstreamConnection} for one waiter and reports failure to it.
+    """
+
+    noisy = False
+
+    def __init__(
+        self, pool: ConnectionPool, key: PoolKey, waiter: IConnectionWaiter
+    ) -> None:
+        self.pool = pool
+        self.key = key
+        self.waiter: IConnectionWaiter | None = waiter
+        self.connector: IConnector | None = None
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:
+        connection = UpstreamConnection(self.pool, self.key)
+        connection.factory = self
+        return connection
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.pool._connectFailed(self, reason)
+
+
+class _Host:
+    """
+    The pool's state for one upstream.
+    """
+
+    __slots__ = ("active", "connecting", "idle", "waiting")
+
+    def __init__(self) -> None:
+        self.idle: list[UpstreamConnection] = []
+        self.active = 0
+        self.connecting: set[_ConnectionFactory] = set()
+        self.waiting: deque[tuple[IConnectionWaiter, float]] = deque()
+
+
+class ConnectionPool:
+    """
+    Keep-alive connections to upstreams, keyed by (scheme, host, port).
+
+    A waiter asks with L{acquire}; it gets the most recently used idle
+    connection (so surplus ones age out), else a new one, else waits in line
+    when the upstream already has C{maxConnections}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connect: IUpstreamConnector,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        maxIdle: int = DEFAULT_MAX_IDLE,
+        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._clock = clock
+        self._connect = connect
+        self.idleTimeout = idleTimeout
+        self.maxIdle = maxIdle
+        self.maxConnections = maxConnections
+        self._hosts: dict[PoolKey, _Host] = {}
+        self._sweep: IDelayedCall | None = None
+        self._closed = False
+
+    def _host(self, key: PoolKey) -> _Host:
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = _Host()
+        return host
+
+    def acquire(
+        self,
+        key: PoolKey,
+        waiter: IConnectionWaiter,
+        timeout: float,
+        fresh: bool = False,
+    ) -> Callable[[], None]:
+        """
+        Get a connection to C{key} for C{waiter}; C{fresh} skips idle ones.
+
+        @return: a function that withdraws the request (the client left).
+        """
+        host = self._host(key)
+        if not fresh:
+            idle = host.idle
+            now = self._clock.seconds()
+            while idle:
+                connection = idle.pop()
+                if (
+                    now - connection.idleSince < self.idleTimeout
+                    and connection.connected
+                ):
+                    host.active += 1
+                    waiter.connectionReady(connection)
+                    return _nothing
+                connection.pool = _DETACHED
+                if connection.transport is not None:
+                    connection.transport.loseConnection()
+        if host.active + len(host.connecting) >= self.maxConnections:
+            entry = (waiter, timeout)
+            host.waiting.append(entry)
+
+            def withdraw() -> None:
+                try:
+                    host.waiting.remove(entry)
+                except ValueError:
+                    pass
+
+            return withdraw
+        factory = self._open(key, host, waiter, timeout)
+
+        def cancel() -> None:
+            if factory.waiter is waiter:
+                factory.waiter = None
+                if factory.connector is not None:
+                    factory.connector.disconnect()
+
+        return cancel
+
+    def _open(
+        self, key: PoolKey, host: _Host, waiter: IConnectionWaiter, timeout: float
+    ) -> _ConnectionFactory:
+        factory = _ConnectionFactory(self, key, waiter)
+        host.connecting.add(factory)
+        try:
+            factory.connector = self._connect(key, factory, timeout)
+        except Exception:
+            # A connector that raises (a bad address) must not leak the slot.
+            self._connectFailed(factory, Failure())
+        return factory
+
+    # -- called by connections and factories
+
+    def connectionMade(self, connection: UpstreamConnection) -> None:
+        factory: _ConnectionFactory = connection.factory
+        host = self._host(connection.key)
+        host.connecting.discard(factory)
+        waiter = factory.waiter
+        factory.waiter = None
+        if waiter is None:
+            # The client left while we were connecting: the connection serves
+            # the next in line, or waits idle.
+            host.active += 1
+            self.release(connection)
+            return
+        host.active += 1
+        waiter.connectionReady(connection)
+
+    def _connectFailed(self, factory: _ConnectionFactory, reason: Failure) -> None:
+        host = self._host(factory.key)
+        host.connecting.discard(factory)
+        waiter = factory.waiter
+        factory.waiter = None
+        if waiter is not None:
+            waiter.connectionFailed(reason)
+        self._serveWaiting(factory.key, host)
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection} finished an exchange and may be reused.
+        """
+        host = self._hosts.get(connection.key)
+        if host is None or connection.pool is not self:
+            return
+        host.active -= 1
+        stream = connection.stream
+        if stream is not None:
+            # The client's backpressure may have paused it mid-response.
+            stream.resumeProducing()
+        if host.waiting:
+            host.active += 1
+            host.waiting.popleft()[0].connectionReady(connection)
+            return
+        self._keepIdle(host, connection)
+
+    def _keepIdle(self, host: _Host, connection: UpstreamConnection) -> None:
+        if self._closed or len(host.idle) >= self.maxIdle:
+            connection.pool = _DETACHED
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+            return
+        connection.idleSince = self._clock.seconds()
+        host.idle.append(connection)
+        if self._sweep is None:
+            self._sweep = self._clock.callLater(self.idleTimeout, self._sweepIdle)
+
+    def connectionLost(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection} closed, idle or busy.
+        """
+        if connection.pool is not self:
+            return
+        connection.pool = _DETACHED
+        host = self._hosts.get(connection.key)
+        if host is None:
+            return
+        try:
+            host.idle.remove(connection)
+        except ValueError:
+            host.active -= 1
+            self._serveWaiting(connection.key, host)
+
+    def _serveWaiting(self, key: PoolKey, host: _Host) -> None:
+        while host.waiting and host.active + len(host.connecting) < self.maxConnections:
+            waiter, timeout = host.waiting.popleft()
+            self._open(key, host, waiter, timeout)
+
+    def _sweepIdle(self) -> None:
+        self._sweep = None
+        now = self._clock.seconds()
+        remaining = False
+        for host in self._hosts.values():
+            keep = []
+            for connection in host.idle:
+                if now - connection.idleSince >= self.idleTimeout:
+                    connection.pool = _DETACHED
+                    if connection.transport is not None:
+                        connection.transport.loseConnection()
+                else:
+                    keep.append(connection)
+            host.idle[:] = keep
+            remaining = remaining or bool(keep)
+        if remaining and not self._closed:
+            self._sweep = self._clock.callLater(self.idleTimeout / 2, self._sweepIdle)
+
+    def idleCount(self, key: PoolKey) -> int:
+        """
+        How many idle connections to C{key} the pool holds.
+        """
+        host = self._hosts.get(key)
+        return len(host.idle) if host else 0
+
+    def activeCount(self, key: PoolKey) -> int:
+        """
+        How many connections to C{key} are busy or being opened.
+        """
+        host = self._hosts.get(key)
+        return host.active + len(host.connecting) if host else 0
+
+    def close(self) -> None:
+        """
+        Close every idle connection and stop the idle sweep; busy connections
+        close when their exchange ends.
+        """
+        self._closed = True
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        for host in self._hosts.values():
+            for connection in host.idle:
+                connection.pool = _DETACHED
+                if connection.transport is not None:
+                    connection.transport.loseConnection()
+            host.idle.clear()
+
+
+class _DetachedPool:
+    """
+    The pool of a connection that no longer belongs to any: it closes on
+    release and its loss is nobody's business.
+    """
+
+    def release(self, connection: UpstreamConnection) -> None:
+        if connection.transport is not None:
+            connection.transport.loseConnection()
+
+    def connectionLost(self, connection: UpstreamConnection) -> None:
+        pass
+
+    def connectionMade(self, connection: UpstreamConnection) -> None:
+        pass
+
+
+_DETACHED: ConnectionPool = _DetachedPool()  # type: ignore[assignment]
+
+
+def _nothing() -> None:
+    pass

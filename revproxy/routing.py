@@ -1,0 +1,341 @@
+# -*- test-case-name: tests.test_routing -*-
+"""
+Routing a request to a site by its C{Host}.
+
+L{normalizeHostHeader} and L{RoutingTable} are pure and on the hot path: no
+reactor, no I/O.  The common C{Host} (ASCII, perhaps with a port) is checked
+by one precompiled regular expression; only non-ASCII names and A-labels go
+through C{idna}.  L{RootResource} is the shell: the one resource of the
+L{Site}, which routes each request and hands it to the forwarder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from ipaddress import AddressValueError, IPv6Address
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+import idna
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from revproxy.proxy.forwarder import Forwarder
+    from revproxy.proxy.request import ProxyRequest
+    from revproxy.runtime import RuntimeHolder
+
+
+class HasHosts(Protocol):
+    """
+    What routing needs of a site: L{revproxy.config.SiteConfig} has it.
+    """
+
+    @property
+    def name(self) -> str:
+        """
+        The site's name, for error messages.
+        """
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """
+        Normalized host names: lowercase A-labels without a trailing dot,
+        C{*.example.com} wildcards, IPv6 literals without brackets.
+        """
+
+    @property
+    def default(self) -> bool:
+        """
+        Whether requests for no other site's hosts go to this one.
+        """
+
+
+S = TypeVar("S", bound=HasHosts)
+
+_MAX_NAME = 253
+_MAX_PORT = 65535
+_CACHE_LIMIT = 4096
+# "[" IPv6 "]" or a 253-byte name and its dot, then ":" and five digits; a
+# UTF-8 name may take up to four bytes for each character of its A-labels.
+_MAX_ASCII_VALUE = 261
+_MAX_VALUE = 4 * _MAX_ASCII_VALUE
+
+# An LDH name (underscores let through, as nginx does: the name must still be
+# configured to match anything) with an optional port, on lowercased bytes.
+_ASCII_HOST = re.compile(
+    rb"((?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+    rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)"
+    rb"\.?(?::([0-9]{0,5}))?"
+)
+_IPV6_HOST = re.compile(rb"\[([0-9a-f:.]+)\](?::([0-9]{0,5}))?")
+_PORT = re.compile(rb"[0-9]{0,5}")
+
+
+def _portOK(port: bytes | None) -> bool:
+    """
+    Whether C{port}, the digits after the colon if any, is a valid port.
+
+    An empty port (C{example.com:}) is allowed by RFC 3986.
+    """
+    return not port or int(port) <= _MAX_PORT
+
+
+def _normalizeIDN(value: bytes) -> str | None:
+    """
+    Normalize a C{Host} value with non-ASCII bytes or A-labels through
+    UTS 46 and IDNA 2008.
+    """
+    name, colon, port = value.rpartition(b":")
+    if not colon:
+        name, port = value, b""
+    elif _PORT.fullmatch(port) is None or not _portOK(port):
+        return None
+    try:
+        text = name.decode("utf-8")
+        encoded = idna.encode(text, uts46=True)
+    except (UnicodeError, idna.IDNAError):
+        return None
+    if encoded.endswith(b"."):
+        encoded = encoded[:-1]
+    match = _ASCII_HOST.fullmatch(encoded)
+    if match is None or len(encoded) > _MAX_NAME or match.group(1) != encoded:
+        return None
+    return encoded.decode("ascii")
+
+
+def normalizeHostHeader(value: bytes) -> str | None:
+    """
+    Normalize a C{Host} header value to the form of configured host names.
+
+    The port is removed (C{example.com:443}, C{[::1]:8080}), the name is
+    lowercased and loses one trailing dot, an IPv6 literal loses its
+    brackets and is compressed, and an internationalized name (UTF-8
+    U-labels) becomes its A-labels by UTS 46.
+
+    @return: the host name, or L{None} when C{value} is not a valid host:
+        empty, with a bad port, spaces or other invalid characters, or a bad
+        internationalized name.
+    """
+    if not value.isascii():
+        if len(value) > _MAX_VALUE:
+            return None
+        return _normalizeIDN(value)
+    if len(value) > _MAX_ASCII_VALUE:
+        return None
+    lowered = value.lower()
+    match = _ASCII_HOST.fullmatch(lowered)
+    if match is not None:
+        name, port = match.groups()
+        if len(name) > _MAX_NAME or not _portOK(port):
+            return None
+        if b"xn--" in name:
+            # A-labels are checked as the configuration's were, so a bogus
+            # one cannot reach a wildcard site.
+            return _normalizeIDN(lowered)
+        return name.decode("ascii")
+    match = _IPV6_HOST.fullmatch(lowered)
+    if match is None:
+        return None
+    literal, port = match.groups()
+    if not _portOK(port):
+        return None
+    try:
+        return str(IPv6Address(literal.decode("ascii")))
+    except AddressValueError:
+        return None
+
+
+class RoutingTable(Generic[S]):
+    """
+    The sites of one configuration, looked up by host name: an exact name
+    first, then a C{*.} wildcard, then the default site.
+    """
+
+    def __init__(self, sites: Iterable[S]) -> None:
+        """
+        @raise ValueError: two sites claim the same host or both are the
+            default, or a host has a C{*} other than as a whole first label.
+        """
+        self._sites = tuple(sites)
+        self._exact: dict[str, S] = {}
+        self._wildcard: dict[str, S] = {}
+        self._default: S | None = None
+        self._cache: dict[bytes, S | None] = {}
+        owners: dict[str, S] = {}
+        for site in self._sites:
+            if site.default:
+                if self._default is not None:
+                    raise ValueError(
+                        f"sites {self._default.name!r} and {site.name!r} "
+                        "are both the default"
+                    )
+                self._default = site
+            for host in site.hosts:
+                previous = owners.get(host)
+                if previous is not None:
+                    raise ValueError(
+                        f"host {host!r} belongs to sites {previous.name!r} "
+                        f"and {site.name!r}"
+                    )
+                owners[host] = site
+                if host.startswith("*."):
+                    suffix = host[2:]
+                    if not suffix or "*" in suffix:
+                        raise ValueError(f"site {site.name!r}: bad wildcard {host!r}")
+                    self._wildcard[suffix] = site
+                elif "*" in host:
+                    raise ValueError(f"site {site.name!r}: bad wildcard {host!r}")
+                else:
+                    self._exact[host] = site
+
+    @property
+    def sites(self) -> tuple[S, ...]:
+        """
+        The sites, in the order they were given.
+        """
+        return self._sites
+
+    def match(self, host: str | None) -> S | None:
+        """
+        The site for C{host}, normalized as by L{normalizeHostHeader}.
+
+        A wildcard C{*.example.com} stands for exactly one label, as in
+        Caddy: it matches C{a.example.com}, but neither C{example.com} nor
+        C{a.b.example.com}.
+
+        @param host: the host name, or L{None} when the request had none.
+        @return: the site, or the default site when none claims C{host}, or
+            L{None} when there is no default site either.
+        """
+        if host is not None:
+            site = self._exact.get(host)
+            if site is not None:
+                return site
+            if self._wildcard:
+                label, dot, suffix = host.partition(".")
+                if label and dot:
+                    site = self._wildcard.get(suffix)
+                    if site is not None:
+                        return site
+        return self._default
+
+    def lookupHeader(self, value: bytes | None) -> S | None:
+        """
+        The site for a raw C{Host} header value, or L{None} when there is no
+        C{Host}.
+
+        A C{Host} that is not valid gets the same answer as a missing one.
+        Answers are cached by the raw value; the cache is emptied whenever it
+        would grow beyond 4096 entries, so it stays bounded however many
+        names clients send.
+        """
+        if value is None:
+            return self._default
+        cache = self._cache
+        try:
+            return cache[value]
+        except KeyError:
+            pass
+        site = self.match(normalizeHostHeader(value))
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[value] = site
+        return site
+
+
+def splitAbsoluteForm(uri: bytes) -> tuple[bytes, bytes] | None:
+    """
+    Split an absolute-form request-target (C{http://host:port/path?q}) into
+    its authority and origin-form target, or L{None} when it is not one.
+    """
+    lowered = uri[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = uri[7:]
+    elif lowered.startswith(b"https://"):
+        rest = uri[8:]
+    else:
+        return None
+    cut = len(rest)
+    for sep in (b"/", b"?"):
+        i = rest.find(sep)
+        if i != -1 and i < cut:
+            cut = i
+    authority, target = rest[:cut], rest[cut:]
+    if b"@" in authority or not authority:
+        return None
+    if not target.startswith(b"/"):
+        target = b"/" + target
+    return authority, target
+
+
+@implementer(IResource)
+class RootResource:
+    """
+    The one resource of the proxy's L{Site}: route by C{Host}, then forward.
+
+    It reads the current runtime once per request; a reload swaps it under
+    requests in flight without touching them.
+    """
+
+    isLeaf = True
+
+    def __init__(self, runtime: RuntimeHolder, forwarder: Forwarder) -> None:
+        self.runtime = runtime
+        self.forwarder = forwarder
+
+    def getChildWithDefault(self, name: bytes, request: object) -> IResource:
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError("RootResource has no children")
+
+    def render(self, request: ProxyRequest) -> int:
+        """
+        Route C{request} and start forwarding it; errors are answered here.
+        """
+        from revproxy.proxy.forwarder import simpleResponse
+
+        uri = request.uri
+        headers = request.requestHeaders
+        if uri[:1] == b"/" or uri == b"*":
+            target = uri
+            values = headers.getRawHeaders(b"host")
+            if values is None:
+                if request.clientproto != b"HTTP/1.0":
+                    simpleResponse(request, 400, "400 Bad Request: missing Host header")
+                    return NOT_DONE_YET
+                host: str | None = None
+            elif len(values) != 1:
+                simpleResponse(
+                    request, 400, "400 Bad Request: more than one Host header"
+                )
+                return NOT_DONE_YET
+            else:
+                host = normalizeHostHeader(values[0])
+                if host is None:
+                    simpleResponse(request, 400, "400 Bad Request: invalid Host header")
+                    return NOT_DONE_YET
+        else:
+            split = splitAbsoluteForm(uri)
+            if split is None:
+                simpleResponse(request, 400, "400 Bad Request: invalid request-target")
+                return NOT_DONE_YET
+            # RFC 9112 3.2.2: the target's authority replaces any Host.
+            authority, target = split
+            host = normalizeHostHeader(authority)
+            if host is None:
+                simpleResponse(request, 400, "400 Bad Request: invalid request-target")
+                return NOT_DONE_YET
+            headers.setRawHeaders(b"host", [authority])
+        route = self.runtime.current.table.match(host)
+        if route is None:
+            simpleResponse(
+                request,
+                421,
+                "421 Misdirected Request: no site is configured for this host",
+            )
+            return NOT_DONE_YET
+        self.forwarder.forward(request, route, target)
+        return NOT_DONE_YET

@@ -1,0 +1,61 @@
+# -*- test-case-name: tests.test_runtime -*-
+"""
+The immutable snapshot every request reads, and the one reference a reload
+swaps.
+
+A L{Runtime} is built whole from a L{Config} off to the side; requests take
+C{holder.current} once at their start and keep it.  State that must outlive a
+reload (upstream selectors with their back-off) is carried over by key from
+the previous snapshot.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
+
+from revproxy.config import Config
+from revproxy.proxy.forwarder import SiteRoute
+from revproxy.proxy.pool import UpstreamSelector
+from revproxy.routing import RoutingTable
+
+
+@frozen
+class Runtime:
+    """
+    One generation of the proxy's dynamic state.
+    """
+
+    config: Config
+    table: RoutingTable[SiteRoute]
+    generation: int
+
+
+def buildRuntime(
+    config: Config, clock: IReactorTime, previous: Runtime | None = None
+) -> Runtime:
+    """
+    Build the snapshot for C{config}, reusing the upstream selectors of sites
+    whose upstreams did not change.
+    """
+    carried: dict[tuple[str, tuple[object, ...]], UpstreamSelector] = {}
+    if previous is not None:
+        for route in previous.table.sites:
+            carried[(route.name, route.selector.upstreams)] = route.selector
+    routes = []
+    for site in config.sites:
+        selector = carried.get((site.name, site.upstreams))
+        if selector is None:
+            selector = UpstreamSelector(site.upstreams, clock)
+        routes.append(SiteRoute(site, selector))
+    generation = previous.generation + 1 if previous is not None else 1
+    return Runtime(config=config, table=RoutingTable(routes), generation=generation)
+
+
+class RuntimeHolder:
+    """
+    The single mutable reference to the current L{Runtime}.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime

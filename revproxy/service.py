@@ -1,0 +1,136 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The service tree behind C{twistd revproxy}.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.application.strports import service as listener
+from twisted.internet.interfaces import IConnector
+from twisted.internet.protocol import ClientFactory
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+from revproxy.config import Config
+from revproxy.interfaces import IRevProxyReactor
+from revproxy.proxy.forwarder import Forwarder
+from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
+from revproxy.proxy.request import ProxySite
+from revproxy.routing import RootResource
+from revproxy.runtime import RuntimeHolder, buildRuntime
+
+_log = Logger()
+
+
+def reactorConnector(reactor: IRevProxyReactor) -> IUpstreamConnector:
+    """
+    Open upstream connections with C{reactor}: plain TCP for http://, TLS
+    verified against the system trust store for https://.
+    """
+
+    def connect(key: PoolKey, factory: ClientFactory, timeout: float) -> IConnector:
+        scheme, host, port = key
+        if scheme == "https":
+            tls: Any = optionsForClientTLS(host)
+            return reactor.connectSSL(
+                host, port, factory, tls, timeout=timeout, bindAddress=None
+            )
+        return reactor.connectTCP(host, port, factory, timeout=timeout)
+
+    return connect
+
+
+class _PoolService(Service):
+    """
+    Closes the upstream pool's idle connections and timers at shutdown.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.close()
+
+
+def buildService(
+    config: Config, configPath: str, reactor: IRevProxyReactor
+) -> MultiService:
+    """
+    Build the service tree for C{config}.  Nothing listens until it starts.
+    """
+    top = MultiService()
+    holder = RuntimeHolder(buildRuntime(config, reactor))
+    pool = ConnectionPool(reactor, reactorConnector(reactor))
+    forwarder = Forwarder(pool, reactor, config.server.trusted_proxies)
+    site = ProxySite(RootResource(holder, forwarder), reactor=reactor)
+    top.site = site  # type: ignore[attr-defined]
+    top.runtime = holder  # type: ignore[attr-defined]
+
+    for description in config.server.listen_http:
+        listener(description, site, reactor=reactor).setServiceParent(top)
+    if any(s.tls != "none" for s in config.sites):
+        _log.warn(
+            "TLS termination is not in this version yet: sites with tls = "
+            '"{tls}" are served on the HTTP listeners only',
+            tls="files/acme",
+        )
+
+    poolService = _PoolService(pool)
+    poolService.setName("upstream-pool")
+    poolService.setServiceParent(top)
+
+    SignalRelay(
+        reactor,
+        {
+            signal.SIGTERM: reactor.stop,
+            signal.SIGINT: reactor.stop,
+        },
+    ).setServiceParent(top)
+    return top
+
+
+class SignalRelay(Service):
+    """
+    While running, turn POSIX signals into calls made on the reactor thread.
+    """
+
+    def __init__(
+        self, reactor: IRevProxyReactor, handlers: Mapping[int, Callable[[], object]]
+    ) -> None:
+        self._reactor = reactor
+        self._handlers = handlers
+        self._previous: dict[int, Any] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        # The reactor installs its own SIGINT/SIGTERM handlers as it starts;
+        # installing ours when it is running lets ours win, and SIGTERM then
+        # exits 0 instead of twistd's 143.
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        if not self.running:
+            return
+        for signum, handler in self._handlers.items():
+            self._previous[signum] = signal.signal(signum, self._relay(handler))
+
+    def _relay(
+        self, handler: Callable[[], object]
+    ) -> Callable[[int, FrameType | None], None]:
+        def onSignal(signum: int, frame: FrameType | None) -> None:
+            self._reactor.callFromThread(handler)
+
+        return onSignal
+
+    def stopService(self) -> None:
+        super().stopService()
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()

@@ -1,0 +1,107 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd revproxy}: command-line options and L{makeService}.
+
+This is the only module that imports the global reactor, and only inside
+L{makeService}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, cast
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from revproxy import __version__
+from revproxy.config import Config, ConfigError, checkConfig, loadConfig, quickConfig
+from revproxy.interfaces import IRevProxyReactor
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd revproxy}.
+    """
+
+    synopsis = "[--config FILE [--check]] | [--listen ENDPOINT --to URL]"
+    longdesc = (
+        "Run the revproxy reverse proxy on the TOML config FILE "
+        "(--check: validate it and exit 0 or 1, like nginx -t), or, with no "
+        "file, proxy every Host from --listen to the one upstream --to."
+    )
+    optFlags = [
+        ["check", None, "Validate the config file, print every error, exit 0 or 1."],
+    ]
+    optParameters = [
+        ["config", "c", None, "Path to the TOML config file."],
+        ["listen", None, None, "Quick mode: endpoint to listen on, e.g. tcp:8080."],
+        ["to", None, None, "Quick mode: upstream URL, e.g. http://127.0.0.1:8000."],
+    ]
+
+    #: Where --check and start-up errors are printed; a parameter for tests.
+    stdout: IO[str] = sys.stdout
+    stderr: IO[str] = sys.stderr
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"revproxy {__version__}", file=self.stdout)
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        quick = self["listen"] is not None or self["to"] is not None
+        if quick and self["config"] is not None:
+            raise usage.UsageError("use either --config or --listen/--to, not both")
+        if quick and (self["listen"] is None or self["to"] is None):
+            raise usage.UsageError("quick mode needs both --listen and --to")
+        if not quick and self["config"] is None:
+            raise usage.UsageError("--config FILE is required (or --listen and --to)")
+        try:
+            config = (
+                quickConfig(self["listen"], self["to"])
+                if quick
+                else loadConfig(self["config"])
+            )
+        except ConfigError as e:
+            self._exitWithErrors(list(e.errors))
+        problems = checkConfig(config) if self["check"] else []
+        if problems:
+            self._exitWithErrors(problems)
+        if self["check"]:
+            print(
+                f"revproxy: the configuration file {self['config'] or '(quick mode)'} "
+                f"syntax is ok; {len(config.sites)} site(s)\n"
+                "revproxy: configuration test is successful",
+                file=self.stdout,
+            )
+            sys.exit(0)
+        self["parsed"] = config
+
+    def _exitWithErrors(self, errors: list[str]) -> None:
+        source = self["config"] or "(quick mode)"
+        count = len(errors)
+        lines = [
+            f"revproxy: configuration {source} is invalid "
+            f"({count} error{'s' if count != 1 else ''}):"
+        ]
+        lines += [f"  {error}" for error in errors]
+        print("\n".join(lines), file=self.stderr)
+        sys.exit(1)
+
+
+def makeService(
+    options: usage.Options, reactor: IRevProxyReactor | None = None
+) -> IService:
+    """
+    Build the service tree for the parsed options.
+    """
+    from revproxy.service import buildService
+
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = cast(IRevProxyReactor, globalReactor)
+    config: Config = options["parsed"]
+    return buildService(config, options["config"] or "", reactor)

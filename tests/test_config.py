@@ -1,0 +1,1802 @@
+"""
+Tests for L{revproxy.config}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import os
+import re
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from revproxy.config import (
+    AcmeConfig,
+    Config,
+    ConfigError,
+    Defaults,
+    HealthCheck,
+    LoggingConfig,
+    RateLimit,
+    ServerConfig,
+    SiteConfig,
+    Upstream,
+    checkConfig,
+    loadConfig,
+    parseConfig,
+    quickConfig,
+)
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _tomlString(text: str) -> str:
+    """
+    Write C{text} as a TOML basic string.
+    """
+    escaped = "".join(
+        f"\\u{ord(c):04x}" if c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F else c
+        for c in text
+    )
+    return f'"{escaped}"'
+
+
+def _tomlKey(key: str) -> str:
+    """
+    Write C{key} as a TOML key, quoted unless it is bare.
+    """
+    return key if _BARE.fullmatch(key) else _tomlString(key)
+
+
+def _tomlValue(value: object) -> str:
+    """
+    Write C{value} as a TOML value; tables become inline tables.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _tomlString(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_tomlValue(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{_tomlKey(k)} = {_tomlValue(v)}" for k, v in value.items())
+        return "{ " + ", ".join(items) + " }"
+    raise TypeError(value)
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """
+    A tiny TOML serializer, enough for these tests: one C{key = value} line
+    per top-level key.
+    """
+    return "".join(f"{_tomlKey(k)} = {_tomlValue(v)}\n" for k, v in document.items())
+
+
+def site(**keys: Any) -> dict[str, Any]:
+    """
+    A valid minimal C{[[sites]]} entry, changed by C{keys}.
+    """
+    entry: dict[str, Any] = {
+        "name": "app",
+        "hosts": ["example.com"],
+        "upstreams": ["http://127.0.0.1:8000"],
+    }
+    entry.update(keys)
+    return entry
+
+
+def document(*sites: dict[str, Any], **tables: Any) -> str:
+    """
+    A config document with C{sites} (one minimal site by default) and the
+    given top-level tables.
+    """
+    return dumps({**tables, "sites": list(sites) or [site()]})
+
+
+FULL = """\
+[server]
+listen_http  = ["tcp:80"]
+listen_https = ["tcp:443", "tcp6:443"]
+admin_socket_path = "/run/revproxy/admin.sock"
+ops_listen = "tcp:9901:interface=127.0.0.1"
+state_dir = "/var/lib/revproxy"
+shutdown_timeout_secs = 30
+trusted_proxies = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+
+[acme]
+email = "ops@example.com"
+directory_url = "https://acme-v02.api.letsencrypt.org/directory"
+ca_file = "ca.pem"
+challenge = "tls-alpn-01"
+renew_before_days = 20
+key_type = "rsa2048"
+
+[logging]
+access_log = "-"
+access_log_format = "combined"
+
+[defaults]
+max_body_bytes = 10485760
+rate_limit = { requests_per_second = 50, burst = 100 }
+connect_timeout_secs = 5
+response_timeout_secs = 60
+
+[[sites]]
+name = "app"
+hosts = ["Example.COM.", "Bücher.example"]
+upstreams = ["http://10.0.0.1:8000", "HTTP://10.0.0.2:8000/"]
+tls = "acme"
+redirect_http = true
+health_check = { path = "/healthz", interval_secs = 10 }
+
+[[sites]]
+name = "static"
+hosts = ["*.example.com", "*.bücher.example", "[2001:DB8::1]"]
+upstreams = ["https://[::1]", "https://static.internal:8443"]
+tls = "files"
+cert_file = "certs/static.pem"
+key_file = "/etc/revproxy/keys/static.key"
+default = true
+max_body_bytes = 1024
+rate_limit = { requests_per_second = 0.5, burst = 1 }
+connect_timeout_secs = 1.5
+response_timeout_secs = 600
+"""
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """
+    Tests for L{ConfigError}.
+    """
+
+    def test_strJoinsErrors(self) -> None:
+        """
+        The string of a L{ConfigError} is its errors, one per line.
+        """
+        error = ConfigError(["a: one", "b: two"])
+        self.assertEqual(error.errors, ("a: one", "b: two"))
+        self.assertEqual(str(error), "a: one\nb: two")
+
+    def test_singleString(self) -> None:
+        """
+        A L{ConfigError} made from one string holds that one error.
+        """
+        self.assertEqual(ConfigError("a: one").errors, ("a: one",))
+
+
+class ParseTestCase(SynchronousTestCase):
+    """
+    Helpers for tests of L{parseConfig}.
+    """
+
+    def errorsOf(self, text: str, baseDir: str | None = None) -> tuple[str, ...]:
+        """
+        Parse C{text}, which must fail, and return its errors.
+        """
+        error: ConfigError = self.assertRaises(
+            ConfigError, parseConfig, text, baseDir=baseDir
+        )
+        self.assertEqual(str(error), "\n".join(error.errors))
+        return error.errors
+
+    def assertErrors(self, text: str, *expected: str) -> None:
+        """
+        Parsing C{text} fails with exactly the C{expected} errors, in order.
+        """
+        self.assertEqual(self.errorsOf(text), expected)
+
+
+class FullDocumentTests(ParseTestCase):
+    """
+    Tests for valid documents.
+    """
+
+    def setUp(self) -> None:
+        self.config = parseConfig(FULL, baseDir="/etc/revproxy")
+
+    def test_server(self) -> None:
+        """
+        The C{[server]} table is parsed, proxies into networks.
+        """
+        self.assertEqual(
+            self.config.server,
+            ServerConfig(
+                listen_http=("tcp:80",),
+                listen_https=("tcp:443", "tcp6:443"),
+                admin_socket_path="/run/revproxy/admin.sock",
+                ops_listen="tcp:9901:interface=127.0.0.1",
+                state_dir="/var/lib/revproxy",
+                shutdown_timeout_secs=30.0,
+                trusted_proxies=(
+                    ipaddress.IPv4Network("10.0.0.0/8"),
+                    ipaddress.IPv6Network("2001:db8::/32"),
+                    ipaddress.IPv4Network("192.0.2.7/32"),
+                ),
+            ),
+        )
+
+    def test_acmeAndLogging(self) -> None:
+        """
+        The C{[acme]} and C{[logging]} tables are parsed, a relative
+        C{ca_file} resolved against the base directory.
+        """
+        self.assertEqual(
+            self.config.acme,
+            AcmeConfig(
+                email="ops@example.com",
+                directory_url="https://acme-v02.api.letsencrypt.org/directory",
+                ca_file="/etc/revproxy/ca.pem",
+                challenge="tls-alpn-01",
+                renew_before_days=20.0,
+                key_type="rsa2048",
+            ),
+        )
+        self.assertEqual(
+            self.config.logging,
+            LoggingConfig(access_log="-", access_log_format="combined"),
+        )
+
+    def test_defaults(self) -> None:
+        """
+        The C{[defaults]} table is parsed.
+        """
+        self.assertEqual(
+            self.config.defaults,
+            Defaults(
+                max_body_bytes=10485760,
+                rate_limit=RateLimit(50.0, 100),
+                connect_timeout_secs=5.0,
+                response_timeout_secs=60.0,
+            ),
+        )
+
+    def test_siteInheritsDefaults(self) -> None:
+        """
+        A site without its own limits gets those of C{[defaults]}; its hosts
+        are normalized, IDN to punycode, and its upstreams too.
+        """
+        self.assertEqual(
+            self.config.sites[0],
+            SiteConfig(
+                name="app",
+                hosts=("example.com", "xn--bcher-kva.example"),
+                upstreams=(
+                    Upstream("http://10.0.0.1:8000", "http", "10.0.0.1", 8000),
+                    Upstream("http://10.0.0.2:8000", "http", "10.0.0.2", 8000),
+                ),
+                tls="acme",
+                redirect_http=True,
+                health_check=HealthCheck("/healthz", 10.0),
+                max_body_bytes=10485760,
+                rate_limit=RateLimit(50.0, 100),
+                connect_timeout_secs=5.0,
+                response_timeout_secs=60.0,
+            ),
+        )
+
+    def test_siteOverridesDefaults(self) -> None:
+        """
+        A site's own limits override C{[defaults]}; wildcards and IPv6 hosts
+        are normalized, relative certificate paths resolved.
+        """
+        self.assertEqual(
+            self.config.sites[1],
+            SiteConfig(
+                name="static",
+                hosts=("*.example.com", "*.xn--bcher-kva.example", "2001:db8::1"),
+                upstreams=(
+                    Upstream("https://[::1]:443", "https", "::1", 443),
+                    Upstream(
+                        "https://static.internal:8443", "https", "static.internal", 8443
+                    ),
+                ),
+                tls="files",
+                cert_file="/etc/revproxy/certs/static.pem",
+                key_file="/etc/revproxy/keys/static.key",
+                default=True,
+                max_body_bytes=1024,
+                rate_limit=RateLimit(0.5, 1),
+                connect_timeout_secs=1.5,
+                response_timeout_secs=600.0,
+            ),
+        )
+
+    def test_noSourceWithoutFile(self) -> None:
+        """
+        A parsed document has no path or hash: only L{loadConfig} sets them.
+        """
+        self.assertEqual((self.config.path, self.config.source_sha256), ("", ""))
+
+    def test_immutableAndHashable(self) -> None:
+        """
+        A L{Config} cannot be changed, and hashes equal to an equal one.
+        """
+        self.assertRaises(
+            attrs.exceptions.FrozenInstanceError,
+            setattr,
+            self.config,
+            "sites",
+            (),
+        )
+        again = parseConfig(FULL, baseDir="/etc/revproxy")
+        self.assertEqual(hash(self.config), hash(again))
+
+    def test_missingTablesGetDefaults(self) -> None:
+        """
+        Every table but C{[[sites]]} is optional and defaults as documented.
+        """
+        config = parseConfig(document())
+        self.assertEqual(config.server, ServerConfig())
+        self.assertEqual(config.acme, AcmeConfig())
+        self.assertEqual(config.logging, LoggingConfig())
+        self.assertEqual(config.defaults, Defaults())
+        self.assertEqual(config.server.listen_http, ("tcp:80",))
+        self.assertIsNone(config.acme.renew_before_days)
+        self.assertEqual(
+            config.sites,
+            (
+                SiteConfig(
+                    name="app",
+                    hosts=("example.com",),
+                    upstreams=(
+                        Upstream("http://127.0.0.1:8000", "http", "127.0.0.1", 8000),
+                    ),
+                ),
+            ),
+        )
+        self.assertEqual(config.sites[0].max_body_bytes, 10485760)
+        self.assertFalse(config.sites[0].rate_limit.enabled)
+
+    def test_relativePathsKeptWithoutBaseDir(self) -> None:
+        """
+        Without a base directory, relative file paths are kept as written.
+        """
+        config = parseConfig(
+            document(site(tls="files", cert_file="c.pem", key_file="k.pem"))
+        )
+        self.assertEqual(
+            (config.sites[0].cert_file, config.sites[0].key_file), ("c.pem", "k.pem")
+        )
+
+    def test_rateLimitEnabled(self) -> None:
+        """
+        A rate limit is enabled when it is not C{(0, 0)}.
+        """
+        self.assertTrue(RateLimit(1, 1).enabled)
+        self.assertFalse(RateLimit(0, 0).enabled)
+
+
+class SyntaxTests(ParseTestCase):
+    """
+    Tests for documents that are not TOML.
+    """
+
+    def test_lineAndColumn(self) -> None:
+        """
+        A TOML syntax error is one error giving its line and column.
+        """
+        self.assertErrors(
+            "[server]\nstate_dir = /x\n",
+            "TOML syntax error at line 2, column 13: Invalid value",
+        )
+
+    def test_endOfDocument(self) -> None:
+        """
+        A document cut short says so.
+        """
+        self.assertErrors(
+            "[server]\nlisten_http = [",
+            "TOML syntax error at end of document: Invalid value",
+        )
+
+    def test_integerTooLong(self) -> None:
+        """
+        An integer too long for Python to read is a config error, not a crash.
+        """
+        (error,) = self.errorsOf("[defaults]\nmax_body_bytes = " + "9" * 5000)
+        self.assertTrue(error.startswith("TOML error: "), error)
+
+
+class UnknownKeyTests(ParseTestCase):
+    """
+    Tests for keys that revproxy does not know.
+    """
+
+    def test_suggestsClosestKey(self) -> None:
+        """
+        An unknown key is an error that suggests the closest known key.
+        """
+        self.assertErrors(
+            document(server={"listn_http": ["tcp:80"]}),
+            'server.listn_http: unknown key (did you mean "listen_http"?)',
+        )
+
+    def test_topLevel(self) -> None:
+        """
+        An unknown top-level table is an error too.
+        """
+        self.assertErrors(
+            document(sitez={}),
+            'sitez: unknown key (did you mean "sites"?)',
+        )
+
+    def test_noSuggestion(self) -> None:
+        """
+        With nothing close, the error says only that the key is unknown.
+        """
+        self.assertErrors(document(logging={"zzz": 1}), "logging.zzz: unknown key")
+
+    def test_keyOfAnotherTable(self) -> None:
+        """
+        A key put under the wrong table says where it belongs.
+        """
+        self.assertErrors(
+            document(site(access_log="-")),
+            "sites[0].access_log: unknown key (it belongs in [logging])",
+        )
+
+    def test_inlineTables(self) -> None:
+        """
+        Unknown keys inside C{rate_limit} and C{health_check} are errors.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    rate_limit={"requests_per_second": 1, "burst": 1, "brust": 2},
+                    health_check={"path": "/", "interval": 5},
+                )
+            ),
+            'sites[0].health_check.interval: unknown key (did you mean "interval_secs"?)',
+            'sites[0].rate_limit.brust: unknown key (did you mean "burst"?)',
+        )
+
+    def test_quotedKey(self) -> None:
+        """
+        A key that is not bare is quoted in the key path.
+        """
+        self.assertErrors(document(server={"a b": 1}), 'server."a b": unknown key')
+
+
+class TypeTests(ParseTestCase):
+    """
+    Tests for values of the wrong type.
+    """
+
+    def test_stringForNumber(self) -> None:
+        """
+        A string where a number belongs is an error showing the string.
+        """
+        self.assertErrors(
+            document(server={"shutdown_timeout_secs": "x"}),
+            'server.shutdown_timeout_secs: expected a number, got string "x"',
+        )
+
+    def test_booleanForNumber(self) -> None:
+        """
+        A boolean is not a number, although Python's bool is an int.
+        """
+        self.assertErrors(
+            document(defaults={"max_body_bytes": True, "connect_timeout_secs": False}),
+            "defaults.max_body_bytes: expected an integer, got boolean true",
+            "defaults.connect_timeout_secs: expected a number, got boolean false",
+        )
+
+    def test_numberForBoolean(self) -> None:
+        """
+        A number is not a boolean.
+        """
+        self.assertErrors(
+            document(site(default=1)),
+            "sites[0].default: expected true or false, got integer 1",
+        )
+
+    def test_floatForInteger(self) -> None:
+        """
+        Byte counts and bursts are integers; a float is an error, even a
+        whole one.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    max_body_bytes=1.5,
+                    rate_limit={"requests_per_second": 1, "burst": 2.0},
+                )
+            ),
+            "sites[0].max_body_bytes: expected an integer, got float 1.5",
+            "sites[0].rate_limit.burst: expected an integer, got float 2",
+        )
+
+    def test_integerForSeconds(self) -> None:
+        """
+        An integer is accepted where seconds are a float.
+        """
+        config = parseConfig(document(site(connect_timeout_secs=2)))
+        self.assertEqual(config.sites[0].connect_timeout_secs, 2.0)
+        self.assertIsInstance(config.sites[0].connect_timeout_secs, float)
+
+    def test_notFinite(self) -> None:
+        """
+        NaN and infinities are rejected.
+        """
+        self.assertErrors(
+            document(
+                defaults={
+                    "connect_timeout_secs": math.nan,
+                    "response_timeout_secs": math.inf,
+                },
+                server={"shutdown_timeout_secs": -math.inf},
+            ),
+            "server.shutdown_timeout_secs: expected a finite number, got float -inf",
+            "defaults.connect_timeout_secs: expected a finite number, got float nan",
+            "defaults.response_timeout_secs: expected a finite number, got float inf",
+        )
+
+    def test_tableExpected(self) -> None:
+        """
+        A top-level key that must be a table but is not is an error.
+        """
+        self.assertErrors(
+            document(server=5, logging="x"),
+            "server: expected a table, got integer 5",
+            'logging: expected a table, got string "x"',
+        )
+
+    def test_arrayExpected(self) -> None:
+        """
+        A single string where an array belongs is an error.
+        """
+        self.assertErrors(
+            document(server={"listen_http": "tcp:80"}),
+            'server.listen_http: expected an array, got string "tcp:80"',
+        )
+
+    def test_arrayItems(self) -> None:
+        """
+        Each item of an array of strings is checked, and all are reported.
+        """
+        self.assertErrors(
+            document(site(hosts=["a.example", 1, ["b"]])),
+            "sites[0].hosts[1]: expected a string, got integer 1",
+            "sites[0].hosts[2]: expected a string, got array",
+        )
+
+    def test_dateTime(self) -> None:
+        """
+        TOML dates are described as such.
+        """
+        self.assertErrors(
+            document() + "[acme]\nemail = 2024-01-02\n",
+            "acme.email: expected a string, got date 2024-01-02",
+        )
+
+    def test_controlCharacter(self) -> None:
+        """
+        A string with a control character is rejected.
+        """
+        self.assertErrors(
+            document(logging={"access_log": "/var/log/a\x00b"}),
+            'logging.access_log: "/var/log/a\\u0000b" contains a control character',
+        )
+
+
+class EndpointTests(ParseTestCase):
+    """
+    Tests for the listener endpoint strings of C{[server]}.
+    """
+
+    def test_invalid(self) -> None:
+        """
+        A string Twisted cannot parse is an error with Twisted's reason.
+        """
+        self.assertErrors(
+            document(server={"listen_http": ["tcp:80", "tcpp:80"]}),
+            'server.listen_http[1]: invalid endpoint "tcpp:80": '
+            "Unknown endpoint type: 'tcpp'",
+        )
+
+    def test_invalidOps(self) -> None:
+        """
+        The ops listener is an endpoint string too.
+        """
+        self.assertErrors(
+            document(server={"ops_listen": "tcp:x"}),
+            'server.ops_listen: invalid endpoint "tcp:x": '
+            "invalid literal for int() with base 10: 'x'",
+        )
+
+    def test_portRange(self) -> None:
+        """
+        A TCP port above 65535 is rejected.
+        """
+        self.assertErrors(
+            document(server={"listen_https": ["tcp:70000"]}),
+            'server.listen_https[0]: invalid endpoint "tcp:70000": '
+            "the port must be between 0 and 65535",
+        )
+
+    def test_httpsMustBePlainTCP(self) -> None:
+        """
+        HTTPS listeners are plain TCP, since revproxy adds TLS itself.
+        """
+        self.assertErrors(
+            document(server={"listen_https": ["ssl:443", "unix:/tmp/s", "tcp6:443"]}),
+            'server.listen_https[0]: "ssl:443" must be a plain tcp: or tcp6: '
+            "endpoint (revproxy adds TLS itself)",
+            'server.listen_https[1]: "unix:/tmp/s" must be a plain tcp: or tcp6: '
+            "endpoint (revproxy adds TLS itself)",
+        )
+
+    def test_otherEndpointsForHTTP(self) -> None:
+        """
+        Plain HTTP may listen on any endpoint, such as a UNIX socket.
+        """
+        config = parseConfig(document(server={"listen_http": ["unix:/run/a.sock"]}))
+        self.assertEqual(config.server.listen_http, ("unix:/run/a.sock",))
+
+    def test_sameAddressTwice(self) -> None:
+        """
+        Two listeners on the same port and interface are an error, whichever
+        keys they are under.
+        """
+        self.assertErrors(
+            document(
+                server={
+                    "listen_http": ["tcp:8080", "tcp:81:interface=127.0.0.1"],
+                    "listen_https": ["tcp:8080", "tcp:8443"],
+                    "ops_listen": "tcp:port=81:interface=127.0.0.1",
+                }
+            ),
+            'server.listen_https[0]: "tcp:8080" listens on the same address as '
+            "server.listen_http[0]",
+            'server.ops_listen: "tcp:port=81:interface=127.0.0.1" listens on the '
+            "same address as server.listen_http[1]",
+        )
+        self.assertErrors(
+            document(
+                server={
+                    "listen_http": ["tcp6:8443"],
+                    "listen_https": ["tcp6:8443:interface=\\:\\:0"],
+                }
+            ),
+            'server.listen_https[0]: "tcp6:8443:interface=\\\\:\\\\:0" listens on the '
+            "same address as server.listen_http[0]",
+        )
+
+    def test_sameSocketTwice(self) -> None:
+        """
+        Two listeners on the same UNIX socket are an error.
+        """
+        self.assertErrors(
+            document(server={"listen_http": ["unix:/a", "unix:/a"]}),
+            'server.listen_http[1]: "unix:/a" listens on the same address as '
+            "server.listen_http[0]",
+        )
+
+    def test_differentInterfaces(self) -> None:
+        """
+        The same port on different interfaces, or port 0, may repeat.
+        """
+        config = parseConfig(
+            document(
+                server={
+                    "listen_http": ["tcp:0", "tcp:0", "tcp:80:interface=127.0.0.1"],
+                    "listen_https": ["tcp:80:interface=127.0.0.2"],
+                }
+            )
+        )
+        self.assertEqual(len(config.server.listen_http), 3)
+
+    def test_disabled(self) -> None:
+        """
+        Empty C{ops_listen}, C{admin_socket_path} and C{listen_https} disable
+        those listeners.
+        """
+        config = parseConfig(
+            document(
+                server={"ops_listen": "", "admin_socket_path": "", "listen_https": []}
+            )
+        )
+        self.assertEqual(config.server.ops_listen, "")
+        self.assertEqual(config.server.admin_socket_path, "")
+        self.assertEqual(config.server.listen_https, ())
+
+    def test_nowhereToListen(self) -> None:
+        """
+        A config with neither HTTP nor HTTPS listeners is an error.
+        """
+        self.assertErrors(
+            document(server={"listen_http": [], "listen_https": []}),
+            "server.listen_http: listen_http and listen_https are both empty, so "
+            "revproxy would not listen anywhere",
+        )
+
+
+class LimitTests(ParseTestCase):
+    """
+    Tests for the ranges of numbers.
+    """
+
+    def test_maxBodyBytes(self) -> None:
+        """
+        C{max_body_bytes} is from 1 to 1 TiB.
+        """
+        self.assertErrors(
+            document(
+                site(max_body_bytes=0),
+                site(name="b", hosts=["b.example"], max_body_bytes=2**40 + 1),
+                defaults={"max_body_bytes": -1},
+            ),
+            "defaults.max_body_bytes: must be between 1 and 1099511627776, got -1",
+            "sites[0].max_body_bytes: must be between 1 and 1099511627776, got 0",
+            "sites[1].max_body_bytes: must be between 1 and 1099511627776, "
+            "got 1099511627777",
+        )
+        config = parseConfig(document(site(max_body_bytes=2**40)))
+        self.assertEqual(config.sites[0].max_body_bytes, 2**40)
+
+    def test_hugeInteger(self) -> None:
+        """
+        An integer too big for a float is a range error, not an overflow.
+        """
+        self.assertErrors(
+            document(defaults={"connect_timeout_secs": 10**400}),
+            "defaults.connect_timeout_secs: must be greater than 0 and at most "
+            "86400, got 10000000000000000000...00000",
+        )
+
+    def test_timeouts(self) -> None:
+        """
+        Timeouts are above 0 and at most a day.
+        """
+        self.assertErrors(
+            document(
+                site(connect_timeout_secs=0, response_timeout_secs=86400.5),
+                defaults={"response_timeout_secs": -1},
+            ),
+            "defaults.response_timeout_secs: must be greater than 0 and at most "
+            "86400, got -1",
+            "sites[0].connect_timeout_secs: must be greater than 0 and at most "
+            "86400, got 0",
+            "sites[0].response_timeout_secs: must be greater than 0 and at most "
+            "86400, got 86400.5",
+        )
+
+    def test_shutdownTimeout(self) -> None:
+        """
+        C{shutdown_timeout_secs} is from 0 to an hour.
+        """
+        self.assertErrors(
+            document(server={"shutdown_timeout_secs": 3601}),
+            "server.shutdown_timeout_secs: must be between 0 and 3600, got 3601",
+        )
+        config = parseConfig(document(server={"shutdown_timeout_secs": 0}))
+        self.assertEqual(config.server.shutdown_timeout_secs, 0.0)
+
+    def test_rateLimitRanges(self) -> None:
+        """
+        The rate is at most a million a second, the burst at most ten million.
+        """
+        self.assertErrors(
+            document(
+                defaults={
+                    "rate_limit": {"requests_per_second": 1e6 + 1, "burst": 10**7 + 1}
+                }
+            ),
+            "defaults.rate_limit.requests_per_second: must be between 0 and "
+            "1000000, got 1000001",
+            "defaults.rate_limit.burst: must be between 0 and 10000000, got 10000001",
+        )
+
+    def test_rateWithoutBurst(self) -> None:
+        """
+        A rate with a burst of 0 is an error.
+        """
+        self.assertErrors(
+            document(defaults={"rate_limit": {"requests_per_second": 5, "burst": 0}}),
+            "defaults.rate_limit.burst: burst must be >= 1 when "
+            "requests_per_second > 0",
+        )
+
+    def test_burstWithoutRate(self) -> None:
+        """
+        A burst with a rate of 0 is an error.
+        """
+        self.assertErrors(
+            document(site(rate_limit={"requests_per_second": 0, "burst": 5})),
+            "sites[0].rate_limit.requests_per_second: must be > 0 when burst > 0 "
+            "(set both to 0 to turn rate limiting off)",
+        )
+
+    def test_rateLimitNeedsBothKeys(self) -> None:
+        """
+        A rate limit gives both its rate and its burst.
+        """
+        self.assertErrors(
+            document(site(rate_limit={"requests_per_second": 5})),
+            "sites[0].rate_limit.burst: required (set both to 0 to turn rate "
+            "limiting off)",
+        )
+
+    def test_rateLimitOffOverridesDefaults(self) -> None:
+        """
+        A site may turn off the rate limit of C{[defaults]}.
+        """
+        config = parseConfig(
+            document(
+                site(rate_limit={"requests_per_second": 0, "burst": 0}),
+                defaults={"rate_limit": {"requests_per_second": 5, "burst": 10}},
+            )
+        )
+        self.assertEqual(config.defaults.rate_limit, RateLimit(5.0, 10))
+        self.assertEqual(config.sites[0].rate_limit, RateLimit(0.0, 0))
+
+    def test_healthCheck(self) -> None:
+        """
+        A health check's path starts with C{/}, its interval is 1 second to a
+        day.
+        """
+        self.assertErrors(
+            document(site(health_check={"path": "healthz", "interval_secs": 0.5})),
+            'sites[0].health_check.path: "healthz" must start with "/"',
+            "sites[0].health_check.interval_secs: must be between 1 and 86400, got 0.5",
+        )
+
+    def test_healthCheckPathRequired(self) -> None:
+        """
+        A health check names its path; its interval defaults to 10 seconds.
+        """
+        self.assertErrors(
+            document(site(health_check={"interval_secs": 5})),
+            'sites[0].health_check.path: required (the path to GET, such as "/healthz")',
+        )
+        config = parseConfig(document(site(health_check={"path": "/up"})))
+        self.assertEqual(config.sites[0].health_check, HealthCheck("/up", 10.0))
+
+
+class SiteTests(ParseTestCase):
+    """
+    Tests for C{[[sites]]}.
+    """
+
+    def test_sitesRequired(self) -> None:
+        """
+        A config has at least one site.
+        """
+        self.assertErrors(
+            "[server]\n", "sites: at least one [[sites]] table is required"
+        )
+        self.assertErrors(
+            "sites = []\n", "sites: at least one [[sites]] table is required"
+        )
+
+    def test_sitesIsArrayOfTables(self) -> None:
+        """
+        C{sites} written as C{[sites]} rather than C{[[sites]]} is an error.
+        """
+        self.assertErrors(
+            "[sites]\nname = 'a'\n",
+            "sites: expected an array of tables ([[sites]]), got table",
+        )
+        self.assertErrors(
+            "sites = [1]\n",
+            "sites: expected an array of tables ([[sites]]), got array",
+        )
+
+    def test_nameRequired(self) -> None:
+        """
+        Every site has a name.
+        """
+        entry = site()
+        del entry["name"]
+        self.assertErrors(document(entry), "sites[0].name: required")
+
+    def test_nameSyntax(self) -> None:
+        """
+        A site name is 1 to 64 letters, digits, C{_}, C{.} or C{-}.
+        """
+        self.assertErrors(
+            document(site(name=""), site(name="a/b", hosts=["b.example"])),
+            "sites[0].name: \"\" must be 1-64 letters, digits, '_', '.' or '-'",
+            "sites[1].name: \"a/b\" must be 1-64 letters, digits, '_', '.' or '-'",
+        )
+
+    def test_duplicateName(self) -> None:
+        """
+        Two sites with the same name are an error naming both.
+        """
+        self.assertErrors(
+            document(
+                site(),
+                site(name="b", hosts=["b.example"]),
+                site(hosts=["c.example"]),
+            ),
+            'sites[2].name: duplicate site name "app" (also sites[0])',
+        )
+
+    def test_hostsNormalized(self) -> None:
+        """
+        Hosts are lowercased, IDN encoded to punycode, trailing dots dropped,
+        IPv6 brackets removed.
+        """
+        config = parseConfig(
+            document(
+                site(
+                    hosts=[
+                        "WWW.Example.COM.",
+                        "bücher.example",
+                        "*.Bücher.example",
+                        "xn--zca.de",
+                        "127.0.0.1",
+                        "[::1]",
+                        "2001:DB8::0:1",
+                        "localhost",
+                    ]
+                )
+            )
+        )
+        self.assertEqual(
+            config.sites[0].hosts,
+            (
+                "www.example.com",
+                "xn--bcher-kva.example",
+                "*.xn--bcher-kva.example",
+                "xn--zca.de",
+                "127.0.0.1",
+                "::1",
+                "2001:db8::1",
+                "localhost",
+            ),
+        )
+
+    def test_invalidHosts(self) -> None:
+        """
+        Each invalid host is an error with its index.
+        """
+        errors = self.errorsOf(
+            document(
+                site(
+                    hosts=[
+                        "a.*.example",
+                        "*",
+                        "example.com:8080",
+                        "http://example.com/",
+                        "under_score.example",
+                        "-a.example",
+                        "a" * 64 + ".example",
+                        ".".join(["a" * 60] * 5),
+                        "a..example",
+                        "1.2.3.256",
+                        "[1.2.3.4]",
+                        "",
+                    ]
+                )
+            )
+        )
+        self.assertEqual(
+            [e.split(":", 1)[0] for e in errors],
+            [f"sites[0].hosts[{i}]" for i in range(12)],
+        )
+        self.assertEqual(
+            errors[0],
+            'sites[0].hosts[0]: "a.*.example" is not a valid hostname: a wildcard '
+            'is only allowed as the whole first label, as in "*.example.com"',
+        )
+        self.assertEqual(
+            errors[1],
+            'sites[0].hosts[1]: "*" is not a valid host; to catch every other '
+            "host, set default = true",
+        )
+        self.assertEqual(
+            errors[2],
+            'sites[0].hosts[2]: "example.com:8080" is not a valid hostname (hosts '
+            "are matched without a port)",
+        )
+        self.assertIn("Domain too long", errors[7])
+        self.assertIn("its last label is all digits", errors[9])
+
+    def test_hostsRequired(self) -> None:
+        """
+        A site that is not the default needs at least one host.
+        """
+        entry = site()
+        del entry["hosts"]
+        self.assertErrors(
+            document(entry, site(name="b", hosts=[])),
+            "sites[0].hosts: required (a list of hostnames) unless default = true",
+            "sites[1].hosts: must not be empty unless default = true",
+        )
+
+    def test_defaultSiteWithoutHosts(self) -> None:
+        """
+        The default site may have no hosts.
+        """
+        entry = site(default=True)
+        del entry["hosts"]
+        config = parseConfig(document(entry, site(name="b", hosts=["b.example"])))
+        self.assertEqual(config.sites[0].hosts, ())
+        self.assertTrue(config.sites[0].default)
+
+    def test_onlyOneDefault(self) -> None:
+        """
+        At most one site is the default.
+        """
+        self.assertErrors(
+            document(
+                site(default=True),
+                site(name="b", hosts=["b.example"]),
+                site(name="c", hosts=[], default=True),
+            ),
+            "sites[2].default: only one site may have default = true (also sites[0])",
+        )
+
+    def test_hostClaimedTwice(self) -> None:
+        """
+        A host in two sites, after normalization, is an error naming both.
+        """
+        self.assertErrors(
+            document(
+                site(hosts=["bücher.example"]),
+                site(name="b", hosts=["b.example", "XN--BCHER-KVA.example."]),
+            ),
+            'sites[1].hosts[1]: host "xn--bcher-kva.example" is already claimed by '
+            'sites[0] ("app")',
+        )
+
+    def test_duplicateHostInSite(self) -> None:
+        """
+        The same host twice in one site is an error.
+        """
+        self.assertErrors(
+            document(site(hosts=["a.example", "A.example."])),
+            'sites[0].hosts[1]: duplicate host "a.example" (also hosts[0])',
+        )
+
+    def test_upstreamsNormalized(self) -> None:
+        """
+        Upstream URLs get their default port and lose their trailing slash.
+        """
+        config = parseConfig(
+            document(
+                site(
+                    upstreams=[
+                        "http://backend",
+                        "HTTPS://Backend.Internal/",
+                        "http://[::1]:8000",
+                        "https://10.0.0.1:9443",
+                        "http://bücher.example:81",
+                    ]
+                )
+            )
+        )
+        self.assertEqual(
+            config.sites[0].upstreams,
+            (
+                Upstream("http://backend:80", "http", "backend", 80),
+                Upstream(
+                    "https://backend.internal:443", "https", "backend.internal", 443
+                ),
+                Upstream("http://[::1]:8000", "http", "::1", 8000),
+                Upstream("https://10.0.0.1:9443", "https", "10.0.0.1", 9443),
+                Upstream(
+                    "http://xn--bcher-kva.example:81",
+                    "http",
+                    "xn--bcher-kva.example",
+                    81,
+                ),
+            ),
+        )
+
+    def test_badUpstreams(self) -> None:
+        """
+        Each upstream is an http(s) URL with a host and nothing but a port.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    upstreams=[
+                        "htp://x",
+                        "10.0.0.1:8000",
+                        "http://user:pw@x",
+                        "http://",
+                        "http://x/api",
+                        "http://x/?a=1",
+                        "http://x:0",
+                        "http://x:65536",
+                        "http://x y",
+                        "http://*.x",
+                    ]
+                )
+            ),
+            'sites[0].upstreams[0]: "htp://x" is not an http(s) URL',
+            'sites[0].upstreams[1]: "10.0.0.1:8000" is not an http(s) URL',
+            'sites[0].upstreams[2]: "http://user:pw@x": an upstream URL must not '
+            "contain user info",
+            'sites[0].upstreams[3]: "http://": the URL has no host',
+            'sites[0].upstreams[4]: "http://x/api": an upstream URL must not have a '
+            'path (got "/api"); the request path is forwarded as it is',
+            'sites[0].upstreams[5]: "http://x/?a=1": an upstream URL must not have '
+            "a query or fragment",
+            'sites[0].upstreams[6]: "http://x:0": the port must be between 1 and 65535',
+            'sites[0].upstreams[7]: "http://x:65536" is not an http(s) URL: Port out '
+            "of range 0-65535",
+            'sites[0].upstreams[8]: "http://x y" is not an http(s) URL: it contains '
+            "whitespace",
+            'sites[0].upstreams[9]: "*.x": a wildcard is not allowed here',
+        )
+
+    def test_upstreamsRequired(self) -> None:
+        """
+        Every site has at least one upstream.
+        """
+        entry = site()
+        del entry["upstreams"]
+        self.assertErrors(
+            document(entry, site(name="b", hosts=["b.example"], upstreams=[])),
+            'sites[0].upstreams: required (a list of URLs like "http://10.0.0.1:8000")',
+            "sites[1].upstreams: must not be empty",
+        )
+
+    def test_duplicateUpstream(self) -> None:
+        """
+        The same upstream twice in a site, after normalization, is an error.
+        """
+        self.assertErrors(
+            document(site(upstreams=["http://a", "http://A:80/"])),
+            'sites[0].upstreams[1]: duplicate upstream "http://a:80" (also '
+            "upstreams[0])",
+        )
+
+
+class TLSTests(ParseTestCase):
+    """
+    Tests for the C{tls} of sites and what it needs.
+    """
+
+    acme = {"email": "ops@example.com"}
+
+    def test_choice(self) -> None:
+        """
+        C{tls} is C{"acme"}, C{"files"} or C{"none"}.
+        """
+        self.assertErrors(
+            document(site(tls="yes")),
+            'sites[0].tls: "yes" is not one of "acme", "files", "none"',
+        )
+
+    def test_filesNeedsCertAndKey(self) -> None:
+        """
+        C{tls = "files"} requires C{cert_file} and C{key_file}.
+        """
+        self.assertErrors(
+            document(site(tls="files", key_file="")),
+            'sites[0].cert_file: required when tls = "files"',
+            'sites[0].key_file: required when tls = "files"',
+        )
+
+    def test_filesOnlyWithFiles(self) -> None:
+        """
+        C{cert_file} and C{key_file} are errors unless C{tls = "files"}.
+        """
+        self.assertErrors(
+            document(site(cert_file="c.pem", key_file="k.pem")),
+            'sites[0].cert_file: only used with tls = "files" (this site has tls = '
+            '"none")',
+            'sites[0].key_file: only used with tls = "files" (this site has tls = '
+            '"none")',
+        )
+
+    def test_acmeWildcard(self) -> None:
+        """
+        A wildcard host cannot get a certificate over ACME.
+        """
+        self.assertErrors(
+            document(
+                site(tls="acme", hosts=["a.example", "*.a.example"]), acme=self.acme
+            ),
+            "sites[0].hosts[1]: wildcard hosts need DNS-01, which revproxy does not "
+            'do; use tls = "files"',
+        )
+
+    def test_acmeNeedsEmail(self) -> None:
+        """
+        A site with C{tls = "acme"} needs C{acme.email}.
+        """
+        self.assertErrors(
+            document(site(tls="acme")),
+            'acme.email: required when a site uses tls = "acme"',
+        )
+        self.assertErrors(
+            document(site(tls="acme"), acme={"email": ""}),
+            'acme.email: required when a site uses tls = "acme"',
+        )
+
+    def test_emailLooksLikeEmail(self) -> None:
+        """
+        C{acme.email} must look like an email address, and is then not also
+        reported as missing.
+        """
+        self.assertErrors(
+            document(site(tls="acme"), acme={"email": "ops"}),
+            'acme.email: "ops" does not look like an email address',
+        )
+        self.assertErrors(
+            document(site(tls="acme"), acme={"email": 5}),
+            "acme.email: expected a string, got integer 5",
+        )
+
+    def test_acmeNeedsHost(self) -> None:
+        """
+        A default site without hosts cannot get a certificate over ACME.
+        """
+        self.assertErrors(
+            document(site(tls="acme", hosts=[], default=True), acme=self.acme),
+            'sites[0].tls: tls = "acme" needs at least one host to get a certificate '
+            "for",
+        )
+
+    def test_tlsNeedsHTTPSListener(self) -> None:
+        """
+        A site with TLS needs an HTTPS listener.
+        """
+        self.assertErrors(
+            document(
+                site(tls="files", cert_file="c", key_file="k"),
+                server={"listen_https": []},
+            ),
+            'sites[0].tls: tls = "files" needs server.listen_https, which is empty',
+        )
+
+    def test_redirectNeedsTLS(self) -> None:
+        """
+        Redirecting to HTTPS needs TLS.
+        """
+        self.assertErrors(
+            document(site(redirect_http=True)),
+            'sites[0].redirect_http: needs tls = "acme" or "files"',
+        )
+
+    def test_http01NeedsHTTPListener(self) -> None:
+        """
+        The http-01 challenge needs a plain HTTP listener.
+        """
+        self.assertErrors(
+            document(site(tls="acme"), acme=self.acme, server={"listen_http": []}),
+            'acme.challenge: "http-01" needs server.listen_http, which is empty (or '
+            'use "tls-alpn-01")',
+        )
+        config = parseConfig(
+            document(
+                site(tls="acme"),
+                acme={**self.acme, "challenge": "tls-alpn-01"},
+                server={"listen_http": []},
+            )
+        )
+        self.assertEqual(config.acme.challenge, "tls-alpn-01")
+
+    def test_relativeCertPaths(self) -> None:
+        """
+        Relative certificate and key paths are resolved against the base
+        directory; absolute ones are kept.
+        """
+        config = parseConfig(
+            document(site(tls="files", cert_file="../c.pem", key_file="/k/k.pem")),
+            baseDir="/etc/revproxy",
+        )
+        self.assertEqual(config.sites[0].cert_file, "/etc/c.pem")
+        self.assertEqual(config.sites[0].key_file, "/k/k.pem")
+
+
+class AcmeTests(ParseTestCase):
+    """
+    Tests for C{[acme]}.
+    """
+
+    def test_directoryURL(self) -> None:
+        """
+        The directory is an https URL, or http on loopback for tests.
+        """
+        self.assertErrors(
+            document(acme={"directory_url": "http://ca.example/dir"}),
+            'acme.directory_url: "http://ca.example/dir" must be an https:// URL '
+            "(http:// only for 127.0.0.1 or localhost)",
+        )
+        self.assertErrors(
+            document(acme={"directory_url": "ca.example"}),
+            'acme.directory_url: "ca.example" must be an https:// URL (http:// only '
+            "for 127.0.0.1 or localhost)",
+        )
+        for url in ("https://127.0.0.1:14000/dir", "http://localhost:4001/directory"):
+            config = parseConfig(document(acme={"directory_url": url}))
+            self.assertEqual(config.acme.directory_url, url)
+
+    def test_choices(self) -> None:
+        """
+        C{challenge} and C{key_type} are each one of a few values.
+        """
+        self.assertErrors(
+            document(acme={"challenge": "dns-01", "key_type": "rsa4096"}),
+            'acme.challenge: "dns-01" is not one of "http-01", "tls-alpn-01"',
+            'acme.key_type: "rsa4096" is not one of "ec-p256", "rsa2048"',
+        )
+
+    def test_renewBeforeDays(self) -> None:
+        """
+        C{renew_before_days} is above 0 and below 365.
+        """
+        self.assertErrors(
+            document(acme={"renew_before_days": 0}),
+            "acme.renew_before_days: must be greater than 0 and less than 365, got 0",
+        )
+        self.assertErrors(
+            document(acme={"renew_before_days": 365}),
+            "acme.renew_before_days: must be greater than 0 and less than 365, got 365",
+        )
+        config = parseConfig(document(acme={"renew_before_days": 0.5}))
+        self.assertEqual(config.acme.renew_before_days, 0.5)
+
+
+class LoggingAndProxiesTests(ParseTestCase):
+    """
+    Tests for C{[logging]} and C{server.trusted_proxies}.
+    """
+
+    def test_accessLogFormat(self) -> None:
+        """
+        The access log format is C{"json"} or C{"combined"}.
+        """
+        self.assertErrors(
+            document(logging={"access_log_format": "clf"}),
+            'logging.access_log_format: "clf" is not one of "json", "combined"',
+        )
+
+    def test_accessLogOff(self) -> None:
+        """
+        An empty C{access_log} turns the access log off.
+        """
+        config = parseConfig(document(logging={"access_log": ""}))
+        self.assertEqual(config.logging, LoggingConfig("", "json"))
+
+    def test_trustedProxies(self) -> None:
+        """
+        Trusted proxies are networks; host bits and bare addresses are
+        accepted.
+        """
+        config = parseConfig(
+            document(server={"trusted_proxies": ["10.1.2.3/8", "::1", "fd00::/8"]})
+        )
+        self.assertEqual(
+            config.server.trusted_proxies,
+            (
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("::1/128"),
+                ipaddress.ip_network("fd00::/8"),
+            ),
+        )
+
+    def test_badTrustedProxy(self) -> None:
+        """
+        A trusted proxy that is not a network is an error naming its index.
+        """
+        self.assertErrors(
+            document(server={"trusted_proxies": ["10.0.0.0/8", "10.0.0.0/33", "x"]}),
+            'server.trusted_proxies[1]: "10.0.0.0/33" is not an IP address or '
+            "network (CIDR)",
+            'server.trusted_proxies[2]: "x" is not an IP address or network (CIDR)',
+        )
+
+    def test_stateDirRequired(self) -> None:
+        """
+        The state directory cannot be empty.
+        """
+        self.assertErrors(
+            document(server={"state_dir": ""}), "server.state_dir: must not be empty"
+        )
+
+
+class AllErrorsTests(ParseTestCase):
+    """
+    Tests that every problem is reported at once.
+    """
+
+    def test_allReported(self) -> None:
+        """
+        Problems in several tables and sites are all reported, in document
+        order.
+        """
+        self.assertErrors(
+            document(
+                site(upstreams=["htp://x"]),
+                site(name="b", hosts=["b.example"], tls="acme", redirect_http=1),
+                server={"listen_http": ["tcpp:80"], "shutdown_timeout_secs": "x"},
+                logging={"access_log_format": "xml"},
+                defaults={"max_body_bytes": 0},
+            ),
+            'server.listen_http[0]: invalid endpoint "tcpp:80": Unknown endpoint '
+            "type: 'tcpp'",
+            'server.shutdown_timeout_secs: expected a number, got string "x"',
+            'logging.access_log_format: "xml" is not one of "json", "combined"',
+            "defaults.max_body_bytes: must be between 1 and 1099511627776, got 0",
+            'sites[0].upstreams[0]: "htp://x" is not an http(s) URL',
+            "sites[1].redirect_http: expected true or false, got integer 1",
+            'acme.email: required when a site uses tls = "acme"',
+        )
+
+
+class LoadConfigTests(SynchronousTestCase):
+    """
+    Tests for L{loadConfig}.
+    """
+
+    def write(self, data: bytes) -> str:
+        """
+        Write C{data} to a new config file in a new directory; return its
+        path.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "config.toml")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_missingFile(self) -> None:
+        """
+        A missing file is one error naming the path.
+        """
+        path = os.path.abspath(self.mktemp())
+        error = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(
+            error.errors,
+            (f"{path}: cannot read the config file: No such file or directory",),
+        )
+
+    def test_directory(self) -> None:
+        """
+        A directory is not a config file.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        error = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(
+            error.errors, (f"{path}: cannot read the config file: Is a directory",)
+        )
+
+    def test_notUTF8(self) -> None:
+        """
+        A file that is not UTF-8 is an error naming the path.
+        """
+        path = self.write(b"a = '\xff'\n")
+        error = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(
+            error.errors,
+            (f"{path}: the config file is not UTF-8 text (bad byte at offset 5)",),
+        )
+
+    def test_pathAndHash(self) -> None:
+        """
+        A loaded config records its path and the SHA-256 of its bytes, and
+        resolves relative paths against the file's directory.
+        """
+        data = (
+            "\ufeff"
+            + document(site(tls="files", cert_file="c.pem", key_file="keys/k.pem"))
+        ).encode("utf-8")
+        path = self.write(data)
+        config = loadConfig(path)
+        self.assertEqual(config.path, path)
+        self.assertEqual(config.source_sha256, hashlib.sha256(data).hexdigest())
+        directory = os.path.dirname(os.path.abspath(path))
+        self.assertEqual(config.sites[0].cert_file, os.path.join(directory, "c.pem"))
+        self.assertEqual(
+            config.sites[0].key_file, os.path.join(directory, "keys", "k.pem")
+        )
+
+    def test_invalidDocument(self) -> None:
+        """
+        An invalid file raises the errors of its document.
+        """
+        path = self.write(document().encode() + b"[server]\nlisten_htp = []\n")
+        error = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(
+            error.errors,
+            ('server.listen_htp: unknown key (did you mean "listen_http"?)',),
+        )
+
+
+class CheckConfigTests(SynchronousTestCase):
+    """
+    Tests for L{checkConfig}.
+    """
+
+    def configWith(self, certFile: str, keyFile: str, caFile: str = "") -> Config:
+        """
+        A config whose one site reads its certificate from files.
+        """
+        return parseConfig(
+            document(
+                site(tls="files", cert_file=certFile, key_file=keyFile),
+                acme={"ca_file": caFile},
+            )
+        )
+
+    def existingFile(self) -> str:
+        """
+        The path of a new readable file.
+        """
+        path: str = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\n")
+        return path
+
+    def test_readable(self) -> None:
+        """
+        Readable files pass.
+        """
+        present = self.existingFile()
+        self.assertEqual(checkConfig(self.configWith(present, present, present)), [])
+
+    def test_unreadableCertFile(self) -> None:
+        """
+        A certificate file that cannot be read is reported with its key path.
+        """
+        missing = os.path.abspath(self.mktemp())
+        present = self.existingFile()
+        self.assertEqual(
+            checkConfig(self.configWith(missing, present)),
+            [f'sites[0].cert_file: cannot read "{missing}": No such file or directory'],
+        )
+
+    def test_unreadableKeyAndCA(self) -> None:
+        """
+        Every unreadable file is reported, the key and the ACME CA included.
+        """
+        missing = os.path.abspath(self.mktemp())
+        present = self.existingFile()
+        self.assertEqual(
+            checkConfig(self.configWith(present, missing, missing)),
+            [
+                f'acme.ca_file: cannot read "{missing}": No such file or directory',
+                f'sites[0].key_file: cannot read "{missing}": No such file or directory',
+            ],
+        )
+
+    def test_directory(self) -> None:
+        """
+        A directory is not a certificate file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        present = self.existingFile()
+        self.assertEqual(
+            checkConfig(self.configWith(directory, present)),
+            [f'sites[0].cert_file: "{directory}" is not a regular file'],
+        )
+
+
+class QuickConfigTests(SynchronousTestCase):
+    """
+    Tests for L{quickConfig}.
+    """
+
+    def test_quick(self) -> None:
+        """
+        The quick config listens where told and sends everything to one
+        upstream, with nothing else listening.
+        """
+        config = quickConfig("tcp:8080", "http://127.0.0.1:8000")
+        self.assertEqual(config.server.listen_http, ("tcp:8080",))
+        self.assertEqual(config.server.listen_https, ())
+        self.assertEqual(config.server.admin_socket_path, "")
+        self.assertEqual(config.server.ops_listen, "")
+        self.assertEqual(
+            config.sites,
+            (
+                SiteConfig(
+                    name="default",
+                    hosts=(),
+                    upstreams=(
+                        Upstream("http://127.0.0.1:8000", "http", "127.0.0.1", 8000),
+                    ),
+                    default=True,
+                ),
+            ),
+        )
+
+    def test_badListen(self) -> None:
+        """
+        An invalid C{--listen} is an error naming the option.
+        """
+        error = self.assertRaises(
+            ConfigError, quickConfig, "tcp:http", "http://127.0.0.1:8000"
+        )
+        self.assertEqual(
+            error.errors,
+            (
+                '--listen: invalid endpoint "tcp:http": invalid literal for int() '
+                "with base 10: 'http'",
+            ),
+        )
+
+    def test_badTo(self) -> None:
+        """
+        An invalid C{--to} is an error naming the option, reported with a bad
+        C{--listen}.
+        """
+        error = self.assertRaises(ConfigError, quickConfig, "nope:1", "127.0.0.1:8000")
+        self.assertEqual(
+            error.errors,
+            (
+                "--listen: invalid endpoint \"nope:1\": Unknown endpoint type: 'nope'",
+                '--to: "127.0.0.1:8000" is not an http(s) URL',
+            ),
+        )
+
+
+_KNOWN_KEYS = [
+    "server",
+    "acme",
+    "logging",
+    "defaults",
+    "sites",
+    "listen_http",
+    "listen_https",
+    "admin_socket_path",
+    "ops_listen",
+    "state_dir",
+    "shutdown_timeout_secs",
+    "trusted_proxies",
+    "email",
+    "directory_url",
+    "ca_file",
+    "challenge",
+    "renew_before_days",
+    "key_type",
+    "access_log",
+    "access_log_format",
+    "max_body_bytes",
+    "rate_limit",
+    "connect_timeout_secs",
+    "response_timeout_secs",
+    "name",
+    "hosts",
+    "upstreams",
+    "tls",
+    "cert_file",
+    "key_file",
+    "redirect_http",
+    "health_check",
+    "default",
+    "requests_per_second",
+    "burst",
+    "path",
+    "interval_secs",
+]
+
+_PLAUSIBLE_STRINGS = [
+    "",
+    "-",
+    "tcp:80",
+    "tcp:0",
+    "tcp6:443",
+    "tcp:8080:interface=127.0.0.1",
+    "unix:/tmp/revproxy.sock",
+    "ssl:443",
+    "tcpp:80",
+    "http://127.0.0.1:8000",
+    "https://[::1]/",
+    "htp://x",
+    "acme",
+    "files",
+    "none",
+    "json",
+    "combined",
+    "http-01",
+    "tls-alpn-01",
+    "ec-p256",
+    "example.com",
+    "*.example.com",
+    "bücher.example",
+    "[::1]",
+    "/healthz",
+    "10.0.0.0/8",
+    "ops@example.com",
+    "https://acme.example/dir",
+]
+
+_scalars = st.one_of(
+    st.sampled_from(_PLAUSIBLE_STRINGS),
+    st.text(max_size=20),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),
+    st.booleans(),
+)
+_keys = st.one_of(st.sampled_from(_KNOWN_KEYS), st.text(max_size=10))
+_values = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(_keys, children, max_size=5),
+    ),
+    max_leaves=12,
+)
+_sites = st.lists(st.dictionaries(_keys, _values, max_size=8), max_size=3)
+_documents = st.dictionaries(
+    _keys,
+    st.one_of(st.dictionaries(_keys, _values, max_size=8), _values),
+    max_size=6,
+).flatmap(
+    lambda d: st.one_of(st.just(d), _sites.map(lambda sites: {**d, "sites": sites}))
+)
+
+
+class PropertyTests(SynchronousTestCase):
+    """
+    Whatever the input, L{parseConfig} returns a L{Config} or raises
+    L{ConfigError}, and nothing else.
+    """
+
+    def parse(self, text: str) -> None:
+        """
+        Parse C{text}, accepting only the two allowed outcomes.
+        """
+        try:
+            result = parseConfig(text)
+        except ConfigError as e:
+            self.assertTrue(e.errors)
+            for error in e.errors:
+                self.assertIsInstance(error, str)
+        else:
+            self.assertIsInstance(result, Config)
+
+    @settings(max_examples=200, deadline=None)
+    @given(_documents)
+    def test_randomDocuments(self, doc: dict[str, Any]) -> None:
+        """
+        Random documents of known and unknown keys and values parse or fail
+        cleanly.
+        """
+        self.parse(dumps(doc))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.one_of(st.sampled_from(_PLAUSIBLE_STRINGS), st.text()), max_size=4),
+        st.lists(st.one_of(st.sampled_from(_PLAUSIBLE_STRINGS), st.text()), max_size=4),
+    )
+    def test_randomHostsAndUpstreams(
+        self, hosts: list[str], upstreams: list[str]
+    ) -> None:
+        """
+        Random hosts and upstream URLs in an otherwise valid site parse or
+        fail cleanly.
+        """
+        self.parse(document(site(hosts=hosts, upstreams=upstreams)))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text())
+    def test_randomText(self, text: str) -> None:
+        """
+        Arbitrary text parses or fails cleanly.
+        """
+        self.parse(text)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(min_value=0, max_value=len(FULL)), st.text(max_size=10))
+    def test_damagedDocument(self, position: int, insert: str) -> None:
+        """
+        The full example with random text inserted parses or fails cleanly.
+        """
+        self.parse(FULL[:position] + insert + FULL[position:])
