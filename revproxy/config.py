@@ -3,11 +3,13 @@
 The revproxy configuration: one TOML document, strictly validated into
 immutable attrs objects.
 
-L{parseConfig} is pure: no reactor, no sockets, no files (endpoint strings are
-parsed against a L{MemoryReactor}).  It reports every problem of a document at
-once in one L{ConfigError}, each as C{"key.path: problem"}, where the key path
-is spelled as in the file (C{sites[2].upstreams[0]}).  Only L{loadConfig} and
-L{checkConfig} read files.
+L{parseConfig} is pure: no reactor and no sockets.  Endpoint strings are
+parsed by Twisted against a L{MemoryReactor}, which at most reads Twisted's
+plugin cache (for an unknown endpoint type) or an C{ssl:} endpoint's files.
+It reports every problem of a document at once in one L{ConfigError}, each as
+C{"key.path: problem"}, where the key path is spelled as in the file
+(C{sites[2].upstreams[0]}).  Only L{loadConfig} and L{checkConfig} read the
+config and certificate files.
 
 The attribute names of the config classes are the TOML keys, so code, error
 messages and the file say the same thing.

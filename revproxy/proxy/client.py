@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 
 _CONNECTION_DONE = Failure(ConnectionDone())
+_READ_SIZE = 256 * 1024
 
 
 class UpstreamProtocolError(Exception):
@@ -134,6 +135,9 @@ class UpstreamConnection(Protocol):
         self._framed = False
         self._done = False
         self._excess = False
+        self._remaining: int | None = None
+        self._tail = b""
+        self._cutAtHead = False
 
     @property
     def stream(self) -> Stream | None:
@@ -146,6 +150,9 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        transport = self.transport
+        if transport is not None and hasattr(transport, "bufferSize"):
+            transport.bufferSize = _READ_SIZE
         self.pool.connectionMade(self)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
@@ -181,6 +188,8 @@ class UpstreamConnection(Protocol):
         self._framed = False
         self._done = False
         self._excess = False
+        self._remaining = None
+        self._tail = b""
         self.bodyPending = False
         transport = self.transport
         assert transport is not None
@@ -197,31 +206,81 @@ class UpstreamConnection(Protocol):
             stream.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        parser = self._parser
-        if self._sink is None or parser is None:
+        if self._sink is None:
             # Bytes nobody asked for: the connection is out of step.
             self._abort()
             return
         self._gotBytes = True
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _HeadResponseDone):
-                self._done = True
-            elif isinstance(cause, _ExcessBytes):
-                self._excess = True
-            else:
-                sink = self._sink
-                self._sink = None
-                self._abort()
-                if sink is not None and not self._done:
-                    sink.responseFailed(UpstreamProtocolError(str(e)))
+        if self._remaining is not None:
+            self._rawBody(data)
+            return
+        while data:
+            parser = self._parser
+            if parser is None:
                 return
-        if self._done:
-            # Only now, with the parser out of the way: releasing from inside
-            # its callback would let bytes after the response reach the next
-            # exchange on this connection (response smuggling).
+            rest = b""
+            self._cutAtHead = False
+            if not self._started:
+                # Find the end of the head ourselves (llhttp insists on CRLF),
+                # so that a body of known length can skip the parser.
+                tail = self._tail
+                window = tail + data if tail else data
+                pos = window.find(b"\r\n\r\n")
+                if pos >= 0:
+                    cut = pos + 4 - len(tail)
+                    data, rest = data[:cut], data[cut:]
+                    self._tail = b""
+                    self._cutAtHead = True
+                else:
+                    self._tail = window[-3:]
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                cause = e.__context__
+                if isinstance(cause, _HeadResponseDone):
+                    self._done = True
+                elif isinstance(cause, _ExcessBytes):
+                    self._excess = True
+                else:
+                    sink = self._sink
+                    self._sink = None
+                    self._abort()
+                    if sink is not None and not self._done:
+                        sink.responseFailed(UpstreamProtocolError(str(e)))
+                    return
+            if self._done:
+                if rest:
+                    self._excess = True
+                # Only now, with the parser out of the way: releasing from
+                # inside its callback would let bytes after the response
+                # reach the next exchange on this connection (smuggling).
+                self._finish()
+                return
+            if self._remaining is not None:
+                if rest:
+                    self._rawBody(rest)
+                return
+            data = rest
+
+    def _rawBody(self, data: bytes) -> None:
+        """
+        Pass on body bytes of a response with a known length, unparsed and
+        uncopied.
+        """
+        remaining = self._remaining
+        assert remaining is not None
+        size = len(data)
+        if size > remaining:
+            self._excess = True
+            data = data[:remaining]
+            size = remaining
+        remaining -= size
+        self._remaining = remaining
+        sink = self._sink
+        if data and sink is not None:
+            sink.responseBody(data)
+        if remaining == 0 and self._sink is not None:
+            self._done = True
             self._finish()
 
     def _abort(self) -> None:
@@ -258,12 +317,17 @@ class UpstreamConnection(Protocol):
         self._headers = []
         framed = False
         closes = False
+        chunked = False
+        length = 0
         for name, value in headers:
             lower = name.lower()
             if lower == b"content-length":
                 framed = True
+                # llhttp has checked it: digits, and no conflicting copies.
+                length = int(value)
             elif lower == b"transfer-encoding":
-                framed = framed or b"chunked" in value.lower()
+                chunked = chunked or b"chunked" in value.lower()
+                framed = framed or chunked
             elif lower == b"connection":
                 closes = closes or b"close" in value.lower()
         isHead = self._isHead
@@ -276,6 +340,14 @@ class UpstreamConnection(Protocol):
         else:
             self._keepAlive = bool(parser.should_keep_alive()) and not self._untilClose
         self._started = True
+        if (
+            self._cutAtHead
+            and length
+            and not chunked
+            and not isHead
+            and code not in (204, 304)
+        ):
+            self._remaining = length
         sink = self._sink
         if sink is not None:
             sink.responseStarted(code, self._reason, headers)
@@ -284,7 +356,7 @@ class UpstreamConnection(Protocol):
 
     def on_body(self, body: bytes) -> None:
         sink = self._sink
-        if sink is not None and self._started and body:
+        if sink is not None and self._started and body and self._remaining is None:
             sink.responseBody(body)
 
     def on_message_complete(self) -> None:
