@@ -5,6 +5,7 @@ The service tree behind C{twistd revproxy}.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Mapping
 from types import FrameType
@@ -12,6 +13,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.ssl import optionsForClientTLS
@@ -59,13 +61,35 @@ class _PoolService(Service):
         self.pool.close()
 
 
+class RevProxyService(MultiService):
+    """
+    The root of the tree.  A listener that cannot bind (port taken, no
+    permission) stops start-up with one clear line instead of a traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self.fatal(f"revproxy: cannot start: {e}")
+
+    def fatal(self, message: str) -> None:
+        """
+        Print C{message} on the process's real standard error (twistd has
+        redirected C{sys.stderr} into its log) and exit 1.
+        """
+        _log.critical("{message}", message=message)
+        os.write(2, message.encode("utf-8", "replace") + b"\n")
+        raise SystemExit(1)
+
+
 def buildService(
     config: Config, configPath: str, reactor: IRevProxyReactor
-) -> MultiService:
+) -> RevProxyService:
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
     """
-    top = MultiService()
+    top = RevProxyService()
     holder = RuntimeHolder(buildRuntime(config, reactor))
     pool = ConnectionPool(reactor, reactorConnector(reactor))
     forwarder = Forwarder(pool, reactor, config.server.trusted_proxies)
@@ -86,13 +110,16 @@ def buildService(
     poolService.setName("upstream-pool")
     poolService.setServiceParent(top)
 
-    SignalRelay(
-        reactor,
-        {
-            signal.SIGTERM: reactor.stop,
-            signal.SIGINT: reactor.stop,
-        },
-    ).setServiceParent(top)
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            # A second SIGTERM while shutting down.
+            pass
+
+    SignalRelay(reactor, {signal.SIGTERM: stop, signal.SIGINT: stop}).setServiceParent(
+        top
+    )
     return top
 
 
