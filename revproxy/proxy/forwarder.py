@@ -62,7 +62,7 @@ class SiteRoute:
     Satisfies L{revproxy.routing.HasHosts}.
     """
 
-    __slots__ = ("config", "keys", "selector")
+    __slots__ = ("config", "fallbackHost", "keys", "selector")
 
     def __init__(self, config: SiteConfig, selector: UpstreamSelector) -> None:
         self.config = config
@@ -70,6 +70,16 @@ class SiteRoute:
         self.keys: dict[object, PoolKey] = {
             u: (u.scheme, u.host, u.port) for u in config.upstreams
         }
+        exact = [h for h in config.hosts if not h.startswith("*.")]
+        if exact:
+            fallback = exact[0]
+        else:
+            first = config.upstreams[0]
+            host = f"[{first.host}]" if ":" in first.host else first.host
+            default = 443 if first.scheme == "https" else 80
+            fallback = host if first.port == default else f"{host}:{first.port}"
+        #: The Host sent upstream for a request that came without one.
+        self.fallbackHost = fallback.encode("ascii")
 
     @property
     def name(self) -> str:
@@ -138,6 +148,12 @@ def simpleResponse(request: ProxyRequest, code: int, message: str) -> None:
     body = (message + "\n").encode("utf-8")
     request.setResponseCode(code)
     headers = request.responseHeaders
+    site = getattr(request.channel, "site", None)
+    clock = getattr(site, "reactor", None)
+    if clock is not None:
+        headers.setRawHeaders(
+            b"date", [formatdate(clock.seconds(), usegmt=True).encode()]
+        )
     headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
     headers.setRawHeaders(b"cache-control", [b"no-store"])
@@ -179,6 +195,7 @@ class _Exchange:
         self.sender: _BodySender | None = None
         self.startedAt = 0.0
         self.waiting = False
+        self.attempt = 0
 
     # -- start
 
@@ -211,6 +228,10 @@ class _Exchange:
             host=request.requestHeaders.getRawHeaders(b"host", [None])[0],
             bodyLength=self.bodyLength,
         )
+        if not request.requestHeaders.hasHeader(b"host"):
+            # An HTTP/1.0 request without Host (routed to the default site):
+            # HTTP/1.1 requires one upstream, so name the site or upstream.
+            headers.insert(0, (b"Host", self.route.fallbackHost))
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
@@ -234,10 +255,12 @@ class _Exchange:
         assert upstream is not None
         timeout = self.config.connect_timeout_secs
         self.waiting = True
+        self.attempt += 1
+        attempt = self.attempt
         withdraw = self.forwarder.pool.acquire(
             self.route.keys[upstream], self, timeout, fresh=fresh
         )
-        if self.waiting:
+        if self.waiting and self.attempt == attempt:
             # Not served from the idle pool at once: a connection is being
             # opened, or we wait in line for one.
             self.withdraw = withdraw
@@ -333,6 +356,10 @@ class _Exchange:
             out.addRawHeader(name, value)
         if not hasDate:
             out.addRawHeader(b"Date", self.forwarder.date.now())
+        closing = request.responseHeaders.getRawHeaders(b"connection")
+        if closing is not None:
+            # Twisted's own "Connection: close" for a client that asked for it.
+            out.setRawHeaders(b"connection", closing)
         request.responseHeaders = out
         connection = self.connection
         stream = connection.stream if connection is not None else None
