@@ -136,6 +136,13 @@ class ConfigError(Exception):
         return "\n".join(self.errors)
 
 
+class ConfigFileError(ConfigError):
+    """
+    The config file could not be read at all (missing, unreadable, not
+    UTF-8): one problem, about the file rather than a key.
+    """
+
+
 @attrs.frozen
 class Upstream:
     """
@@ -321,13 +328,13 @@ def loadConfig(path: str) -> Config:
         with open(path, "rb") as f:
             data = f.read()
     except (OSError, ValueError) as e:
-        raise ConfigError(
+        raise ConfigFileError(
             f"{path}: cannot read the config file: {_reason(e)}"
         ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(
+        raise ConfigFileError(
             f"{path}: the config file is not UTF-8 text (bad byte at offset {e.start})"
         ) from None
     config = parseConfig(

@@ -117,9 +117,9 @@ def buildService(
             # A second SIGTERM while shutting down.
             pass
 
-    SignalRelay(reactor, {signal.SIGTERM: stop, signal.SIGINT: stop}).setServiceParent(
-        top
-    )
+    relay = SignalRelay(reactor, {signal.SIGTERM: stop, signal.SIGINT: stop})
+    relay.setName("signals")
+    relay.setServiceParent(top)
     return top
 
 
@@ -157,7 +157,17 @@ class SignalRelay(Service):
         return onSignal
 
     def stopService(self) -> None:
+        # Our handlers stay: services stop as the reactor starts shutting
+        # down, and a second SIGTERM until the process is gone must reach
+        # ours (which tolerate it), not the reactor's, which would log it and
+        # make twistd exit by the signal instead of with status 0.
         super().stopService()
+
+    def restore(self) -> None:
+        """
+        Put back the handlers that were there before ours (for tests and
+        embedders; a real process exits with ours in place).
+        """
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()

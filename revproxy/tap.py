@@ -15,7 +15,14 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from revproxy import __version__
-from revproxy.config import Config, ConfigError, checkConfig, loadConfig, quickConfig
+from revproxy.config import (
+    Config,
+    ConfigError,
+    ConfigFileError,
+    checkConfig,
+    loadConfig,
+    quickConfig,
+)
 from revproxy.interfaces import IRevProxyReactor
 
 
@@ -64,6 +71,9 @@ class Options(usage.Options):
                 if quick
                 else loadConfig(self["config"])
             )
+        except ConfigFileError as e:
+            print(f"revproxy: {e}", file=self.stderr)
+            sys.exit(1)
         except ConfigError as e:
             self._exitWithErrors(list(e.errors))
         problems = checkConfig(config) if self["check"] else []

@@ -1020,7 +1020,6 @@ class ResponseRelayTests(ProxyTestCase):
         self.assertTrue(client.transport.connected)
         self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
 
-
     def test_clientConnectionCloseKept(self) -> None:
         """
         A client that asks for C{Connection: close} gets C{Connection: close}

@@ -1,0 +1,917 @@
+# -*- test-case-name: tests.integration -*-
+"""
+What the integration tests share: an in-process upstream on loopback, a
+config file written for it, a real C{twistd revproxy} child process, and raw
+HTTP clients.
+
+Everything listens on C{127.0.0.1} on a port the kernel picks; the proxy is
+asked for its port (it logs C{"ProxySite starting on PORT"}) rather than
+given one.  Every wait is bounded by a L{Deferred} timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+)
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProcessTransport,
+    IPushProducer,
+    IReactorCore,
+    IReactorProcess,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+#: The checkout whose C{revproxy} and C{twisted/plugins} the child runs.
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+#: How long a child may take to start listening, or to exit.
+START_TIMEOUT = 15.0
+EXIT_TIMEOUT = 10.0
+
+LOOPBACK_LISTEN = "tcp:0:interface=127.0.0.1"
+
+SMALL_BODY = bytes(range(256)) * 4
+"""
+The 1 KiB body of C{/small}: every byte value, so a mangled byte shows.
+"""
+
+_STARTED = re.compile(rb"ProxySite starting on (\d+)")
+
+
+class IIntegrationReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorProcess):
+    """
+    What the integration tests use of the global reactor.
+    """
+
+
+def getReactor() -> IIntegrationReactor:
+    """
+    The global reactor: integration tests do real I/O, which only it does.
+    """
+    from twisted.internet import reactor
+
+    return cast(IIntegrationReactor, reactor)
+
+
+def withTimeout(d: Deferred[Any], seconds: float, what: str) -> Deferred[Any]:
+    """
+    Fail C{d} with a L{TimeoutError} naming C{what} after C{seconds}.
+    """
+
+    def onTimeout(reason: Failure) -> Failure:
+        if reason.check(DeferredTimeoutError):
+            return Failure(TimeoutError(f"{what}: no result after {seconds} s"))
+        return reason
+
+    d.addTimeout(seconds, getReactor())
+    return d.addErrback(onTimeout)
+
+
+async def waitFor(
+    predicate: Callable[[], bool], seconds: float, what: str, step: float = 0.05
+) -> None:
+    """
+    Wait until C{predicate()} is true, checking every C{step} seconds;
+    fail with an L{AssertionError} naming C{what} after C{seconds}.
+    """
+    reactor = getReactor()
+    deadline = reactor.seconds() + seconds
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what}: not after {seconds} s")
+        await deferLater(reactor, step, lambda: None)
+
+
+def closedPort() -> int:
+    """
+    A loopback port nothing listens on: bound, then closed at once.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def readRSS(pid: int) -> int:
+    """
+    The resident set size of process C{pid}, in bytes (C{VmRSS}).
+    """
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# -- the upstream
+
+
+class _TrackedChannel(HTTPChannel):
+    """
+    An upstream connection that the L{UpstreamSite} can close and wait for.
+    """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.closed: Deferred[None] = Deferred()
+        cast(UpstreamSite, self.factory).channels.add(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        cast(UpstreamSite, self.factory).channels.discard(self)
+        self.closed.callback(None)
+
+
+class UpstreamSite(Site):
+    """
+    The upstream's L{Site}; it knows its open connections.
+    """
+
+    protocol = _TrackedChannel  # type: ignore[assignment]
+
+    def __init__(self, resource: Resource, reactor: IIntegrationReactor) -> None:
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        self.channels: set[_TrackedChannel] = set()
+
+
+class _Small(Resource):
+    """
+    C{/small}: L{SMALL_BODY} with a Content-Length.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/octet-stream")
+        return SMALL_BODY
+
+
+class _Echo(Resource):
+    """
+    C{/echo}: the request as JSON: method, URI, headers (lowercase names,
+    every value), and the body's length, SHA-256 and, when short, text.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        content = request.content
+        body = content.read() if content is not None else b""
+        headers: dict[str, list[str]] = {}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            headers.setdefault(name.decode("latin-1").lower(), []).extend(
+                v.decode("latin-1") for v in values
+            )
+        method = request.method or b""
+        uri = request.uri or b""
+        answer = {
+            "method": method.decode("latin-1"),
+            "uri": uri.decode("latin-1"),
+            "headers": headers,
+            "body_length": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body": body.decode("latin-1") if len(body) <= 4096 else None,
+        }
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(answer).encode("ascii")
+
+
+class _Cookies(Resource):
+    """
+    C{/cookies}: two C{Set-Cookie} headers.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.responseHeaders.setRawHeaders(
+            b"set-cookie", [b"a=1; Path=/", b"b=2; Path=/; HttpOnly"]
+        )
+        return b"cookies\n"
+
+
+@implementer(IPushProducer)
+class _StreamProducer:
+    """
+    Writes C{total} bytes to a request, and stops while the client's
+    connection says it is full: a streaming producer.
+    """
+
+    _CHUNK = b"\xa5" * (256 * 1024)
+
+    def __init__(self, request: Request, total: int) -> None:
+        self.request = request
+        self.remaining = total
+        self.paused = False
+        self.stopped = False
+        self._producing = False
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        self.request.registerProducer(self, True)
+        self._produce()
+
+    def _produce(self) -> None:
+        if self._producing:
+            return
+        self._producing = True
+        try:
+            while not (self.paused or self.stopped) and self.remaining > 0:
+                size = min(len(self._CHUNK), self.remaining)
+                self.remaining -= size
+                chunk = self._CHUNK if size == len(self._CHUNK) else self._CHUNK[:size]
+                self.request.write(chunk)
+        finally:
+            self._producing = False
+        if self.remaining == 0 and not self.stopped:
+            self.stopped = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class _Stream(Resource):
+    """
+    C{/stream?bytes=N}: N bytes with a Content-Length (or chunked, with
+    C{&chunked=1}), written by a producer so that the upstream itself
+    respects backpressure.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> int:
+        total = int(request.args[b"bytes"][0])
+        request.setHeader(b"content-type", b"application/octet-stream")
+        if b"chunked" not in request.args:
+            request.setHeader(b"content-length", b"%d" % total)
+        _StreamProducer(request, total).start()
+        return NOT_DONE_YET
+
+
+class _Slow(Resource):
+    """
+    C{/slow?delay=S}: answers after S seconds (5 by default), or never when
+    the client leaves first.
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor: IIntegrationReactor) -> None:
+        super().__init__()
+        self.reactor = reactor
+
+    def render_GET(self, request: Request) -> int:
+        delay = float(request.args.get(b"delay", [b"5"])[0])
+
+        def answer() -> None:
+            request.setHeader(b"content-length", b"5")
+            request.write(b"slow\n")
+            request.finish()
+
+        call = self.reactor.callLater(delay, answer)
+
+        def cancel(reason: Failure) -> None:
+            if call.active():
+                call.cancel()
+
+        request.notifyFinish().addErrback(cancel)
+        return NOT_DONE_YET
+
+
+class _CloseMidBody(Resource):
+    """
+    C{/close-mid-body}: promises 1000 bytes, sends 10, then closes.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> int:
+        request.setHeader(b"content-length", b"1000")
+        request.write(b"0123456789")
+        transport = request.channel.transport
+        assert transport is not None
+        transport.loseConnection()
+        return NOT_DONE_YET
+
+
+class Upstream:
+    """
+    An in-process twisted.web upstream on C{127.0.0.1}.
+
+    @ivar port: its port, once L{start} is done.
+    """
+
+    def __init__(self, reactor: IIntegrationReactor) -> None:
+        self.reactor = reactor
+        root = Resource()
+        root.putChild(b"small", _Small())
+        root.putChild(b"echo", _Echo())
+        root.putChild(b"cookies", _Cookies())
+        root.putChild(b"stream", _Stream())
+        root.putChild(b"slow", _Slow(reactor))
+        root.putChild(b"close-mid-body", _CloseMidBody())
+        self.site = UpstreamSite(root, reactor)
+        self.port = 0
+        self._listening: IListeningPort | None = None
+
+    async def start(self) -> None:
+        """
+        Listen on a loopback port the kernel picks.
+        """
+        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        self._listening = await endpoint.listen(self.site)
+        self.port = cast(IPv4Address, self._listening.getHost()).port
+
+    async def stop(self) -> None:
+        """
+        Stop listening, close every connection still open and wait until
+        each is gone (so the reactor is clean).
+        """
+        if self._listening is not None:
+            stopped = self._listening.stopListening()
+            self._listening = None
+            if stopped is not None:
+                await stopped
+        channels = list(self.site.channels)
+        for channel in channels:
+            if channel.transport is not None:
+                cast(ITCPTransport, channel.transport).abortConnection()
+        if channels:
+            await withTimeout(
+                DeferredList([c.closed for c in channels]),
+                EXIT_TIMEOUT,
+                "upstream connections closing",
+            )
+
+
+# -- the config file
+
+
+def _toml(value: object) -> str:
+    """
+    A TOML literal for a string, number, boolean or list of those.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def configText(
+    sites: Sequence[dict[str, object]],
+    stateDir: str,
+    listen: Sequence[str] = (LOOPBACK_LISTEN,),
+) -> str:
+    """
+    A config document: C{listen} as the HTTP listeners, no HTTPS, no admin
+    socket, no ops listener, and the given C{[[sites]]} tables.
+    """
+    lines = [
+        "[server]",
+        f"listen_http = {_toml(list(listen))}",
+        "listen_https = []",
+        'admin_socket_path = ""',
+        'ops_listen = ""',
+        f"state_dir = {_toml(stateDir)}",
+        "",
+        "[logging]",
+        'access_log = "-"',
+        'access_log_format = "combined"',
+    ]
+    for site in sites:
+        lines += ["", "[[sites]]"]
+        lines += [f"{key} = {_toml(value)}" for key, value in site.items()]
+    return "\n".join(lines) + "\n"
+
+
+def writeConfig(
+    directory: str,
+    sites: Sequence[dict[str, object]],
+    listen: Sequence[str] = (LOOPBACK_LISTEN,),
+    name: str = "revproxy.toml",
+) -> str:
+    """
+    Write L{configText} into C{directory}; return the file's path.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(configText(sites, os.path.join(directory, "state"), listen))
+    return path
+
+
+# -- the proxy process
+
+
+def twistdArgv(args: Sequence[str]) -> list[str]:
+    """
+    The command line of C{twistd -n --pidfile= revproxy ARGS} with this
+    interpreter.
+    """
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "revproxy",
+        *args,
+    ]
+
+
+def _childEnvironment() -> dict[str, str]:
+    """
+    The child's environment: this checkout first on the path, unbuffered.
+    """
+    env = {
+        "PYTHONPATH": REPO_ROOT,
+        "PYTHONUNBUFFERED": "1",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+    }
+    return env
+
+
+class _ChildProtocol(ProcessProtocol):
+    """
+    Collects a child's output, and tells when it listens and when it ends.
+    """
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.port: int | None = None
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred[int] = Deferred()
+        self.exitCode: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+        self._lookForPort()
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        self._lookForPort()
+
+    def _lookForPort(self) -> None:
+        if self.port is not None:
+            return
+        match = _STARTED.search(self.stdout) or _STARTED.search(self.stderr)
+        if match is not None:
+            self.port = int(match.group(1))
+            self.listening.callback(self.port)
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, ProcessDone):
+            code = 0
+        elif isinstance(value, ProcessTerminated):
+            code = value.exitCode if value.exitCode is not None else -value.signal
+        else:
+            code = -1
+        self.exitCode = code
+        if not self.listening.called:
+            self.listening.errback(
+                RuntimeError(f"revproxy exited with {code} before listening")
+            )
+            self.listening.addErrback(lambda _: None)
+        self.ended.callback(code)
+
+
+class ProxyProcess:
+    """
+    One C{twistd revproxy} child process.
+    """
+
+    def __init__(self, reactor: IIntegrationReactor, args: Sequence[str], cwd: str):
+        self.reactor = reactor
+        self.args = list(args)
+        self.protocol = _ChildProtocol()
+        self.transport: IProcessTransport = reactor.spawnProcess(
+            self.protocol,
+            sys.executable,
+            twistdArgv(args),
+            env=_childEnvironment(),
+            path=cwd,
+        )
+
+    @property
+    def pid(self) -> int:
+        """
+        The child's process id.
+        """
+        pid = self.transport.pid
+        assert pid is not None
+        return int(pid)
+
+    @property
+    def output(self) -> str:
+        """
+        Everything the child wrote so far, for failure messages.
+        """
+        return (
+            "--- stdout:\n"
+            + self.protocol.stdout.decode("utf-8", "replace")
+            + "--- stderr:\n"
+            + self.protocol.stderr.decode("utf-8", "replace")
+        )
+
+    @property
+    def stderrLines(self) -> list[str]:
+        """
+        The non-empty lines of the child's standard error.
+        """
+        text = self.protocol.stderr.decode("utf-8", "replace")
+        return [line for line in text.splitlines() if line.strip()]
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether the child has not ended yet.
+        """
+        return not self.protocol.ended.called
+
+    async def waitListening(self) -> int:
+        """
+        The port of the child's HTTP listener, once it logs it.
+        """
+        try:
+            port: int | None = await withTimeout(
+                self.protocol.listening, START_TIMEOUT, "revproxy start-up"
+            )
+        except Exception as e:
+            raise AssertionError(f"revproxy did not start: {e}\n{self.output}") from e
+        if port is None:
+            raise AssertionError(f"revproxy exited before listening\n{self.output}")
+        return port
+
+    async def waitExit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        """
+        The child's exit status (negative: killed by that signal).  A child
+        still running after C{timeout} is killed, and the wait fails.
+        """
+        if not self.running:
+            assert self.protocol.exitCode is not None
+            return self.protocol.exitCode
+        ended: Deferred[int] = Deferred()
+        self.protocol.ended.addBoth(_relay, ended)
+        try:
+            code: int = await withTimeout(ended, timeout, "revproxy exit")
+        except TimeoutError as e:
+            self.kill()
+            await self.protocol.ended
+            raise AssertionError(
+                f"revproxy still running after {timeout} s: {e}\n{self.output}"
+            ) from e
+        return code
+
+    def kill(self) -> None:
+        """
+        SIGKILL the child if it still runs.
+        """
+        if self.running:
+            self.transport.signalProcess("KILL")
+
+    async def terminate(self) -> int:
+        """
+        Send SIGTERM and wait for the exit status.
+        """
+        if self.running:
+            self.transport.signalProcess(signal.SIGTERM.name.removeprefix("SIG"))
+        return await self.waitExit()
+
+
+def _relay(result: object, d: Deferred[Any]) -> object:
+    """
+    Pass C{result} on to C{d} too, keeping it for the original chain.
+    """
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+    return result
+
+
+async def spawnProxy(
+    reactor: IIntegrationReactor, args: Sequence[str], cwd: str
+) -> tuple[ProxyProcess, int]:
+    """
+    Start C{twistd revproxy ARGS}; return it and its HTTP port once it
+    listens and its reactor runs.  The caller stops it (see
+    L{ProxyProcess.terminate}).
+
+    "ProxySite starting on PORT" is logged when the port is bound, in
+    C{privilegedStartService}, before the reactor runs; until the reactor
+    runs, SIGTERM kills the process by the signal (exit -15, or 143 once
+    the reactor's own handlers are in) instead of exiting 0, because
+    revproxy installs its handler from C{callWhenRunning}.  So the port is
+    only returned once the proxy has answered a request: a request line
+    twisted.web rejects itself, which no upstream sees.
+    """
+    proxy = ProxyProcess(reactor, args, cwd)
+    try:
+        port = await proxy.waitListening()
+        probe = await connectRaw(reactor, port)
+        assert probe.transport is not None
+        probe.transport.write(b"PROBE\r\n\r\n")
+        await withTimeout(probe.lost, START_TIMEOUT, "revproxy answering a probe")
+        if not probe.data.startswith(b"HTTP/1.1 400 "):
+            raise AssertionError(f"probe answered {probe.data!r}")
+    except BaseException:
+        proxy.kill()
+        await proxy.waitExit()
+        raise
+    return proxy, port
+
+
+# -- raw clients
+
+
+class RawResponse:
+    """
+    One HTTP response as bytes: status code, headers and body.
+    """
+
+    def __init__(self, code: int, headers: list[tuple[bytes, bytes]], body: bytes):
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: bytes) -> list[bytes]:
+        """
+        Every value of the header C{name}.
+        """
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+def _parseHead(head: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """
+    Split a response head into the status code and headers.
+    """
+    statusLine, *lines = head.split(b"\r\n")
+    code = int(statusLine.split(b" ", 2)[1])
+    headers = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers.append((name.strip(), value.strip()))
+    return code, headers
+
+
+class RawClient(Protocol):
+    """
+    A client that writes bytes as given and reads whole responses framed by
+    C{Content-Length} (or none, for HEAD and bodiless codes).
+
+    @ivar data: the bytes received and not yet taken as a response.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+        self.disconnected = False
+        self._waiting: Deferred[RawResponse] | None = None
+        self._noBody = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        self._check()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.disconnected = True
+        waiting = self._waiting
+        self._waiting = None
+        if waiting is not None:
+            waiting.errback(
+                ConnectionError(f"closed with {len(self.data)} bytes unread")
+            )
+        self.lost.callback(None)
+
+    def _check(self) -> None:
+        waiting = self._waiting
+        if waiting is None:
+            return
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        code, headers = _parseHead(self.data[:end])
+        lengths = [v for n, v in headers if n.lower() == b"content-length"]
+        length = 0
+        if lengths and not self._noBody and code not in (204, 304):
+            length = int(lengths[0])
+        if len(self.data) < end + 4 + length:
+            return
+        body = self.data[end + 4 : end + 4 + length]
+        self.data = self.data[end + 4 + length :]
+        self._waiting = None
+        waiting.callback(RawResponse(code, headers, body))
+
+    def request(self, data: bytes, noBody: bool = False) -> Deferred[RawResponse]:
+        """
+        Write C{data} and wait for the next whole response.
+
+        @param noBody: the request is HEAD: the response has no body whatever
+            its Content-Length says.
+        """
+        assert self._waiting is None
+        d: Deferred[RawResponse] = Deferred()
+        self._waiting = d
+        self._noBody = noBody
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        self._check()
+        return withTimeout(d, EXIT_TIMEOUT, "raw response")
+
+    async def close(self) -> None:
+        """
+        Close the connection and wait until it is gone.
+        """
+        if not self.disconnected and self.transport is not None:
+            self.transport.loseConnection()
+        await withTimeout(self.lost, EXIT_TIMEOUT, "raw client close")
+
+
+async def connectRaw(reactor: IIntegrationReactor, port: int) -> RawClient:
+    """
+    Connect a L{RawClient} to C{127.0.0.1:port}.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    client: RawClient = await connectProtocol(endpoint, RawClient())
+    return client
+
+
+class SlowReader(Protocol):
+    """
+    Sends one GET and reads the response at no more than C{rate} bytes per
+    second, by pausing its transport (so the sender sees a full window)
+    and resuming it from a timer.
+
+    @ivar bodyReceived: body bytes read so far.
+    @ivar done: fires with the body length once Content-Length bytes came,
+        or fails if the connection closes first.
+    """
+
+    def __init__(
+        self,
+        reactor: IIntegrationReactor,
+        request: bytes,
+        rate: float,
+        tick: float = 0.02,
+    ) -> None:
+        self.reactor = reactor
+        self.requestBytes = request
+        self.rate = rate
+        self.tick = tick
+        self.head = b""
+        self.code: int | None = None
+        self.contentLength: int | None = None
+        self.bodyReceived = 0
+        self.received = 0
+        self.paused = False
+        self.pauses = 0
+        self.done: Deferred[int] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self._start = 0.0
+        self._timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._start = self.reactor.seconds()
+        transport = self.transport
+        assert transport is not None
+        transport.write(self.requestBytes)
+        self._timer = self.reactor.callLater(self.tick, self._resume)
+
+    def _allowance(self) -> float:
+        return self.rate * (self.reactor.seconds() - self._start)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.code is None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            code, headers = _parseHead(self.head[:end])
+            self.code = code
+            lengths = [v for n, v in headers if n.lower() == b"content-length"]
+            self.contentLength = int(lengths[0]) if lengths else None
+            self.bodyReceived = len(self.head) - end - 4
+            self.head = b""
+        else:
+            self.bodyReceived += len(data)
+        if (
+            self.contentLength is not None
+            and self.bodyReceived >= self.contentLength
+            and not self.done.called
+        ):
+            self._stopTimer()
+            self.done.callback(self.bodyReceived)
+            return
+        if not self.paused and self.received >= self._allowance():
+            self.paused = True
+            self.pauses += 1
+            transport = self.transport
+            assert transport is not None
+            cast(IPushProducer, transport).pauseProducing()
+
+    def _resume(self) -> None:
+        self._timer = self.reactor.callLater(self.tick, self._resume)
+        if self.paused and self.received < self._allowance():
+            self.paused = False
+            transport = self.transport
+            assert transport is not None
+            cast(IPushProducer, transport).resumeProducing()
+
+    def _stopTimer(self) -> None:
+        timer = self._timer
+        self._timer = None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopTimer()
+        if not self.done.called:
+            self.done.errback(
+                ConnectionError(
+                    f"closed after {self.bodyReceived} body bytes "
+                    f"of {self.contentLength}"
+                )
+            )
+        self.lost.callback(None)
+
+
+@implementer(IBodyProducer)
+class ChunkedBody:
+    """
+    A request body of unknown length, so the client sends it chunked; it is
+    written in several pieces, one per reactor turn.
+    """
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, reactor: IIntegrationReactor, pieces: Sequence[bytes]):
+        self.reactor = reactor
+        self.pieces = list(pieces)
+        self._stopped = False
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        async def produce() -> None:
+            for piece in self.pieces:
+                if self._stopped:
+                    return
+                consumer.write(piece)
+                await deferLater(self.reactor, 0, lambda: None)
+
+        return Deferred.fromCoroutine(produce())
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self._stopped = True
