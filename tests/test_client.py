@@ -216,7 +216,7 @@ class ContentLengthResponseTests(ClientTestMixin, SynchronousTestCase):
         """
         A reason phrase that arrives one byte at a time is reported whole.
         """
-        # BUG (revproxy/proxy/client.py:190-191, on_status): httptools calls
+        # Regression test for a fixed bug (revproxy/proxy/client.py:190-191, on_status): httptools calls
         # on_status once per piece of the reason phrase, and the client keeps
         # only the last piece (here b"" instead of b"OK Fine").
         sink = self.exchange()
@@ -297,7 +297,7 @@ class ContentLengthResponseTests(ClientTestMixin, SynchronousTestCase):
         A status line without a reason phrase reports an empty reason, not
         the reason of the connection's previous response.
         """
-        # BUG (revproxy/proxy/client.py:106 and 137-152): _reason is set in
+        # Regression test for a fixed bug (revproxy/proxy/client.py:106 and 137-152): _reason is set in
         # __init__ and by on_status only, never reset in send(); httptools
         # does not call on_status for an absent reason, so the previous
         # exchange's b"Not Found" is reported for this 200.
@@ -544,7 +544,7 @@ class InterimResponseTests(ClientTestMixin, SynchronousTestCase):
         A final status line without a reason phrase does not report the
         interim response's reason.
         """
-        # BUG (revproxy/proxy/client.py:190-204): _reason is not cleared when
+        # Regression test for a fixed bug (revproxy/proxy/client.py:190-204): _reason is not cleared when
         # an interim response is skipped, so this 200 is reported with the
         # reason b"Continue".
         sink = self.exchange()
@@ -777,7 +777,7 @@ class UnexpectedBytesTests(ClientTestMixin, SynchronousTestCase):
         A response smuggled after the end of a response, in the same chunk,
         never reaches the waiter the pool hands the connection to next.
         """
-        # BUG (revproxy/proxy/client.py:235-246, _finish, called from
+        # Regression test for a fixed bug (revproxy/proxy/client.py:235-246, _finish, called from
         # on_message_complete inside parser.feed_data at line 176): the
         # connection is released to the pool while the rest of the chunk is
         # still being parsed.  The pool hands it to the next waiter at once,

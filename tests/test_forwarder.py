@@ -614,7 +614,7 @@ class UpstreamRequestTests(ProxyTestCase):
         upstream.accept()
         sent = upstream.request()
         self.assertEqual(sent.line, b"GET / HTTP/1.1")
-        # BUG (revproxy/proxy/forwarder.py:211-218): with no Host from the
+        # Regression test for a fixed bug (revproxy/proxy/forwarder.py:211-218): with no Host from the
         # client, host=None and upstreamRequestHeaders adds none, so an
         # HTTP/1.1 request without Host goes upstream, which RFC 9112
         # section 3.2 forbids (origin servers answer it with 400).
@@ -1345,7 +1345,7 @@ class ClientGoneTests(ProxyTestCase):
         self.assertEqual(proxy.upstreamHosts(), [SECOND])
         upstream = proxy.upstream()
         client.close()
-        # BUG (revproxy/proxy/forwarder.py:237-243): the first acquire()
+        # Regression test for a fixed bug (revproxy/proxy/forwarder.py:237-243): the first acquire()
         # fails synchronously and connectionFailed() re-enters _tryNext(),
         # which stores the second attempt's withdraw; back in the outer
         # _tryNext(), self.waiting is True again, so self.withdraw is

@@ -221,7 +221,7 @@ class ConfigFileTests(_OptionsTestCase):
         options = self.options()
         self.assertEqual(self.exitCode(options, ["--config", path]), 1)
         lines = self.err(options).splitlines()
-        # BUG (revproxy/tap.py:67-68, 82-90): the missing file is reported
+        # Regression test for a fixed bug (revproxy/tap.py:67-68, 82-90): the missing file is reported
         # through _exitWithErrors as "configuration PATH is invalid (1
         # error):" plus an indented second line: two lines, and a missing
         # file called invalid.
