@@ -122,22 +122,27 @@ class UpstreamConnection(Protocol):
         self.reused = False
         self.idleSince = 0.0
         self.connected = False
-        self.bodyPending = False
         self._sink: IResponseSink | None = None
         self._parser: httptools.HttpResponseParser | None = None
+        self._cutAtHead = False
+        self._reset(False)
+
+    def _reset(self, isHead: bool) -> None:
+        """
+        Forget the previous exchange's state.
+        """
+        self.bodyPending = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
-        self._isHead = False
+        self._isHead = isHead
         self._gotBytes = False
         self._started = False
         self._keepAlive = False
         self._untilClose = False
-        self._framed = False
         self._done = False
         self._excess = False
         self._remaining: int | None = None
         self._tail = b""
-        self._cutAtHead = False
 
     @property
     def stream(self) -> Stream | None:
@@ -178,19 +183,7 @@ class UpstreamConnection(Protocol):
         """
         self._sink = sink
         self._parser = httptools.HttpResponseParser(self)
-        self._headers = []
-        self._reason = b""
-        self._isHead = isHead
-        self._gotBytes = False
-        self._started = False
-        self._keepAlive = False
-        self._untilClose = False
-        self._framed = False
-        self._done = False
-        self._excess = False
-        self._remaining = None
-        self._tail = b""
-        self.bodyPending = False
+        self._reset(isHead)
         transport = self.transport
         assert transport is not None
         transport.write(data)
@@ -331,7 +324,6 @@ class UpstreamConnection(Protocol):
             elif lower == b"connection":
                 closes = closes or b"close" in value.lower()
         isHead = self._isHead
-        self._framed = framed
         self._untilClose = not framed and code not in (204, 304) and not isHead
         if isHead:
             # llhttp does not know the request was HEAD, so without a length

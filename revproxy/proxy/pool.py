@@ -33,7 +33,7 @@ PoolKey = tuple[str, str, int]
 # race where both ends close at once rare, and the one-retry on a reused
 # connection covers the rest.
 DEFAULT_IDLE_TIMEOUT = 4.0
-DEFAULT_MAX_IDLE = 64
+DEFAULT_MAX_IDLE = 256
 DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_BACKOFF = 5.0
 
