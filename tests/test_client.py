@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.proxy.client import (
+    MAX_RESPONSE_HEAD,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamProtocolError,
@@ -588,6 +589,30 @@ class ProtocolErrorTests(ClientTestMixin, SynchronousTestCase):
         Binary garbage instead of a response fails the exchange.
         """
         self.assertProtocolError(b"\x16\x03\x01\x00\xa5\x01\x00\x00")
+
+    def test_endlessHead(self) -> None:
+        """
+        A response head that goes on past L{MAX_RESPONSE_HEAD} bytes, fed
+        in pieces, fails the exchange instead of being buffered.
+        """
+        sink = self.exchange()
+        self.feed(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        for _ in range(MAX_RESPONSE_HEAD // len(line) + 1):
+            self.feed(line)
+        [failure] = sink.failures
+        self.assertIsInstance(failure, UpstreamProtocolError)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_largeHeadAccepted(self) -> None:
+        """
+        A head a little under the limit (big cookies) is accepted.
+        """
+        sink = self.exchange()
+        cookie = b"Set-Cookie: c=" + b"b" * 4000 + b"\r\n"
+        self.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + cookie * 15 + b"\r\n")
+        self.assertEqual(sink.failures, [])
+        self.assertIn("done", sink.events)
 
     def test_invalidHeader(self) -> None:
         """

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 _CONNECTION_DONE = Failure(ConnectionDone())
 _READ_SIZE = 256 * 1024
 
+#: The most bytes of response head (status line, headers, and any interim
+#: 1xx responses before them) accepted from an upstream: as nginx's
+#: proxy_buffer_size, but with room for large cookies.
+MAX_RESPONSE_HEAD = 64 * 1024
+
 
 class UpstreamProtocolError(Exception):
     """
@@ -143,6 +148,7 @@ class UpstreamConnection(Protocol):
         self._excess = False
         self._remaining: int | None = None
         self._tail = b""
+        self._headBytes = 0
 
     @property
     def stream(self) -> Stream | None:
@@ -226,6 +232,20 @@ class UpstreamConnection(Protocol):
                     self._cutAtHead = True
                 else:
                     self._tail = window[-3:]
+                self._headBytes += len(data)
+                if self._headBytes > MAX_RESPONSE_HEAD:
+                    # llhttp sets no limit; an upstream that never ends its
+                    # head must not make us buffer without end.
+                    sink = self._sink
+                    self._sink = None
+                    self._abort()
+                    if sink is not None:
+                        sink.responseFailed(
+                            UpstreamProtocolError(
+                                f"response head longer than {MAX_RESPONSE_HEAD} bytes"
+                            )
+                        )
+                    return
             try:
                 parser.feed_data(data)
             except httptools.HttpParserError as e:

@@ -14,7 +14,7 @@ from zope.interface import implementer
 @implementer(IServiceMaker, IPlugin)
 class _RevProxyServiceMaker:
     tapname = "revproxy"
-    description = "HTTP/HTTPS reverse proxy with automatic certificates."
+    description = "HTTP reverse proxy: routes by Host to pooled keep-alive upstreams."
 
     @property
     def options(self) -> type[Options]:
