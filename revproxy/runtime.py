@@ -29,6 +29,7 @@ class Runtime:
     config: Config
     table: RoutingTable[SiteRoute]
     generation: int
+    sha256: str = ""
 
 
 def buildRuntime(
@@ -49,7 +50,12 @@ def buildRuntime(
             selector = UpstreamSelector(site.upstreams, clock)
         routes.append(SiteRoute(site, selector))
     generation = previous.generation + 1 if previous is not None else 1
-    return Runtime(config=config, table=RoutingTable(routes), generation=generation)
+    return Runtime(
+        config=config,
+        table=RoutingTable(routes),
+        generation=generation,
+        sha256=config.source_sha256,
+    )
 
 
 class RuntimeHolder:

@@ -19,11 +19,14 @@ from twisted.internet.protocol import ClientFactory
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
+from revproxy.admin import AdminFactory, AdminSocket
 from revproxy.config import Config
+from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
 from revproxy.proxy.request import ProxySite
+from revproxy.reload import Reloader, configWarnings
 from revproxy.routing import RootResource
 from revproxy.runtime import RuntimeHolder, buildRuntime
 
@@ -65,7 +68,20 @@ class RevProxyService(MultiService):
     """
     The root of the tree.  A listener that cannot bind (port taken, no
     permission) stops start-up with one clear line instead of a traceback.
+
+    @ivar site: the one L{ProxySite} behind every listener.
+    @ivar tracker: the factory the listeners use: the site, wrapped so that
+        every client connection is known (graceful shutdown).
+    @ivar holder: the current runtime.
+    @ivar reloader: applies the config file (SIGHUP, admin C{reload}).
+    @ivar pool: the upstream connection pool.
     """
+
+    site: ProxySite
+    tracker: ConnectionTracker
+    holder: RuntimeHolder
+    reloader: Reloader
+    pool: ConnectionPool
 
     def privilegedStartService(self) -> None:
         try:
@@ -88,27 +104,47 @@ def buildService(
 ) -> RevProxyService:
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
+
+    Children stop in the reverse order of addition, all at once; the drain
+    is added after the listeners so that it starts first, in the same turn
+    as they stop accepting.
     """
     top = RevProxyService()
     holder = RuntimeHolder(buildRuntime(config, reactor))
     pool = ConnectionPool(reactor, reactorConnector(reactor))
     forwarder = Forwarder(pool, reactor, config.server.trusted_proxies)
     site = ProxySite(RootResource(holder, forwarder), reactor=reactor)
-    top.site = site  # type: ignore[attr-defined]
-    top.runtime = holder  # type: ignore[attr-defined]
+    tracker = ConnectionTracker(site)
+    reloader = Reloader(configPath, holder, reactor)
+    top.site, top.tracker, top.holder, top.reloader, top.pool = (
+        site,
+        tracker,
+        holder,
+        reloader,
+        pool,
+    )
 
     for description in config.server.listen_http:
-        listener(description, site, reactor=reactor).setServiceParent(top)
-    if any(s.tls != "none" for s in config.sites):
-        _log.warn(
-            "TLS termination is not in this version yet: sites with tls = "
-            '"{tls}" are served on the HTTP listeners only',
-            tls="files/acme",
-        )
+        listener(description, tracker, reactor=reactor).setServiceParent(top)
+    for warning in configWarnings(config):
+        _log.warn("{warning}", warning=warning)
 
     poolService = _PoolService(pool)
     poolService.setName("upstream-pool")
     poolService.setServiceParent(top)
+
+    if config.server.admin_socket_path:
+        admin = AdminSocket(
+            config.server.admin_socket_path,
+            AdminFactory(reloader, reactor, reactor.seconds()),
+            reactor,
+        )
+        admin.setName("admin")
+        admin.setServiceParent(top)
+
+    drain = DrainService(tracker, config.server.shutdown_timeout_secs, reactor)
+    drain.setName("drain")
+    drain.setServiceParent(top)
 
     def stop() -> None:
         try:
@@ -117,7 +153,12 @@ def buildService(
             # A second SIGTERM while shutting down.
             pass
 
-    relay = SignalRelay(reactor, {signal.SIGTERM: stop, signal.SIGINT: stop})
+    def reload() -> None:
+        reloader.reload("SIGHUP")
+
+    relay = SignalRelay(
+        reactor, {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}
+    )
     relay.setName("signals")
     relay.setServiceParent(top)
     return top

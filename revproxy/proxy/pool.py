@@ -86,6 +86,25 @@ class UpstreamSelector:
             return candidate
         return fallback
 
+    def peek(self) -> object | None:
+        """
+        The upstream that L{pick} would return now, without advancing the
+        round robin (for the admin C{route} command).
+        """
+        upstreams = self.upstreams
+        n = len(upstreams)
+        if n == 0:
+            return None
+        fallback = None
+        for i in range(n):
+            candidate = upstreams[(self._next + i) % n]
+            if n > 1 and self.isDown(candidate):
+                if fallback is None:
+                    fallback = candidate
+                continue
+            return candidate
+        return fallback
+
     def markDown(self, upstream: object) -> None:
         """
         C{upstream} refused a connection: skip it for the back-off period.

@@ -1,0 +1,610 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin socket: one command per connection over a Unix socket, one JSON
+line back, then the server closes (C{echo status | nc -U PATH}).
+
+L{AdminFactory} holds the command table, a dict of small functions from the
+command's arguments to an answer (a dict, or a L{Deferred} of one); they read
+the current L{Runtime} and touch no socket.  L{AdminProtocol} is the framing
+around them, and L{AdminSocket} the service that listens.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+from collections.abc import Callable
+from ipaddress import ip_address
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IReactorTime,
+    IReactorUNIX,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from revproxy.proxy.forwarder import SiteRoute
+from revproxy.proxy.headers import clientAddress, isTrusted
+from revproxy.proxy.pool import UpstreamSelector
+from revproxy.routing import normalizeHostHeader
+from revproxy.runtime import RuntimeHolder
+
+_log = Logger()
+
+Answer = dict[str, object]
+"""
+One answer of the admin socket, sent as one JSON line.
+"""
+
+Command = Callable[[list[str]], "Answer | Deferred[Answer]"]
+"""
+A command of the table: its arguments (the words after its name) to its
+answer, now or later.
+"""
+
+IDLE_TIMEOUT = 10
+"""
+Seconds a client has to send its whole command line.
+"""
+
+MAX_LINE = 4096
+"""
+The longest command line, in bytes, counting a trailing CR.
+"""
+
+_INVALID: Answer = {"status": "error", "message": "invalid input"}
+
+# C0 controls but tab, DEL and C1 controls: nothing a person or a script
+# means to send in a command.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+_USAGE = {
+    "reload": "reload",
+    "check": "check",
+    "status": "status",
+    "sites": "sites",
+    "route": "route HOST [PATH] [CLIENT_IP]",
+    "help": "help",
+}
+
+_DESCRIPTIONS = {
+    "reload": "re-read the config file and apply it; answers what changed",
+    "check": "validate the config file on disk and answer what a reload would change, without applying it",
+    "status": "uptime, number of sites, config generation and sha256",
+    "sites": "each site's hosts and upstreams, and which upstreams are in back-off",
+    "route": "route HOST [PATH] [[XFF,...,]CLIENT_IP]: the site, upstream, limits and client IP a request would get",
+    "help": "this list",
+}
+
+
+class UsageError(Exception):
+    """
+    A command was given the wrong arguments.
+
+    @ivar usage: the command's synopsis, as C{route HOST [PATH] [CLIENT_IP]}.
+    """
+
+    def __init__(self, usage: str) -> None:
+        super().__init__(usage)
+        self.usage = usage
+
+
+class IReloader(TypingProtocol):
+    """
+    What the admin socket needs of L{revproxy.reload.Reloader}.
+    """
+
+    @property
+    def holder(self) -> RuntimeHolder:
+        """
+        The reference to the current L{Runtime}.
+        """
+
+    def reload(self, source: str) -> Deferred[Answer]:
+        """
+        Reload the config file; fires with the answer, never fails.
+        """
+
+    def check(self) -> Deferred[Answer]:
+        """
+        Validate the config file without applying it; fires with the answer,
+        never fails.
+        """
+
+
+def peekUpstream(selector: UpstreamSelector) -> object | None:
+    """
+    The upstream that C{selector.pick()} would return now, without advancing
+    the round robin.
+    """
+    return selector.peek()
+
+
+def _claims(route: SiteRoute, host: str) -> bool:
+    """
+    Whether C{route} names C{host} among its hosts, exactly or by a wildcard
+    (as L{revproxy.routing.RoutingTable.match} reads them).
+    """
+    hosts = route.hosts
+    if host in hosts:
+        return True
+    label, dot, suffix = host.partition(".")
+    return bool(label and dot) and f"*.{suffix}" in hosts
+
+
+def _url(upstream: object) -> str:
+    """
+    The URL of an upstream of the config (an L{revproxy.config.Upstream}).
+    """
+    url = getattr(upstream, "url", None)
+    return url if isinstance(url, str) else str(upstream)
+
+
+class AdminFactory(Factory["AdminProtocol"]):
+    """
+    Builds L{AdminProtocol}s and holds the command table they share.
+
+    @ivar commands: the command table, name to function.
+    @ivar descriptions: one line about each command, for C{help}.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        reloader: IReloader,
+        clock: IReactorTime,
+        startTime: float | None = None,
+    ) -> None:
+        """
+        @param startTime: when the process started, in C{clock.seconds()};
+            now, if not given.
+        """
+        self.reloader = reloader
+        self.clock = clock
+        self.startTime = clock.seconds() if startTime is None else startTime
+        self.commands: dict[str, Command] = {
+            "reload": self.reload,
+            "check": self.check,
+            "status": self.status,
+            "sites": self.sites,
+            "route": self.route,
+            "help": self.help,
+        }
+        self.descriptions: dict[str, str] = dict(_DESCRIPTIONS)
+
+    def buildProtocol(self, addr: IAddress | None) -> AdminProtocol:
+        return AdminProtocol(self)
+
+    def run(self, name: str, args: list[str]) -> Deferred[Answer]:
+        """
+        Run the command C{name} with C{args}.
+
+        @return: a L{Deferred} that fires with the answer, and fails only
+            when the command raised something other than L{UsageError}.
+        """
+        command = self.commands.get(name)
+        if command is None:
+            return succeed({"status": "error", "message": f"unknown command: {name}"})
+
+        try:
+            result = command(args)
+        except UsageError as e:
+            return succeed({"status": "error", "message": f"usage: {e.usage}"})
+        except Exception:
+            return fail()
+        if isinstance(result, Deferred):
+            return result
+        return succeed(result)
+
+    # -- the commands
+
+    def _noArguments(self, name: str, args: list[str]) -> None:
+        if args:
+            raise UsageError(_USAGE[name])
+
+    def reload(self, args: list[str]) -> Deferred[Answer]:
+        """
+        Reload the config file, through the same lock as SIGHUP.
+        """
+        self._noArguments("reload", args)
+        return self.reloader.reload("admin")
+
+    def check(self, args: list[str]) -> Deferred[Answer]:
+        """
+        Validate the config file on disk; a dry-run reload.
+        """
+        self._noArguments("check", args)
+        return self.reloader.check()
+
+    def status(self, args: list[str]) -> Answer:
+        """
+        How long the process has run, and which config it serves.
+        """
+        self._noArguments("status", args)
+        runtime = self.reloader.holder.current
+        return {
+            "status": "ok",
+            "uptime_secs": max(0, int(self.clock.seconds() - self.startTime)),
+            "pid": os.getpid(),
+            "sites": len(runtime.table.sites),
+            "generation": runtime.generation,
+            "config_sha256": runtime.sha256,
+            "config_path": runtime.config.path,
+        }
+
+    def sites(self, args: list[str]) -> Answer:
+        """
+        Each site's hosts and upstreams, with the upstreams in back-off.
+        """
+        self._noArguments("sites", args)
+        runtime = self.reloader.holder.current
+        return {
+            "status": "ok",
+            "generation": runtime.generation,
+            "sites": [
+                {
+                    "name": route.name,
+                    "hosts": list(route.hosts),
+                    "upstreams": [
+                        {"url": _url(u), "down": route.selector.isDown(u)}
+                        for u in route.selector.upstreams
+                    ],
+                    "default": route.default,
+                }
+                for route in runtime.table.sites
+            ],
+        }
+
+    def route(self, args: list[str]) -> Answer:
+        """
+        Where a request for C{HOST} (and C{PATH}, from C{CLIENT_IP}) would go.
+
+        C{CLIENT_IP} is the TCP peer's address, optionally preceded by the
+        comma-separated C{X-Forwarded-For} entries the peer would send
+        (C{203.0.113.7,10.0.0.2}).  A second argument that is an IP address
+        rather than a path is taken as C{CLIENT_IP}.
+        """
+        if not 1 <= len(args) <= 3:
+            raise UsageError(_USAGE["route"])
+        rawHost = args[0]
+        path = "/"
+        client: str | None = None
+        if len(args) == 3:
+            path, client = args[1], args[2]
+        elif len(args) == 2:
+            if args[1].startswith("/") or args[1] == "*":
+                path = args[1]
+            else:
+                client = args[1]
+        if not (path.startswith("/") or path == "*"):
+            return {
+                "status": "error",
+                "message": f"invalid path: {path} (it must start with /)",
+            }
+        host = normalizeHostHeader(rawHost.encode("utf-8"))
+        if host is None:
+            return {"status": "error", "message": f"invalid host: {rawHost}"}
+
+        runtime = self.reloader.holder.current
+        # [server] is static: a reload keeps the running value, so this is
+        # what the forwarder uses.
+        trusted = runtime.config.server.trusted_proxies
+        peer: str | None = None
+        clientIP: str | None = None
+        peerTrusted: bool | None = None
+        if client is not None:
+            *forwarded, peer = [entry.strip() for entry in client.split(",")]
+            try:
+                ip_address(peer)
+            except ValueError:
+                return {
+                    "status": "error",
+                    "message": f"invalid client ip: {peer}",
+                }
+            headers = (
+                [(b"X-Forwarded-For", ", ".join(forwarded).encode("utf-8"))]
+                if forwarded
+                else []
+            )
+            peerTrusted = isTrusted(peer, trusted)
+            clientIP = clientAddress(peer, headers, trusted)
+
+        answer: Answer = {
+            "status": "ok",
+            "generation": runtime.generation,
+            "host": host,
+            "path": path,
+            "peer": peer,
+            "client_ip": clientIP,
+            "peer_trusted": peerTrusted,
+        }
+        route = runtime.table.match(host)
+        if route is None:
+            answer.update(
+                site=None,
+                default_site=False,
+                upstream=None,
+                answer=421,
+            )
+            return answer
+        site = route.config
+        upstream = peekUpstream(route.selector)
+        rateLimit = site.rate_limit
+        answer.update(
+            site=route.name,
+            default_site=route.default and not _claims(route, host),
+            upstream=None if upstream is None else _url(upstream),
+            upstream_down=upstream is not None and route.selector.isDown(upstream),
+            tls=site.tls,
+            timeouts={
+                "connect_timeout_secs": site.connect_timeout_secs,
+                "response_timeout_secs": site.response_timeout_secs,
+            },
+            limits={
+                "max_body_bytes": site.max_body_bytes,
+                "rate_limit": (
+                    {
+                        "requests_per_second": rateLimit.requests_per_second,
+                        "burst": rateLimit.burst,
+                    }
+                    if rateLimit.enabled
+                    else None
+                ),
+            },
+        )
+        return answer
+
+    def help(self, args: list[str]) -> Answer:
+        """
+        The commands, each with one line about it.
+        """
+        self._noArguments("help", args)
+        return {
+            "status": "ok",
+            "commands": {
+                name: self.descriptions.get(name, "") for name in self.commands
+            },
+        }
+
+
+@implementer(IHalfCloseableProtocol)
+class AdminProtocol(LineReceiver, TimeoutMixin):
+    """
+    One admin connection: read one command line, answer one JSON line,
+    close.
+
+    The line ends in C{\\n}, with an optional C{\\r} before it.  Anything
+    after the first line is ignored.  A client that has not sent a whole
+    line within L{IDLE_TIMEOUT} seconds is disconnected.  A client that
+    half-closes its side after the command (C{socat} does) still gets the
+    answer; a last line without C{\\n} before that half-close counts.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+    factory: AdminFactory
+
+    def __init__(self, factory: AdminFactory) -> None:
+        self.factory = factory
+        self._received = False
+        self._gone = False
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """
+        Schedule with the factory's clock, not the global reactor.
+        """
+        return self.factory.clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        # A total deadline for the line, not reset by data: a client
+        # trickling bytes is closed as one sending none.
+        self.setTimeout(IDLE_TIMEOUT)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        self.setTimeout(None)
+
+    def timeoutConnection(self) -> None:
+        self._received = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._received:
+            return
+        super().dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        if self._received:
+            return
+        rest = self.clearLineBuffer()
+        if rest:
+            self.lineReceived(rest)
+        else:
+            self._received = True
+            self.setTimeout(None)
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._received:
+            return
+        self._received = True
+        self.setTimeout(None)
+        self._send(_INVALID)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._received:
+            return
+        self._received = True
+        self.clearLineBuffer()
+        self.setTimeout(None)
+        words = _parseLine(line)
+        if words is None:
+            self._send(_INVALID)
+            return
+        name, args = words[0], words[1:]
+
+        def failed(failure: Failure) -> Answer:
+            _log.failure(
+                "Admin command {command!r} failed", failure, command=" ".join(words)
+            )
+            return {
+                "status": "error",
+                "code": "internal",
+                "message": (
+                    f"internal error in {name!r}: "
+                    f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+                ),
+            }
+
+        def unsent(failure: Failure) -> None:
+            _log.failure("Could not send the admin answer", failure)
+
+        self.factory.run(name, args).addErrback(failed).addCallback(
+            self._send
+        ).addErrback(unsent)
+
+    def _send(self, answer: Answer) -> None:
+        """
+        Send C{answer} as one JSON line and close, unless the client has
+        gone.
+        """
+        if self._gone or self.transport is None:
+            return
+        try:
+            if not isinstance(answer, dict):
+                raise TypeError(f"a command answered {type(answer).__name__}")
+            text = json.dumps(answer, allow_nan=False)
+        except (TypeError, ValueError):
+            _log.failure("An admin answer could not be encoded")
+            text = json.dumps(
+                {
+                    "status": "error",
+                    "code": "internal",
+                    "message": "internal error: the answer could not be encoded",
+                }
+            )
+        self.sendLine(text.encode("ascii"))
+        self.transport.loseConnection()
+
+
+def _parseLine(line: bytes) -> list[str] | None:
+    """
+    The words of a command line, or L{None} when it is not one: empty, not
+    UTF-8, or with control characters other than tab.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if _CONTROL.search(text):
+        return None
+    words = text.split()
+    return words or None
+
+
+class AdminSocket(Service):
+    """
+    Listens on the admin socket while running.
+
+    The socket is created mode 0660 with Twisted's lock file beside it
+    (C{PATH.lock}), which tells a stale socket (removed and replaced) from
+    one a live process owns.  A socket that cannot be had is a warning, not
+    a failed start: the proxy runs without it.
+    """
+
+    def __init__(self, path: str, factory: Factory[Any], reactor: IReactorUNIX) -> None:
+        """
+        @raise ValueError: C{path} is empty (no admin socket: make no
+            service at all).
+        """
+        if not path:
+            raise ValueError("AdminSocket needs a path")
+        self.path = path
+        self.factory = factory
+        self._reactor = reactor
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        parent = os.path.dirname(self.path)
+        if parent and not self.path.startswith("\0"):
+            try:
+                os.makedirs(parent, mode=0o750, exist_ok=True)
+            except OSError as e:
+                _log.warn(
+                    "Running without the admin socket: cannot create its "
+                    "directory {directory}: {reason}",
+                    directory=parent,
+                    reason=e.strerror or str(e),
+                )
+                return
+        try:
+            self.port = self._reactor.listenUNIX(
+                self.path, self.factory, mode=0o660, wantPID=True
+            )
+        except CannotListenError as e:
+            _log.warn(
+                "Running without the admin socket {path}: {reason}",
+                path=self.path,
+                reason=_cannotListenReason(self.path, e),
+            )
+        except OSError as e:
+            _log.warn(
+                "Running without the admin socket {path}: {reason}",
+                path=self.path,
+                reason=e.strerror or str(e),
+            )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        # Twisted removes the socket file and its lock once it has stopped.
+        return port.stopListening()
+
+
+def _cannotListenReason(path: str, error: CannotListenError) -> str:
+    """
+    Say why C{listenUNIX} on C{path} failed, in an operator's words.
+    """
+    why = error.socketError
+    if why == "Cannot acquire lock":
+        return (
+            f"another running process holds {path}.lock (is another revproxy "
+            "running with this admin_socket_path?)"
+        )
+    if isinstance(why, OSError):
+        if why.errno == errno.EADDRINUSE:
+            return (
+                f"{path} already exists and is not a stale revproxy socket "
+                "(no lock file beside it, or not a socket); remove it if "
+                "nothing uses it"
+            )
+        return why.strerror or str(why)
+    return str(why)

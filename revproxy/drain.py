@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.test_drain -*-
+"""
+Graceful shutdown: know every client connection, and at stop close the idle
+ones at once, let those with a request in flight finish it, and abort what
+is left when the deadline passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+_log = Logger()
+
+#: How often, while draining, connections that fell idle are closed.
+SWEEP_INTERVAL = 0.25
+
+
+def _channelOf(wrapper: ProtocolWrapper) -> Any:
+    """
+    The HTTP channel behind a connection: Twisted's Site builds a protocol
+    that chooses HTTP/1.1 or HTTP/2 and keeps the real channel in
+    C{_channel}.
+    """
+    protocol = wrapper.wrappedProtocol
+    return getattr(protocol, "_channel", protocol)
+
+
+def _busy(channel: Any) -> bool:
+    """
+    Whether C{channel} has a request in flight (or being received).
+    """
+    requests = getattr(channel, "requests", None)
+    if requests is not None:
+        return bool(requests)
+    # HTTP/2: streams in progress.
+    streams = getattr(channel, "streams", None)
+    return bool(streams)
+
+
+class ConnectionTracker(WrappingFactory):
+    """
+    Wraps the L{Site} so that every client connection is known.
+    """
+
+    noisy = False
+
+    def __init__(self, wrappedFactory: Any) -> None:
+        super().__init__(wrappedFactory)
+        self._waiting: list[Deferred[None]] = []
+
+    def logPrefix(self) -> str:
+        # Twisted logs "<prefix> starting on <port>": keep the site's name.
+        prefix: str = self.wrappedFactory.logPrefix()
+        return prefix
+
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def closeIdle(self) -> int:
+        """
+        Close connections with no request in flight and make the busy ones
+        close after their current response.
+
+        @return: how many connections are busy.
+        """
+        busy = 0
+        for wrapper in list(self.protocols):
+            channel = _channelOf(wrapper)
+            if _busy(channel):
+                busy += 1
+                # Twisted closes a non-persistent HTTP/1.1 connection once
+                # its response is done.
+                if hasattr(channel, "persistent"):
+                    channel.persistent = False
+            elif wrapper.transport is not None:
+                wrapper.transport.loseConnection()
+        return busy
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        Fires when no client connection is left.
+        """
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def abortAll(self) -> int:
+        """
+        Abort every connection still open.
+
+        @return: how many there were.
+        """
+        count = 0
+        for wrapper in list(self.protocols):
+            transport = wrapper.transport
+            if transport is not None:
+                count += 1
+                transport.abortConnection()
+        return count
+
+
+class DrainService(Service):
+    """
+    At stop: close idle connections, wait for in-flight requests up to
+    C{timeout} seconds, then abort the rest.  Its C{stopService} Deferred is
+    what twistd waits for before the reactor stops.
+    """
+
+    def __init__(
+        self, tracker: ConnectionTracker, timeout: float, clock: IReactorTime
+    ) -> None:
+        self.tracker = tracker
+        self.timeout = timeout
+        self._clock = clock
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        busy = self.tracker.closeIdle()
+        if not self.tracker.protocols:
+            return succeed(None)
+        _log.info(
+            "Shutting down: waiting up to {timeout}s for {busy} request(s) in flight",
+            timeout=self.timeout,
+            busy=busy,
+        )
+        done: Deferred[None] = Deferred()
+        deadline: IDelayedCall | None = None
+        sweep: LoopingCall | None = None
+
+        def expired() -> None:
+            if sweep is not None and sweep.running:
+                sweep.stop()
+            aborted = self.tracker.abortAll()
+            _log.warn(
+                "Shutdown deadline ({timeout}s) passed: aborted {count} connection(s)",
+                timeout=self.timeout,
+                count=aborted,
+            )
+            if not done.called:
+                done.callback(None)
+
+        def empty(_: object) -> None:
+            if sweep is not None and sweep.running:
+                sweep.stop()
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+            if not done.called:
+                done.callback(None)
+
+        deadline = self._clock.callLater(self.timeout, expired)
+        # A busy connection may start another request before it learns it
+        # should close (HTTP/1.1 decides persistence per request): close
+        # connections as they fall idle.
+        sweep = LoopingCall(self.tracker.closeIdle)
+        sweep.clock = self._clock
+        sweep.start(SWEEP_INTERVAL, now=False)
+        self.tracker.whenEmpty().addCallback(empty)
+        return done

@@ -1,0 +1,220 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+Reloading the config: one code path for SIGHUP and the admin socket.
+
+A reload reads the file, parses and validates it, builds a whole new
+L{Runtime} off to the side and swaps one reference.  Reloads are serialized
+by one L{DeferredLock}; a reload that waited reads the file when its turn
+comes, so it applies the latest version.  A reload that fails changes
+nothing.  Static settings (C{[server]}, C{[acme]}) keep their running values
+until a restart, and the answer says which of them changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from revproxy.config import (
+    Config,
+    ConfigError,
+    ConfigFileError,
+    checkConfig,
+    loadConfig,
+)
+from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+
+_log = Logger()
+
+#: The tables whose keys are read once, at start-up.
+STATIC_TABLES = ("server", "acme")
+
+
+def staticChanges(old: Config, new: Config) -> list[str]:
+    """
+    The static keys whose value differs between C{old} and C{new}, as key
+    paths (C{"server.listen_http"}).
+    """
+    changed = []
+    for table in STATIC_TABLES:
+        before = getattr(old, table)
+        after = getattr(new, table)
+        for field in attrs.fields(type(before)):
+            if getattr(before, field.name) != getattr(after, field.name):
+                changed.append(f"{table}.{field.name}")
+    return changed
+
+
+def siteChanges(old: Config, new: Config) -> dict[str, Any]:
+    """
+    Which sites a new config adds, removes and changes, by name; a site is
+    changed when any of its resolved settings (defaults included) differs.
+    """
+    before = {site.name: site for site in old.sites}
+    after = {site.name: site for site in new.sites}
+    added = [name for name in after if name not in before]
+    removed = [name for name in before if name not in after]
+    changed = [name for name in after if name in before and after[name] != before[name]]
+    unchanged = len(after) - len(added) - len(changed)
+    return {
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "unchanged": unchanged,
+    }
+
+
+def configWarnings(config: Config) -> list[str]:
+    """
+    Things that are valid but that an operator should know about.
+    """
+    warnings = []
+    for index, site in enumerate(config.sites):
+        if site.tls != "none":
+            warnings.append(
+                f"sites[{index}].tls: TLS termination is not in this version; "
+                f'site "{site.name}" is served on the HTTP listeners only'
+            )
+    return warnings
+
+
+class Reloader:
+    """
+    Applies the config file to the running proxy, one reload at a time.
+    """
+
+    def __init__(
+        self,
+        configPath: str,
+        holder: RuntimeHolder,
+        clock: IReactorTime,
+        load: Callable[[str], Config] = loadConfig,
+    ) -> None:
+        self.configPath = configPath
+        self.holder = holder
+        self._clock = clock
+        self._load = load
+        self._lock = DeferredLock()
+
+    def reload(self, source: str) -> Deferred[dict[str, Any]]:
+        """
+        Reload the config file; fires with the answer, never fails.
+
+        @param source: who asked (C{"SIGHUP"}, C{"admin"}), for the log.
+        """
+        return self._lock.run(self._once, source, True)
+
+    def check(self) -> Deferred[dict[str, Any]]:
+        """
+        Validate the file on disk and say what a reload would change,
+        without changing anything.
+        """
+        return self._lock.run(self._once, "check", False)
+
+    def _once(self, source: str, apply: bool) -> dict[str, Any]:
+        try:
+            return self._attempt(source, apply)
+        except Exception as e:
+            _log.failure(
+                "Reload ({source}) failed unexpectedly; nothing was applied",
+                source=source,
+            )
+            return {
+                "status": "error",
+                "code": "internal",
+                "message": f"internal error: {e}",
+            }
+
+    def _attempt(self, source: str, apply: bool) -> dict[str, Any]:
+        verb = "Reload" if apply else "Check"
+        if not self.configPath:
+            return _error(
+                "no_config_file",
+                "running without a config file (quick mode): nothing to reload",
+                [],
+            )
+        try:
+            config = self._load(self.configPath)
+        except ConfigFileError as e:
+            _log.error(
+                "{verb} ({source}) failed, nothing was applied: {message}",
+                verb=verb,
+                source=source,
+                message=str(e),
+            )
+            return _error("config_unreadable", str(e), list(e.errors))
+        except ConfigError as e:
+            errors = list(e.errors)
+            _log.error(
+                "{verb} ({source}) failed, nothing was applied: {count} error(s) "
+                "in {path}:\n  {errors}",
+                verb=verb,
+                source=source,
+                count=len(errors),
+                path=self.configPath,
+                errors="\n  ".join(errors),
+            )
+            return _error(
+                "config_invalid",
+                f"{self.configPath} is invalid: " + "; ".join(errors),
+                errors,
+            )
+        problems = checkConfig(config)
+        if problems:
+            _log.error(
+                "{verb} ({source}) failed, nothing was applied: {errors}",
+                verb=verb,
+                source=source,
+                errors="; ".join(problems),
+            )
+            return _error(
+                "config_invalid",
+                f"{self.configPath} is invalid: " + "; ".join(problems),
+                problems,
+            )
+        current = self.holder.current
+        restart = staticChanges(current.config, config)
+        # Static settings keep their running values until a restart.
+        effective = attrs.evolve(
+            config, server=current.config.server, acme=current.config.acme
+        )
+        runtime = buildRuntime(effective, self._clock, previous=current)
+        sites = siteChanges(current.config, effective)
+        answer: dict[str, Any] = {
+            "status": "ok",
+            "generation": runtime.generation if apply else current.generation,
+            "config_sha256": config.source_sha256,
+            "sites": sites,
+            "restart_required": restart,
+            "warnings": configWarnings(config),
+        }
+        if not apply:
+            answer["would_be_generation"] = runtime.generation
+            return answer
+        self.holder.current = runtime
+        _log.info(
+            "Reloaded ({source}): generation {generation}, sites +{added} "
+            "-{removed} ~{changed} ={unchanged}{restart}",
+            source=source,
+            generation=runtime.generation,
+            added=len(sites["added"]),
+            removed=len(sites["removed"]),
+            changed=len(sites["changed"]),
+            unchanged=sites["unchanged"],
+            restart=(
+                "; waiting for a restart: " + ", ".join(restart) if restart else ""
+            ),
+        )
+        return answer
+
+
+def _error(code: str, message: str, errors: list[str]) -> dict[str, Any]:
+    return {"status": "error", "code": code, "message": message, "errors": errors}
+
+
+__all__ = ["Reloader", "Runtime", "siteChanges", "staticChanges"]

@@ -1,0 +1,1183 @@
+"""
+Tests for L{revproxy.admin}: the protocol and its commands over
+L{StringTransport} with a L{Clock}, the service over memory reactors, and a
+few real Unix sockets in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from typing import Any, cast
+
+import attrs
+from twisted.internet import reactor as globalReactor
+from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import (
+    EventLoggingObserver,
+    MemoryReactor,
+    RaisingMemoryReactor,
+    StringTransport,
+)
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from revproxy.admin import (
+    IDLE_TIMEOUT,
+    AdminFactory,
+    AdminProtocol,
+    AdminSocket,
+    Answer,
+    peekUpstream,
+)
+from revproxy.config import Config, Upstream, parseConfig
+from revproxy.proxy.pool import UpstreamSelector
+from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+
+CONFIG = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = []
+admin_socket_path = ""
+ops_listen = ""
+trusted_proxies = ["10.0.0.0/8"]
+
+[[sites]]
+name = "app"
+hosts = ["app.example", "*.app.example"]
+upstreams = ["http://10.1.0.1:8000", "http://10.1.0.2:8000", "http://10.1.0.3:8000"]
+connect_timeout_secs = 2
+response_timeout_secs = 30
+max_body_bytes = 1000
+rate_limit = { requests_per_second = 5, burst = 10 }
+
+[[sites]]
+name = "fallback"
+hosts = ["fallback.example"]
+upstreams = ["http://127.0.0.1:9000"]
+default = true
+"""
+
+NO_DEFAULT = """\
+[server]
+listen_http = ["tcp:8080"]
+listen_https = []
+admin_socket_path = ""
+ops_listen = ""
+
+[[sites]]
+name = "only"
+hosts = ["only.example"]
+upstreams = ["http://127.0.0.1:9000"]
+"""
+
+SHA = "ab" * 32
+
+RELOADED: Answer = {
+    "status": "ok",
+    "generation": 2,
+    "config_sha256": SHA,
+    "sites": {"added": ["new"], "removed": [], "changed": [], "unchanged": 2},
+    "restart_required": [],
+    "warnings": [],
+}
+
+
+def runtimeFor(text: str, clock: IReactorTime) -> Runtime:
+    """
+    The first L{Runtime} of the config C{text}, as if read from a file
+    whose sha256 is L{SHA}.
+    """
+    config: Config = attrs.evolve(
+        parseConfig(text), path="/etc/revproxy/revproxy.toml", source_sha256=SHA
+    )
+    return buildRuntime(config, clock)
+
+
+class FakeReloader:
+    """
+    A reloader whose reloads and checks wait until the test fires them.
+    """
+
+    def __init__(self, holder: RuntimeHolder) -> None:
+        self.holder = holder
+        self.reloads: list[tuple[str, Deferred[Answer]]] = []
+        self.checks: list[Deferred[Answer]] = []
+
+    def reload(self, source: str) -> Deferred[Answer]:
+        d: Deferred[Answer] = Deferred()
+        self.reloads.append((source, d))
+        return d
+
+    def check(self) -> Deferred[Answer]:
+        d: Deferred[Answer] = Deferred()
+        self.checks.append(d)
+        return d
+
+
+class AdminTestsMixin:
+    """
+    A factory over a real runtime of L{CONFIG}, a fake reloader and a clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.holder = RuntimeHolder(runtimeFor(CONFIG, self.clock))
+        self.reloader = FakeReloader(self.holder)
+        self.factory = AdminFactory(self.reloader, self.clock, startTime=900.0)
+
+    def connect(self) -> tuple[AdminProtocol, StringTransport]:
+        """
+        A new connection to the factory.
+        """
+        proto = self.factory.buildProtocol(UNIXAddress(None))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def ask(self, data: bytes) -> tuple[Answer, StringTransport]:
+        """
+        Send C{data} on a new connection and return the one JSON answer
+        line, checking that the server is closing.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(data)
+        return answerOf(transport), transport
+
+    def command(self, line: str) -> Answer:
+        """
+        The answer to the command C{line}.
+        """
+        return self.ask(line.encode("utf-8") + b"\n")[0]
+
+
+def answerOf(transport: StringTransport) -> Answer:
+    """
+    The one JSON line written to C{transport}, which must be closing.
+    """
+    value = transport.value()
+    assert transport.disconnecting, f"not closing after {value!r}"
+    assert value.endswith(b"\n") and value.count(b"\n") == 1, value
+    answer = json.loads(value)
+    assert isinstance(answer, dict)
+    return answer
+
+
+INVALID = {"status": "error", "message": "invalid input"}
+
+
+class AdminProtocolTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    Framing, limits and timeouts of L{AdminProtocol}.
+    """
+
+    def test_oneAnswerThenClose(self) -> None:
+        """
+        A command gets one JSON line back, and the server closes.
+        """
+        answer, transport = self.ask(b"status\n")
+        self.assertEqual(answer["status"], "ok")
+        self.assertTrue(transport.disconnecting)
+
+    def test_crlf(self) -> None:
+        """
+        A line ending in CRLF is read as one ending in LF.
+        """
+        answer, _ = self.ask(b"status\r\n")
+        self.assertEqual(answer["status"], "ok")
+
+    def test_inPieces(self) -> None:
+        """
+        A line that arrives in pieces is answered once it is whole.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"sta")
+        proto.dataReceived(b"tu")
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b"s\n")
+        self.assertEqual(answerOf(transport)["status"], "ok")
+
+    def test_emptyLine(self) -> None:
+        """
+        An empty line is invalid input.
+        """
+        self.assertEqual(self.ask(b"\n")[0], INVALID)
+        self.assertEqual(self.ask(b"\r\n")[0], INVALID)
+
+    def test_blankLine(self) -> None:
+        """
+        A line of only spaces and tabs is invalid input.
+        """
+        self.assertEqual(self.ask(b" \t \n")[0], INVALID)
+
+    def test_notUTF8(self) -> None:
+        """
+        A line that is not UTF-8 is invalid input.
+        """
+        self.assertEqual(self.ask(b"\xff\xfestatus\n")[0], INVALID)
+        self.assertEqual(self.ask(b"stat\xc3us\n")[0], INVALID)
+
+    def test_controlCharacters(self) -> None:
+        """
+        Control characters other than tab (C0, DEL, C1) are invalid input.
+        """
+        for line in [b"sta\x00tus\n", b"\x1b[Astatus\n", b"status\x7f\n"]:
+            self.assertEqual(self.ask(line)[0], INVALID, line)
+        self.assertEqual(self.ask("status\x85\n".encode())[0], INVALID)
+        self.assertEqual(self.ask(b"status\r\r\n")[0], INVALID)
+
+    def test_tabSeparates(self) -> None:
+        """
+        Tabs separate words as spaces do.
+        """
+        answer = self.command("route\tapp.example \t /x")
+        self.assertEqual((answer["site"], answer["path"]), ("app", "/x"))
+
+    def test_lineTooLong(self) -> None:
+        """
+        A line over 4096 bytes is invalid input, and the server closes.
+        """
+        self.assertEqual(self.ask(b"help " + b"x" * 4092 + b"\n")[0], INVALID)
+
+    def test_tooLongWithoutNewline(self) -> None:
+        """
+        Over 4096 bytes without a newline are invalid input at once, without
+        waiting for the rest.
+        """
+        self.assertEqual(self.ask(b"x" * 5000)[0], INVALID)
+
+    def test_lineAtLimit(self) -> None:
+        """
+        A line of exactly 4096 bytes is read as a command.
+        """
+        answer, _ = self.ask(b"help" + b" " * 4092 + b"\n")
+        self.assertEqual(answer["status"], "ok")
+
+    def test_secondLineIgnored(self) -> None:
+        """
+        Only the first line is answered; later lines in the same data are
+        ignored.
+        """
+        answer, _ = self.ask(b"status\nreload\n")
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(self.reloader.reloads, [])
+
+    def test_lineAfterPendingCommandIgnored(self) -> None:
+        """
+        A second line in the same data as a command whose answer is pending
+        is ignored.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\nstatus\n")
+        self.assertEqual(transport.value(), b"")
+        [(_, d)] = self.reloader.reloads
+        d.callback(RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED)
+
+    def test_laterDataIgnored(self) -> None:
+        """
+        Data after the first line, while its answer is pending, is ignored,
+        however long.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        proto.dataReceived(b"status\n" + b"x" * 10000 + b"\n")
+        proto.dataReceived(b"stat")
+        self.assertEqual(proto.clearLineBuffer(), b"")
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+        [(_, d)] = self.reloader.reloads
+        d.callback(RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED)
+
+    def test_idleTimeout(self) -> None:
+        """
+        A client that sends nothing is disconnected after 10 seconds, without
+        an answer.
+        """
+        proto, transport = self.connect()
+        self.clock.advance(IDLE_TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b"status\n")
+        self.assertEqual(transport.value(), b"")
+
+    def test_tricklingDoesNotExtend(self) -> None:
+        """
+        Bytes without a newline do not restart the 10 seconds.
+        """
+        proto, transport = self.connect()
+        for _ in range(4):
+            self.clock.advance(2)
+            proto.dataReceived(b"s")
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_noTimerAfterAnswer(self) -> None:
+        """
+        An answered command leaves no timer behind.
+        """
+        self.ask(b"status\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noTimerWhileAnswerPending(self) -> None:
+        """
+        The 10 seconds are for the command line only: a pending reload is
+        not cut off.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(60)
+        self.assertFalse(transport.disconnecting)
+
+    def test_noTimerAfterDisconnect(self) -> None:
+        """
+        A client that leaves before sending a line leaves no timer behind.
+        """
+        proto, _ = self.connect()
+        proto.connectionLost(Failure(ConnectionResetError()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pendingReloadAnswered(self) -> None:
+        """
+        C{reload} is answered with the reloader's answer when it fires.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        [(source, d)] = self.reloader.reloads
+        self.assertEqual(source, "admin")
+        self.assertEqual(transport.value(), b"")
+        d.callback(RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED)
+
+    def test_clientGoneBeforeAnswer(self) -> None:
+        """
+        A client that leaves while its reload runs gets nothing, and nothing
+        fails when the reload finishes.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        proto.connectionLost(Failure(ConnectionResetError()))
+        [(_, d)] = self.reloader.reloads
+        d.callback(RELOADED)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_halfCloseAfterCommand(self) -> None:
+        """
+        A client that half-closes after its command (as C{socat} does) still
+        gets the answer of a pending reload.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        proto.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        [(_, d)] = self.reloader.reloads
+        d.callback(RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED)
+
+    def test_halfCloseEndsLastLine(self) -> None:
+        """
+        A half-close ends a last line sent without a newline.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"status")
+        proto.readConnectionLost()
+        self.assertEqual(answerOf(transport)["status"], "ok")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_halfCloseWithNothing(self) -> None:
+        """
+        A client that half-closes without sending anything is closed at once,
+        without an answer.
+        """
+        proto, transport = self.connect()
+        proto.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_commandRaises(self) -> None:
+        """
+        A command that raises answers an internal error, and the failure is
+        logged.
+        """
+
+        def broken(args: list[str]) -> Answer:
+            return {"sites": 1 // 0}
+
+        self.factory.commands["status"] = broken
+        answer = self.command("status")
+        self.assertEqual((answer["status"], answer["code"]), ("error", "internal"))
+        self.assertIn("ZeroDivisionError", str(answer["message"]))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_deferredFails(self) -> None:
+        """
+        A command whose Deferred fails answers an internal error, and the
+        failure is logged.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"check\n")
+        self.reloader.checks[0].errback(RuntimeError("boom"))
+        answer = answerOf(transport)
+        self.assertEqual((answer["status"], answer["code"]), ("error", "internal"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_unencodableAnswer(self) -> None:
+        """
+        An answer that is not strict JSON (NaN) is an internal error, and is
+        logged.
+        """
+        self.factory.commands["nan"] = lambda args: {"status": "ok", "x": float("nan")}
+        answer = self.command("nan")
+        self.assertEqual((answer["status"], answer["code"]), ("error", "internal"))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_thousandClients(self) -> None:
+        """
+        A thousand connections at once, with reloads pending, each get their
+        own answer, and no timer is left.
+        """
+        connections = [self.connect() for _ in range(1000)]
+        for i, (proto, _) in enumerate(connections):
+            proto.dataReceived(b"reload\n" if i % 2 else b"status\n")
+        self.assertEqual(len(self.reloader.reloads), 500)
+        for n, (_, d) in enumerate(self.reloader.reloads):
+            d.callback(dict(RELOADED, generation=n))
+        reloads = 0
+        for i, (_, transport) in enumerate(connections):
+            answer = answerOf(transport)
+            if i % 2:
+                self.assertEqual(answer["generation"], reloads)
+                reloads += 1
+            else:
+                self.assertEqual(answer["uptime_secs"], 100)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class CommandTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    The commands of L{AdminFactory}.
+    """
+
+    def test_unknown(self) -> None:
+        """
+        An unknown command is an error naming it; commands are
+        case-sensitive.
+        """
+        self.assertEqual(
+            self.command("restart now"),
+            {"status": "error", "message": "unknown command: restart"},
+        )
+        self.assertEqual(self.command("STATUS")["message"], "unknown command: STATUS")
+
+    def test_usage(self) -> None:
+        """
+        Wrong arguments answer the command's usage, and run nothing.
+        """
+        for line, usage in [
+            ("status now", "usage: status"),
+            ("reload now", "usage: reload"),
+            ("check it", "usage: check"),
+            ("sites all", "usage: sites"),
+            ("help me", "usage: help"),
+            ("route", "usage: route HOST [PATH] [CLIENT_IP]"),
+            ("route a / 10.0.0.1 more", "usage: route HOST [PATH] [CLIENT_IP]"),
+        ]:
+            self.assertEqual(
+                self.command(line), {"status": "error", "message": usage}, line
+            )
+        self.assertEqual((self.reloader.reloads, self.reloader.checks), ([], []))
+
+    def test_status(self) -> None:
+        """
+        C{status} answers uptime, sites, generation and the config's sha256.
+        """
+        self.assertEqual(
+            self.command("status"),
+            {
+                "status": "ok",
+                "uptime_secs": 100,
+                "pid": os.getpid(),
+                "sites": 2,
+                "generation": 1,
+                "config_sha256": SHA,
+                "config_path": "/etc/revproxy/revproxy.toml",
+            },
+        )
+
+    def test_statusFollowsReload(self) -> None:
+        """
+        C{status} reads the runtime current when it is asked.
+        """
+        self.holder.current = buildRuntime(
+            parseConfig(NO_DEFAULT), self.clock, self.holder.current
+        )
+        self.clock.advance(0.9)
+        answer = self.command("status")
+        self.assertEqual(
+            (answer["generation"], answer["sites"], answer["uptime_secs"]), (2, 1, 100)
+        )
+
+    def test_startTimeDefaultsToNow(self) -> None:
+        """
+        Without a start time, uptime counts from the factory's creation.
+        """
+        self.factory = AdminFactory(self.reloader, self.clock)
+        self.clock.advance(42)
+        self.assertEqual(self.command("status")["uptime_secs"], 42)
+
+    def test_check(self) -> None:
+        """
+        C{check} is answered with the reloader's dry run.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"check\n")
+        self.assertEqual(self.reloader.reloads, [])
+        dry = dict(RELOADED, would_be_generation=2, generation=1)
+        self.reloader.checks[0].callback(dry)
+        self.assertEqual(answerOf(transport), dry)
+
+    def test_reloadError(self) -> None:
+        """
+        A failed reload's answer is passed on as it is.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        error: Answer = {
+            "status": "error",
+            "code": "config_invalid",
+            "message": "bad",
+            "errors": ["sites[0].hosts: empty"],
+        }
+        self.reloader.reloads[0][1].callback(error)
+        self.assertEqual(answerOf(transport), error)
+
+    def test_sites(self) -> None:
+        """
+        C{sites} lists each site's hosts and upstreams, and which upstreams
+        are in back-off.
+        """
+        route = self.holder.current.table.sites[0]
+        route.selector.markDown(route.config.upstreams[1])
+        self.assertEqual(
+            self.command("sites"),
+            {
+                "status": "ok",
+                "generation": 1,
+                "sites": [
+                    {
+                        "name": "app",
+                        "hosts": ["app.example", "*.app.example"],
+                        "upstreams": [
+                            {"url": "http://10.1.0.1:8000", "down": False},
+                            {"url": "http://10.1.0.2:8000", "down": True},
+                            {"url": "http://10.1.0.3:8000", "down": False},
+                        ],
+                        "default": False,
+                    },
+                    {
+                        "name": "fallback",
+                        "hosts": ["fallback.example"],
+                        "upstreams": [{"url": "http://127.0.0.1:9000", "down": False}],
+                        "default": True,
+                    },
+                ],
+            },
+        )
+
+    def test_help(self) -> None:
+        """
+        C{help} describes every command of the table in one line.
+        """
+        answer = self.command("help")
+        self.assertEqual(answer["status"], "ok")
+        commands = cast(dict[str, str], answer["commands"])
+        self.assertEqual(sorted(commands), sorted(self.factory.commands))
+        for name, line in commands.items():
+            self.assertTrue(line and "\n" not in line, name)
+
+
+class RouteTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    The C{route} command.
+    """
+
+    def test_exact(self) -> None:
+        """
+        A host a site names gets that site, its next upstream, limits and
+        timeouts; the path defaults to C{/}.
+        """
+        self.assertEqual(
+            self.command("route APP.example:8443"),
+            {
+                "status": "ok",
+                "generation": 1,
+                "host": "app.example",
+                "path": "/",
+                "peer": None,
+                "client_ip": None,
+                "peer_trusted": None,
+                "site": "app",
+                "default_site": False,
+                "upstream": "http://10.1.0.1:8000",
+                "upstream_down": False,
+                "tls": "none",
+                "timeouts": {"connect_timeout_secs": 2, "response_timeout_secs": 30},
+                "limits": {
+                    "max_body_bytes": 1000,
+                    "rate_limit": {"requests_per_second": 5, "burst": 10},
+                },
+            },
+        )
+
+    def test_wildcard(self) -> None:
+        """
+        A host matched by a site's wildcard gets that site, not as the
+        default.
+        """
+        answer = self.command("route a.app.example /x")
+        self.assertEqual(
+            (answer["site"], answer["default_site"], answer["path"]),
+            ("app", False, "/x"),
+        )
+
+    def test_defaultSite(self) -> None:
+        """
+        A host no site names goes to the default site, and says so.
+        """
+        answer = self.command("route nobody.example")
+        self.assertEqual((answer["site"], answer["default_site"]), ("fallback", True))
+        self.assertEqual(answer["upstream"], "http://127.0.0.1:9000")
+        self.assertEqual(
+            answer["limits"], {"max_body_bytes": 10485760, "rate_limit": None}
+        )
+
+    def test_defaultSiteByName(self) -> None:
+        """
+        A host the default site names itself is not matched only as default.
+        """
+        answer = self.command("route fallback.example")
+        self.assertEqual((answer["site"], answer["default_site"]), ("fallback", False))
+
+    def test_noSite(self) -> None:
+        """
+        Without a default site, a host no site names would be answered 421.
+        """
+        self.holder.current = runtimeFor(NO_DEFAULT, self.clock)
+        answer = self.command("route nobody.example")
+        self.assertEqual(
+            answer,
+            {
+                "status": "ok",
+                "generation": 1,
+                "host": "nobody.example",
+                "path": "/",
+                "peer": None,
+                "client_ip": None,
+                "peer_trusted": None,
+                "site": None,
+                "default_site": False,
+                "upstream": None,
+                "answer": 421,
+            },
+        )
+
+    def test_invalidHost(self) -> None:
+        """
+        A host that is not a valid C{Host} is an error.
+        """
+        for host in ["a..b", "a.example:99999", "[::1", "-"]:
+            self.assertEqual(
+                self.command(f"route {host}"),
+                {"status": "error", "message": f"invalid host: {host}"},
+            )
+
+    def test_idn(self) -> None:
+        """
+        An internationalized host is normalized to A-labels.
+        """
+        answer = self.command("route bücher.app.example")
+        self.assertEqual(
+            (answer["host"], answer["site"]), ("xn--bcher-kva.app.example", "app")
+        )
+
+    def test_invalidPath(self) -> None:
+        """
+        A path that does not start with C{/} is an error.
+        """
+        answer = self.command("route app.example x 10.0.0.1")
+        self.assertEqual(answer["status"], "error")
+        self.assertIn("invalid path: x", str(answer["message"]))
+
+    def test_untrustedClient(self) -> None:
+        """
+        From a peer not in C{trusted_proxies}, the client is the peer, and
+        its X-Forwarded-For is not believed.
+        """
+        answer = self.command("route app.example / 198.51.100.1,203.0.113.9")
+        self.assertEqual(
+            (answer["peer"], answer["client_ip"], answer["peer_trusted"]),
+            ("203.0.113.9", "203.0.113.9", False),
+        )
+
+    def test_trustedProxyChain(self) -> None:
+        """
+        From a trusted peer, the client is the right-most untrusted address
+        of X-Forwarded-For.
+        """
+        answer = self.command("route app.example /a 198.51.100.1,10.9.9.9,10.0.0.7")
+        self.assertEqual(
+            (answer["peer"], answer["client_ip"], answer["peer_trusted"]),
+            ("10.0.0.7", "198.51.100.1", True),
+        )
+
+    def test_clientWithoutPath(self) -> None:
+        """
+        A second argument that is an address, not a path, is the client.
+        """
+        answer = self.command("route app.example 10.0.0.7")
+        self.assertEqual(
+            (answer["path"], answer["client_ip"], answer["peer_trusted"]),
+            ("/", "10.0.0.7", True),
+        )
+
+    def test_invalidClient(self) -> None:
+        """
+        A client that is not an IP address is an error.
+        """
+        self.assertEqual(
+            self.command("route app.example / 10.0.0.300"),
+            {"status": "error", "message": "invalid client ip: 10.0.0.300"},
+        )
+
+    def test_peekDoesNotAdvance(self) -> None:
+        """
+        C{route} names the upstream the next request gets, and asking does
+        not change it.
+        """
+        selector = self.holder.current.table.sites[0].selector
+        self.assertEqual(
+            self.command("route app.example")["upstream"], "http://10.1.0.1:8000"
+        )
+        self.assertEqual(
+            self.command("route app.example")["upstream"], "http://10.1.0.1:8000"
+        )
+        picked = selector.pick()
+        assert isinstance(picked, Upstream)
+        self.assertEqual(picked.url, "http://10.1.0.1:8000")
+        self.assertEqual(
+            self.command("route app.example")["upstream"], "http://10.1.0.2:8000"
+        )
+
+    def test_downUpstreamSkipped(self) -> None:
+        """
+        An upstream in back-off is skipped, as the next request would skip
+        it.
+        """
+        route = self.holder.current.table.sites[0]
+        route.selector.markDown(route.config.upstreams[0])
+        answer = self.command("route app.example")
+        self.assertEqual(
+            (answer["upstream"], answer["upstream_down"]),
+            ("http://10.1.0.2:8000", False),
+        )
+
+
+class PeekUpstreamTests(SynchronousTestCase):
+    """
+    L{peekUpstream} agrees with L{UpstreamSelector.pick}.
+    """
+
+    def test_agreesWithPick(self) -> None:
+        """
+        Whatever is down, the peeked upstream is the one C{pick} returns
+        next.
+        """
+        clock = Clock()
+        selector = UpstreamSelector(["a", "b", "c", "d"], clock, backoff=5)
+        for step in range(40):
+            for name in "abcd"[step % 3 :: 2]:
+                selector.markDown(name)
+            if step % 4 == 0:
+                clock.advance(3)
+            peeked = peekUpstream(selector)
+            self.assertEqual(peeked, selector.pick(), step)
+
+    def test_allDown(self) -> None:
+        """
+        When every upstream is in back-off, the one C{pick} falls back to is
+        named.
+        """
+        clock = Clock()
+        selector = UpstreamSelector(["a", "b"], clock)
+        selector.pick()
+        selector.markDown("b")
+        selector.markDown("a")
+        self.assertEqual(peekUpstream(selector), "b")
+        self.assertEqual(selector.pick(), "b")
+
+    def test_single(self) -> None:
+        """
+        A single upstream is named, down or not.
+        """
+        clock = Clock()
+        selector = UpstreamSelector(["a"], clock)
+        selector.markDown("a")
+        self.assertEqual(peekUpstream(selector), "a")
+
+
+class _RecordingPort:
+    """
+    A listening port that records that it was stopped.
+    """
+
+    def __init__(self) -> None:
+        self.stopped: Deferred[None] = Deferred()
+        self.stopCalls = 0
+
+    def stopListening(self) -> Deferred[None]:
+        self.stopCalls += 1
+        return self.stopped
+
+
+class _PortReactor(MemoryReactor):
+    """
+    A memory reactor whose UNIX ports are L{_RecordingPort}s.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[_RecordingPort] = []
+
+    def listenUNIX(
+        self,
+        address: str,
+        factory: Any,
+        backlog: int = 50,
+        mode: int = 0o666,
+        wantPID: int = 0,
+    ) -> Any:
+        super().listenUNIX(address, factory, backlog, mode, wantPID)
+        self.ports.append(_RecordingPort())
+        return self.ports[-1]
+
+
+class AdminSocketTests(SynchronousTestCase):
+    """
+    L{AdminSocket} with memory reactors and a temporary directory.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        clock = Clock()
+        self.factory = AdminFactory(
+            FakeReloader(RuntimeHolder(runtimeFor(CONFIG, clock))), clock
+        )
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def warnings(self) -> list[str]:
+        """
+        The text of the warnings logged so far.
+        """
+        return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]
+
+    def test_listens(self) -> None:
+        """
+        Starting listens on the path, mode 0660, with a lock file.
+        """
+        path = os.path.join(self.dir, "admin.sock")
+        reactor = MemoryReactor()
+        service = AdminSocket(path, self.factory, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(reactor.unixServers, [(path, self.factory, 50, 0o660, True)])
+        self.assertEqual(self.warnings(), [])
+
+    def test_startsOnce(self) -> None:
+        """
+        Starting twice listens once.
+        """
+        reactor = MemoryReactor()
+        service = AdminSocket(os.path.join(self.dir, "a.sock"), self.factory, reactor)
+        service.privilegedStartService()
+        service.privilegedStartService()
+        self.assertEqual(len(reactor.unixServers), 1)
+
+    def test_createsDirectory(self) -> None:
+        """
+        A missing parent directory is created, mode 0750.
+        """
+        parent = os.path.join(self.dir, "run", "revproxy")
+        reactor = MemoryReactor()
+        AdminSocket(
+            os.path.join(parent, "admin.sock"), self.factory, reactor
+        ).privilegedStartService()
+        self.assertTrue(os.path.isdir(parent))
+        self.assertEqual(stat.S_IMODE(os.stat(parent).st_mode), 0o750)
+        self.assertEqual(len(reactor.unixServers), 1)
+
+    def test_directoryFails(self) -> None:
+        """
+        A parent directory that cannot be made is a warning naming it, and
+        the service runs without the socket.
+        """
+        blocker = os.path.join(self.dir, "file")
+        with open(blocker, "w"):
+            pass
+        reactor = MemoryReactor()
+        service = AdminSocket(
+            os.path.join(blocker, "admin.sock"), self.factory, reactor
+        )
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(reactor.unixServers, [])
+        [warning] = self.warnings()
+        self.assertIn(blocker, warning)
+        self.assertIn("without the admin socket", warning)
+        self.assertIsNone(service.stopService())
+
+    def test_ownedByLiveProcess(self) -> None:
+        """
+        When another live process holds the socket, a warning names the path
+        and the reason, and start-up goes on.
+        """
+        path = os.path.join(self.dir, "admin.sock")
+        error = CannotListenError(None, path.encode(), "Cannot acquire lock")
+        service = AdminSocket(
+            path, self.factory, cast(IReactorUNIX, RaisingMemoryReactor(error))
+        )
+        service.privilegedStartService()
+        service.startService()
+        [warning] = self.warnings()
+        self.assertIn(path, warning)
+        self.assertIn("another running process", warning)
+        self.assertIsNone(service.stopService())
+
+    def test_bindFails(self) -> None:
+        """
+        A bind error (a file that is not a stale socket) is a warning too.
+        """
+        path = os.path.join(self.dir, "admin.sock")
+        inUse = OSError(errno.EADDRINUSE, "Address already in use")
+        error = CannotListenError(None, path.encode(), inUse)
+        service = AdminSocket(
+            path, self.factory, cast(IReactorUNIX, RaisingMemoryReactor(error))
+        )
+        service.privilegedStartService()
+        [warning] = self.warnings()
+        self.assertIn(f"{path} already exists", warning)
+
+    def test_stopStopsListening(self) -> None:
+        """
+        Stopping stops listening, and waits for it.
+        """
+        reactor = _PortReactor()
+        service = AdminSocket(os.path.join(self.dir, "a.sock"), self.factory, reactor)
+        service.privilegedStartService()
+        service.startService()
+        stopped = service.stopService()
+        assert stopped is not None
+        self.assertNoResult(stopped)
+        reactor.ports[0].stopped.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(reactor.ports[0].stopCalls, 1)
+
+    def test_emptyPath(self) -> None:
+        """
+        An empty path is refused: no admin socket means no service.
+        """
+        self.assertRaises(ValueError, AdminSocket, "", self.factory, MemoryReactor())
+
+
+class _Collect(Protocol):
+    """
+    Send C{line}, maybe half-close, and collect everything until the server
+    closes.
+    """
+
+    def __init__(self, data: bytes, halfClose: bool) -> None:
+        self.data = data
+        self.halfClose = halfClose
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.data)
+        if self.halfClose:
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback(self.received)
+
+
+class _TrackedProtocol(AdminProtocol):
+    """
+    An admin protocol that reports when it has seen a half-close and when
+    its connection is gone.
+    """
+
+    def readConnectionLost(self) -> None:
+        super().readConnectionLost()
+        cast(_TrackedFactory, self.factory).halfClosed.append(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        cast(_TrackedFactory, self.factory).lost.append(self)
+
+
+class _TrackedFactory(AdminFactory):
+    """
+    Builds L{_TrackedProtocol}s.
+    """
+
+    def __init__(self, reloader: FakeReloader, clock: IReactorTime) -> None:
+        super().__init__(reloader, clock)
+        self.halfClosed: list[AdminProtocol] = []
+        self.lost: list[AdminProtocol] = []
+
+    def buildProtocol(self, addr: Any) -> AdminProtocol:
+        return _TrackedProtocol(self)
+
+
+class RealSocketTests(TestCase):
+    """
+    L{AdminSocket} on the real reactor, in a temporary directory.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = cast(Any, globalReactor)
+        self.dir = tempfile.mkdtemp(prefix="rpa")
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.path = os.path.join(self.dir, "run", "admin.sock")
+        self.reloader = FakeReloader(RuntimeHolder(runtimeFor(CONFIG, self.reactor)))
+        self.factory = _TrackedFactory(self.reloader, self.reactor)
+        self.service = AdminSocket(self.path, self.factory, self.reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        # Cleanups run last first, and before tearDown: stop listening
+        # before the directory goes.
+        self.addCleanup(lambda: self.service.stopService())
+
+    async def stop(self) -> None:
+        """
+        Stop the running service.
+        """
+        stopped = self.service.stopService()
+        assert stopped is not None
+        await stopped
+
+    async def talk(self, data: bytes, halfClose: bool = False) -> bytes:
+        """
+        Send C{data} to the admin socket and return the answer, once both
+        ends have closed.
+        """
+        before = len(self.factory.lost)
+        proto = _Collect(data, halfClose)
+        await connectProtocol(UNIXClientEndpoint(self.reactor, self.path), proto)
+        received = await proto.done
+        while len(self.factory.lost) == before:
+            await _turn(self.reactor)
+        return received
+
+    async def test_statusAndCleanShutdown(self) -> None:
+        """
+        A real client gets its answer; the socket is mode 0660, and it and
+        its lock are removed when the service stops.
+        """
+        answer = json.loads(await self.talk(b"status\n"))
+        self.assertEqual((answer["status"], answer["sites"]), ("ok", 2))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o660)
+        self.assertTrue(os.path.lexists(self.path + ".lock"))
+        await self.stop()
+        self.assertFalse(os.path.lexists(self.path))
+        self.assertFalse(os.path.lexists(self.path + ".lock"))
+        self.service = AdminSocket(self.path, self.factory, self.reactor)
+
+    async def test_halfCloseGetsPendingAnswer(self) -> None:
+        """
+        A client that half-closes after C{reload} (C{socat}) gets the answer
+        that comes after the half-close.
+        """
+        self.factory.halfClosed.clear()
+        proto = _Collect(b"reload\n", halfClose=True)
+        await connectProtocol(UNIXClientEndpoint(self.reactor, self.path), proto)
+        while not self.factory.halfClosed:
+            await _turn(self.reactor)
+        self.reloader.reloads[0][1].callback(RELOADED)
+        self.assertEqual(json.loads(await proto.done), RELOADED)
+        while not self.factory.lost:
+            await _turn(self.reactor)
+
+    async def test_secondOwnerWarns(self) -> None:
+        """
+        A second service on the path of a running one warns and runs
+        without it; the first still answers.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        other = AdminSocket(self.path, self.factory, self.reactor)
+        other.privilegedStartService()
+        other.startService()
+        self.assertTrue(
+            any("another running process" in str(e.get("reason")) for e in events)
+        )
+        self.assertIsNone(other.port)
+        self.assertIsNone(other.stopService())
+        answer = json.loads(await self.talk(b"help\n"))
+        self.assertEqual(answer["status"], "ok")
+
+    async def test_staleSocketReplaced(self) -> None:
+        """
+        A socket and lock left by a process that died are replaced.
+        """
+        await self.stop()
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(self.path)
+        stale.close()
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            check=True,
+        )
+        os.symlink(dead.stdout.decode().strip(), self.path + ".lock")
+        self.service = AdminSocket(self.path, self.factory, self.reactor)
+        self.service.privilegedStartService()
+        self.assertIsNotNone(self.service.port)
+        answer = json.loads(await self.talk(b"status\n"))
+        self.assertEqual(answer["status"], "ok")
+
+
+def _turn(reactor: Any) -> Deferred[None]:
+    """
+    A Deferred that fires on a later turn of C{reactor}.
+    """
+    d: Deferred[None] = Deferred()
+    reactor.callLater(0.01, d.callback, None)
+    return d

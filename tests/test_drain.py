@@ -1,0 +1,138 @@
+"""
+Tests for L{revproxy.drain}: graceful shutdown over in-memory connections.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from revproxy.drain import ConnectionTracker, DrainService
+
+
+class _Held(Resource):
+    """
+    Holds every request until the test finishes it.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render_GET(self, request: Request) -> int:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    L{DrainService.stopService} with a L{ConnectionTracker}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = _Held()
+        self.site = Site(self.resource, reactor=self.clock)
+        self.tracker = ConnectionTracker(self.site)
+        self.drain = DrainService(self.tracker, 30, self.clock)
+        self.drain.startService()
+
+    def connect(self) -> StringTransportWithDisconnection:
+        """
+        Open a client connection through the tracker.
+        """
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = self.tracker.buildProtocol(address)
+        assert protocol is not None
+        transport = StringTransportWithDisconnection(peerAddress=address)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return transport
+
+    def test_noConnections(self) -> None:
+        """
+        With no connection open, stopping is immediate.
+        """
+        self.successResultOf(self.drain.stopService())
+
+    def test_idleClosedAtOnce(self) -> None:
+        """
+        An idle keep-alive connection is closed at once and stopping is done.
+        """
+        transport = self.connect()
+        self.successResultOf(self.drain.stopService())
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_inFlightFinishes(self) -> None:
+        """
+        A request in flight finishes whole; its connection closes after the
+        response, and only then is stopping done.
+        """
+        idle = self.connect()
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [request] = self.resource.requests
+        stopped = self.drain.stopService()
+        self.assertFalse(idle.connected)
+        self.assertTrue(busy.connected)
+        self.assertNoResult(stopped)
+        self.clock.advance(29)
+        self.assertNoResult(stopped)
+        request.setHeader(b"content-length", b"5")
+        request.write(b"hello")
+        request.finish()
+        self.assertIn(b"hello", busy.value())
+        self.assertFalse(busy.connected)
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_deadlineAborts(self) -> None:
+        """
+        A request still in flight when the deadline passes has its
+        connection aborted, and stopping is done.
+        """
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        stopped = self.drain.stopService()
+        self.clock.advance(30)
+        self.successResultOf(stopped)
+        self.assertTrue(busy.disconnected)
+        self.flushLoggedErrors()
+
+    def test_partialRequestWaits(self) -> None:
+        """
+        A connection in the middle of sending a request head counts as busy.
+        """
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        stopped = self.drain.stopService()
+        self.assertTrue(busy.connected)
+        self.assertNoResult(stopped)
+        busy.protocol.dataReceived(b"Host: x\r\n\r\n")
+        [request] = self.resource.requests
+        request.finish()
+        self.assertTrue(busy.connected)
+        self.clock.advance(0.25)
+        self.successResultOf(stopped)
+        self.assertFalse(busy.connected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_busyClosedAfterResponse(self) -> None:
+        """
+        A keep-alive connection busy when the drain starts is closed right
+        after its response.
+        """
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        stopped = self.drain.stopService()
+        first = self.resource.requests[0]
+        first.finish()
+        self.assertFalse(busy.connected)
+        self.successResultOf(stopped)
