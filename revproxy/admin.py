@@ -565,7 +565,7 @@ class AdminSocket(Service):
                 return
         try:
             self.port = self._reactor.listenUNIX(
-                self.path, self.factory, mode=0o660, wantPID=True
+                self.path, self.factory, backlog=1024, mode=0o660, wantPID=True
             )
         except CannotListenError as e:
             _log.warn(
