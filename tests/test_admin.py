@@ -914,7 +914,7 @@ class AdminSocketTests(SynchronousTestCase):
         service = AdminSocket(path, self.factory, reactor)
         service.privilegedStartService()
         service.startService()
-        self.assertEqual(reactor.unixServers, [(path, self.factory, 50, 0o660, True)])
+        self.assertEqual(reactor.unixServers, [(path, self.factory, 1024, 0o660, True)])
         self.assertEqual(self.warnings(), [])
 
     def test_startsOnce(self) -> None:

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.integration -*-
 """
 What the integration tests share: an in-process upstream on loopback, a
-config file written for it, a real C{twistd revproxy} child process, and raw
-HTTP clients.
+config file written for it, a real C{twistd revproxy} child process, raw
+HTTP clients, an in-process admin-socket client and a runner for command-line
+clients (C{nc}, C{socat}, C{revproxy-admin}).
 
 Everything listens on C{127.0.0.1} on a port the kernel picks; the proxy is
 asked for its port (it logs C{"ProxySite starting on PORT"}) rather than
@@ -18,7 +19,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
+    UNIXClientEndpoint,
     connectProtocol,
 )
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -40,6 +42,7 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTCP,
     IReactorTime,
+    IReactorUNIX,
     ITCPTransport,
 )
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
@@ -68,7 +71,9 @@ The 1 KiB body of C{/small}: every byte value, so a mangled byte shows.
 _STARTED = re.compile(rb"ProxySite starting on (\d+)")
 
 
-class IIntegrationReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorProcess):
+class IIntegrationReactor(
+    IReactorCore, IReactorTime, IReactorTCP, IReactorProcess, IReactorUNIX
+):
     """
     What the integration tests use of the global reactor.
     """
@@ -332,16 +337,126 @@ class _CloseMidBody(Resource):
         return NOT_DONE_YET
 
 
+def whoamiBody(name: str) -> bytes:
+    """
+    The body of C{/whoami} on the upstream called C{name}: its name on the
+    first line, then L{SMALL_BODY}, so a truncated body shows.
+    """
+    return name.encode("ascii") + b"\n" + SMALL_BODY
+
+
+class _WhoAmI(Resource):
+    """
+    C{/whoami}: L{whoamiBody} of the upstream's name, with a Content-Length.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.body = whoamiBody(name)
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        return self.body
+
+
+def patternBody(size: int) -> bytes:
+    """
+    The C{size} bytes of C{/throttled?bytes=SIZE}: every byte value in
+    turn, so a lost or repeated piece shows.
+    """
+    block = bytes(range(256))
+    return (block * (size // len(block) + 1))[:size]
+
+
+class _ThrottledWriter:
+    """
+    Writes C{body} to a request in pieces of C{piece} bytes, one every
+    C{tick} seconds, then finishes it; stops when the client leaves.
+    """
+
+    def __init__(
+        self,
+        reactor: IIntegrationReactor,
+        request: Request,
+        body: bytes,
+        piece: int,
+        tick: float,
+    ) -> None:
+        self.reactor = reactor
+        self.request = request
+        self.body = body
+        self.piece = piece
+        self.tick = tick
+        self.sent = 0
+        self.gone = False
+        self._call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(self._stop)
+        self._write()
+
+    def _write(self) -> None:
+        self._call = None
+        if self.gone:
+            return
+        start = self.sent
+        self.sent = end = min(len(self.body), start + self.piece)
+        self.request.write(self.body[start:end])
+        if end < len(self.body):
+            self._call = self.reactor.callLater(self.tick, self._write)
+        else:
+            self.request.finish()
+
+    def _stop(self, reason: Failure) -> None:
+        self.gone = True
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+class _Throttled(Resource):
+    """
+    C{/throttled?bytes=N&secs=S}: L{patternBody} of N bytes with a
+    Content-Length, written in equal pieces every L{TICK} seconds so that
+    the whole takes about S seconds; it stops when the client leaves.
+    """
+
+    isLeaf = True
+    TICK = 0.05
+
+    def __init__(self, reactor: IIntegrationReactor) -> None:
+        super().__init__()
+        self.reactor = reactor
+
+    def render_GET(self, request: Request) -> int:
+        total = int(request.args[b"bytes"][0])
+        seconds = float(request.args.get(b"secs", [b"5"])[0])
+        ticks = max(1, int(seconds / self.TICK))
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", b"%d" % total)
+        writer = _ThrottledWriter(
+            self.reactor, request, patternBody(total), -(-total // ticks), self.TICK
+        )
+        writer.start()
+        return NOT_DONE_YET
+
+
 class Upstream:
     """
     An in-process twisted.web upstream on C{127.0.0.1}.
 
+    @ivar name: what its C{/whoami} answers.
     @ivar port: its port, once L{start} is done.
     """
 
-    def __init__(self, reactor: IIntegrationReactor) -> None:
+    def __init__(self, reactor: IIntegrationReactor, name: str = "upstream") -> None:
         self.reactor = reactor
+        self.name = name
         root = Resource()
+        root.putChild(b"whoami", _WhoAmI(name))
+        root.putChild(b"throttled", _Throttled(reactor))
         root.putChild(b"small", _Small())
         root.putChild(b"echo", _Echo())
         root.putChild(b"cookies", _Cookies())
@@ -404,18 +519,26 @@ def configText(
     sites: Sequence[dict[str, object]],
     stateDir: str,
     listen: Sequence[str] = (LOOPBACK_LISTEN,),
+    server: Mapping[str, object] | None = None,
 ) -> str:
     """
     A config document: C{listen} as the HTTP listeners, no HTTPS, no admin
     socket, no ops listener, and the given C{[[sites]]} tables.
+
+    @param server: C{[server]} keys that replace or add to those defaults
+        (C{admin_socket_path}, C{shutdown_timeout_secs}, ...).
     """
+    serverKeys: dict[str, object] = {
+        "listen_http": list(listen),
+        "listen_https": [],
+        "admin_socket_path": "",
+        "ops_listen": "",
+        "state_dir": stateDir,
+    }
+    serverKeys.update(server or {})
     lines = [
         "[server]",
-        f"listen_http = {_toml(list(listen))}",
-        "listen_https = []",
-        'admin_socket_path = ""',
-        'ops_listen = ""',
-        f"state_dir = {_toml(stateDir)}",
+        *(f"{key} = {_toml(value)}" for key, value in serverKeys.items()),
         "",
         "[logging]",
         'access_log = "-"',
@@ -432,15 +555,29 @@ def writeConfig(
     sites: Sequence[dict[str, object]],
     listen: Sequence[str] = (LOOPBACK_LISTEN,),
     name: str = "revproxy.toml",
+    server: Mapping[str, object] | None = None,
 ) -> str:
     """
-    Write L{configText} into C{directory}; return the file's path.
+    Write L{configText} into C{directory}; return the file's path.  The
+    file is replaced whole (written aside, then renamed), so a proxy
+    reloading at that moment reads either version, never half of one.
     """
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(configText(sites, os.path.join(directory, "state"), listen))
+    text = configText(sites, os.path.join(directory, "state"), listen, server)
+    replaceFile(path, text)
     return path
+
+
+def replaceFile(path: str, text: str) -> None:
+    """
+    Replace the file at C{path} with C{text} atomically (an editor's save,
+    or a config-management tool's).
+    """
+    aside = path + ".new"
+    with open(aside, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(aside, path)
 
 
 # -- the proxy process
