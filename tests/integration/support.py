@@ -745,6 +745,23 @@ class ProxyProcess:
             ) from e
         return code
 
+    async def waitOutput(self, text: str, seconds: float = START_TIMEOUT) -> None:
+        """
+        Wait until the child has written C{text} (to its log on standard
+        output, or to standard error); fail naming it after C{seconds}.
+        """
+        wanted = text.encode("utf-8")
+        try:
+            await waitFor(
+                lambda: (
+                    wanted in self.protocol.stdout or wanted in self.protocol.stderr
+                ),
+                seconds,
+                f"revproxy writing {text!r}",
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.output}") from None
+
     def kill(self) -> None:
         """
         SIGKILL the child if it still runs.
@@ -802,6 +819,144 @@ async def spawnProxy(
         await proxy.waitExit()
         raise
     return proxy, port
+
+
+# -- the admin socket and command-line clients
+
+
+class _AdminClient(Protocol):
+    """
+    Sends one command line to the admin socket and keeps every byte of the
+    answer until the server closes.
+    """
+
+    def __init__(self, line: bytes) -> None:
+        self.line = line
+        self.data = b""
+        self.lost: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write(self.line)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(self.data)
+
+
+def parseAdminAnswer(data: bytes) -> dict[str, Any]:
+    """
+    The JSON object of an admin answer, which must be exactly one line.
+    """
+    if not data.endswith(b"\n") or data.count(b"\n") != 1:
+        raise AssertionError(f"the admin answer is not one line: {data!r}")
+    answer = json.loads(data)
+    if not isinstance(answer, dict):
+        raise AssertionError(f"the admin answer is not an object: {data!r}")
+    return answer
+
+
+async def askAdmin(
+    reactor: IIntegrationReactor, path: str, command: str, seconds: float = EXIT_TIMEOUT
+) -> dict[str, Any]:
+    """
+    Send C{command} to the admin socket at C{path} with Twisted's UNIX
+    client endpoint, and return the one JSON line it answers before it
+    closes the connection.
+    """
+    endpoint = UNIXClientEndpoint(reactor, path, timeout=5)
+    client = _AdminClient(command.encode("utf-8") + b"\n")
+    await connectProtocol(endpoint, client)
+    try:
+        data: bytes = await withTimeout(
+            client.lost, seconds, f"the admin answer to {command!r}"
+        )
+    except TimeoutError:
+        if client.transport is not None:
+            client.transport.abortConnection()  # type: ignore[attr-defined]
+        raise
+    return parseAdminAnswer(data)
+
+
+class CommandResult:
+    """
+    How a command-line program ended: exit status (negative: killed by that
+    signal), standard output and standard error.
+    """
+
+    def __init__(self, code: int, out: bytes, err: bytes) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+
+    def __repr__(self) -> str:
+        return f"<CommandResult code={self.code} out={self.out!r} err={self.err!r}>"
+
+
+class _CommandProtocol(ProcessProtocol):
+    """
+    Feeds a program its standard input, closes it, and collects its output.
+    """
+
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.stdin:
+            transport.write(self.stdin)
+        transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, ProcessDone):
+            code = 0
+        elif isinstance(value, ProcessTerminated):
+            code = value.exitCode if value.exitCode is not None else -value.signal
+        else:
+            code = -1
+        self.ended.callback(code)
+
+
+async def runCommand(
+    reactor: IIntegrationReactor,
+    argv: Sequence[str],
+    stdin: bytes = b"",
+    seconds: float = EXIT_TIMEOUT,
+) -> CommandResult:
+    """
+    Run C{argv} (C{argv[0]} a path) with C{stdin}, in the children's
+    environment (this checkout on C{PYTHONPATH}), and wait for its end; a
+    program still running after C{seconds} is killed and the wait fails.
+    """
+    protocol = _CommandProtocol(stdin)
+    transport = reactor.spawnProcess(
+        protocol, argv[0], list(argv), env=_childEnvironment(), path=REPO_ROOT
+    )
+    ended: Deferred[int] = Deferred()
+    protocol.ended.addBoth(_relay, ended)
+    try:
+        code: int = await withTimeout(ended, seconds, f"{argv[0]} ending")
+    except TimeoutError as e:
+        transport.signalProcess("KILL")
+        await protocol.ended
+        raise AssertionError(
+            f"{e}: {list(argv)} out={protocol.out!r} err={protocol.err!r}"
+        ) from None
+    return CommandResult(code, protocol.out, protocol.err)
 
 
 # -- raw clients
