@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -245,6 +245,23 @@ class AdminSocketTests(_ReloadTestCase):
         self.assertEqual(answer["sites"], 3)
         self.assertEqual(answer["generation"], 1)
         self.assertEqual(answer["pid"], self.proxy.pid)
+
+    async def test_thousandClientsAtOnce(self) -> None:
+        """
+        1,000 clients connected at the same time, with a reload among them,
+        all get their answer.
+        """
+
+        commands = ["status"] * 999 + ["reload"]
+        answers = await gatherResults(
+            [
+                ensureDeferred(askAdmin(self.reactor, self.socketPath, command, 30))
+                for command in commands
+            ]
+        )
+        self.assertEqual(len(answers), 1000)
+        self.assertEqual([a["status"] for a in answers].count("ok"), 1000, answers[:3])
+        self.assertEqual(answers[-1]["generation"], 2)
 
     async def test_reload(self) -> None:
         """
