@@ -6,7 +6,11 @@ STAMP  := $(VENV)/.deps-installed
 # Tests and the demo run the code of this checkout, not a stale installed copy.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit install bench clean
+.PHONY: run test lint typecheck unit install bench clean debian-deps
+
+# Debian packages the integration tests use (real admin-socket clients).
+DEBIAN_DEPS := netcat-openbsd socat
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements-test.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +39,16 @@ typecheck: $(STAMP)
 unit: install
 	$(BIN)/python -m twisted.trial --jobs=2 tests
 
-test: lint typecheck unit
+debian-deps:
+	@missing=""; \
+	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+test: debian-deps lint typecheck unit
 
 bench: install
 	bench/run.sh
