@@ -126,6 +126,21 @@ def closedPort() -> int:
         return int(s.getsockname()[1])
 
 
+def exitCode(reason: Failure) -> int:
+    """
+    A process's exit status from the reason C{processEnded} got: negative
+    for the signal that killed it, -1 when unknown.
+    """
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return 0
+    if isinstance(value, ProcessTerminated):
+        if value.exitCode is not None:
+            return int(value.exitCode)
+        return -int(value.signal)
+    return -1
+
+
 def readRSS(pid: int) -> int:
     """
     The resident set size of process C{pid}, in bytes (C{VmRSS}).
@@ -642,13 +657,7 @@ class _ChildProtocol(ProcessProtocol):
             self.listening.callback(self.port)
 
     def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        if isinstance(value, ProcessDone):
-            code = 0
-        elif isinstance(value, ProcessTerminated):
-            code = value.exitCode if value.exitCode is not None else -value.signal
-        else:
-            code = -1
+        code = exitCode(reason)
         self.exitCode = code
         if not self.listening.called:
             self.listening.errback(
@@ -921,13 +930,7 @@ class _CommandProtocol(ProcessProtocol):
         self.err += data
 
     def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        if isinstance(value, ProcessDone):
-            code = 0
-        elif isinstance(value, ProcessTerminated):
-            code = value.exitCode if value.exitCode is not None else -value.signal
-        else:
-            code = -1
+        code = exitCode(reason)
         self.ended.callback(code)
 
 
