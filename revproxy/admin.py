@@ -15,6 +15,8 @@ import errno
 import json
 import os
 import re
+import socket
+import stat
 from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any
@@ -563,6 +565,7 @@ class AdminSocket(Service):
                     reason=e.strerror or str(e),
                 )
                 return
+        _removeDeadSocket(self.path)
         try:
             self.port = self._reactor.listenUNIX(
                 self.path, self.factory, backlog=1024, mode=0o660, wantPID=True
@@ -587,6 +590,35 @@ class AdminSocket(Service):
             return None
         # Twisted removes the socket file and its lock once it has stopped.
         return port.stopListening()
+
+
+def _removeDeadSocket(path: str) -> None:
+    """
+    Remove a socket file at C{path} that has no lock file beside it and that
+    nobody answers on (left by a crash or copied in): Twisted's own
+    stale-socket check only covers a socket with a stale lock file.
+    """
+    if path.startswith("\0") or os.path.lexists(path + ".lock"):
+        return
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+    except OSError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        _log.info("Removing the dead admin socket {path}", path=path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    except OSError:
+        pass
+    finally:
+        probe.close()
 
 
 def _cannotListenReason(path: str, error: CannotListenError) -> str:

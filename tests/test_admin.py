@@ -917,6 +917,34 @@ class AdminSocketTests(SynchronousTestCase):
         self.assertEqual(reactor.unixServers, [(path, self.factory, 1024, 0o660, True)])
         self.assertEqual(self.warnings(), [])
 
+    def test_deadSocketWithoutLockRemoved(self) -> None:
+        """
+        A socket file nobody answers on and with no lock file beside it is
+        removed before listening.
+        """
+        path = os.path.join(self.dir, "dead.sock")
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(path)
+        dead.close()
+        self.assertTrue(os.path.exists(path))
+        service = AdminSocket(path, self.factory, MemoryReactor())
+        service.privilegedStartService()
+        self.assertFalse(os.path.exists(path))
+
+    def test_liveSocketWithoutLockKept(self) -> None:
+        """
+        A socket file that another process answers on is left alone, even
+        without a lock file.
+        """
+        path = os.path.join(self.dir, "live.sock")
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(live.close)
+        live.bind(path)
+        live.listen(1)
+        service = AdminSocket(path, self.factory, MemoryReactor())
+        service.privilegedStartService()
+        self.assertTrue(os.path.exists(path))
+
     def test_startsOnce(self) -> None:
         """
         Starting twice listens once.
