@@ -1,0 +1,514 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS termination building blocks: certificates loaded from PEM files, a
+certificate store that maps server names to certificates, and an SNI
+connection creator with Mozilla "intermediate" defaults.
+
+L{loadCertificateFiles} is pure except for reading its two files: the time
+it checks expiry against is passed in (C{clock.seconds()}).
+L{CertificateStore} is pure.  L{SNIContextFactory} builds pyOpenSSL
+contexts; it is what a C{TLSMemoryBIOFactory} wraps around the site.
+
+Not wired into the service yet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Protocol
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtensionOID
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import Interface, implementer
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+EXPIRY_WARNING_SECS = 7 * 86400
+
+# Mozilla "intermediate" (server side TLS 5.7): TLS 1.2 suites with ECDHE and
+# AES-GCM or ChaCha20 only; TLS 1.3 suites are all acceptable.
+INTERMEDIATE_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+INTERMEDIATE_TLS13_SUITES = (
+    b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+)
+INTERMEDIATE_GROUPS = b"X25519:P-256:P-384"
+
+_SESSION_ID_CONTEXT = b"revproxy"
+_Contexts = dict[int, tuple["LoadedCertificate", SSL.Context]]
+_MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_DER = serialization.Encoding.DER
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+class CertificateError(Exception):
+    """
+    A certificate or key file cannot be used; the message names the file
+    and the problem.
+    """
+
+
+@attrs.frozen(eq=False)
+class LoadedCertificate:
+    """
+    A certificate chain and its private key, ready to serve.
+
+    Compared by identity: the connection creator caches one context per
+    object.
+
+    @ivar chain: The certificates, leaf first.
+    @ivar key: The leaf's private key.
+    @ivar names: The leaf's DNS subject alternative names, lowercase.
+    @ivar not_after: The leaf's expiry, in seconds since the epoch.
+    @ivar issuer: The leaf's issuer, as an RFC 4514 string.
+    @ivar source: Where it came from: C{"files"}, later C{"acme"} or
+        C{"placeholder"}.
+    @ivar path: The certificate file it was read from.
+    """
+
+    chain: list[x509.Certificate]
+    key: PrivateKey
+    names: tuple[str, ...]
+    not_after: float
+    issuer: str
+    source: str
+    path: str
+
+
+def _isoTime(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _readFile(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CertificateError(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+def _subjectAltNames(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """
+    The DNS names (lowercase) and IP addresses (as text) of C{cert}'s
+    subject alternative name extension.
+    """
+    try:
+        ext = cert.extensions.get_extension_for_oid(
+            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+        )
+    except x509.ExtensionNotFound:
+        return [], []
+    san = ext.value
+    assert isinstance(san, x509.SubjectAlternativeName)
+    dns = [name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)]
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return dns, ips
+
+
+def nameCovers(pattern: str, host: str) -> bool:
+    """
+    Whether the certificate name C{pattern} covers the site host C{host}.
+
+    A wildcard C{*.example.com} covers exactly one label (C{a.example.com},
+    neither C{example.com} nor C{a.b.example.com}), and the host wildcard
+    C{*.example.com} only when the pattern is that same wildcard.
+    """
+    if pattern == host:
+        return True
+    if pattern.startswith("*.") and not host.startswith("*."):
+        label, dot, suffix = host.partition(".")
+        return bool(label and dot) and suffix == pattern[2:]
+    return False
+
+
+def _normalizeIP(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def loadCertificateFiles(
+    certFile: str, keyFile: str, hosts: Iterable[str], now: float
+) -> tuple[LoadedCertificate, list[str]]:
+    """
+    Read and check a PEM certificate chain and its private key.
+
+    @param certFile: The chain, leaf first.
+    @param keyFile: The leaf's unencrypted RSA, EC or Ed25519 key.
+    @param hosts: The site's normalized host names, which the certificate
+        should cover.
+    @param now: The current time (C{clock.seconds()}).
+    @return: The certificate, and warnings: expiring within 7 days, not yet
+        valid, names that do not cover every host, a chain out of order.
+    @raise CertificateError: A file cannot be read or parsed, the key does
+        not match the leaf, or the leaf has expired.
+    """
+    certData = _readFile(certFile)
+    keyData = _readFile(keyFile)
+    try:
+        chain = x509.load_pem_x509_certificates(certData)
+    except ValueError as e:
+        if b"-----BEGIN CERTIFICATE-----" not in certData:
+            raise CertificateError(f"{certFile}: no PEM certificate found") from e
+        raise CertificateError(f"{certFile}: bad PEM certificate: {e}") from e
+    if not chain:
+        raise CertificateError(f"{certFile}: no PEM certificate found")
+    try:
+        key = serialization.load_pem_private_key(keyData, password=None)
+    except TypeError as e:
+        raise CertificateError(
+            f"{keyFile}: private key is encrypted; revproxy needs an unencrypted key"
+        ) from e
+    except ValueError as e:
+        raise CertificateError(f"{keyFile}: no usable PEM private key found") from e
+    except UnsupportedAlgorithm as e:
+        raise CertificateError(f"{keyFile}: cannot load private key: {e}") from e
+    if not isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise CertificateError(
+            f"{keyFile}: unsupported key type {type(key).__name__}; "
+            "use RSA, EC or Ed25519"
+        )
+    leaf = chain[0]
+    leafPublic = leaf.public_key().public_bytes(_DER, _SPKI)
+    keyPublic = key.public_key().public_bytes(_DER, _SPKI)
+    if leafPublic != keyPublic:
+        raise CertificateError(
+            f"{keyFile} does not match the certificate in {certFile}"
+        )
+    notAfter = leaf.not_valid_after_utc
+    notAfterSecs = notAfter.timestamp()
+    if notAfterSecs <= now:
+        raise CertificateError(f"{certFile}: certificate expired {_isoTime(notAfter)}")
+
+    warnings: list[str] = []
+    if notAfterSecs - now < EXPIRY_WARNING_SECS:
+        warnings.append(f"{certFile}: certificate expires {_isoTime(notAfter)}")
+    notBefore = leaf.not_valid_before_utc
+    if notBefore.timestamp() > now:
+        warnings.append(
+            f"{certFile}: certificate not valid before {_isoTime(notBefore)}"
+        )
+    dnsNames, ipNames = _subjectAltNames(leaf)
+    uncovered = [
+        host
+        for host in hosts
+        if _normalizeIP(host) not in ipNames
+        and not any(nameCovers(name, host) for name in dnsNames)
+    ]
+    if uncovered:
+        warnings.append(
+            f"{certFile}: certificate names ({', '.join(dnsNames + ipNames) or 'none'})"
+            f" do not cover {', '.join(uncovered)}"
+        )
+    for i, (cert, issuer) in enumerate(pairwise(chain)):
+        if cert.issuer != issuer.subject:
+            warnings.append(
+                f"{certFile}: certificate {i + 1} of the chain is not issued "
+                f"by certificate {i + 2}; the chain must be leaf first, in order"
+            )
+            break
+    loaded = LoadedCertificate(
+        chain=chain,
+        key=key,
+        names=tuple(dnsNames),
+        not_after=notAfterSecs,
+        issuer=leaf.issuer.rfc4514_string(),
+        source="files",
+        path=certFile,
+    )
+    return loaded, warnings
+
+
+class ICertificateStore(Interface):
+    """
+    Server names to certificates.
+    """
+
+    def lookup(serverName: str | None) -> LoadedCertificate | None:
+        """
+        The certificate for a TLS server name (SNI).
+
+        @param serverName: The name the client asked for, or L{None} when it
+            sent no SNI.
+        @return: The certificate for that name, else the default
+            certificate, else L{None} (refuse the handshake).
+        """
+
+    def all() -> list[LoadedCertificate]:
+        """
+        Every certificate in the store, each once.
+        """
+
+
+class _SiteLike(Protocol):
+    """
+    What L{CertificateStore.fromSites} reads of a site (L{SiteConfig}).
+    """
+
+    @property
+    def hosts(self) -> tuple[str, ...]: ...
+
+    @property
+    def default(self) -> bool: ...
+
+
+@implementer(ICertificateStore)
+class CertificateStore:
+    """
+    An immutable L{ICertificateStore}: exact names, then C{*.suffix}
+    wildcards (one label), then the default certificate.
+    """
+
+    def __init__(
+        self,
+        byName: Mapping[str, LoadedCertificate],
+        default: LoadedCertificate | None = None,
+    ) -> None:
+        """
+        @param byName: Host names (normalized, as in L{SiteConfig.hosts}) or
+            C{*.suffix} wildcards to their certificates.
+        @param default: The certificate for no SNI or an unknown name: the
+            default site's, if it has one.
+        @raise ValueError: A name has a C{*} other than as a whole first
+            label.
+        """
+        self._exact: dict[str, LoadedCertificate] = {}
+        self._wildcard: dict[str, LoadedCertificate] = {}
+        self._default = default
+        for name, cert in byName.items():
+            name = name.lower().rstrip(".")
+            if name.startswith("*."):
+                suffix = name[2:]
+                if not suffix or "*" in suffix:
+                    raise ValueError(f"bad wildcard {name!r}")
+                self._wildcard[suffix] = cert
+            elif "*" in name or not name:
+                raise ValueError(f"bad name {name!r}")
+            else:
+                self._exact[name] = cert
+
+    @classmethod
+    def fromSites(
+        cls, sites: Iterable[tuple[_SiteLike, LoadedCertificate]]
+    ) -> CertificateStore:
+        """
+        A store serving each site's certificate for the site's hosts, with
+        the default site's certificate as the default.
+        """
+        byName: dict[str, LoadedCertificate] = {}
+        default = None
+        for site, cert in sites:
+            for host in site.hosts:
+                byName[host] = cert
+            if site.default:
+                default = cert
+        return cls(byName, default)
+
+    def lookup(self, serverName: str | None) -> LoadedCertificate | None:
+        """
+        See L{ICertificateStore.lookup}.
+        """
+        if serverName is not None:
+            name = serverName.lower().rstrip(".")
+            cert = self._exact.get(name)
+            if cert is not None:
+                return cert
+            label, dot, suffix = name.partition(".")
+            if label and dot:
+                cert = self._wildcard.get(suffix)
+                if cert is not None:
+                    return cert
+        return self._default
+
+    def all(self) -> list[LoadedCertificate]:
+        """
+        See L{ICertificateStore.all}.
+        """
+        seen: dict[int, LoadedCertificate] = {}
+        for cert in (*self._exact.values(), *self._wildcard.values()):
+            seen.setdefault(id(cert), cert)
+        if self._default is not None:
+            seen.setdefault(id(self._default), self._default)
+        return list(seen.values())
+
+
+class UnknownServerName(Exception):
+    """
+    Raised inside the SNI callback to refuse a handshake: no certificate for
+    the name and no default.  OpenSSL then sends an C{unrecognized_name}
+    alert.
+
+    Raising is pyOpenSSL's only way to fail the SNI callback, and pyOpenSSL
+    first passes the exception to C{sys.excepthook} (a traceback on stderr
+    by default).
+    """
+
+
+def _setGroups(context: SSL.Context, groups: bytes) -> None:
+    """
+    Restrict the key exchange groups of C{context}.
+
+    pyOpenSSL 26.4 has no C{set_groups}, and C{set_tmp_ecdh} allows a
+    single curve (no X25519 then), so this calls
+    C{SSL_CTX_set1_curves_list} through the OpenSSL binding pyOpenSSL itself
+    uses.
+    """
+    from OpenSSL._util import lib
+
+    if lib.SSL_CTX_set1_curves_list(context._context, groups) != 1:
+        raise ValueError(f"OpenSSL rejected the groups {groups!r}")
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIContextFactory:
+    """
+    Server TLS connections that pick their certificate by SNI from a
+    replaceable L{ICertificateStore}.
+
+    One base context carries the settings and the SNI callback; each
+    certificate gets its own context (same settings, plus the chain and
+    key), built once, and the callback switches the connection to it with
+    C{Connection.set_context}.  A per-certificate context, rather than
+    C{Connection.use_certificate}, because pyOpenSSL has no per-connection
+    way to add the intermediate certificates, and it loads and checks the
+    key once rather than on every handshake.  Session caching and tickets
+    stay with the base context (OpenSSL's C{session_ctx}), so resumption
+    works whichever certificate was chosen.
+
+    Assigning L{store} affects new handshakes only: connections keep the
+    context they were switched to.
+    """
+
+    def __init__(
+        self,
+        store: ICertificateStore,
+        *,
+        minVersion: str = "1.2",
+        http2: bool = False,
+        groups: bytes = INTERMEDIATE_GROUPS,
+    ) -> None:
+        """
+        @param store: The certificates.
+        @param minVersion: C{"1.2"} (Mozilla intermediate) or C{"1.3"}.
+        @param http2: Whether to offer C{h2} in ALPN before C{http/1.1}.
+        @param groups: The key exchange groups, as an OpenSSL list.
+        @raise ValueError: An unknown C{minVersion}, or groups OpenSSL
+            rejects.
+        @raise SSL.Error: A certificate's key does not match it.
+        """
+        if minVersion not in _MIN_VERSIONS:
+            raise ValueError(f"minVersion must be one of {sorted(_MIN_VERSIONS)}")
+        self._minVersion = _MIN_VERSIONS[minVersion]
+        self._protocols: tuple[bytes, ...] = (
+            (b"h2", b"http/1.1") if http2 else (b"http/1.1",)
+        )
+        self._groups = groups
+        self._baseContext = self._newContext()
+        self._baseContext.set_tlsext_servername_callback(self._serverNameSelected)
+        self._current: tuple[ICertificateStore, _Contexts] = (
+            store,
+            self._contextsFor(store, {}),
+        )
+
+    @property
+    def store(self) -> ICertificateStore:
+        """
+        The certificates new handshakes choose from.
+        """
+        return self._current[0]
+
+    @store.setter
+    def store(self, store: ICertificateStore) -> None:
+        self._current = (store, self._contextsFor(store, self._current[1]))
+
+    def _contextsFor(self, store: ICertificateStore, previous: _Contexts) -> _Contexts:
+        """
+        One context per certificate of C{store}, keyed by the certificate's
+        identity, reusing those of C{previous} for the same objects.  Each
+        entry holds its certificate, so an C{id} is never reused while its
+        entry exists.
+        """
+        contexts: _Contexts = {}
+        for cert in store.all():
+            entry = previous.get(id(cert))
+            if entry is None or entry[0] is not cert:
+                ctx = self._newContext()
+                ctx.use_certificate(cert.chain[0])
+                for extra in cert.chain[1:]:
+                    ctx.add_extra_chain_cert(extra)
+                ctx.use_privatekey(cert.key)
+                ctx.check_privatekey()
+                entry = (cert, ctx)
+            contexts[id(cert)] = entry
+        return contexts
+
+    def _newContext(self) -> SSL.Context:
+        """
+        A server context with the Mozilla intermediate settings.
+        """
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(self._minVersion)
+        ctx.set_max_proto_version(0)
+        options = ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        # Mozilla intermediate leaves the cipher order to the client.
+        # pyOpenSSL has no Context.clear_options; OpenSSL does not set it.
+        assert not options & SSL.OP_CIPHER_SERVER_PREFERENCE
+        ctx.set_cipher_list(INTERMEDIATE_CIPHERS)
+        ctx.set_tls13_ciphersuites(INTERMEDIATE_TLS13_SUITES)
+        _setGroups(ctx, self._groups)
+        ctx.set_session_id(_SESSION_ID_CONTEXT)
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        ctx.set_alpn_select_callback(self._selectProtocol)
+        return ctx
+
+    def _serverNameSelected(self, connection: SSL.Connection) -> None:
+        """
+        The SNI callback (also called without SNI): switch C{connection} to
+        the context of its certificate, or refuse the handshake.
+        """
+        store, contexts = self._current
+        raw = connection.get_servername()
+        name = raw.decode("ascii", "replace") if raw is not None else None
+        cert = store.lookup(name)
+        entry = contexts.get(id(cert)) if cert is not None else None
+        if entry is None:
+            raise UnknownServerName(name)
+        connection.set_context(entry[1])
+
+    def _selectProtocol(
+        self, connection: SSL.Connection, offered: list[bytes]
+    ) -> bytes | SSL._NoOverlappingProtocols:
+        """
+        The ALPN callback: our first protocol the client offers, else no
+        ALPN at all.
+        """
+        for protocol in self._protocols:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        """
+        See L{IOpenSSLServerConnectionCreator.serverConnectionForTLS}.
+        """
+        connection = SSL.Connection(self._baseContext, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
