@@ -147,6 +147,31 @@ def normalizeHostHeader(value: bytes) -> str | None:
         return None
 
 
+T = TypeVar("T")
+
+
+def matchName(
+    exact: dict[str, T], wildcard: dict[str, T], default: T | None, name: str | None
+) -> T | None:
+    """
+    The value for a normalized host C{name}: an exact entry, then a C{*.}
+    wildcard entry (keyed by its suffix) standing for exactly one label, then
+    C{default}.  Shared by host routing and the certificate store, so a
+    request and its TLS handshake agree on which site a name belongs to.
+    """
+    if name is not None:
+        value = exact.get(name)
+        if value is not None:
+            return value
+        if wildcard:
+            label, dot, suffix = name.partition(".")
+            if label and dot:
+                value = wildcard.get(suffix)
+                if value is not None:
+                    return value
+    return default
+
+
 class RoutingTable(Generic[S]):
     """
     The sites of one configuration, looked up by host name: an exact name
@@ -209,17 +234,7 @@ class RoutingTable(Generic[S]):
         @return: the site, or the default site when none claims C{host}, or
             L{None} when there is no default site either.
         """
-        if host is not None:
-            site = self._exact.get(host)
-            if site is not None:
-                return site
-            if self._wildcard:
-                label, dot, suffix = host.partition(".")
-                if label and dot:
-                    site = self._wildcard.get(suffix)
-                    if site is not None:
-                        return site
-        return self._default
+        return matchName(self._exact, self._wildcard, self._default, host)
 
     def lookupHeader(self, value: bytes | None) -> S | None:
         """

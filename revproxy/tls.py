@@ -31,6 +31,8 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import Interface, implementer
 
+from revproxy.routing import matchName
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 EXPIRY_WARNING_SECS = 7 * 86400
@@ -324,17 +326,8 @@ class CertificateStore:
         """
         See L{ICertificateStore.lookup}.
         """
-        if serverName is not None:
-            name = serverName.lower().rstrip(".")
-            cert = self._exact.get(name)
-            if cert is not None:
-                return cert
-            label, dot, suffix = name.partition(".")
-            if label and dot:
-                cert = self._wildcard.get(suffix)
-                if cert is not None:
-                    return cert
-        return self._default
+        name = serverName.lower().rstrip(".") if serverName is not None else None
+        return matchName(self._exact, self._wildcard, self._default, name)
 
     def all(self) -> list[LoadedCertificate]:
         """
