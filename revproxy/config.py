@@ -58,6 +58,8 @@ _TLS_MODES = ("acme", "files", "none")
 _CHALLENGES = ("http-01", "tls-alpn-01")
 _KEY_TYPES = ("ec-p256", "rsa2048")
 _LOG_FORMATS = ("json", "combined")
+_TLS_VERSIONS = ("1.2", "1.3")
+_MAX_HSTS_SECS = 2**31 - 1
 
 _TOP_KEYS = ("server", "acme", "logging", "defaults", "sites")
 _SERVER_KEYS = (
@@ -68,6 +70,8 @@ _SERVER_KEYS = (
     "state_dir",
     "shutdown_timeout_secs",
     "trusted_proxies",
+    "tls_min_version",
+    "http2",
 )
 _ACME_KEYS = (
     "email",
@@ -92,6 +96,9 @@ _SITE_KEYS = (
     "cert_file",
     "key_file",
     "redirect_http",
+    "hsts_max_age_secs",
+    "upstream_ca_file",
+    "upstream_tls_verify",
     "health_check",
     "default",
     *_DEFAULTS_KEYS,
@@ -207,6 +214,8 @@ class ServerConfig:
     state_dir: str = "/var/lib/revproxy"
     shutdown_timeout_secs: float = 30.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    tls_min_version: str = "1.2"
+    http2: bool = True
 
 
 @attrs.frozen
@@ -268,6 +277,9 @@ class SiteConfig:
     cert_file: str = ""
     key_file: str = ""
     redirect_http: bool = False
+    hsts_max_age_secs: int = 0
+    upstream_ca_file: str = ""
+    upstream_tls_verify: bool = True
     health_check: HealthCheck | None = None
     default: bool = False
     max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES
@@ -376,6 +388,8 @@ def checkConfig(config: Config) -> list[str]:
             checkReadable(f"sites[{index}].cert_file", site.cert_file)
         if site.key_file:
             checkReadable(f"sites[{index}].key_file", site.key_file)
+        if site.upstream_ca_file:
+            checkReadable(f"sites[{index}].upstream_ca_file", site.upstream_ca_file)
     return problems
 
 
@@ -1086,6 +1100,10 @@ class _Parser:
                         f"{path}[{index}]: {_quote(item)} is not an IP address or "
                         "network (CIDR)"
                     )
+        tlsMinVersion = table.choice(
+            "tls_min_version", base.tls_min_version, _TLS_VERSIONS
+        )
+        http2 = table.boolean("http2", base.http2)
         server = ServerConfig(
             listen_http=_or(listenHTTP, base.listen_http),
             listen_https=_or(listenHTTPS, base.listen_https),
@@ -1094,6 +1112,8 @@ class _Parser:
             state_dir=_or(stateDir, base.state_dir),
             shutdown_timeout_secs=_or(shutdownTimeout, base.shutdown_timeout_secs),
             trusted_proxies=tuple(trusted),
+            tls_min_version=_or(tlsMinVersion, base.tls_min_version),
+            http2=_or(http2, base.http2),
         )
         return server, listenHTTPS is None or listenHTTPS != ()
 
@@ -1399,6 +1419,27 @@ class _Parser:
         redirect = table.boolean("redirect_http", False)
         if redirect and tls == "none":
             table.error("redirect_http", 'needs tls = "acme" or "files"')
+        hsts = table.integer("hsts_max_age_secs", 0, 0, _MAX_HSTS_SECS)
+        if hsts and tls == "none":
+            table.error(
+                "hsts_max_age_secs",
+                'needs tls = "acme" or "files" (HSTS is only sent over HTTPS)',
+            )
+        upstreamCA = table.string("upstream_ca_file", "")
+        verify = table.boolean("upstream_tls_verify", True)
+        anyHTTPS = any(u.scheme == "https" for u in upstreams)
+        if upstreams and not anyHTTPS:
+            for key, used in (
+                ("upstream_ca_file", bool(upstreamCA)),
+                ("upstream_tls_verify", table.has("upstream_tls_verify")),
+            ):
+                if used:
+                    table.error(key, "only used with https:// upstreams")
+        elif upstreamCA and verify is False:
+            table.error(
+                "upstream_ca_file",
+                "has no effect with upstream_tls_verify = false; remove one of them",
+            )
 
         healthCheck = self._healthCheck(table.table("health_check", _HEALTH_CHECK_KEYS))
         limits = self._limits(table, defaults)
@@ -1410,6 +1451,9 @@ class _Parser:
             cert_file=self._path(_or(certFile, "")),
             key_file=self._path(_or(keyFile, "")),
             redirect_http=_or(redirect, False),
+            hsts_max_age_secs=_or(hsts, 0),
+            upstream_ca_file=self._path(_or(upstreamCA, "")),
+            upstream_tls_verify=_or(verify, True),
             health_check=healthCheck,
             default=_or(isDefault, False),
             max_body_bytes=limits.max_body_bytes,

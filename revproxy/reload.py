@@ -75,10 +75,16 @@ def configWarnings(config: Config) -> list[str]:
     """
     warnings = []
     for index, site in enumerate(config.sites):
-        if site.tls != "none":
+        if site.tls == "acme":
             warnings.append(
-                f"sites[{index}].tls: TLS termination is not in this version; "
+                f'sites[{index}].tls: tls = "acme" is not in this version yet; '
                 f'site "{site.name}" is served on the HTTP listeners only'
+            )
+        if not site.upstream_tls_verify:
+            warnings.append(
+                f"sites[{index}].upstream_tls_verify: false: the certificates of "
+                f'site "{site.name}"\'s https:// upstreams are not verified '
+                "(anyone on the path can read and change its traffic)"
             )
     return warnings
 
@@ -100,6 +106,9 @@ class Reloader:
         self._clock = clock
         self._load = load
         self._lock = DeferredLock()
+        #: Called with a new runtime just before it becomes current; one
+        #: that raises fails the reload and nothing is swapped.
+        self.beforeSwap: list[Callable[[Runtime], None]] = []
 
     def reload(self, source: str) -> Deferred[dict[str, Any]]:
         """
@@ -183,7 +192,21 @@ class Reloader:
         effective = attrs.evolve(
             config, server=current.config.server, acme=current.config.acme
         )
-        runtime = buildRuntime(effective, self._clock, previous=current)
+        try:
+            runtime = buildRuntime(effective, self._clock, previous=current)
+        except ConfigError as e:
+            errors = list(e.errors)
+            _log.error(
+                "{verb} ({source}) failed, nothing was applied: {errors}",
+                verb=verb,
+                source=source,
+                errors="; ".join(errors),
+            )
+            return _error(
+                "certificate_invalid",
+                "a certificate, key or CA file cannot be used: " + "; ".join(errors),
+                errors,
+            )
         sites = siteChanges(current.config, effective)
         answer: dict[str, Any] = {
             "status": "ok",
@@ -191,12 +214,16 @@ class Reloader:
             "config_sha256": config.source_sha256,
             "sites": sites,
             "restart_required": restart,
-            "warnings": configWarnings(config),
+            "warnings": configWarnings(config) + list(runtime.tls.warnings),
         }
         if not apply:
             answer["would_be_generation"] = runtime.generation
             return answer
+        for prepare in self.beforeSwap:
+            prepare(runtime)
         self.holder.current = runtime
+        for warning in answer["warnings"]:
+            _log.warn("{warning}", warning=warning)
         _log.info(
             "Reloaded ({source}): generation {generation}, sites +{added} "
             "-{removed} ~{changed} ={unchanged}{restart}",

@@ -17,7 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from revproxy.config import Config
 from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.pool import UpstreamSelector
+from revproxy.proxy.upstreamtls import SYSTEM_TRUST
 from revproxy.routing import RoutingTable
+from revproxy.tls import NO_TLS_FILES, TLSFiles, loadTLSFiles
 
 
 @frozen
@@ -30,15 +32,25 @@ class Runtime:
     table: RoutingTable[SiteRoute]
     generation: int
     sha256: str = ""
+    tls: TLSFiles = NO_TLS_FILES
 
 
 def buildRuntime(
-    config: Config, clock: IReactorTime, previous: Runtime | None = None
+    config: Config,
+    clock: IReactorTime,
+    previous: Runtime | None = None,
+    tls: TLSFiles | None = None,
 ) -> Runtime:
     """
     Build the snapshot for C{config}, reusing the upstream selectors of sites
     whose upstreams did not change.
+
+    @param tls: The config's certificate and CA files, already read; when
+        L{None}, they are read now.
+    @raise ConfigError: A certificate, key or CA file cannot be used.
     """
+    if tls is None:
+        tls = loadTLSFiles(config, clock.seconds())
     carried: dict[tuple[str, tuple[object, ...]], UpstreamSelector] = {}
     if previous is not None:
         for route in previous.table.sites:
@@ -48,13 +60,16 @@ def buildRuntime(
         selector = carried.get((site.name, site.upstreams))
         if selector is None:
             selector = UpstreamSelector(site.upstreams, clock)
-        routes.append(SiteRoute(site, selector))
+        routes.append(
+            SiteRoute(site, selector, tls.upstreamTLS.get(site.name, SYSTEM_TRUST))
+        )
     generation = previous.generation + 1 if previous is not None else 1
     return Runtime(
         config=config,
         table=RoutingTable(routes),
         generation=generation,
         sha256=config.source_sha256,
+        tls=tls,
     )
 
 

@@ -16,8 +16,8 @@ from twisted.application.strports import service as listener
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from revproxy.admin import AdminFactory, AdminSocket
 from revproxy.config import Config
@@ -26,9 +26,11 @@ from revproxy.interfaces import IRevProxyReactor
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
 from revproxy.proxy.request import ProxySite
+from revproxy.proxy.upstreamtls import ClientCreators
 from revproxy.reload import Reloader, configWarnings
 from revproxy.routing import RootResource
-from revproxy.runtime import RuntimeHolder, buildRuntime
+from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
 
 _log = Logger()
 
@@ -36,19 +38,50 @@ _log = Logger()
 def reactorConnector(reactor: IRevProxyReactor) -> IUpstreamConnector:
     """
     Open upstream connections with C{reactor}: plain TCP for http://, TLS
-    verified against the system trust store for https://.
+    verified as the site says (system trust store, its own CA file, or not
+    at all) for https://.
     """
+    creators = ClientCreators()
 
     def connect(key: PoolKey, factory: ClientFactory, timeout: float) -> IConnector:
-        scheme, host, port = key
-        if scheme == "https":
-            tls: Any = optionsForClientTLS(host)
+        _scheme, host, port, settings = key
+        if settings is not None:
+            creator: Any = creators.creatorFor(host, settings)
             return reactor.connectSSL(
-                host, port, factory, tls, timeout=timeout, bindAddress=None
+                host, port, factory, creator, timeout=timeout, bindAddress=None
             )
         return reactor.connectTCP(host, port, factory, timeout=timeout)
 
     return connect
+
+
+def _http2Available() -> bool:
+    """
+    Whether Twisted can serve HTTP/2 (the h2 and priority packages).
+    """
+    try:
+        from twisted.web._http2 import H2Connection  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TLSService(Service):
+    """
+    While running, refused TLS handshakes are one rate-limited log line
+    each instead of a traceback (see L{RefusalLog}).
+    """
+
+    def __init__(self, refusals: RefusalLog) -> None:
+        self.refusals = refusals
+
+    def startService(self) -> None:
+        super().startService()
+        self.refusals.install()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.refusals.uninstall()
 
 
 class _PoolService(Service):
@@ -75,6 +108,8 @@ class RevProxyService(MultiService):
     @ivar holder: the current runtime.
     @ivar reloader: applies the config file (SIGHUP, admin C{reload}).
     @ivar pool: the upstream connection pool.
+    @ivar contexts: the TLS connection creator of the HTTPS listeners, or
+        L{None} without any.
     """
 
     site: ProxySite
@@ -82,6 +117,7 @@ class RevProxyService(MultiService):
     holder: RuntimeHolder
     reloader: Reloader
     pool: ConnectionPool
+    contexts: SNIContextFactory | None = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -100,7 +136,10 @@ class RevProxyService(MultiService):
 
 
 def buildService(
-    config: Config, configPath: str, reactor: IRevProxyReactor
+    config: Config,
+    configPath: str,
+    reactor: IRevProxyReactor,
+    tls: TLSFiles | None = None,
 ) -> RevProxyService:
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
@@ -108,9 +147,13 @@ def buildService(
     Children stop in the reverse order of addition, all at once; the drain
     is added after the listeners so that it starts first, in the same turn
     as they stop accepting.
+
+    @param tls: The config's certificate and CA files, already read (by
+        L{revproxy.tap}); when L{None}, they are read now.
+    @raise ConfigError: A certificate, key or CA file cannot be used.
     """
     top = RevProxyService()
-    holder = RuntimeHolder(buildRuntime(config, reactor))
+    holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
     pool = ConnectionPool(reactor, reactorConnector(reactor))
     forwarder = Forwarder(pool, reactor, config.server.trusted_proxies)
     site = ProxySite(RootResource(holder, forwarder), reactor=reactor)
@@ -126,7 +169,27 @@ def buildService(
 
     for description in config.server.listen_http:
         listener(description, tracker, reactor=reactor).setServiceParent(top)
-    for warning in configWarnings(config):
+    if config.server.listen_https:
+        contexts = SNIContextFactory(
+            holder.current.tls.certificates,
+            minVersion=config.server.tls_min_version,
+            http2=config.server.http2 and _http2Available(),
+        )
+        top.contexts = contexts
+
+        def useCertificates(runtime: Runtime) -> None:
+            contexts.store = runtime.tls.certificates
+
+        reloader.beforeSwap.append(useCertificates)
+        tlsFactory = TLSMemoryBIOFactory(
+            contexts, False, HandshakeDeadline(tracker, reactor)
+        )
+        for description in config.server.listen_https:
+            listener(description, tlsFactory, reactor=reactor).setServiceParent(top)
+        tlsService = _TLSService(RefusalLog(reactor))
+        tlsService.setName("tls")
+        tlsService.setServiceParent(top)
+    for warning in configWarnings(config) + list(holder.current.tls.warnings):
         _log.warn("{warning}", warning=warning)
 
     poolService = _PoolService(pool)

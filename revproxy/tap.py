@@ -9,6 +9,7 @@ L{makeService}.
 from __future__ import annotations
 
 import sys
+import time
 from typing import IO, cast
 
 from twisted.application.service import IService
@@ -24,6 +25,8 @@ from revproxy.config import (
     quickConfig,
 )
 from revproxy.interfaces import IRevProxyReactor
+from revproxy.reload import configWarnings
+from revproxy.tls import loadTLSFiles
 
 
 class Options(usage.Options):
@@ -79,7 +82,13 @@ class Options(usage.Options):
         problems = checkConfig(config) if self["check"] else []
         if problems:
             self._exitWithErrors(problems)
+        try:
+            tls = loadTLSFiles(config, time.time())
+        except ConfigError as e:
+            self._exitWithErrors(list(e.errors))
         if self["check"]:
+            for warning in configWarnings(config) + list(tls.warnings):
+                print(f"revproxy: warning: {warning}", file=self.stdout)
             print(
                 f"revproxy: the configuration file {self['config'] or '(quick mode)'} "
                 f"syntax is ok; {len(config.sites)} site(s)\n"
@@ -88,6 +97,7 @@ class Options(usage.Options):
             )
             sys.exit(0)
         self["parsed"] = config
+        self["tls"] = tls
 
     def _exitWithErrors(self, errors: list[str]) -> None:
         source = self["config"] or "(quick mode)"
@@ -114,4 +124,4 @@ def makeService(
 
         reactor = cast(IRevProxyReactor, globalReactor)
     config: Config = options["parsed"]
-    return buildService(config, options["config"] or "", reactor)
+    return buildService(config, options["config"] or "", reactor, options.get("tls"))

@@ -7,18 +7,20 @@ connection creator with Mozilla "intermediate" defaults.
 L{loadCertificateFiles} is pure except for reading its two files: the time
 it checks expiry against is passed in (C{clock.seconds()}).
 L{CertificateStore} is pure.  L{SNIContextFactory} builds pyOpenSSL
-contexts; it is what a C{TLSMemoryBIOFactory} wraps around the site.
-
-Not wired into the service yet.
+contexts; it is what a C{TLSMemoryBIOFactory} wraps around the site, with a
+L{HandshakeDeadline} in between.  L{loadTLSFiles} reads every file a config
+names, at start-up, C{--check} and every reload.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from itertools import pairwise
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, cast
 
 import attrs
 from cryptography import x509
@@ -27,11 +29,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from zope.interface import Interface, implementer
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from revproxy.config import Config, ConfigError, SiteConfig
+from revproxy.interfaces import ICertificateStore
+from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
 from revproxy.routing import matchName
+
+_log = Logger()
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -60,7 +77,14 @@ class CertificateError(Exception):
     """
     A certificate or key file cannot be used; the message names the file
     and the problem.
+
+    @ivar key: The config key of the file at fault: C{"cert_file"} or
+        C{"key_file"}.
     """
+
+    def __init__(self, message: str, key: str = "cert_file") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @attrs.frozen(eq=False)
@@ -160,7 +184,10 @@ def loadCertificateFiles(
         not match the leaf, or the leaf has expired.
     """
     certData = _readFile(certFile)
-    keyData = _readFile(keyFile)
+    try:
+        keyData = _readFile(keyFile)
+    except CertificateError as e:
+        raise CertificateError(str(e), "key_file") from e
     try:
         chain = x509.load_pem_x509_certificates(certData)
     except ValueError as e:
@@ -173,25 +200,31 @@ def loadCertificateFiles(
         key = serialization.load_pem_private_key(keyData, password=None)
     except TypeError as e:
         raise CertificateError(
-            f"{keyFile}: private key is encrypted; revproxy needs an unencrypted key"
+            f"{keyFile}: private key is encrypted; revproxy needs an unencrypted key",
+            "key_file",
         ) from e
     except ValueError as e:
-        raise CertificateError(f"{keyFile}: no usable PEM private key found") from e
+        raise CertificateError(
+            f"{keyFile}: no usable PEM private key found", "key_file"
+        ) from e
     except UnsupportedAlgorithm as e:
-        raise CertificateError(f"{keyFile}: cannot load private key: {e}") from e
+        raise CertificateError(
+            f"{keyFile}: cannot load private key: {e}", "key_file"
+        ) from e
     if not isinstance(
         key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     ):
         raise CertificateError(
             f"{keyFile}: unsupported key type {type(key).__name__}; "
-            "use RSA, EC or Ed25519"
+            "use RSA, EC or Ed25519",
+            "key_file",
         )
     leaf = chain[0]
     leafPublic = leaf.public_key().public_bytes(_DER, _SPKI)
     keyPublic = key.public_key().public_bytes(_DER, _SPKI)
     if leafPublic != keyPublic:
         raise CertificateError(
-            f"{keyFile} does not match the certificate in {certFile}"
+            f"{keyFile} does not match the certificate in {certFile}", "key_file"
         )
     notAfter = leaf.not_valid_after_utc
     notAfterSecs = notAfter.timestamp()
@@ -235,27 +268,6 @@ def loadCertificateFiles(
         path=certFile,
     )
     return loaded, warnings
-
-
-class ICertificateStore(Interface):
-    """
-    Server names to certificates.
-    """
-
-    def lookup(serverName: str | None) -> LoadedCertificate | None:
-        """
-        The certificate for a TLS server name (SNI).
-
-        @param serverName: The name the client asked for, or L{None} when it
-            sent no SNI.
-        @return: The certificate for that name, else the default
-            certificate, else L{None} (refuse the handshake).
-        """
-
-    def all() -> list[LoadedCertificate]:
-        """
-        Every certificate in the store, each once.
-        """
 
 
 class _SiteLike(Protocol):
@@ -505,3 +517,203 @@ class SNIContextFactory:
         connection = SSL.Connection(self._baseContext, None)
         connection.set_app_data(tlsProtocol)
         return connection
+
+
+@attrs.frozen
+class TLSFiles:
+    """
+    The certificates and CA files one config names, read and checked.
+
+    @ivar certificates: The sites' certificates (C{tls = "files"}) by name.
+    @ivar sites: Each certificate's site names, for the admin socket.
+    @ivar upstreamTLS: How each site verifies its https:// upstreams, by
+        site name.
+    @ivar warnings: Problems worth an operator's attention that do not stop
+        serving (expiring soon, names not covering the hosts).
+    """
+
+    certificates: CertificateStore
+    sites: Mapping[int, tuple[str, ...]]
+    upstreamTLS: Mapping[str, UpstreamTLS]
+    warnings: tuple[str, ...]
+
+    def sitesOf(self, cert: LoadedCertificate) -> tuple[str, ...]:
+        """
+        The names of the sites C{cert} serves.
+        """
+        return self.sites.get(id(cert), ())
+
+
+NO_TLS_FILES = TLSFiles(CertificateStore({}), {}, {}, ())
+
+
+def loadTLSFiles(config: Config, now: float) -> TLSFiles:
+    """
+    Read every certificate, key and upstream CA file of C{config}.
+
+    @param now: The current time, for expiry checks.
+    @raise ConfigError: One C{"sites[N].key: problem"} per file that cannot
+        be used.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    pairs: list[tuple[SiteConfig, LoadedCertificate]] = []
+    upstreamTLS: dict[str, UpstreamTLS] = {}
+    for index, site in enumerate(config.sites):
+        where = f"sites[{index}]"
+        if site.tls == "files":
+            try:
+                cert, problems = loadCertificateFiles(
+                    site.cert_file, site.key_file, site.hosts, now
+                )
+            except CertificateError as e:
+                errors.append(f"{where}.{e.key}: {e}")
+            else:
+                pairs.append((site, cert))
+                warnings += [f"{where}.cert_file: {p}" for p in problems]
+        if any(u.scheme == "https" for u in site.upstreams):
+            try:
+                upstreamTLS[site.name] = loadUpstreamTLS(
+                    site.upstream_ca_file, site.upstream_tls_verify
+                )
+            except ValueError as e:
+                errors.append(f"{where}.upstream_ca_file: {e}")
+    if errors:
+        raise ConfigError(errors)
+    sites: dict[int, tuple[str, ...]] = {}
+    for site, cert in pairs:
+        sites[id(cert)] = (*sites.get(id(cert), ()), site.name)
+    return TLSFiles(
+        certificates=CertificateStore.fromSites(pairs),
+        sites=sites,
+        upstreamTLS=upstreamTLS,
+        warnings=tuple(warnings),
+    )
+
+
+class RefusalLog:
+    """
+    Turns the refused handshakes that pyOpenSSL reports through
+    C{sys.excepthook} (see L{UnknownServerName}) into log lines: at most one
+    per C{interval} seconds, with a count of the others, so that a scanner
+    sending unknown names cannot flood the log.  Every other exception goes
+    to the previous hook.
+
+    @ivar refused: How many handshakes were refused in all.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float = 60.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._previous: Callable[..., object] | None = None
+        self._lastLogged: float | None = None
+        self._unlogged = 0
+        self.refused = 0
+
+    def install(self) -> None:
+        """
+        Become C{sys.excepthook}.
+        """
+        if self._previous is None:
+            self._previous = sys.excepthook
+            sys.excepthook = self
+
+    def uninstall(self) -> None:
+        """
+        Put the previous C{sys.excepthook} back.
+        """
+        if self._previous is not None:
+            if sys.excepthook is self:
+                sys.excepthook = self._previous
+            self._previous = None
+
+    def __call__(
+        self,
+        kind: type[BaseException],
+        value: BaseException,
+        tb: TracebackType | None,
+    ) -> None:
+        if not isinstance(value, UnknownServerName):
+            previous = self._previous or sys.__excepthook__
+            previous(kind, value, tb)
+            return
+        self.refused += 1
+        now = self._clock.seconds()
+        if self._lastLogged is not None and now - self._lastLogged < self._interval:
+            self._unlogged += 1
+            return
+        more = (
+            f" ({self._unlogged} more since the last report)" if self._unlogged else ""
+        )
+        name = value.args[0] if value.args else None
+        _log.info(
+            "Refused a TLS handshake for {name}: no certificate for that name and "
+            "no default site with a certificate{more}",
+            name="no server name (SNI)" if name is None else repr(name),
+            more=more,
+        )
+        self._lastLogged = now
+        self._unlogged = 0
+
+
+#: How long a client has to complete the TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@implementer(IHandshakeListener)
+class _HandshakeDeadline(ProtocolWrapper):
+    """
+    Aborts the connection unless the TLS handshake completes in time.
+    """
+
+    factory: HandshakeDeadline
+    _timer: IDelayedCall | None = None
+
+    def makeConnection(self, transport: ITCPTransport) -> None:
+        self._timer = self.factory.clock.callLater(self.factory.timeout, self._expired)
+        super().makeConnection(transport)
+
+    def handshakeCompleted(self) -> None:
+        self._cancel()
+
+    def _expired(self) -> None:
+        self._timer = None
+        # The TLS protocol, which can abort.
+        transport = cast(ITCPTransport | None, self.transport)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancel()
+        super().connectionLost(reason)
+
+
+class HandshakeDeadline(WrappingFactory):
+    """
+    Sits between C{TLSMemoryBIOFactory} and the site: a client that has not
+    completed the handshake C{timeout} seconds after connecting is
+    disconnected.
+    """
+
+    protocol = _HandshakeDeadline
+    noisy = False
+
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime,
+        timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        super().__init__(wrappedFactory)
+        self.clock = clock
+        self.timeout = timeout
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrappedFactory, "logPrefix", None)
+        return str(prefix()) if prefix is not None else "TLS"

@@ -23,7 +23,7 @@ from revproxy.proxy.client import (
 )
 from revproxy.proxy.pool import ConnectionPool, PoolKey
 
-KEY: PoolKey = ("http", "upstream.example", 8080)
+KEY: PoolKey = ("http", "upstream.example", 8080, None)
 GET = b"GET / HTTP/1.1\r\nHost: upstream.example\r\n\r\n"
 HEAD = b"HEAD / HTTP/1.1\r\nHost: upstream.example\r\n\r\n"
 

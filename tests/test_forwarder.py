@@ -72,7 +72,7 @@ upstreams = ["http://10.4.0.1:8000"]
 
 CLIENT_IP = "203.0.113.9"
 TRUSTED_IP = "10.9.0.5"
-A_KEY: PoolKey = ("http", "10.1.0.1", 8000)
+A_KEY: PoolKey = ("http", "10.1.0.1", 8000, None)
 FIRST = "10.3.0.1"
 SECOND = "10.3.0.2"
 BACKOFF = 5.0

@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from revproxy.proxy.client import UpstreamConnection
 from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
 
-KEY: PoolKey = ("http", "a.example", 8080)
-OTHER: PoolKey = ("https", "b.example", 443)
+KEY: PoolKey = ("http", "a.example", 8080, None)
+OTHER: PoolKey = ("https", "b.example", 443, None)
 
 
 class SelectorTests(SynchronousTestCase):

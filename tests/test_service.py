@@ -264,13 +264,13 @@ class ShutdownTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
 
         pool = top.getServiceNamed("upstream-pool").pool
-        self.assertEqual(pool.idleCount(("http", "127.0.0.1", 9000)), 1)
+        self.assertEqual(pool.idleCount(("http", "127.0.0.1", 9000, None)), 1)
         self.assertNotEqual(reactor.getDelayedCalls(), [])
         self.assertFalse(upstreamTransport.disconnecting)
 
         top.stopService()
         self.assertEqual(reactor.getDelayedCalls(), [])
-        self.assertEqual(pool.idleCount(("http", "127.0.0.1", 9000)), 0)
+        self.assertEqual(pool.idleCount(("http", "127.0.0.1", 9000, None)), 0)
         self.assertTrue(upstreamTransport.disconnecting)
 
     def test_stopWithoutTraffic(self) -> None:

@@ -26,10 +26,10 @@ from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from revproxy.interfaces import ICertificateStore
 from revproxy.tls import (
     CertificateError,
     CertificateStore,
-    ICertificateStore,
     LoadedCertificate,
     SNIContextFactory,
     UnknownServerName,

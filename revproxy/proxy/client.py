@@ -116,7 +116,7 @@ class UpstreamConnection(Protocol):
     """
     One keep-alive connection to an upstream.
 
-    @ivar key: the pool key (scheme, host, port) this connection belongs to.
+    @ivar key: the pool key this connection belongs to.
     @ivar reused: whether this connection has completed an exchange before.
     @ivar idleSince: when the connection went back to the pool.
     """

@@ -42,6 +42,7 @@ from revproxy.proxy.headers import (
     upstreamRequestHeaders,
 )
 from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
+from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
@@ -62,14 +63,29 @@ class SiteRoute:
     Satisfies L{revproxy.routing.HasHosts}.
     """
 
-    __slots__ = ("config", "fallbackHost", "keys", "selector")
+    __slots__ = ("config", "fallbackHost", "hsts", "keys", "selector")
 
-    def __init__(self, config: SiteConfig, selector: UpstreamSelector) -> None:
+    def __init__(
+        self,
+        config: SiteConfig,
+        selector: UpstreamSelector,
+        upstreamTLS: UpstreamTLS = SYSTEM_TRUST,
+    ) -> None:
+        """
+        @param upstreamTLS: How the site's https:// upstreams are verified.
+        """
         self.config = config
         self.selector = selector
         self.keys: dict[object, PoolKey] = {
-            u: (u.scheme, u.host, u.port) for u in config.upstreams
+            u: (u.scheme, u.host, u.port, upstreamTLS if u.scheme == "https" else None)
+            for u in config.upstreams
         }
+        #: The Strict-Transport-Security value for HTTPS responses, if any.
+        self.hsts = (
+            b"max-age=%d" % (config.hsts_max_age_secs,)
+            if config.hsts_max_age_secs
+            else None
+        )
         exact = [h for h in config.hosts if not h.startswith("*.")]
         if exact:
             fallback = exact[0]
@@ -356,6 +372,13 @@ class _Exchange:
             out.addRawHeader(name, value)
         if not hasDate:
             out.addRawHeader(b"Date", self.forwarder.date.now())
+        hsts = self.route.hsts
+        if (
+            hsts is not None
+            and request.isSecure()
+            and not out.hasHeader(b"strict-transport-security")
+        ):
+            out.addRawHeader(b"Strict-Transport-Security", hsts)
         closing = request.responseHeaders.getRawHeaders(b"connection")
         if closing is not None:
             # Twisted's own "Connection: close" for a client that asked for it.

@@ -20,12 +20,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from revproxy.proxy.client import UpstreamConnection
+from revproxy.proxy.upstreamtls import UpstreamTLS
 
 _log = Logger()
 
-PoolKey = tuple[str, str, int]
+PoolKey = tuple[str, str, int, UpstreamTLS | None]
 """
-(scheme, host, port) of an upstream.
+(scheme, host, port, TLS settings) of an upstream; the TLS settings are
+L{None} for http://.
 """
 
 # Most upstream servers close idle keep-alive connections after a few seconds
@@ -193,7 +195,7 @@ class _Host:
 
 class ConnectionPool:
     """
-    Keep-alive connections to upstreams, keyed by (scheme, host, port).
+    Keep-alive connections to upstreams, keyed by L{PoolKey}.
 
     A waiter asks with L{acquire}; it gets the most recently used idle
     connection (so surplus ones age out), else a new one, else waits in line
