@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any
@@ -45,6 +46,7 @@ from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.routing import normalizeHostHeader
 from revproxy.runtime import RuntimeHolder
+from revproxy.tls import LoadedCertificate
 
 _log = Logger()
 
@@ -81,6 +83,7 @@ _USAGE = {
     "status": "status",
     "sites": "sites",
     "route": "route HOST [PATH] [CLIENT_IP]",
+    "certs": "certs",
     "help": "help",
 }
 
@@ -89,7 +92,8 @@ _DESCRIPTIONS = {
     "check": "validate the config file on disk and answer what a reload would change, without applying it",
     "status": "uptime, number of sites, config generation and sha256",
     "sites": "each site's hosts and upstreams, and which upstreams are in back-off",
-    "route": "route HOST [PATH] [[XFF,...,]CLIENT_IP]: the site, upstream, limits and client IP a request would get",
+    "route": "route HOST [PATH] [[XFF,...,]CLIENT_IP]: the site, upstream, limits, certificate and client IP a request would get",
+    "certs": "each certificate served: its sites, names, source, file, issuer and expiry",
     "help": "this list",
 }
 
@@ -149,6 +153,27 @@ def _claims(route: SiteRoute, host: str) -> bool:
     return bool(label and dot) and f"*.{suffix}" in hosts
 
 
+def _isoTime(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _describeCertificate(
+    cert: LoadedCertificate, sites: tuple[str, ...], now: float
+) -> Answer:
+    """
+    One certificate, for C{certs}.
+    """
+    return {
+        "sites": list(sites),
+        "names": list(cert.names),
+        "source": cert.source,
+        "path": cert.path,
+        "issuer": cert.issuer,
+        "not_after": _isoTime(cert.not_after),
+        "expires_in_days": round((cert.not_after - now) / 86400, 1),
+    }
+
+
 def _url(upstream: object) -> str:
     """
     The URL of an upstream of the config (an L{revproxy.config.Upstream}).
@@ -186,6 +211,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             "status": self.status,
             "sites": self.sites,
             "route": self.route,
+            "certs": self.certs,
             "help": self.help,
         }
         self.descriptions: dict[str, str] = dict(_DESCRIPTIONS)
@@ -348,9 +374,19 @@ class AdminFactory(Factory["AdminProtocol"]):
         site = route.config
         upstream = peekUpstream(route.selector)
         rateLimit = site.rate_limit
+        certificate = runtime.tls.certificates.lookup(host)
         answer.update(
             site=route.name,
             default_site=route.default and not _claims(route, host),
+            certificate=(
+                None
+                if certificate is None
+                else {
+                    "sites": list(runtime.tls.sitesOf(certificate)),
+                    "names": list(certificate.names),
+                    "not_after": _isoTime(certificate.not_after),
+                }
+            ),
             upstream=None if upstream is None else _url(upstream),
             upstream_down=upstream is not None and route.selector.isDown(upstream),
             tls=site.tls,
@@ -371,6 +407,24 @@ class AdminFactory(Factory["AdminProtocol"]):
             },
         )
         return answer
+
+    def certs(self, args: list[str]) -> Answer:
+        """
+        Every certificate served over HTTPS, soonest expiry first.
+        """
+        self._noArguments("certs", args)
+        runtime = self.reloader.holder.current
+        now = self.clock.seconds()
+        tls = runtime.tls
+        certificates = sorted(tls.certificates.all(), key=lambda c: c.not_after)
+        return {
+            "status": "ok",
+            "generation": runtime.generation,
+            "certificates": [
+                _describeCertificate(cert, tls.sitesOf(cert), now)
+                for cert in certificates
+            ],
+        }
 
     def help(self, args: list[str]) -> Answer:
         """

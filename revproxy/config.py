@@ -426,6 +426,21 @@ def quickConfig(listen: str, to: str) -> Config:
     )
 
 
+def endpointPort(description: str) -> int | None:
+    """
+    The port of a valid C{tcp:} or C{tcp6:} endpoint description, else
+    L{None}.
+    """
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception:
+        return None
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        port = getattr(endpoint, "_port", None)
+        return port if isinstance(port, int) else None
+    return None
+
+
 def _syntaxError(message: str) -> str:
     """
     Present a C{tomllib} error, which ends in C{"(at line X, column Y)"}.

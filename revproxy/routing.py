@@ -344,7 +344,8 @@ class RootResource:
                 simpleResponse(request, 400, "400 Bad Request: invalid request-target")
                 return NOT_DONE_YET
             headers.setRawHeaders(b"host", [authority])
-        route = self.runtime.current.table.match(host)
+        runtime = self.runtime.current
+        route = runtime.table.match(host)
         if route is None:
             simpleResponse(
                 request,
@@ -352,5 +353,44 @@ class RootResource:
                 "421 Misdirected Request: no site is configured for this host",
             )
             return NOT_DONE_YET
+        site = route.config
+        if request.isSecure():
+            if site.name not in runtime.secured:
+                simpleResponse(
+                    request,
+                    421,
+                    "421 Misdirected Request: this site is not served over HTTPS",
+                )
+                return NOT_DONE_YET
+        elif (
+            site.redirect_http
+            and site.name in runtime.secured
+            and runtime.httpsPort
+            and target[:1] == b"/"
+            and not target.startswith(ACME_CHALLENGE_PREFIX)
+        ):
+            name = host or next((h for h in site.hosts if "*" not in h), None)
+            if name is not None:
+                location = httpsLocation(name, runtime.httpsPort, target)
+                request.responseHeaders.setRawHeaders(b"location", [location])
+                simpleResponse(
+                    request, 308, "308 Permanent Redirect: " + location.decode("ascii")
+                )
+                return NOT_DONE_YET
         self.forwarder.forward(request, route, target)
         return NOT_DONE_YET
+
+
+#: Paths answered over plain HTTP even for sites that redirect to HTTPS.
+ACME_CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+
+
+def httpsLocation(host: str, port: int, target: bytes) -> bytes:
+    """
+    The https:// URL of C{target} (origin-form: path and query, as received)
+    on C{host} (normalized) and C{port}, which is left out when it is 443.
+    """
+    authority = f"[{host}]" if ":" in host else host
+    if port != 443:
+        authority += f":{port}"
+    return b"https://" + authority.encode("ascii") + target

@@ -14,7 +14,7 @@ from __future__ import annotations
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
-from revproxy.config import Config
+from revproxy.config import Config, endpointPort
 from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST
@@ -33,6 +33,10 @@ class Runtime:
     generation: int
     sha256: str = ""
     tls: TLSFiles = NO_TLS_FILES
+    #: The names of the sites served over HTTPS (they have a certificate).
+    secured: frozenset[str] = frozenset()
+    #: The port HTTP requests are redirected to (the first listen_https).
+    httpsPort: int | None = None
 
 
 def buildRuntime(
@@ -70,6 +74,12 @@ def buildRuntime(
         generation=generation,
         sha256=config.source_sha256,
         tls=tls,
+        secured=frozenset(name for names in tls.sites.values() for name in names),
+        httpsPort=(
+            endpointPort(config.server.listen_https[0])
+            if config.server.listen_https
+            else None
+        ),
     )
 
 

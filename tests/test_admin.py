@@ -640,6 +640,7 @@ class RouteTests(AdminTestsMixin, SynchronousTestCase):
                 "peer_trusted": None,
                 "site": "app",
                 "default_site": False,
+                "certificate": None,
                 "upstream": "http://10.1.0.1:8000",
                 "upstream_down": False,
                 "tls": "none",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING
 
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,7 +31,6 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from revproxy.proxy.client import (
-    Stream,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamProtocolError,
@@ -499,9 +498,7 @@ class _Exchange:
         request = self.request
         if request.producer is not None:
             request.unregisterProducer()
-        transport = request.channel.transport if request.channel else None
-        if transport is not None:
-            cast(Stream, transport).abortConnection()
+        request.abort()
 
     def _stopSender(self) -> None:
         sender = self.sender

@@ -51,9 +51,7 @@ class ProxyRequest(server.Request):
             return None
         body = b"500 Internal Server Error\n"
         if self.startedWriting:
-            transport = self.channel.transport
-            if transport is not None:
-                cast(Stream, transport).abortConnection()
+            self.abort()
             return None
         self.setResponseCode(500)
         self.responseHeaders.setRawHeaders(
@@ -63,6 +61,22 @@ class ProxyRequest(server.Request):
         self.write(body)
         self.finish()
         return None
+
+    def abort(self) -> None:
+        """
+        Cut the response short so that the client sees it is incomplete:
+        reset the stream over HTTP/2, abort the connection over HTTP/1.x.
+        """
+        channel: Any = self.channel
+        if channel is None:
+            return
+        if hasattr(channel, "streamID"):
+            # An H2Stream: RST_STREAM, the connection's other streams go on.
+            channel.abortConnection()
+            return
+        transport = channel.transport
+        if transport is not None:
+            cast(Stream, transport).abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
