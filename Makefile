@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.deps-installed
+# sslyze lives in a venv of its own (it pins an older cryptography).
+SSLYZE_VENV  := .venv-sslyze
+SSLYZE_STAMP := $(SSLYZE_VENV)/.deps-installed
 # Tests and the demo run the code of this checkout, not a stale installed copy.
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: run test lint typecheck unit install bench clean debian-deps
 
-# Debian packages the integration tests use (real admin-socket clients).
-DEBIAN_DEPS := netcat-openbsd socat
+# Debian packages the integration tests use: real admin-socket clients
+# (nc, socat) and real TLS and HTTP/2 clients (openssl, nghttp, curl).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements-test.txt setup.cfg pyproject.toml
@@ -29,6 +32,12 @@ run: install
 	  upstream=$$!; trap 'kill $$upstream 2>/dev/null' EXIT INT TERM; \
 	  $(BIN)/twistd -n --pidfile= revproxy --config examples/quickstart.toml
 
+$(SSLYZE_STAMP): requirements-sslyze.txt
+	test -x $(SSLYZE_VENV)/bin/python || $(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/pip install -q -U pip
+	$(SSLYZE_VENV)/bin/pip install -q -r requirements-sslyze.txt
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,13 +45,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: install
-	$(BIN)/python -m twisted.trial --jobs=2 tests
+unit: install $(SSLYZE_STAMP)
+	REVPROXY_SSLYZE=$(CURDIR)/$(SSLYZE_VENV)/bin/sslyze $(BIN)/python -m twisted.trial --jobs=2 tests
 
 debian-deps:
 	@missing=""; \
 	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v nghttp >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
@@ -54,4 +66,4 @@ bench: install
 	bench/run.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(SSLYZE_VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache
