@@ -223,7 +223,7 @@ class Reloader:
             prepare(runtime)
         self.holder.current = runtime
         for warning in answer["warnings"]:
-            _log.warn("{warning}", warning=warning)
+            _log.warn("{problem}", problem=warning)
         _log.info(
             "Reloaded ({source}): generation {generation}, sites +{added} "
             "-{removed} ~{changed} ={unchanged}{restart}",

@@ -190,7 +190,7 @@ def buildService(
         tlsService.setName("tls")
         tlsService.setServiceParent(top)
     for warning in configWarnings(config) + list(holder.current.tls.warnings):
-        _log.warn("{warning}", warning=warning)
+        _log.warn("{problem}", problem=warning)
 
     poolService = _PoolService(pool)
     poolService.setName("upstream-pool")

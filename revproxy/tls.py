@@ -559,6 +559,7 @@ def loadTLSFiles(config: Config, now: float) -> TLSFiles:
     warnings: list[str] = []
     pairs: list[tuple[SiteConfig, LoadedCertificate]] = []
     upstreamTLS: dict[str, UpstreamTLS] = {}
+    loaded: dict[tuple[str, str], LoadedCertificate] = {}
     for index, site in enumerate(config.sites):
         where = f"sites[{index}]"
         if site.tls == "files":
@@ -569,6 +570,13 @@ def loadTLSFiles(config: Config, now: float) -> TLSFiles:
             except CertificateError as e:
                 errors.append(f"{where}.{e.key}: {e}")
             else:
+                # Sites that share files share one certificate (one context,
+                # one entry in the admin's certs).
+                files = (site.cert_file, site.key_file)
+                earlier = loaded.get(files)
+                if earlier is not None and earlier.chain == cert.chain:
+                    cert = earlier
+                loaded[files] = cert
                 pairs.append((site, cert))
                 warnings += [f"{where}.cert_file: {p}" for p in problems]
         if any(u.scheme == "https" for u in site.upstreams):

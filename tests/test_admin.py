@@ -15,9 +15,12 @@ import stat
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import attrs
+import trustme
+from cryptography import x509
 from twisted.internet import reactor as globalReactor
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
@@ -44,9 +47,11 @@ from revproxy.admin import (
     Answer,
     peekUpstream,
 )
-from revproxy.config import Config, Upstream, parseConfig
+from revproxy.config import Config, Upstream, loadConfig, parseConfig
 from revproxy.proxy.pool import UpstreamSelector
+from revproxy.reload import Reloader
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.tls import loadTLSFiles
 
 CONFIG = """\
 [server]
@@ -617,6 +622,36 @@ class CommandTests(AdminTestsMixin, SynchronousTestCase):
         for name, line in commands.items():
             self.assertTrue(line and "\n" not in line, name)
 
+    def test_helpListsCerts(self) -> None:
+        """
+        C{help} lists C{certs} with what it answers.
+        """
+        commands = cast(dict[str, str], self.command("help")["commands"])
+        self.assertEqual(
+            commands["certs"],
+            "each certificate served: its sites, names, source, file, issuer and "
+            "expiry",
+        )
+
+    def test_certsWithoutTLS(self) -> None:
+        """
+        Without a site served from certificate files, C{certs} answers an
+        empty list.
+        """
+        self.assertEqual(
+            self.command("certs"),
+            {"status": "ok", "generation": 1, "certificates": []},
+        )
+
+    def test_certsUsage(self) -> None:
+        """
+        C{certs} takes no arguments.
+        """
+        for line in ("certs extra", "certs a b"):
+            self.assertEqual(
+                self.command(line), {"status": "error", "message": "usage: certs"}
+            )
+
 
 class RouteTests(AdminTestsMixin, SynchronousTestCase):
     """
@@ -802,6 +837,276 @@ class RouteTests(AdminTestsMixin, SynchronousTestCase):
         self.assertEqual(
             (answer["upstream"], answer["upstream_down"]),
             ("http://10.1.0.2:8000", False),
+        )
+
+
+# Sites "app" and "api" share shared.pem; "own", the default site, has its
+# own certificate, which expires first; "plain" has no TLS.
+TLS_CONFIG = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = ["tcp:8443:interface=127.0.0.1"]
+admin_socket_path = ""
+ops_listen = ""
+
+[[sites]]
+name = "app"
+hosts = ["app.example", "*.app.example"]
+upstreams = ["http://10.1.0.1:8000"]
+tls = "files"
+cert_file = "shared.pem"
+key_file = "shared.key"
+
+[[sites]]
+name = "plain"
+hosts = ["plain.example"]
+upstreams = ["http://10.1.0.3:8000"]
+
+[[sites]]
+name = "api"
+hosts = ["api.example"]
+upstreams = ["http://10.1.0.2:8000"]
+tls = "files"
+cert_file = "shared.pem"
+key_file = "shared.key"
+
+[[sites]]
+name = "own"
+hosts = ["own.example"]
+upstreams = ["http://127.0.0.1:9000"]
+tls = "files"
+cert_file = "own.pem"
+key_file = "own.key"
+default = true
+"""
+
+#: When the runtime of L{TLS_CONFIG} is built.
+NOW = datetime(2030, 6, 1, tzinfo=UTC)
+
+_CA = trustme.CA()
+_ISSUER = x509.load_pem_x509_certificate(_CA.cert_pem.bytes()).subject.rfc4514_string()
+
+SHARED_NAMES = ["app.example", "*.app.example", "api.example"]
+
+
+class _CertificateTestCase(AdminTestsMixin, SynchronousTestCase):
+    """
+    A factory over a runtime of L{TLS_CONFIG}, read from files in a
+    temporary directory at L{NOW}, then three hours later.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = self.write("revproxy.toml", TLS_CONFIG.encode())
+        self.shared = self.leaf("shared", 60, *SHARED_NAMES)
+        self.own = self.leaf("own", 10, "own.example")
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        config = loadConfig(self.path)
+        self.holder = RuntimeHolder(
+            buildRuntime(
+                config, self.clock, tls=loadTLSFiles(config, self.clock.seconds())
+            )
+        )
+        self.reloader = FakeReloader(self.holder)
+        self.factory = AdminFactory(self.reloader, self.clock)
+        self.clock.advance(3 * 3600)
+
+    def write(self, name: str, data: bytes) -> str:
+        """
+        Write a file into the config's directory; return its path.
+        """
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def leaf(self, prefix: str, days: float, *names: str) -> str:
+        """
+        Issue a certificate for C{names} that expires C{days} after L{NOW};
+        write it to C{PREFIX.pem} and its key to C{PREFIX.key}, replacing
+        them, and return the certificate's path.
+        """
+        leaf = _CA.issue_cert(
+            *names,
+            not_before=NOW - timedelta(days=1),
+            not_after=NOW + timedelta(days=days),
+        )
+        self.write(f"{prefix}.key", leaf.private_key_pem.bytes())
+        chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+        return self.write(f"{prefix}.pem", chain)
+
+    def certificates(self) -> list[dict[str, Any]]:
+        """
+        The C{certificates} of the answer to C{certs}.
+        """
+        answer = self.command("certs")
+        self.assertEqual(answer["status"], "ok")
+        return cast(list[dict[str, Any]], answer["certificates"])
+
+
+class CertsTests(_CertificateTestCase):
+    """
+    The C{certs} command.
+    """
+
+    def test_certs(self) -> None:
+        """
+        C{certs} lists each certificate once, soonest expiry first, with
+        the sites it serves (two sites sharing one file are one
+        certificate), its names, source, file, issuer and expiry.
+        """
+        self.assertEqual(
+            self.command("certs"),
+            {
+                "status": "ok",
+                "generation": 1,
+                "certificates": [
+                    {
+                        "sites": ["own"],
+                        "names": ["own.example"],
+                        "source": "files",
+                        "path": self.own,
+                        "issuer": _ISSUER,
+                        "not_after": "2030-06-11T00:00:00Z",
+                        "expires_in_days": 9.9,
+                    },
+                    {
+                        "sites": ["app", "api"],
+                        "names": SHARED_NAMES,
+                        "source": "files",
+                        "path": self.shared,
+                        "issuer": _ISSUER,
+                        "not_after": "2030-07-31T00:00:00Z",
+                        "expires_in_days": 59.9,
+                    },
+                ],
+            },
+        )
+
+    def test_sortedByExpiry(self) -> None:
+        """
+        The certificate that expires first comes first, though its site
+        comes last in the file.
+        """
+        certificates = self.certificates()
+        self.assertEqual(certificates[0]["path"], self.own)
+        self.assertEqual(
+            [c["not_after"] for c in certificates],
+            sorted(c["not_after"] for c in certificates),
+        )
+        self.assertEqual(certificates[-1]["path"], self.shared)
+
+    def test_expiresInDaysFollowsClock(self) -> None:
+        """
+        C{expires_in_days} is counted from the clock's time when asked,
+        rounded to a tenth of a day.
+        """
+        self.clock.advance(5 * 86400)
+        self.assertEqual(
+            {c["path"]: c["expires_in_days"] for c in self.certificates()},
+            {self.own: 4.9, self.shared: 54.9},
+        )
+        self.clock.advance(4 * 86400 + 20 * 3600)
+        self.assertEqual(
+            {c["path"]: c["expires_in_days"] for c in self.certificates()},
+            {self.own: 0.0, self.shared: 50.0},
+        )
+
+    def test_followsReload(self) -> None:
+        """
+        After a reload that reads a renewed certificate, C{certs} answers the
+        new generation and the new expiry.
+        """
+        reloader = Reloader(self.path, self.holder, self.clock)
+        self.factory = AdminFactory(reloader, self.clock)
+        self.leaf("own", 30, "own.example")
+        self.assertEqual(self.command("reload")["status"], "ok")
+        answer = self.command("certs")
+        self.assertEqual(answer["generation"], 2)
+        certificates = cast(list[dict[str, Any]], answer["certificates"])
+        self.assertEqual(
+            [(c["path"], c["not_after"]) for c in certificates if "own" in c["sites"]],
+            [(self.own, "2030-07-01T00:00:00Z")],
+        )
+
+
+class RouteCertificateTests(_CertificateTestCase):
+    """
+    The C{certificate} of the C{route} command: the one a TLS client
+    sending C{HOST} as its server name would get.
+    """
+
+    ownCertificate = {
+        "sites": ["own"],
+        "names": ["own.example"],
+        "not_after": "2030-06-11T00:00:00Z",
+    }
+
+    def test_ownCertificate(self) -> None:
+        """
+        A host of a site with its own certificate gets that certificate.
+        """
+        answer = self.command("route own.example")
+        self.assertEqual(
+            (answer["site"], answer["tls"], answer["certificate"]),
+            ("own", "files", self.ownCertificate),
+        )
+
+    def test_wildcardHost(self) -> None:
+        """
+        A host matched by a site's wildcard gets that site's certificate.
+        """
+        answer = self.command("route x.app.example")
+        self.assertEqual(answer["site"], "app")
+        certificate = cast(dict[str, Any], answer["certificate"])
+        self.assertEqual(
+            (certificate["names"], certificate["not_after"]),
+            (SHARED_NAMES, "2030-07-31T00:00:00Z"),
+        )
+        self.assertIn("app", certificate["sites"])
+
+    def test_unknownHostGetsDefault(self) -> None:
+        """
+        A host no site names gets the default site's certificate.
+        """
+        answer = self.command("route nobody.example")
+        self.assertEqual(
+            (answer["site"], answer["default_site"], answer["certificate"]),
+            ("own", True, self.ownCertificate),
+        )
+
+    def test_plainSiteGetsDefault(self) -> None:
+        """
+        A host of a site without TLS has no certificate of its own: a TLS
+        client naming it gets the default site's.
+        """
+        answer = self.command("route plain.example")
+        self.assertEqual(
+            (answer["site"], answer["tls"], answer["certificate"]),
+            ("plain", "none", self.ownCertificate),
+        )
+
+    def test_noDefaultCertificate(self) -> None:
+        """
+        When the default site has no certificate, a host without one of its
+        own gets none.
+        """
+        text = TLS_CONFIG.replace("default = true\n", "").replace(
+            'name = "plain"', 'name = "plain"\ndefault = true'
+        )
+        config = parseConfig(text, baseDir=self.directory)
+        self.holder.current = buildRuntime(
+            config, self.clock, tls=loadTLSFiles(config, self.clock.seconds())
+        )
+        for host in ("plain.example", "nobody.example"):
+            answer = self.command(f"route {host}")
+            self.assertEqual(
+                (answer["site"], answer["certificate"]), ("plain", None), host
+            )
+        self.assertEqual(
+            self.command("route own.example")["certificate"], self.ownCertificate
         )
 
 

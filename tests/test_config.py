@@ -28,6 +28,7 @@ from revproxy.config import (
     SiteConfig,
     Upstream,
     checkConfig,
+    endpointPort,
     loadConfig,
     parseConfig,
     quickConfig,
@@ -1300,6 +1301,315 @@ class TLSTests(ParseTestCase):
         self.assertEqual(config.sites[0].key_file, "/k/k.pem")
 
 
+class ServerTLSSettingsTests(ParseTestCase):
+    """
+    Tests for C{server.tls_min_version} and C{server.http2}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without the keys, the minimum TLS version is 1.2 and HTTP/2 is
+        offered.
+        """
+        server = parseConfig(document(server={})).server
+        self.assertEqual((server.tls_min_version, server.http2), ("1.2", True))
+
+    def test_validValues(self) -> None:
+        """
+        C{tls_min_version} may be C{"1.2"} or C{"1.3"}, and C{http2} may be
+        turned off.
+        """
+        for version in ("1.2", "1.3"):
+            for http2 in (True, False):
+                server = parseConfig(
+                    document(server={"tls_min_version": version, "http2": http2})
+                ).server
+                self.assertEqual(
+                    (server.tls_min_version, server.http2), (version, http2)
+                )
+
+    def test_tlsMinVersionChoices(self) -> None:
+        """
+        Another version, or a number instead of a string, is an error that
+        lists the choices or names the type.
+        """
+        self.assertErrors(
+            document(server={"tls_min_version": "1.1"}),
+            'server.tls_min_version: "1.1" is not one of "1.2", "1.3"',
+        )
+        self.assertErrors(
+            document(server={"tls_min_version": "TLSv1.3"}),
+            'server.tls_min_version: "TLSv1.3" is not one of "1.2", "1.3"',
+        )
+        self.assertErrors(
+            document(server={"tls_min_version": 1.3}),
+            "server.tls_min_version: expected a string, got float 1.3",
+        )
+
+    def test_http2Boolean(self) -> None:
+        """
+        C{http2} is C{true} or C{false}.
+        """
+        self.assertErrors(
+            document(server={"http2": "yes"}),
+            'server.http2: expected true or false, got string "yes"',
+        )
+        self.assertErrors(
+            document(server={"http2": 1}),
+            "server.http2: expected true or false, got integer 1",
+        )
+
+    def test_serverKeysNotInSites(self) -> None:
+        """
+        The two keys belong in C{[server]}; written in a site they are
+        unknown keys that say where they belong.
+        """
+        self.assertErrors(
+            document(site(tls_min_version="1.3", http2=False)),
+            "sites[0].tls_min_version: unknown key (it belongs in [server])",
+            "sites[0].http2: unknown key (it belongs in [server])",
+        )
+
+
+class HSTSTests(ParseTestCase):
+    """
+    Tests for a site's C{hsts_max_age_secs}.
+    """
+
+    https = {"listen_https": ["tcp:443"]}
+
+    def test_defaultZero(self) -> None:
+        """
+        Without the key, HSTS is off (0).
+        """
+        self.assertEqual(parseConfig(document()).sites[0].hsts_max_age_secs, 0)
+
+    def test_withTLS(self) -> None:
+        """
+        A site with TLS (files or ACME) may send HSTS, up to 2**31 - 1
+        seconds.
+        """
+        for value in (1, 31536000, 2**31 - 1):
+            config = parseConfig(
+                document(
+                    site(
+                        tls="files",
+                        cert_file="c",
+                        key_file="k",
+                        hsts_max_age_secs=value,
+                    ),
+                    server=self.https,
+                )
+            )
+            self.assertEqual(config.sites[0].hsts_max_age_secs, value)
+        config = parseConfig(
+            document(
+                site(tls="acme", hsts_max_age_secs=63072000),
+                acme={"email": "ops@example.com"},
+            )
+        )
+        self.assertEqual(config.sites[0].hsts_max_age_secs, 63072000)
+
+    def test_zeroWithoutTLS(self) -> None:
+        """
+        An explicit 0 (HSTS off) is fine on a site without TLS.
+        """
+        config = parseConfig(document(site(hsts_max_age_secs=0)))
+        self.assertEqual(config.sites[0].hsts_max_age_secs, 0)
+
+    def test_needsTLS(self) -> None:
+        """
+        HSTS on a site without TLS is an error: it is only sent over HTTPS.
+        """
+        self.assertErrors(
+            document(
+                site(), site(name="b", hosts=["b.example"], hsts_max_age_secs=300)
+            ),
+            'sites[1].hsts_max_age_secs: needs tls = "acme" or "files" (HSTS is only '
+            "sent over HTTPS)",
+        )
+
+    def test_range(self) -> None:
+        """
+        The value is an integer between 0 and 2**31 - 1.
+        """
+        for value, error in [
+            (-1, "must be between 0 and 2147483647, got -1"),
+            (2**31, "must be between 0 and 2147483647, got 2147483648"),
+            (1.5, "expected an integer, got float 1.5"),
+            (True, "expected an integer, got boolean true"),
+            ("1y", 'expected an integer, got string "1y"'),
+        ]:
+            self.assertErrors(
+                document(
+                    site(
+                        tls="files",
+                        cert_file="c",
+                        key_file="k",
+                        hsts_max_age_secs=value,
+                    ),
+                    server=self.https,
+                ),
+                f"sites[0].hsts_max_age_secs: {error}",
+            )
+
+    def test_misspelled(self) -> None:
+        """
+        A misspelled key suggests C{hsts_max_age_secs}; in C{[server]} it is
+        said to belong in C{[[sites]]}.
+        """
+        self.assertErrors(
+            document(site(hsts_max_age=1)),
+            'sites[0].hsts_max_age: unknown key (did you mean "hsts_max_age_secs"?)',
+        )
+        self.assertErrors(
+            document(server={"hsts_max_age_secs": 1}),
+            "server.hsts_max_age_secs: unknown key (it belongs in [[sites]])",
+        )
+
+
+class UpstreamTLSTests(ParseTestCase):
+    """
+    Tests for a site's C{upstream_ca_file} and C{upstream_tls_verify}.
+    """
+
+    httpsUpstreams = ["https://10.0.0.1:8443", "https://backend.internal"]
+
+    def test_defaults(self) -> None:
+        """
+        Without the keys, upstream certificates are verified against the
+        system store.
+        """
+        [entry] = parseConfig(document(site(upstreams=self.httpsUpstreams))).sites
+        self.assertEqual(
+            (entry.upstream_ca_file, entry.upstream_tls_verify), ("", True)
+        )
+        [plain] = parseConfig(document()).sites
+        self.assertEqual(
+            (plain.upstream_ca_file, plain.upstream_tls_verify), ("", True)
+        )
+
+    def test_caFileResolved(self) -> None:
+        """
+        A relative C{upstream_ca_file} is resolved against the base
+        directory like C{cert_file}; an absolute one is kept.
+        """
+        config = parseConfig(
+            document(
+                site(upstreams=self.httpsUpstreams, upstream_ca_file="ca/internal.pem"),
+                site(
+                    name="b",
+                    hosts=["b.example"],
+                    upstreams=["https://10.0.0.2"],
+                    upstream_ca_file="/srv/ca.pem",
+                ),
+                site(
+                    name="c",
+                    hosts=["c.example"],
+                    upstreams=["https://10.0.0.3"],
+                    upstream_ca_file="../ca.pem",
+                ),
+            ),
+            baseDir="/etc/revproxy",
+        )
+        self.assertEqual(
+            [s.upstream_ca_file for s in config.sites],
+            ["/etc/revproxy/ca/internal.pem", "/srv/ca.pem", "/etc/ca.pem"],
+        )
+        self.assertEqual([s.upstream_tls_verify for s in config.sites], [True] * 3)
+
+    def test_caFileKeptWithoutBaseDir(self) -> None:
+        """
+        Without a base directory, a relative C{upstream_ca_file} is kept as
+        written.
+        """
+        config = parseConfig(
+            document(site(upstreams=self.httpsUpstreams, upstream_ca_file="ca.pem"))
+        )
+        self.assertEqual(config.sites[0].upstream_ca_file, "ca.pem")
+
+    def test_mixedUpstreams(self) -> None:
+        """
+        One https:// upstream among http:// ones is enough for the keys.
+        """
+        config = parseConfig(
+            document(
+                site(
+                    upstreams=["http://10.0.0.1", "https://10.0.0.2"],
+                    upstream_ca_file="/ca.pem",
+                    upstream_tls_verify=True,
+                )
+            )
+        )
+        self.assertEqual(config.sites[0].upstream_ca_file, "/ca.pem")
+
+    def test_verifyOff(self) -> None:
+        """
+        C{upstream_tls_verify = false} turns verification off for a site
+        with https:// upstreams.
+        """
+        config = parseConfig(
+            document(site(upstreams=self.httpsUpstreams, upstream_tls_verify=False))
+        )
+        self.assertIs(config.sites[0].upstream_tls_verify, False)
+
+    def test_onlyWithHTTPSUpstreams(self) -> None:
+        """
+        Either key on a site whose upstreams are all http:// is an error, even
+        C{upstream_tls_verify = true}.
+        """
+        self.assertErrors(
+            document(site(upstream_ca_file="/ca.pem")),
+            "sites[0].upstream_ca_file: only used with https:// upstreams",
+        )
+        for verify in (True, False):
+            self.assertErrors(
+                document(
+                    site(),
+                    site(name="b", hosts=["b.example"], upstream_tls_verify=verify),
+                ),
+                "sites[1].upstream_tls_verify: only used with https:// upstreams",
+            )
+        self.assertErrors(
+            document(site(upstream_ca_file="/ca.pem", upstream_tls_verify=False)),
+            "sites[0].upstream_ca_file: only used with https:// upstreams",
+            "sites[0].upstream_tls_verify: only used with https:// upstreams",
+        )
+
+    def test_caFileWithVerifyOff(self) -> None:
+        """
+        A CA file with verification off is a contradiction, reported on the
+        CA file.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    upstreams=self.httpsUpstreams,
+                    upstream_ca_file="/ca.pem",
+                    upstream_tls_verify=False,
+                )
+            ),
+            "sites[0].upstream_ca_file: has no effect with upstream_tls_verify = "
+            "false; remove one of them",
+        )
+
+    def test_types(self) -> None:
+        """
+        C{upstream_ca_file} is a string and C{upstream_tls_verify} a boolean.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    upstreams=self.httpsUpstreams,
+                    upstream_ca_file=5,
+                    upstream_tls_verify="no",
+                )
+            ),
+            "sites[0].upstream_ca_file: expected a string, got integer 5",
+            'sites[0].upstream_tls_verify: expected true or false, got string "no"',
+        )
+
+
 class AcmeTests(ParseTestCase):
     """
     Tests for C{[acme]}.
@@ -1505,6 +1815,26 @@ class LoadConfigTests(SynchronousTestCase):
             config.sites[0].key_file, os.path.join(directory, "keys", "k.pem")
         )
 
+    def test_upstreamCAFileResolved(self) -> None:
+        """
+        A relative C{upstream_ca_file} is resolved against the config
+        file's directory, as C{cert_file} is.
+        """
+        path = self.write(
+            document(
+                site(
+                    upstreams=["https://10.0.0.1:8443"],
+                    upstream_ca_file="pki/upstream-ca.pem",
+                )
+            ).encode()
+        )
+        config = loadConfig(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        self.assertEqual(
+            config.sites[0].upstream_ca_file,
+            os.path.join(directory, "pki", "upstream-ca.pem"),
+        )
+
     def test_invalidDocument(self) -> None:
         """
         An invalid file raises the errors of its document.
@@ -1586,6 +1916,36 @@ class CheckConfigTests(SynchronousTestCase):
             [f'sites[0].cert_file: "{directory}" is not a regular file'],
         )
 
+    def test_upstreamCAFile(self) -> None:
+        """
+        A site's C{upstream_ca_file} must be readable too; a readable one
+        passes.
+        """
+        missing = os.path.abspath(self.mktemp())
+        present = self.existingFile()
+
+        def configWith(caFile: str) -> Config:
+            return parseConfig(
+                document(
+                    site(upstreams=["http://10.0.0.1"]),
+                    site(
+                        name="b",
+                        hosts=["b.example"],
+                        upstreams=["https://10.0.0.2"],
+                        upstream_ca_file=caFile,
+                    ),
+                )
+            )
+
+        self.assertEqual(checkConfig(configWith(present)), [])
+        self.assertEqual(
+            checkConfig(configWith(missing)),
+            [
+                f'sites[1].upstream_ca_file: cannot read "{missing}": '
+                "No such file or directory"
+            ],
+        )
+
 
 class QuickConfigTests(SynchronousTestCase):
     """
@@ -1646,6 +2006,35 @@ class QuickConfigTests(SynchronousTestCase):
         )
 
 
+class EndpointPortTests(SynchronousTestCase):
+    """
+    Tests for L{endpointPort}.
+    """
+
+    def test_tcp(self) -> None:
+        """
+        The port of a C{tcp:} or C{tcp6:} endpoint, whatever its other
+        arguments.
+        """
+        self.assertEqual(endpointPort("tcp:443"), 443)
+        self.assertEqual(endpointPort("tcp:8443:interface=127.0.0.1"), 8443)
+        self.assertEqual(endpointPort("tcp6:port=9443:interface=\\:\\:"), 9443)
+        self.assertEqual(endpointPort("tcp:0"), 0)
+
+    def test_notTCP(self) -> None:
+        """
+        Another kind of endpoint, or an invalid description, has no port.
+        """
+        for description in (
+            "unix:/run/revproxy.sock",
+            "tcp:https",
+            "nope:443",
+            "",
+            "ssl:443:privateKey=/nonexistent.pem",
+        ):
+            self.assertIsNone(endpointPort(description), description)
+
+
 _KNOWN_KEYS = [
     "server",
     "acme",
@@ -1678,6 +2067,11 @@ _KNOWN_KEYS = [
     "cert_file",
     "key_file",
     "redirect_http",
+    "hsts_max_age_secs",
+    "upstream_ca_file",
+    "upstream_tls_verify",
+    "tls_min_version",
+    "http2",
     "health_check",
     "default",
     "requests_per_second",
@@ -1707,6 +2101,9 @@ _PLAUSIBLE_STRINGS = [
     "http-01",
     "tls-alpn-01",
     "ec-p256",
+    "1.2",
+    "1.3",
+    "ca.pem",
     "example.com",
     "*.example.com",
     "bücher.example",

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import trustme
+from cryptography import x509
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.config import Config, loadConfig
-from revproxy.reload import Reloader, siteChanges, staticChanges
-from revproxy.runtime import RuntimeHolder, buildRuntime
+from revproxy.config import Config, loadConfig, parseConfig
+from revproxy.reload import Reloader, configWarnings, siteChanges, staticChanges
+from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.tls import LoadedCertificate
 
 BASE = """\
 [server]
@@ -249,4 +255,415 @@ class DiffTests(SynchronousTestCase):
         self.assertEqual(
             siteChanges(config, config),
             {"added": [], "removed": [], "changed": [], "unchanged": 2},
+        )
+
+
+# Site "a" (sites[0]) is served over HTTPS from a.pem and a.key, relative to
+# the config file; site "b" (sites[1]) reaches its upstream over HTTPS.
+TLS = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = ["tcp:8443:interface=127.0.0.1"]
+admin_socket_path = ""
+ops_listen = ""
+
+[[sites]]
+name = "a"
+hosts = ["a.example"]
+upstreams = ["http://127.0.0.1:9001"]
+tls = "files"
+cert_file = "a.pem"
+key_file = "a.key"
+
+[[sites]]
+name = "b"
+hosts = ["b.example"]
+upstreams = ["https://127.0.0.1:9002"]
+"""
+
+#: The reloader's clock reads this time in these tests.
+NOW = datetime(2030, 6, 1, tzinfo=UTC)
+
+_CA = trustme.CA()
+
+
+class ReloadCertificatesTests(SynchronousTestCase):
+    """
+    A reload (or check) reads the certificate, key and CA files again, and
+    one that cannot be used changes nothing.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "revproxy.toml")
+        self.writeConfig(TLS)
+        self.cert, self.key = self.leaf("a", "a.example")
+        self.holder = RuntimeHolder(buildRuntime(loadConfig(self.path), self.clock))
+        self.reloader = Reloader(self.path, self.holder, self.clock)
+        self.swapped: list[Runtime] = []
+        self.current: list[Runtime] = []
+
+    def write(self, name: str, data: bytes) -> str:
+        """
+        Write a file beside the config; return its path.
+        """
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def writeConfig(self, text: str) -> None:
+        """
+        Replace the config file.
+        """
+        self.write("revproxy.toml", text.encode())
+
+    def leaf(self, prefix: str, *names: str, days: float = 90) -> tuple[str, str]:
+        """
+        Issue a certificate for C{names} valid from a day before L{NOW} until
+        C{days} after it; write it to C{PREFIX.pem} and its key to
+        C{PREFIX.key}, replacing them, and return both paths.
+        """
+        leaf = _CA.issue_cert(
+            *names,
+            not_before=NOW - timedelta(days=1),
+            not_after=NOW + timedelta(days=days),
+        )
+        chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+        return (
+            self.write(f"{prefix}.pem", chain),
+            self.write(f"{prefix}.key", leaf.private_key_pem.bytes()),
+        )
+
+    def served(self) -> LoadedCertificate:
+        """
+        The certificate the current runtime serves for C{a.example}.
+        """
+        cert = self.holder.current.tls.certificates.lookup("a.example")
+        assert cert is not None
+        return cert
+
+    def serial(self, path: str) -> int:
+        """
+        The serial number of the certificate in the file at C{path}.
+        """
+        with open(path, "rb") as f:
+            return x509.load_pem_x509_certificate(f.read()).serial_number
+
+    def recordSwap(self, runtime: Runtime) -> None:
+        """
+        A C{beforeSwap} hook that records its runtime and the current one.
+        """
+        self.swapped.append(runtime)
+        self.current.append(self.holder.current)
+
+    def test_newCertificateApplied(self) -> None:
+        """
+        A reload after the certificate and key are replaced serves the new
+        certificate, though the config file did not change.
+        """
+        old = self.served()
+        self.assertEqual(old.chain[0].serial_number, self.serial(self.cert))
+        self.leaf("a", "a.example", days=200)
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(answer["generation"], 2)
+        self.assertEqual(
+            answer["sites"],
+            {"added": [], "removed": [], "changed": [], "unchanged": 2},
+        )
+        self.assertEqual(answer["warnings"], [])
+        new = self.served()
+        self.assertEqual(new.chain[0].serial_number, self.serial(self.cert))
+        self.assertNotEqual(new.chain[0].serial_number, old.chain[0].serial_number)
+        self.assertEqual(new.not_after, (NOW + timedelta(days=200)).timestamp())
+        self.assertEqual(old.not_after, (NOW + timedelta(days=90)).timestamp())
+        self.assertEqual(self.holder.current.tls.sitesOf(new), ("a",))
+        self.assertEqual(self.holder.current.secured, frozenset({"a"}))
+
+    def test_mismatchedKeyKeepsOld(self) -> None:
+        """
+        A reload after the key is replaced by another certificate's answers
+        C{certificate_invalid} naming C{sites[0].key_file}, and the old
+        runtime, with its certificate, keeps serving.
+        """
+        before = self.holder.current
+        old = self.served()
+        _, otherKey = self.leaf("other", "a.example")
+        os.replace(otherKey, self.key)
+        error = f"sites[0].key_file: {self.key} does not match the certificate in {self.cert}"
+        self.assertEqual(
+            self.successResultOf(self.reloader.reload("test")),
+            {
+                "status": "error",
+                "code": "certificate_invalid",
+                "message": f"a certificate, key or CA file cannot be used: {error}",
+                "errors": [error],
+            },
+        )
+        self.assertIs(self.holder.current, before)
+        self.assertIs(self.served(), old)
+
+    def test_brokenCertificateKeepsOld(self) -> None:
+        """
+        A certificate file replaced by one that is not PEM answers
+        C{certificate_invalid} naming C{sites[0].cert_file}; nothing changes.
+        """
+        before = self.holder.current
+        self.write("a.pem", b"-----BEGIN GARBAGE-----\n")
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(answer["code"], "certificate_invalid")
+        self.assertEqual(
+            answer["errors"],
+            [f"sites[0].cert_file: {self.cert}: no PEM certificate found"],
+        )
+        self.assertIs(self.holder.current, before)
+        self.assertEqual(self.holder.current.generation, 1)
+
+    def test_expiredCertificateKeepsOld(self) -> None:
+        """
+        A reload once the certificate has expired (by the reloader's clock)
+        answers C{certificate_invalid}, and the runtime is kept.
+        """
+        before = self.holder.current
+        self.clock.advance(91 * 86400)
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(
+            answer["errors"],
+            [
+                f"sites[0].cert_file: {self.cert}: certificate expired 2030-08-30T00:00:00Z"
+            ],
+        )
+        self.assertIs(self.holder.current, before)
+
+    def test_badUpstreamCAKeepsOld(self) -> None:
+        """
+        A new C{upstream_ca_file} that holds no certificate answers
+        C{certificate_invalid} naming C{sites[1].upstream_ca_file}.
+        """
+        before = self.holder.current
+        ca = self.write("ca.pem", b"not a CA\n")
+        self.writeConfig(TLS + 'upstream_ca_file = "ca.pem"\n')
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(answer["code"], "certificate_invalid")
+        self.assertEqual(
+            answer["errors"],
+            [f"sites[1].upstream_ca_file: {ca}: no PEM certificate found"],
+        )
+        self.assertIs(self.holder.current, before)
+
+    def test_upstreamCAApplied(self) -> None:
+        """
+        A valid new C{upstream_ca_file} is read into the new runtime's route
+        of the site.
+        """
+        ca = self.write("ca.pem", _CA.cert_pem.bytes())
+        self.writeConfig(TLS + 'upstream_ca_file = "ca.pem"\n')
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(answer["sites"]["changed"], ["b"])
+        self.assertEqual(self.holder.current.tls.upstreamTLS["b"].caFile, ca)
+
+    def test_checkBrokenCertificate(self) -> None:
+        """
+        C{check} with a certificate that cannot be used answers the same
+        error, and changes nothing.
+        """
+        before = self.holder.current
+        self.write("a.pem", b"")
+        error = f"sites[0].cert_file: {self.cert}: no PEM certificate found"
+        self.assertEqual(
+            self.successResultOf(self.reloader.check()),
+            {
+                "status": "error",
+                "code": "certificate_invalid",
+                "message": f"a certificate, key or CA file cannot be used: {error}",
+                "errors": [error],
+            },
+        )
+        self.assertIs(self.holder.current, before)
+
+    def test_checkNewCertificateChangesNothing(self) -> None:
+        """
+        C{check} reads a new valid certificate and says so, but the old one
+        stays served and no hook runs.
+        """
+        self.reloader.beforeSwap.append(self.recordSwap)
+        old = self.served()
+        self.leaf("a", "a.example", days=3)
+        answer = self.successResultOf(self.reloader.check())
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(
+            answer["warnings"],
+            [
+                f"sites[0].cert_file: {self.cert}: certificate expires 2030-06-04T00:00:00Z"
+            ],
+        )
+        self.assertIs(self.served(), old)
+        self.assertEqual(self.swapped, [])
+
+    def test_beforeSwapSeesNewRuntime(self) -> None:
+        """
+        Each C{beforeSwap} hook is called once, in order, with the new
+        runtime while the old one is still current; then the new one is.
+        """
+        before = self.holder.current
+        order: list[str] = []
+        self.reloader.beforeSwap.append(self.recordSwap)
+        self.reloader.beforeSwap.append(lambda runtime: order.append("second"))
+        self.leaf("a", "a.example", days=200)
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(self.swapped, [self.holder.current])
+        self.assertEqual(self.current, [before])
+        self.assertEqual(order, ["second"])
+        [runtime] = self.swapped
+        self.assertEqual(runtime.generation, 2)
+        cert = runtime.tls.certificates.lookup("a.example")
+        assert cert is not None
+        self.assertEqual(cert.chain[0].serial_number, self.serial(self.cert))
+
+    def test_beforeSwapNotCalledOnFailure(self) -> None:
+        """
+        No hook is called when the reload fails: a certificate that cannot
+        be used, or an invalid file.
+        """
+        self.reloader.beforeSwap.append(self.recordSwap)
+        self.write("a.key", b"")
+        self.assertEqual(
+            self.successResultOf(self.reloader.reload("test"))["code"],
+            "certificate_invalid",
+        )
+        self.writeConfig(TLS + "bogus = 1\n")
+        self.assertEqual(
+            self.successResultOf(self.reloader.reload("test"))["code"],
+            "config_invalid",
+        )
+        self.assertEqual(self.swapped, [])
+
+    def test_raisingHookSwapsNothing(self) -> None:
+        """
+        A hook that raises fails the reload with C{internal}, logged; the
+        old runtime stays, later hooks are not called, and the next reload
+        works.
+        """
+        before = self.holder.current
+
+        def refuse(runtime: Runtime) -> None:
+            raise RuntimeError("cannot build contexts")
+
+        self.reloader.beforeSwap += [refuse, self.recordSwap]
+        self.leaf("a", "a.example", days=200)
+        self.assertEqual(
+            self.successResultOf(self.reloader.reload("test")),
+            {
+                "status": "error",
+                "code": "internal",
+                "message": "internal error: cannot build contexts",
+            },
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIs(self.holder.current, before)
+        self.assertEqual(self.swapped, [])
+        self.reloader.beforeSwap.remove(refuse)
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual((answer["status"], answer["generation"]), ("ok", 2))
+        self.assertEqual(self.swapped, [self.holder.current])
+
+    def expectedWarnings(self) -> list[str]:
+        """
+        The warnings of L{TLS} with C{upstream_tls_verify = false} on site
+        "b" and a certificate for "a" that expires 6.5 days after L{NOW}.
+        """
+        return [
+            'sites[1].upstream_tls_verify: false: the certificates of site "b"\'s '
+            "https:// upstreams are not verified (anyone on the path can read and "
+            "change its traffic)",
+            f"sites[0].cert_file: {self.cert}: certificate expires "
+            "2030-06-07T12:00:00Z",
+        ]
+
+    def test_warnings(self) -> None:
+        """
+        The answer's warnings are the config's (upstream verification off)
+        and then the certificates' (expiring within 7 days).
+        """
+        self.writeConfig(TLS + "upstream_tls_verify = false\n")
+        self.leaf("a", "a.example", days=6.5)
+        answer = self.successResultOf(self.reloader.check())
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(answer["warnings"], self.expectedWarnings())
+
+    def test_reloadWarningsLogged(self) -> None:
+        """
+        A reload that applies a config with warnings answers them and logs
+        each at the warn level, as a plain log event rather than one that
+        looks like a Python warning.
+        """
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        self.writeConfig(TLS + "upstream_tls_verify = false\n")
+        self.leaf("a", "a.example", days=6.5)
+        answer = self.successResultOf(self.reloader.reload("test"))
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(answer["warnings"], self.expectedWarnings())
+        warned = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual([formatEvent(e) for e in warned], self.expectedWarnings())
+        for event in warned:
+            self.assertNotIn("warning", event)
+
+    def test_namesWarning(self) -> None:
+        """
+        A new certificate that does not cover the site's hosts is accepted,
+        with a warning naming what it covers and what it misses.
+        """
+        self.leaf("a", "www.a.example")
+        answer = self.successResultOf(self.reloader.check())
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(
+            answer["warnings"],
+            [
+                f"sites[0].cert_file: {self.cert}: certificate names (www.a.example) "
+                "do not cover a.example"
+            ],
+        )
+
+
+class ConfigWarningsTests(SynchronousTestCase):
+    """
+    L{configWarnings}: valid settings an operator should know about.
+    """
+
+    def test_none(self) -> None:
+        """
+        A plain config has no warnings.
+        """
+        self.assertEqual(configWarnings(parseConfig(BASE)), [])
+
+    def test_acmeAndVerifyOff(self) -> None:
+        """
+        A site with C{tls = "acme"} (not served over HTTPS in this version)
+        and one with upstream verification off are each named.
+        """
+        config = parseConfig(
+            BASE.replace("listen_https = []", 'listen_https = ["tcp:8443"]')
+            .replace('hosts = ["a.example"]', 'hosts = ["a.example"]\ntls = "acme"')
+            .replace(
+                '"http://127.0.0.1:9002"',
+                '"https://127.0.0.1:9002"]\nupstream_tls_verify = false\n#',
+            )
+            + '\n[acme]\nemail = "ops@example.com"\n'
+        )
+        self.assertEqual(
+            configWarnings(config),
+            [
+                'sites[0].tls: tls = "acme" is not in this version yet; site "a" is '
+                "served on the HTTP listeners only",
+                'sites[1].upstream_tls_verify: false: the certificates of site "b"\'s '
+                "https:// upstreams are not verified (anyone on the path can read and "
+                "change its traffic)",
+            ],
         )

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import io
 import os
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
+import trustme
 from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy import __version__
+from revproxy import __version__, tap
 from revproxy.config import Config
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.tap import Options, makeService
+from revproxy.tls import TLSFiles
 
 GOOD = """\
 [server]
@@ -57,6 +60,27 @@ hosts = ["localhost"]
 upstreams = ["ftp://127.0.0.1:21"]
 response_timeout_secs = -1
 """
+
+
+# GOOD with an HTTPS listener and the site "other" (sites[1]) served from
+# other.pem and other.key, relative to the config file.
+TLS = GOOD.replace("listen_https = []", 'listen_https = ["tcp:8443"]') + (
+    'tls = "files"\ncert_file = "other.pem"\nkey_file = "other.key"\n'
+)
+
+#: The time C{postOptions} checks certificates against in these tests.
+NOW = datetime(2030, 6, 1, tzinfo=UTC)
+
+_CA = trustme.CA()
+
+
+class _FixedTime:
+    """
+    Stands in for the C{time} module in L{revproxy.tap}: always L{NOW}.
+    """
+
+    def time(self) -> float:
+        return NOW.timestamp()
 
 
 class _OptionsTestCase(SynchronousTestCase):
@@ -374,3 +398,316 @@ class MakeServiceTests(_OptionsTestCase):
             [(port, interface) for port, _, _, interface in reactor.tcpServers],
             [(8123, "127.0.0.1")],
         )
+
+
+class TLSFilesTests(_OptionsTestCase):
+    """
+    Start-up and C{--check} read every certificate, key and upstream CA
+    file, so that a file that cannot be used stops the proxy before it
+    serves.
+    """
+
+    def setUp(self) -> None:
+        # postOptions checks expiry against time.time(); it takes no clock.
+        self.patch(tap, "time", _FixedTime())
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.config = self.write("revproxy.toml", TLS)
+
+    def write(self, name: str, text: str | bytes) -> str:
+        """
+        Write a file into the config's directory; return its path.
+        """
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        return path
+
+    def leaf(
+        self,
+        prefix: str,
+        *names: str,
+        notBefore: datetime = NOW - timedelta(days=1),
+        notAfter: datetime = NOW + timedelta(days=90),
+    ) -> tuple[str, str]:
+        """
+        Issue a certificate for C{names}; write it to C{PREFIX.pem} and its
+        key to C{PREFIX.key}, and return both paths.
+        """
+        leaf = _CA.issue_cert(*names, not_before=notBefore, not_after=notAfter)
+        chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+        return (
+            self.write(f"{prefix}.pem", chain),
+            self.write(f"{prefix}.key", leaf.private_key_pem.bytes()),
+        )
+
+    def invalid(self, *errors: str) -> str:
+        """
+        What C{_exitWithErrors} prints for the config file and C{errors}.
+        """
+        count = {1: "1 error", 2: "2 errors"}[len(errors)]
+        head = f"revproxy: configuration {self.config} is invalid ({count}):"
+        return "\n".join([head, *(f"  {error}" for error in errors)]) + "\n"
+
+    def success(self, *warnings: str) -> str:
+        """
+        What C{--check} prints on success after C{warnings}.
+        """
+        lines = [f"revproxy: warning: {warning}" for warning in warnings]
+        lines += [
+            f"revproxy: the configuration file {self.config} syntax is ok; 2 site(s)",
+            "revproxy: configuration test is successful",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def test_checkMismatchedKey(self) -> None:
+        """
+        C{--check} with a key that belongs to another certificate exits 1,
+        naming the site's C{key_file} and both files.
+        """
+        cert, key = self.leaf("other", "other.example")
+        _, strangerKey = self.leaf("stranger", "other.example")
+        os.replace(strangerKey, key)
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config, "--check"]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(
+                f"sites[1].key_file: {key} does not match the certificate in {cert}"
+            ),
+        )
+        self.assertEqual(self.out(options), "")
+
+    def test_checkExpired(self) -> None:
+        """
+        C{--check} with an expired certificate exits 1, saying when it
+        expired.
+        """
+        cert, _ = self.leaf(
+            "other",
+            "other.example",
+            notBefore=datetime(2019, 1, 1, tzinfo=UTC),
+            notAfter=datetime(2020, 1, 1, tzinfo=UTC),
+        )
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config, "--check"]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(
+                f"sites[1].cert_file: {cert}: certificate expired 2020-01-01T00:00:00Z"
+            ),
+        )
+        self.assertEqual(self.out(options), "")
+
+    def test_checkExpiringSoon(self) -> None:
+        """
+        A certificate that expires in 3 days passes C{--check} (exit 0) with
+        a warning line before the success lines, and nothing on standard
+        error.
+        """
+        cert, _ = self.leaf("other", "other.example", notAfter=NOW + timedelta(days=3))
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config, "--check"]), 0)
+        self.assertEqual(
+            self.out(options),
+            self.success(
+                f"sites[1].cert_file: {cert}: certificate expires 2030-06-04T00:00:00Z"
+            ),
+        )
+        self.assertEqual(self.err(options), "")
+
+    def test_checkNamesNotCovering(self) -> None:
+        """
+        A certificate whose names do not cover the site's hosts passes
+        C{--check} with a warning naming what it covers and what it misses.
+        """
+        cert, _ = self.leaf("other", "else.example", "*.other.example")
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config, "--check"]), 0)
+        self.assertEqual(
+            self.out(options),
+            self.success(
+                f"sites[1].cert_file: {cert}: certificate names (else.example, "
+                "*.other.example) do not cover other.example"
+            ),
+        )
+
+    def test_checkGood(self) -> None:
+        """
+        A valid certificate that covers the site's hosts passes C{--check}
+        without warnings.
+        """
+        self.leaf("other", "other.example")
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config, "--check"]), 0)
+        self.assertEqual(self.out(options), self.success())
+        self.assertEqual(self.err(options), "")
+
+    def test_checkConfigWarnings(self) -> None:
+        """
+        C{--check} prints the config's own warnings (upstream verification
+        off) before the certificate warnings.
+        """
+        self.config = self.write(
+            "revproxy.toml",
+            TLS.replace('"http://127.0.0.1:8082"', '"https://127.0.0.1:8082"').replace(
+                'tls = "files"', 'upstream_tls_verify = false\ntls = "files"'
+            ),
+        )
+        cert, _ = self.leaf("other", "other.example", notAfter=NOW + timedelta(days=3))
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config, "--check"]), 0)
+        self.assertEqual(
+            self.out(options),
+            self.success(
+                'sites[1].upstream_tls_verify: false: the certificates of site "other"'
+                "'s https:// upstreams are not verified (anyone on the path can read "
+                "and change its traffic)",
+                f"sites[1].cert_file: {cert}: certificate expires 2030-06-04T00:00:00Z",
+            ),
+        )
+
+    def test_startupBadCertificate(self) -> None:
+        """
+        Without C{--check}, a certificate file that is not PEM stops start-up
+        (exit 1) with the same error list, and nothing is parsed.
+        """
+        self.leaf("other", "other.example")
+        cert = self.write("other.pem", "this is not a certificate\n")
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(f"sites[1].cert_file: {cert}: no PEM certificate found"),
+        )
+        self.assertEqual(self.out(options), "")
+        self.assertNotIn("parsed", options)
+        self.assertNotIn("tls", options)
+
+    def test_startupMissingKey(self) -> None:
+        """
+        Without C{--check} (so without L{checkConfig}), a key file that does
+        not exist still stops start-up, naming the site's C{key_file}.
+        """
+        _, key = self.leaf("other", "other.example")
+        os.remove(key)
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(
+                f"sites[1].key_file: {key}: cannot read: No such file or directory"
+            ),
+        )
+
+    def test_startupExpired(self) -> None:
+        """
+        Without C{--check}, an expired certificate stops start-up.
+        """
+        cert, _ = self.leaf(
+            "other",
+            "other.example",
+            notBefore=NOW - timedelta(days=91),
+            notAfter=NOW - timedelta(seconds=1),
+        )
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(
+                f"sites[1].cert_file: {cert}: certificate expired 2030-05-31T23:59:59Z"
+            ),
+        )
+
+    def test_upstreamCANotPEM(self) -> None:
+        """
+        An C{upstream_ca_file} that holds no PEM certificate fails both
+        C{--check} and start-up, naming the site's C{upstream_ca_file}.
+        """
+        self.config = self.write(
+            "revproxy.toml",
+            GOOD.replace('"http://127.0.0.1:8082"', '"https://127.0.0.1:8082"')
+            + 'upstream_ca_file = "ca.pem"\n',
+        )
+        ca = self.write("ca.pem", "not PEM at all\n")
+        for args in (["-c", self.config, "--check"], ["-c", self.config]):
+            options = self.options()
+            self.assertEqual(self.exitCode(options, args), 1)
+            self.assertEqual(
+                self.err(options),
+                self.invalid(
+                    f"sites[1].upstream_ca_file: {ca}: no PEM certificate found"
+                ),
+            )
+            self.assertEqual(self.out(options), "")
+
+    def test_allErrorsAtOnce(self) -> None:
+        """
+        Every unusable file is reported, in site order, not only the first.
+        """
+        self.config = self.write(
+            "revproxy.toml",
+            TLS.replace('"http://127.0.0.1:8082"', '"https://127.0.0.1:8082"')
+            + 'upstream_ca_file = "ca.pem"\n',
+        )
+        cert = self.write("other.pem", "")
+        self.write("other.key", "")
+        ca = self.write("ca.pem", "")
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["-c", self.config]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(
+                f"sites[1].cert_file: {cert}: no PEM certificate found",
+                f"sites[1].upstream_ca_file: {ca}: no PEM certificate found",
+            ),
+        )
+
+    def test_tlsOnSuccess(self) -> None:
+        """
+        On success, C{options["tls"]} holds the loaded files: the site's
+        certificate for its hosts, and its upstream CA; nothing is printed.
+        """
+        self.config = self.write(
+            "revproxy.toml",
+            TLS.replace('"http://127.0.0.1:8082"', '"https://127.0.0.1:8082"')
+            + 'upstream_ca_file = "ca.pem"\n',
+        )
+        cert, _ = self.leaf("other", "other.example")
+        ca = self.write("ca.pem", _CA.cert_pem.bytes())
+        options = self.options()
+        options.parseOptions(["-c", self.config])
+        tls = options["tls"]
+        self.assertIsInstance(tls, TLSFiles)
+        loaded = tls.certificates.lookup("other.example")
+        assert loaded is not None
+        self.assertEqual((loaded.path, loaded.names), (cert, ("other.example",)))
+        self.assertEqual(tls.sitesOf(loaded), ("other",))
+        self.assertIsNone(tls.certificates.lookup("localhost"))
+        self.assertEqual(tls.upstreamTLS["other"].caFile, ca)
+        self.assertEqual(tls.warnings, ())
+        self.assertEqual((self.out(options), self.err(options)), ("", ""))
+
+    def test_startupWarningsNotPrinted(self) -> None:
+        """
+        At start-up (no C{--check}), a certificate expiring soon does not
+        stop the proxy and prints nothing; its warning is kept in
+        C{options["tls"]}.
+        """
+        cert, _ = self.leaf("other", "other.example", notAfter=NOW + timedelta(days=3))
+        options = self.options()
+        options.parseOptions(["-c", self.config])
+        self.assertEqual(
+            options["tls"].warnings,
+            (f"sites[1].cert_file: {cert}: certificate expires 2030-06-04T00:00:00Z",),
+        )
+        self.assertEqual((self.out(options), self.err(options)), ("", ""))
+
+    def test_quickModeNoTLS(self) -> None:
+        """
+        Quick mode has no certificate: C{options["tls"]} is empty.
+        """
+        options = self.options()
+        options.parseOptions(["--listen", "tcp:8080", "--to", "http://127.0.0.1:1"])
+        self.assertEqual(options["tls"].certificates.all(), [])
+        self.assertEqual(options["tls"].upstreamTLS, {})
