@@ -830,6 +830,29 @@ async def spawnProxy(
     return proxy, port
 
 
+_TLS_STARTED = re.compile(rb"ProxySite \(TLS\) starting on (\d+)")
+
+
+async def waitHTTPSPorts(
+    proxy: ProxyProcess, count: int = 1, seconds: float = START_TIMEOUT
+) -> list[int]:
+    """
+    The ports of the child's HTTPS listeners (it logs C{"ProxySite (TLS)
+    starting on PORT"} for each), in the order they were logged, once it
+    has logged C{count} of them; fail after C{seconds}.
+    """
+
+    def found() -> list[int]:
+        output = proxy.protocol.stdout + proxy.protocol.stderr
+        return [int(m.group(1)) for m in _TLS_STARTED.finditer(output)]
+
+    try:
+        await waitFor(lambda: len(found()) >= count, seconds, "the HTTPS listeners")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{proxy.output}") from None
+    return found()
+
+
 # -- the admin socket and command-line clients
 
 
