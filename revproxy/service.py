@@ -182,7 +182,7 @@ def buildService(
 
         reloader.beforeSwap.append(useCertificates)
         tlsFactory = TLSMemoryBIOFactory(
-            contexts, False, HandshakeDeadline(tracker, reactor)
+            contexts, False, HandshakeDeadline(tracker, reactor), reactor
         )
         for description in config.server.listen_https:
             listener(description, tlsFactory, reactor=reactor).setServiceParent(top)

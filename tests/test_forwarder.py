@@ -8,15 +8,21 @@ No sockets, no global reactor, no real time.
 
 from __future__ import annotations
 
+import os
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 
+import h2.config
+import h2.connection
+import h2.events
+import trustme
 from attrs import frozen
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IConnector, IProtocol
+from twisted.internet.interfaces import IConnector, IProtocol, ISSLTransport
 from twisted.internet.protocol import ClientFactory
+from twisted.internet.task import Clock
 from twisted.internet.testing import (
     EventLoggingObserver,
     MemoryReactorClock,
@@ -25,13 +31,16 @@ from twisted.internet.testing import (
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._http2 import H2Connection
+from zope.interface import implementer
 
 from revproxy.config import Config, parseConfig
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.proxy.client import UpstreamConnection
-from revproxy.proxy.forwarder import Forwarder
-from revproxy.proxy.pool import ConnectionPool, PoolKey
-from revproxy.proxy.request import ProxySite
+from revproxy.proxy.forwarder import Forwarder, SiteRoute
+from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
+from revproxy.proxy.request import ProxyRequest, ProxySite
+from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.routing import RootResource
 from revproxy.runtime import RuntimeHolder, buildRuntime
 from revproxy.service import reactorConnector
@@ -219,16 +228,48 @@ def readRequest(data: bytes) -> HTTPRequest:
     return HTTPRequest(line, headers, body)
 
 
+@implementer(ISSLTransport)
+class TLSTransport(StringTransportWithDisconnection):
+    """
+    A client connection that arrived over TLS, as the site sees it (what
+    C{TLSMemoryBIOProtocol} provides).
+    """
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> bool:
+        return False
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+
 class FakeClient:
     """
     A client connection to the proxy: a L{ProxySite} channel on a
     L{StringTransportWithDisconnection}.
     """
 
-    def __init__(self, case: SynchronousTestCase, site: ProxySite, ip: str) -> None:
+    def __init__(
+        self, case: SynchronousTestCase, site: ProxySite, ip: str, secure: bool = False
+    ) -> None:
+        """
+        @param secure: whether the connection came over TLS.
+        """
         address = IPv4Address("TCP", ip, 40000)
         self.channel = cast(IProtocol, site.buildProtocol(address))
-        self.transport = StringTransportWithDisconnection(peerAddress=address)
+        factory = TLSTransport if secure else StringTransportWithDisconnection
+        self.transport = factory(peerAddress=address)
         self.transport.protocol = self.channel
         self.channel.makeConnection(self.transport)
         case.addCleanup(self.close)
@@ -345,13 +386,15 @@ class ProxyHarness:
         case: SynchronousTestCase,
         text: str = BASE_CONFIG,
         refuseAt: str | None = None,
+        baseDir: str | None = None,
     ) -> None:
         """
         @param refuseAt: an upstream host for which the connector raises
             at once, as C{connectTCP} does for an address it cannot use.
+        @param baseDir: the directory of the config's certificate files.
         """
         self.case = case
-        self.config: Config = parseConfig(text)
+        self.config: Config = parseConfig(text, baseDir=baseDir)
         self.reactor = MemoryReactorClock()
         self.holder = RuntimeHolder(buildRuntime(self.config, self.reactor))
         connector = reactorConnector(cast(IRevProxyReactor, self.reactor))
@@ -371,11 +414,11 @@ class ProxyHarness:
         self._upstreams: dict[int, FakeUpstream] = {}
         case.addCleanup(self.pool.close)
 
-    def client(self, ip: str = CLIENT_IP) -> FakeClient:
+    def client(self, ip: str = CLIENT_IP, secure: bool = False) -> FakeClient:
         """
-        A new client connection from C{ip}.
+        A new client connection from C{ip}, over TLS if C{secure}.
         """
-        return FakeClient(self.case, self.site, ip)
+        return FakeClient(self.case, self.site, ip, secure)
 
     def upstream(self, index: int = -1) -> FakeUpstream:
         """
@@ -1499,3 +1542,557 @@ class ErrorBodyTests(ProxyTestCase):
         response = self.onlyResponse(client, head=True)
         self.assertEqual(response.code, 502)
         self.assertNotEqual(response.values(b"content-length"), [b"0"])
+
+
+_CA = trustme.CA()
+
+
+def writeCertificate(case: SynchronousTestCase, *names: str) -> str:
+    """
+    Write a certificate for C{names} and its key as C{cert.pem} and
+    C{key.pem}, and the CA as C{ca.pem}, in a new temporary directory.
+
+    @return: The directory.
+    """
+    directory: str = case.mktemp()
+    os.mkdir(directory)
+    leaf = _CA.issue_cert(*names)
+    for name, data in [
+        ("cert.pem", b"".join(p.bytes() for p in leaf.cert_chain_pems)),
+        ("key.pem", leaf.private_key_pem.bytes()),
+        ("ca.pem", _CA.cert_pem.bytes()),
+    ]:
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+    return directory
+
+
+_FILES = 'tls = "files"\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
+
+HSTS_CONFIG = (
+    BASE_CONFIG
+    + f"""
+[[sites]]
+name = "hsts"
+hosts = ["hsts.example"]
+upstreams = ["http://10.5.0.1:8000"]
+{_FILES}hsts_max_age_secs = 31536000
+
+[[sites]]
+name = "nohsts"
+hosts = ["nohsts.example"]
+upstreams = ["http://10.6.0.1:8000"]
+{_FILES}"""
+)
+
+GET_HSTS = b"GET / HTTP/1.1\r\nHost: hsts.example\r\n\r\n"
+
+
+class HSTSTests(ProxyTestCase):
+    """
+    C{Strict-Transport-Security} on the responses of sites with
+    C{hsts_max_age_secs}.
+    """
+
+    def setUp(self) -> None:
+        directory = writeCertificate(self, "hsts.example", "nohsts.example")
+        self.proxy = ProxyHarness(self, HSTS_CONFIG, baseDir=directory)
+
+    def test_siteRouteValue(self) -> None:
+        """
+        A site's route holds its header value, or L{None} without HSTS.
+        """
+        routes = {route.name: route for route in self.proxy.holder.current.table.sites}
+        self.assertEqual(routes["hsts"].hsts, b"max-age=31536000")
+        self.assertIsNone(routes["nohsts"].hsts)
+        self.assertIsNone(routes["a"].hsts)
+
+    def test_addedOverHTTPS(self) -> None:
+        """
+        A response to an HTTPS request gets the site's header, and the
+        upstream is told the request was HTTPS.
+        """
+        client = self.proxy.client(secure=True)
+        upstream = self.proxy.exchange(client, GET_HSTS, OK_HI)
+        response = self.onlyResponse(client)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.values(b"strict-transport-security"), [b"max-age=31536000"]
+        )
+        self.assertEqual(upstream.request().values(b"x-forwarded-proto"), [b"https"])
+
+    def test_addedToEveryResponse(self) -> None:
+        """
+        Every response on a kept-alive HTTPS connection gets the header,
+        errors from the upstream included.
+        """
+        client = self.proxy.client(secure=True)
+        upstream = self.proxy.exchange(client, GET_HSTS, OK_HI)
+        client.send(GET_HSTS)
+        upstream.respond(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        responses = client.responses()
+        self.assertEqual([r.code for r in responses], [200, 404])
+        for response in responses:
+            self.assertEqual(
+                response.values(b"strict-transport-security"), [b"max-age=31536000"]
+            )
+
+    def test_upstreamValueKept(self) -> None:
+        """
+        A header the upstream sent, in any case, is kept as it is and not
+        doubled.
+        """
+        client = self.proxy.client(secure=True)
+        upstream = self.proxy.exchange(
+            client,
+            GET_HSTS,
+            b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=60; "
+            b"includeSubDomains\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        client.send(GET_HSTS)
+        upstream.respond(
+            b"HTTP/1.1 200 OK\r\nstrict-transport-security: max-age=0\r\n"
+            b"Content-Length: 2\r\n\r\nhi"
+        )
+        self.assertEqual(
+            [r.values(b"strict-transport-security") for r in client.responses()],
+            [[b"max-age=60; includeSubDomains"], [b"max-age=0"]],
+        )
+
+    def test_notOverHTTP(self) -> None:
+        """
+        A response over plain HTTP never gets the header.
+        """
+        client = self.proxy.client()
+        upstream = self.proxy.exchange(client, GET_HSTS, OK_HI)
+        response = self.onlyResponse(client)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.values(b"strict-transport-security"), [])
+        self.assertEqual(upstream.request().values(b"x-forwarded-proto"), [b"http"])
+
+    def test_notForOtherSites(self) -> None:
+        """
+        An HTTPS site without C{hsts_max_age_secs} gets no header.
+        """
+        client = self.proxy.client(secure=True)
+        self.proxy.exchange(
+            client, b"GET / HTTP/1.1\r\nHost: nohsts.example\r\n\r\n", OK_HI
+        )
+        response = self.onlyResponse(client)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.values(b"strict-transport-security"), [])
+
+
+HTTPS_UPSTREAM_CONFIG = """
+[[sites]]
+name = "ca"
+hosts = ["ca.example"]
+upstreams = ["https://backend.internal:8443", "http://10.7.0.1:8000"]
+upstream_ca_file = "ca.pem"
+
+[[sites]]
+name = "off"
+hosts = ["off.example"]
+upstreams = ["https://backend.internal:8443"]
+upstream_tls_verify = false
+
+[[sites]]
+name = "system"
+hosts = ["system.example"]
+upstreams = ["https://backend.internal:8443"]
+
+[[sites]]
+name = "system2"
+hosts = ["system2.example"]
+upstreams = ["https://backend.internal:8443"]
+"""
+
+
+class UpstreamKeyTests(SynchronousTestCase):
+    """
+    The pool keys of https:// upstreams carry the site's trust settings, so
+    sites that verify differently never share a connection.
+    """
+
+    def setUp(self) -> None:
+        self.directory = writeCertificate(self, "unused.example")
+        self.proxy = ProxyHarness(self, HTTPS_UPSTREAM_CONFIG, baseDir=self.directory)
+        self.routes = {
+            route.name: route for route in self.proxy.holder.current.table.sites
+        }
+
+    def key(self, site: str, index: int = 0) -> PoolKey:
+        route = self.routes[site]
+        return route.keys[route.config.upstreams[index]]
+
+    def test_keys(self) -> None:
+        """
+        An https:// upstream's key ends with the site's L{UpstreamTLS}; an
+        http:// one's with L{None}.
+        """
+        caKey = self.key("ca")
+        self.assertEqual(caKey[:3], ("https", "backend.internal", 8443))
+        settings = caKey[3]
+        assert isinstance(settings, UpstreamTLS)
+        self.assertEqual(settings.caFile, os.path.join(self.directory, "ca.pem"))
+        self.assertIsNotNone(settings.trustRoot)
+        self.assertEqual(self.key("ca", 1), ("http", "10.7.0.1", 8000, None))
+        self.assertEqual(
+            self.key("off"), ("https", "backend.internal", 8443, UpstreamTLS(False))
+        )
+        self.assertEqual(
+            self.key("system"), ("https", "backend.internal", 8443, SYSTEM_TRUST)
+        )
+
+    def test_differentSettingsDifferentKeys(self) -> None:
+        """
+        Sites with other trust settings have other keys for the same
+        upstream; sites with the same settings share one.
+        """
+        self.assertEqual(len({self.key(s) for s in ("ca", "off", "system")}), 3)
+        self.assertEqual(self.key("system"), self.key("system2"))
+
+    def test_defaultRouteSettings(self) -> None:
+        """
+        A route built without settings verifies with the system store.
+        """
+        route = SiteRoute(
+            self.routes["off"].config,
+            UpstreamSelector(self.routes["off"].config.upstreams, Clock()),
+        )
+        self.assertEqual(
+            list(route.keys.values()),
+            [("https", "backend.internal", 8443, SYSTEM_TRUST)],
+        )
+
+    def test_connectionsNotShared(self) -> None:
+        """
+        An idle connection to an https:// upstream is reused by a site with
+        the same settings and not by one with other settings.
+        """
+        reactor = self.proxy.reactor
+
+        def answer(index: int) -> None:
+            factory = reactor.sslClients[index][2]
+            protocol = cast(UpstreamConnection, factory.buildProtocol(None))
+            transport = StringTransportWithDisconnection()
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            protocol.dataReceived(OK_HI)
+
+        first = self.proxy.client()
+        first.send(b"GET / HTTP/1.1\r\nHost: system.example\r\n\r\n")
+        self.assertEqual(len(reactor.sslClients), 1)
+        self.assertEqual(reactor.tcpClients, [])
+        answer(0)
+        self.assertEqual([r.code for r in first.responses()], [200])
+        self.assertEqual(self.proxy.pool.idleCount(self.key("system")), 1)
+        self.proxy.client().send(b"GET / HTTP/1.1\r\nHost: system2.example\r\n\r\n")
+        self.assertEqual(len(reactor.sslClients), 1)
+        self.assertEqual(self.proxy.pool.idleCount(self.key("system")), 0)
+        self.proxy.client().send(b"GET / HTTP/1.1\r\nHost: ca.example\r\n\r\n")
+        self.proxy.client().send(b"GET / HTTP/1.1\r\nHost: off.example\r\n\r\n")
+        self.assertEqual(len(reactor.sslClients), 3)
+        self.assertEqual(
+            [(host, port) for host, port, *_ in reactor.sslClients],
+            [("backend.internal", 8443)] * 3,
+        )
+
+
+class _AbortRecorder:
+    """
+    A transport or HTTP/2 stream that records C{abortConnection} calls.
+    """
+
+    def __init__(self) -> None:
+        self.aborts = 0
+
+    def abortConnection(self) -> None:
+        self.aborts += 1
+
+
+class _FakeSite:
+    """
+    What a request reads of its site when it is made.
+    """
+
+    _parsePOSTFormSubmission = False
+
+
+class _FakeChannel:
+    """
+    What a request reads of its channel when it is made.
+    """
+
+    site = _FakeSite()
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", CLIENT_IP, 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 443)
+
+
+class _H1Channel(_FakeChannel):
+    """
+    The part of an HTTP/1.x channel L{ProxyRequest.abort} reads.
+    """
+
+    def __init__(self) -> None:
+        self.transport = _AbortRecorder()
+
+
+class _H2Stream(_FakeChannel):
+    """
+    The part of an HTTP/2 stream L{ProxyRequest.abort} reads: its
+    C{abortConnection} resets the stream only.
+    """
+
+    streamID = 1
+
+    def __init__(self) -> None:
+        self.aborts = 0
+        self.transport = _AbortRecorder()
+
+    def abortConnection(self) -> None:
+        self.aborts += 1
+
+
+class RequestAbortTests(SynchronousTestCase):
+    """
+    L{ProxyRequest.abort} cuts off what it must and nothing more.
+    """
+
+    def test_http1AbortsConnection(self) -> None:
+        """
+        Over HTTP/1.x, the client connection is aborted.
+        """
+        channel = _H1Channel()
+        ProxyRequest(cast(Any, channel)).abort()
+        self.assertEqual(channel.transport.aborts, 1)
+
+    def test_http2ResetsStream(self) -> None:
+        """
+        Over HTTP/2, only the stream is aborted (reset), not the
+        connection.
+        """
+        stream = _H2Stream()
+        ProxyRequest(cast(Any, stream)).abort()
+        self.assertEqual(stream.aborts, 1)
+        self.assertEqual(stream.transport.aborts, 0)
+
+    def test_noChannel(self) -> None:
+        """
+        A request whose channel is gone has nothing to abort.
+        """
+        request = ProxyRequest(cast(Any, _H1Channel()))
+        cast(Any, request).channel = None
+        request.abort()
+
+    def test_noTransport(self) -> None:
+        """
+        An HTTP/1.x channel without a transport has nothing to abort.
+        """
+        channel = _H1Channel()
+        request = ProxyRequest(cast(Any, channel))
+        channel.transport = cast(Any, None)
+        request.abort()
+
+
+class H2Client:
+    """
+    An HTTP/2 client (the h2 library) on one connection to Twisted's
+    L{H2Connection} serving the proxy's site over a TLS transport, the
+    bytes moved by hand and the clock advanced for the server's sends.
+    """
+
+    def __init__(self, case: SynchronousTestCase, proxy: ProxyHarness) -> None:
+        self.reactor = proxy.reactor
+        address = IPv4Address("TCP", CLIENT_IP, 40000)
+        server: Any = H2Connection(proxy.reactor)
+        server.requestFactory = proxy.site.requestFactory
+        server.site = proxy.site
+        server.factory = proxy.site
+        server.timeOut = None
+        server.callLater = proxy.reactor.callLater
+        self.server = server
+        self.transport = TLSTransport(peerAddress=address)
+        self.transport.protocol = server
+        server.makeConnection(self.transport)
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.conn.initiate_connection()
+        self.events: list[h2.events.Event] = []
+        case.addCleanup(self.close)
+        self.pump()
+
+    def pump(self) -> None:
+        """
+        Move bytes both ways until nothing moves.
+        """
+        for _ in range(100):
+            self.reactor.advance(0)
+            outgoing = self.conn.data_to_send()
+            if outgoing:
+                self.server.dataReceived(outgoing)
+            incoming = self.transport.value()
+            self.transport.clear()
+            if incoming:
+                self.events += self.conn.receive_data(incoming)
+            if not outgoing and not incoming:
+                return
+        raise AssertionError("HTTP/2 did not settle")
+
+    def get(
+        self, streamID: int, host: bytes = b"hsts.example", path: bytes = b"/"
+    ) -> None:
+        """
+        Send a GET on C{streamID}.
+        """
+        self.conn.send_headers(
+            streamID,
+            [
+                (b":method", b"GET"),
+                (b":path", path),
+                (b":scheme", b"https"),
+                (b":authority", host),
+            ],
+            end_stream=True,
+        )
+        self.pump()
+
+    def headers(self, streamID: int) -> dict[bytes, bytes]:
+        """
+        The response headers on C{streamID} (C{:status} included), if any.
+        """
+        for event in self.events:
+            if (
+                isinstance(event, h2.events.ResponseReceived)
+                and event.stream_id == streamID
+                and event.headers is not None
+            ):
+                return {bytes(k): bytes(v) for k, v in event.headers}
+        return {}
+
+    def status(self, streamID: int) -> bytes | None:
+        """
+        The C{:status} of the response on C{streamID}, if any.
+        """
+        return self.headers(streamID).get(b":status")
+
+    def body(self, streamID: int) -> bytes:
+        """
+        The body bytes received on C{streamID}.
+        """
+        return b"".join(
+            event.data or b""
+            for event in self.events
+            if isinstance(event, h2.events.DataReceived) and event.stream_id == streamID
+        )
+
+    def ended(self, streamID: int) -> bool:
+        """
+        Whether the response on C{streamID} ended normally.
+        """
+        return any(
+            isinstance(event, h2.events.StreamEnded) and event.stream_id == streamID
+            for event in self.events
+        )
+
+    def reset(self, streamID: int) -> bool:
+        """
+        Whether the server reset C{streamID}.
+        """
+        return any(
+            isinstance(event, h2.events.StreamReset) and event.stream_id == streamID
+            for event in self.events
+        )
+
+    def closed(self) -> bool:
+        """
+        Whether the connection is closing: the transport was closed or a
+        GOAWAY came.
+        """
+        return not self.transport.connected or any(
+            isinstance(event, h2.events.ConnectionTerminated) for event in self.events
+        )
+
+    def close(self) -> None:
+        """
+        Close the connection from the client's side, if still open.
+        """
+        if self.transport.connected:
+            self.transport.loseConnection()
+
+
+class HTTP2Tests(ProxyTestCase):
+    """
+    The proxy behind Twisted's HTTP/2 server, with an h2 client.
+    """
+
+    def setUp(self) -> None:
+        directory = writeCertificate(self, "hsts.example", "nohsts.example")
+        self.proxy = ProxyHarness(self, HSTS_CONFIG, baseDir=directory)
+
+    def test_get(self) -> None:
+        """
+        A GET over HTTP/2 is proxied as HTTP/1.1, as an HTTPS request, and
+        its response comes back on the stream, with the site's HSTS.
+        """
+        client = H2Client(self, self.proxy)
+        client.get(1, path=b"/x?y=1")
+        upstream = self.proxy.upstream()
+        upstream.accept()
+        request = upstream.request()
+        self.assertEqual(request.line, b"GET /x?y=1 HTTP/1.1")
+        self.assertEqual(request.values(b"host"), [b"hsts.example"])
+        self.assertEqual(request.values(b"x-forwarded-proto"), [b"https"])
+        upstream.respond(OK_HI)
+        client.pump()
+        self.assertEqual(client.status(1), b"200")
+        self.assertEqual(
+            client.headers(1).get(b"strict-transport-security"), b"max-age=31536000"
+        )
+        self.assertEqual(client.body(1), b"hi")
+        self.assertTrue(client.ended(1))
+        self.assertFalse(client.reset(1))
+        self.assertFalse(client.closed())
+
+    def test_diesMidBodyResetsOnlyItsStream(self) -> None:
+        """
+        An upstream that dies mid-body resets its stream only: the body is
+        not ended, another stream completes, and the connection serves new
+        streams.
+        """
+        client = H2Client(self, self.proxy)
+        client.get(1)
+        client.get(3)
+        dying, healthy = self.proxy.upstream(0), self.proxy.upstream(1)
+        dying.accept()
+        healthy.accept()
+        dying.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        client.pump()
+        self.assertEqual(client.body(1), b"half")
+        dying.close()
+        client.pump()
+        self.assertTrue(client.reset(1))
+        self.assertFalse(client.ended(1))
+        self.assertFalse(client.closed())
+
+        healthy.respond(OK_HI)
+        client.pump()
+        self.assertEqual(client.status(3), b"200")
+        self.assertEqual(client.body(3), b"hi")
+        self.assertTrue(client.ended(3))
+        self.assertFalse(client.reset(3))
+
+        client.get(5)
+        upstream = self.proxy.upstream()
+        if upstream.protocol is None:
+            upstream.accept()
+        upstream.respond(OK_HI)
+        client.pump()
+        self.assertEqual(client.body(5), b"hi")
+        self.assertTrue(client.ended(5))
+        self.assertFalse(client.closed())

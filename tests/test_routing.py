@@ -1,16 +1,38 @@
 """
-Tests for the pure part of L{revproxy.routing}.
+Tests for L{revproxy.routing}: the pure part (host normalization, the
+routing table), and L{RootResource} over HTTP and HTTPS (421 for a site
+without a certificate, 308 redirects to HTTPS) with the runtime that feeds
+it (L{revproxy.runtime.buildRuntime}).
 """
 
 from __future__ import annotations
 
+import os
+from typing import cast
+
 import idna
+import trustme
 from attrs import frozen
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocol, ISSLTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
-from revproxy.routing import RoutingTable, normalizeHostHeader
+from revproxy.config import ConfigError, parseConfig
+from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
+from revproxy.proxy.request import ProxyRequest, ProxySite
+from revproxy.routing import (
+    RootResource,
+    RoutingTable,
+    httpsLocation,
+    normalizeHostHeader,
+)
+from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.tls import TLSFiles, loadTLSFiles
 
 
 @frozen
@@ -326,3 +348,469 @@ class RoutingTableTests(SynchronousTestCase):
         """
         for host in ["*", "*.", "a.*.example", "*example.com", "*.*.example"]:
             self.assertRaises(ValueError, RoutingTable, [FakeSite("w", (host,))])
+
+
+_CA = trustme.CA()
+
+
+def _writeCertificate(case: SynchronousTestCase, *names: str) -> str:
+    """
+    Write a certificate for C{names} and its key as C{cert.pem} and
+    C{key.pem} in a new temporary directory of C{case}.
+
+    @return: The directory.
+    """
+    directory: str = case.mktemp()
+    os.mkdir(directory)
+    leaf = _CA.issue_cert(*names)
+    with open(os.path.join(directory, "cert.pem"), "wb") as f:
+        f.write(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    with open(os.path.join(directory, "key.pem"), "wb") as f:
+        f.write(leaf.private_key_pem.bytes())
+    return directory
+
+
+_FILES = 'tls = "files"\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
+
+TLS_CONFIG = f"""
+[server]
+listen_http = ["tcp:8080"]
+listen_https = ["tcp:8443:interface=127.0.0.1", "tcp:9443"]
+
+[acme]
+email = "ops@example.com"
+
+[[sites]]
+name = "secure"
+hosts = ["secure.example", "bücher.example", "*.secure.example"]
+upstreams = ["http://10.0.0.1:8000"]
+{_FILES}redirect_http = true
+
+[[sites]]
+name = "numeric"
+hosts = ["2001:db8::1", "192.0.2.1"]
+upstreams = ["http://10.0.0.2:8000"]
+{_FILES}redirect_http = true
+
+[[sites]]
+name = "wild"
+hosts = ["*.wild.example", "wild.example"]
+default = true
+upstreams = ["http://10.0.0.3:8000"]
+{_FILES}redirect_http = true
+
+[[sites]]
+name = "both"
+hosts = ["both.example"]
+upstreams = ["http://10.0.0.4:8000"]
+{_FILES}
+[[sites]]
+name = "plain"
+hosts = ["plain.example"]
+upstreams = ["http://10.0.0.5:8000"]
+
+[[sites]]
+name = "pending"
+hosts = ["pending.example"]
+upstreams = ["http://10.0.0.6:8000"]
+tls = "acme"
+redirect_http = true
+"""
+
+_NAMES = (
+    "secure.example",
+    "xn--bcher-kva.example",
+    "*.secure.example",
+    "2001:db8::1",
+    "192.0.2.1",
+    "*.wild.example",
+    "wild.example",
+    "both.example",
+)
+
+
+@implementer(ISSLTransport)
+class _TLSTransport(StringTransportWithDisconnection):
+    """
+    A client connection that arrived over TLS, as the site sees it.
+    """
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> bool:
+        return False
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+
+class _RecordingForwarder:
+    """
+    Records what would be forwarded, and answers 200 at once.
+    """
+
+    def __init__(self) -> None:
+        self.forwarded: list[tuple[str, bytes, bool]] = []
+
+    def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
+        self.forwarded.append((route.name, target, request.isSecure()))
+        simpleResponse(request, 200, "200 forwarded")
+
+
+@frozen
+class _Response:
+    code: int
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+
+
+class RuntimeTLSTests(SynchronousTestCase):
+    """
+    What L{buildRuntime} records of a config's TLS: the files read, the
+    sites served over HTTPS, the port redirects go to.
+    """
+
+    def setUp(self) -> None:
+        self.directory = _writeCertificate(self, *_NAMES)
+        self.config = parseConfig(TLS_CONFIG, baseDir=self.directory)
+
+    def test_securedSites(self) -> None:
+        """
+        The sites with a certificate are secured; a site with C{tls =
+        "none"} or (not yet issued) C{"acme"} is not.
+        """
+        runtime = buildRuntime(self.config, Clock())
+        self.assertEqual(runtime.secured, {"secure", "numeric", "wild", "both"})
+
+    def test_loadsFiles(self) -> None:
+        """
+        Without C{tls}, the certificate files are read: the secured sites'
+        hosts have their certificate (one, as they share its files).
+        """
+        runtime = buildRuntime(self.config, Clock())
+        cert = runtime.tls.certificates.lookup("secure.example")
+        assert cert is not None
+        self.assertEqual(
+            runtime.tls.sitesOf(cert), ("secure", "numeric", "wild", "both")
+        )
+        self.assertIs(runtime.tls.certificates.lookup("www.wild.example"), cert)
+        self.assertEqual(cert.path, os.path.join(self.directory, "cert.pem"))
+
+    def test_badFilesRaise(self) -> None:
+        """
+        Without C{tls}, an unusable certificate file is a L{ConfigError}.
+        """
+        os.remove(os.path.join(self.directory, "cert.pem"))
+        e = self.assertRaises(ConfigError, buildRuntime, self.config, Clock())
+        self.assertEqual(len(e.errors), 4)
+        self.assertTrue(e.errors[0].startswith("sites[0].cert_file: "), e.errors)
+
+    def test_givenFilesUsed(self) -> None:
+        """
+        With C{tls}, nothing is read: those files are used, and their sites
+        are the secured ones.
+        """
+        tls = loadTLSFiles(self.config, Clock().seconds())
+        os.remove(os.path.join(self.directory, "cert.pem"))
+        runtime = buildRuntime(self.config, Clock(), tls=tls)
+        self.assertIs(runtime.tls, tls)
+        self.assertEqual(runtime.secured, {"secure", "numeric", "wild", "both"})
+        only = TLSFiles(tls.certificates, {1: ("plain",)}, {}, ())
+        self.assertEqual(
+            buildRuntime(self.config, Clock(), tls=only).secured, {"plain"}
+        )
+
+    def test_reloadReadsAgain(self) -> None:
+        """
+        A runtime built after another reads the files again.
+        """
+        first = buildRuntime(self.config, Clock())
+        second = buildRuntime(self.config, Clock(), previous=first)
+        self.assertEqual(second.generation, first.generation + 1)
+        self.assertIsNot(
+            second.tls.certificates.lookup("secure.example"),
+            first.tls.certificates.lookup("secure.example"),
+        )
+
+    def test_httpsPort(self) -> None:
+        """
+        Redirects go to the port of the first C{listen_https}; without one
+        there is none.
+        """
+        self.assertEqual(buildRuntime(self.config, Clock()).httpsPort, 8443)
+        plain = parseConfig(
+            '[server]\nlisten_https = []\n[[sites]]\nname = "a"\n'
+            'hosts = ["a.example"]\nupstreams = ["http://10.0.0.1:80"]\n'
+        )
+        runtime = buildRuntime(plain, Clock())
+        self.assertIsNone(runtime.httpsPort)
+        self.assertEqual(runtime.secured, frozenset())
+        v6 = parseConfig(
+            TLS_CONFIG.replace(
+                '"tcp:8443:interface=127.0.0.1"', r'"tcp6:4443:interface=\\:\\:"'
+            ),
+            baseDir=self.directory,
+        )
+        self.assertEqual(buildRuntime(v6, Clock()).httpsPort, 4443)
+
+
+class HTTPSRoutingTests(SynchronousTestCase):
+    """
+    L{RootResource} over HTTPS and over plain HTTP, on a real
+    L{ProxySite} channel with a recording forwarder.
+    """
+
+    configText = TLS_CONFIG
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        directory = _writeCertificate(self, *_NAMES)
+        self.runtime: Runtime = buildRuntime(
+            parseConfig(self.configText, baseDir=directory), self.clock
+        )
+        self.forwarder = _RecordingForwarder()
+        self.site = ProxySite(
+            RootResource(RuntimeHolder(self.runtime), cast(Forwarder, self.forwarder)),
+            reactor=self.clock,
+        )
+
+    def request(self, data: bytes, secure: bool = False) -> _Response:
+        """
+        Send C{data} on a new connection (over TLS if C{secure}) and parse
+        the one response.
+        """
+        address = IPv4Address("TCP", "203.0.113.9", 40000)
+        channel = cast(IProtocol, self.site.buildProtocol(address))
+        factory = _TLSTransport if secure else StringTransportWithDisconnection
+        transport = factory(peerAddress=address)
+        transport.protocol = channel
+        channel.makeConnection(transport)
+
+        def close() -> None:
+            if transport.connected:
+                transport.loseConnection()
+
+        self.addCleanup(close)
+        channel.dataReceived(data)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.setdefault(name.lower(), []).append(value.strip())
+        return _Response(int(lines[0].split()[1]), headers, body)
+
+    def get(
+        self, host: bytes | None, target: bytes = b"/", secure: bool = False
+    ) -> _Response:
+        """
+        A GET of C{target} with C{Host: host} (none if L{None}).
+        """
+        hostLine = b"Host: " + host + b"\r\n" if host is not None else b""
+        return self.request(
+            b"GET " + target + b" HTTP/1.1\r\n" + hostLine + b"\r\n", secure
+        )
+
+    def assertRedirect(self, response: _Response, location: bytes) -> None:
+        """
+        C{response} is a 308 to C{location}, and nothing was forwarded.
+        """
+        self.assertEqual(response.code, 308)
+        self.assertEqual(response.headers[b"location"], [location])
+        self.assertEqual(response.body, b"308 Permanent Redirect: " + location + b"\n")
+        self.assertEqual(response.headers[b"cache-control"], [b"no-store"])
+        self.assertEqual(self.forwarder.forwarded, [])
+
+    def test_httpsWithoutCertificateMisdirected(self) -> None:
+        """
+        Over HTTPS, a site without a certificate (C{tls = "none"}, or
+        C{"acme"} not issued yet) answers 421 and nothing is forwarded.
+        """
+        for host in (b"plain.example", b"pending.example"):
+            response = self.get(host, secure=True)
+            self.assertEqual(response.code, 421)
+            self.assertEqual(
+                response.body,
+                b"421 Misdirected Request: this site is not served over HTTPS\n",
+            )
+        self.assertEqual(self.forwarder.forwarded, [])
+
+    def test_httpsForwarded(self) -> None:
+        """
+        Over HTTPS, a secured site is forwarded, as a secure request, with
+        or without C{redirect_http}.
+        """
+        self.assertEqual(self.get(b"secure.example", b"/a?b", secure=True).code, 200)
+        self.assertEqual(self.get(b"both.example", secure=True).code, 200)
+        self.assertEqual(
+            self.forwarder.forwarded,
+            [("secure", b"/a?b", True), ("both", b"/", True)],
+        )
+
+    def test_httpRedirected(self) -> None:
+        """
+        Over HTTP, a secured site with C{redirect_http} answers 308 to the
+        same path and query on the first HTTPS port.
+        """
+        self.assertRedirect(
+            self.get(b"secure.example", b"/path/x?q=1&r=%20"),
+            b"https://secure.example:8443/path/x?q=1&r=%20",
+        )
+
+    def test_redirectAnyMethod(self) -> None:
+        """
+        A POST is redirected too, with a 308 so that it stays a POST.
+        """
+        response = self.request(
+            b"POST /form HTTP/1.1\r\nHost: secure.example\r\n"
+            b"Content-Length: 3\r\n\r\na=1"
+        )
+        self.assertRedirect(response, b"https://secure.example:8443/form")
+
+    def test_redirectHostNormalized(self) -> None:
+        """
+        The redirect names the host as routed: lowercased, without the
+        request's port or trailing dot, IDN as A-labels, a wildcard match
+        as requested.
+        """
+        for host, location in [
+            (b"SECURE.Example.:8080", b"https://secure.example:8443/"),
+            ("bücher.example".encode(), b"https://xn--bcher-kva.example:8443/"),
+            (b"www.secure.example", b"https://www.secure.example:8443/"),
+        ]:
+            self.assertRedirect(self.get(host), location)
+
+    def test_redirectIPAddress(self) -> None:
+        """
+        An IPv6 host is bracketed in the redirect; an IPv4 one is not.
+        """
+        self.assertRedirect(
+            self.get(b"[2001:DB8:0::1]:8080", b"/x"), b"https://[2001:db8::1]:8443/x"
+        )
+        self.assertRedirect(self.get(b"192.0.2.1", b"/x"), b"https://192.0.2.1:8443/x")
+
+    def test_redirectWithoutHost(self) -> None:
+        """
+        An HTTP/1.0 request without C{Host}, routed to the default site, is
+        redirected to the site's first host that is not a wildcard.
+        """
+        response = self.request(b"GET /old HTTP/1.0\r\n\r\n")
+        self.assertRedirect(response, b"https://wild.example:8443/old")
+
+    def test_redirectAbsoluteForm(self) -> None:
+        """
+        An absolute-form target is redirected by its authority, with its
+        path and query.
+        """
+        self.assertRedirect(
+            self.request(
+                b"GET http://Secure.Example:80/x?y HTTP/1.1\r\nHost: other\r\n\r\n"
+            ),
+            b"https://secure.example:8443/x?y",
+        )
+
+    def test_acmeChallengeForwarded(self) -> None:
+        """
+        Over HTTP, an ACME HTTP-01 challenge of a redirecting site is
+        forwarded, not redirected; other C{/.well-known/} paths are.
+        """
+        target = b"/.well-known/acme-challenge/abc-123"
+        self.assertEqual(self.get(b"secure.example", target).code, 200)
+        self.assertEqual(self.forwarder.forwarded, [("secure", target, False)])
+        self.forwarder.forwarded.clear()
+        for other in (b"/.well-known/acme-challenge", b"/.well-known/other/x"):
+            self.assertRedirect(
+                self.get(b"secure.example", other),
+                b"https://secure.example:8443" + other,
+            )
+
+    def test_httpNotRedirected(self) -> None:
+        """
+        Over HTTP, a site is forwarded when it has no C{redirect_http}, no
+        certificate yet, or no HTTPS at all.
+        """
+        for host in (b"both.example", b"pending.example", b"plain.example"):
+            self.assertEqual(self.get(host).code, 200)
+        self.assertEqual(
+            [name for name, _, _ in self.forwarder.forwarded],
+            ["both", "pending", "plain"],
+        )
+        self.assertFalse(any(secure for _, _, secure in self.forwarder.forwarded))
+
+    def test_asteriskFormNotRedirected(self) -> None:
+        """
+        C{OPTIONS *} has no path to redirect to, so it is forwarded.
+        """
+        response = self.request(b"OPTIONS * HTTP/1.1\r\nHost: secure.example\r\n\r\n")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.forwarder.forwarded, [("secure", b"*", False)])
+
+
+class HTTPSDefaultPortRoutingTests(HTTPSRoutingTests):
+    """
+    The same, with HTTPS on port 443, which redirects leave out.
+    """
+
+    configText = TLS_CONFIG.replace(
+        '"tcp:8443:interface=127.0.0.1", "tcp:9443"', '"tcp:443"'
+    )
+
+    def assertRedirect(self, response: _Response, location: bytes) -> None:
+        super().assertRedirect(response, location.replace(b":8443/", b"/"))
+
+    def test_portLeftOut(self) -> None:
+        """
+        The redirect has no port.
+        """
+        response = self.get(b"secure.example", b"/x")
+        self.assertEqual(response.headers[b"location"], [b"https://secure.example/x"])
+
+
+class HTTPSLocationTests(SynchronousTestCase):
+    """
+    Tests for L{httpsLocation}.
+    """
+
+    def test_defaultPort(self) -> None:
+        """
+        Port 443 is left out.
+        """
+        self.assertEqual(
+            httpsLocation("example.com", 443, b"/a?b=c"), b"https://example.com/a?b=c"
+        )
+
+    def test_otherPort(self) -> None:
+        """
+        Another port is kept.
+        """
+        self.assertEqual(
+            httpsLocation("example.com", 8443, b"/"), b"https://example.com:8443/"
+        )
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 address is bracketed, with or without a port.
+        """
+        self.assertEqual(httpsLocation("::1", 443, b"/x"), b"https://[::1]/x")
+        self.assertEqual(
+            httpsLocation("2001:db8::1", 8443, b"/x"), b"https://[2001:db8::1]:8443/x"
+        )
+
+    def test_targetAsReceived(self) -> None:
+        """
+        The target is appended as received, escapes and all.
+        """
+        self.assertEqual(
+            httpsLocation("a.test", 443, b"/%7Euser/?q=%2F&x"),
+            b"https://a.test/%7Euser/?q=%2F&x",
+        )

@@ -8,21 +8,43 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, cast
 
+import trustme
+from cryptography import x509
+from OpenSSL import SSL, crypto
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTransport
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.config import Config, parseConfig
+from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.service import SignalRelay, buildService
+from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
+from revproxy.service import (
+    RevProxyService,
+    SignalRelay,
+    buildService,
+    reactorConnector,
+)
+from revproxy.tls import (
+    HANDSHAKE_TIMEOUT,
+    HandshakeDeadline,
+    RefusalLog,
+    SNIContextFactory,
+)
 
 CONFIG = """\
 [server]
@@ -285,3 +307,484 @@ class ShutdownTests(SynchronousTestCase):
         top.stopService()
         self.assertFalse(top.running)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+_CA = trustme.CA()
+
+TLS_CONFIG = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = ["tcp:8443:interface=127.0.0.1", "tcp:9443"]
+admin_socket_path = ""
+ops_listen = ""
+tls_min_version = "1.3"
+
+[[sites]]
+name = "secure"
+hosts = ["secure.example"]
+upstreams = ["http://127.0.0.1:9000"]
+tls = "files"
+cert_file = "cert.pem"
+key_file = "key.pem"
+redirect_http = true
+hsts_max_age_secs = 600
+
+[[sites]]
+name = "plain"
+hosts = ["plain.example"]
+upstreams = ["http://127.0.0.1:9001"]
+"""
+
+
+class _HookRecorder:
+    """
+    A C{sys.excepthook} that records what it is given.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def __call__(
+        self,
+        kind: type[BaseException],
+        value: BaseException,
+        tb: TracebackType | None,
+    ) -> None:
+        self.errors.append(value)
+
+
+class _Recorder(Protocol):
+    """
+    A client protocol that records what it receives and how it ended.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+
+
+class HTTPSServiceTests(SynchronousTestCase):
+    """
+    The tree with C{listen_https}: TLS listeners in front of the same site,
+    certificates that follow reloads, and the refusal log while running.
+    """
+
+    configText = TLS_CONFIG
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.mkdir(self.directory)
+        self.writeCertificate("secure.example")
+        self.path = os.path.join(self.directory, "revproxy.toml")
+        with open(self.path, "w") as f:
+            f.write(self.configText)
+        self.reactor = MemoryReactorClock()
+        self.hook = _HookRecorder()
+        self.patch(sys, "excepthook", self.hook)
+        self.top = buildService(
+            loadConfig(self.path), self.path, cast(IRevProxyReactor, self.reactor)
+        )
+
+    def writeCertificate(self, *names: str) -> None:
+        """
+        (Re)write C{cert.pem} and C{key.pem} for C{names}.
+        """
+        leaf = _CA.issue_cert(*names)
+        for name, data in [
+            ("cert.pem", b"".join(p.bytes() for p in leaf.cert_chain_pems)),
+            ("key.pem", leaf.private_key_pem.bytes()),
+        ]:
+            with open(os.path.join(self.directory, name), "wb") as f:
+                f.write(data)
+
+    def start(self) -> RevProxyService:
+        self.top.privilegedStartService()
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        return self.top
+
+    def listeners(self) -> dict[int, Any]:
+        """
+        The factory listening on each port.
+        """
+        return {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+
+    def tlsFactory(self) -> TLSMemoryBIOFactory:
+        """
+        The factory of the HTTPS listeners.
+        """
+        factory = self.listeners()[8443]
+        assert isinstance(factory, TLSMemoryBIOFactory)
+        return factory
+
+    def servingFactory(self) -> TLSMemoryBIOFactory:
+        """
+        The factory of the HTTPS listeners, which flushes its writes with
+        the test's reactor (see L{test_tlsUsesInjectedReactor}).
+        """
+        factory = self.tlsFactory()
+        self.assertIs(factory._clock, self.reactor)
+        return factory
+
+    def connectTLS(
+        self,
+        acceptableProtocols: list[bytes] | None = None,
+        maxVersion: TLSVersion | None = None,
+    ) -> tuple[_Recorder, IOPump]:
+        """
+        Connect a TLS client that verifies C{secure.example} to the 8443
+        listener, over memory, and pump until nothing moves.
+        """
+        extra: dict[str, Any] = {}
+        if maxVersion is not None:
+            extra["lowerMaximumSecurityTo"] = maxVersion
+        creator = optionsForClientTLS(
+            "secure.example",
+            trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
+            acceptableProtocols=acceptableProtocols,
+            extraCertificateOptions=extra,
+        )
+        clientFactory = TLSMemoryBIOFactory(
+            creator, True, Factory.forProtocol(_Recorder), self.reactor
+        )
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        clientProtocol = clientFactory.buildProtocol(address)
+        assert isinstance(clientProtocol, TLSMemoryBIOProtocol)
+        recorder = clientProtocol.wrappedProtocol
+        assert isinstance(recorder, _Recorder)
+        serverFactory = self.servingFactory()
+        _, _, pump = connectedServerAndClient(
+            lambda: serverFactory.buildProtocol(address),
+            lambda: clientProtocol,
+            clock=self.reactor,
+        )
+        self.addCleanup(pump.flush)
+        self.addCleanup(clientProtocol.loseConnection)
+        return recorder, pump
+
+    def test_httpsListeners(self) -> None:
+        """
+        Each C{listen_https} endpoint listens with TLS in front of a
+        handshake deadline in front of the same tracked site as HTTP.
+        """
+        top = self.start()
+        listeners = self.listeners()
+        self.assertEqual(sorted(listeners), [8080, 8443, 9443])
+        self.assertIs(listeners[8080], top.tracker)
+        self.assertIs(listeners[8443], listeners[9443])
+        tlsFactory = self.tlsFactory()
+        deadline = tlsFactory.wrappedFactory
+        assert isinstance(deadline, HandshakeDeadline)
+        self.assertIs(deadline.wrappedFactory, top.tracker)
+        self.assertIs(deadline.clock, self.reactor)
+        self.assertEqual(deadline.timeout, HANDSHAKE_TIMEOUT)
+        self.assertEqual(
+            [(port, interface) for port, _, _, interface in self.reactor.tcpServers],
+            [(8080, "127.0.0.1"), (8443, "127.0.0.1"), (9443, "")],
+        )
+
+    def test_tlsUsesInjectedReactor(self) -> None:
+        """
+        The TLS listeners' factory schedules its writes on the reactor the
+        tree was built with, not on the global reactor.
+        """
+        self.start()
+        self.assertIs(self.tlsFactory()._clock, self.reactor)
+
+    def test_contexts(self) -> None:
+        """
+        C{top.contexts} is the listeners' connection creator and serves the
+        runtime's certificates.
+        """
+        top = self.start()
+        contexts = top.contexts
+        assert isinstance(contexts, SNIContextFactory)
+        self.assertIs(contexts.store, top.holder.current.tls.certificates)
+        cert = contexts.store.lookup("secure.example")
+        assert cert is not None
+        self.assertEqual(cert.names, ("secure.example",))
+        self.assertIsNone(contexts.store.lookup("plain.example"))
+
+    def test_handshake(self) -> None:
+        """
+        A client completes a TLS handshake for the site's name and is
+        offered HTTP/2 when it asks; the site's channel, behind the
+        deadline and the tracker, sees a secure transport and the ALPN
+        protocol; the deadline is cancelled.
+        """
+        top = self.start()
+        client, pump = self.connectTLS([b"h2", b"http/1.1"])
+        self.assertIsNone(client.lost)
+        transport = client.transport
+        assert transport is not None
+        self.assertEqual(getattr(transport, "negotiatedProtocol", None), b"h2")
+        [channelTransport] = top.tracker.protocols
+        self.assertTrue(ISSLTransport.providedBy(channelTransport))
+        self.assertEqual(getattr(channelTransport, "negotiatedProtocol", None), b"h2")
+        self.reactor.advance(HANDSHAKE_TIMEOUT * 2)
+        pump.flush()
+        self.assertIsNone(client.lost)
+
+    def test_minVersion(self) -> None:
+        """
+        With C{tls_min_version = "1.3"}, a TLS 1.2 client is refused.
+        """
+        self.start()
+        client, _ = self.connectTLS(maxVersion=TLSVersion.TLSv1_2)
+        assert client.lost is not None
+        self.assertIsInstance(client.lost.value, SSL.Error)
+
+    def test_proxiesOverHTTPS(self) -> None:
+        """
+        A request over TLS reaches the site's upstream as an HTTPS request,
+        and its response comes back with the site's HSTS; a site without a
+        certificate is refused over HTTPS.
+        """
+        self.start()
+        client, pump = self.connectTLS()
+        transport = client.transport
+        assert transport is not None
+        transport.write(b"GET /x HTTP/1.1\r\nHost: secure.example\r\n\r\n")
+        pump.flush()
+        [(host, port, factory, _, _)] = self.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 9000))
+        upstream = factory.buildProtocol(None)
+        assert upstream is not None
+        upstreamTransport = StringTransport()
+        upstream.makeConnection(upstreamTransport)
+        sent = upstreamTransport.value()
+        self.assertTrue(sent.startswith(b"GET /x HTTP/1.1\r\n"), sent)
+        self.assertIn(b"\r\nX-Forwarded-Proto: https\r\n", sent)
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        pump.flush()
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 200 OK\r\n"), client.data)
+        self.assertIn(b"\r\nStrict-Transport-Security: max-age=600\r\n", client.data)
+        self.assertTrue(client.data.endswith(b"\r\n\r\nhi"))
+
+        client.data = b""
+        transport.write(b"GET / HTTP/1.1\r\nHost: plain.example\r\n\r\n")
+        pump.flush()
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 421 "), client.data)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_httpRedirected(self) -> None:
+        """
+        Over the HTTP listener, the site redirects to the first HTTPS port.
+        """
+        top = self.start()
+        channel = top.tracker.buildProtocol(CLIENT)
+        assert channel is not None
+        transport = StringTransport(peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        channel.dataReceived(b"GET /x?y HTTP/1.1\r\nHost: secure.example\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 308 "))
+        self.assertIn(
+            b"\r\nLocation: https://secure.example:8443/x?y\r\n", transport.value()
+        )
+
+    def test_refusalLogWhileRunning(self) -> None:
+        """
+        While the tree runs, C{sys.excepthook} is its L{RefusalLog}; once
+        stopped, the previous hook is back.
+        """
+        self.assertIs(sys.excepthook, self.hook)
+        self.top.privilegedStartService()
+        self.top.startService()
+        tlsService = self.top.getServiceNamed("tls")
+        self.assertIsInstance(sys.excepthook, RefusalLog)
+        self.assertIs(sys.excepthook, getattr(tlsService, "refusals", None))
+        self.top.stopService()
+        self.assertIs(sys.excepthook, self.hook)
+
+    def test_refusalLogged(self) -> None:
+        """
+        A handshake for an unknown name (no default site) is refused and
+        counted by the refusal log, without reaching the previous hook.
+        """
+        self.start()
+        refusals = sys.excepthook
+        assert isinstance(refusals, RefusalLog)
+        creator = optionsForClientTLS(
+            "unknown.example", trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes())
+        )
+        clientFactory = TLSMemoryBIOFactory(
+            creator, True, Factory.forProtocol(_Recorder), self.reactor
+        )
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        serverFactory = self.servingFactory()
+        clientProtocol = clientFactory.buildProtocol(address)
+        assert isinstance(clientProtocol, TLSMemoryBIOProtocol)
+        recorder = clientProtocol.wrappedProtocol
+        assert isinstance(recorder, _Recorder)
+        connectedServerAndClient(
+            lambda: serverFactory.buildProtocol(address),
+            lambda: clientProtocol,
+            clock=self.reactor,
+        )
+        assert recorder.lost is not None
+        self.assertIn("unrecognized name", str(recorder.lost.value))
+        self.assertEqual(refusals.refused, 1)
+        self.assertEqual(self.hook.errors, [])
+
+    def reload(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.successResultOf(self.top.reloader.reload("test"))
+        return result
+
+    def test_reloadSwapsCertificates(self) -> None:
+        """
+        A reload with a renewed certificate gives new handshakes the new
+        certificate; a reload that fails leaves the certificates alone.
+        """
+        top = self.start()
+        contexts = top.contexts
+        assert contexts is not None
+        before = contexts.store.lookup("secure.example")
+        self.writeCertificate("secure.example", "www.secure.example")
+        answer = self.reload()
+        self.assertEqual(answer["status"], "ok", answer)
+        self.assertIs(contexts.store, top.holder.current.tls.certificates)
+        renewed = contexts.store.lookup("secure.example")
+        assert renewed is not None
+        self.assertIsNot(renewed, before)
+        self.assertEqual(renewed.names, ("secure.example", "www.secure.example"))
+        client, _ = self.connectTLS()
+        self.assertIsNone(client.lost)
+        transport = client.transport
+        assert transport is not None
+        peerCertificate = cast(ISSLTransport, transport).getPeerCertificate()
+        assert isinstance(peerCertificate, crypto.X509)
+        peer = peerCertificate.to_cryptography()
+        san = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertEqual(
+            san.value.get_values_for_type(x509.DNSName),
+            ["secure.example", "www.secure.example"],
+        )
+
+        with open(os.path.join(self.directory, "cert.pem"), "wb") as f:
+            f.write(b"garbage\n")
+        answer = self.reload()
+        self.assertEqual(answer["status"], "error")
+        self.assertEqual(answer["code"], "certificate_invalid")
+        self.assertIs(contexts.store.lookup("secure.example"), renewed)
+        self.assertIs(contexts.store, top.holder.current.tls.certificates)
+
+
+class NoHTTPSServiceTests(SynchronousTestCase):
+    """
+    The tree without C{listen_https}.
+    """
+
+    def test_noTLS(self) -> None:
+        """
+        Without C{listen_https} there are no contexts, no TLS listener and
+        no refusal log.
+        """
+        hook = _HookRecorder()
+        self.patch(sys, "excepthook", hook)
+        reactor = MemoryReactorClock()
+        top = buildService(config(), "", cast(IRevProxyReactor, reactor))
+        top.privilegedStartService()
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertIsNone(top.contexts)
+        self.assertRaises(KeyError, top.getServiceNamed, "tls")
+        self.assertIs(sys.excepthook, hook)
+        for _, factory, _, _ in reactor.tcpServers:
+            self.assertIs(factory, top.tracker)
+
+
+class ReactorConnectorTests(SynchronousTestCase):
+    """
+    L{reactorConnector} opens plain TCP for http:// upstreams and TLS, as
+    the site's settings say, for https:// ones.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.connect = reactorConnector(cast(IRevProxyReactor, self.reactor))
+        self.factory = ClientFactory()
+
+    def creator(self, index: int = -1) -> IOpenSSLClientConnectionCreator:
+        creator = self.reactor.sslClients[index][3]
+        assert IOpenSSLClientConnectionCreator.providedBy(creator)
+        return creator
+
+    def clientConnection(
+        self, creator: IOpenSSLClientConnectionCreator
+    ) -> SSL.Connection:
+        tlsFactory = TLSMemoryBIOFactory(
+            creator, True, Factory.forProtocol(Protocol), self.reactor
+        )
+        protocol = tlsFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, TLSMemoryBIOProtocol)
+        return creator.clientConnectionForTLS(protocol)
+
+    def test_http(self) -> None:
+        """
+        An http:// key connects with C{connectTCP} and the timeout.
+        """
+        self.connect(("http", "10.0.0.1", 8000, None), self.factory, 3.0)
+        self.assertEqual(
+            self.reactor.tcpClients, [("10.0.0.1", 8000, self.factory, 3.0, None)]
+        )
+        self.assertEqual(self.reactor.sslClients, [])
+
+    def test_httpsUnverified(self) -> None:
+        """
+        An https:// key without verification connects with C{connectSSL}
+        and a creator that sends SNI and verifies nothing.
+        """
+        self.connect(
+            ("https", "backend.internal", 8443, UpstreamTLS(verify=False)),
+            self.factory,
+            4.0,
+        )
+        [(host, port, factory, _, timeout, bindAddress)] = self.reactor.sslClients
+        self.assertEqual(
+            (host, port, timeout, bindAddress), ("backend.internal", 8443, 4.0, None)
+        )
+        self.assertIs(factory, self.factory)
+        self.assertEqual(self.reactor.tcpClients, [])
+        connection = self.clientConnection(self.creator())
+        self.assertEqual(connection.get_servername(), b"backend.internal")
+        self.assertEqual(connection.get_context().get_verify_mode(), SSL.VERIFY_NONE)
+
+    def test_httpsVerified(self) -> None:
+        """
+        An https:// key with a CA file connects with a creator that sends
+        SNI and verifies the peer.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        caFile = os.path.join(directory, "ca.pem")
+        with open(caFile, "wb") as f:
+            f.write(_CA.cert_pem.bytes())
+        self.connect(
+            ("https", "backend.internal", 8443, loadUpstreamTLS(caFile, True)),
+            self.factory,
+            4.0,
+        )
+        connection = self.clientConnection(self.creator())
+        self.assertEqual(connection.get_servername(), b"backend.internal")
+        self.assertTrue(connection.get_context().get_verify_mode() & SSL.VERIFY_PEER)
+
+    def test_creatorsCached(self) -> None:
+        """
+        Connections with the same host and settings share a creator; other
+        settings get another.
+        """
+        unverified = ("https", "backend.internal", 8443, UpstreamTLS(verify=False))
+        self.connect(unverified, self.factory, 4.0)
+        self.connect(unverified, self.factory, 4.0)
+        self.connect(
+            ("https", "backend.internal", 8443, UpstreamTLS()), self.factory, 4.0
+        )
+        self.assertIs(self.creator(0), self.creator(1))
+        self.assertIsNot(self.creator(0), self.creator(2))

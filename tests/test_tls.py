@@ -8,6 +8,7 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
+from typing import cast
 
 import trustme
 from cryptography import x509
@@ -16,24 +17,38 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from revproxy.config import ConfigError, parseConfig
 from revproxy.interfaces import ICertificateStore
+from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.tls import (
+    HANDSHAKE_TIMEOUT,
     CertificateError,
     CertificateStore,
+    HandshakeDeadline,
     LoadedCertificate,
+    RefusalLog,
     SNIContextFactory,
+    TLSFiles,
     UnknownServerName,
     loadCertificateFiles,
+    loadTLSFiles,
     nameCovers,
 )
 
@@ -720,6 +735,40 @@ class _Recorder(Protocol):
         self.lost = reason
 
 
+def _connectTLS(
+    factory: SNIContextFactory, serverName: str
+) -> tuple[_Recorder, IOPump]:
+    """
+    Connect a Twisted TLS client that verifies C{serverName} against L{_CA}
+    to an echo server using C{factory}, over memory.
+
+    @return: The client's recording protocol, and the pump.
+    """
+    clock = Clock()
+    serverFactory = TLSMemoryBIOFactory(
+        factory, False, Factory.forProtocol(_Echo), clock
+    )
+    clientFactory = TLSMemoryBIOFactory(
+        optionsForClientTLS(
+            serverName, trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes())
+        ),
+        True,
+        Factory.forProtocol(_Recorder),
+        clock,
+    )
+    address = IPv4Address("TCP", "127.0.0.1", 1)
+    clientProtocol = clientFactory.buildProtocol(address)
+    assert clientProtocol is not None
+    recorder = clientProtocol.wrappedProtocol
+    assert isinstance(recorder, _Recorder)
+    _, _, pump = connectedServerAndClient(
+        lambda: serverFactory.buildProtocol(address),
+        lambda: clientProtocol,
+        clock=clock,
+    )
+    return recorder, pump
+
+
 class TwistedTLSTests(SynchronousTestCase):
     """
     L{SNIContextFactory} under Twisted's C{TLSMemoryBIOFactory}, with a
@@ -729,29 +778,7 @@ class TwistedTLSTests(SynchronousTestCase):
     def connect(
         self, factory: SNIContextFactory, serverName: str
     ) -> tuple[_Recorder, IOPump]:
-        clock = Clock()
-        serverFactory = TLSMemoryBIOFactory(
-            factory, False, Factory.forProtocol(_Echo), clock
-        )
-        clientFactory = TLSMemoryBIOFactory(
-            optionsForClientTLS(
-                serverName, trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes())
-            ),
-            True,
-            Factory.forProtocol(_Recorder),
-            clock,
-        )
-        address = IPv4Address("TCP", "127.0.0.1", 1)
-        clientProtocol = clientFactory.buildProtocol(address)
-        assert clientProtocol is not None
-        recorder = clientProtocol.wrappedProtocol
-        assert isinstance(recorder, _Recorder)
-        _, _, pump = connectedServerAndClient(
-            lambda: serverFactory.buildProtocol(address),
-            lambda: clientProtocol,
-            clock=clock,
-        )
-        return recorder, pump
+        return _connectTLS(factory, serverName)
 
     def test_echoBySNI(self) -> None:
         """
@@ -784,3 +811,665 @@ class TwistedTLSTests(SynchronousTestCase):
         self.assertEqual(client.data, b"")
         assert client.lost is not None
         self.assertIn("unrecognized name", str(client.lost.value))
+
+
+_NOW = _ts(datetime(2026, 6, 1, tzinfo=UTC))
+_TLS_CONFIG_HEAD = """\
+[server]
+listen_https = ["tcp:8443"]
+
+[acme]
+email = "ops@example.com"
+"""
+
+
+def _site(name: str, hosts: str, extra: str = "", upstream: str = "") -> str:
+    """
+    One C{[[sites]]} table of a test config.
+    """
+    return (
+        f"\n[[sites]]\nname = {name!r}\nhosts = {hosts}\n"
+        f'upstreams = ["{upstream or "http://127.0.0.1:9000"}"]\n{extra}'
+    )
+
+
+def _files(prefix: str) -> str:
+    """
+    The C{tls = "files"} keys of a site whose PEM files start with
+    C{prefix}, relative to the config's directory.
+    """
+    return (
+        f'tls = "files"\ncert_file = "{prefix}-cert.pem"\n'
+        f'key_file = "{prefix}-key.pem"\n'
+    )
+
+
+class LoadTLSFilesTests(SynchronousTestCase):
+    """
+    Tests for L{loadTLSFiles}: every file a config names, read at once.
+    """
+
+    def setUp(self) -> None:
+        self.files = _Files(self)
+
+    def load(self, text: str) -> TLSFiles:
+        return loadTLSFiles(
+            parseConfig(_TLS_CONFIG_HEAD + text, baseDir=self.files.directory), _NOW
+        )
+
+    def loadErrors(self, text: str) -> list[str]:
+        """
+        The errors of loading C{text}, which must fail.
+        """
+        e = self.assertRaises(ConfigError, self.load, text)
+        return list(e.errors)
+
+    def test_certificatesBySite(self) -> None:
+        """
+        Each C{tls = "files"} site's certificate serves its hosts and knows
+        its site; C{"none"} and C{"acme"} sites contribute nothing, and
+        without a default site an unknown name has no certificate.
+        """
+        self.files.leaf("a", _CA.issue_cert("a.test", "www.a.test"))
+        self.files.leaf("b", _CA.issue_cert("*.b.test"))
+        tls = self.load(
+            _site("a", '["a.test", "www.a.test"]', _files("a"))
+            + _site("b", '["*.b.test"]', _files("b"))
+            + _site("plain", '["plain.test"]')
+            + _site("later", '["later.test"]', 'tls = "acme"\n')
+        )
+        a = tls.certificates.lookup("www.a.test")
+        b = tls.certificates.lookup("x.b.test")
+        assert a is not None and b is not None
+        self.assertEqual(a.path, os.path.join(self.files.directory, "a-cert.pem"))
+        self.assertIs(tls.certificates.lookup("a.test"), a)
+        self.assertEqual(b.names, ("*.b.test",))
+        self.assertEqual(tls.sitesOf(a), ("a",))
+        self.assertEqual(tls.sitesOf(b), ("b",))
+        for name in ("plain.test", "later.test", "other.test", None):
+            self.assertIsNone(tls.certificates.lookup(name), name)
+        self.assertEqual(len(tls.certificates.all()), 2)
+        self.assertEqual(tls.warnings, ())
+        self.assertEqual(dict(tls.upstreamTLS), {})
+
+    def test_sharedFilesOneCertificate(self) -> None:
+        """
+        Sites naming the same files share one certificate, which knows all
+        of them; other files make another certificate.
+        """
+        self.files.leaf("ab", _CA.issue_cert("a.test", "b.test"))
+        self.files.leaf("c", _CA.issue_cert("c.test"))
+        tls = self.load(
+            _site("a", '["a.test"]', _files("ab"))
+            + _site("c", '["c.test"]', _files("c"))
+            + _site("b", '["b.test"]', _files("ab"))
+        )
+        a = tls.certificates.lookup("a.test")
+        c = tls.certificates.lookup("c.test")
+        assert a is not None and c is not None
+        self.assertIs(tls.certificates.lookup("b.test"), a)
+        self.assertIsNot(c, a)
+        self.assertEqual(tls.sitesOf(a), ("a", "b"))
+        self.assertEqual(tls.sitesOf(c), ("c",))
+        self.assertEqual(len(tls.certificates.all()), 2)
+
+    def test_sitesOfUnknownCertificate(self) -> None:
+        """
+        A certificate that is not one of the config's belongs to no site.
+        """
+        self.files.leaf("a", _CA.issue_cert("a.test"))
+        tls = self.load(_site("a", '["a.test"]', _files("a")))
+        self.assertEqual(tls.sitesOf(_load(self, "a.test")), ())
+
+    def test_defaultSiteCertificate(self) -> None:
+        """
+        The default site's certificate answers unknown names and clients
+        without SNI.
+        """
+        self.files.leaf("a", _CA.issue_cert("a.test"))
+        self.files.leaf("d", _CA.issue_cert("d.test"))
+        tls = self.load(
+            _site("a", '["a.test"]', _files("a"))
+            + _site("d", '["d.test"]', _files("d") + "default = true\n")
+        )
+        default = tls.certificates.lookup("d.test")
+        assert default is not None
+        self.assertIs(tls.certificates.lookup("other.test"), default)
+        self.assertIs(tls.certificates.lookup(None), default)
+        self.assertIsNot(tls.certificates.lookup("a.test"), default)
+
+    def test_defaultSiteWithoutCertificate(self) -> None:
+        """
+        A default site without a certificate leaves unknown names without
+        one, rather than giving them another site's.
+        """
+        self.files.leaf("a", _CA.issue_cert("a.test"))
+        tls = self.load(
+            _site("a", '["a.test"]', _files("a"))
+            + _site("d", '["d.test"]', "default = true\n")
+        )
+        self.assertIsNone(tls.certificates.lookup("other.test"))
+        self.assertIsNone(tls.certificates.lookup(None))
+
+    def test_allErrorsAtOnce(self) -> None:
+        """
+        Every unusable file is reported, each under its site's key: a bad
+        certificate as C{cert_file}, a missing or mismatched key as
+        C{key_file}, a bad CA file as C{upstream_ca_file}.
+        """
+        directory = self.files.directory
+        self.files.leaf("bad", _CA.issue_cert("bad.test"))
+        self.files.write("bad-cert.pem", b"not a certificate\n")
+        cert, _ = self.files.leaf("mixed", _CA.issue_cert("mixed.test"))
+        _, otherKey = self.files.leaf("other", _CA.issue_cert("mixed.test"))
+        os.replace(otherKey, os.path.join(directory, "mixed-key.pem"))
+        self.files.leaf("nokey", _CA.issue_cert("nokey.test"))
+        os.remove(os.path.join(directory, "nokey-key.pem"))
+        self.files.write("ca.pem", b"not a CA\n")
+        errors = self.loadErrors(
+            _site("bad", '["bad.test"]', _files("bad"))
+            + _site("mixed", '["mixed.test"]', _files("mixed"))
+            + _site("nokey", '["nokey.test"]', _files("nokey"))
+            + _site(
+                "up",
+                '["up.test"]',
+                'upstream_ca_file = "ca.pem"\n',
+                "https://10.0.0.1:8443",
+            )
+        )
+        path = os.path.join
+        self.assertEqual(len(errors), 4, errors)
+        self.assertEqual(
+            errors[0],
+            f"sites[0].cert_file: {path(directory, 'bad-cert.pem')}: "
+            "no PEM certificate found",
+        )
+        self.assertEqual(
+            errors[1],
+            f"sites[1].key_file: {path(directory, 'mixed-key.pem')} does not "
+            f"match the certificate in {cert}",
+        )
+        self.assertTrue(
+            errors[2].startswith(
+                f"sites[2].key_file: {path(directory, 'nokey-key.pem')}: cannot read"
+            ),
+            errors[2],
+        )
+        self.assertEqual(
+            errors[3],
+            f"sites[3].upstream_ca_file: {path(directory, 'ca.pem')}: "
+            "no PEM certificate found",
+        )
+
+    def test_oneSiteSeveralErrors(self) -> None:
+        """
+        A site with both an unusable certificate and an unusable CA file
+        gets both errors.
+        """
+        self.files.write("a-cert.pem", b"")
+        self.files.write("a-key.pem", b"")
+        self.files.write("ca.pem", b"")
+        errors = self.loadErrors(
+            _site(
+                "a",
+                '["a.test"]',
+                _files("a") + 'upstream_ca_file = "ca.pem"\n',
+                "https://10.0.0.1:8443",
+            )
+        )
+        self.assertEqual(
+            [error.split(":", 1)[0] for error in errors],
+            ["sites[0].cert_file", "sites[0].upstream_ca_file"],
+        )
+
+    def test_expiredIsCertFileError(self) -> None:
+        """
+        An expired certificate is an error under C{cert_file}.
+        """
+        leaf = _CA.issue_cert(
+            "a.test", not_before=_FAR_PAST, not_after=datetime(2026, 1, 1, tzinfo=UTC)
+        )
+        certPath, _ = self.files.leaf("a", leaf)
+        self.assertEqual(
+            self.loadErrors(_site("a", '["a.test"]', _files("a"))),
+            [
+                f"sites[0].cert_file: {certPath}: certificate expired 2026-01-01T00:00:00Z"
+            ],
+        )
+
+    def test_warningsNameTheSite(self) -> None:
+        """
+        Warnings are kept, each under its site's C{cert_file}.
+        """
+        leaf = _CA.issue_cert(
+            "a.test", not_before=_FAR_PAST, not_after=datetime(2026, 6, 4, tzinfo=UTC)
+        )
+        certPath, _ = self.files.leaf("a", leaf)
+        self.files.leaf("b", _CA.issue_cert("b.test"))
+        tls = self.load(
+            _site("b", '["b.test", "www.b.test"]', _files("b"))
+            + _site("a", '["a.test"]', _files("a"))
+        )
+        self.assertEqual(
+            tls.warnings,
+            (
+                f"sites[0].cert_file: {os.path.join(self.files.directory, 'b-cert.pem')}"
+                ": certificate names (b.test) do not cover www.b.test",
+                f"sites[1].cert_file: {certPath}: certificate expires "
+                "2026-06-04T00:00:00Z",
+            ),
+        )
+
+    def test_upstreamTLS(self) -> None:
+        """
+        Sites with https:// upstreams get their trust settings: their CA
+        file, the system store, or no verification; sites without are not
+        listed.
+        """
+        self.files.write("ca.pem", _CA.cert_pem.bytes())
+        tls = self.load(
+            _site("ca", '["ca.test"]', 'upstream_ca_file = "ca.pem"\n', "https://u:1")
+            + _site("system", '["system.test"]', "", "https://u:2")
+            + _site(
+                "off", '["off.test"]', "upstream_tls_verify = false\n", "https://u:3"
+            )
+            + _site("plain", '["plain.test"]')
+        )
+        self.assertEqual(set(tls.upstreamTLS), {"ca", "system", "off"})
+        ca = tls.upstreamTLS["ca"]
+        self.assertEqual(ca.caFile, os.path.join(self.files.directory, "ca.pem"))
+        self.assertTrue(ca.verify)
+        self.assertIsNotNone(ca.trustRoot)
+        self.assertIs(tls.upstreamTLS["system"], SYSTEM_TRUST)
+        self.assertEqual(tls.upstreamTLS["off"], UpstreamTLS(verify=False))
+
+
+class _HookRecorder(_ExceptHookRecorder):
+    """
+    A C{sys.excepthook} that records what it is given.
+    """
+
+
+def _refusal(name: str | None) -> tuple[type[BaseException], BaseException, None]:
+    return UnknownServerName, UnknownServerName(name), None
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """
+    Tests for L{RefusalLog}, with a L{Clock} and a patched
+    C{sys.excepthook}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.previous = _HookRecorder()
+        self.patch(sys, "excepthook", self.previous)
+        self.refusals = RefusalLog(self.clock)
+        self.addCleanup(self.refusals.uninstall)
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def lines(self) -> list[str]:
+        """
+        The log lines of L{revproxy.tls}, formatted.
+        """
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_namespace") == "revproxy.tls"
+        ]
+
+    def test_installUninstall(self) -> None:
+        """
+        C{install} replaces C{sys.excepthook}, a second C{install} changes
+        nothing, and C{uninstall} restores the previous hook.
+        """
+        self.refusals.install()
+        self.assertIs(sys.excepthook, self.refusals)
+        self.refusals.install()
+        self.refusals.uninstall()
+        self.assertIs(sys.excepthook, self.previous)
+        self.refusals.uninstall()
+        self.assertIs(sys.excepthook, self.previous)
+
+    def test_uninstallLeavesLaterHook(self) -> None:
+        """
+        C{uninstall} does not remove a hook installed after it.
+        """
+        self.refusals.install()
+        later = _HookRecorder()
+        sys.excepthook = later
+        self.refusals.uninstall()
+        self.assertIs(sys.excepthook, later)
+
+    def test_otherExceptionsToPreviousHook(self) -> None:
+        """
+        Any other exception goes to the previous hook, unlogged and
+        uncounted.
+        """
+        self.refusals.install()
+        error = ValueError("boom")
+        sys.excepthook(ValueError, error, None)
+        self.assertEqual(self.previous.errors, [error])
+        self.assertEqual(self.refusals.refused, 0)
+        self.assertEqual(self.lines(), [])
+
+    def test_refusalLogged(self) -> None:
+        """
+        A refused handshake is one log line naming the server name, and it
+        does not reach the previous hook.
+        """
+        self.refusals.install()
+        sys.excepthook(*_refusal("scan.test"))
+        self.assertEqual(self.refusals.refused, 1)
+        self.assertEqual(self.previous.errors, [])
+        [line] = self.lines()
+        self.assertIn("Refused a TLS handshake for 'scan.test'", line)
+        self.assertNotIn("more since", line)
+
+    def test_noServerName(self) -> None:
+        """
+        A refusal without SNI says so.
+        """
+        self.refusals(*_refusal(None))
+        [line] = self.lines()
+        self.assertIn("Refused a TLS handshake for no server name (SNI)", line)
+
+    def test_rateLimited(self) -> None:
+        """
+        At most one line per interval is logged; the next one counts those
+        suppressed since the last, and all are counted in C{refused}.
+        """
+        self.refusals(*_refusal("a.test"))
+        self.clock.advance(30)
+        self.refusals(*_refusal("b.test"))
+        self.refusals(*_refusal("c.test"))
+        self.clock.advance(29.9)
+        self.refusals(*_refusal("d.test"))
+        self.assertEqual(len(self.lines()), 1)
+        self.clock.advance(0.1)
+        self.refusals(*_refusal("e.test"))
+        lines = self.lines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("'e.test'", lines[1])
+        self.assertIn("(3 more since the last report)", lines[1])
+        self.clock.advance(60)
+        self.refusals(*_refusal("f.test"))
+        lines = self.lines()
+        self.assertEqual(len(lines), 3)
+        self.assertNotIn("more since", lines[2])
+        self.assertEqual(self.refusals.refused, 6)
+
+    def test_interval(self) -> None:
+        """
+        The interval is configurable.
+        """
+        refusals = RefusalLog(self.clock, interval=5)
+        refusals(*_refusal("a.test"))
+        self.clock.advance(4)
+        refusals(*_refusal("a.test"))
+        self.clock.advance(1)
+        refusals(*_refusal("a.test"))
+        lines = self.lines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("(1 more since the last report)", lines[1])
+
+    def test_realHandshake(self) -> None:
+        """
+        A handshake refused by L{SNIContextFactory} reaches the installed
+        log as a refusal, not the previous hook.
+        """
+        self.refusals.install()
+        factory = SNIContextFactory(CertificateStore({"a.test": _load(self, "a.test")}))
+        client, pump = _connectTLS(factory, "b.test")
+        pump.flush()
+        self.assertIsNotNone(client.lost)
+        self.assertEqual(self.previous.errors, [])
+        self.assertEqual(self.refusals.refused, 1)
+        [line] = self.lines()
+        self.assertIn("'b.test'", line)
+
+
+class _AbortRecordingTransport(StringTransport):
+    """
+    A transport that counts C{abortConnection} calls.
+    """
+
+    aborts = 0
+
+    def abortConnection(self) -> None:
+        self.aborts += 1
+        super().abortConnection()
+
+
+class HandshakeDeadlineTests(SynchronousTestCase):
+    """
+    Tests for L{HandshakeDeadline} on a fake transport and a L{Clock}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.factory = HandshakeDeadline(Factory.forProtocol(_Recorder), self.clock)
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert protocol is not None
+        self.protocol = protocol
+        self.transport = _AbortRecordingTransport()
+
+    def test_defaultTimeout(self) -> None:
+        """
+        The default deadline is ten seconds.
+        """
+        self.assertEqual(HANDSHAKE_TIMEOUT, 10.0)
+        self.assertEqual(self.factory.timeout, HANDSHAKE_TIMEOUT)
+
+    def test_abortedAtDeadline(self) -> None:
+        """
+        A connection whose handshake has not completed after the deadline
+        is aborted, once, and not before.
+        """
+        self.protocol.makeConnection(self.transport)
+        self.clock.advance(9.999)
+        self.assertEqual(self.transport.aborts, 0)
+        self.clock.advance(0.001)
+        self.assertEqual(self.transport.aborts, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual(self.transport.aborts, 1)
+
+    def test_customTimeout(self) -> None:
+        """
+        The deadline is C{timeout} seconds after the connection is made.
+        """
+        factory = HandshakeDeadline(Factory.forProtocol(_Recorder), self.clock, 2.5)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert protocol is not None
+        self.clock.advance(50)
+        protocol.makeConnection(self.transport)
+        self.clock.advance(2.4)
+        self.assertEqual(self.transport.aborts, 0)
+        self.clock.advance(0.1)
+        self.assertEqual(self.transport.aborts, 1)
+
+    def test_handshakeCancelsDeadline(self) -> None:
+        """
+        A completed handshake cancels the deadline.
+        """
+        self.protocol.makeConnection(self.transport)
+        self.clock.advance(9)
+        self.assertTrue(IHandshakeListener.providedBy(self.protocol))
+        cast(IHandshakeListener, self.protocol).handshakeCompleted()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual(self.transport.aborts, 0)
+
+    def test_connectionLostCancelsDeadline(self) -> None:
+        """
+        A connection lost before the deadline leaves no timer, and the
+        wrapped protocol learns of the loss.
+        """
+        self.protocol.makeConnection(self.transport)
+        wrapped = self.protocol.wrappedProtocol
+        assert isinstance(wrapped, _Recorder)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNotNone(wrapped.lost)
+        self.clock.advance(100)
+        self.assertEqual(self.transport.aborts, 0)
+
+    def test_wrappedProtocolConnected(self) -> None:
+        """
+        The wrapped protocol is connected at once and gets the data.
+        """
+        self.protocol.makeConnection(self.transport)
+        wrapped = self.protocol.wrappedProtocol
+        assert isinstance(wrapped, _Recorder)
+        self.assertIsNotNone(wrapped.transport)
+        self.protocol.dataReceived(b"GET /")
+        self.assertEqual(wrapped.data, b"GET /")
+
+    def test_logPrefix(self) -> None:
+        """
+        The factory logs under the wrapped factory's prefix.
+        """
+        self.assertEqual(self.factory.logPrefix(), "Factory")
+
+
+class HandshakeDeadlineTLSTests(SynchronousTestCase):
+    """
+    L{HandshakeDeadline} between C{TLSMemoryBIOFactory} and the site, with
+    real handshakes over memory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.recorders: list[_Recorder] = []
+        store = CertificateStore({"a.test": _load(self, "a.test")})
+        self.contexts = SNIContextFactory(store, http2=True)
+        self.serverFactory = TLSMemoryBIOFactory(
+            self.contexts,
+            False,
+            HandshakeDeadline(Factory.forProtocol(self.serverProtocol), self.clock),
+            self.clock,
+        )
+
+    def serverProtocol(self) -> Protocol:
+        """
+        The site's protocol: records what it receives, echoes it.
+        """
+        recorder = _EchoRecorder()
+        self.recorders.append(recorder)
+        return recorder
+
+    def deadlines(self) -> list[object]:
+        """
+        The pending deadline timers.
+        """
+        return [
+            call
+            for call in self.clock.getDelayedCalls()
+            if getattr(call, "func", None) is not None
+            and getattr(call.func, "__name__", "") == "_expired"  # type: ignore[attr-defined]
+        ]
+
+    def connectTLS(self, alpn: list[bytes] | None = None) -> tuple[_Recorder, IOPump]:
+        creator = optionsForClientTLS(
+            "a.test",
+            trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
+            acceptableProtocols=alpn,
+        )
+        clientFactory = TLSMemoryBIOFactory(
+            creator, True, Factory.forProtocol(_Recorder), self.clock
+        )
+        address = IPv4Address("TCP", "127.0.0.1", 1)
+        clientProtocol = clientFactory.buildProtocol(address)
+        assert clientProtocol is not None
+        recorder = clientProtocol.wrappedProtocol
+        assert isinstance(recorder, _Recorder)
+        _, _, pump = connectedServerAndClient(
+            lambda: self.serverFactory.buildProtocol(address),
+            lambda: clientProtocol,
+            clock=self.clock,
+            greet=False,
+        )
+        return recorder, pump
+
+    def test_handshakeCancelsDeadline(self) -> None:
+        """
+        The deadline starts with the connection and is cancelled when the
+        handshake completes; the connection then outlives it.
+        """
+        client, pump = self.connectTLS()
+        self.assertEqual(len(self.deadlines()), 1)
+        pump.flush()
+        self.assertEqual(self.deadlines(), [])
+        self.clock.advance(HANDSHAKE_TIMEOUT * 3)
+        pump.flush()
+        assert client.transport is not None
+        client.transport.write(b"ping")
+        pump.flush()
+        self.assertEqual(client.data, b"ping")
+        self.assertIsNone(client.lost)
+        self.assertEqual(self.recorders[0].data, b"ping")
+
+    def test_siteSeesTLSTransport(self) -> None:
+        """
+        Through the deadline wrapper, the site's protocol sees a TLS
+        transport (requests are secure) and the ALPN protocol (HTTP/2 can
+        be chosen).
+        """
+        client, pump = self.connectTLS([b"h2", b"http/1.1"])
+        pump.flush()
+        self.assertIsNone(client.lost)
+        [server] = self.recorders
+        self.assertTrue(ISSLTransport.providedBy(server.transport))
+        self.assertEqual(getattr(server.transport, "negotiatedProtocol", None), b"h2")
+
+    def test_silentClientAborted(self) -> None:
+        """
+        A client that connects and never sends a ClientHello is
+        disconnected ten seconds later, and not before; the site's protocol
+        learns of it.
+        """
+        silent = _Recorder()
+        _, _, pump = connectedServerAndClient(
+            lambda: self.serverFactory.buildProtocol(
+                IPv4Address("TCP", "127.0.0.1", 1)
+            ),
+            lambda: silent,
+            clock=self.clock,
+        )
+        self.clock.advance(HANDSHAKE_TIMEOUT - 0.01)
+        pump.flush()
+        self.assertIsNone(silent.lost)
+        self.assertIsNone(self.recorders[0].lost)
+        self.clock.advance(0.01)
+        pump.flush()
+        self.assertIsNotNone(silent.lost)
+        self.assertIsNotNone(self.recorders[0].lost)
+        self.assertEqual(self.deadlines(), [])
+
+    def test_slowHandshakeAborted(self) -> None:
+        """
+        A client that starts the handshake but does not finish it in time
+        is disconnected.
+        """
+        client, pump = self.connectTLS()
+        # The ClientHello reaches the server; its answer never comes back.
+        pump.pump()
+        self.clock.advance(HANDSHAKE_TIMEOUT)
+        pump.flush()
+        self.assertIsNotNone(client.lost)
+        self.assertEqual(client.data, b"")
+        self.assertIsNotNone(self.recorders[0].lost)
+
+
+class _EchoRecorder(_Recorder):
+    """
+    Records and echoes what it receives.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        assert self.transport is not None
+        self.transport.write(data)
