@@ -175,15 +175,11 @@ class Reloader:
             )
         problems = checkConfig(config)
         if problems:
-            _log.error(
-                "{verb} ({source}) failed, nothing was applied: {errors}",
-                verb=verb,
-                source=source,
-                errors="; ".join(problems),
-            )
-            return _error(
+            return self._refused(
+                verb,
+                source,
                 "config_invalid",
-                f"{self.configPath} is invalid: " + "; ".join(problems),
+                f"{self.configPath} is invalid",
                 problems,
             )
         current = self.holder.current
@@ -195,17 +191,12 @@ class Reloader:
         try:
             runtime = buildRuntime(effective, self._clock, previous=current)
         except ConfigError as e:
-            errors = list(e.errors)
-            _log.error(
-                "{verb} ({source}) failed, nothing was applied: {errors}",
-                verb=verb,
-                source=source,
-                errors="; ".join(errors),
-            )
-            return _error(
+            return self._refused(
+                verb,
+                source,
                 "certificate_invalid",
-                "a certificate, key or CA file cannot be used: " + "; ".join(errors),
-                errors,
+                "a certificate, key or CA file cannot be used",
+                list(e.errors),
             )
         sites = siteChanges(current.config, effective)
         answer: dict[str, Any] = {
@@ -238,6 +229,20 @@ class Reloader:
             ),
         )
         return answer
+
+    def _refused(
+        self, verb: str, source: str, code: str, what: str, errors: list[str]
+    ) -> dict[str, Any]:
+        """
+        Log and answer a reload or check refused for C{errors}.
+        """
+        _log.error(
+            "{verb} ({source}) failed, nothing was applied: {errors}",
+            verb=verb,
+            source=source,
+            errors="; ".join(errors),
+        )
+        return _error(code, f"{what}: " + "; ".join(errors), errors)
 
 
 def _error(code: str, message: str, errors: list[str]) -> dict[str, Any]:
