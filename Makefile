@@ -12,7 +12,8 @@ export PYTHONPATH := $(CURDIR)
 .PHONY: run test lint typecheck unit install bench clean debian-deps
 
 # Debian packages the integration tests use: real admin-socket clients
-# (nc, socat) and real TLS and HTTP/2 clients (openssl, nghttp, curl).
+# (nc, socat), real TLS and HTTP/2 clients (openssl, nghttp, curl), and
+# pebble, Let's Encrypt's test ACME server (with pebble-challtestsrv).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements-test.txt setup.cfg pyproject.toml
@@ -55,6 +56,7 @@ debian-deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v nghttp >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v pebble >/dev/null || missing="$$missing pebble"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

@@ -5,6 +5,7 @@ revproxy's own interfaces.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
@@ -18,7 +19,9 @@ from twisted.internet.interfaces import (
 from zope.interface import Interface
 
 if TYPE_CHECKING:
-    from revproxy.tls import LoadedCertificate
+    from twisted.internet.defer import Deferred
+
+    from revproxy.tls import LoadedCertificate, PrivateKey
 
 
 class IRevProxyReactor(
@@ -53,4 +56,62 @@ class ICertificateStore(Interface):
     def all() -> list[LoadedCertificate]:
         """
         Every certificate in the store, each once.
+        """
+
+
+class IChallengeResponder(Interface):
+    """
+    Where ACME challenge answers are published while an order is being
+    validated.  Called on the reactor thread only.
+    """
+
+    def addHTTP01(token: str, keyAuthorization: str) -> None:
+        """
+        Answer C{GET /.well-known/acme-challenge/TOKEN} on every HTTP
+        listener with C{keyAuthorization}.
+        """
+
+    def removeHTTP01(token: str) -> None:
+        """
+        Stop answering for C{token}; unknown tokens are ignored.
+        """
+
+    def addTLSALPN01(name: str, keyAuthorization: str) -> None:
+        """
+        Answer TLS connections for SNI C{name} that offer ALPN
+        C{acme-tls/1} with the RFC 8737 challenge certificate for
+        C{keyAuthorization}.
+        """
+
+    def removeTLSALPN01(name: str) -> None:
+        """
+        Stop answering tls-alpn-01 for C{name}; unknown names are ignored.
+        """
+
+
+class IIssuer(Interface):
+    """
+    Obtains certificates from a CA.  Implementations run their blocking
+    work off the reactor thread and put a deadline on every call.
+    """
+
+    def issue(
+        names: Sequence[str], key: PrivateKey, responder: IChallengeResponder
+    ) -> Deferred[list[bytes]]:
+        """
+        Order one certificate for all of C{names}, with a CSR signed by
+        C{key}, answering the challenges through C{responder} (and removing
+        the answers afterwards, whatever happens).
+
+        @return: Fires with the chain, leaf first, one PEM certificate per
+            item; fails with L{revproxy.acme.AcmeError}.
+        """
+
+    def renewalWindow(leafPEM: bytes) -> Deferred[tuple[float, float] | None]:
+        """
+        The CA's suggested renewal window for a certificate (ARI, RFC
+        9773), as (start, end) in seconds since the epoch.
+
+        @return: Fires with the window, or L{None} when the directory does
+            not offer C{renewalInfo}; fails with L{revproxy.acme.AcmeError}.
         """
