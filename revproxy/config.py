@@ -1342,6 +1342,10 @@ class _Parser:
                 f"{_quote(name)} must be 1-64 letters, digits, '_', '.' or '-'",
             )
             name = None
+        elif name is not None and name.startswith("."):
+            # The name is a directory under state_dir (ACME certificates).
+            table.error("name", f"{_quote(name)} must not start with '.'")
+            name = None
         isDefault = table.boolean("default", False)
 
         hosts: list[tuple[int, str]] = []

@@ -915,6 +915,21 @@ class SiteTests(ParseTestCase):
             "sites[1].name: \"a/b\" must be 1-64 letters, digits, '_', '.' or '-'",
         )
 
+    def test_nameNoLeadingDot(self) -> None:
+        """
+        A site name does not start with C{.}: it names a directory under
+        C{state_dir}, and C{..} would climb out of it.
+        """
+        self.assertErrors(
+            document(
+                site(name=".."),
+                site(name=".hidden", hosts=["b.example"]),
+                site(name="a.b", hosts=["c.example"]),
+            ),
+            "sites[0].name: \"..\" must not start with '.'",
+            "sites[1].name: \".hidden\" must not start with '.'",
+        )
+
     def test_duplicateName(self) -> None:
         """
         Two sites with the same name are an error naming both.
