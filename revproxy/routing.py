@@ -6,13 +6,15 @@ L{normalizeHostHeader} and L{RoutingTable} are pure and on the hot path: no
 reactor, no I/O.  The common C{Host} (ASCII, perhaps with a port) is checked
 by one precompiled regular expression; only non-ASCII names and A-labels go
 through C{idna}.  L{RootResource} is the shell: the one resource of the
-L{Site}, which routes each request and hands it to the forwarder.
+L{Site}, which routes each request and hands it to the forwarder; it also
+answers pending ACME http-01 challenges itself.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from email.utils import formatdate
 from ipaddress import AddressValueError, IPv6Address
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -49,6 +51,19 @@ class HasHosts(Protocol):
     def default(self) -> bool:
         """
         Whether requests for no other site's hosts go to this one.
+        """
+
+
+class HTTP01Answers(Protocol):
+    """
+    What L{RootResource} reads of the pending ACME http-01 challenges
+    (L{revproxy.acme.challenges.ChallengeStore} has it).
+    """
+
+    def http01(self, token: str) -> bytes | None:
+        """
+        The key authorization to answer for C{token}, or L{None} when no
+        challenge is pending for it.
         """
 
 
@@ -292,13 +307,29 @@ class RootResource:
 
     It reads the current runtime once per request; a reload swaps it under
     requests in flight without touching them.
+
+    A C{GET} or C{HEAD} of C{/.well-known/acme-challenge/TOKEN} (exactly:
+    no query) for a token pending in L{challenges} is answered here with
+    its key authorization, whatever the C{Host} (a new site's name has no
+    route yet), over HTTP and HTTPS alike (a validator may follow a
+    redirect to HTTPS), before routing and redirects.  Any other token is
+    routed as usual, so an application's own ACME client still works.
+
+    @ivar challenges: The pending http-01 challenges, or L{None}; may be
+        assigned at any time.
     """
 
     isLeaf = True
 
-    def __init__(self, runtime: RuntimeHolder, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeHolder,
+        forwarder: Forwarder,
+        challenges: HTTP01Answers | None = None,
+    ) -> None:
         self.runtime = runtime
         self.forwarder = forwarder
+        self.challenges = challenges
 
     def getChildWithDefault(self, name: bytes, request: object) -> IResource:
         return self
@@ -344,6 +375,10 @@ class RootResource:
                 simpleResponse(request, 400, "400 Bad Request: invalid request-target")
                 return NOT_DONE_YET
             headers.setRawHeaders(b"host", [authority])
+        if target.startswith(ACME_CHALLENGE_PREFIX) and self._answerHTTP01(
+            request, target
+        ):
+            return NOT_DONE_YET
         runtime = self.runtime.current
         route = runtime.table.match(host)
         if route is None:
@@ -379,6 +414,39 @@ class RootResource:
                 return NOT_DONE_YET
         self.forwarder.forward(request, route, target)
         return NOT_DONE_YET
+
+    def _answerHTTP01(self, request: ProxyRequest, target: bytes) -> bool:
+        """
+        Answer C{request}, for C{target} under L{ACME_CHALLENGE_PREFIX},
+        with its key authorization if its token is pending and it is a
+        C{GET} or C{HEAD}.
+
+        @return: Whether it was answered.
+        """
+        challenges = self.challenges
+        if challenges is None or request.method not in (b"GET", b"HEAD"):
+            return False
+        # Only base64url tokens are ever pending, so a target with a query,
+        # a slash or any other byte is simply not found.
+        token = target[len(ACME_CHALLENGE_PREFIX) :].decode("latin-1")
+        body = challenges.http01(token)
+        if body is None:
+            return False
+        request.setResponseCode(200)
+        headers = request.responseHeaders
+        site = getattr(request.channel, "site", None)
+        clock = getattr(site, "reactor", None)
+        if clock is not None:
+            headers.setRawHeaders(
+                b"date", [formatdate(clock.seconds(), usegmt=True).encode("ascii")]
+            )
+        # RFC 8555 8.3: the body is the key authorization, as is.
+        headers.setRawHeaders(b"content-type", [b"application/octet-stream"])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        request.write(body)
+        request.finish()
+        return True
 
 
 #: Paths answered over plain HTTP even for sites that redirect to HTTPS.

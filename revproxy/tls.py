@@ -8,7 +8,9 @@ L{loadCertificateFiles} is pure except for reading its two files: the time
 it checks expiry against is passed in (C{clock.seconds()}).
 L{CertificateStore} is pure.  L{SNIContextFactory} builds pyOpenSSL
 contexts; it is what a C{TLSMemoryBIOFactory} wraps around the site, with a
-L{HandshakeDeadline} in between.  L{loadTLSFiles} reads every file a config
+L{HandshakeDeadline} in between.  It also answers ACME tls-alpn-01
+challenges (RFC 8737) from L{ChallengeCertificates}, and the deadline
+wrapper closes those connections after their handshake.  L{loadTLSFiles} reads every file a config
 names, at start-up, C{--check} and every reload.
 """
 
@@ -65,6 +67,9 @@ INTERMEDIATE_TLS13_SUITES = (
     b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 )
 INTERMEDIATE_GROUPS = b"X25519:P-256:P-384"
+
+#: The ALPN protocol of ACME tls-alpn-01 validators (RFC 8737 6.2).
+ACME_TLS_ALPN = b"acme-tls/1"
 
 _SESSION_ID_CONTEXT = b"revproxy"
 _Contexts = dict[int, tuple["LoadedCertificate", SSL.Context]]
@@ -353,6 +358,19 @@ class CertificateStore:
         return list(seen.values())
 
 
+class ChallengeCertificates(Protocol):
+    """
+    What L{SNIContextFactory} reads of the pending tls-alpn-01 challenges
+    (L{revproxy.acme.challenges.ChallengeStore} has it).
+    """
+
+    def tlsALPN01(self, name: str) -> tuple[x509.Certificate, PrivateKey] | None:
+        """
+        The challenge certificate and its key for the SNI name C{name}, or
+        L{None} when no challenge is pending for it.
+        """
+
+
 class UnknownServerName(Exception):
     """
     Raised inside the SNI callback to refuse a handshake: no certificate for
@@ -398,6 +416,20 @@ class SNIContextFactory:
 
     Assigning L{store} affects new handshakes only: connections keep the
     context they were switched to.
+
+    ACME tls-alpn-01: a TLS 1.3 client that offers ALPN C{acme-tls/1} for a
+    name with a pending challenge in L{challenges} gets the challenge
+    certificate (alone, on a context without any certificate of its own)
+    and C{acme-tls/1}; every other client of that name gets what it would
+    get without the challenge.  A name with a pending challenge but no
+    certificate (and no default) is not refused in the SNI callback, so
+    that the validator can be answered; other clients of it still fail the
+    handshake, for want of a certificate.  Only TLS 1.3: in TLS 1.2
+    OpenSSL chooses the certificate before calling the ALPN callback, so
+    C{acme-tls/1} is never selected there (validators speak TLS 1.3).
+
+    @ivar challenges: The pending tls-alpn-01 challenges, or L{None};
+        may be assigned at any time.
     """
 
     def __init__(
@@ -407,12 +439,14 @@ class SNIContextFactory:
         minVersion: str = "1.2",
         http2: bool = False,
         groups: bytes = INTERMEDIATE_GROUPS,
+        challenges: ChallengeCertificates | None = None,
     ) -> None:
         """
         @param store: The certificates.
         @param minVersion: C{"1.2"} (Mozilla intermediate) or C{"1.3"}.
         @param http2: Whether to offer C{h2} in ALPN before C{http/1.1}.
         @param groups: The key exchange groups, as an OpenSSL list.
+        @param challenges: The pending tls-alpn-01 challenges.
         @raise ValueError: An unknown C{minVersion}, or groups OpenSSL
             rejects.
         @raise SSL.Error: A certificate's key does not match it.
@@ -426,6 +460,10 @@ class SNIContextFactory:
         self._groups = groups
         self._baseContext = self._newContext()
         self._baseContext.set_tlsext_servername_callback(self._serverNameSelected)
+        # No certificate: the one of a tls-alpn-01 answer is set on the
+        # connection, and no site's intermediates must go along with it.
+        self._challengeContext = self._newContext()
+        self.challenges = challenges
         self._current: tuple[ICertificateStore, _Contexts] = (
             store,
             self._contextsFor(store, {}),
@@ -485,7 +523,9 @@ class SNIContextFactory:
     def _serverNameSelected(self, connection: SSL.Connection) -> None:
         """
         The SNI callback (also called without SNI): switch C{connection} to
-        the context of its certificate, or refuse the handshake.
+        the context of its certificate, else to the certificate-less
+        challenge context if a tls-alpn-01 challenge is pending for the
+        name, else refuse the handshake.
         """
         store, contexts = self._current
         raw = connection.get_servername()
@@ -493,16 +533,55 @@ class SNIContextFactory:
         cert = store.lookup(name)
         entry = contexts.get(id(cert)) if cert is not None else None
         if entry is None:
+            if name is not None and self._challengeFor(connection, name) is not None:
+                # A name being validated before it has a certificate: the
+                # ALPN callback gives the validator its certificate; any
+                # other client fails the handshake, having none.
+                connection.set_context(self._challengeContext)
+                return
             raise UnknownServerName(name)
         connection.set_context(entry[1])
+
+    def _challengeFor(
+        self, connection: SSL.Connection, name: str
+    ) -> tuple[x509.Certificate, PrivateKey] | None:
+        """
+        The tls-alpn-01 certificate to answer C{connection} for C{name}
+        with, if a challenge is pending and the handshake is TLS 1.3.
+        """
+        challenges = self.challenges
+        if challenges is None:
+            return None
+        # In TLS 1.2, OpenSSL calls the ALPN callback after it has chosen
+        # the certificate: switching the context then would free the
+        # choice under it.  In TLS 1.3, SNI and ALPN are both handled
+        # before.
+        if connection.get_protocol_version() != SSL.TLS1_3_VERSION:
+            return None
+        return challenges.tlsALPN01(name)
 
     def _selectProtocol(
         self, connection: SSL.Connection, offered: list[bytes]
     ) -> bytes | SSL._NoOverlappingProtocols:
         """
-        The ALPN callback: our first protocol the client offers, else no
-        ALPN at all.
+        The ALPN callback: C{acme-tls/1} with the challenge certificate
+        when the client offers it for a name with a pending tls-alpn-01
+        challenge, else our first protocol the client offers, else no ALPN
+        at all.
         """
+        if ACME_TLS_ALPN in offered:
+            raw = connection.get_servername()
+            answer = (
+                self._challengeFor(connection, raw.decode("ascii", "replace"))
+                if raw is not None
+                else None
+            )
+            if answer is not None:
+                certificate, key = answer
+                connection.set_context(self._challengeContext)
+                connection.use_certificate(certificate)
+                connection.use_privatekey(key)
+                return ACME_TLS_ALPN
         for protocol in self._protocols:
             if protocol in offered:
                 return protocol
@@ -671,18 +750,35 @@ HANDSHAKE_TIMEOUT = 10.0
 @implementer(IHandshakeListener)
 class _HandshakeDeadline(ProtocolWrapper):
     """
-    Aborts the connection unless the TLS handshake completes in time.
+    Aborts the connection unless the TLS handshake completes in time, and
+    closes a tls-alpn-01 validator's connection after its handshake.
+
+    @ivar challenge: Whether the handshake negotiated C{acme-tls/1}; the
+        site's protocol then never gets any data.
     """
 
     factory: HandshakeDeadline
     _timer: IDelayedCall | None = None
+    challenge = False
 
     def makeConnection(self, transport: ITCPTransport) -> None:
         self._timer = self.factory.clock.callLater(self.factory.timeout, self._expired)
         super().makeConnection(transport)
 
     def handshakeCompleted(self) -> None:
+        if getattr(self.transport, "negotiatedProtocol", None) == ACME_TLS_ALPN:
+            # The validator only needs the handshake (RFC 8737 3).  The
+            # deadline stays: it aborts a peer that does not close in turn.
+            self.challenge = True
+            transport = cast(ITCPTransport, self.transport)
+            transport.loseConnection()
+            return
         self._cancel()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.challenge:
+            return
+        super().dataReceived(data)
 
     def _expired(self) -> None:
         self._timer = None

@@ -22,6 +22,7 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from revproxy.acme.challenges import ChallengeStore
 from revproxy.config import ConfigError, parseConfig
 from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
 from revproxy.proxy.request import ProxyRequest, ProxySite
@@ -486,11 +487,14 @@ class RuntimeTLSTests(SynchronousTestCase):
 
     def test_securedSites(self) -> None:
         """
-        The sites with a certificate are secured; a site with C{tls =
-        "none"} or (not yet issued) C{"acme"} is not.
+        The sites with certificate files and the C{"acme"} sites (served
+        with a placeholder until issued) are secured; a site with C{tls =
+        "none"} is not.
         """
         runtime = buildRuntime(self.config, Clock())
-        self.assertEqual(runtime.secured, {"secure", "numeric", "wild", "both"})
+        self.assertEqual(
+            runtime.secured, {"secure", "numeric", "wild", "both", "pending"}
+        )
 
     def test_loadsFiles(self) -> None:
         """
@@ -518,16 +522,19 @@ class RuntimeTLSTests(SynchronousTestCase):
     def test_givenFilesUsed(self) -> None:
         """
         With C{tls}, nothing is read: those files are used, and their sites
-        are the secured ones.
+        are the secured ones, with the C{"acme"} sites.
         """
         tls = loadTLSFiles(self.config, Clock().seconds())
         os.remove(os.path.join(self.directory, "cert.pem"))
         runtime = buildRuntime(self.config, Clock(), tls=tls)
         self.assertIs(runtime.tls, tls)
-        self.assertEqual(runtime.secured, {"secure", "numeric", "wild", "both"})
+        self.assertEqual(
+            runtime.secured, {"secure", "numeric", "wild", "both", "pending"}
+        )
         only = TLSFiles(tls.certificates, {1: ("plain",)}, {}, ())
         self.assertEqual(
-            buildRuntime(self.config, Clock(), tls=only).secured, {"plain"}
+            buildRuntime(self.config, Clock(), tls=only).secured,
+            {"plain", "pending"},
         )
 
     def test_reloadReadsAgain(self) -> None:
@@ -564,25 +571,34 @@ class RuntimeTLSTests(SynchronousTestCase):
         self.assertEqual(buildRuntime(v6, Clock()).httpsPort, 4443)
 
 
-class HTTPSRoutingTests(SynchronousTestCase):
+class _RootResourceCase(SynchronousTestCase):
     """
-    L{RootResource} over HTTPS and over plain HTTP, on a real
-    L{ProxySite} channel with a recording forwarder.
+    L{RootResource} on a real L{ProxySite} channel with a recording
+    forwarder, for C{configText}.
     """
 
     configText = TLS_CONFIG
+    challenges: ChallengeStore | None = None
 
     def setUp(self) -> None:
         self.clock = Clock()
-        directory = _writeCertificate(self, *_NAMES)
-        self.runtime: Runtime = buildRuntime(
-            parseConfig(self.configText, baseDir=directory), self.clock
-        )
+        self.directory = _writeCertificate(self, *_NAMES)
         self.forwarder = _RecordingForwarder()
-        self.site = ProxySite(
-            RootResource(RuntimeHolder(self.runtime), cast(Forwarder, self.forwarder)),
-            reactor=self.clock,
+        self.useConfig(self.configText)
+
+    def useConfig(self, text: str) -> None:
+        """
+        Serve C{text} from now on.
+        """
+        self.runtime: Runtime = buildRuntime(
+            parseConfig(text, baseDir=self.directory), self.clock
         )
+        self.root = RootResource(
+            RuntimeHolder(self.runtime),
+            cast(Forwarder, self.forwarder),
+            challenges=self.challenges,
+        )
+        self.site = ProxySite(self.root, reactor=self.clock)
 
     def request(self, data: bytes, secure: bool = False) -> _Response:
         """
@@ -631,18 +647,23 @@ class HTTPSRoutingTests(SynchronousTestCase):
         self.assertEqual(response.headers[b"cache-control"], [b"no-store"])
         self.assertEqual(self.forwarder.forwarded, [])
 
+
+class HTTPSRoutingTests(_RootResourceCase):
+    """
+    L{RootResource} over HTTPS and over plain HTTP.
+    """
+
     def test_httpsWithoutCertificateMisdirected(self) -> None:
         """
-        Over HTTPS, a site without a certificate (C{tls = "none"}, or
-        C{"acme"} not issued yet) answers 421 and nothing is forwarded.
+        Over HTTPS, a site without a certificate (C{tls = "none"}) answers
+        421 and nothing is forwarded.
         """
-        for host in (b"plain.example", b"pending.example"):
-            response = self.get(host, secure=True)
-            self.assertEqual(response.code, 421)
-            self.assertEqual(
-                response.body,
-                b"421 Misdirected Request: this site is not served over HTTPS\n",
-            )
+        response = self.get(b"plain.example", secure=True)
+        self.assertEqual(response.code, 421)
+        self.assertEqual(
+            response.body,
+            b"421 Misdirected Request: this site is not served over HTTPS\n",
+        )
         self.assertEqual(self.forwarder.forwarded, [])
 
     def test_httpsForwarded(self) -> None:
@@ -665,6 +686,10 @@ class HTTPSRoutingTests(SynchronousTestCase):
         self.assertRedirect(
             self.get(b"secure.example", b"/path/x?q=1&r=%20"),
             b"https://secure.example:8443/path/x?q=1&r=%20",
+        )
+        # An ACME site is redirected before its certificate is issued.
+        self.assertRedirect(
+            self.get(b"pending.example", b"/x"), b"https://pending.example:8443/x"
         )
 
     def test_redirectAnyMethod(self) -> None:
@@ -736,14 +761,13 @@ class HTTPSRoutingTests(SynchronousTestCase):
 
     def test_httpNotRedirected(self) -> None:
         """
-        Over HTTP, a site is forwarded when it has no C{redirect_http}, no
-        certificate yet, or no HTTPS at all.
+        Over HTTP, a site is forwarded when it has no C{redirect_http} or
+        no HTTPS at all.
         """
-        for host in (b"both.example", b"pending.example", b"plain.example"):
+        for host in (b"both.example", b"plain.example"):
             self.assertEqual(self.get(host).code, 200)
         self.assertEqual(
-            [name for name, _, _ in self.forwarder.forwarded],
-            ["both", "pending", "plain"],
+            [name for name, _, _ in self.forwarder.forwarded], ["both", "plain"]
         )
         self.assertFalse(any(secure for _, _, secure in self.forwarder.forwarded))
 
@@ -774,6 +798,161 @@ class HTTPSDefaultPortRoutingTests(HTTPSRoutingTests):
         """
         response = self.get(b"secure.example", b"/x")
         self.assertEqual(response.headers[b"location"], [b"https://secure.example/x"])
+
+
+_TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+_KEY_AUTHORIZATION = _TOKEN + ".9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
+_CHALLENGE = b"/.well-known/acme-challenge/"
+_TARGET = _CHALLENGE + _TOKEN.encode()
+#: No default site: a request for an unknown host is misdirected.
+_NO_DEFAULT_CONFIG = TLS_CONFIG.replace("default = true\n", "")
+
+
+class HTTP01Tests(_RootResourceCase):
+    """
+    ACME http-01 challenges answered by L{RootResource} itself.
+    """
+
+    def setUp(self) -> None:
+        self.store = ChallengeStore()
+        self.store.addHTTP01(_TOKEN, _KEY_AUTHORIZATION)
+        self.challenges = self.store
+        super().setUp()
+
+    def assertAnswered(self, response: _Response, head: bool = False) -> None:
+        """
+        C{response} is the key authorization (without the body if C{head}),
+        and nothing was forwarded.
+        """
+        self.assertEqual(
+            (response.code, response.body),
+            (200, b"" if head else _KEY_AUTHORIZATION.encode()),
+        )
+        self.assertEqual(
+            response.headers[b"content-type"], [b"application/octet-stream"]
+        )
+        self.assertEqual(
+            response.headers[b"content-length"], [b"%d" % len(_KEY_AUTHORIZATION)]
+        )
+        self.assertEqual(response.headers[b"cache-control"], [b"no-store"])
+        self.assertEqual(response.headers[b"date"], [b"Thu, 01 Jan 1970 00:00:00 GMT"])
+        self.assertNotIn(b"location", response.headers)
+        self.assertEqual(self.forwarder.forwarded, [])
+
+    def test_answered(self) -> None:
+        """
+        A GET of a pending token is answered with its key authorization
+        as C{application/octet-stream}, on a site that redirects HTTP to
+        HTTPS too (no 308).
+        """
+        self.assertAnswered(self.get(b"secure.example", _TARGET))
+
+    def test_anyHost(self) -> None:
+        """
+        A pending token is answered for a host no site has, even without a
+        default site, without C{Host} over HTTP/1.0, and in absolute form.
+        """
+        self.useConfig(_NO_DEFAULT_CONFIG)
+        self.assertAnswered(self.get(b"new.example", _TARGET))
+        self.assertAnswered(self.request(b"GET " + _TARGET + b" HTTP/1.0\r\n\r\n"))
+        self.assertAnswered(
+            self.request(
+                b"GET http://new.example" + _TARGET + b" HTTP/1.1\r\n"
+                b"Host: new.example\r\n\r\n"
+            )
+        )
+
+    def test_overHTTPS(self) -> None:
+        """
+        Over HTTPS the token is answered too, even for a site not served
+        over HTTPS (which would answer 421).
+        """
+        self.assertAnswered(self.get(b"secure.example", _TARGET, secure=True))
+        self.assertAnswered(self.get(b"plain.example", _TARGET, secure=True))
+
+    def test_head(self) -> None:
+        """
+        A HEAD of a pending token has the GET's headers and no body.
+        """
+        self.assertAnswered(
+            self.request(b"HEAD " + _TARGET + b" HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+            head=True,
+        )
+
+    def test_unknownTokenRoutedAsBefore(self) -> None:
+        """
+        A token that is not pending is forwarded to the host's site (not
+        redirected), or misdirected when no site has the host.
+        """
+        other = _CHALLENGE + b"someOtherToken"
+        self.assertEqual(self.get(b"secure.example", other).code, 200)
+        self.assertEqual(self.forwarder.forwarded, [("secure", other, False)])
+        self.useConfig(_NO_DEFAULT_CONFIG)
+        response = self.get(b"new.example", other)
+        self.assertEqual(response.code, 421)
+        self.assertEqual(len(self.forwarder.forwarded), 1)
+
+    def test_onlyTheExactTarget(self) -> None:
+        """
+        A target that is not exactly the challenge path of a pending token
+        (a query, a trailing slash, a percent escape, another case, a
+        prefix of the token, the token with more after it) is forwarded.
+        """
+        targets = [
+            _TARGET + b"?x=1",
+            _TARGET + b"/",
+            _TARGET[:-1] + b"%%%02X" % _TARGET[-1],
+            _CHALLENGE + _TOKEN.lower().encode(),
+            _TARGET[:-1],
+            _TARGET + b"A",
+            _CHALLENGE,
+            _CHALLENGE + b"/" + _TOKEN.encode(),
+        ]
+        for target in targets:
+            response = self.get(b"secure.example", target)
+            self.assertEqual(response.body, b"200 forwarded\n", target)
+        self.assertEqual(
+            self.forwarder.forwarded, [("secure", t, False) for t in targets]
+        )
+
+    def test_invalidTokenNeverAnswered(self) -> None:
+        """
+        A token with characters outside the base64url alphabet cannot be
+        made pending, so its path is forwarded.
+        """
+        for token in ("a.b", "abc=", "a%2Fb"):
+            self.assertRaises(ValueError, self.store.addHTTP01, token, "x.y")
+            target = _CHALLENGE + token.encode()
+            self.assertEqual(self.get(b"secure.example", target).code, 200)
+            self.assertEqual(self.forwarder.forwarded[-1], ("secure", target, False))
+
+    def test_otherMethodsForwarded(self) -> None:
+        """
+        Only GET and HEAD are answered; a POST or a PUT of the path is
+        forwarded.
+        """
+        for method in (b"POST", b"PUT", b"DELETE", b"OPTIONS"):
+            response = self.request(
+                method + b" " + _TARGET + b" HTTP/1.1\r\nHost: secure.example\r\n"
+                b"Content-Length: 2\r\n\r\n{}"
+            )
+            self.assertEqual(response.body, b"200 forwarded\n")
+        self.assertEqual(self.forwarder.forwarded, [("secure", _TARGET, False)] * 4)
+
+    def test_removedOrNoStore(self) -> None:
+        """
+        A removed token is forwarded again, as every token is without a
+        store; a store assigned after construction is used.
+        """
+        self.store.removeHTTP01(_TOKEN)
+        self.assertEqual(self.get(b"secure.example", _TARGET).code, 200)
+        self.store.addHTTP01(_TOKEN, _KEY_AUTHORIZATION)
+        self.root.challenges = None
+        self.assertEqual(self.get(b"secure.example", _TARGET).code, 200)
+        self.assertEqual(self.forwarder.forwarded, [("secure", _TARGET, False)] * 2)
+        self.forwarder.forwarded.clear()
+        self.root.challenges = self.store
+        self.assertAnswered(self.get(b"secure.example", _TARGET))
 
 
 class HTTPSLocationTests(SynchronousTestCase):

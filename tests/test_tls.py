@@ -4,6 +4,7 @@ Tests for L{revproxy.tls}.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     ISSLTransport,
 )
@@ -28,16 +30,19 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from revproxy.acme.challenges import ACME_IDENTIFIER_OID, ChallengeStore
 from revproxy.config import ConfigError, parseConfig
 from revproxy.interfaces import ICertificateStore
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.tls import (
+    ACME_TLS_ALPN,
     HANDSHAKE_TIMEOUT,
     CertificateError,
     CertificateStore,
@@ -1243,6 +1248,14 @@ class _AbortRecordingTransport(StringTransport):
         super().abortConnection()
 
 
+class _NegotiatedTransport(_AbortRecordingTransport):
+    """
+    A TLS transport, as far as the ALPN protocol goes.
+    """
+
+    negotiatedProtocol: bytes | None = None
+
+
 class HandshakeDeadlineTests(SynchronousTestCase):
     """
     Tests for L{HandshakeDeadline} on a fake transport and a L{Clock}.
@@ -1327,6 +1340,43 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         self.assertIsNotNone(wrapped.transport)
         self.protocol.dataReceived(b"GET /")
         self.assertEqual(wrapped.data, b"GET /")
+
+    def test_challengeClosedAfterHandshake(self) -> None:
+        """
+        After a handshake that negotiated C{acme-tls/1}, the connection is
+        closed, the site's protocol gets no data, and the deadline still
+        aborts a peer that does not close in turn.
+        """
+        transport = _NegotiatedTransport()
+        transport.negotiatedProtocol = ACME_TLS_ALPN
+        self.protocol.makeConnection(transport)
+        self.clock.advance(4)
+        cast(IHandshakeListener, self.protocol).handshakeCompleted()
+        self.assertTrue(transport.disconnecting)
+        self.protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        wrapped = self.protocol.wrappedProtocol
+        assert isinstance(wrapped, _Recorder)
+        self.assertEqual(wrapped.data, b"")
+        self.clock.advance(5.5)
+        self.assertEqual(transport.aborts, 0)
+        self.clock.advance(0.5)
+        self.assertEqual(transport.aborts, 1)
+
+    def test_otherProtocolNotClosed(self) -> None:
+        """
+        After a handshake that negotiated another protocol, the connection
+        stays open and the site gets the data.
+        """
+        transport = _NegotiatedTransport()
+        transport.negotiatedProtocol = b"http/1.1"
+        self.protocol.makeConnection(transport)
+        cast(IHandshakeListener, self.protocol).handshakeCompleted()
+        self.assertFalse(transport.disconnecting)
+        self.protocol.dataReceived(b"GET /")
+        wrapped = self.protocol.wrappedProtocol
+        assert isinstance(wrapped, _Recorder)
+        self.assertEqual(wrapped.data, b"GET /")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_logPrefix(self) -> None:
         """
@@ -1473,3 +1523,358 @@ class _EchoRecorder(_Recorder):
         super().dataReceived(data)
         assert self.transport is not None
         self.transport.write(data)
+
+
+_KEY_AUTHORIZATION = "token-1.thumbprint"
+_ACME_DIGEST = b"\x04\x20" + hashlib.sha256(_KEY_AUTHORIZATION.encode()).digest()
+
+
+def _acmeIdentifier(cert: x509.Certificate) -> bytes | None:
+    """
+    The value of C{cert}'s critical acmeIdentifier extension, or L{None}
+    when it has none.
+    """
+    try:
+        ext = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
+    except x509.ExtensionNotFound:
+        return None
+    assert ext.critical
+    value = ext.value
+    assert isinstance(value, x509.UnrecognizedExtension)
+    return value.value
+
+
+class TLSALPN01Tests(SynchronousTestCase):
+    """
+    ACME tls-alpn-01 answers of L{SNIContextFactory}, with real handshakes
+    over memory BIOs.
+    """
+
+    def setUp(self) -> None:
+        self.caFile = _Files(self).write("ca.pem", _CA.cert_pem.bytes())
+        self.a = _load(self, "a.test")
+        # b.test has an intermediate, which must not go along with the
+        # challenge certificate.
+        self.b = _load(self, "b.test", ca=_CA.create_child_ca())
+        self.challenges = ChallengeStore()
+        self.factory = SNIContextFactory(
+            CertificateStore({"a.test": self.a, "b.test": self.b}),
+            http2=True,
+            challenges=self.challenges,
+        )
+        self.hookErrors = _ExceptHookRecorder()
+        self.patch(sys, "excepthook", self.hookErrors)
+
+    def handshake(
+        self,
+        serverName: bytes,
+        protocols: list[bytes] | None,
+        verify: bool = False,
+        maxVersion: int = 0,
+    ) -> _Handshake:
+        """
+        Handshake with SNI C{serverName}, offering C{protocols} in ALPN
+        (none if L{None}), verifying the certificate against L{_CA} if
+        C{verify} (a validator does not).
+        """
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        if verify:
+            ctx.load_verify_locations(self.caFile)
+            ctx.set_verify(SSL.VERIFY_PEER)
+        if protocols is not None:
+            ctx.set_alpn_protos(protocols)
+        ctx.set_max_proto_version(maxVersion)
+        client = SSL.Connection(ctx, None)
+        client.set_tlsext_host_name(serverName)
+        client.set_connect_state()
+        tlsFactory = TLSMemoryBIOFactory(
+            self.factory, False, Factory.forProtocol(Protocol), Clock()
+        )
+        protocol = tlsFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(protocol, TLSMemoryBIOProtocol)
+        server = self.factory.serverConnectionForTLS(protocol)
+        server.set_accept_state()
+        result = _Handshake(client, server)
+        _pump(result)
+        return result
+
+    def peerCertificate(self, result: _Handshake) -> x509.Certificate:
+        cert = result.client.get_peer_certificate(as_cryptography=True)
+        assert cert is not None
+        return cert
+
+    def test_challengeCertificate(self) -> None:
+        """
+        A validator offering only C{acme-tls/1} for a name with a pending
+        challenge gets C{acme-tls/1} and the challenge certificate, alone:
+        the site's intermediate is not sent.
+        """
+        self.challenges.addTLSALPN01("b.test", _KEY_AUTHORIZATION)
+        result = self.handshake(b"b.test", [ACME_TLS_ALPN])
+        self.assertTrue(result.ok, result.clientError or result.serverError)
+        self.assertEqual(result.client.get_alpn_proto_negotiated(), ACME_TLS_ALPN)
+        self.assertEqual(result.client.get_protocol_version_name(), "TLSv1.3")
+        self.assertEqual(_acmeIdentifier(self.peerCertificate(result)), _ACME_DIGEST)
+        self.assertEqual(result.peerNames(), ["b.test"])
+        chain = result.client.get_peer_cert_chain(as_cryptography=True)
+        assert chain is not None
+        self.assertEqual(len(chain), 1)
+
+    def test_sniCaseInsensitive(self) -> None:
+        """
+        The challenge is found whatever the case of the SNI name.
+        """
+        self.challenges.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
+        result = self.handshake(b"A.Test", [ACME_TLS_ALPN])
+        self.assertTrue(result.ok, result.clientError)
+        self.assertEqual(_acmeIdentifier(self.peerCertificate(result)), _ACME_DIGEST)
+
+    def test_ordinaryClientGetsSiteCertificate(self) -> None:
+        """
+        A client not offering C{acme-tls/1} for a name with a pending
+        challenge gets the site's certificate, verified, and its protocol.
+        """
+        self.challenges.addTLSALPN01("b.test", _KEY_AUTHORIZATION)
+        for protocols, negotiated in [
+            ([b"h2", b"http/1.1"], b"h2"),
+            ([b"http/1.1"], b"http/1.1"),
+            (None, b""),
+        ]:
+            result = self.handshake(b"b.test", protocols, verify=True)
+            self.assertTrue(result.ok, result.clientError)
+            self.assertEqual(result.client.get_alpn_proto_negotiated(), negotiated)
+            self.assertIsNone(_acmeIdentifier(self.peerCertificate(result)))
+            chain = result.client.get_peer_cert_chain(as_cryptography=True)
+            assert chain is not None
+            self.assertEqual(len(chain), 2)
+
+    def test_notSelectedWithoutChallenge(self) -> None:
+        """
+        C{acme-tls/1} is never selected for a name without a pending
+        challenge, nor without a challenge store: the client gets the site's
+        certificate and no ALPN, or its other protocol.
+        """
+        self.challenges.addTLSALPN01("b.test", _KEY_AUTHORIZATION)
+        for protocols, negotiated in [
+            ([ACME_TLS_ALPN], b""),
+            ([ACME_TLS_ALPN, b"http/1.1"], b"http/1.1"),
+        ]:
+            result = self.handshake(b"a.test", protocols, verify=True)
+            self.assertTrue(result.ok, result.clientError)
+            self.assertEqual(result.client.get_alpn_proto_negotiated(), negotiated)
+            self.assertEqual(result.peerNames(), ["a.test"])
+        self.factory.challenges = None
+        result = self.handshake(b"b.test", [ACME_TLS_ALPN], verify=True)
+        self.assertTrue(result.ok, result.clientError)
+        self.assertEqual(result.client.get_alpn_proto_negotiated(), b"")
+        self.assertIsNone(_acmeIdentifier(self.peerCertificate(result)))
+
+    def test_challengesAssignedLater(self) -> None:
+        """
+        A challenge store assigned after construction is used by new
+        handshakes.
+        """
+        factory = SNIContextFactory(CertificateStore({"a.test": self.a}))
+        self.factory = factory
+        store = ChallengeStore()
+        store.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
+        self.assertEqual(
+            self.handshake(
+                b"a.test", [ACME_TLS_ALPN]
+            ).client.get_alpn_proto_negotiated(),
+            b"",
+        )
+        factory.challenges = store
+        result = self.handshake(b"a.test", [ACME_TLS_ALPN])
+        self.assertEqual(result.client.get_alpn_proto_negotiated(), ACME_TLS_ALPN)
+        self.assertEqual(_acmeIdentifier(self.peerCertificate(result)), _ACME_DIGEST)
+
+    def test_removedChallenge(self) -> None:
+        """
+        Once the challenge is removed, C{acme-tls/1} is no longer
+        selected.
+        """
+        self.challenges.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
+        self.challenges.removeTLSALPN01("a.test")
+        result = self.handshake(b"a.test", [ACME_TLS_ALPN])
+        self.assertEqual(result.client.get_alpn_proto_negotiated(), b"")
+        self.assertIsNone(_acmeIdentifier(self.peerCertificate(result)))
+
+    def test_pendingNameWithoutCertificate(self) -> None:
+        """
+        For a name with a pending challenge but no certificate and no
+        default, the validator gets the challenge certificate, while other
+        clients of that name still fail the handshake; other unknown names
+        are refused as before.
+        """
+        self.challenges.addTLSALPN01("new.test", _KEY_AUTHORIZATION)
+        result = self.handshake(b"new.test", [ACME_TLS_ALPN])
+        self.assertTrue(result.ok, result.clientError or result.serverError)
+        self.assertEqual(result.client.get_alpn_proto_negotiated(), ACME_TLS_ALPN)
+        self.assertEqual(_acmeIdentifier(self.peerCertificate(result)), _ACME_DIGEST)
+        self.assertEqual(self.hookErrors.errors, [])
+        for protocols in ([b"h2", b"http/1.1"], [b"http/1.1"], None):
+            result = self.handshake(b"new.test", protocols)
+            self.assertFalse(result.clientDone, protocols)
+            self.assertIsNotNone(result.serverError)
+            self.assertIsNone(result.client.get_peer_certificate())
+        result = self.handshake(b"other.test", [ACME_TLS_ALPN])
+        self.assertFalse(result.clientDone)
+        self.assertIn("unrecognized name", str(result.clientError))
+        [error] = self.hookErrors.errors
+        self.assertIsInstance(error, UnknownServerName)
+
+    def test_tls12NotAnswered(self) -> None:
+        """
+        Over TLS 1.2, where OpenSSL has chosen the certificate before ALPN,
+        C{acme-tls/1} is not selected: a name with a certificate gets it,
+        and a name with only a pending challenge is refused as an unknown
+        name.
+        """
+        self.challenges.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
+        self.challenges.addTLSALPN01("new.test", _KEY_AUTHORIZATION)
+        result = self.handshake(
+            b"a.test", [ACME_TLS_ALPN], maxVersion=SSL.TLS1_2_VERSION
+        )
+        self.assertTrue(result.ok, result.clientError)
+        self.assertEqual(result.client.get_protocol_version_name(), "TLSv1.2")
+        self.assertEqual(result.client.get_alpn_proto_negotiated(), b"")
+        self.assertEqual(result.peerNames(), ["a.test"])
+        self.assertIsNone(_acmeIdentifier(self.peerCertificate(result)))
+        result = self.handshake(
+            b"new.test", [ACME_TLS_ALPN], maxVersion=SSL.TLS1_2_VERSION
+        )
+        self.assertFalse(result.clientDone)
+        self.assertIn("unrecognized name", str(result.clientError))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Validator:
+    """
+    A client like an ACME tls-alpn-01 validator: SNI, ALPN, no certificate
+    verification.
+    """
+
+    def __init__(self, serverName: bytes, protocols: list[bytes]) -> None:
+        self.serverName = serverName
+        self.protocols = protocols
+
+    def clientConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> SSL.Connection:
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_alpn_protos(self.protocols)
+        connection = SSL.Connection(ctx, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_tlsext_host_name(self.serverName)
+        connection.set_connect_state()
+        return connection
+
+
+@implementer(IHandshakeListener)
+class _HandshakeRecorder(_Recorder):
+    """
+    Records what it receives, and the peer certificate and ALPN protocol
+    when the handshake completes.
+    """
+
+    peerCertificate: x509.Certificate | None = None
+    negotiated: bytes | None = None
+
+    def handshakeCompleted(self) -> None:
+        transport = cast(TLSMemoryBIOProtocol, self.transport)
+        self.peerCertificate = transport.getHandle().get_peer_certificate(
+            as_cryptography=True
+        )
+        self.negotiated = transport.negotiatedProtocol
+
+
+class TLSALPN01ConnectionTests(SynchronousTestCase):
+    """
+    tls-alpn-01 through C{TLSMemoryBIOFactory} and L{HandshakeDeadline}, as
+    the HTTPS listeners serve it, over memory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.recorders: list[_Recorder] = []
+        self.challenges = ChallengeStore()
+        self.challenges.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
+        self.a = _load(self, "a.test")
+        contexts = SNIContextFactory(
+            CertificateStore({"a.test": self.a}),
+            http2=True,
+            challenges=self.challenges,
+        )
+        self.serverFactory = TLSMemoryBIOFactory(
+            contexts,
+            False,
+            HandshakeDeadline(Factory.forProtocol(self.serverProtocol), self.clock),
+            self.clock,
+        )
+
+    def serverProtocol(self) -> Protocol:
+        """
+        The site's protocol: records what it receives, echoes it.
+        """
+        recorder = _EchoRecorder()
+        self.recorders.append(recorder)
+        return recorder
+
+    def connect(self, protocols: list[bytes]) -> tuple[_HandshakeRecorder, IOPump]:
+        clientFactory = TLSMemoryBIOFactory(
+            _Validator(b"a.test", protocols),
+            True,
+            Factory.forProtocol(_HandshakeRecorder),
+            self.clock,
+        )
+        address = IPv4Address("TCP", "127.0.0.1", 1)
+        clientProtocol = clientFactory.buildProtocol(address)
+        assert isinstance(clientProtocol, TLSMemoryBIOProtocol)
+        recorder = clientProtocol.wrappedProtocol
+        assert isinstance(recorder, _HandshakeRecorder)
+        _, _, pump = connectedServerAndClient(
+            lambda: self.serverFactory.buildProtocol(address),
+            lambda: clientProtocol,
+            clock=self.clock,
+            greet=False,
+        )
+        return recorder, pump
+
+    def test_validatorAnsweredAndClosed(self) -> None:
+        """
+        The validator sees the challenge certificate, then the server
+        closes the connection; what the validator sends never reaches the
+        site, and no timer is left.
+        """
+        client, pump = self.connect([ACME_TLS_ALPN])
+        assert client.transport is not None
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        pump.flush()
+        assert client.peerCertificate is not None
+        self.assertEqual(_acmeIdentifier(client.peerCertificate), _ACME_DIGEST)
+        self.assertEqual(client.negotiated, ACME_TLS_ALPN)
+        assert client.lost is not None
+        client.lost.trap(ConnectionDone)
+        self.assertEqual(client.data, b"")
+        [server] = self.recorders
+        self.assertEqual(server.data, b"")
+        self.assertIsNotNone(server.lost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ordinaryClientServed(self) -> None:
+        """
+        A client offering HTTP protocols for the same name gets the site's
+        certificate and its data reaches the site.
+        """
+        client, pump = self.connect([b"h2", b"http/1.1"])
+        assert client.transport is not None
+        client.transport.write(b"ping")
+        pump.flush()
+        assert client.peerCertificate is not None
+        self.assertIsNone(_acmeIdentifier(client.peerCertificate))
+        self.assertEqual(client.peerCertificate, self.a.chain[0])
+        self.assertEqual(client.negotiated, b"h2")
+        self.assertIsNone(client.lost)
+        self.assertEqual(self.recorders[0].data, b"ping")
+        self.assertEqual(client.data, b"ping")

@@ -1,0 +1,626 @@
+# -*- test-case-name: tests.test_acme_manager -*-
+"""
+The ACME manager: one certificate per C{tls = "acme"} site, issued on first
+start, stored, reused after restarts, renewed before expiry, never at the
+cost of serving.
+
+Each site is in one of these states: served with a self-signed placeholder
+(no certificate yet, an order due), served with its issued certificate
+(renewal scheduled), and possibly backing off after a failed order (retry at
+a persisted time).  One order per site at a time.  The manager runs its
+checks from one timer that it re-arms after each check (at the soonest due
+time, at most an hour away); a check catches and logs its own errors.
+
+All state is touched on the reactor thread; the issuer does its blocking
+work elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from revproxy.acme import AcmeError
+from revproxy.acme.schedule import backoffDelay, renewalTime
+from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
+from revproxy.config import AcmeConfig, SiteConfig
+from revproxy.interfaces import IChallengeResponder, IIssuer
+from revproxy.tls import CertificateError, LoadedCertificate, PrivateKey
+
+_log = Logger()
+
+#: The longest time between two checks.
+CHECK_INTERVAL = 3600.0
+#: How often the CA's renewal window (ARI) is asked for, per certificate.
+ARI_INTERVAL = 6 * 3600.0
+#: How long a placeholder certificate is valid.
+PLACEHOLDER_DAYS = 30
+
+_PEM = serialization.Encoding.PEM
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def newKey(keyType: str) -> PrivateKey:
+    """
+    A fresh certificate key: C{"ec-p256"} or C{"rsa2048"}.
+    """
+    if keyType == "rsa2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def placeholderCertificate(
+    site: str, names: Sequence[str], now: float
+) -> LoadedCertificate:
+    """
+    A self-signed certificate for C{names}, served until the CA issues the
+    real one (clients will not trust it; it keeps the handshake possible, as
+    tls-alpn-01 validation and operators' curl -k need).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = datetime.fromtimestamp(now, UTC) - timedelta(hours=1)
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"revproxy placeholder for {site}")]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=PLACEHOLDER_DAYS))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return LoadedCertificate(
+        chain=[cert],
+        key=key,
+        names=tuple(names),
+        not_after=cert.not_valid_after_utc.timestamp(),
+        issuer=cert.issuer.rfc4514_string(),
+        source="placeholder",
+        path="",
+    )
+
+
+def loadRecord(record: CertificateRecord) -> LoadedCertificate:
+    """
+    Turn a stored record into a certificate to serve.
+
+    @raise CertificateError: The chain or key does not parse or match.
+    """
+    try:
+        chain = x509.load_pem_x509_certificates(record.chainPEM)
+        key = serialization.load_pem_private_key(record.keyPEM, password=None)
+    except (ValueError, TypeError) as e:
+        raise CertificateError(f"stored certificate unusable: {e}") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CertificateError("stored key is neither EC nor RSA")
+    leaf = chain[0]
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(
+        der, spki
+    ):
+        raise CertificateError("stored key does not match the stored certificate")
+    return LoadedCertificate(
+        chain=chain,
+        key=key,
+        names=record.names,
+        not_after=leaf.not_valid_after_utc.timestamp(),
+        issuer=leaf.issuer.rfc4514_string(),
+        source="acme",
+        path="",
+    )
+
+
+@attrs.define(eq=False)
+class _Site:
+    """
+    What the manager knows of one acme site.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    certificate: LoadedCertificate
+    record: CertificateRecord | None = None
+    renewAt: float | None = None
+    renewReason: str = ""
+    ariCheckedAt: float | None = None
+    ariWindow: tuple[float, float] | None = None
+    backoff: BackoffRecord | None = None
+    ordering: Deferred[None] | None = None
+    lastError: str | None = None
+
+    @property
+    def issued(self) -> bool:
+        """
+        Whether the site has a certificate from the CA for its names.
+        """
+        return self.record is not None and self.record.names == self.names
+
+
+class AcmeManager(Service):
+    """
+    Keeps a certificate for every C{tls = "acme"} site.
+
+    @ivar onChange: Called (no arguments) whenever a site's certificate
+        changes: the service rebuilds the TLS certificate store.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        storage: AcmeStorage,
+        issuerFactory: Callable[[], IIssuer],
+        config: AcmeConfig,
+        challenges: IChallengeResponder,
+        rng: random.Random | None = None,
+    ) -> None:
+        """
+        @param issuerFactory: Builds the issuer (account key, directory) on
+            first need; an L{AcmeError} it raises fails that order and is
+            retried with back-off.
+        """
+        self._clock = clock
+        self._storage = storage
+        self._issuerFactory = issuerFactory
+        self._issuerInstance: IIssuer | None = None
+        self._config = config
+        self._challenges = challenges
+        self._rng = rng or random.SystemRandom()
+        self._sites: dict[str, _Site] = {}
+        self._timer: IDelayedCall | None = None
+        self.onChange: Callable[[], None] = lambda: None
+
+    # -- the sites
+
+    def updateSites(self, sites: Sequence[SiteConfig]) -> None:
+        """
+        Follow the config's acme sites: new ones are loaded from storage or
+        get a placeholder (and an order), removed ones are forgotten (their
+        files are kept), ones whose hosts changed get a new order.  An
+        order in progress is never doubled.
+        """
+        wanted = {site.name: site for site in sites if site.tls == "acme"}
+        changed = False
+        for name in list(self._sites):
+            if name not in wanted:
+                del self._sites[name]
+                changed = True
+        for name, site in wanted.items():
+            names = tuple(site.hosts)
+            state = self._sites.get(name)
+            if state is None:
+                self._sites[name] = self._load(name, names)
+                changed = True
+            elif state.names != names:
+                state.names = names
+                if not state.issued:
+                    state.certificate = placeholderCertificate(
+                        name, names, self._clock.seconds()
+                    )
+                    state.renewAt = None
+                changed = True
+        if changed:
+            self.onChange()
+        if self.running:
+            self._arm(0)
+
+    def _load(self, name: str, names: tuple[str, ...]) -> _Site:
+        """
+        The state of a site new to this process: its stored certificate if
+        it is still valid and covers the names, else a placeholder.
+        """
+        now = self._clock.seconds()
+        state = _Site(name, names, placeholderCertificate(name, names, now))
+        try:
+            state.backoff = self._storage.loadBackoff(name)
+        except AcmeError as e:
+            _log.warn("ACME: site {site}: {error}", site=name, error=str(e))
+        try:
+            record = self._storage.loadCertificate(name)
+        except AcmeError as e:
+            _log.warn(
+                "ACME: site {site}: stored certificate not usable, ordering a "
+                "new one: {error}",
+                site=name,
+                error=str(e),
+            )
+            record = None
+        if record is not None:
+            try:
+                certificate = loadRecord(record)
+            except CertificateError as e:
+                _log.warn(
+                    "ACME: site {site}: {error}; ordering a new one",
+                    site=name,
+                    error=str(e),
+                )
+            else:
+                if certificate.not_after <= now:
+                    _log.info(
+                        "ACME: site {site}: stored certificate expired {when}; "
+                        "ordering a new one",
+                        site=name,
+                        when=_iso(certificate.not_after),
+                    )
+                elif record.names != names:
+                    # Serve it for the names it has while a new one comes.
+                    state.certificate = certificate
+                    _log.info(
+                        "ACME: site {site}: stored certificate is for "
+                        "{old}, the site now has {new}; ordering a new one",
+                        site=name,
+                        old=", ".join(record.names),
+                        new=", ".join(names),
+                    )
+                else:
+                    state.certificate = certificate
+                    state.record = record
+                    self._schedule(state)
+                    _log.info(
+                        "ACME: site {site}: serving the stored certificate "
+                        "(expires {when}); renewal {renewAt} ({reason})",
+                        site=name,
+                        when=_iso(certificate.not_after),
+                        renewAt=_iso(state.renewAt or now),
+                        reason=state.renewReason,
+                    )
+                    return state
+        if state.certificate.source == "placeholder":
+            _log.info(
+                "ACME: site {site}: no certificate yet; serving a self-signed "
+                "placeholder until the CA issues one",
+                site=name,
+            )
+        return state
+
+    def certificates(self) -> dict[str, LoadedCertificate]:
+        """
+        The certificate each acme site serves now (issued or placeholder),
+        by site name.
+        """
+        return {name: state.certificate for name, state in self._sites.items()}
+
+    def isIssued(self, site: str) -> bool:
+        """
+        Whether C{site} has its certificate from the CA (not a
+        placeholder).
+        """
+        state = self._sites.get(site)
+        return state is not None and state.certificate.source == "acme"
+
+    # -- scheduling
+
+    def _schedule(self, state: _Site) -> None:
+        """
+        Work out when an issued certificate is renewed.
+        """
+        record = state.record
+        if record is None:
+            state.renewAt, state.renewReason = None, "no certificate yet"
+            return
+        state.renewAt, state.renewReason = renewalTime(
+            record.notBefore,
+            record.notAfter,
+            now=self._clock.seconds(),
+            rng=self._rng,
+            renewBeforeDays=self._config.renew_before_days,
+            ariWindow=state.ariWindow,
+        )
+
+    def _dueAt(self, state: _Site) -> float:
+        """
+        When the site's next order is due (now or earlier: due).
+        """
+        if state.ordering is not None:
+            return float("inf")
+        if state.backoff is not None:
+            due = state.backoff.retryAt
+        else:
+            due = self._clock.seconds()
+        if state.issued and state.renewAt is not None:
+            due = max(due, state.renewAt)
+        return due
+
+    def startService(self) -> None:
+        super().startService()
+        self._arm(0)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _arm(self, delay: float) -> None:
+        """
+        Check in C{delay} seconds, or sooner if already armed sooner.
+        """
+        delay = max(0.0, min(delay, CHECK_INTERVAL))
+        timer = self._timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= self._clock.seconds() + delay:
+                return
+            timer.cancel()
+        self._timer = self._clock.callLater(delay, self._check)
+
+    def _check(self) -> None:
+        """
+        Order what is due, then re-arm.  Never raises: a failing check is
+        logged and the next one still comes.
+        """
+        self._timer = None
+        delay = CHECK_INTERVAL
+        try:
+            now = self._clock.seconds()
+            for state in list(self._sites.values()):
+                if self._dueAt(state) <= now:
+                    self._order(state)
+                elif (
+                    state.issued
+                    and state.ordering is None
+                    and (
+                        state.ariCheckedAt is None
+                        or now - state.ariCheckedAt >= ARI_INTERVAL
+                    )
+                ):
+                    self._askRenewalWindow(state)
+            delay = self._nextDelay()
+        except Exception:
+            _log.failure("ACME: the certificate check failed; next check in an hour")
+        if self.running:
+            # Never sooner than a second: nothing here may spin.
+            self._arm(max(1.0, delay))
+
+    def _nextDelay(self) -> float:
+        now = self._clock.seconds()
+        delays = [self._dueAt(state) - now for state in self._sites.values()]
+        return min([CHECK_INTERVAL, *delays])
+
+    # -- orders
+
+    def renew(self, site: str) -> Deferred[dict[str, Any]]:
+        """
+        Order a new certificate for C{site} now, whatever its schedule or
+        back-off (the admin's C{renew SITE}).
+
+        @return: Fires with an admin answer when the order ends.
+        """
+        state = self._sites.get(site)
+        if state is None:
+            return succeed({"status": "error", "message": f"no acme site named {site}"})
+        ordering = state.ordering
+        if ordering is None:
+            ordering = self._order(state)
+        done: Deferred[dict[str, Any]] = Deferred()
+
+        def report(result: object) -> object:
+            answer: dict[str, Any] = {"status": "ok"}
+            if state.lastError is not None:
+                answer = {"status": "error", "message": state.lastError}
+            answer["certificate"] = self.describe(state)
+            done.callback(answer)
+            return result
+
+        ordering.addBoth(report)
+        return done
+
+    def _issuer(self) -> IIssuer:
+        if self._issuerInstance is None:
+            self._issuerInstance = self._issuerFactory()
+        return self._issuerInstance
+
+    def _order(self, state: _Site) -> Deferred[None]:
+        """
+        Start an order for C{state}'s names; its outcome is recorded on the
+        state, never raised.
+
+        @return: Fires (with L{None}) when the order has ended.
+        """
+        names = state.names
+        key = newKey(self._config.key_type)
+        _log.info(
+            "ACME: site {site}: ordering a certificate for {names}",
+            site=state.name,
+            names=", ".join(names),
+        )
+        d: Deferred[list[bytes]] = maybeDeferred(
+            lambda: self._issuer().issue(names, key, self._challenges)
+        )
+        # An error while taking the certificate in is a failed order too.
+        ordering: Deferred[None] = d.addCallback(
+            lambda chain: self._issued(state, names, key, chain)
+        ).addErrback(lambda failure: self._failed(state, failure))
+        state.ordering = ordering
+
+        def finished(result: object) -> object:
+            state.ordering = None
+            if self._sites.get(state.name) is state and state.names != names:
+                # The hosts changed during the order: order again.
+                self._arm(0)
+            elif self.running:
+                self._arm(self._nextDelay())
+            return result
+
+        ordering.addBoth(finished)
+        return ordering
+
+    def _issued(
+        self, state: _Site, names: tuple[str, ...], key: PrivateKey, chain: list[bytes]
+    ) -> None:
+        now = self._clock.seconds()
+        keyPEM = key.private_bytes(
+            _PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        leaf = x509.load_pem_x509_certificate(chain[0])
+        record = CertificateRecord(
+            names=names,
+            chainPEM=b"".join(chain),
+            keyPEM=keyPEM,
+            notBefore=leaf.not_valid_before_utc.timestamp(),
+            notAfter=leaf.not_valid_after_utc.timestamp(),
+            issuedAt=now,
+            directoryURL=self._config.directory_url,
+        )
+        certificate = loadRecord(record)
+        try:
+            self._storage.saveCertificate(state.name, record)
+            self._storage.saveBackoff(state.name, None)
+        except AcmeError as e:
+            _log.error(
+                "ACME: site {site}: the new certificate is served but could not "
+                "be stored (it will be ordered again after a restart): {error}",
+                site=state.name,
+                error=str(e),
+            )
+        if self._sites.get(state.name) is not state:
+            return
+        state.record = record
+        state.certificate = certificate
+        state.backoff = None
+        state.lastError = None
+        state.ariWindow = None
+        state.ariCheckedAt = None
+        self._schedule(state)
+        _log.info(
+            "ACME: site {site}: certificate issued for {names}, expires {when}; "
+            "renewal {renewAt} ({reason})",
+            site=state.name,
+            names=", ".join(names),
+            when=_iso(certificate.not_after),
+            renewAt=_iso(state.renewAt or now),
+            reason=state.renewReason,
+        )
+        self.onChange()
+
+    def _failed(self, state: _Site, failure: Failure) -> None:
+        now = self._clock.seconds()
+        if failure.check(AcmeError):
+            error = str(failure.value)
+        else:
+            _log.failure(
+                "ACME: site {site}: unexpected error in an order",
+                failure,
+                site=state.name,
+            )
+            error = f"internal error: {failure.getErrorMessage()}"
+        failures = state.backoff.failures + 1 if state.backoff is not None else 1
+        delay = backoffDelay(failures, self._rng)
+        backoff = BackoffRecord(
+            failures=failures, retryAt=now + delay, lastError=error, lastErrorAt=now
+        )
+        state.backoff = backoff
+        state.lastError = error
+        try:
+            self._storage.saveBackoff(state.name, backoff)
+        except AcmeError as e:
+            _log.warn(
+                "ACME: site {site}: cannot record the back-off: {error}",
+                site=state.name,
+                error=str(e),
+            )
+        _log.error(
+            "ACME: site {site}: order failed ({failures} in a row), retrying at "
+            "{when}; still serving the {what}: {error}",
+            site=state.name,
+            failures=failures,
+            when=_iso(backoff.retryAt),
+            what=(
+                "current certificate"
+                if state.certificate.source == "acme"
+                else "self-signed placeholder"
+            ),
+            error=error,
+        )
+
+    def _askRenewalWindow(self, state: _Site) -> None:
+        """
+        Ask the CA for its renewal window (ARI); when it moves, reschedule.
+        """
+        record = state.record
+        if record is None:
+            return
+        state.ariCheckedAt = self._clock.seconds()
+        leafPEM = x509.load_pem_x509_certificates(record.chainPEM)[0].public_bytes(_PEM)
+        d = maybeDeferred(lambda: self._issuer().renewalWindow(leafPEM))
+
+        def got(window: tuple[float, float] | None) -> None:
+            if window is not None and window != state.ariWindow:
+                state.ariWindow = window
+                self._schedule(state)
+                if self.running:
+                    self._arm(self._nextDelay())
+
+        def failed(failure: Failure) -> None:
+            _log.warn(
+                "ACME: site {site}: cannot get the CA's renewal window: {error}",
+                site=state.name,
+                error=failure.getErrorMessage(),
+            )
+
+        d.addCallbacks(got, failed)
+
+    # -- the admin socket
+
+    def describe(self, state: _Site) -> dict[str, Any]:
+        """
+        One acme site's certificate and schedule, for the admin C{certs}.
+        """
+        now = self._clock.seconds()
+        cert = state.certificate
+        answer: dict[str, Any] = {
+            "sites": [state.name],
+            "names": list(state.names),
+            "source": cert.source,
+            "issuer": cert.issuer,
+            "not_after": _iso(cert.not_after),
+            "expires_in_days": round((cert.not_after - now) / 86400, 1),
+            "ordering": state.ordering is not None,
+            "last_error": state.lastError,
+        }
+        if state.ordering is not None:
+            answer["next_renewal"] = None
+            answer["next_renewal_reason"] = "ordering now"
+        elif state.backoff is not None and state.backoff.retryAt > now:
+            answer["next_renewal"] = _iso(state.backoff.retryAt)
+            answer["next_renewal_reason"] = (
+                f"back-off until {_iso(state.backoff.retryAt)} after error: "
+                f"{state.backoff.lastError}"
+            )
+        elif state.issued and state.renewAt is not None:
+            answer["next_renewal"] = _iso(state.renewAt)
+            answer["next_renewal_reason"] = state.renewReason
+        else:
+            answer["next_renewal"] = _iso(now)
+            answer["next_renewal_reason"] = "no certificate yet"
+        return answer
+
+    def describeAll(self) -> list[dict[str, Any]]:
+        """
+        L{describe} for every acme site.
+        """
+        return [self.describe(state) for state in self._sites.values()]

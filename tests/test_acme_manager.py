@@ -1,0 +1,588 @@
+"""
+Tests for L{revproxy.acme.manager}: with a fake issuer, an in-memory
+storage and a L{Clock}.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from revproxy.acme import AcmeError
+from revproxy.acme.manager import (
+    CHECK_INTERVAL,
+    AcmeManager,
+    loadRecord,
+    placeholderCertificate,
+)
+from revproxy.acme.storage import BackoffRecord, CertificateRecord
+from revproxy.config import AcmeConfig, SiteConfig, Upstream
+from revproxy.interfaces import IChallengeResponder, IIssuer
+from revproxy.tls import PrivateKey
+
+DAY = 86400.0
+NOW = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
+UPSTREAM = Upstream("http://127.0.0.1:8000", "http", "127.0.0.1", 8000)
+
+_CA_KEY = ec.generate_private_key(ec.SECP256R1())
+_CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+
+
+def signed(
+    names: Sequence[str], key: PrivateKey, notBefore: float, lifetime: float
+) -> list[bytes]:
+    """
+    A chain (leaf, CA) for C{names} and C{key}'s public key.
+    """
+    start = datetime.fromtimestamp(notBefore, UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(_CA_NAME)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(seconds=lifetime))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+            critical=False,
+        )
+        .sign(_CA_KEY, hashes.SHA256())
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_CA_NAME)
+        .issuer_name(_CA_NAME)
+        .public_key(_CA_KEY.public_key())
+        .serial_number(1)
+        .not_valid_before(start - timedelta(days=1))
+        .not_valid_after(start + timedelta(days=3650))
+        .sign(_CA_KEY, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    return [leaf.public_bytes(pem), ca.public_bytes(pem)]
+
+
+def record(
+    names: Sequence[str], notBefore: float, lifetime: float = 90 * DAY
+) -> CertificateRecord:
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain = signed(names, key, notBefore, lifetime)
+    return CertificateRecord(
+        names=tuple(names),
+        chainPEM=b"".join(chain),
+        keyPEM=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        notBefore=notBefore,
+        notAfter=notBefore + lifetime,
+        issuedAt=notBefore,
+        directoryURL="https://ca.test/dir",
+    )
+
+
+class MemoryStorage:
+    """
+    The part of L{revproxy.acme.storage.AcmeStorage} the manager uses, in
+    memory; C{broken} makes every write fail.
+    """
+
+    def __init__(self) -> None:
+        self.certificates: dict[str, CertificateRecord] = {}
+        self.backoffs: dict[str, BackoffRecord] = {}
+        self.broken = False
+        self.unreadable: set[str] = set()
+
+    def loadCertificate(self, site: str) -> CertificateRecord | None:
+        if site in self.unreadable:
+            raise AcmeError(f"/state/certs/{site}/meta.json: not JSON")
+        return self.certificates.get(site)
+
+    def saveCertificate(self, site: str, rec: CertificateRecord) -> None:
+        if self.broken:
+            raise AcmeError(f"cannot write /state/certs/{site}: Read-only file system")
+        self.certificates[site] = rec
+
+    def loadBackoff(self, site: str) -> BackoffRecord | None:
+        return self.backoffs.get(site)
+
+    def saveBackoff(self, site: str, rec: BackoffRecord | None) -> None:
+        if self.broken:
+            raise AcmeError(f"cannot write /state/certs/{site}: Read-only file system")
+        if rec is None:
+            self.backoffs.pop(site, None)
+        else:
+            self.backoffs[site] = rec
+
+
+@attrs.define
+class Order:
+    names: tuple[str, ...]
+    key: PrivateKey
+    responder: IChallengeResponder
+    result: Deferred[list[bytes]]
+
+
+@implementer(IIssuer)
+class FakeIssuer:
+    """
+    An issuer whose orders the test answers.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.orders: list[Order] = []
+        self.windows: list[bytes] = []
+        self.window: tuple[float, float] | None = None
+
+    def issue(
+        self, names: Sequence[str], key: PrivateKey, responder: IChallengeResponder
+    ) -> Deferred[list[bytes]]:
+        d: Deferred[list[bytes]] = Deferred()
+        self.orders.append(Order(tuple(names), key, responder, d))
+        return d
+
+    def renewalWindow(self, leafPEM: bytes) -> Deferred[tuple[float, float] | None]:
+        self.windows.append(leafPEM)
+        return succeed(self.window)
+
+    def grant(self, index: int = -1, lifetime: float = 90 * DAY) -> None:
+        order = self.orders[index]
+        order.result.callback(
+            signed(order.names, order.key, self.clock.seconds(), lifetime)
+        )
+
+    def refuse(self, index: int = -1, message: str = "connection refused") -> None:
+        self.orders[index].result.errback(AcmeError(message))
+
+
+@implementer(IChallengeResponder)
+class NoChallenges:
+    def addHTTP01(self, token: str, keyAuthorization: str) -> None:
+        pass
+
+    def removeHTTP01(self, token: str) -> None:
+        pass
+
+    def addTLSALPN01(self, name: str, keyAuthorization: str) -> None:
+        pass
+
+    def removeTLSALPN01(self, name: str) -> None:
+        pass
+
+
+def acmeSite(name: str, *hosts: str) -> SiteConfig:
+    return SiteConfig(name=name, hosts=hosts, upstreams=(UPSTREAM,), tls="acme")
+
+
+class ManagerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.storage = MemoryStorage()
+        self.issuer = FakeIssuer(self.clock)
+        self.factoryCalls = 0
+        self.changes = 0
+        self.config = AcmeConfig(email="ops@example.com")
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def issuerFactory(self) -> IIssuer:
+        self.factoryCalls += 1
+        return self.issuer
+
+    def manager(self, *sites: SiteConfig, start: bool = True) -> AcmeManager:
+        manager = AcmeManager(
+            self.clock,
+            self.storage,  # type: ignore[arg-type]
+            self.issuerFactory,
+            self.config,
+            NoChallenges(),
+            rng=random.Random(4),
+        )
+
+        def changed() -> None:
+            self.changes += 1
+
+        manager.onChange = changed
+        manager.updateSites(sites)
+        if start:
+            manager.startService()
+            self.addCleanup(manager.stopService)
+        return manager
+
+    def logged(self, text: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if text in formatEvent(e)]
+
+    def test_firstStartOrders(self) -> None:
+        """
+        A site without a stored certificate is served a placeholder at once
+        and ordered; when the order succeeds the certificate is stored,
+        swapped in (onChange) and the reason logged.
+        """
+        manager = self.manager(acmeSite("app", "a.test", "www.a.test"))
+        cert = manager.certificates()["app"]
+        self.assertEqual(cert.source, "placeholder")
+        self.assertEqual(cert.names, ("a.test", "www.a.test"))
+        self.assertFalse(manager.isIssued("app"))
+        self.assertTrue(self.logged("serving a self-signed placeholder"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.orders), 1)
+        self.assertEqual(self.issuer.orders[0].names, ("a.test", "www.a.test"))
+        before = self.changes
+        self.issuer.grant()
+        self.assertEqual(self.changes, before + 1)
+        cert = manager.certificates()["app"]
+        self.assertEqual(cert.source, "acme")
+        self.assertTrue(manager.isIssued("app"))
+        stored = self.storage.certificates["app"]
+        self.assertEqual(stored.names, ("a.test", "www.a.test"))
+        self.assertEqual(loadRecord(stored).chain, cert.chain)
+        self.assertTrue(self.logged("certificate issued for a.test, www.a.test"))
+
+    def test_storedReusedWithoutOrder(self) -> None:
+        """
+        A valid stored certificate for the same names is served at start
+        without a new order (no CA rate-limit lockouts from restarts).
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW - 10 * DAY)
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.assertEqual(self.issuer.orders, [])
+        self.assertTrue(manager.isIssued("app"))
+        # The CA's renewal window is asked for, at most every 6 hours.
+        self.assertEqual(len(self.issuer.windows), 1)
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertEqual(self.issuer.orders, [])
+        self.assertEqual(len(self.issuer.windows), 1)
+        self.clock.advance(5 * CHECK_INTERVAL)
+        self.assertEqual(len(self.issuer.windows), 2)
+        self.assertEqual(self.factoryCalls, 1)
+
+    def test_renewedAtOneThirdLeft(self) -> None:
+        """
+        A 90-day certificate is renewed when about 30 days are left (a
+        little earlier, with jitter), not before.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW)
+        manager = self.manager(acmeSite("app", "a.test"))
+        answer = manager.describeAll()[0]
+        renewAt = datetime.strptime(
+            answer["next_renewal"], "%Y-%m-%dT%H:%M:%SZ"
+        ).replace(tzinfo=UTC)
+        self.assertIn("1/3", answer["next_renewal_reason"])
+        due = renewAt.timestamp() - NOW
+        self.assertTrue(55 * DAY < due <= 60 * DAY, due / DAY)
+        # Hourly checks until then order nothing.
+        while self.clock.seconds() < NOW + due - CHECK_INTERVAL:
+            self.clock.advance(CHECK_INTERVAL)
+        self.assertEqual(self.issuer.orders, [])
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertEqual(len(self.issuer.orders), 1)
+
+    def test_expiredStoredOrdered(self) -> None:
+        """
+        An expired stored certificate is not served; the site gets a
+        placeholder and an order.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW - 91 * DAY)
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.assertEqual(manager.certificates()["app"].source, "placeholder")
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.orders), 1)
+
+    def test_unreadableStoredOrdered(self) -> None:
+        """
+        A stored record that cannot be read is logged in one line and a new
+        certificate ordered.
+        """
+        self.storage.unreadable.add("app")
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.assertEqual(manager.certificates()["app"].source, "placeholder")
+        self.assertTrue(self.logged("/state/certs/app/meta.json: not JSON"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.orders), 1)
+
+    def test_failureBacksOffAndServes(self) -> None:
+        """
+        A failed order keeps the placeholder serving, is logged with the
+        CA's reason, and is retried after a back-off that doubles, capped
+        at a day; the back-off is stored.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.issuer.refuse(message="a.test: connection refused")
+        self.assertEqual(manager.certificates()["app"].source, "placeholder")
+        backoff = self.storage.backoffs["app"]
+        self.assertEqual(backoff.failures, 1)
+        self.assertEqual(backoff.lastError, "a.test: connection refused")
+        self.assertTrue(30 <= backoff.retryAt - NOW <= 60)
+        self.assertTrue(self.logged("order failed (1 in a row)"))
+        answer = manager.describeAll()[0]
+        self.assertEqual(answer["last_error"], "a.test: connection refused")
+        self.assertIn("back-off until", answer["next_renewal_reason"])
+        delays = []
+        for failures in range(2, 14):
+            last = self.clock.seconds()
+            before = len(self.issuer.orders)
+            self.clock.advance(self.storage.backoffs["app"].retryAt - last)
+            self.assertEqual(len(self.issuer.orders), before + 1)
+            delays.append(self.storage.backoffs["app"].retryAt - last)
+            self.issuer.refuse()
+            self.assertEqual(self.storage.backoffs["app"].failures, failures)
+        final = self.storage.backoffs["app"].retryAt - self.clock.seconds()
+        self.assertTrue(DAY / 2 <= final <= DAY, final)
+        # Success clears the back-off.
+        self.clock.advance(final)
+        self.issuer.grant()
+        self.assertNotIn("app", self.storage.backoffs)
+        self.assertTrue(manager.isIssued("app"))
+
+    def test_backoffSurvivesRestart(self) -> None:
+        """
+        A stored back-off is honoured by a new process: no order before
+        its retry time.
+        """
+        self.storage.backoffs["app"] = BackoffRecord(
+            failures=5, retryAt=NOW + 900, lastError="rate limited", lastErrorAt=NOW
+        )
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(899)
+        self.assertEqual(self.issuer.orders, [])
+        self.clock.advance(1)
+        self.assertEqual(len(self.issuer.orders), 1)
+        self.issuer.refuse()
+        self.assertEqual(self.storage.backoffs["app"].failures, 6)
+        self.assertEqual(manager.describeAll()[0]["ordering"], False)
+
+    def test_oneOrderAtATime(self) -> None:
+        """
+        Checks and reloads while an order is in progress start no second
+        one.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        manager.updateSites([acmeSite("app", "a.test")])
+        manager.updateSites([acmeSite("app", "a.test")])
+        self.clock.advance(CHECK_INTERVAL * 3)
+        self.assertEqual(len(self.issuer.orders), 1)
+        self.assertTrue(manager.describeAll()[0]["ordering"])
+
+    def test_hostsChangedDuringOrder(self) -> None:
+        """
+        When a reload changes a site's hosts during its order, the result
+        is kept for the old names and a new order follows for the new ones.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        manager.updateSites([acmeSite("app", "a.test", "b.test")])
+        self.issuer.grant(0)
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.orders), 2)
+        self.assertEqual(self.issuer.orders[1].names, ("a.test", "b.test"))
+        self.issuer.grant(1)
+        self.assertEqual(manager.certificates()["app"].names, ("a.test", "b.test"))
+
+    def test_reloadAddsAndRemoves(self) -> None:
+        """
+        Reloads add acme sites (ordered) and remove them (forgotten, the
+        stored files kept); sites with other tls modes are ignored.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.issuer.grant()
+        files = SiteConfig(
+            name="files",
+            hosts=("f.test",),
+            upstreams=(UPSTREAM,),
+            tls="files",
+            cert_file="x",
+            key_file="y",
+        )
+        manager.updateSites(
+            [acmeSite("app", "a.test"), acmeSite("new", "n.test"), files]
+        )
+        self.assertEqual(sorted(manager.certificates()), ["app", "new"])
+        self.clock.advance(0)
+        self.assertEqual([o.names for o in self.issuer.orders][1:], [("n.test",)])
+        manager.updateSites([acmeSite("new", "n.test")])
+        self.assertEqual(sorted(manager.certificates()), ["new"])
+        self.assertIn("app", self.storage.certificates)
+
+    def test_removedDuringOrder(self) -> None:
+        """
+        A site removed while its order runs does not come back when the
+        order ends.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        manager.updateSites([])
+        self.issuer.grant()
+        self.assertEqual(manager.certificates(), {})
+
+    def test_forcedRenewal(self) -> None:
+        """
+        C{renew SITE} orders now, whatever the schedule, and answers when
+        the order ends.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW)
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.assertEqual(self.issuer.orders, [])
+        d = manager.renew("app")
+        self.assertNoResult(d)
+        self.issuer.grant()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(answer["certificate"]["source"], "acme")
+        self.assertEqual(len(self.issuer.orders), 1)
+
+    def test_forcedRenewalFails(self) -> None:
+        """
+        A forced renewal that fails answers the error; the current
+        certificate keeps serving.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW)
+        manager = self.manager(acmeSite("app", "a.test"))
+        d = manager.renew("app")
+        self.issuer.refuse(message="rateLimited: too many certificates")
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["status"], "error")
+        self.assertEqual(answer["message"], "rateLimited: too many certificates")
+        self.assertTrue(manager.isIssued("app"))
+
+    def test_renewUnknownSite(self) -> None:
+        """
+        C{renew} of a site that is not an acme site is an error answer.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        answer = self.successResultOf(manager.renew("other"))
+        self.assertEqual(
+            answer, {"status": "error", "message": "no acme site named other"}
+        )
+
+    def test_issuerFactoryFails(self) -> None:
+        """
+        An issuer that cannot be built (unreadable account key, ...) fails
+        the order with back-off; serving continues and it is retried.
+        """
+
+        def broken() -> IIssuer:
+            raise AcmeError("cannot read /state/acme/account.key: Permission denied")
+
+        manager = AcmeManager(
+            self.clock,
+            self.storage,  # type: ignore[arg-type]
+            broken,
+            self.config,
+            NoChallenges(),
+            rng=random.Random(1),
+        )
+        manager.updateSites([acmeSite("app", "a.test")])
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        self.clock.advance(0)
+        self.assertEqual(
+            self.storage.backoffs["app"].lastError,
+            "cannot read /state/acme/account.key: Permission denied",
+        )
+        self.assertEqual(manager.certificates()["app"].source, "placeholder")
+        # A forced renewal fails at once, with the same reason.
+        answer = self.successResultOf(manager.renew("app"))
+        self.assertEqual(answer["status"], "error")
+        self.assertEqual(
+            answer["message"], "cannot read /state/acme/account.key: Permission denied"
+        )
+        self.assertEqual(self.storage.backoffs["app"].failures, 2)
+
+    def test_storageBrokenStillServes(self) -> None:
+        """
+        A certificate that cannot be stored is served anyway, and the
+        problem logged.
+        """
+        self.storage.broken = True
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.issuer.grant()
+        self.assertTrue(manager.isIssued("app"))
+        self.assertTrue(self.logged("could not be stored"))
+
+    def test_unexpectedErrorLogged(self) -> None:
+        """
+        An unexpected exception from the issuer is logged with its
+        traceback and treated as a failed order, and checks go on.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.issuer.orders[0].result.errback(ZeroDivisionError("boom"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(manager.describeAll()[0]["last_error"], "internal error: boom")
+        self.clock.advance(self.storage.backoffs["app"].retryAt - self.clock.seconds())
+        self.assertEqual(len(self.issuer.orders), 2)
+
+    def test_ariWindowWins(self) -> None:
+        """
+        When the CA offers a renewal window, the renewal falls inside it.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW)
+        self.issuer.window = (NOW + 10 * DAY, NOW + 11 * DAY)
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.windows), 1)
+        answer = manager.describeAll()[0]
+        self.assertIn("ARI", answer["next_renewal_reason"])
+        self.clock.advance(11 * DAY)
+        self.assertEqual(len(self.issuer.orders), 1)
+
+    def test_stopCancelsTimer(self) -> None:
+        """
+        Stopping leaves no timer behind.
+        """
+        manager = self.manager(acmeSite("app", "a.test"), start=False)
+        manager.startService()
+        self.assertTrue(self.clock.getDelayedCalls())
+        manager.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_placeholder(self) -> None:
+        """
+        The placeholder is self-signed for the site's names and valid now.
+        """
+        cert = placeholderCertificate("app", ["a.test", "b.test"], NOW)
+        leaf = cert.chain[0]
+        self.assertEqual(leaf.issuer, leaf.subject)
+        self.assertTrue(leaf.not_valid_before_utc.timestamp() <= NOW < cert.not_after)
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertEqual(
+            san.value.get_values_for_type(x509.DNSName), ["a.test", "b.test"]
+        )
+
+    def test_failCheckNotFatal(self) -> None:
+        """
+        An exception inside a check is logged and the next check still
+        comes.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.patch(manager, "_order", lambda state: 1 / 0)
+        self.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(self.clock.getDelayedCalls())
