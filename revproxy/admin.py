@@ -84,6 +84,7 @@ _USAGE = {
     "sites": "sites",
     "route": "route HOST [PATH] [CLIENT_IP]",
     "certs": "certs",
+    "renew": "renew SITE",
     "help": "help",
 }
 
@@ -93,7 +94,8 @@ _DESCRIPTIONS = {
     "status": "uptime, number of sites, config generation and sha256",
     "sites": "each site's hosts and upstreams, and which upstreams are in back-off",
     "route": "route HOST [PATH] [[XFF,...,]CLIENT_IP]: the site, upstream, limits, certificate and client IP a request would get",
-    "certs": "each certificate served: its sites, names, source, file, issuer and expiry",
+    "certs": "each certificate served: its sites, names, source, file, issuer and expiry; for ACME also the next renewal and why, and the last error",
+    "renew": "renew SITE: order a new ACME certificate for SITE now; answers when the order ends",
     "help": "this list",
 }
 
@@ -130,6 +132,22 @@ class IReloader(TypingProtocol):
         """
         Validate the config file without applying it; fires with the answer,
         never fails.
+        """
+
+
+class ICertificateManager(TypingProtocol):
+    """
+    What the admin socket needs of L{revproxy.acme.manager.AcmeManager}.
+    """
+
+    def describeAll(self) -> list[Answer]:
+        """
+        Each managed certificate with its schedule.
+        """
+
+    def renew(self, site: str) -> Deferred[Answer]:
+        """
+        Renew C{site}'s certificate now; fires with the answer.
         """
 
 
@@ -197,12 +215,16 @@ class AdminFactory(Factory["AdminProtocol"]):
         reloader: IReloader,
         clock: IReactorTime,
         startTime: float | None = None,
+        certificates: ICertificateManager | None = None,
     ) -> None:
         """
         @param startTime: when the process started, in C{clock.seconds()};
             now, if not given.
+        @param certificates: the ACME certificates, for C{certs} and
+            C{renew}; none without HTTPS listeners.
         """
         self.reloader = reloader
+        self.certificateManager = certificates
         self.clock = clock
         self.startTime = clock.seconds() if startTime is None else startTime
         self.commands: dict[str, Command] = {
@@ -212,6 +234,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             "sites": self.sites,
             "route": self.route,
             "certs": self.certs,
+            "renew": self.renew,
             "help": self.help,
         }
         self.descriptions: dict[str, str] = dict(_DESCRIPTIONS)
@@ -417,14 +440,30 @@ class AdminFactory(Factory["AdminProtocol"]):
         now = self.clock.seconds()
         tls = runtime.tls
         certificates = sorted(tls.certificates.all(), key=lambda c: c.not_after)
+        described = [
+            _describeCertificate(cert, tls.sitesOf(cert), now) for cert in certificates
+        ]
+        if self.certificateManager is not None:
+            described += self.certificateManager.describeAll()
+            described.sort(key=lambda answer: str(answer["not_after"]))
         return {
             "status": "ok",
             "generation": runtime.generation,
-            "certificates": [
-                _describeCertificate(cert, tls.sitesOf(cert), now)
-                for cert in certificates
-            ],
+            "certificates": described,
         }
+
+    def renew(self, args: list[str]) -> Answer | Deferred[Answer]:
+        """
+        Renew one ACME site's certificate now.
+        """
+        if len(args) != 1:
+            raise UsageError(_USAGE["renew"])
+        if self.certificateManager is None:
+            return {
+                "status": "error",
+                "message": "no ACME certificates here (no HTTPS listener)",
+            }
+        return self.certificateManager.renew(args[0])
 
     def help(self, args: list[str]) -> Answer:
         """

@@ -75,11 +75,6 @@ def configWarnings(config: Config) -> list[str]:
     """
     warnings = []
     for index, site in enumerate(config.sites):
-        if site.tls == "acme":
-            warnings.append(
-                f'sites[{index}].tls: tls = "acme" is not in this version yet; '
-                f'site "{site.name}" is served on the HTTP listeners only'
-            )
         if not site.upstream_tls_verify:
             warnings.append(
                 f"sites[{index}].upstream_tls_verify: false: the certificates of "
@@ -109,6 +104,8 @@ class Reloader:
         #: Called with a new runtime just before it becomes current; one
         #: that raises fails the reload and nothing is swapped.
         self.beforeSwap: list[Callable[[Runtime], None]] = []
+        #: Called with the new runtime once it is current.
+        self.afterSwap: list[Callable[[Runtime], None]] = []
 
     def reload(self, source: str) -> Deferred[dict[str, Any]]:
         """
@@ -213,6 +210,13 @@ class Reloader:
         for prepare in self.beforeSwap:
             prepare(runtime)
         self.holder.current = runtime
+        for follow in self.afterSwap:
+            try:
+                follow(runtime)
+            except Exception:
+                _log.failure(
+                    "After reload ({source}): a follower failed", source=source
+                )
         for warning in answer["warnings"]:
             _log.warn("{problem}", problem=warning)
         _log.info(

@@ -13,7 +13,7 @@ answers pending ACME http-01 challenges itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from ipaddress import AddressValueError, IPv6Address
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -326,10 +326,17 @@ class RootResource:
         runtime: RuntimeHolder,
         forwarder: Forwarder,
         challenges: HTTP01Answers | None = None,
+        issued: Callable[[str], bool] | None = None,
     ) -> None:
+        """
+        @param issued: Whether an ACME site has its certificate from the CA
+            yet; its plain HTTP requests are redirected only then (not to a
+            self-signed placeholder).
+        """
         self.runtime = runtime
         self.forwarder = forwarder
         self.challenges = challenges
+        self.issued = issued
 
     def getChildWithDefault(self, name: bytes, request: object) -> IResource:
         return self
@@ -401,6 +408,10 @@ class RootResource:
             site.redirect_http
             and site.name in runtime.secured
             and runtime.httpsPort
+            and (
+                site.tls != "acme"
+                or (self.issued is not None and self.issued(site.name))
+            )
             and target[:1] == b"/"
             and not target.startswith(ACME_CHALLENGE_PREFIX)
         ):

@@ -33,7 +33,8 @@ class Runtime:
     generation: int
     sha256: str = ""
     tls: TLSFiles = NO_TLS_FILES
-    #: The names of the sites served over HTTPS (they have a certificate).
+    #: The names of the sites served over HTTPS: those with certificate
+    #: files, and ACME sites.
     secured: frozenset[str] = frozenset()
     #: The port HTTP requests are redirected to (the first listen_https).
     httpsPort: int | None = None
@@ -74,7 +75,10 @@ def buildRuntime(
         generation=generation,
         sha256=config.source_sha256,
         tls=tls,
-        secured=frozenset(name for names in tls.sites.values() for name in names),
+        # ACME sites are served over HTTPS from the start (with a
+        # placeholder until their certificate is issued).
+        secured=frozenset(name for names in tls.sites.values() for name in names)
+        | {site.name for site in config.sites if site.tls == "acme"},
         httpsPort=(
             endpointPort(config.server.listen_https[0])
             if config.server.listen_https

@@ -19,10 +19,14 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from revproxy.acme.challenges import ChallengeStore
+from revproxy.acme.client import AcmeIssuer
+from revproxy.acme.manager import AcmeManager
+from revproxy.acme.storage import AcmeStorage
 from revproxy.admin import AdminFactory, AdminSocket
 from revproxy.config import Config
 from revproxy.drain import ConnectionTracker, DrainService
-from revproxy.interfaces import IRevProxyReactor
+from revproxy.interfaces import IIssuer, IRevProxyReactor
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
 from revproxy.proxy.request import ProxySite
@@ -53,6 +57,42 @@ def reactorConnector(reactor: IRevProxyReactor) -> IUpstreamConnector:
         return reactor.connectTCP(host, port, factory, timeout=timeout)
 
     return connect
+
+
+def acmeManager(
+    config: Config, reactor: IRevProxyReactor, challenges: ChallengeStore
+) -> AcmeManager:
+    """
+    The ACME manager for C{config}: certificates stored under
+    C{server.state_dir}, issued by the C{[acme]} directory.  Nothing is read
+    or sent until a site needs it.
+    """
+    storage = AcmeStorage(config.server.state_dir)
+    acme = config.acme
+
+    def issuer() -> IIssuer:
+        key, created = storage.accountKey()
+        if created:
+            _log.info(
+                "ACME: created the account key in {dir}", dir=config.server.state_dir
+            )
+        directory = acme.directory_url
+
+        def remember(uri: str) -> None:
+            storage.saveAccountURI(directory, uri)
+
+        return AcmeIssuer(
+            reactor,
+            directory,
+            acme.email,
+            key,
+            caFile=acme.ca_file,
+            accountURI=storage.accountURI(directory),
+            onAccount=remember,
+            challenge="tls-alpn-01" if acme.challenge == "tls-alpn-01" else "http-01",
+        )
+
+    return AcmeManager(reactor, storage, issuer, acme, challenges)
 
 
 def _http2Available() -> bool:
@@ -110,6 +150,7 @@ class RevProxyService(MultiService):
     @ivar pool: the upstream connection pool.
     @ivar contexts: the TLS connection creator of the HTTPS listeners, or
         L{None} without any.
+    @ivar acme: the ACME certificates (with HTTPS listeners), else L{None}.
     """
 
     site: ProxySite
@@ -118,6 +159,7 @@ class RevProxyService(MultiService):
     reloader: Reloader
     pool: ConnectionPool
     contexts: SNIContextFactory | None = None
+    acme: AcmeManager | None = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -156,7 +198,9 @@ def buildService(
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
     pool = ConnectionPool(reactor, reactorConnector(reactor))
     forwarder = Forwarder(pool, reactor, config.server.trusted_proxies)
-    site = ProxySite(RootResource(holder, forwarder), reactor=reactor)
+    challenges = ChallengeStore(reactor)
+    root = RootResource(holder, forwarder, challenges=challenges)
+    site = ProxySite(root, reactor=reactor)
     tracker = ConnectionTracker(site)
     reloader = Reloader(configPath, holder, reactor)
     top.site, top.tracker, top.holder, top.reloader, top.pool = (
@@ -169,18 +213,47 @@ def buildService(
 
     for description in config.server.listen_http:
         listener(description, tracker, reactor=reactor).setServiceParent(top)
+    manager: AcmeManager | None = None
     if config.server.listen_https:
+        manager = acmeManager(config, reactor, challenges)
+        root.issued = manager.isIssued
+        top.acme = manager
+
+        def certificates(runtime: Runtime) -> TLSFiles:
+            """
+            The certificate files of C{runtime} and the ACME sites'
+            certificates (issued or placeholder).
+            """
+            acme = manager.certificates()
+            return runtime.tls.withCertificates(
+                (site, acme[site.name])
+                for site in runtime.config.sites
+                if site.name in acme
+            )
+
+        manager.updateSites(config.sites)
         contexts = SNIContextFactory(
-            holder.current.tls.certificates,
+            certificates(holder.current).certificates,
             minVersion=config.server.tls_min_version,
             http2=config.server.http2 and _http2Available(),
+            challenges=challenges,
         )
         top.contexts = contexts
 
         def useCertificates(runtime: Runtime) -> None:
-            contexts.store = runtime.tls.certificates
+            contexts.store = certificates(runtime).certificates
 
+        def publish() -> None:
+            useCertificates(holder.current)
+
+        def followSites(runtime: Runtime) -> None:
+            manager.updateSites(runtime.config.sites)
+
+        manager.onChange = publish
         reloader.beforeSwap.append(useCertificates)
+        reloader.afterSwap.append(followSites)
+        manager.setName("acme")
+        manager.setServiceParent(top)
         tlsFactory = TLSMemoryBIOFactory(
             contexts, False, HandshakeDeadline(tracker, reactor), reactor
         )
@@ -199,7 +272,7 @@ def buildService(
     if config.server.admin_socket_path:
         admin = AdminSocket(
             config.server.admin_socket_path,
-            AdminFactory(reloader, reactor, reactor.seconds()),
+            AdminFactory(reloader, reactor, reactor.seconds(), certificates=manager),
             reactor,
         )
         admin.setName("admin")

@@ -609,12 +609,41 @@ class TLSFiles:
         site name.
     @ivar warnings: Problems worth an operator's attention that do not stop
         serving (expiring soon, names not covering the hosts).
+    @ivar pairs: Each C{tls = "files"} site with its certificate, to build
+        a store together with certificates from other sources (ACME).
     """
 
     certificates: CertificateStore
     sites: Mapping[int, tuple[str, ...]]
     upstreamTLS: Mapping[str, UpstreamTLS]
     warnings: tuple[str, ...]
+    pairs: tuple[tuple[SiteConfig, LoadedCertificate], ...] = ()
+
+    def withCertificates(
+        self, more: Iterable[tuple[SiteConfig, LoadedCertificate]]
+    ) -> TLSFiles:
+        """
+        These files' certificates plus C{more} (the ACME sites'), as one
+        store and site map.
+        """
+        pairs = (*self.pairs, *more)
+        sites: dict[int, tuple[str, ...]] = {}
+        for site, cert in pairs:
+            sites[id(cert)] = (*sites.get(id(cert), ()), site.name)
+        return attrs.evolve(
+            self,
+            certificates=CertificateStore.fromSites(pairs),
+            sites=sites,
+            pairs=pairs,
+        )
+
+    def withWarnings(
+        self, upstreamTLS: Mapping[str, UpstreamTLS], warnings: tuple[str, ...]
+    ) -> TLSFiles:
+        """
+        The same certificates with these upstream settings and warnings.
+        """
+        return attrs.evolve(self, upstreamTLS=upstreamTLS, warnings=warnings)
 
     def sitesOf(self, cert: LoadedCertificate) -> tuple[str, ...]:
         """
@@ -667,14 +696,8 @@ def loadTLSFiles(config: Config, now: float) -> TLSFiles:
                 errors.append(f"{where}.upstream_ca_file: {e}")
     if errors:
         raise ConfigError(errors)
-    sites: dict[int, tuple[str, ...]] = {}
-    for site, cert in pairs:
-        sites[id(cert)] = (*sites.get(id(cert), ()), site.name)
-    return TLSFiles(
-        certificates=CertificateStore.fromSites(pairs),
-        sites=sites,
-        upstreamTLS=upstreamTLS,
-        warnings=tuple(warnings),
+    return NO_TLS_FILES.withCertificates(pairs).withWarnings(
+        upstreamTLS, tuple(warnings)
     )
 
 

@@ -630,7 +630,12 @@ class CommandTests(AdminTestsMixin, SynchronousTestCase):
         self.assertEqual(
             commands["certs"],
             "each certificate served: its sites, names, source, file, issuer and "
-            "expiry",
+            "expiry; for ACME also the next renewal and why, and the last error",
+        )
+        self.assertEqual(
+            commands["renew"],
+            "renew SITE: order a new ACME certificate for SITE now; answers when "
+            "the order ends",
         )
 
     def test_certsWithoutTLS(self) -> None:

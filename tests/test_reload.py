@@ -645,8 +645,8 @@ class ConfigWarningsTests(SynchronousTestCase):
 
     def test_acmeAndVerifyOff(self) -> None:
         """
-        A site with C{tls = "acme"} (not served over HTTPS in this version)
-        and one with upstream verification off are each named.
+        A site with upstream verification off is named; a C{tls = "acme"}
+        site is no reason for a warning.
         """
         config = parseConfig(
             BASE.replace("listen_https = []", 'listen_https = ["tcp:8443"]')
@@ -660,8 +660,6 @@ class ConfigWarningsTests(SynchronousTestCase):
         self.assertEqual(
             configWarnings(config),
             [
-                'sites[0].tls: tls = "acme" is not in this version yet; site "a" is '
-                "served on the HTTP listeners only",
                 'sites[1].upstream_tls_verify: false: the certificates of site "b"\'s '
                 "https:// upstreams are not verified (anyone on the path can read and "
                 "change its traffic)",

@@ -687,7 +687,16 @@ class HTTPSRoutingTests(_RootResourceCase):
             self.get(b"secure.example", b"/path/x?q=1&r=%20"),
             b"https://secure.example:8443/path/x?q=1&r=%20",
         )
-        # An ACME site is redirected before its certificate is issued.
+        # An ACME site is not redirected to a self-signed placeholder: only
+        # once its certificate is issued.
+        self.get(b"pending.example", b"/x")
+        self.assertEqual(self.forwarder.forwarded[-1], ("pending", b"/x", False))
+        issued: list[str] = []
+        self.root.issued = lambda name: name in issued
+        self.get(b"pending.example", b"/y")
+        self.assertEqual(self.forwarder.forwarded[-1], ("pending", b"/y", False))
+        issued.append("pending")
+        del self.forwarder.forwarded[:]
         self.assertRedirect(
             self.get(b"pending.example", b"/x"), b"https://pending.example:8443/x"
         )
