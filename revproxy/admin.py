@@ -46,7 +46,7 @@ from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.routing import normalizeHostHeader
 from revproxy.runtime import RuntimeHolder
-from revproxy.tls import LoadedCertificate
+from revproxy.tls import LoadedCertificate, TLSFiles
 
 _log = Logger()
 
@@ -216,13 +216,18 @@ class AdminFactory(Factory["AdminProtocol"]):
         clock: IReactorTime,
         startTime: float | None = None,
         certificates: ICertificateManager | None = None,
+        servedTLS: Callable[[], TLSFiles] | None = None,
     ) -> None:
         """
         @param startTime: when the process started, in C{clock.seconds()};
             now, if not given.
         @param certificates: the ACME certificates, for C{certs} and
             C{renew}; none without HTTPS listeners.
+        @param servedTLS: the certificates the HTTPS listeners serve now
+            (files and ACME), for C{route}; the runtime's files if not
+            given.
         """
+        self.servedTLS = servedTLS
         self.reloader = reloader
         self.certificateManager = certificates
         self.clock = clock
@@ -397,7 +402,8 @@ class AdminFactory(Factory["AdminProtocol"]):
         site = route.config
         upstream = peekUpstream(route.selector)
         rateLimit = site.rate_limit
-        certificate = runtime.tls.certificates.lookup(host)
+        served = self.servedTLS() if self.servedTLS is not None else runtime.tls
+        certificate = served.certificates.lookup(host)
         answer.update(
             site=route.name,
             default_site=route.default and not _claims(route, host),
@@ -405,7 +411,8 @@ class AdminFactory(Factory["AdminProtocol"]):
                 None
                 if certificate is None
                 else {
-                    "sites": list(runtime.tls.sitesOf(certificate)),
+                    "sites": list(served.sitesOf(certificate)),
+                    "source": certificate.source,
                     "names": list(certificate.names),
                     "not_after": _isoTime(certificate.not_after),
                 }

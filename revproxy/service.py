@@ -151,6 +151,8 @@ class RevProxyService(MultiService):
     @ivar contexts: the TLS connection creator of the HTTPS listeners, or
         L{None} without any.
     @ivar acme: the ACME certificates (with HTTPS listeners), else L{None}.
+    @ivar servedTLS: the certificates the HTTPS listeners serve now (files
+        and ACME), else L{None}.
     """
 
     site: ProxySite
@@ -160,6 +162,7 @@ class RevProxyService(MultiService):
     pool: ConnectionPool
     contexts: SNIContextFactory | None = None
     acme: AcmeManager | None = None
+    servedTLS: Callable[[], TLSFiles] | None = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -231,6 +234,7 @@ def buildService(
                 if site.name in acme
             )
 
+        top.servedTLS = lambda: certificates(holder.current)
         manager.updateSites(config.sites)
         contexts = SNIContextFactory(
             certificates(holder.current).certificates,
@@ -272,7 +276,13 @@ def buildService(
     if config.server.admin_socket_path:
         admin = AdminSocket(
             config.server.admin_socket_path,
-            AdminFactory(reloader, reactor, reactor.seconds(), certificates=manager),
+            AdminFactory(
+                reloader,
+                reactor,
+                reactor.seconds(),
+                certificates=manager,
+                servedTLS=top.servedTLS,
+            ),
             reactor,
         )
         admin.setName("admin")

@@ -1045,6 +1045,7 @@ class RouteCertificateTests(_CertificateTestCase):
 
     ownCertificate = {
         "sites": ["own"],
+        "source": "files",
         "names": ["own.example"],
         "not_after": "2030-06-11T00:00:00Z",
     }
