@@ -800,3 +800,65 @@ class ReactorConnectorTests(SynchronousTestCase):
         )
         self.assertIs(self.creator(0), self.creator(1))
         self.assertIsNot(self.creator(0), self.creator(2))
+
+
+class ACMEServiceTests(SynchronousTestCase):
+    """
+    The tree with a C{tls = "acme"} site.
+    """
+
+    def test_placeholderServed(self) -> None:
+        """
+        An acme site is served its self-signed placeholder from the start,
+        by SNI, while nothing has been issued; the admin socket's factory
+        and the root resource know the manager; a reload that removes the
+        site drops its certificate from the listeners.
+        """
+        stateDir = self.mktemp()
+        text = f"""
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = ["tcp:8443:interface=127.0.0.1"]
+admin_socket_path = ""
+state_dir = "{stateDir}"
+
+[acme]
+email = "ops@example.com"
+directory_url = "http://127.0.0.1:1/dir"
+
+[[sites]]
+name = "auto"
+hosts = ["auto.example"]
+upstreams = ["http://127.0.0.1:9000"]
+tls = "acme"
+redirect_http = true
+"""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        reactor = MemoryReactorClock()
+        top = buildService(parseConfig(text), path, cast(IRevProxyReactor, reactor))
+        contexts = top.contexts
+        manager = top.acme
+        assert contexts is not None and manager is not None
+        cert = contexts.store.lookup("auto.example")
+        assert cert is not None
+        self.assertEqual(cert.source, "placeholder")
+        self.assertEqual(cert.names, ("auto.example",))
+        self.assertIs(top.getServiceNamed("acme"), manager)
+        self.assertFalse(manager.isIssued("auto"))
+        self.assertIn("auto", top.holder.current.secured)
+        with open(path, "w") as f:
+            f.write(
+                text.split("[[sites]]")[0]
+                + """
+[[sites]]
+name = "plain"
+hosts = ["plain.example"]
+upstreams = ["http://127.0.0.1:9000"]
+"""
+            )
+        answer = self.successResultOf(top.reloader.reload("test"))
+        self.assertEqual(answer["status"], "ok", answer)
+        self.assertIsNone(contexts.store.lookup("auto.example"))
+        self.assertEqual(manager.certificates(), {})
