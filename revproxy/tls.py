@@ -172,6 +172,15 @@ def _normalizeIP(host: str) -> str:
         return host
 
 
+def keyMatches(certificate: x509.Certificate, key: PrivateKey) -> bool:
+    """
+    Whether C{key} is the private key of C{certificate}.
+    """
+    return certificate.public_key().public_bytes(
+        _DER, _SPKI
+    ) == key.public_key().public_bytes(_DER, _SPKI)
+
+
 def loadCertificateFiles(
     certFile: str, keyFile: str, hosts: Iterable[str], now: float
 ) -> tuple[LoadedCertificate, list[str]]:
@@ -225,9 +234,7 @@ def loadCertificateFiles(
             "key_file",
         )
     leaf = chain[0]
-    leafPublic = leaf.public_key().public_bytes(_DER, _SPKI)
-    keyPublic = key.public_key().public_bytes(_DER, _SPKI)
-    if leafPublic != keyPublic:
+    if not keyMatches(leaf, key):
         raise CertificateError(
             f"{keyFile} does not match the certificate in {certFile}", "key_file"
         )

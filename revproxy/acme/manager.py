@@ -38,7 +38,7 @@ from revproxy.acme.schedule import backoffDelay, renewalTime
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.config import AcmeConfig, SiteConfig
 from revproxy.interfaces import IChallengeResponder, IIssuer
-from revproxy.tls import CertificateError, LoadedCertificate, PrivateKey
+from revproxy.tls import CertificateError, LoadedCertificate, PrivateKey, keyMatches
 
 _log = Logger()
 
@@ -117,11 +117,7 @@ def loadRecord(record: CertificateRecord) -> LoadedCertificate:
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise CertificateError("stored key is neither EC nor RSA")
     leaf = chain[0]
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(
-        der, spki
-    ):
+    if not keyMatches(leaf, key):
         raise CertificateError("stored key does not match the stored certificate")
     return LoadedCertificate(
         chain=chain,

@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from twisted.logger import Logger
 
 from revproxy.acme import AcmeError
+from revproxy.tls import keyMatches
 
 _log = Logger()
 
@@ -82,8 +83,6 @@ CURRENT_LINK = "current"
 
 _GENERATION = re.compile(r"[0-9]{1,18}")
 _KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
-_DER = serialization.Encoding.DER
-_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
 
 @attrs.frozen
@@ -270,10 +269,10 @@ def _checkPair(chainPEM: bytes, keyPEM: bytes, chainName: str, keyName: str) -> 
     if not isinstance(key, _KEY_TYPES):
         raise AcmeError(f"{keyName}: unsupported key type {type(key).__name__}")
     try:
-        leafPublic = chain[0].public_key().public_bytes(_DER, _SPKI)
+        matches = keyMatches(chain[0], key)
     except (ValueError, UnsupportedAlgorithm) as e:
         raise AcmeError(f"{chainName}: unusable public key in the leaf") from e
-    if leafPublic != key.public_key().public_bytes(_DER, _SPKI):
+    if not matches:
         raise AcmeError(f"{keyName} does not match the certificate in {chainName}")
 
 
