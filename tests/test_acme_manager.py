@@ -259,6 +259,29 @@ class ManagerTests(SynchronousTestCase):
         self.assertEqual(loadRecord(stored).chain, cert.chain)
         self.assertTrue(self.logged("certificate issued for a.test, www.a.test"))
 
+    def test_orderedOnAMovingClock(self) -> None:
+        """
+        A site is ordered at start, and an issued certificate renewed when
+        due, even when the clock moves between two readings (as a real
+        one does).
+        """
+
+        class TickingClock(Clock):
+            def seconds(self) -> float:
+                self.rightNow += 0.001
+                return self.rightNow
+
+        self.clock = TickingClock()
+        self.clock.advance(NOW)
+        self.issuer = FakeIssuer(self.clock)
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.orders), 1)
+        self.issuer.grant(lifetime=6 * DAY)
+        self.assertTrue(manager.isIssued("app"))
+        self.clock.advance(3 * DAY)
+        self.assertEqual(len(self.issuer.orders), 2)
+
     def test_storedReusedWithoutOrder(self) -> None:
         """
         A valid stored certificate for the same names is served at start

@@ -230,20 +230,24 @@ class AcmeManager(Service):
         """
         now = self._clock.seconds()
         state = _Site(name, names, placeholderCertificate(name, names, now))
+        problems: list[str] = []
         try:
             state.backoff = self._storage.loadBackoff(name)
         except AcmeError as e:
-            _log.warn("ACME: site {site}: {error}", site=name, error=str(e))
+            problems.append(str(e))
         try:
             record = self._storage.loadCertificate(name)
         except AcmeError as e:
-            _log.warn(
-                "ACME: site {site}: stored certificate not usable, ordering a "
-                "new one: {error}",
-                site=name,
-                error=str(e),
-            )
+            problems.append(str(e))
             record = None
+        if problems:
+            # One line, whatever the number of files that could not be read.
+            _log.warn(
+                "ACME: site {site}: cannot use its stored state, ordering a new "
+                "certificate: {problems}",
+                site=name,
+                problems="; ".join(dict.fromkeys(problems)),
+            )
         if record is not None:
             try:
                 certificate = loadRecord(record)
@@ -332,12 +336,11 @@ class AcmeManager(Service):
         """
         if state.ordering is not None:
             return float("inf")
-        if state.backoff is not None:
-            due = state.backoff.retryAt
-        else:
-            due = self._clock.seconds()
+        due = float("-inf")
         if state.issued and state.renewAt is not None:
-            due = max(due, state.renewAt)
+            due = state.renewAt
+        if state.backoff is not None:
+            due = max(due, state.backoff.retryAt)
         return due
 
     def startService(self) -> None:
@@ -531,17 +534,16 @@ class AcmeManager(Service):
         )
         state.backoff = backoff
         state.lastError = error
+        unsaved = ""
         try:
             self._storage.saveBackoff(state.name, backoff)
         except AcmeError as e:
-            _log.warn(
-                "ACME: site {site}: cannot record the back-off: {error}",
-                site=state.name,
-                error=str(e),
-            )
+            if str(e) not in error:
+                unsaved = f" (and the back-off could not be stored: {e})"
         _log.error(
             "ACME: site {site}: order failed ({failures} in a row), retrying at "
-            "{when}; still serving the {what}: {error}",
+            "{when}; still serving the {what}: {error}{unsaved}",
+            unsaved=unsaved,
             site=state.name,
             failures=failures,
             when=_iso(backoff.retryAt),

@@ -203,12 +203,22 @@ class Pebble:
                 f"{child.name} ended with {child.exitCode}\n{self.output}"
             )
 
+    def prepare(self) -> None:
+        """
+        Write the CA, pebble's certificate and its config now, so that
+        L{caFile} exists before pebble runs (a proxy configured with it can
+        then start first, and find the CA unreachable).  L{start} does it
+        itself when this was not called.
+        """
+        if self._ca is None:
+            self._writeFiles()
+
     async def start(self) -> None:
         """
         Start the DNS server, then pebble, and return once pebble's
         directory answers over HTTPS.
         """
-        self._writeFiles()
+        self.prepare()
         basic = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         self._dns = self._spawn(
             "pebble-challtestsrv",
@@ -352,6 +362,28 @@ async def startPebble(
     @param httpPort: Where pebble validates http-01 (on 127.0.0.1).
     @param tlsPort: Where pebble validates tls-alpn-01 (on 127.0.0.1).
     """
+    pebble = newPebble(
+        testCase, httpPort, tlsPort, authzReuse=authzReuse, environment=environment
+    )
+    await pebble.start()
+    return pebble
+
+
+def newPebble(
+    testCase: TestCase,
+    httpPort: int,
+    tlsPort: int,
+    *,
+    authzReuse: int = 0,
+    environment: dict[str, str] | None = None,
+) -> Pebble:
+    """
+    A L{Pebble} for C{testCase} in a fresh temporary directory, not started
+    yet (its L{Pebble.directoryURL} refuses connections until
+    L{Pebble.start}); it is stopped at the test's cleanup.  Skip the test
+    when pebble is not installed.  L{startPebble} is this, then
+    L{Pebble.start}.
+    """
     for program in (PEBBLE, CHALLTESTSRV):
         if shutil.which(program) is None:
             raise SkipTest(f"{program} is not installed (apt-get install pebble)")
@@ -364,5 +396,4 @@ async def startPebble(
         environment=environment,
     )
     testCase.addCleanup(lambda: Deferred.fromCoroutine(pebble.stop()))
-    await pebble.start()
     return pebble
