@@ -20,7 +20,7 @@ from attrs import frozen
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IConnector, IProtocol, ISSLTransport
+from twisted.internet.interfaces import IConnector, IProtocol
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
@@ -32,7 +32,6 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._http2 import H2Connection
-from zope.interface import implementer
 
 from revproxy.config import Config, parseConfig
 from revproxy.interfaces import IRevProxyReactor
@@ -44,6 +43,7 @@ from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.routing import RootResource
 from revproxy.runtime import RuntimeHolder, buildRuntime
 from revproxy.service import reactorConnector
+from tests.tlshelpers import TLSTransport
 
 BASE_CONFIG = """
 [server]
@@ -226,32 +226,6 @@ def readRequest(data: bytes) -> HTTPRequest:
     """
     line, headers, body = _splitHead(data)
     return HTTPRequest(line, headers, body)
-
-
-@implementer(ISSLTransport)
-class TLSTransport(StringTransportWithDisconnection):
-    """
-    A client connection that arrived over TLS, as the site sees it (what
-    C{TLSMemoryBIOProtocol} provides).
-    """
-
-    def getPeerCertificate(self) -> None:
-        return None
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        pass
-
-    def getTcpNoDelay(self) -> bool:
-        return True
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        pass
-
-    def getTcpKeepAlive(self) -> bool:
-        return False
-
-    def loseWriteConnection(self) -> None:
-        self.loseConnection()
 
 
 class FakeClient:

@@ -16,11 +16,10 @@ from attrs import frozen
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IProtocol, ISSLTransport
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.config import ConfigError, parseConfig
@@ -34,6 +33,7 @@ from revproxy.routing import (
 )
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import TLSFiles, loadTLSFiles
+from tests.tlshelpers import TLSTransport
 
 
 @frozen
@@ -430,31 +430,6 @@ _NAMES = (
 )
 
 
-@implementer(ISSLTransport)
-class _TLSTransport(StringTransportWithDisconnection):
-    """
-    A client connection that arrived over TLS, as the site sees it.
-    """
-
-    def getPeerCertificate(self) -> None:
-        return None
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        pass
-
-    def getTcpNoDelay(self) -> bool:
-        return True
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        pass
-
-    def getTcpKeepAlive(self) -> bool:
-        return False
-
-    def loseWriteConnection(self) -> None:
-        self.loseConnection()
-
-
 class _RecordingForwarder:
     """
     Records what would be forwarded, and answers 200 at once.
@@ -607,7 +582,7 @@ class _RootResourceCase(SynchronousTestCase):
         """
         address = IPv4Address("TCP", "203.0.113.9", 40000)
         channel = cast(IProtocol, self.site.buildProtocol(address))
-        factory = _TLSTransport if secure else StringTransportWithDisconnection
+        factory = TLSTransport if secure else StringTransportWithDisconnection
         transport = factory(peerAddress=address)
         transport.protocol = channel
         channel.makeConnection(transport)

@@ -12,7 +12,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, cast
 
 import trustme
@@ -22,7 +21,7 @@ from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTransport
-from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -45,6 +44,7 @@ from revproxy.tls import (
     RefusalLog,
     SNIContextFactory,
 )
+from tests.tlshelpers import ExceptHookRecorder, Recorder
 
 CONFIG = """\
 [server]
@@ -336,39 +336,6 @@ upstreams = ["http://127.0.0.1:9001"]
 """
 
 
-class _HookRecorder:
-    """
-    A C{sys.excepthook} that records what it is given.
-    """
-
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-
-    def __call__(
-        self,
-        kind: type[BaseException],
-        value: BaseException,
-        tb: TracebackType | None,
-    ) -> None:
-        self.errors.append(value)
-
-
-class _Recorder(Protocol):
-    """
-    A client protocol that records what it receives and how it ended.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = reason
-
-
 class HTTPSServiceTests(SynchronousTestCase):
     """
     The tree with C{listen_https}: TLS listeners in front of the same site,
@@ -385,7 +352,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         with open(self.path, "w") as f:
             f.write(self.configText)
         self.reactor = MemoryReactorClock()
-        self.hook = _HookRecorder()
+        self.hook = ExceptHookRecorder()
         self.patch(sys, "excepthook", self.hook)
         self.top = buildService(
             loadConfig(self.path), self.path, cast(IRevProxyReactor, self.reactor)
@@ -436,7 +403,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         self,
         acceptableProtocols: list[bytes] | None = None,
         maxVersion: TLSVersion | None = None,
-    ) -> tuple[_Recorder, IOPump]:
+    ) -> tuple[Recorder, IOPump]:
         """
         Connect a TLS client that verifies C{secure.example} to the 8443
         listener, over memory, and pump until nothing moves.
@@ -451,13 +418,13 @@ class HTTPSServiceTests(SynchronousTestCase):
             extraCertificateOptions=extra,
         )
         clientFactory = TLSMemoryBIOFactory(
-            creator, True, Factory.forProtocol(_Recorder), self.reactor
+            creator, True, Factory.forProtocol(Recorder), self.reactor
         )
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         clientProtocol = clientFactory.buildProtocol(address)
         assert isinstance(clientProtocol, TLSMemoryBIOProtocol)
         recorder = clientProtocol.wrappedProtocol
-        assert isinstance(recorder, _Recorder)
+        assert isinstance(recorder, Recorder)
         serverFactory = self.servingFactory()
         _, _, pump = connectedServerAndClient(
             lambda: serverFactory.buildProtocol(address),
@@ -627,14 +594,14 @@ class HTTPSServiceTests(SynchronousTestCase):
             "unknown.example", trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes())
         )
         clientFactory = TLSMemoryBIOFactory(
-            creator, True, Factory.forProtocol(_Recorder), self.reactor
+            creator, True, Factory.forProtocol(Recorder), self.reactor
         )
         address = IPv4Address("TCP", "127.0.0.1", 40000)
         serverFactory = self.servingFactory()
         clientProtocol = clientFactory.buildProtocol(address)
         assert isinstance(clientProtocol, TLSMemoryBIOProtocol)
         recorder = clientProtocol.wrappedProtocol
-        assert isinstance(recorder, _Recorder)
+        assert isinstance(recorder, Recorder)
         connectedServerAndClient(
             lambda: serverFactory.buildProtocol(address),
             lambda: clientProtocol,
@@ -698,7 +665,7 @@ class NoHTTPSServiceTests(SynchronousTestCase):
         Without C{listen_https} there are no contexts, no TLS listener and
         no refusal log.
         """
-        hook = _HookRecorder()
+        hook = ExceptHookRecorder()
         self.patch(sys, "excepthook", hook)
         reactor = MemoryReactorClock()
         top = buildService(config(), "", cast(IRevProxyReactor, reactor))

@@ -8,7 +8,6 @@ import hashlib
 import os
 import sys
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import cast
 
 import trustme
@@ -25,7 +24,7 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     ISSLTransport,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
@@ -56,6 +55,7 @@ from revproxy.tls import (
     loadTLSFiles,
     nameCovers,
 )
+from tests.tlshelpers import Echo, ExceptHookRecorder, Recorder
 
 _CA = trustme.CA()
 _FAR_PAST = datetime(2020, 1, 1, tzinfo=UTC)
@@ -457,19 +457,6 @@ def _pump(handshake: _Handshake) -> None:
     raise AssertionError("handshake did not settle in 100 rounds")
 
 
-class _ExceptHookRecorder:
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-
-    def __call__(
-        self,
-        kind: type[BaseException],
-        value: BaseException,
-        tb: TracebackType | None,
-    ) -> None:
-        self.errors.append(value)
-
-
 class SNIContextFactoryTests(SynchronousTestCase):
     """
     Tests for L{SNIContextFactory}, with real handshakes over memory BIOs.
@@ -485,7 +472,7 @@ class SNIContextFactoryTests(SynchronousTestCase):
         self.factory = SNIContextFactory(self.store)
         # pyOpenSSL reports exceptions raised in the SNI callback with
         # sys.excepthook; record them instead of printing them.
-        self.hookErrors = _ExceptHookRecorder()
+        self.hookErrors = ExceptHookRecorder()
         self.patch(sys, "excepthook", self.hookErrors)
 
     def clientContext(self) -> SSL.Context:
@@ -722,27 +709,7 @@ class SNIContextFactoryTests(SynchronousTestCase):
         self.assertIs(after[id(self.a)][1], before[id(self.a)][1])
 
 
-class _Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-
-class _Recorder(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = reason
-
-
-def _connectTLS(
-    factory: SNIContextFactory, serverName: str
-) -> tuple[_Recorder, IOPump]:
+def _connectTLS(factory: SNIContextFactory, serverName: str) -> tuple[Recorder, IOPump]:
     """
     Connect a Twisted TLS client that verifies C{serverName} against L{_CA}
     to an echo server using C{factory}, over memory.
@@ -751,21 +718,21 @@ def _connectTLS(
     """
     clock = Clock()
     serverFactory = TLSMemoryBIOFactory(
-        factory, False, Factory.forProtocol(_Echo), clock
+        factory, False, Factory.forProtocol(Echo), clock
     )
     clientFactory = TLSMemoryBIOFactory(
         optionsForClientTLS(
             serverName, trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes())
         ),
         True,
-        Factory.forProtocol(_Recorder),
+        Factory.forProtocol(Recorder),
         clock,
     )
     address = IPv4Address("TCP", "127.0.0.1", 1)
     clientProtocol = clientFactory.buildProtocol(address)
     assert clientProtocol is not None
     recorder = clientProtocol.wrappedProtocol
-    assert isinstance(recorder, _Recorder)
+    assert isinstance(recorder, Recorder)
     _, _, pump = connectedServerAndClient(
         lambda: serverFactory.buildProtocol(address),
         lambda: clientProtocol,
@@ -782,7 +749,7 @@ class TwistedTLSTests(SynchronousTestCase):
 
     def connect(
         self, factory: SNIContextFactory, serverName: str
-    ) -> tuple[_Recorder, IOPump]:
+    ) -> tuple[Recorder, IOPump]:
         return _connectTLS(factory, serverName)
 
     def test_echoBySNI(self) -> None:
@@ -806,7 +773,7 @@ class TwistedTLSTests(SynchronousTestCase):
         A name with no certificate and no default closes the connection
         before any data.
         """
-        self.patch(sys, "excepthook", _ExceptHookRecorder())
+        self.patch(sys, "excepthook", ExceptHookRecorder())
         a = _load(self, "a.test")
         factory = SNIContextFactory(CertificateStore({"a.test": a}))
         client, pump = self.connect(factory, "b.test")
@@ -1089,7 +1056,7 @@ class LoadTLSFilesTests(SynchronousTestCase):
         self.assertEqual(tls.upstreamTLS["off"], UpstreamTLS(verify=False))
 
 
-class _HookRecorder(_ExceptHookRecorder):
+class _HookRecorder(ExceptHookRecorder):
     """
     A C{sys.excepthook} that records what it is given.
     """
@@ -1263,7 +1230,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.factory = HandshakeDeadline(Factory.forProtocol(_Recorder), self.clock)
+        self.factory = HandshakeDeadline(Factory.forProtocol(Recorder), self.clock)
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         assert protocol is not None
         self.protocol = protocol
@@ -1294,7 +1261,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         """
         The deadline is C{timeout} seconds after the connection is made.
         """
-        factory = HandshakeDeadline(Factory.forProtocol(_Recorder), self.clock, 2.5)
+        factory = HandshakeDeadline(Factory.forProtocol(Recorder), self.clock, 2.5)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         assert protocol is not None
         self.clock.advance(50)
@@ -1323,7 +1290,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         """
         self.protocol.makeConnection(self.transport)
         wrapped = self.protocol.wrappedProtocol
-        assert isinstance(wrapped, _Recorder)
+        assert isinstance(wrapped, Recorder)
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsNotNone(wrapped.lost)
@@ -1336,7 +1303,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         """
         self.protocol.makeConnection(self.transport)
         wrapped = self.protocol.wrappedProtocol
-        assert isinstance(wrapped, _Recorder)
+        assert isinstance(wrapped, Recorder)
         self.assertIsNotNone(wrapped.transport)
         self.protocol.dataReceived(b"GET /")
         self.assertEqual(wrapped.data, b"GET /")
@@ -1355,7 +1322,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.protocol.dataReceived(b"GET / HTTP/1.1\r\n")
         wrapped = self.protocol.wrappedProtocol
-        assert isinstance(wrapped, _Recorder)
+        assert isinstance(wrapped, Recorder)
         self.assertEqual(wrapped.data, b"")
         self.clock.advance(5.5)
         self.assertEqual(transport.aborts, 0)
@@ -1374,7 +1341,7 @@ class HandshakeDeadlineTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.protocol.dataReceived(b"GET /")
         wrapped = self.protocol.wrappedProtocol
-        assert isinstance(wrapped, _Recorder)
+        assert isinstance(wrapped, Recorder)
         self.assertEqual(wrapped.data, b"GET /")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -1393,7 +1360,7 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.recorders: list[_Recorder] = []
+        self.recorders: list[Recorder] = []
         store = CertificateStore({"a.test": _load(self, "a.test")})
         self.contexts = SNIContextFactory(store, http2=True)
         self.serverFactory = TLSMemoryBIOFactory(
@@ -1422,20 +1389,20 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
             and getattr(call.func, "__name__", "") == "_expired"  # type: ignore[attr-defined]
         ]
 
-    def connectTLS(self, alpn: list[bytes] | None = None) -> tuple[_Recorder, IOPump]:
+    def connectTLS(self, alpn: list[bytes] | None = None) -> tuple[Recorder, IOPump]:
         creator = optionsForClientTLS(
             "a.test",
             trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
             acceptableProtocols=alpn,
         )
         clientFactory = TLSMemoryBIOFactory(
-            creator, True, Factory.forProtocol(_Recorder), self.clock
+            creator, True, Factory.forProtocol(Recorder), self.clock
         )
         address = IPv4Address("TCP", "127.0.0.1", 1)
         clientProtocol = clientFactory.buildProtocol(address)
         assert clientProtocol is not None
         recorder = clientProtocol.wrappedProtocol
-        assert isinstance(recorder, _Recorder)
+        assert isinstance(recorder, Recorder)
         _, _, pump = connectedServerAndClient(
             lambda: self.serverFactory.buildProtocol(address),
             lambda: clientProtocol,
@@ -1481,7 +1448,7 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
         disconnected ten seconds later, and not before; the site's protocol
         learns of it.
         """
-        silent = _Recorder()
+        silent = Recorder()
         _, _, pump = connectedServerAndClient(
             lambda: self.serverFactory.buildProtocol(
                 IPv4Address("TCP", "127.0.0.1", 1)
@@ -1514,7 +1481,7 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
         self.assertIsNotNone(self.recorders[0].lost)
 
 
-class _EchoRecorder(_Recorder):
+class _EchoRecorder(Recorder):
     """
     Records and echoes what it receives.
     """
@@ -1562,7 +1529,7 @@ class TLSALPN01Tests(SynchronousTestCase):
             http2=True,
             challenges=self.challenges,
         )
-        self.hookErrors = _ExceptHookRecorder()
+        self.hookErrors = ExceptHookRecorder()
         self.patch(sys, "excepthook", self.hookErrors)
 
     def handshake(
@@ -1772,7 +1739,7 @@ class _Validator:
 
 
 @implementer(IHandshakeListener)
-class _HandshakeRecorder(_Recorder):
+class _HandshakeRecorder(Recorder):
     """
     Records what it receives, and the peer certificate and ALPN protocol
     when the handshake completes.
@@ -1797,7 +1764,7 @@ class TLSALPN01ConnectionTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.recorders: list[_Recorder] = []
+        self.recorders: list[Recorder] = []
         self.challenges = ChallengeStore()
         self.challenges.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
         self.a = _load(self, "a.test")

@@ -23,10 +23,9 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -38,6 +37,7 @@ from revproxy.proxy.upstreamtls import (
     UpstreamTLS,
     loadUpstreamTLS,
 )
+from tests.tlshelpers import Echo, Recorder
 
 _CA = trustme.CA()
 _OTHER_CA = trustme.CA()
@@ -129,27 +129,9 @@ class _Upstream:
         return connection
 
 
-class _Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-
-class _Recorder(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = reason
-
-
 def _exchange(
     creator: IOpenSSLClientConnectionCreator, upstream: _Upstream
-) -> _Recorder:
+) -> Recorder:
     """
     Connect a client using C{creator} to C{upstream} (an echo server) over
     memory, send C{b"ping"}, and pump until nothing moves.
@@ -158,15 +140,15 @@ def _exchange(
     """
     clock = Clock()
     serverFactory = TLSMemoryBIOFactory(
-        upstream, False, Factory.forProtocol(_Echo), clock
+        upstream, False, Factory.forProtocol(Echo), clock
     )
     clientFactory = TLSMemoryBIOFactory(
-        creator, True, Factory.forProtocol(_Recorder), clock
+        creator, True, Factory.forProtocol(Recorder), clock
     )
     clientProtocol = clientFactory.buildProtocol(_ADDRESS)
     assert clientProtocol is not None
     recorder = clientProtocol.wrappedProtocol
-    assert isinstance(recorder, _Recorder)
+    assert isinstance(recorder, Recorder)
     _, _, pump = connectedServerAndClient(
         lambda: serverFactory.buildProtocol(_ADDRESS),
         lambda: clientProtocol,
@@ -390,14 +372,14 @@ class HandshakeTests(SynchronousTestCase):
         self.caFile = _write(self, "ca.pem", _CA.cert_pem.bytes())
         self.upstream = _Upstream.fromLeaf(_CA.issue_cert("upstream.test"))
 
-    def assertWorks(self, recorder: _Recorder) -> None:
+    def assertWorks(self, recorder: Recorder) -> None:
         """
         The echo came back over a connection that is still open.
         """
         self.assertEqual(recorder.data, b"ping")
         self.assertIsNone(recorder.lost)
 
-    def assertRefused(self, recorder: _Recorder) -> None:
+    def assertRefused(self, recorder: Recorder) -> None:
         """
         The handshake failed the client's certificate check: no data, and
         the connection closed with an OpenSSL error.

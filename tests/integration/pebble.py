@@ -34,7 +34,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -380,13 +380,13 @@ def newPebble(
     """
     A L{Pebble} for C{testCase} in a fresh temporary directory, not started
     yet (its L{Pebble.directoryURL} refuses connections until
-    L{Pebble.start}); it is stopped at the test's cleanup.  Skip the test
-    when pebble is not installed.  L{startPebble} is this, then
+    L{Pebble.start}); it is stopped at the test's cleanup.  Fail the test
+    when pebble is not installed (make test installs it).  L{startPebble} is this, then
     L{Pebble.start}.
     """
     for program in (PEBBLE, CHALLTESTSRV):
         if shutil.which(program) is None:
-            raise SkipTest(f"{program} is not installed (apt-get install pebble)")
+            testCase.fail(f"{program} is not installed (apt-get install pebble)")
     pebble = Pebble(
         getReactor(),
         os.path.abspath(testCase.mktemp()),
