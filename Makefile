@@ -13,7 +13,8 @@ export PYTHONPATH := $(CURDIR)
 
 # Debian packages the integration tests use: real admin-socket clients
 # (nc, socat), real TLS and HTTP/2 clients (openssl, nghttp, curl), and
-# pebble, Let's Encrypt's test ACME server (with pebble-challtestsrv).
+# pebble, Let's Encrypt's test ACME server (with pebble-challtestsrv), and
+# slowhttptest, a real slow-client attacker for the slow-client tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements-test.txt setup.cfg pyproject.toml
@@ -57,6 +58,7 @@ debian-deps:
 	command -v nghttp >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v pebble >/dev/null || missing="$$missing pebble"; \
+	command -v slowhttptest >/dev/null || missing="$$missing slowhttptest"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

@@ -72,6 +72,19 @@ _SERVER_KEYS = (
     "trusted_proxies",
     "tls_min_version",
     "http2",
+    "max_request_line_bytes",
+    "max_header_bytes",
+    "max_headers_total_bytes",
+    "max_header_fields",
+    "header_timeout_secs",
+    "body_timeout_secs",
+    "min_body_rate_bytes_per_sec",
+    "keepalive_timeout_secs",
+    "max_requests_per_connection",
+    "handshake_timeout_secs",
+    "lingering_close_secs",
+    "max_tracked_clients",
+    "rate_limit_ipv6_prefix",
 )
 _ACME_KEYS = (
     "email",
@@ -103,8 +116,8 @@ _SITE_KEYS = (
     "default",
     *_DEFAULTS_KEYS,
 )
-_RATE_LIMIT_KEYS = ("requests_per_second", "burst")
-_HEALTH_CHECK_KEYS = ("path", "interval_secs")
+_RATE_LIMIT_KEYS = ("requests_per_second", "burst", "dry_run")
+_HEALTH_CHECK_KEYS = ("path", "interval_secs", "timeout_secs", "fails", "passes")
 
 # Where each key lives, to tell an operator who put a key under the wrong
 # header (a common TOML slip: keys written below [[sites]] belong to the site).
@@ -177,6 +190,8 @@ class RateLimit:
 
     requests_per_second: float
     burst: int
+    #: Log would-be refusals instead of answering 429.
+    dry_run: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -198,6 +213,12 @@ class HealthCheck:
 
     path: str
     interval_secs: float = _DEFAULT_HEALTH_INTERVAL_SECS
+    #: How long one check may take before it counts as failed.
+    timeout_secs: float = 2.0
+    #: Consecutive failed checks that make a healthy upstream unhealthy.
+    fails: int = 3
+    #: Consecutive passed checks that make an unhealthy upstream healthy.
+    passes: int = 2
 
 
 @attrs.frozen
@@ -216,6 +237,36 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls_min_version: str = "1.2"
     http2: bool = True
+    #: 414 beyond this request line (method, target, version).
+    max_request_line_bytes: int = 8192
+    #: 431 beyond this one header field (name, colon, value).
+    max_header_bytes: int = 8192
+    #: 431 beyond this for all header fields together.
+    max_headers_total_bytes: int = 32768
+    #: 431 beyond this many header fields.
+    max_header_fields: int = 100
+    #: 408 when a request head is not complete this long after the
+    #: connection opened or the previous response ended.
+    header_timeout_secs: float = 10.0
+    #: 408 when no byte of a request body arrives for this long.
+    body_timeout_secs: float = 60.0
+    #: 408 when a body arrives slower than this on average, once
+    #: body_timeout_secs have passed since it began (0: no minimum).
+    min_body_rate_bytes_per_sec: int = 500
+    #: An idle keep-alive connection is closed after this long.
+    keepalive_timeout_secs: float = 60.0
+    #: A connection is closed after this many requests (0: no cap).
+    max_requests_per_connection: int = 1000
+    #: A TLS handshake not finished this long after the accept is dropped.
+    handshake_timeout_secs: float = 10.0
+    #: After an early refusal, how long what the client still sends is
+    #: read and dropped, so that it reads the answer instead of a reset.
+    lingering_close_secs: float = 5.0
+    #: At most this many rate-limit buckets are kept (least recently used
+    #: evicted beyond).
+    max_tracked_clients: int = 100000
+    #: IPv6 clients share a rate-limit bucket per prefix of this length.
+    rate_limit_ipv6_prefix: int = 64
 
 
 @attrs.frozen
@@ -1119,6 +1170,46 @@ class _Parser:
             "tls_min_version", base.tls_min_version, _TLS_VERSIONS
         )
         http2 = table.boolean("http2", base.http2)
+        limits = {
+            key: table.integer(key, getattr(base, key), low, high)
+            for key, low, high in (
+                ("max_request_line_bytes", 256, 1048576),
+                ("max_header_bytes", 256, 1048576),
+                ("max_headers_total_bytes", 1024, 16777216),
+                ("max_header_fields", 8, 10000),
+                ("min_body_rate_bytes_per_sec", 0, 10**9),
+                ("max_requests_per_connection", 0, 10**9),
+                ("max_tracked_clients", 1, 10**8),
+                ("rate_limit_ipv6_prefix", 1, 128),
+            )
+        }
+        limits.update(
+            (
+                key,
+                table.number(
+                    key, getattr(base, key), 0, _MAX_TIMEOUT_SECS, lowOpen=True
+                ),
+            )
+            for key in (
+                "header_timeout_secs",
+                "body_timeout_secs",
+                "keepalive_timeout_secs",
+                "handshake_timeout_secs",
+            )
+        )
+        limits["lingering_close_secs"] = table.number(
+            "lingering_close_secs", base.lingering_close_secs, 0, 300
+        )
+        if (
+            limits["max_header_bytes"] is not None
+            and limits["max_headers_total_bytes"] is not None
+            and limits["max_header_bytes"] > limits["max_headers_total_bytes"]
+        ):
+            table.error(
+                "max_header_bytes",
+                "must not be larger than max_headers_total_bytes "
+                f"({limits['max_headers_total_bytes']})",
+            )
         server = ServerConfig(
             listen_http=_or(listenHTTP, base.listen_http),
             listen_https=_or(listenHTTPS, base.listen_https),
@@ -1129,6 +1220,7 @@ class _Parser:
             trusted_proxies=tuple(trusted),
             tls_min_version=_or(tlsMinVersion, base.tls_min_version),
             http2=_or(http2, base.http2),
+            **{key: _or(value, getattr(base, key)) for key, value in limits.items()},
         )
         return server, listenHTTPS is None or listenHTTPS != ()
 
@@ -1224,12 +1316,13 @@ class _Parser:
         """
         if table is None:
             return None
-        for key in _RATE_LIMIT_KEYS:
+        for key in ("requests_per_second", "burst"):
             if not table.has(key):
                 table.error(key, "required (set both to 0 to turn rate limiting off)")
         rate = table.number("requests_per_second", None, 0, _MAX_REQUESTS_PER_SECOND)
         burst = table.integer("burst", None, 0, _MAX_BURST)
-        if rate is None or burst is None:
+        dryRun = table.boolean("dry_run", False)
+        if rate is None or burst is None or dryRun is None:
             return None
         if rate > 0 and burst == 0:
             table.error("burst", "burst must be >= 1 when requests_per_second > 0")
@@ -1240,7 +1333,7 @@ class _Parser:
                 "must be > 0 when burst > 0 (set both to 0 to turn rate limiting off)",
             )
             return None
-        return RateLimit(requests_per_second=rate, burst=burst)
+        return RateLimit(requests_per_second=rate, burst=burst, dry_run=dryRun)
 
     def _healthCheck(self, table: _Table | None) -> HealthCheck | None:
         """
@@ -1259,9 +1352,35 @@ class _Parser:
         interval = table.number(
             "interval_secs", _DEFAULT_HEALTH_INTERVAL_SECS, 1, _MAX_TIMEOUT_SECS
         )
-        if path is None or interval is None:
+        timeout = table.number("timeout_secs", 2.0, 0, 300, lowOpen=True)
+        fails = table.integer("fails", 3, 1, 1000)
+        passes = table.integer("passes", 2, 1, 1000)
+        if (
+            timeout is not None
+            and interval is not None
+            and timeout > interval
+            and table.has("timeout_secs")
+        ):
+            table.error(
+                "timeout_secs",
+                f"must not be longer than interval_secs ({_formatNumber(interval)})",
+            )
+            timeout = None
+        if (
+            path is None
+            or interval is None
+            or timeout is None
+            or fails is None
+            or passes is None
+        ):
             return None
-        return HealthCheck(path=path, interval_secs=interval)
+        return HealthCheck(
+            path=path,
+            interval_secs=interval,
+            timeout_secs=min(timeout, interval),
+            fails=fails,
+            passes=passes,
+        )
 
     def _sites(
         self,

@@ -2212,3 +2212,120 @@ class PropertyTests(SynchronousTestCase):
         The full example with random text inserted parses or fails cleanly.
         """
         self.parse(FULL[:position] + insert + FULL[position:])
+
+
+class OperationsLimitTests(ParseTestCase):
+    """
+    Tests for the connection limits and deadlines of C{[server]}, the rate
+    limit's C{dry_run} and the health check's thresholds.
+    """
+
+    def test_serverDefaults(self) -> None:
+        """
+        Without the keys, the limits are nginx-like: 8 KiB request line and
+        header field, 32 KiB of headers, 100 fields, a 10 s head deadline.
+        """
+        server = parseConfig(document(site())).server
+        self.assertEqual(
+            (
+                server.max_request_line_bytes,
+                server.max_header_bytes,
+                server.max_headers_total_bytes,
+                server.max_header_fields,
+                server.header_timeout_secs,
+                server.max_tracked_clients,
+                server.rate_limit_ipv6_prefix,
+            ),
+            (8192, 8192, 32768, 100, 10.0, 100000, 64),
+        )
+
+    def test_serverValues(self) -> None:
+        """
+        Each key is read into the server config.
+        """
+        server = parseConfig(
+            document(
+                site(),
+                server={
+                    "max_request_line_bytes": 4096,
+                    "max_header_fields": 50,
+                    "keepalive_timeout_secs": 5,
+                    "max_requests_per_connection": 0,
+                    "lingering_close_secs": 0,
+                    "min_body_rate_bytes_per_sec": 0,
+                    "rate_limit_ipv6_prefix": 56,
+                },
+            )
+        ).server
+        self.assertEqual(server.max_request_line_bytes, 4096)
+        self.assertEqual(server.max_header_fields, 50)
+        self.assertEqual(server.keepalive_timeout_secs, 5.0)
+        self.assertEqual(server.max_requests_per_connection, 0)
+        self.assertEqual(server.lingering_close_secs, 0.0)
+        self.assertEqual(server.min_body_rate_bytes_per_sec, 0)
+        self.assertEqual(server.rate_limit_ipv6_prefix, 56)
+
+    def test_serverRanges(self) -> None:
+        """
+        Out-of-range values name their key; a header field may not be larger
+        than all headers together.
+        """
+        self.assertErrors(
+            document(
+                site(),
+                server={
+                    "max_request_line_bytes": 10,
+                    "header_timeout_secs": 0,
+                    "rate_limit_ipv6_prefix": 129,
+                    "max_header_bytes": 65536,
+                },
+            ),
+            "server.max_request_line_bytes: must be between 256 and 1048576, got 10",
+            "server.rate_limit_ipv6_prefix: must be between 1 and 128, got 129",
+            "server.header_timeout_secs: must be greater than 0 and at most "
+            "86400, got 0",
+            "server.max_header_bytes: must not be larger than "
+            "max_headers_total_bytes (32768)",
+        )
+
+    def test_dryRun(self) -> None:
+        """
+        C{rate_limit.dry_run} is optional and must be a boolean.
+        """
+        config = parseConfig(
+            document(
+                site(rate_limit={"requests_per_second": 1, "burst": 2, "dry_run": True})
+            )
+        )
+        self.assertTrue(config.sites[0].rate_limit.dry_run)
+        self.assertErrors(
+            document(
+                site(rate_limit={"requests_per_second": 1, "burst": 2, "dry_run": 1})
+            ),
+            "sites[0].rate_limit.dry_run: expected true or false, got integer 1",
+        )
+
+    def test_healthCheckThresholds(self) -> None:
+        """
+        C{timeout_secs}, C{fails} and C{passes} default to 2 s, 3 and 2; the
+        timeout may not exceed the interval.
+        """
+        config = parseConfig(document(site(health_check={"path": "/h"})))
+        check = config.sites[0].health_check
+        assert check is not None
+        self.assertEqual((check.timeout_secs, check.fails, check.passes), (2.0, 3, 2))
+        self.assertErrors(
+            document(
+                site(
+                    health_check={
+                        "path": "/h",
+                        "interval_secs": 1,
+                        "timeout_secs": 5,
+                        "fails": 0,
+                    }
+                )
+            ),
+            "sites[0].health_check.fails: must be between 1 and 1000, got 0",
+            "sites[0].health_check.timeout_secs: must not be longer than "
+            "interval_secs (1)",
+        )
