@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import cast
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IConnector
@@ -16,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from revproxy.health import UpstreamHealth
 from revproxy.proxy.client import UpstreamConnection
 from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
 
@@ -762,3 +765,217 @@ class LimitTests(PoolTestMixin, SynchronousTestCase):
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.pool.idleCount(KEY), 0)
         self.assertEqual(self.pool.activeCount(KEY), 1)
+
+
+class FakeHealth:
+    """
+    An upstream's health state as the selector sees it; records the
+    passive failures it is told of.
+    """
+
+    def __init__(self, healthy: bool = True) -> None:
+        self.healthy = healthy
+        self.failures: list[tuple[float, str]] = []
+
+    def passiveFailure(self, now: float, error: str) -> bool:
+        self.failures.append((now, error))
+        return False
+
+
+class SelectorHealthTests(SynchronousTestCase):
+    """
+    Tests for L{UpstreamSelector} with health states attached (a site with
+    health checks).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.selector = UpstreamSelector(["a", "b", "c"], self.clock, backoff=5.0)
+        self.states = {u: FakeHealth() for u in ("a", "b", "c")}
+        self.selector.health = self.states
+
+    def picks(self, n: int, exclude: tuple[object, ...] = ()) -> list[object | None]:
+        """
+        The next C{n} picks.
+        """
+        return [self.selector.pick(exclude) for _ in range(n)]
+
+    def test_noHealthByDefault(self) -> None:
+        """
+        A new selector has no health states and is always available.
+        """
+        selector = UpstreamSelector(["a"], self.clock)
+        self.assertIsNone(selector.health)
+        self.assertTrue(selector.available())
+
+    def test_allHealthyRoundRobin(self) -> None:
+        """
+        With every upstream healthy, picks go round as without health.
+        """
+        self.assertEqual(self.picks(4), ["a", "b", "c", "a"])
+
+    def test_unhealthySkipped(self) -> None:
+        """
+        An unhealthy upstream is never picked.
+        """
+        self.states["b"].healthy = False
+        self.assertEqual(self.picks(4), ["a", "c", "a", "c"])
+
+    def test_unhealthyNotAFallback(self) -> None:
+        """
+        When the healthy upstreams are in back-off, one of them is the
+        fallback, never an unhealthy one.
+        """
+        self.states["a"].healthy = False
+        self.selector.markDown("b")
+        self.selector.markDown("c")
+        self.assertEqual(set(self.picks(3)), {"b"})
+        self.states["b"].healthy = False
+        self.assertEqual(self.picks(3), ["c", "c", "c"])
+
+    def test_unhealthyExcludedFallback(self) -> None:
+        """
+        Exclusions apply as without health: the healthy ones not excluded,
+        else nothing.
+        """
+        self.states["c"].healthy = False
+        self.assertEqual(self.picks(2, exclude=("a",)), ["b", "b"])
+        self.assertIsNone(self.selector.pick(["a", "b"]))
+
+    def test_allUnhealthy(self) -> None:
+        """
+        With every upstream unhealthy nothing is picked and the selector is
+        not available.
+        """
+        for state in self.states.values():
+            state.healthy = False
+        self.assertEqual(self.picks(2), [None, None])
+        self.assertIsNone(self.selector.peek())
+        self.assertFalse(self.selector.available())
+
+    def test_available(self) -> None:
+        """
+        One healthy upstream, even in back-off, keeps the selector
+        available.
+        """
+        self.states["a"].healthy = False
+        self.states["b"].healthy = False
+        self.selector.markDown("c")
+        self.assertTrue(self.selector.available())
+        self.selector.health = None
+        self.states["c"].healthy = False
+        self.assertTrue(self.selector.available())
+
+    def test_singleUnhealthy(self) -> None:
+        """
+        A site's only upstream is not picked while unhealthy.
+        """
+        selector = UpstreamSelector(["only"], self.clock)
+        state = FakeHealth(healthy=False)
+        selector.health = {"only": state}
+        self.assertIsNone(selector.pick())
+        self.assertIsNone(selector.peek())
+        self.assertFalse(selector.available())
+        state.healthy = True
+        self.assertEqual(selector.pick(), "only")
+        selector.markDown("only")
+        self.assertEqual(selector.pick(), "only")
+        self.assertEqual(selector.peek(), "only")
+
+    def test_unknownUpstreamHealthy(self) -> None:
+        """
+        An upstream missing from the health map counts as healthy.
+        """
+        del self.states["b"]
+        self.states["a"].healthy = False
+        self.assertEqual(self.picks(2), ["b", "c"])
+        self.assertTrue(self.selector.available())
+
+    def test_markDownReportsToHealth(self) -> None:
+        """
+        A connection failure is one passive failure for the upstream's
+        health, on top of the back-off.
+        """
+        self.clock.advance(7.0)
+        self.selector.markDown("b")
+        self.selector.markDown("b", "connect timeout")
+        self.assertEqual(
+            self.states["b"].failures,
+            [(7.0, "connection failed"), (7.0, "connect timeout")],
+        )
+        self.assertEqual(self.states["a"].failures, [])
+        self.assertTrue(self.selector.isDown("b"))
+
+    def test_markUpLeavesHealth(self) -> None:
+        """
+        An answer takes an upstream out of back-off but does not make an
+        unhealthy one healthy.
+        """
+        self.states["b"].healthy = False
+        self.selector.markDown("b")
+        self.selector.markUp("b")
+        self.assertFalse(self.selector.isDown("b"))
+        self.assertFalse(self.states["b"].healthy)
+        self.assertNotIn("b", self.picks(4))
+
+    def test_realHealthState(self) -> None:
+        """
+        With L{revproxy.health.UpstreamHealth} states, C{fails} connection
+        failures take an upstream out until checks bring it back.
+        """
+        states = {u: UpstreamHealth("app", u, fails=2, passes=1) for u in "abc"}
+        self.selector.health = states
+        self.selector.markDown("a")
+        self.assertTrue(states["a"].healthy)
+        self.selector.markDown("a")
+        self.assertFalse(states["a"].healthy)
+        self.clock.advance(5.0)
+        self.assertNotIn("a", self.picks(6))
+        states["a"].passed(self.clock.seconds(), 200)
+        self.assertIn("a", self.picks(3))
+
+    def test_noHealthUnchanged(self) -> None:
+        """
+        Without health states, markDown only backs off, as before.
+        """
+        self.selector.health = None
+        self.selector.markDown("b")
+        self.assertEqual(self.states["b"].failures, [])
+        self.assertEqual(self.picks(2), ["a", "c"])
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["down", "up", "sick", "well", "wait", "pick"]),
+                st.sampled_from(["a", "b", "c"]),
+            ),
+            max_size=40,
+        )
+    )
+    def test_peekAgreesWithPick(self, steps: list[tuple[str, str]]) -> None:
+        """
+        Whatever the back-offs and health, L{UpstreamSelector.peek} names
+        the upstream that L{UpstreamSelector.pick} then returns.
+        """
+        clock = Clock()
+        selector = UpstreamSelector(["a", "b", "c"], clock, backoff=5.0)
+        states = {u: FakeHealth() for u in "abc"}
+        selector.health = states
+        for action, upstream in steps:
+            if action == "down":
+                selector.markDown(upstream)
+            elif action == "up":
+                selector.markUp(upstream)
+            elif action == "sick":
+                states[upstream].healthy = False
+            elif action == "well":
+                states[upstream].healthy = True
+            elif action == "wait":
+                clock.advance(2.0)
+            expected = selector.peek()
+            self.assertEqual(selector.pick(), expected)
+            if expected is not None:
+                self.assertTrue(states[cast(str, expected)].healthy)
+            self.assertEqual(
+                selector.available(), any(s.healthy for s in states.values())
+            )

@@ -3,7 +3,9 @@
 Upstream selection and connection pooling.
 
 L{UpstreamSelector} is pure: round robin over a site's upstreams, skipping
-one that refused a connection for a short back-off.  L{ConnectionPool} keeps
+one that refused a connection for a short back-off, and, for a site with
+health checks, every upstream its checks found unhealthy (the states come
+from L{revproxy.health}).  L{ConnectionPool} keeps
 idle keep-alive connections per upstream, retires them before a typical
 upstream idle timeout, and caps the connections to each upstream.
 """
@@ -11,7 +13,8 @@ upstream idle timeout, and caps the connections to each upstream.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
@@ -40,11 +43,32 @@ DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_BACKOFF = 5.0
 
 
+class UpstreamHealthState(TypingProtocol):
+    """
+    What the selector reads and tells of one upstream's health
+    (L{revproxy.health.UpstreamHealth}).
+    """
+
+    @property
+    def healthy(self) -> bool:
+        """
+        Whether the upstream may get traffic.
+        """
+
+    def passiveFailure(self, now: float, error: str) -> object:
+        """
+        A proxied request could not connect to the upstream.
+        """
+
+
 class UpstreamSelector:
     """
     Round robin over upstreams, skipping those in back-off.
 
     @ivar upstreams: the upstreams, in config order; any hashable values.
+    @ivar health: For a site with health checks, each upstream's state (set
+        by L{revproxy.health.HealthMonitor}): unhealthy upstreams are never
+        picked, not even as a last resort.  L{None} without health checks.
     """
 
     def __init__(
@@ -58,13 +82,19 @@ class UpstreamSelector:
         self._backoff = backoff
         self._next = 0
         self._downUntil: dict[object, float] = {}
+        # Any: a map keyed by config.Upstream (or, in tests, str) must fit.
+        self.health: Mapping[Any, UpstreamHealthState] | None = None
 
     def pick(self, exclude: Sequence[object] = ()) -> object | None:
         """
         The next upstream to try, or L{None} when every upstream not in
-        C{exclude} is gone.  Upstreams in back-off are used only when all
-        others are in back-off too (a dead pool must still be probed).
+        C{exclude} is gone or unhealthy.  Upstreams in back-off are used only
+        when all others are in back-off too (a dead pool must still be
+        probed); unhealthy ones are not used at all.
         """
+        health = self.health
+        if health is not None:
+            return self._pickHealthy(health, exclude)
         upstreams = self.upstreams
         n = len(upstreams)
         if n == 1:
@@ -88,6 +118,36 @@ class UpstreamSelector:
             return candidate
         return fallback
 
+    def _pickHealthy(
+        self, health: Mapping[Any, UpstreamHealthState], exclude: Sequence[object]
+    ) -> object | None:
+        """
+        L{pick} for a site with health checks: the same round robin and
+        back-off, over the healthy upstreams only.
+        """
+        upstreams = self.upstreams
+        n = len(upstreams)
+        down = self._downUntil
+        now = self._clock.seconds() if down else 0.0
+        fallback = None
+        for i in range(n):
+            candidate = upstreams[(self._next + i) % n]
+            if candidate in exclude:
+                continue
+            state = health.get(candidate)
+            if state is not None and not state.healthy:
+                continue
+            until = down.get(candidate)
+            if until is not None:
+                if until > now:
+                    if fallback is None:
+                        fallback = candidate
+                    continue
+                del down[candidate]
+            self._next = (self._next + i + 1) % n
+            return candidate
+        return fallback
+
     def peek(self) -> object | None:
         """
         The upstream that L{pick} would return now, without advancing the
@@ -97,9 +157,14 @@ class UpstreamSelector:
         n = len(upstreams)
         if n == 0:
             return None
+        health = self.health
         fallback = None
         for i in range(n):
             candidate = upstreams[(self._next + i) % n]
+            if health is not None:
+                state = health.get(candidate)
+                if state is not None and not state.healthy:
+                    continue
             if n > 1 and self.isDown(candidate):
                 if fallback is None:
                     fallback = candidate
@@ -107,15 +172,41 @@ class UpstreamSelector:
             return candidate
         return fallback
 
-    def markDown(self, upstream: object) -> None:
+    def available(self) -> bool:
         """
-        C{upstream} refused a connection: skip it for the back-off period.
+        Whether any upstream may get traffic: L{False} only when the site
+        has health checks and every upstream is unhealthy (the request is
+        then answered 503 without trying any).
         """
-        self._downUntil[upstream] = self._clock.seconds() + self._backoff
+        health = self.health
+        if health is None:
+            return True
+        for upstream in self.upstreams:
+            state = health.get(upstream)
+            if state is None or state.healthy:
+                return True
+        return False
+
+    def markDown(self, upstream: object, reason: str = "connection failed") -> None:
+        """
+        C{upstream} refused a connection: skip it for the back-off period,
+        and, for a site with health checks, count one failure against its
+        health (only checks bring an unhealthy upstream back).
+
+        @param reason: Why, for the upstream's health state.
+        """
+        now = self._clock.seconds()
+        self._downUntil[upstream] = now + self._backoff
+        health = self.health
+        if health is not None:
+            state = health.get(upstream)
+            if state is not None:
+                state.passiveFailure(now, reason)
 
     def markUp(self, upstream: object) -> None:
         """
-        C{upstream} answered: take it out of back-off.
+        C{upstream} answered: take it out of back-off.  Its health is not
+        changed: only checks bring an unhealthy upstream back.
         """
         if self._downUntil:
             self._downUntil.pop(upstream, None)
