@@ -86,7 +86,8 @@ FIRST = "10.3.0.1"
 SECOND = "10.3.0.2"
 BACKOFF = 5.0
 
-CHANNEL_TIMEOUT = "TimeoutMixin.__timedOut"
+# The client connection's one deadline timer (revproxy.proxy.channel).
+CHANNEL_TIMEOUT = "ProxyChannel._deadlinePassed"
 POOL_SWEEP = "ConnectionPool._sweepIdle"
 
 GET_A = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"

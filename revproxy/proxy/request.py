@@ -6,10 +6,15 @@ L{ProxyRequest} skips what a proxy does not need from
 L{twisted.web.server.Request.process} (path splitting into C{postpath}, the
 resource traversal, the default Server header) and tells the exchange in
 progress when the client leaves, without a Deferred per request.
+L{ProxySite} serves each connection with L{revproxy.proxy.channel}'s
+channel (limits, deadlines, lingering close) and holds what it asks of the
+site: the limits, the body limit of a request, and who to tell of a
+refusal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.logger import Logger
@@ -17,10 +22,22 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from revproxy.proxy.channel import (
+    DEFAULT_LIMITS,
+    ConnectionLimits,
+    bodyTooLarge,
+    limitStreamBody,
+    proxyChannelProtocol,
+)
 from revproxy.proxy.client import Stream
 
 if TYPE_CHECKING:
+    from revproxy.observer import RequestObserver
     from revproxy.proxy.forwarder import _Exchange
+
+#: The status logged for a request whose client left before its answer
+#: ended (nginx's "client closed request").
+CLIENT_CLOSED = 499
 
 _log = Logger()
 
@@ -34,6 +51,37 @@ class ProxyRequest(server.Request):
 
     exchange: _Exchange | None = None
     defaultContentType = None
+
+    # What the access log, the metrics and the upstream learn about the
+    # request, filled in once by the root resource and the forwarder.
+    #: When the root resource began with it (the clock's seconds).
+    startedAt = 0.0
+    #: The client's address: the peer or, behind a trusted proxy, the
+    #: right-most untrusted X-Forwarded-For hop.
+    clientIP = ""
+    #: The X-Request-ID sent upstream and back ("" until routed).
+    requestID = ""
+    #: The name of the site it was routed to ("" when none).
+    siteName = ""
+    #: The config generation that served it.
+    generation = 0
+    #: Whether it was routed (or answered by the root resource itself) and
+    #: counted as in flight, and whether its access-log line is written.
+    counted = False
+    logged = False
+    #: The upstream it went to last, its status and how long its response
+    #: head took, when any.
+    upstreamURL = ""
+    upstreamStatus: int | None = None
+    upstreamSeconds: float | None = None
+
+    #: The status of the early refusal that answered this request, if any
+    #: (L{revproxy.proxy.channel}); such a request is never processed.
+    refusal: int | None = None
+    #: Body bytes still allowed, when the body is counted as it comes (no
+    #: Content-Length to check up front), else L{None}.
+    _bodyAllowance: int | None = None
+    _bodyLimit = 0
 
     def process(self) -> None:
         site: ProxySite = self.channel.site  # type: ignore[attr-defined]
@@ -62,6 +110,33 @@ class ProxyRequest(server.Request):
         self.finish()
         return None
 
+    def countBody(self, limit: int) -> None:
+        """
+        Count the body as it comes and refuse it once it passes C{limit}
+        bytes.
+        """
+        self._bodyLimit = limit
+        self._bodyAllowance = limit
+
+    def gotLength(self, length: int | None) -> None:
+        if length != 0 and hasattr(self.channel, "streamID"):
+            # HTTP/2: the HTTP/1.x channel checks its heads itself.
+            limitStreamBody(self, length)
+            if self.refusal is not None:
+                self.content = None
+                return
+        server.Request.gotLength(self, length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        allowance = self._bodyAllowance
+        if allowance is not None:
+            allowance -= len(data)
+            self._bodyAllowance = allowance
+            if allowance < 0:
+                bodyTooLarge(self, self._bodyLimit)
+                return
+        self.content.write(data)  # type: ignore[union-attr]  # set by gotLength
+
     def abort(self) -> None:
         """
         Cut the response short so that the client sees it is incomplete:
@@ -84,6 +159,12 @@ class ProxyRequest(server.Request):
         if exchange is not None:
             self.exchange = None
             exchange.clientGone()
+        if self.counted and not self.finished:
+            # Routed, but the client left before its answer ended: logged
+            # as nginx's 499 "client closed request".
+            observer = getattr(self.site, "observer", None)
+            if observer is not None:
+                observer.finished(self, None if self.startedWriting else CLIENT_CLOSED)
 
 
 class ProxySite(server.Site):
@@ -93,12 +174,51 @@ class ProxySite(server.Site):
 
     requestFactory = ProxyRequest
     noisy = False
+    protocol = proxyChannelProtocol
 
-    def __init__(self, resource: IResource, reactor: Any = None) -> None:
+    #: The body limit of a request, in bytes (L{None}: no limit); asked
+    #: when its head ends, so it may depend on the site its C{Host} goes to.
+    bodyLimit: Callable[[ProxyRequest], int | None]
+
+    def __init__(
+        self,
+        resource: IResource,
+        reactor: Any = None,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
+    ) -> None:
+        """
+        @param limits: The limits and deadlines of client connections.
+        """
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        self.limits = limits
+        self.bodyLimit = _noBodyLimit
+
+    def refused(self, code: int, request: ProxyRequest | None, secure: bool) -> None:
+        """
+        Called once for every early refusal (400, 408, 413, 414, 431) of a
+        request that was never processed.
+
+        @param request: The request Twisted made for the refused head, its
+            C{method}, C{uri} and C{clientproto} filled in when the request
+            line was read, or L{None} when refused before that.
+        @param secure: Whether the connection is over TLS.
+        """
+
+    #: Told of every finished request (access log and metrics), if set.
+    observer: RequestObserver | None = None
 
     def log(self, request: http.Request) -> None:
         """
-        Twisted's own per-request log line is off; revproxy's access log is
-        its own writer.
+        Twisted's own per-request log line is off: the observer writes
+        revproxy's access log and counts the request.
         """
+        observer = self.observer
+        if observer is not None:
+            observer.finished(request)  # type: ignore[arg-type]
+
+
+def _noBodyLimit(request: ProxyRequest) -> int | None:
+    """
+    No body limit: L{ProxySite.bodyLimit} until one is set.
+    """
+    return None
