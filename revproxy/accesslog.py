@@ -254,6 +254,7 @@ class AccessLog:
             self._format = _FORMATTERS[format]
         except KeyError:
             raise ValueError(f"unknown access log format: {format!r}") from None
+        self._formatName = format
         self._clock = clock
         self._path = path
         self._stream: BinaryIO | None = None
@@ -273,6 +274,13 @@ class AccessLog:
         The configured path: a file, C{"-"} or C{""}.
         """
         return self._path
+
+    @property
+    def format(self) -> str:
+        """
+        The configured format: C{"json"} or C{"combined"}.
+        """
+        return self._formatName
 
     @property
     def enabled(self) -> bool:

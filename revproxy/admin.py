@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import Callable
 from ipaddress import ip_address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.application.service import Service
@@ -47,6 +47,11 @@ from revproxy.proxy.pool import UpstreamSelector
 from revproxy.routing import normalizeHostHeader
 from revproxy.runtime import RuntimeHolder
 from revproxy.tls import LoadedCertificate, TLSFiles
+
+if TYPE_CHECKING:
+    from revproxy.health import HealthMonitor
+    from revproxy.metrics import Metrics
+    from revproxy.ratelimit import RateLimiter
 
 _log = Logger()
 
@@ -85,6 +90,9 @@ _USAGE = {
     "route": "route HOST [PATH] [CLIENT_IP]",
     "certs": "certs",
     "renew": "renew SITE",
+    "ratelimit": "ratelimit [reset] SITE IP",
+    "stats": "stats [SITE]",
+    "reopen-logs": "reopen-logs",
     "help": "help",
 }
 
@@ -96,8 +104,32 @@ _DESCRIPTIONS = {
     "route": "route HOST [PATH] [[XFF,...,]CLIENT_IP]: the site, upstream, limits, certificate and client IP a request would get",
     "certs": "each certificate served: its sites, names, source, file, issuer and expiry; for ACME also the next renewal and why, and the last error",
     "renew": "renew SITE: order a new ACME certificate for SITE now; answers when the order ends",
+    "ratelimit": "ratelimit SITE IP: the rate-limit bucket of IP on SITE; ratelimit reset SITE IP: refill it",
+    "stats": "stats [SITE]: requests/s over 1, 10 and 60 s, in flight, status classes, 429 and 413 counts, upstream latency p50/p99, upstream health and pool sizes",
+    "reopen-logs": "reopen the access log file (after logrotate renamed it); as SIGUSR1",
     "help": "this list",
 }
+
+
+class Operations:
+    """
+    What the operations commands (C{ratelimit}, C{stats}, C{reopen-logs},
+    the health in C{sites}) read; each part L{None} when not kept.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
+        health: HealthMonitor | None = None,
+        reopenLogs: Callable[[], None] | None = None,
+        poolSizes: Callable[[], list[tuple[str, int, int]]] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.metrics = metrics
+        self.health = health
+        self.reopenLogs = reopenLogs
+        self.poolSizes = poolSizes
 
 
 class UsageError(Exception):
@@ -217,6 +249,7 @@ class AdminFactory(Factory["AdminProtocol"]):
         startTime: float | None = None,
         certificates: ICertificateManager | None = None,
         servedTLS: Callable[[], TLSFiles] | None = None,
+        operations: Operations | None = None,
     ) -> None:
         """
         @param startTime: when the process started, in C{clock.seconds()};
@@ -228,6 +261,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             given.
         """
         self.servedTLS = servedTLS
+        self.operations = Operations() if operations is None else operations
         self.reloader = reloader
         self.certificateManager = certificates
         self.clock = clock
@@ -240,6 +274,9 @@ class AdminFactory(Factory["AdminProtocol"]):
             "route": self.route,
             "certs": self.certs,
             "renew": self.renew,
+            "ratelimit": self.ratelimit,
+            "stats": self.stats,
+            "reopen-logs": self.reopenLogs,
             "help": self.help,
         }
         self.descriptions: dict[str, str] = dict(_DESCRIPTIONS)
@@ -317,15 +354,144 @@ class AdminFactory(Factory["AdminProtocol"]):
                 {
                     "name": route.name,
                     "hosts": list(route.hosts),
-                    "upstreams": [
-                        {"url": _url(u), "down": route.selector.isDown(u)}
-                        for u in route.selector.upstreams
-                    ],
+                    "upstreams": self._upstreams(route),
                     "default": route.default,
                 }
                 for route in runtime.table.sites
             ],
         }
+
+    def _upstreams(self, route: SiteRoute) -> list[Answer]:
+        """
+        Each upstream of C{route}: whether it is in back-off and, for a
+        site with health checks, its health.
+        """
+        health = self.operations.health
+        checked: dict[str, Answer] = {}
+        if health is not None and route.config.health_check is not None:
+            checked = {str(d["url"]): d for d in health.describe(route.name)}
+        upstreams: list[Answer] = []
+        for u in route.selector.upstreams:
+            url = _url(u)
+            answer: Answer = {"url": url, "down": route.selector.isDown(u)}
+            state = checked.get(url)
+            if state is not None:
+                answer["health"] = {k: v for k, v in state.items() if k != "url"}
+            upstreams.append(answer)
+        return upstreams
+
+    def ratelimit(self, args: list[str]) -> Answer:
+        """
+        Show (C{ratelimit SITE IP}) or refill (C{ratelimit reset SITE IP})
+        the rate-limit bucket of a client on a site.
+        """
+        reset = len(args) == 3 and args[0] == "reset"
+        if reset:
+            args = args[1:]
+        if len(args) != 2:
+            raise UsageError(_USAGE["ratelimit"])
+        siteName, ip = args
+        try:
+            ip = str(ip_address(ip))
+        except ValueError:
+            return {"status": "error", "message": f"invalid client ip: {ip}"}
+        runtime = self.reloader.holder.current
+        site = next((s for s in runtime.config.sites if s.name == siteName), None)
+        if site is None:
+            return {"status": "error", "message": f"unknown site: {siteName}"}
+        limit = site.rate_limit
+        limiter = self.operations.limiter
+        answer: Answer = {
+            "status": "ok",
+            "site": siteName,
+            "client_ip": ip,
+            "rate_limit": (
+                {
+                    "requests_per_second": limit.requests_per_second,
+                    "burst": limit.burst,
+                    "dry_run": limit.dry_run,
+                }
+                if limit.enabled
+                else None
+            ),
+        }
+        if limiter is None or not limit.enabled:
+            answer["tokens"] = None
+            return answer
+        if reset:
+            answer["reset"] = limiter.reset(siteName, ip)
+        bucket = limiter.bucket(siteName, ip)
+        tokens, capacity = (
+            (float(limit.burst), float(limit.burst)) if bucket is None else bucket
+        )
+        answer["tokens"] = round(tokens, 3)
+        answer["capacity"] = capacity
+        answer["tracked"] = bucket is not None
+        # Seconds until a request would be admitted (0: now) and until the
+        # bucket is full again.
+        answer["wait_secs"] = (
+            0.0
+            if tokens >= 1.0
+            else round((1.0 - tokens) / limit.requests_per_second, 3)
+        )
+        answer["full_in_secs"] = round(
+            (capacity - tokens) / limit.requests_per_second, 3
+        )
+        return answer
+
+    def stats(self, args: list[str]) -> Answer:
+        """
+        Traffic, latency, upstream health and pool sizes, per site.
+        """
+        if len(args) > 1:
+            raise UsageError(_USAGE["stats"])
+        operations = self.operations
+        metrics = operations.metrics
+        if metrics is None:
+            return {"status": "error", "message": "no statistics are kept"}
+        runtime = self.reloader.holder.current
+        routes = {route.name: route for route in runtime.table.sites}
+        if args:
+            if args[0] not in routes:
+                return {"status": "error", "message": f"unknown site: {args[0]}"}
+            names = [args[0]]
+        else:
+            names = list(routes)
+        pools = {
+            url: {"idle": idle, "active": active}
+            for url, idle, active in (
+                operations.poolSizes() if operations.poolSizes is not None else []
+            )
+        }
+        sites: dict[str, Answer] = {}
+        for name in names:
+            try:
+                stats: Answer = dict(metrics.stats(name))
+            except KeyError:
+                stats = {}
+            counted: Any = stats.get("upstreams") or {}
+            upstreams = self._upstreams(routes[name])
+            for upstream in upstreams:
+                url = str(upstream["url"])
+                upstream["pool"] = pools.get(url)
+                upstream["errors"] = dict(counted.get(url, {}).get("errors", {}))
+            stats["upstreams"] = upstreams
+            sites[name] = stats
+        return {"status": "ok", "generation": runtime.generation, "sites": sites}
+
+    def reopenLogs(self, args: list[str]) -> Answer:
+        """
+        Reopen the access log (for logrotate); as SIGUSR1.
+        """
+        self._noArguments("reopen-logs", args)
+        reopen = self.operations.reopenLogs
+        if reopen is None:
+            return {"status": "error", "message": "no log files here"}
+        try:
+            reopen()
+        except Exception as e:
+            return {"status": "error", "message": f"reopen failed: {e}"}
+        return {"status": "ok"}
 
     def route(self, args: list[str]) -> Answer:
         """
@@ -430,6 +596,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                     {
                         "requests_per_second": rateLimit.requests_per_second,
                         "burst": rateLimit.burst,
+                        "dry_run": rateLimit.dry_run,
                     }
                     if rateLimit.enabled
                     else None

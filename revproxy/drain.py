@@ -125,9 +125,34 @@ class DrainService(Service):
         self.tracker = tracker
         self.timeout = timeout
         self._clock = clock
+        #: Whether a graceful shutdown has begun (C{/healthz} answers 503).
+        self.draining = False
+        self._drained: Deferred[None] | None = None
+
+    def whenDrained(self) -> Deferred[None] | None:
+        """
+        A L{Deferred} that fires when the drain begun by L{stopService} is
+        over, or L{None} when none has begun.
+        """
+        drained = self._drained
+        if drained is None:
+            return None
+        result: Deferred[None] = Deferred()
+
+        def relay(value: object) -> object:
+            result.callback(None)
+            return value
+
+        drained.addBoth(relay)
+        return result
 
     def stopService(self) -> Deferred[None]:
+        self._drained = self._drain()
+        return self._drained
+
+    def _drain(self) -> Deferred[None]:
         super().stopService()
+        self.draining = True
         busy = self.tracker.closeIdle()
         if not self.tracker.protocols:
             return succeed(None)

@@ -106,6 +106,8 @@ class Reloader:
         self.beforeSwap: list[Callable[[Runtime], None]] = []
         #: Called with the new runtime once it is current.
         self.afterSwap: list[Callable[[Runtime], None]] = []
+        #: Called with the answer of every reload (not of a check).
+        self.onResult: list[Callable[[dict[str, Any]], None]] = []
 
     def reload(self, source: str) -> Deferred[dict[str, Any]]:
         """
@@ -113,7 +115,17 @@ class Reloader:
 
         @param source: who asked (C{"SIGHUP"}, C{"admin"}), for the log.
         """
-        return self._lock.run(self._once, source, True)
+        d = self._lock.run(self._once, source, True)
+        d.addCallback(self._tell)
+        return d
+
+    def _tell(self, answer: dict[str, Any]) -> dict[str, Any]:
+        for listener in self.onResult:
+            try:
+                listener(answer)
+            except Exception:
+                _log.failure("A reload listener failed")
+        return answer
 
     def check(self) -> Deferred[dict[str, Any]]:
         """

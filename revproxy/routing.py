@@ -19,13 +19,19 @@ from ipaddress import AddressValueError, IPv6Address
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import idna
+from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from revproxy.accesslog import requestID as newRequestID
+from revproxy.proxy.headers import clientAddress, isTrusted
+
 if TYPE_CHECKING:
+    from revproxy.observer import RequestObserver
     from revproxy.proxy.forwarder import Forwarder
     from revproxy.proxy.request import ProxyRequest
+    from revproxy.ratelimit import RateLimiter
     from revproxy.runtime import RuntimeHolder
 
 
@@ -68,6 +74,12 @@ class HTTP01Answers(Protocol):
 
 
 S = TypeVar("S", bound=HasHosts)
+
+_log = Logger()
+
+# An X-Request-ID taken from a trusted proxy: visible ASCII, no spaces or
+# quotes, at most 200 bytes; anything else gets a new id.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,200}")
 
 _MAX_NAME = 253
 _MAX_PORT = 65535
@@ -315,6 +327,17 @@ class RootResource:
     redirect to HTTPS), before routing and redirects.  Any other token is
     routed as usual, so an application's own ACME client still works.
 
+    Every request gets its context here, once: the client's address (the
+    peer, or behind a trusted proxy the right-most untrusted
+    X-Forwarded-For hop), its X-Request-ID (the incoming one from a trusted
+    peer if it is sane, else a new one; sent upstream and back), the config
+    generation, and the site it was routed to.
+
+    A routed request over its site's rate limit is answered C{429} with a
+    C{Retry-After} in whole seconds, and never forwarded; with the limit's
+    C{dry_run}, it is forwarded and the would-be refusal is logged (at most
+    one line a second per site) and counted.
+
     @ivar challenges: The pending http-01 challenges, or L{None}; may be
         assigned at any time.
     """
@@ -327,16 +350,23 @@ class RootResource:
         forwarder: Forwarder,
         challenges: HTTP01Answers | None = None,
         issued: Callable[[str], bool] | None = None,
+        limiter: RateLimiter | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         """
         @param issued: Whether an ACME site has its certificate from the CA
             yet; its plain HTTP requests are redirected only then (not to a
             self-signed placeholder).
+        @param limiter: The rate limiter, or L{None} to limit nothing.
+        @param observer: Told when a request is routed, or L{None}.
         """
         self.runtime = runtime
         self.forwarder = forwarder
         self.challenges = challenges
         self.issued = issued
+        self.limiter = limiter
+        self.observer = observer
+        self._dryRunLogged: dict[str, float] = {}
 
     def getChildWithDefault(self, name: bytes, request: object) -> IResource:
         return self
@@ -348,48 +378,45 @@ class RootResource:
         """
         Route C{request} and start forwarding it; errors are answered here.
         """
-        from revproxy.proxy.forwarder import simpleResponse
-
         uri = request.uri
         headers = request.requestHeaders
+        runtime = self.runtime.current
+        self._identify(request, runtime.generation)
         if uri[:1] == b"/" or uri == b"*":
             target = uri
             values = headers.getRawHeaders(b"host")
             if values is None:
                 if request.clientproto != b"HTTP/1.0":
-                    simpleResponse(request, 400, "400 Bad Request: missing Host header")
+                    self._answer(request, 400, "400 Bad Request: missing Host header")
                     return NOT_DONE_YET
                 host: str | None = None
             elif len(values) != 1:
-                simpleResponse(
-                    request, 400, "400 Bad Request: more than one Host header"
-                )
+                self._answer(request, 400, "400 Bad Request: more than one Host header")
                 return NOT_DONE_YET
             else:
                 host = normalizeHostHeader(values[0])
                 if host is None:
-                    simpleResponse(request, 400, "400 Bad Request: invalid Host header")
+                    self._answer(request, 400, "400 Bad Request: invalid Host header")
                     return NOT_DONE_YET
         else:
             split = splitAbsoluteForm(uri)
             if split is None:
-                simpleResponse(request, 400, "400 Bad Request: invalid request-target")
+                self._answer(request, 400, "400 Bad Request: invalid request-target")
                 return NOT_DONE_YET
             # RFC 9112 3.2.2: the target's authority replaces any Host.
             authority, target = split
             host = normalizeHostHeader(authority)
             if host is None:
-                simpleResponse(request, 400, "400 Bad Request: invalid request-target")
+                self._answer(request, 400, "400 Bad Request: invalid request-target")
                 return NOT_DONE_YET
             headers.setRawHeaders(b"host", [authority])
         if target.startswith(ACME_CHALLENGE_PREFIX) and self._answerHTTP01(
             request, target
         ):
             return NOT_DONE_YET
-        runtime = self.runtime.current
         route = runtime.table.match(host)
         if route is None:
-            simpleResponse(
+            self._answer(
                 request,
                 421,
                 "421 Misdirected Request: no site is configured for this host",
@@ -398,10 +425,11 @@ class RootResource:
         site = route.config
         if request.isSecure():
             if site.name not in runtime.secured:
-                simpleResponse(
+                self._answer(
                     request,
                     421,
                     "421 Misdirected Request: this site is not served over HTTPS",
+                    site.name,
                 )
                 return NOT_DONE_YET
         elif (
@@ -419,12 +447,105 @@ class RootResource:
             if name is not None:
                 location = httpsLocation(name, runtime.httpsPort, target)
                 request.responseHeaders.setRawHeaders(b"location", [location])
-                simpleResponse(
-                    request, 308, "308 Permanent Redirect: " + location.decode("ascii")
+                self._answer(
+                    request,
+                    308,
+                    "308 Permanent Redirect: " + location.decode("ascii"),
+                    site.name,
                 )
                 return NOT_DONE_YET
+        limit = site.rate_limit
+        limiter = self.limiter
+        if limiter is not None and limit.enabled:
+            decision = limiter.allow(site.name, limit, request.clientIP)
+            if not decision.allowed:
+                if limit.dry_run:
+                    self._dryRun(request, site.name)
+                else:
+                    request.responseHeaders.setRawHeaders(
+                        b"retry-after", [b"%d" % decision.retryAfter]
+                    )
+                    self._answer(
+                        request,
+                        429,
+                        "429 Too Many Requests: rate limit exceeded, retry in "
+                        f"{decision.retryAfter} s",
+                        site.name,
+                    )
+                    return NOT_DONE_YET
+        observer = self.observer
+        if observer is not None:
+            observer.started(request, site.name)
+        else:
+            request.siteName = site.name
         self.forwarder.forward(request, route, target)
         return NOT_DONE_YET
+
+    def _identify(self, request: ProxyRequest, generation: int) -> None:
+        """
+        Give C{request} its context: start time, client address, request id
+        and config generation.
+        """
+        forwarder = self.forwarder
+        request.startedAt = forwarder.clock.seconds()
+        request.generation = generation
+        peer = request.getClientAddress()
+        peerIP: str = getattr(peer, "host", "") or ""
+        trusted = forwarder.trustedProxies
+        headers = request.requestHeaders
+        incoming = headers.getRawHeaders(b"x-request-id")
+        if trusted and isTrusted(peerIP, trusted):
+            chain = headers.getRawHeaders(b"x-forwarded-for")
+            request.clientIP = (
+                clientAddress(peerIP, [(b"x-forwarded-for", v) for v in chain], trusted)
+                if chain
+                else peerIP
+            )
+            if incoming is not None and len(incoming) == 1:
+                value = incoming[0]
+                if _REQUEST_ID.fullmatch(value) is not None:
+                    request.requestID = value.decode("ascii")
+                    return
+        else:
+            request.clientIP = peerIP
+        request.requestID = newRequestID()
+        headers.setRawHeaders(b"x-request-id", [request.requestID.encode("ascii")])
+
+    def _answer(
+        self, request: ProxyRequest, code: int, message: str, site: str = ""
+    ) -> None:
+        """
+        Answer C{request} here, for C{site} if it was routed, with C{code}.
+        """
+        from revproxy.proxy.forwarder import simpleResponse
+
+        observer = self.observer
+        if observer is not None:
+            observer.started(request, site)
+        else:
+            request.siteName = site
+        simpleResponse(request, code, message)
+
+    def _dryRun(self, request: ProxyRequest, site: str) -> None:
+        """
+        Log and count a request that C{site}'s rate limit in dry-run mode
+        would have refused; one line a second per site at most.
+        """
+        observer = self.observer
+        metrics = observer.metrics if observer is not None else None
+        if metrics is not None:
+            metrics.rateLimitDryRun(site)
+        now = self.forwarder.clock.seconds()
+        last = self._dryRunLogged.get(site)
+        if last is None or now - last >= 1.0:
+            self._dryRunLogged[site] = now
+            _log.info(
+                "site {site}: rate limit (dry run) would refuse client {client} "
+                "(request_id {request_id})",
+                site=site,
+                client=request.clientIP,
+                request_id=request.requestID,
+            )
 
     def _answerHTTP01(self, request: ProxyRequest, target: bytes) -> bool:
         """
@@ -443,6 +564,9 @@ class RootResource:
         body = challenges.http01(token)
         if body is None:
             return False
+        observer = self.observer
+        if observer is not None:
+            observer.started(request, "")
         request.setResponseCode(200)
         headers = request.responseHeaders
         site = getattr(request.channel, "site", None)

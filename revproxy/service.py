@@ -13,26 +13,33 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from revproxy.accesslog import AccessLog
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.acme.client import AcmeIssuer
 from revproxy.acme.manager import AcmeManager
 from revproxy.acme.storage import AcmeStorage
-from revproxy.admin import AdminFactory, AdminSocket
+from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.config import Config
 from revproxy.drain import ConnectionTracker, DrainService
+from revproxy.health import HealthMonitor
 from revproxy.interfaces import IIssuer, IRevProxyReactor
+from revproxy.metrics import Metrics, opsSite
+from revproxy.observer import RequestObserver
+from revproxy.proxy.channel import ConnectionLimits
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
 from revproxy.proxy.request import ProxySite
 from revproxy.proxy.upstreamtls import ClientCreators
+from revproxy.ratelimit import RateLimiter
 from revproxy.reload import Reloader, configWarnings
-from revproxy.routing import RootResource
+from revproxy.routing import RootResource, normalizeHostHeader, splitAbsoluteForm
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
 
@@ -137,6 +144,101 @@ class _PoolService(Service):
         self.pool.close()
 
 
+class _AccessLogService(Service):
+    """
+    Writes the access log while running; at stop, writes what is left and
+    closes the file (after the drain, so the last requests are logged).
+    """
+
+    def __init__(self, observer: RequestObserver) -> None:
+        self.observer = observer
+
+    def startService(self) -> None:
+        super().startService()
+        self.observer.accessLog.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.observer.accessLog.stop()
+
+
+class _AfterDrain(MultiService):
+    """
+    Children that keep running while the drain runs and stop once it is
+    over: the ops listener answers C{/healthz} with 503 during a graceful
+    shutdown, and the access log gets the lines of the last requests.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drained: Callable[[], Deferred[None] | None] = lambda: None
+
+    def stopService(self) -> Deferred[None] | None:
+        drained = self.drained()
+        if drained is None:
+            stopped: Deferred[None] | None = super().stopService()
+            return stopped
+        result: Deferred[None] = Deferred()
+
+        def stopChildren(_: object) -> None:
+            stopped = MultiService.stopService(self)
+            if stopped is None:
+                result.callback(None)
+            else:
+                stopped.addBoth(lambda _: result.callback(None))
+
+        drained.addBoth(stopChildren)
+        return result
+
+
+#: The listen backlog of TCP listeners that do not set one, as nginx's on
+#: Linux (Twisted's default is 50: a burst of new connections, such as 500
+#: slow clients reconnecting at once, overflows it and a normal client's
+#: SYN waits a whole second to be sent again).
+DEFAULT_BACKLOG = 511
+
+
+def withBacklog(description: str) -> str:
+    """
+    C{description}, a server endpoint string, with C{backlog=511} added
+    when it is a TCP endpoint that does not set its own backlog.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
+def bodyLimit(holder: RuntimeHolder, request: Any) -> int | None:
+    """
+    The C{max_body_bytes} of the site C{request} (whose head is whole) is
+    routed to, or L{None} when no site takes it (it is refused anyway).
+    """
+    runtime = holder.current
+    values = request.requestHeaders.getRawHeaders(b"host")
+    uri = request.uri or b""
+    if uri[:1] not in (b"/", b"*"):
+        split = splitAbsoluteForm(uri)
+        value = split[0] if split is not None else None
+    else:
+        value = values[0] if values is not None and len(values) == 1 else None
+    route = runtime.table.match(None if value is None else normalizeHostHeader(value))
+    return None if route is None else route.config.max_body_bytes
+
+
+def poolSizes(pool: ConnectionPool, runtime: Runtime) -> list[tuple[str, int, int]]:
+    """
+    (upstream url, idle, active) for every upstream of C{runtime}.
+    """
+    seen: dict[str, tuple[str, int, int]] = {}
+    for route in runtime.table.sites:
+        for upstream, key in route.keys.items():
+            url = getattr(upstream, "url", str(upstream))
+            if url not in seen:
+                seen[url] = (url, pool.idleCount(key), pool.activeCount(key))
+    return list(seen.values())
+
+
 class RevProxyService(MultiService):
     """
     The root of the tree.  A listener that cannot bind (port taken, no
@@ -163,6 +265,10 @@ class RevProxyService(MultiService):
     contexts: SNIContextFactory | None = None
     acme: AcmeManager | None = None
     servedTLS: Callable[[], TLSFiles] | None = None
+    metrics: Metrics
+    observer: RequestObserver
+    limiter: RateLimiter
+    health: HealthMonitor
 
     def privilegedStartService(self) -> None:
         try:
@@ -200,12 +306,65 @@ def buildService(
     top = RevProxyService()
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
     pool = ConnectionPool(reactor, reactorConnector(reactor))
-    forwarder = Forwarder(pool, reactor, config.server.trusted_proxies)
+    metrics = Metrics(reactor)
+    forwarder = Forwarder(pool, reactor, config.server.trusted_proxies, metrics)
     challenges = ChallengeStore(reactor)
-    root = RootResource(holder, forwarder, challenges=challenges)
-    site = ProxySite(root, reactor=reactor)
+    limiter = RateLimiter(
+        reactor,
+        config.server.max_tracked_clients,
+        config.server.rate_limit_ipv6_prefix,
+    )
+    observer = RequestObserver(
+        reactor,
+        AccessLog(reactor, config.logging.access_log, config.logging.access_log_format),
+        metrics,
+        holder.current.generation,
+    )
+    root = RootResource(
+        holder, forwarder, challenges=challenges, limiter=limiter, observer=observer
+    )
+    site = ProxySite(
+        root, reactor=reactor, limits=ConnectionLimits.fromServer(config.server)
+    )
+    site.observer = observer
+    site.refused = observer.refused  # type: ignore[method-assign]
+    site.bodyLimit = lambda request: bodyLimit(holder, request)
     tracker = ConnectionTracker(site)
     reloader = Reloader(configPath, holder, reactor)
+    top.metrics, top.observer, top.limiter = metrics, observer, limiter
+    health = HealthMonitor(reactor)
+    health.update(holder.current.table.sites)
+    top.health = health
+
+    def followRuntime(runtime: Runtime) -> None:
+        observer.generation = runtime.generation
+        observer.reconfigure(runtime.config.logging)
+        limiter.retain({s.name: s.rate_limit for s in runtime.config.sites})
+        metrics.retainSites(
+            [s.name for s in runtime.config.sites],
+            {s.name: [u.url for u in s.upstreams] for s in runtime.config.sites},
+        )
+
+    def upstreamHealth() -> list[tuple[str, str, bool]]:
+        checked = {(site, url): healthy for site, url, healthy in health.states()}
+        return [
+            (s.name, u.url, checked.get((s.name, u.url), True))
+            for s in holder.current.config.sites
+            for u in s.upstreams
+        ]
+
+    followRuntime(holder.current)
+
+    # After the swap (the same reactor turn, so no request sees the gap):
+    # a reload that fails in a later beforeSwap must not move the checks.
+    reloader.afterSwap.append(lambda runtime: health.update(runtime.table.sites))
+    reloader.afterSwap.append(followRuntime)
+    reloader.onResult.append(lambda answer: metrics.reloaded(answer["status"] == "ok"))
+    metrics.connections = lambda: len(tracker.protocols)
+    metrics.generation = lambda: holder.current.generation
+    metrics.upstreamHealth = upstreamHealth
+    metrics.trackedClients = lambda: len(limiter)
+    metrics.poolSizes = lambda: poolSizes(pool, holder.current)
     top.site, top.tracker, top.holder, top.reloader, top.pool = (
         site,
         tracker,
@@ -215,7 +374,9 @@ def buildService(
     )
 
     for description in config.server.listen_http:
-        listener(description, tracker, reactor=reactor).setServiceParent(top)
+        listener(withBacklog(description), tracker, reactor=reactor).setServiceParent(
+            top
+        )
     manager: AcmeManager | None = None
     if config.server.listen_https:
         manager = acmeManager(config, reactor, challenges)
@@ -235,6 +396,16 @@ def buildService(
             )
 
         top.servedTLS = lambda: certificates(holder.current)
+
+        def expiries() -> list[tuple[str, str, float]]:
+            served = certificates(holder.current)
+            return [
+                (site, cert.source, cert.not_after)
+                for cert in served.certificates.all()
+                for site in served.sitesOf(cert)
+            ]
+
+        metrics.certificates = expiries
         manager.updateSites(config.sites)
         contexts = SNIContextFactory(
             certificates(holder.current).certificates,
@@ -259,10 +430,15 @@ def buildService(
         manager.setName("acme")
         manager.setServiceParent(top)
         tlsFactory = TLSMemoryBIOFactory(
-            contexts, False, HandshakeDeadline(tracker, reactor), reactor
+            contexts,
+            False,
+            HandshakeDeadline(tracker, reactor, config.server.handshake_timeout_secs),
+            reactor,
         )
         for description in config.server.listen_https:
-            listener(description, tlsFactory, reactor=reactor).setServiceParent(top)
+            listener(
+                withBacklog(description), tlsFactory, reactor=reactor
+            ).setServiceParent(top)
         tlsService = _TLSService(RefusalLog(reactor))
         tlsService.setName("tls")
         tlsService.setServiceParent(top)
@@ -272,6 +448,8 @@ def buildService(
     poolService = _PoolService(pool)
     poolService.setName("upstream-pool")
     poolService.setServiceParent(top)
+    health.setName("health")
+    health.setServiceParent(top)
 
     if config.server.admin_socket_path:
         admin = AdminSocket(
@@ -282,6 +460,13 @@ def buildService(
                 reactor.seconds(),
                 certificates=manager,
                 servedTLS=top.servedTLS,
+                operations=Operations(
+                    limiter=limiter,
+                    metrics=metrics,
+                    health=health,
+                    reopenLogs=observer.reopen,
+                    poolSizes=lambda: poolSizes(pool, holder.current),
+                ),
             ),
             reactor,
         )
@@ -290,6 +475,21 @@ def buildService(
 
     drain = DrainService(tracker, config.server.shutdown_timeout_secs, reactor)
     drain.setName("drain")
+    afterDrain = _AfterDrain()
+    afterDrain.setName("after-drain")
+    # Added before the drain, so it is asked to stop after it, in the same
+    # turn, and waits for it.
+    afterDrain.setServiceParent(top)
+    afterDrain.drained = drain.whenDrained
+    _AccessLogService(observer).setServiceParent(afterDrain)
+    if config.server.ops_listen:
+        ops = listener(
+            config.server.ops_listen,
+            opsSite(metrics, lambda: drain.draining, reactor),
+            reactor=reactor,
+        )
+        ops.setName("ops")
+        ops.setServiceParent(afterDrain)
     drain.setServiceParent(top)
 
     def stop() -> None:
@@ -302,8 +502,18 @@ def buildService(
     def reload() -> None:
         reloader.reload("SIGHUP")
 
+    def reopenLogs() -> None:
+        _log.info("SIGUSR1: reopening the access log")
+        observer.reopen()
+
     relay = SignalRelay(
-        reactor, {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}
+        reactor,
+        {
+            signal.SIGTERM: stop,
+            signal.SIGINT: stop,
+            signal.SIGHUP: reload,
+            signal.SIGUSR1: reopenLogs,
+        },
     )
     relay.setName("signals")
     relay.setServiceParent(top)

@@ -45,6 +45,7 @@ from revproxy.admin import (
     AdminProtocol,
     AdminSocket,
     Answer,
+    Operations,
     peekUpstream,
 )
 from revproxy.config import Config, Upstream, loadConfig, parseConfig
@@ -687,7 +688,11 @@ class RouteTests(AdminTestsMixin, SynchronousTestCase):
                 "timeouts": {"connect_timeout_secs": 2, "response_timeout_secs": 30},
                 "limits": {
                     "max_body_bytes": 1000,
-                    "rate_limit": {"requests_per_second": 5, "burst": 10},
+                    "rate_limit": {
+                        "requests_per_second": 5,
+                        "burst": 10,
+                        "dry_run": False,
+                    },
                 },
             },
         )
@@ -1521,3 +1526,164 @@ def _turn(reactor: Any) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(0.01, d.callback, None)
     return d
+
+
+class _FakeMetrics:
+    """
+    Per-site statistics, as L{revproxy.metrics.Metrics.stats} gives them.
+    """
+
+    def stats(self, site: str | None = None) -> dict[str, Any]:
+        if site != "app":
+            raise KeyError(site)
+        return {"in_flight": 2, "status": {"2xx": 5}}
+
+
+class _FakeHealth:
+    """
+    Health states, as L{revproxy.health.HealthMonitor.describe} gives them.
+    """
+
+    def describe(self, site: str) -> list[dict[str, Any]]:
+        return [
+            {"url": "http://10.1.0.1:8000", "healthy": False, "fails": 3},
+            {"url": "http://10.1.0.2:8000", "healthy": True, "fails": 0},
+        ]
+
+
+class OperationsCommandTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    C{ratelimit}, C{stats}, C{reopen-logs} and the health in C{sites}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from revproxy.ratelimit import RateLimiter
+
+        self.limiter = RateLimiter(self.clock)
+        self.reopened: list[bool] = []
+        site = self.holder.current.config.sites[0]
+        self.limit = site.rate_limit
+        self.factory = AdminFactory(
+            self.reloader,
+            self.clock,
+            operations=Operations(
+                limiter=self.limiter,
+                metrics=cast(Any, _FakeMetrics()),
+                reopenLogs=lambda: self.reopened.append(True),
+                poolSizes=lambda: [("http://10.1.0.2:8000", 1, 2)],
+            ),
+        )
+
+    def test_ratelimitFull(self) -> None:
+        """
+        A client with no bucket has a full one.
+        """
+        answer = self.command("ratelimit app 192.0.2.1")
+        self.assertEqual(
+            answer,
+            {
+                "status": "ok",
+                "site": "app",
+                "client_ip": "192.0.2.1",
+                "rate_limit": {
+                    "requests_per_second": 5.0,
+                    "burst": 10,
+                    "dry_run": False,
+                },
+                "tokens": 10.0,
+                "capacity": 10.0,
+                "tracked": False,
+                "wait_secs": 0.0,
+                "full_in_secs": 0.0,
+            },
+        )
+
+    def test_ratelimitEmptyThenReset(self) -> None:
+        """
+        An empty bucket shows how long until the next request is admitted;
+        C{ratelimit reset} refills it.
+        """
+        for _ in range(10):
+            self.assertTrue(self.limiter.allow("app", self.limit, "192.0.2.1").allowed)
+        answer = self.command("ratelimit app 192.0.2.1")
+        self.assertEqual(
+            (answer["tokens"], answer["tracked"], answer["wait_secs"]),
+            (0.0, True, 0.2),
+        )
+        self.assertEqual(answer["full_in_secs"], 2.0)
+        answer = self.command("ratelimit reset app 192.0.2.1")
+        self.assertEqual((answer["reset"], answer["tokens"]), (True, 10.0))
+        self.assertTrue(self.limiter.allow("app", self.limit, "192.0.2.1").allowed)
+
+    def test_ratelimitErrors(self) -> None:
+        """
+        An unknown site, a bad address and wrong arguments are errors; a
+        site without a limit has no bucket.
+        """
+        self.assertEqual(
+            self.command("ratelimit nope 192.0.2.1"),
+            {"status": "error", "message": "unknown site: nope"},
+        )
+        self.assertEqual(
+            self.command("ratelimit app 999.1.1.1"),
+            {"status": "error", "message": "invalid client ip: 999.1.1.1"},
+        )
+        self.assertEqual(
+            self.command("ratelimit app"),
+            {"status": "error", "message": "usage: ratelimit [reset] SITE IP"},
+        )
+        answer = self.command("ratelimit fallback 192.0.2.1")
+        self.assertEqual((answer["rate_limit"], answer["tokens"]), (None, None))
+
+    def test_stats(self) -> None:
+        """
+        C{stats SITE} is the metrics' statistics, with each upstream's pool.
+        """
+        answer: Any = self.command("stats app")
+        site = answer["sites"]["app"]
+        self.assertEqual((site["in_flight"], site["status"]), (2, {"2xx": 5}))
+        self.assertEqual(
+            [u["pool"] for u in site["upstreams"]],
+            [None, {"idle": 1, "active": 2}, None],
+        )
+        everything: Any = self.command("stats")
+        self.assertEqual(sorted(everything["sites"]), ["app", "fallback"])
+        self.assertEqual(
+            self.command("stats nope"),
+            {"status": "error", "message": "unknown site: nope"},
+        )
+
+    def test_reopenLogs(self) -> None:
+        """
+        C{reopen-logs} reopens the access log.
+        """
+        self.assertEqual(self.command("reopen-logs"), {"status": "ok"})
+        self.assertEqual(self.reopened, [True])
+
+    def test_sitesWithHealth(self) -> None:
+        """
+        For a site with health checks, C{sites} shows each upstream's
+        health.
+        """
+        self.holder.current = buildRuntime(
+            parseConfig(
+                CONFIG.replace(
+                    "max_body_bytes = 1000",
+                    'max_body_bytes = 1000\nhealth_check = { path = "/h" }',
+                )
+            ),
+            self.clock,
+        )
+        self.factory.operations.health = cast(Any, _FakeHealth())
+        sites: Any = self.command("sites")
+        upstreams = sites["sites"][0]["upstreams"]
+        self.assertEqual(
+            upstreams[0],
+            {
+                "url": "http://10.1.0.1:8000",
+                "down": False,
+                "health": {"healthy": False, "fails": 3},
+            },
+        )
+        self.assertNotIn("health", upstreams[2])

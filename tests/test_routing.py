@@ -8,6 +8,7 @@ it (L{revproxy.runtime.buildRuntime}).
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network, IPv6Network
 from typing import cast
 
 import idna
@@ -435,8 +436,11 @@ class _RecordingForwarder:
     Records what would be forwarded, and answers 200 at once.
     """
 
-    def __init__(self) -> None:
+    trustedProxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def __init__(self, clock: Clock | None = None) -> None:
         self.forwarded: list[tuple[str, bytes, bool]] = []
+        self.clock = Clock() if clock is None else clock
 
     def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
         self.forwarded.append((route.name, target, request.isSecure()))

@@ -37,6 +37,7 @@ from revproxy.service import (
     SignalRelay,
     buildService,
     reactorConnector,
+    withBacklog,
 )
 from revproxy.tls import (
     HANDSHAKE_TIMEOUT,
@@ -318,6 +319,9 @@ listen_https = ["tcp:8443:interface=127.0.0.1", "tcp:9443"]
 admin_socket_path = ""
 ops_listen = ""
 tls_min_version = "1.3"
+# Later than twice the handshake deadline, so that test_handshake sees that
+# deadline cancelled rather than the silent connection's head deadline.
+header_timeout_secs = 60
 
 [[sites]]
 name = "secure"
@@ -829,3 +833,26 @@ upstreams = ["http://127.0.0.1:9000"]
         self.assertEqual(answer["status"], "ok", answer)
         self.assertIsNone(contexts.store.lookup("auto.example"))
         self.assertEqual(manager.certificates(), {})
+
+
+class BacklogTests(SynchronousTestCase):
+    """
+    L{withBacklog} gives TCP listeners nginx's backlog unless they set one.
+    """
+
+    def test_tcp(self) -> None:
+        """
+        TCP endpoints without a backlog get C{backlog=511}.
+        """
+        self.assertEqual(withBacklog("tcp:80"), "tcp:80:backlog=511")
+        self.assertEqual(
+            withBacklog("tcp6:443:interface=\\:\\:1"),
+            "tcp6:443:interface=\\:\\:1:backlog=511",
+        )
+
+    def test_kept(self) -> None:
+        """
+        A backlog set in the config, and non-TCP endpoints, are kept.
+        """
+        self.assertEqual(withBacklog("tcp:80:backlog=64"), "tcp:80:backlog=64")
+        self.assertEqual(withBacklog("unix:/run/x.sock"), "unix:/run/x.sock")

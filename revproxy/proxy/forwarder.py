@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
 
     from revproxy.config import SiteConfig, Upstream
+    from revproxy.metrics import Metrics
     from revproxy.proxy.request import ProxyRequest
 
 _log = Logger()
@@ -138,10 +139,15 @@ class Forwarder:
         pool: ConnectionPool,
         clock: IReactorTime,
         trustedProxies: tuple[IPv4Network | IPv6Network, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
+        """
+        @param metrics: Where upstream errors are counted, if anywhere.
+        """
         self.pool = pool
         self.clock = clock
         self.trustedProxies = trustedProxies
+        self.metrics = metrics
         self.date = _DateCache(clock)
 
     def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
@@ -172,6 +178,8 @@ def simpleResponse(request: ProxyRequest, code: int, message: str) -> None:
     headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
     headers.setRawHeaders(b"cache-control", [b"no-store"])
+    if request.requestID:
+        headers.setRawHeaders(b"x-request-id", [request.requestID.encode("ascii")])
     request.write(body)
     request.finish()
 
@@ -260,7 +268,11 @@ class _Exchange:
         on a fresh connection).
         """
         if not same:
-            upstream = self.route.selector.pick(self.tried)
+            selector = self.route.selector
+            if not self.tried and not selector.available():
+                self._unavailable()
+                return
+            upstream = selector.pick(self.tried)
             if upstream is None:
                 self._fail()
                 return
@@ -331,11 +343,14 @@ class _Exchange:
             self.lastError = reason.getErrorMessage()
         if upstream is not None:
             self.route.selector.markDown(upstream)
+        self._count("connect_timeout" if self.timedOut else "connect")
         _log.warn(
-            "site {site}: upstream {upstream} unreachable: {error}",
+            "site {site}: upstream {upstream} unreachable: {error} "
+            "(request_id {request_id})",
             site=self.config.name,
             upstream=getattr(upstream, "url", upstream),
             error=self.lastError,
+            request_id=self.request.requestID,
         )
         # Nothing reached this upstream: any method may go to the next one.
         self._tryNext()
@@ -355,8 +370,12 @@ class _Exchange:
     ) -> None:
         self.started = True
         request = self.request
-        if self.upstream is not None:
-            self.route.selector.markUp(self.upstream)
+        upstream = self.upstream
+        if upstream is not None:
+            self.route.selector.markUp(upstream)
+            request.upstreamURL = upstream.url
+        request.upstreamStatus = code
+        request.upstreamSeconds = self.forwarder.clock.seconds() - self.startedAt
         timer = self.timer
         if timer is not None and timer.active():
             timer.reset(self.config.response_timeout_secs)
@@ -371,6 +390,8 @@ class _Exchange:
             out.addRawHeader(name, value)
         if not hasDate:
             out.addRawHeader(b"Date", self.forwarder.date.now())
+        if request.requestID and not out.hasHeader(b"x-request-id"):
+            out.addRawHeader(b"X-Request-ID", request.requestID.encode("ascii"))
         hsts = self.route.hsts
         if (
             hsts is not None
@@ -420,11 +441,14 @@ class _Exchange:
         if self.started:
             self.done = True
             request.exchange = None
+            self._count("reset")
             _log.warn(
-                "site {site}: upstream {upstream} failed mid-response: {error}",
+                "site {site}: upstream {upstream} failed mid-response: {error} "
+                "(request_id {request_id})",
                 site=self.config.name,
                 upstream=getattr(self.upstream, "url", self.upstream),
                 error=str(reason),
+                request_id=request.requestID,
             )
             self._abortClient()
             return
@@ -440,9 +464,13 @@ class _Exchange:
             and connection.reused
             and not self.retriedFresh
         ):
+            # A pooled connection the upstream had closed: not its error.
             self.retriedFresh = True
             self._tryNext(fresh=True, same=True)
             return
+        self._count(
+            "protocol" if isinstance(reason, UpstreamProtocolError) else "reset"
+        )
         if not gotBytes and self.method in IDEMPOTENT:
             self._tryNext(fresh=True)
             return
@@ -455,13 +483,16 @@ class _Exchange:
         self._stopSender()
         if connection is not None:
             connection.abandon()
+        self._count("response_timeout")
         if self.started:
             self.done = True
             self.request.exchange = None
             _log.warn(
-                "site {site}: upstream {upstream} stalled mid-response",
+                "site {site}: upstream {upstream} stalled mid-response "
+                "(request_id {request_id})",
                 site=self.config.name,
                 upstream=getattr(self.upstream, "url", self.upstream),
+                request_id=self.request.requestID,
             )
             self._abortClient()
             return
@@ -478,12 +509,16 @@ class _Exchange:
         self._disarm()
         self.done = True
         self.request.exchange = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.request.upstreamURL = upstream.url
         _log.warn(
-            "site {site}: {method} {target} failed: {error}",
+            "site {site}: {method} {target} failed: {error} (request_id {request_id})",
             site=self.config.name,
             method=self.method.decode("latin-1"),
             target=self.target.decode("latin-1"),
             error=self.lastError,
+            request_id=self.request.requestID,
         )
         if self.timedOut:
             simpleResponse(
@@ -493,6 +528,39 @@ class _Exchange:
             )
         else:
             simpleResponse(self.request, 502, "502 Bad Gateway: the upstream failed")
+
+    def _unavailable(self) -> None:
+        """
+        Every upstream of the site is unhealthy: 503, nothing tried.
+        """
+        self.done = True
+        self.request.exchange = None
+        self._count("unavailable")
+        _log.warn(
+            "site {site}: {method} {target}: no healthy upstream "
+            "(request_id {request_id})",
+            site=self.config.name,
+            method=self.method.decode("latin-1"),
+            target=self.target.decode("latin-1"),
+            request_id=self.request.requestID,
+        )
+        self.request.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
+        simpleResponse(
+            self.request,
+            503,
+            "503 Service Unavailable: no healthy upstream for this site",
+        )
+
+    def _count(self, kind: str) -> None:
+        """
+        Count an upstream error of C{kind} for the current upstream.
+        """
+        metrics = self.forwarder.metrics
+        if metrics is not None:
+            upstream = self.upstream
+            metrics.upstreamError(
+                self.config.name, getattr(upstream, "url", "") or "", kind
+            )
 
     def _abortClient(self) -> None:
         request = self.request
