@@ -505,11 +505,14 @@ class RootResource:
                 value = incoming[0]
                 if _REQUEST_ID.fullmatch(value) is not None:
                     request.requestID = value.decode("ascii")
+                    request.requestIDKept = True
                     return
         else:
             request.clientIP = peerIP
         request.requestID = newRequestID()
-        headers.setRawHeaders(b"x-request-id", [request.requestID.encode("ascii")])
+        if incoming is not None:
+            # Not believed: the forwarder sends the new id instead.
+            headers.removeHeader(b"x-request-id")
 
     def _answer(
         self, request: ProxyRequest, code: int, message: str, site: str = ""

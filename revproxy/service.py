@@ -39,7 +39,7 @@ from revproxy.proxy.request import ProxySite
 from revproxy.proxy.upstreamtls import ClientCreators
 from revproxy.ratelimit import RateLimiter
 from revproxy.reload import Reloader, configWarnings
-from revproxy.routing import RootResource, normalizeHostHeader, splitAbsoluteForm
+from revproxy.routing import RootResource, splitAbsoluteForm
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
 
@@ -212,18 +212,25 @@ def withBacklog(description: str) -> str:
 def bodyLimit(holder: RuntimeHolder, request: Any) -> int | None:
     """
     The C{max_body_bytes} of the site C{request} (whose head is whole) is
-    routed to, or L{None} when no site takes it (it is refused anyway).
+    routed to; C{[defaults]}' when it goes to no site (it is refused
+    then, but its body must not be read without a bound either).
     """
     runtime = holder.current
-    values = request.requestHeaders.getRawHeaders(b"host")
     uri = request.uri or b""
-    if uri[:1] not in (b"/", b"*"):
-        split = splitAbsoluteForm(uri)
-        value = split[0] if split is not None else None
+    table = runtime.table
+    if uri[:1] == b"/" or uri == b"*":
+        values = request.requestHeaders.getRawHeaders(b"host")
+        route = (
+            table.lookupHeader(values[0] if values is not None else None)
+            if values is None or len(values) == 1
+            else None
+        )
     else:
-        value = values[0] if values is not None and len(values) == 1 else None
-    route = runtime.table.match(None if value is None else normalizeHostHeader(value))
-    return None if route is None else route.config.max_body_bytes
+        split = splitAbsoluteForm(uri)
+        route = None if split is None else table.lookupHeader(split[0])
+    if route is None:
+        return runtime.config.defaults.max_body_bytes
+    return route.config.max_body_bytes
 
 
 def poolSizes(pool: ConnectionPool, runtime: Runtime) -> list[tuple[str, int, int]]:

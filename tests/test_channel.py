@@ -337,7 +337,7 @@ class HTTP2SwitchTests(ChannelTestCase):
     def test_switchCancelsDeadline(self) -> None:
         """
         The HTTP/2 connection serves requests and the channel's head deadline
-        no longer applies to it.
+        no longer applies to it; its idle timeout is the keep-alive one.
         """
         self.patch(http, "H2Connection", lambda: H2Connection(reactor=self.clock))
         transport = _Transport()
@@ -363,8 +363,10 @@ class HTTP2SwitchTests(ChannelTestCase):
         assert isinstance(protocol, _GenericHTTPChannelProtocol)
         self.assertIsInstance(protocol._channel, H2Connection)
         self.assertEqual(len(self.root.requests), 1)
-        self.clock.advance(LIMITS.header_timeout_secs * 3)
+        self.clock.advance(LIMITS.header_timeout_secs * 2)
         self.assertTrue(client.open)
+        self.clock.advance(LIMITS.keepalive_timeout_secs)
+        self.assertFalse(client.open)
         client.close()
         self.clock.advance(0)
 
@@ -449,17 +451,32 @@ class HeadLimitsTests(ChannelTestCase):
 
     def test_foldedFieldOver(self) -> None:
         """
-        A field folded over several lines (obs-fold) counts all its lines.
+        Each line of a field folded over several lines (obs-fold) is limited
+        as a field is, and all of them count towards the total.
         """
         client = self.client()
         client.send(
             b"GET / HTTP/1.1\r\nHost: a\r\n"
             + field(40)
             + b"\r\n "
-            + b"w" * 24
+            + b"w" * 64
             + b"\r\n\r\n"
         )
         self.assertRefused(client, 431)
+
+    def test_foldedFieldsOverTotal(self) -> None:
+        """
+        Folded lines each under the field limit count towards the total.
+        """
+        client = self.client()
+        client.send(
+            b"GET / HTTP/1.1\r\nHost: a\r\n"
+            + field(60)
+            + b"".join(b"\r\n " + b"w" * 60 for _ in range(3))
+            + b"\r\n\r\n"
+        )
+        response = self.assertRefused(client, 431)
+        self.assertIn(b"200 bytes in all", response.body)
 
     def test_foldedFieldAtLimit(self) -> None:
         """

@@ -691,6 +691,27 @@ class UpstreamRequestTests(ProxyTestCase):
         )
         self.assertEqual(sent.values(b"x-forwarded-for"), [CLIENT_IP.encode()])
 
+    def test_requestIDUntrustedPeer(self) -> None:
+        """
+        The upstream gets the request's new X-Request-ID, never the one an
+        untrusted client sent; the client gets the same id back.
+        """
+        sent = self.sent(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Request-ID: forged\r\n\r\n"
+        )
+        [value] = sent.values(b"x-request-id")
+        self.assertRegex(value, b"^[0-9a-f]{32}$")
+
+    def test_requestIDTrustedPeer(self) -> None:
+        """
+        A trusted proxy's X-Request-ID reaches the upstream as it is, once.
+        """
+        sent = self.sent(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Request-ID: abc-1\r\n\r\n",
+            ip=TRUSTED_IP,
+        )
+        self.assertEqual(sent.values(b"x-request-id"), [b"abc-1"])
+
     def test_forwardedForTrustedPeer(self) -> None:
         """
         For a peer in C{trusted_proxies}, the peer's address is appended to

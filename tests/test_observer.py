@@ -251,16 +251,14 @@ class ContextTests(SynchronousTestCase):
 
     def test_requestIDGenerated(self) -> None:
         """
-        A request gets a new X-Request-ID, sent upstream and back; an
-        untrusted peer's own X-Request-ID is replaced.
+        A request gets a new X-Request-ID, sent back; an untrusted peer's
+        own X-Request-ID is removed (the forwarder sends the new one
+        upstream: see tests.integration.test_operations).
         """
-        _code, headers, _ = self.get(
-            b"open.example", headers=b"X-Request-ID: injected\r\n"
-        )
-        [sent] = self.forwarder.forwarded[0][1][b"X-Request-Id"]
-        self.assertNotEqual(sent, b"injected")
+        _, headers, _ = self.get(b"open.example", headers=b"X-Request-ID: injected\r\n")
+        self.assertNotIn(b"X-Request-Id", self.forwarder.forwarded[0][1])
+        [sent] = headers[b"x-request-id"]
         self.assertRegex(sent.decode(), "^[0-9a-f]{32}$")
-        self.assertEqual(headers[b"x-request-id"], [sent])
 
     def test_requestIDKeptFromTrustedPeer(self) -> None:
         """

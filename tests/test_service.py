@@ -856,3 +856,60 @@ class BacklogTests(SynchronousTestCase):
         """
         self.assertEqual(withBacklog("tcp:80:backlog=64"), "tcp:80:backlog=64")
         self.assertEqual(withBacklog("unix:/run/x.sock"), "unix:/run/x.sock")
+
+
+class OperationsWiringTests(SynchronousTestCase):
+    """
+    What a reload carries over of the operations state: rate-limit buckets
+    of unchanged limits, the generation the access log and metrics see.
+    """
+
+    LIMITED = CONFIG + ("rate_limit = { requests_per_second = 1, burst = 2 }\n")
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.path = self.mktemp()
+        self.write(self.LIMITED)
+        self.top = buildService(
+            loadConfig(self.path), self.path, cast(IRevProxyReactor, self.reactor)
+        )
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def reload(self) -> None:
+        answers: list[Any] = []
+        self.top.reloader.reload("test").addCallback(answers.append)
+        self.assertEqual(answers[0]["status"], "ok", answers)
+
+    def test_bucketsFollowLimits(self) -> None:
+        """
+        A reload that leaves a site's limit alone keeps its buckets; one
+        that changes the limit starts them afresh.
+        """
+        limit = self.top.holder.current.config.sites[0].rate_limit
+        for _ in range(2):
+            self.top.limiter.allow("demo", limit, "192.0.2.1")
+        self.write(self.LIMITED + "default = true\n")
+        self.reload()
+        self.assertIsNotNone(self.top.limiter.bucket("demo", "192.0.2.1"))
+        self.write(self.LIMITED.replace("burst = 2", "burst = 3"))
+        self.reload()
+        self.assertIsNone(self.top.limiter.bucket("demo", "192.0.2.1"))
+
+    def test_generationAndReloadCount(self) -> None:
+        """
+        After a reload, the observer logs the new generation and the
+        metrics count the reload.
+        """
+        self.write(self.LIMITED + "default = true\n")
+        self.reload()
+        self.assertEqual(self.top.observer.generation, 2)
+        self.assertEqual(self.top.metrics.generation(), 2)
+        self.assertEqual(
+            self.top.metrics.registry.get_sample_value(
+                "revproxy_reloads_total", {"result": "ok"}
+            ),
+            1.0,
+        )

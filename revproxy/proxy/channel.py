@@ -62,7 +62,9 @@ body are in, its response streams) no deadline applies, as with Twisted's
 timer, which also stops then: the forwarder's connect and response timeouts
 bound the upstream side, and a client that stops reading a response pauses
 the upstream until the forwarder's response timeout aborts the exchange.
-C{Site.timeOut} still is the idle timeout of HTTP/2 connections (Twisted's
+C{Site.timeOut} (set to C{keepalive_timeout_secs} by L{ProxySite
+<revproxy.proxy.request.ProxySite>}) still is the idle timeout of HTTP/2
+connections (Twisted's
 C{H2Connection}, which C{_GenericHTTPChannelProtocol} switches to when ALPN
 chose C{h2}; switching cancels this channel's deadline).  Over HTTP/2 the
 body limit is kept by L{limitStreamBody} and L{bodyTooLarge}: 413 on the
@@ -208,10 +210,6 @@ class ProxyChannel(HTTPChannel):
     site: ProxySite
     _timer: IDelayedCall | None = None
     _phase = _HEAD
-    _expectRequestLine = True
-    _headerBytes = 0
-    _headerFields = 0
-    _fieldBytes = 0
     _requestCount = 0
     _since = 0.0
     _bodyStart = 0.0
@@ -224,15 +222,16 @@ class ProxyChannel(HTTPChannel):
         self._clock = clock
         self._maxRequestLine = limits.max_request_line_bytes
         self._maxField = limits.max_header_bytes
-        self._maxFields = limits.max_header_fields
-        self._maxTotal = limits.max_headers_total_bytes
-        self.MAX_LENGTH = self._maxRequestLine
-        # The limits here answer first and with the right status; Twisted's
-        # own (400) would otherwise answer some of these heads.
-        self.maxHeaders = limits.max_header_fields + 1
-        self.totalHeadersSize = (
-            limits.max_request_line_bytes + limits.max_headers_total_bytes + 2
-        )
+        # Twisted's own counters keep the limits, so that a header line
+        # costs nothing more than it does in Twisted;
+        # _respondToBadRequestAndDisconnect tells which limit was passed
+        # and answers 431 instead of Twisted's 400.  A line longer than
+        # MAX_LENGTH, ended or not, is lineLengthExceeded: MAX_LENGTH is the
+        # request line's limit until the request line is read, then a
+        # header field's.
+        self.maxHeaders = limits.max_header_fields
+        self.totalHeadersSize = limits.max_headers_total_bytes
+        self._expectRequestLine()
 
     # -- timer
 
@@ -374,46 +373,36 @@ class ProxyChannel(HTTPChannel):
         self._phase = _HEAD
         self._since = self._clock.seconds()
 
-    def lineReceived(self, line: bytes) -> None:
-        # Per header line: kept to a few comparisons.  A line longer than
-        # MAX_LENGTH never gets here (lineLengthExceeded instead).
-        if self._expectRequestLine:
-            if line:
-                self._expectRequestLine = False
-                self.MAX_LENGTH = self._maxField
-                self._headerBytes = self._headerFields = self._fieldBytes = 0
-                if self._phase == _IDLE:
-                    self._startHead()
-        elif line:
-            size = len(line)
-            if line[0] in b" \t":
-                # An obs-fold line: Twisted joins it to the field before.
-                field = self._fieldBytes = self._fieldBytes + size
-                if field > self._maxField:
-                    self.refuse(
-                        431, f"a header field is longer than {self._maxField} bytes"
-                    )
-                    return
-            else:
-                self._fieldBytes = size
-                fields = self._headerFields = self._headerFields + 1
-                if fields > self._maxFields:
-                    self.refuse(431, f"more than {self._maxFields} header fields")
-                    return
-            total = self._headerBytes = self._headerBytes + size
-            if total > self._maxTotal:
-                self.refuse(
-                    431,
-                    f"the header fields are longer than {self._maxTotal} bytes in all",
-                )
-                return
-        else:
-            self._expectRequestLine = True
-            self.MAX_LENGTH = self._maxRequestLine
+    def _expectRequestLine(self) -> None:
+        """
+        The next line is a request line: until it is read, lines go
+        through L{_requestLineReceived} and may be as long as a request
+        line.
+        """
+        self.lineReceived = self._requestLineReceived  # type: ignore[method-assign]
+        self.MAX_LENGTH = self._maxRequestLine
+
+    def _readingRequestLine(self) -> bool:
+        """
+        Whether the line being read is a request line (not a header).
+        """
+        return "lineReceived" in self.__dict__
+
+    def _requestLineReceived(self, line: bytes) -> None:
+        """
+        L{lineReceived} for a request line: once it is read, header lines go
+        straight to Twisted's C{lineReceived}, with a header field's length
+        limit, and Twisted's count of the head's bytes (which included the
+        request line) counts the header fields only.
+        """
         HTTPChannel.lineReceived(self, line)
+        if line and self.__dict__.get("lineReceived") == self._requestLineReceived:
+            del self.__dict__["lineReceived"]
+            self.MAX_LENGTH = self._maxField
+            self._receivedHeaderSize -= len(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if self._expectRequestLine:
+        if self._readingRequestLine():
             self.refuse(
                 414, f"the request line is longer than {self._maxRequestLine} bytes"
             )
@@ -463,6 +452,9 @@ class ProxyChannel(HTTPChannel):
             return
         self._phase = _BUSY
         self._cancel()
+        # Before Twisted's: the resource may answer at once, and the next
+        # request's head, if already read, is then parsed in that call.
+        self._expectRequestLine()
         HTTPChannel.allContentReceived(self)
 
     # -- the response
@@ -497,10 +489,20 @@ class ProxyChannel(HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """
-        Twisted's answer to a malformed head or chunked body, now a whole
-        400 with a lingering close.
+        Twisted's answer to a malformed head or chunked body, and to its
+        header counters passing their limits: now a whole 431 for those,
+        400 for the rest, with a lingering close.
         """
-        self.refuse(400, "the request is malformed")
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(
+                431,
+                "the header fields are longer than "
+                f"{self.totalHeadersSize} bytes in all",
+            )
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431, f"more than {self.maxHeaders} header fields")
+        else:
+            self.refuse(400, "the request is malformed")
 
     def _describe(self, request: ProxyRequest) -> None:
         """

@@ -231,6 +231,8 @@ class _Exchange:
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
+        if request.requestID and not request.requestIDKept:
+            rawHeaders.append((b"X-Request-ID", request.requestID.encode("ascii")))
         content = request.content
         hasBody = request.requestHeaders.hasHeader(
             b"content-length"

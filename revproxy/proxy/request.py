@@ -25,6 +25,7 @@ from twisted.web.resource import IResource
 from revproxy.proxy.channel import (
     DEFAULT_LIMITS,
     ConnectionLimits,
+    ProxyChannel,
     bodyTooLarge,
     limitStreamBody,
     proxyChannelProtocol,
@@ -59,8 +60,11 @@ class ProxyRequest(server.Request):
     #: The client's address: the peer or, behind a trusted proxy, the
     #: right-most untrusted X-Forwarded-For hop.
     clientIP = ""
-    #: The X-Request-ID sent upstream and back ("" until routed).
+    #: The X-Request-ID sent upstream and back ("" until routed), and
+    #: whether it is the client's own (from a trusted proxy), already among
+    #: the request's headers.
     requestID = ""
+    requestIDKept = False
     #: The name of the site it was routed to ("" when none).
     siteName = ""
     #: The config generation that served it.
@@ -119,7 +123,12 @@ class ProxyRequest(server.Request):
         self._bodyAllowance = limit
 
     def gotLength(self, length: int | None) -> None:
-        if length != 0 and hasattr(self.channel, "streamID"):
+        channel = self.channel
+        if (
+            length != 0
+            and type(channel) is not ProxyChannel
+            and hasattr(channel, "streamID")
+        ):
             # HTTP/2: the HTTP/1.x channel checks its heads itself.
             limitStreamBody(self, length)
             if self.refusal is not None:
@@ -191,6 +200,9 @@ class ProxySite(server.Site):
         """
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.limits = limits
+        # Twisted's idle timeout, which only HTTP/2 connections still use
+        # (HTTP/1.x ones have the channel's deadlines): the keep-alive one.
+        self.timeOut = limits.keepalive_timeout_secs
         self.bodyLimit = _noBodyLimit
 
     def refused(self, code: int, request: ProxyRequest | None, secure: bool) -> None:
