@@ -97,11 +97,15 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
 
+from revproxy.config import ServerConfig
+
 if TYPE_CHECKING:
-    from revproxy.config import ServerConfig
     from revproxy.proxy.request import ProxyRequest, ProxySite
 
 _log = Logger()
+
+
+_SERVER = ServerConfig()
 
 
 @attrs.frozen
@@ -112,16 +116,16 @@ class ConnectionLimits:
     defaults.
     """
 
-    max_request_line_bytes: int = 8192
-    max_header_bytes: int = 8192
-    max_headers_total_bytes: int = 32768
-    max_header_fields: int = 100
-    header_timeout_secs: float = 10.0
-    body_timeout_secs: float = 60.0
-    min_body_rate_bytes_per_sec: int = 500
-    keepalive_timeout_secs: float = 60.0
-    max_requests_per_connection: int = 1000
-    lingering_close_secs: float = 5.0
+    max_request_line_bytes: int = _SERVER.max_request_line_bytes
+    max_header_bytes: int = _SERVER.max_header_bytes
+    max_headers_total_bytes: int = _SERVER.max_headers_total_bytes
+    max_header_fields: int = _SERVER.max_header_fields
+    header_timeout_secs: float = _SERVER.header_timeout_secs
+    body_timeout_secs: float = _SERVER.body_timeout_secs
+    min_body_rate_bytes_per_sec: int = _SERVER.min_body_rate_bytes_per_sec
+    keepalive_timeout_secs: float = _SERVER.keepalive_timeout_secs
+    max_requests_per_connection: int = _SERVER.max_requests_per_connection
+    lingering_close_secs: float = _SERVER.lingering_close_secs
 
     @classmethod
     def fromServer(cls, server: ServerConfig) -> ConnectionLimits:
