@@ -345,10 +345,26 @@ class ProxyChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         self.timeOut = None
+        self._secure = None
         super().connectionMade()
         self._phase = _HEAD
         self._since = self._clock.seconds()
         self._arm(self.limits.header_timeout_secs)
+
+    _secure: bool | None = None
+
+    def isSecure(self) -> bool:
+        """
+        Whether the connection is over TLS, found once: Twisted's answer
+        adapts the transport to C{ISSLTransport} every time, and the
+        request path asks several times per request.
+        """
+        secure = self._secure
+        if secure is None:
+            secure = bool(HTTPChannel.isSecure(self))
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     def dataReceived(self, data: bytes) -> None:
         # Unlike HTTPChannel.dataReceived, no timer is reset per read.
