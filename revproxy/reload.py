@@ -106,6 +106,9 @@ class Reloader:
         self.beforeSwap: list[Callable[[Runtime], None]] = []
         #: Called with the new runtime once it is current.
         self.afterSwap: list[Callable[[Runtime], None]] = []
+        #: Called with the source of every reload (not of a check) as it
+        #: begins, once its turn has come.
+        self.onStart: list[Callable[[str], None]] = []
         #: Called with the answer of every reload (not of a check).
         self.onResult: list[Callable[[dict[str, Any]], None]] = []
 
@@ -115,9 +118,19 @@ class Reloader:
 
         @param source: who asked (C{"SIGHUP"}, C{"admin"}), for the log.
         """
-        d = self._lock.run(self._once, source, True)
-        d.addCallback(self._tell)
-        return d
+        return self._lock.run(self._reloadOnce, source)
+
+    def _reloadOnce(self, source: str) -> dict[str, Any]:
+        # The listeners are told while the lock is held: releasing it runs
+        # the next waiting reload at once, and each reload's start and
+        # result must reach them in order (systemd pairs RELOADING=1 with
+        # the next READY=1).
+        for starting in self.onStart:
+            try:
+                starting(source)
+            except Exception:
+                _log.failure("A reload listener failed")
+        return self._tell(self._once(source, True))
 
     def _tell(self, answer: dict[str, Any]) -> dict[str, Any]:
         for listener in self.onResult:

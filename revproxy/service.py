@@ -15,7 +15,7 @@ from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IConnector
+from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -41,6 +41,7 @@ from revproxy.ratelimit import RateLimiter
 from revproxy.reload import Reloader, configWarnings
 from revproxy.routing import RootResource, splitAbsoluteForm
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.sdnotify import Notifier
 from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
 
 _log = Logger()
@@ -298,6 +299,7 @@ def buildService(
     configPath: str,
     reactor: IRevProxyReactor,
     tls: TLSFiles | None = None,
+    notifier: Notifier | None = None,
 ) -> RevProxyService:
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
@@ -308,6 +310,8 @@ def buildService(
 
     @param tls: The config's certificate and CA files, already read (by
         L{revproxy.tap}); when L{None}, they are read now.
+    @param notifier: Tells systemd about start-up, reloads and shutdown;
+        when L{None}, one for C{$NOTIFY_SOCKET}.
     @raise ConfigError: A certificate, key or CA file cannot be used.
     """
     top = RevProxyService()
@@ -524,7 +528,86 @@ def buildService(
     )
     relay.setName("signals")
     relay.setServiceParent(top)
+
+    notifier = Notifier() if notifier is None else notifier
+    reloader.onStart.append(
+        lambda source: notifier.reloading(f"Reloading the config ({source})")
+    )
+    reloader.onResult.append(
+        lambda answer: notifier.ready(servingStatus(holder.current, answer))
+    )
+    # Added last, so it is the first child asked to stop: STOPPING=1 goes
+    # out as the graceful shutdown begins, before the drain.
+    notice = _SystemdNotice(
+        notifier,
+        reactor,
+        lambda: servingStatus(holder.current),
+        config.server.shutdown_timeout_secs,
+    )
+    notice.setName("systemd-notify")
+    notice.setServiceParent(top)
     return top
+
+
+def servingStatus(runtime: Runtime, reload: dict[str, Any] | None = None) -> str:
+    """
+    The one-line status systemd shows for C{runtime}, after the answer of a
+    C{reload} if there was one.
+    """
+    serving = (
+        f"serving {len(runtime.config.sites)} site(s), "
+        f"config generation {runtime.generation}"
+    )
+    if reload is None:
+        return serving[0].upper() + serving[1:]
+    if reload.get("status") == "ok":
+        return f"Reloaded: {serving}"
+    message = str(reload.get("message", "unknown error"))
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"Reload failed, {serving}: {message}"
+
+
+class _SystemdNotice(Service):
+    """
+    Tells systemd (C{READY=1}) that the proxy serves once the reactor runs:
+    every listener is bound by then (they bind in C{privilegedStartService},
+    and a port that cannot be had ends start-up before).  Tells it
+    C{STOPPING=1} when the tree starts to stop.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        reactor: IRevProxyReactor,
+        status: Callable[[], str],
+        timeout: float,
+    ) -> None:
+        self.notifier = notifier
+        self._reactor = reactor
+        self._status = status
+        self._timeout = timeout
+        self._call: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        # A delayed call runs once the reactor runs, after its
+        # callWhenRunning hooks: SignalRelay's handlers are in by then, so
+        # a SIGTERM right after READY=1 is a graceful stop (exit 0).
+        self._call = self._reactor.callLater(0, self._ready)
+
+    def _ready(self) -> None:
+        self._call = None
+        self.notifier.ready(self._status())
+
+    def stopService(self) -> None:
+        super().stopService()
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        self.notifier.stopping(
+            f"Shutting down: finishing requests in flight (up to {self._timeout:g} s)"
+        )
 
 
 class SignalRelay(Service):

@@ -7,7 +7,9 @@ L{SignalRelay} tests, which restore what they change.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,6 +34,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
+from revproxy.sdnotify import Notifier
 from revproxy.service import (
     RevProxyService,
     SignalRelay,
@@ -913,3 +916,202 @@ class OperationsWiringTests(SynchronousTestCase):
             ),
             1.0,
         )
+
+
+class SystemdNotifyTests(SynchronousTestCase):
+    """
+    The tree tells systemd (C{$NOTIFY_SOCKET}, here a real datagram socket)
+    that it is ready once the reactor runs, brackets every reload (not a
+    check) with C{RELOADING=1} and C{READY=1}, and says C{STOPPING=1} as a
+    shutdown begins.
+    """
+
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp(prefix="rpx-notify-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(self.systemd.close)
+        self.systemd.bind(os.path.join(directory, "notify"))
+        self.systemd.setblocking(False)
+        notifier = Notifier(
+            {"NOTIFY_SOCKET": os.path.join(directory, "notify")},
+            monotonic=lambda: 123456,
+        )
+        self.reactor = MemoryReactorClock()
+        self.path = self.mktemp()
+        self.write(CONFIG)
+        self.top = buildService(
+            loadConfig(self.path),
+            self.path,
+            cast(IRevProxyReactor, self.reactor),
+            notifier=notifier,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def received(self) -> list[dict[str, str]]:
+        """
+        The datagrams systemd got since the last call, each as its fields.
+        """
+        messages: list[dict[str, str]] = []
+        while True:
+            try:
+                datagram = self.systemd.recv(65536)
+            except BlockingIOError:
+                return messages
+            lines = datagram.decode("utf-8").splitlines()
+            messages.append(dict(line.split("=", 1) for line in lines))
+
+    def start(self) -> None:
+        """
+        Start the tree and let the reactor "run".
+        """
+        self.top.privilegedStartService()
+        self.top.startService()
+        self.addCleanup(self.stop)
+        runWhenRunningHooks(self.reactor)
+        self.reactor.advance(0)
+
+    def stop(self) -> None:
+        if self.top.running:
+            self.top.stopService()
+        cast(SignalRelay, self.top.getServiceNamed("signals")).restore()
+
+    def reload(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.successResultOf(self.top.reloader.reload("test"))
+        return result
+
+    def test_readyOnceRunning(self) -> None:
+        """
+        Nothing is sent when the tree starts; C{READY=1} with the number of
+        sites and the generation once the reactor runs.
+        """
+        self.top.privilegedStartService()
+        self.top.startService()
+        self.addCleanup(self.stop)
+        self.assertEqual(self.received(), [])
+        runWhenRunningHooks(self.reactor)
+        self.reactor.advance(0)
+        self.assertEqual(
+            self.received(),
+            [{"READY": "1", "STATUS": "Serving 1 site(s), config generation 1"}],
+        )
+
+    def test_stoppedBeforeRunning(self) -> None:
+        """
+        A tree stopped before the reactor runs never says C{READY=1}, and
+        leaves no timer behind.
+        """
+        self.top.privilegedStartService()
+        self.top.startService()
+        self.top.stopService()
+        self.addCleanup(self.stop)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual([next(iter(m)) for m in self.received()], ["STOPPING"])
+
+    def test_reload(self) -> None:
+        """
+        A reload sends C{RELOADING=1} with C{MONOTONIC_USEC}, then
+        C{READY=1} with the new generation.
+        """
+        self.start()
+        self.received()
+        self.write(CONFIG.replace('hosts = ["localhost"]', 'hosts = ["b.example"]'))
+        self.assertEqual(self.reload()["status"], "ok")
+        self.assertEqual(
+            self.received(),
+            [
+                {
+                    "RELOADING": "1",
+                    "MONOTONIC_USEC": "123456",
+                    "STATUS": "Reloading the config (test)",
+                },
+                {
+                    "READY": "1",
+                    "STATUS": "Reloaded: serving 1 site(s), config generation 2",
+                },
+            ],
+        )
+
+    def test_failedReload(self) -> None:
+        """
+        A reload that fails is over too: C{READY=1}, with the error and
+        the generation still served, on one line.
+        """
+        self.start()
+        self.received()
+        self.write(CONFIG + "bogus = 1\nother = 2\n")
+        self.assertEqual(self.reload()["status"], "error")
+        [reloading, ready] = self.received()
+        self.assertEqual(reloading["RELOADING"], "1")
+        self.assertEqual(ready["READY"], "1")
+        self.assertTrue(
+            ready["STATUS"].startswith(
+                "Reload failed, serving 1 site(s), config generation 1: "
+            ),
+            ready,
+        )
+        self.assertIn("sites[0].bogus", ready["STATUS"])
+
+    def test_checkSendsNothing(self) -> None:
+        """
+        The admin C{check} (a dry run) tells systemd nothing.
+        """
+        self.start()
+        self.received()
+        self.successResultOf(self.top.reloader.check())
+        self.assertEqual(self.received(), [])
+
+    def test_queuedReloadsInOrder(self) -> None:
+        """
+        Reloads that wait for each other are each bracketed, in turn:
+        systemd never sees two C{RELOADING=1} in a row.
+        """
+        self.start()
+        self.received()
+        # Hold the reload lock, as a reload in progress would.
+        lock = self.top.reloader._lock
+        self.successResultOf(lock.acquire())
+        first = self.top.reloader.reload("first")
+        second = self.top.reloader.reload("second")
+        self.assertEqual(self.received(), [])
+        lock.release()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(
+            [next(iter(m)) for m in self.received()],
+            ["RELOADING", "READY", "RELOADING", "READY"],
+        )
+
+    def test_stopping(self) -> None:
+        """
+        Stopping the tree (a graceful shutdown) sends C{STOPPING=1} with
+        the drain's deadline.
+        """
+        self.start()
+        self.received()
+        self.top.stopService()
+        self.assertEqual(
+            self.received(),
+            [
+                {
+                    "STOPPING": "1",
+                    "STATUS": "Shutting down: finishing requests in flight "
+                    "(up to 30 s)",
+                }
+            ],
+        )
+
+    def test_defaultNotifier(self) -> None:
+        """
+        Without a notifier, the tree uses one for the process's
+        C{$NOTIFY_SOCKET}: none here, so it is disabled.
+        """
+        self.patch(os, "environ", {})
+        top = buildService(config(), "", cast(IRevProxyReactor, MemoryReactorClock()))
+        notice = top.getServiceNamed("systemd-notify")
+        self.assertFalse(notice.notifier.enabled)

@@ -1,0 +1,431 @@
+"""
+Tests for L{revproxy.cli}, the C{revproxy} command: its arguments and the
+twistd command line they become (pure), the journal log format, and real
+C{--check} runs in child processes compared with C{twistd revproxy
+--check}.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from twisted.logger import LogEvent, LogLevel
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from revproxy import __version__
+from revproxy.cli import (
+    DEFAULT_CONFIG,
+    JOURNAL_LOGGER,
+    Invocation,
+    formatJournalEvent,
+    isJournalStream,
+    journalLogObserver,
+    parseArguments,
+    twistdArguments,
+)
+
+#: The checkout whose C{revproxy} and C{twisted/plugins} the children run.
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+GOOD = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = []
+admin_socket_path = ""
+ops_listen = ""
+
+[[sites]]
+name = "demo"
+hosts = ["localhost"]
+upstreams = ["http://127.0.0.1:8081"]
+"""
+
+# Two problems, in two places.
+BAD = GOOD.replace('ops_listen = ""', 'ops_listen = ""\nbogus = 1').replace(
+    "http://127.0.0.1:8081", "ftp://127.0.0.1:21"
+)
+
+
+class ParseArgumentsTests(SynchronousTestCase):
+    """
+    L{parseArguments} reads C{revproxy}'s own arguments.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without arguments, it runs on the Debian package's config file.
+        """
+        self.assertEqual(parseArguments([]), Invocation(DEFAULT_CONFIG, False, ()))
+        self.assertEqual(DEFAULT_CONFIG, "/etc/revproxy/config.toml")
+
+    def test_config(self) -> None:
+        """
+        C{--config FILE}, C{--config=FILE} and C{-c FILE} name the file.
+        """
+        for args in (["--config", "a.toml"], ["--config=a.toml"], ["-c", "a.toml"]):
+            self.assertEqual(parseArguments(args), Invocation("a.toml"), args)
+
+    def test_check(self) -> None:
+        """
+        C{--check} asks for a validation, before or after C{--config}.
+        """
+        for args in (["--check", "-c", "a.toml"], ["-c", "a.toml", "--check"]):
+            self.assertEqual(parseArguments(args), Invocation("a.toml", True), args)
+
+    def test_pluginArguments(self) -> None:
+        """
+        What follows C{--} is kept verbatim for the plugin, even what looks
+        like C{revproxy}'s own options.
+        """
+        self.assertEqual(
+            parseArguments(["-c", "a.toml", "--", "--help", "--check", "--"]),
+            Invocation("a.toml", False, ("--help", "--check", "--")),
+        )
+
+    def exits(self, args: list[str]) -> tuple[object, str, str]:
+        """
+        Parse C{args}, which must exit; the status and what was printed.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        e = self.assertRaises(SystemExit, parseArguments, args)
+        return e.code, out.getvalue(), err.getvalue()
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints revproxy's and Twisted's versions and exits 0.
+        """
+        from twisted import __version__ as twisted
+
+        code, out, _ = self.exits(["--version"])
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith(f"revproxy {__version__} "), out)
+        self.assertIn(f"Twisted {twisted}", out)
+
+    def test_help(self) -> None:
+        """
+        C{--help} describes both modes and the default file, and exits 0.
+        """
+        code, out, _ = self.exits(["--help"])
+        self.assertEqual(code, 0)
+        for text in ("--check", "--config", DEFAULT_CONFIG, "'--'", "SIGHUP"):
+            self.assertIn(text, out)
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option prints the usage and exits 2.
+        """
+        code, _, err = self.exits(["--daemon"])
+        self.assertEqual(code, 2)
+        self.assertIn("usage: revproxy", err)
+        self.assertIn("--daemon", err)
+
+
+class TwistdArgumentsTests(SynchronousTestCase):
+    """
+    L{twistdArguments} spells out the twistd command line.
+    """
+
+    def test_run(self) -> None:
+        """
+        Running is C{twistd --nodaemon --pidfile= revproxy --config FILE}.
+        """
+        self.assertEqual(
+            twistdArguments(Invocation("/etc/revproxy/config.toml")),
+            [
+                "--nodaemon",
+                "--pidfile=",
+                "revproxy",
+                "--config",
+                "/etc/revproxy/config.toml",
+            ],
+        )
+
+    def test_check(self) -> None:
+        """
+        Checking adds C{--check} after the config file.
+        """
+        self.assertEqual(
+            twistdArguments(Invocation("a.toml", True)),
+            ["--nodaemon", "--pidfile=", "revproxy", "--config", "a.toml", "--check"],
+        )
+
+    def test_pluginArguments(self) -> None:
+        """
+        Plugin arguments come last, after the subcommand's own.
+        """
+        self.assertEqual(
+            twistdArguments(Invocation("a.toml", True, ("--x", "y"))),
+            [
+                "--nodaemon",
+                "--pidfile=",
+                "revproxy",
+                "--config",
+                "a.toml",
+                "--check",
+                "--x",
+                "y",
+            ],
+        )
+
+    def test_journal(self) -> None:
+        """
+        A run whose output is the journal logs through the journal
+        observer, a twistd option (before the subcommand).
+        """
+        self.assertEqual(
+            twistdArguments(Invocation("a.toml"), journal=True),
+            [
+                "--nodaemon",
+                "--pidfile=",
+                f"--logger={JOURNAL_LOGGER}",
+                "revproxy",
+                "--config",
+                "a.toml",
+            ],
+        )
+
+    def test_journalCheck(self) -> None:
+        """
+        A check never changes the logger: it prints, it does not log.
+        """
+        self.assertEqual(
+            twistdArguments(Invocation("a.toml", True), journal=True),
+            twistdArguments(Invocation("a.toml", True)),
+        )
+
+
+class JournalStreamTests(SynchronousTestCase):
+    """
+    L{isJournalStream} believes C{$JOURNAL_STREAM} only for the stream it
+    names.
+    """
+
+    def setUp(self) -> None:
+        self.stream = open(self.mktemp(), "w")
+        self.addCleanup(self.stream.close)
+        status = os.fstat(self.stream.fileno())
+        self.value = f"{status.st_dev}:{status.st_ino}"
+
+    def test_same(self) -> None:
+        """
+        The device and inode of the stream: it is the journal.
+        """
+        self.assertTrue(isJournalStream({"JOURNAL_STREAM": self.value}, self.stream))
+
+    def test_other(self) -> None:
+        """
+        Another file's device and inode (an inherited variable, output
+        redirected): it is not.
+        """
+        other = open(self.mktemp(), "w")
+        self.addCleanup(other.close)
+        self.assertFalse(isJournalStream({"JOURNAL_STREAM": self.value}, other))
+
+    def test_unsetOrGarbage(self) -> None:
+        """
+        No variable, or one that is not C{DEVICE:INODE}: it is not.
+        """
+        for environ in ({}, {"JOURNAL_STREAM": ""}, {"JOURNAL_STREAM": "a:b"}):
+            self.assertFalse(isJournalStream(environ, self.stream), environ)
+
+    def test_noFileDescriptor(self) -> None:
+        """
+        A stream without a file descriptor is not the journal.
+        """
+        self.assertFalse(isJournalStream({"JOURNAL_STREAM": self.value}, io.StringIO()))
+
+
+def event(text: str, level: LogLevel = LogLevel.info, **extra: object) -> LogEvent:
+    """
+    A log event with the format C{text} at C{level}.
+    """
+    return {"log_format": text, "log_level": level, "log_time": 1.0, **extra}
+
+
+class JournalFormatTests(SynchronousTestCase):
+    """
+    L{formatJournalEvent} writes what journald reads from a stream: a
+    priority prefix on each line, and no timestamp.
+    """
+
+    def test_levels(self) -> None:
+        """
+        Each level has its syslog priority, and the text has no time.
+        """
+        for level, priority in (
+            (LogLevel.debug, 7),
+            (LogLevel.info, 6),
+            (LogLevel.warn, 4),
+            (LogLevel.error, 3),
+            (LogLevel.critical, 2),
+        ):
+            self.assertEqual(
+                formatJournalEvent(event("Reloaded {n}", level, n=2)),
+                f"<{priority}>Reloaded 2\n",
+            )
+
+    def test_system(self) -> None:
+        """
+        A system other than twistd's C{-} is kept in brackets.
+        """
+        self.assertEqual(
+            formatJournalEvent(event("x", log_system="HTTPChannel,1,127.0.0.1")),
+            "<6>[HTTPChannel,1,127.0.0.1] x\n",
+        )
+        self.assertEqual(formatJournalEvent(event("x", log_system="-")), "<6>x\n")
+
+    def test_failure(self) -> None:
+        """
+        A failure is at least an error, and every line of its traceback
+        carries the priority (journald reads each line on its own).
+        """
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            failure = Failure()
+        text = formatJournalEvent(event("Oops", LogLevel.info, log_failure=failure))
+        assert text is not None
+        lines = text.splitlines()
+        self.assertGreater(len(lines), 2)
+        self.assertEqual(lines[0], "<3>Oops")
+        self.assertTrue(all(line.startswith("<3>") for line in lines), lines)
+        self.assertIn("ZeroDivisionError", text)
+
+    def test_empty(self) -> None:
+        """
+        An event without text writes nothing.
+        """
+        self.assertIsNone(formatJournalEvent({"log_level": LogLevel.info}))
+
+    def test_observer(self) -> None:
+        """
+        The observer twistd's C{--logger} makes writes to standard output
+        as it was when made.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = journalLogObserver()
+        self.patch(sys, "stdout", io.StringIO())
+        observer(event("Serving {n} site(s)", n=3))
+        self.assertEqual(out.getvalue(), "<6>Serving 3 site(s)\n")
+
+
+class EntryPointTests(SynchronousTestCase):
+    """
+    The installed distribution has the C{revproxy} console script.
+    """
+
+    def test_consoleScript(self) -> None:
+        """
+        C{revproxy} runs L{revproxy.cli.main}.
+        """
+        [script] = entry_points(group="console_scripts", name="revproxy")
+        self.assertEqual(script.value, "revproxy.cli:main")
+
+
+def run(argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{argv} with this interpreter on this checkout, and wait for it.
+    """
+    env = {
+        "PYTHONPATH": REPO_ROOT,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+    }
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class CheckProcessTests(SynchronousTestCase):
+    """
+    C{revproxy --check} in a child process exits and prints exactly as
+    C{twistd revproxy --config F --check} does.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.directory, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def check(self, path: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{revproxy --check --config PATH}; assert that C{twistd}
+        answers the same; return the result.
+        """
+        revproxy = run(
+            ["-m", "revproxy.cli", "--check", "--config", path], self.directory
+        )
+        twistd = run(
+            [
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "revproxy",
+                "--config",
+                path,
+                "--check",
+            ],
+            self.directory,
+        )
+        self.assertEqual(
+            (revproxy.returncode, revproxy.stdout, revproxy.stderr),
+            (twistd.returncode, twistd.stdout, twistd.stderr),
+        )
+        return revproxy
+
+    def test_good(self) -> None:
+        """
+        A valid file: exit 0, and the verdict on standard output.
+        """
+        path = self.write("good.toml", GOOD)
+        result = self.check(path)
+        self.assertEqual(result.returncode, 0, result)
+        self.assertEqual(
+            result.stdout,
+            f"revproxy: the configuration file {path} syntax is ok; 1 site(s)\n"
+            "revproxy: configuration test is successful\n",
+        )
+        self.assertEqual(result.stderr, "")
+
+    def test_bad(self) -> None:
+        """
+        An invalid file: exit 1, and every error, with its key path, on
+        standard error.
+        """
+        path = self.write("bad.toml", BAD)
+        result = self.check(path)
+        self.assertEqual(result.returncode, 1, result)
+        self.assertEqual(result.stdout, "")
+        self.assertIn(
+            f"revproxy: configuration {path} is invalid (2 errors):", result.stderr
+        )
+        self.assertIn("server.bogus", result.stderr)
+        self.assertIn("sites[0].upstreams[0]", result.stderr)
+
+    def test_missing(self) -> None:
+        """
+        A file that does not exist: exit 1, saying so.
+        """
+        path = os.path.join(self.directory, "missing.toml")
+        result = self.check(path)
+        self.assertEqual(result.returncode, 1, result)
+        self.assertIn(path, result.stderr)
