@@ -520,7 +520,7 @@ class LogrotateTests(SynchronousTestCase):
             "delaycompress",
             "missingok",
             "notifempty",
-            "create 0640 revproxy adm",
+            "create 0640 revproxy revproxy",
             "sharedscripts",
             "postrotate",
             "endscript",
