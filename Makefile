@@ -9,7 +9,7 @@ SSLYZE_STAMP := $(SSLYZE_VENV)/.deps-installed
 # Tests and the demo run the code of this checkout, not a stale installed copy.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit install bench clean debian-deps
+.PHONY: run test lint typecheck unit install bench clean debian-deps lock deb deb-deps deb-test
 
 # Debian packages the integration tests use: real admin-socket clients
 # (nc, socat), real TLS and HTTP/2 clients (openssl, nghttp, curl), and
@@ -70,4 +70,58 @@ bench: install
 	bench/run.sh
 
 clean:
-	rm -rf $(VENV) $(SSLYZE_VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(SSLYZE_VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
+
+# ---- Debian package ---------------------------------------------------------
+# make lock      regenerate requirements.lock (runtime) and
+#                requirements-build.lock (build and test tools): exact
+#                versions with sha256, from setup.cfg at requirements-test.txt's
+#                pins (packaging/lock.sh)
+# make deb       dist/revproxy_VERSION_ARCH.deb: built by dpkg-buildpackage in
+#                a copy of the tree under build/deb/ (it writes its results
+#                to the parent directory), then checked by lintian (an error
+#                fails the build)
+# make deb-test  install that package on this machine, run its service by
+#                hand as systemd would, then purge it (packaging/deb-test.sh)
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
+DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_NAME    := revproxy_$(DEB_VERSION)_$(DEB_ARCH)
+DEB_BUILD   := build/deb
+DEB_SRC     := $(DEB_BUILD)/revproxy-$(DEB_VERSION)
+DEB         := dist/$(DEB_NAME).deb
+# What dpkg-buildpackage, debian/control's Build-Depends and lintian need.
+DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-virtualenv python3 python3-dev python3-venv lintian
+# pyenv's python3 comes first on PATH here and would hijack the build (and
+# the Makefile's PYTHONPATH would put this checkout before the venv).
+CLEAN_ENV := env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV -u PYENV_VERSION PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# Left out of the copy: what make test and the tools leave in the checkout.
+DEB_EXCLUDES := --exclude-vcs --exclude=./.venv --exclude=./.venv-sslyze \
+	--exclude=./build --exclude=./dist --exclude='*.egg-info' \
+	--exclude='_trial_temp*' --exclude=./.hypothesis --exclude=./.mypy_cache \
+	--exclude=./.ruff_cache --exclude=./.state --exclude=__pycache__ \
+	--exclude='*.pyc' --exclude=./bench/results --exclude=dropin.cache
+
+lock:
+	packaging/lock.sh
+
+deb-deps:
+	@missing=""; \
+	for pkg in $(DEB_BUILD_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+deb: deb-deps
+	rm -rf $(DEB_BUILD) $(DEB)
+	mkdir -p $(DEB_SRC) dist
+	tar -c $(DEB_EXCLUDES) . | tar -x -C $(DEB_SRC)
+	cd $(DEB_SRC) && $(CLEAN_ENV) dpkg-buildpackage -us -uc -b
+	$(CLEAN_ENV) lintian --fail-on error --display-info $(DEB_BUILD)/$(DEB_NAME).changes
+	cp $(DEB_BUILD)/$(DEB_NAME).deb $(DEB)
+	@echo "built $(DEB) ($$(du -h $(DEB) | cut -f1))"
+
+deb-test: deb
+	$(SUDO) packaging/deb-test.sh $(DEB)
