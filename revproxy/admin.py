@@ -49,6 +49,7 @@ from revproxy.runtime import RuntimeHolder
 from revproxy.tls import LoadedCertificate, TLSFiles
 
 if TYPE_CHECKING:
+    from revproxy.config import RateLimit
     from revproxy.health import HealthMonitor
     from revproxy.metrics import Metrics
     from revproxy.ratelimit import RateLimiter
@@ -221,6 +222,19 @@ def _describeCertificate(
         "issuer": cert.issuer,
         "not_after": _isoTime(cert.not_after),
         "expires_in_days": round((cert.not_after - now) / 86400, 1),
+    }
+
+
+def _describeRateLimit(limit: RateLimit) -> Answer | None:
+    """
+    A site's rate limit in an answer, or L{None} when it has none.
+    """
+    if not limit.enabled:
+        return None
+    return {
+        "requests_per_second": limit.requests_per_second,
+        "burst": limit.burst,
+        "dry_run": limit.dry_run,
     }
 
 
@@ -405,15 +419,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             "status": "ok",
             "site": siteName,
             "client_ip": ip,
-            "rate_limit": (
-                {
-                    "requests_per_second": limit.requests_per_second,
-                    "burst": limit.burst,
-                    "dry_run": limit.dry_run,
-                }
-                if limit.enabled
-                else None
-            ),
+            "rate_limit": _describeRateLimit(limit),
         }
         if limiter is None or not limit.enabled:
             answer["tokens"] = None
@@ -592,15 +598,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             },
             limits={
                 "max_body_bytes": site.max_body_bytes,
-                "rate_limit": (
-                    {
-                        "requests_per_second": rateLimit.requests_per_second,
-                        "burst": rateLimit.burst,
-                        "dry_run": rateLimit.dry_run,
-                    }
-                    if rateLimit.enabled
-                    else None
-                ),
+                "rate_limit": _describeRateLimit(rateLimit),
             },
         )
         return answer
