@@ -46,6 +46,7 @@ _T = TypeVar("_T")
 _DEFAULT_MAX_BODY_BYTES = 10485760
 _DEFAULT_CONNECT_TIMEOUT_SECS = 5.0
 _DEFAULT_RESPONSE_TIMEOUT_SECS = 60.0
+_DEFAULT_QUEUE_TIMEOUT_SECS = 5.0
 _DEFAULT_HEALTH_INTERVAL_SECS = 10.0
 
 _MAX_BODY_BYTES = 2**40
@@ -85,6 +86,9 @@ _SERVER_KEYS = (
     "lingering_close_secs",
     "max_tracked_clients",
     "rate_limit_ipv6_prefix",
+    "max_connections",
+    "upstream_max_connections",
+    "upstream_max_queue",
 )
 _ACME_KEYS = (
     "email",
@@ -100,6 +104,7 @@ _DEFAULTS_KEYS = (
     "rate_limit",
     "connect_timeout_secs",
     "response_timeout_secs",
+    "queue_timeout_secs",
 )
 _SITE_KEYS = (
     "name",
@@ -267,6 +272,14 @@ class ServerConfig:
     max_tracked_clients: int = 100000
     #: IPv6 clients share a rate-limit bucket per prefix of this length.
     rate_limit_ipv6_prefix: int = 64
+    #: At this many open client connections the listeners stop accepting
+    #: until one closes; L{None}: 80 % of the descriptor limit at start.
+    max_connections: int | None = None
+    #: The most connections open to one upstream (busy, idle or opening).
+    upstream_max_connections: int = 512
+    #: The most requests waiting in line for a connection to one upstream
+    #: when it has upstream_max_connections; beyond, 503 at once.
+    upstream_max_queue: int = 1024
 
 
 @attrs.frozen
@@ -307,6 +320,7 @@ class Defaults:
     rate_limit: RateLimit = _NO_RATE_LIMIT
     connect_timeout_secs: float = _DEFAULT_CONNECT_TIMEOUT_SECS
     response_timeout_secs: float = _DEFAULT_RESPONSE_TIMEOUT_SECS
+    queue_timeout_secs: float = _DEFAULT_QUEUE_TIMEOUT_SECS
 
 
 @attrs.frozen
@@ -337,6 +351,7 @@ class SiteConfig:
     rate_limit: RateLimit = _NO_RATE_LIMIT
     connect_timeout_secs: float = _DEFAULT_CONNECT_TIMEOUT_SECS
     response_timeout_secs: float = _DEFAULT_RESPONSE_TIMEOUT_SECS
+    queue_timeout_secs: float = _DEFAULT_QUEUE_TIMEOUT_SECS
 
 
 @attrs.frozen
@@ -1181,8 +1196,11 @@ class _Parser:
                 ("max_requests_per_connection", 0, 10**9),
                 ("max_tracked_clients", 1, 10**8),
                 ("rate_limit_ipv6_prefix", 1, 128),
+                ("upstream_max_connections", 1, 10**6),
+                ("upstream_max_queue", 0, 10**7),
             )
         }
+        maxConnections = table.integer("max_connections", None, 1, 10**8)
         limits.update(
             (
                 key,
@@ -1220,6 +1238,7 @@ class _Parser:
             trusted_proxies=tuple(trusted),
             tls_min_version=_or(tlsMinVersion, base.tls_min_version),
             http2=_or(http2, base.http2),
+            max_connections=maxConnections,
             **{key: _or(value, getattr(base, key)) for key, value in limits.items()},
         )
         return server, listenHTTPS is None or listenHTTPS != ()
@@ -1295,11 +1314,19 @@ class _Parser:
             _MAX_TIMEOUT_SECS,
             lowOpen=True,
         )
+        queueTimeout = table.number(
+            "queue_timeout_secs",
+            base.queue_timeout_secs,
+            0,
+            _MAX_TIMEOUT_SECS,
+            lowOpen=True,
+        )
         return Defaults(
             max_body_bytes=_or(maxBody, base.max_body_bytes),
             rate_limit=base.rate_limit if rateLimit is None else rateLimit,
             connect_timeout_secs=_or(connectTimeout, base.connect_timeout_secs),
             response_timeout_secs=_or(responseTimeout, base.response_timeout_secs),
+            queue_timeout_secs=_or(queueTimeout, base.queue_timeout_secs),
         )
 
     def _defaults(self, table: _Table | None) -> Defaults:
@@ -1598,6 +1625,7 @@ class _Parser:
             rate_limit=limits.rate_limit,
             connect_timeout_secs=limits.connect_timeout_secs,
             response_timeout_secs=limits.response_timeout_secs,
+            queue_timeout_secs=limits.queue_timeout_secs,
         )
         return _ParsedSite(
             config=config,

@@ -83,6 +83,9 @@ UPSTREAM_ERROR_KINDS = (
     "reset",
     "protocol",
     "unavailable",
+    "queue_timeout",
+    "queue_full",
+    "local",
 )
 """
 The values of the C{kind} label of C{revproxy_upstream_errors_total}; any

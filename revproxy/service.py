@@ -316,7 +316,12 @@ def buildService(
     """
     top = RevProxyService()
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
-    pool = ConnectionPool(reactor, reactorConnector(reactor))
+    pool = ConnectionPool(
+        reactor,
+        reactorConnector(reactor),
+        maxConnections=config.server.upstream_max_connections,
+        maxQueue=config.server.upstream_max_queue,
+    )
     metrics = Metrics(reactor)
     forwarder = Forwarder(pool, reactor, config.server.trusted_proxies, metrics)
     challenges = ChallengeStore(reactor)

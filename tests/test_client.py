@@ -5,6 +5,7 @@ with a L{StringTransport}, a recording sink and a recording pool.
 
 from __future__ import annotations
 
+import socket
 from typing import cast
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -103,6 +104,9 @@ class _SendingWaiter:
 
     def connectionFailed(self, reason: Failure) -> None:
         self.failures.append(reason)
+
+    def connectionOpening(self) -> None:
+        pass
 
 
 class ClientTestMixin:
@@ -927,3 +931,112 @@ class ExchangeSequenceTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(sink.events, ["started", "body"])
         self.assertEqual(self.pool.released, [])
         self.assertEqual(self.pool.lost, [self.connection])
+
+
+class _SocketTransport(StringTransport):
+    """
+    A string transport over a real socket, as C{getHandle} gives it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+class _WrappingTransport(StringTransport):
+    """
+    A transport wrapping another (as TLS wraps TCP): its own handle is not a
+    socket.
+    """
+
+    def __init__(self, transport: object) -> None:
+        super().__init__()
+        self.transport = transport
+
+    def getHandle(self) -> object:
+        return object()
+
+
+class VerifiedTests(SynchronousTestCase):
+    """
+    L{UpstreamConnection.verified}: whether an idle connection may carry a
+    request that must not be sent twice.
+    """
+
+    def connection(
+        self, wrap: bool = False
+    ) -> tuple[UpstreamConnection, socket.socket]:
+        """
+        A connected L{UpstreamConnection} over one end of a socket pair;
+        the other end is returned, for the test to play the upstream.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        connection = UpstreamConnection(cast(ConnectionPool, RecordingPool()), KEY)
+        transport: StringTransport = _SocketTransport(ours)
+        if wrap:
+            transport = _WrappingTransport(transport)
+        connection.makeConnection(transport)
+        return connection, theirs
+
+    def test_quiet(self) -> None:
+        """
+        Nothing waiting on the socket: verified, and nothing was read.
+        """
+        connection, theirs = self.connection()
+        self.assertTrue(connection.verified())
+        theirs.sendall(b"x")
+        self.assertFalse(connection.verified())
+        # Peeked, not read: the byte is still there for the reactor.
+        self.assertFalse(connection.verified())
+
+    def test_peerClosed(self) -> None:
+        """
+        The upstream's FIN waiting unread: not verified.
+        """
+        connection, theirs = self.connection()
+        theirs.close()
+        self.assertFalse(connection.verified())
+
+    def test_peerReset(self) -> None:
+        """
+        A reset from the upstream: not verified.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        connection = UpstreamConnection(cast(ConnectionPool, RecordingPool()), KEY)
+        connection.makeConnection(_SocketTransport(ours))
+        ours.shutdown(socket.SHUT_RDWR)
+        theirs.close()
+        self.assertFalse(connection.verified())
+
+    def test_throughWrapper(self) -> None:
+        """
+        Under a wrapping transport (TLS over TCP) the socket of the wrapped
+        one is looked at.
+        """
+        connection, theirs = self.connection(wrap=True)
+        self.assertTrue(connection.verified())
+        theirs.close()
+        self.assertFalse(connection.verified())
+
+    def test_disconnected(self) -> None:
+        """
+        A connection that is no longer connected is not verified.
+        """
+        connection, _ = self.connection()
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(connection.verified())
+
+    def test_noSocket(self) -> None:
+        """
+        A connected transport without a socket (a test's) is taken as it
+        says.
+        """
+        connection = UpstreamConnection(cast(ConnectionPool, RecordingPool()), KEY)
+        connection.makeConnection(StringTransport())
+        self.assertTrue(connection.verified())

@@ -776,6 +776,72 @@ class LimitTests(ParseTestCase):
             "86400, got 86400.5",
         )
 
+    def test_queueTimeout(self) -> None:
+        """
+        C{queue_timeout_secs} is 5 by default, set in C{[defaults]} or per
+        site, above 0 and at most a day.
+        """
+        config = parseConfig(
+            document(
+                site(),
+                site(name="b", hosts=["b.example"], queue_timeout_secs=1),
+                defaults={"queue_timeout_secs": 2.5},
+            )
+        )
+        self.assertEqual(Defaults().queue_timeout_secs, 5.0)
+        self.assertEqual(config.defaults.queue_timeout_secs, 2.5)
+        self.assertEqual([s.queue_timeout_secs for s in config.sites], [2.5, 1.0])
+        self.assertErrors(
+            document(site(queue_timeout_secs=0)),
+            "sites[0].queue_timeout_secs: must be greater than 0 and at most "
+            "86400, got 0",
+        )
+
+    def test_connectionLimits(self) -> None:
+        """
+        C{max_connections} is not set by default (80 % of the descriptor
+        limit, found at start), else at least 1; the upstream connection
+        and line limits default to 512 and 1024.
+        """
+        default = parseConfig(document()).server
+        self.assertEqual(
+            (
+                default.max_connections,
+                default.upstream_max_connections,
+                default.upstream_max_queue,
+            ),
+            (None, 512, 1024),
+        )
+        server = parseConfig(
+            document(
+                server={
+                    "max_connections": 2000,
+                    "upstream_max_connections": 64,
+                    "upstream_max_queue": 0,
+                }
+            )
+        ).server
+        self.assertEqual(
+            (
+                server.max_connections,
+                server.upstream_max_connections,
+                server.upstream_max_queue,
+            ),
+            (2000, 64, 0),
+        )
+        self.assertErrors(
+            document(
+                server={
+                    "max_connections": 0,
+                    "upstream_max_connections": 0,
+                    "upstream_max_queue": -1,
+                }
+            ),
+            "server.upstream_max_connections: must be between 1 and 1000000, got 0",
+            "server.upstream_max_queue: must be between 0 and 10000000, got -1",
+            "server.max_connections: must be between 1 and 100000000, got 0",
+        )
+
     def test_shutdownTimeout(self) -> None:
         """
         C{shutdown_timeout_secs} is from 0 to an hour.

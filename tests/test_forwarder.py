@@ -8,7 +8,9 @@ No sockets, no global reactor, no real time.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from email.utils import formatdate
 from typing import Any, cast
 
@@ -286,6 +288,18 @@ class FakeClient:
         producer.resumeProducing()
 
 
+class SocketTransport(StringTransportWithDisconnection):
+    """
+    A string transport that may have a real socket under it, as
+    C{getHandle} gives a TCP transport's.
+    """
+
+    sock: socket.socket | None = None
+
+    def getHandle(self) -> socket.socket | None:
+        return self.sock
+
+
 class FakeUpstream:
     """
     The far end of one outbound connection the proxy asked the reactor for.
@@ -298,7 +312,7 @@ class FakeUpstream:
         self.factory = factory
         self.timeout = timeout
         self.connector: IConnector = reactor.connectors[index]
-        self.transport = StringTransportWithDisconnection()
+        self.transport = SocketTransport()
         self.protocol: UpstreamConnection | None = None
 
     def accept(self) -> UpstreamConnection:
@@ -315,9 +329,33 @@ class FakeUpstream:
         """
         Fail the connection attempt as a closed port does.
         """
-        self.factory.clientConnectionFailed(
-            self.connector, Failure(error.ConnectionRefusedError())
-        )
+        self.fail(error.ConnectionRefusedError())
+
+    def fail(self, reason: Exception) -> None:
+        """
+        Fail the connection attempt with C{reason}.
+        """
+        self.factory.clientConnectionFailed(self.connector, Failure(reason))
+
+    def closeSocket(self, case: SynchronousTestCase) -> None:
+        """
+        Give the connection a real socket whose peer has closed it (a FIN
+        the reactor has not read yet): what an upstream closing an idle
+        keep-alive connection leaves in the kernel.
+        """
+        ours, theirs = socket.socketpair()
+        case.addCleanup(ours.close)
+        theirs.close()
+        self.transport.sock = ours
+
+    def quietSocket(self, case: SynchronousTestCase) -> None:
+        """
+        Give the connection a real socket with nothing waiting on it.
+        """
+        ours, theirs = socket.socketpair()
+        case.addCleanup(ours.close)
+        case.addCleanup(theirs.close)
+        self.transport.sock = ours
 
     def request(self) -> HTTPRequest:
         """
@@ -362,11 +400,17 @@ class ProxyHarness:
         text: str = BASE_CONFIG,
         refuseAt: str | None = None,
         baseDir: str | None = None,
+        maxConnections: int = 512,
+        maxQueue: int = 1024,
+        metrics: Any = None,
     ) -> None:
         """
         @param refuseAt: an upstream host for which the connector raises
             at once, as C{connectTCP} does for an address it cannot use.
         @param baseDir: the directory of the config's certificate files.
+        @param maxConnections: the pool's most connections per upstream.
+        @param maxQueue: the pool's longest line per upstream.
+        @param metrics: where the forwarder counts upstream errors.
         """
         self.case = case
         self.config: Config = parseConfig(text, baseDir=baseDir)
@@ -379,9 +423,11 @@ class ProxyHarness:
                 raise error.ConnectError(string="bad address")
             return connector(key, factory, timeout)
 
-        self.pool = ConnectionPool(self.reactor, connect)
+        self.pool = ConnectionPool(
+            self.reactor, connect, maxConnections=maxConnections, maxQueue=maxQueue
+        )
         self.forwarder = Forwarder(
-            self.pool, self.reactor, self.config.server.trusted_proxies
+            self.pool, self.reactor, self.config.server.trusted_proxies, metrics
         )
         self.site = ProxySite(
             RootResource(self.holder, self.forwarder), reactor=self.reactor
@@ -1032,6 +1078,27 @@ class ResponseRelayTests(ProxyTestCase):
         self.assertNotIn(b"transfer-encoding", raw.lower())
         self.assertEqual(self.proxy.pool.idleCount(A_KEY), 1)
 
+    def test_noContentFramingDropped(self) -> None:
+        """
+        A 204 goes to the client without the C{Content-Length} or
+        C{Transfer-Encoding} its upstream sent, and without a body.
+        """
+        for head in (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ):
+            proxy = ProxyHarness(self)
+            client = proxy.client()
+            proxy.exchange(client, GET_A, head)
+            raw = client.transport.value()
+            self.assertTrue(raw.endswith(b"\r\n\r\n"), head)
+            self.assertEqual(raw.count(b"\r\n\r\n"), 1, head)
+            self.assertNotIn(b"content-length", raw.lower(), head)
+            self.assertNotIn(b"transfer-encoding", raw.lower(), head)
+
     def test_interimResponseNotRelayed(self) -> None:
         """
         A C{100 Continue} from the upstream is not relayed: the client sees
@@ -1143,16 +1210,16 @@ class UpstreamFailureTests(ProxyTestCase):
 
     def test_reusedConnectionClosedRetried(self) -> None:
         """
-        A request whose reused idle connection closes before any response is
-        sent again, body and all, on a fresh connection, and the client
-        gets that answer.
+        An idempotent request whose reused idle connection closes before any
+        response is sent again, body and all, on a fresh connection, and
+        the client gets that answer.
         """
         client = self.proxy.client()
         first = self.proxy.exchange(client, GET_A, OK_HI)
         client.transport.clear()
         first.transport.clear()
-        post = b"POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\n\r\nbody"
-        client.send(post)
+        put = b"PUT /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\n\r\nbody"
+        client.send(put)
         self.assertEqual(first.request().body, b"body")
         first.close()
         self.assertEqual(len(self.proxy.reactor.tcpClients), 2)
@@ -1160,12 +1227,90 @@ class UpstreamFailureTests(ProxyTestCase):
         self.assertEqual(second.host, "10.1.0.1")
         second.accept()
         sent = second.request()
-        self.assertEqual(sent.line, b"POST /p HTTP/1.1")
+        self.assertEqual(sent.line, b"PUT /p HTTP/1.1")
         self.assertEqual(sent.body, b"body")
         second.respond(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
         response = self.onlyResponse(client)
         self.assertEqual((response.code, response.body), (201, b"ok"))
         self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+
+    def test_reusedConnectionClosedPostNotReplayed(self) -> None:
+        """
+        A POST (or any request whose method is not idempotent) written to a
+        reused connection that then closes without a response byte is
+        never sent again (RFC 9110 section 9.2.2: the upstream may have
+        processed it): the client gets a 502, and no other connection is
+        opened.
+        """
+        for method in (b"POST", b"PATCH", b"LOCK"):
+            proxy = ProxyHarness(self, BASE_CONFIG)
+            client = proxy.client()
+            first = proxy.exchange(client, GET_A, OK_HI)
+            client.transport.clear()
+            first.transport.clear()
+            client.send(
+                method
+                + b" /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\n\r\nbody"
+            )
+            self.assertEqual(first.request().line, method + b" /p HTTP/1.1")
+            first.close()
+            self.assertShortError(self.onlyResponse(client), 502)
+            self.assertEqual(len(proxy.reactor.tcpClients), 1, method)
+
+    def test_postSkipsClosedIdleConnection(self) -> None:
+        """
+        A POST is not written to an idle connection whose upstream has
+        already closed it (its FIN waits in the kernel, unread): that
+        connection is closed and the POST goes on a fresh one, once.
+        """
+        client = self.proxy.client()
+        first = self.proxy.exchange(client, GET_A, OK_HI)
+        first.closeSocket(self)
+        client.transport.clear()
+        first.transport.clear()
+        client.send(
+            b"POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\n\r\nbody"
+        )
+        self.assertEqual(first.transport.value(), b"")
+        self.assertFalse(first.transport.connected)
+        self.assertEqual(len(self.proxy.reactor.tcpClients), 2)
+        second = self.proxy.upstream()
+        second.accept()
+        self.assertEqual(second.request().body, b"body")
+        second.respond(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        response = self.onlyResponse(client)
+        self.assertEqual((response.code, response.body), (201, b"ok"))
+
+    def test_postReusesQuietIdleConnection(self) -> None:
+        """
+        A POST does reuse an idle connection whose socket shows nothing
+        from the upstream: keep-alive is not given up for it.
+        """
+        client = self.proxy.client()
+        first = self.proxy.exchange(client, GET_A, OK_HI)
+        first.quietSocket(self)
+        client.transport.clear()
+        first.transport.clear()
+        client.send(
+            b"POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\n\r\nbody"
+        )
+        self.assertEqual(first.request().body, b"body")
+        self.assertEqual(len(self.proxy.reactor.tcpClients), 1)
+
+    def test_getNotVerified(self) -> None:
+        """
+        An idempotent request takes an idle connection without looking at
+        its socket: should the upstream have closed it, the request is
+        simply retried.
+        """
+        client = self.proxy.client()
+        first = self.proxy.exchange(client, GET_A, OK_HI)
+        first.closeSocket(self)
+        client.transport.clear()
+        first.transport.clear()
+        client.send(GET_A)
+        self.assertEqual(first.request().line, b"GET / HTTP/1.1")
+        self.assertEqual(len(self.proxy.reactor.tcpClients), 1)
 
     def test_retryOnNewConnectionNotIdleOne(self) -> None:
         """
@@ -1196,14 +1341,12 @@ class UpstreamFailureTests(ProxyTestCase):
     def test_retryFailsToo(self) -> None:
         """
         When the fresh connection of the retry closes before any response
-        too, a POST gets a 502, without a third try.
+        too, a PUT gets a 502, without a third try.
         """
         client = self.proxy.client()
         first = self.proxy.exchange(client, GET_A, OK_HI)
         client.transport.clear()
-        client.send(
-            b"POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1\r\n\r\nx"
-        )
+        client.send(b"PUT /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1\r\n\r\nx")
         first.close()
         second = self.proxy.upstream()
         second.accept()
@@ -1258,6 +1401,229 @@ class UpstreamFailureTests(ProxyTestCase):
         self.assertFalse(any(r.complete for r in client.responses()))
         self.assertEqual(self.proxy.pool.idleCount(A_KEY), 0)
         self.assertTimers()
+
+
+class RecordingMetrics:
+    """
+    Records the upstream errors the forwarder counts.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str, str]] = []
+
+    def upstreamError(self, site: str, upstream: str, kind: str) -> None:
+        self.errors.append((site, upstream, kind))
+
+
+class RecordingHealth:
+    """
+    An upstream's health state that records the passive failures it is
+    told of.
+    """
+
+    healthy = True
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def passiveFailure(self, now: float, error: str) -> None:
+        self.failures.append(error)
+
+
+QUEUE_CONFIG = BASE_CONFIG.replace(
+    "connect_timeout_secs = 3\n",
+    "connect_timeout_secs = 3\nqueue_timeout_secs = 2\n",
+    1,
+)
+
+
+class QueueTests(ProxyTestCase):
+    """
+    Waiting in line for a connection when the upstream has its most
+    (HAProxy's C{timeout queue}, C{maxqueue}).
+    """
+
+    def setUp(self) -> None:
+        self.metrics = RecordingMetrics()
+        self.proxy = ProxyHarness(
+            self, QUEUE_CONFIG, maxConnections=1, maxQueue=2, metrics=self.metrics
+        )
+        route = self.proxy.holder.current.table.match("a.example")
+        assert route is not None
+        self.route = route
+        self.health = RecordingHealth()
+        self.route.selector.health = {route.config.upstreams[0]: self.health}
+        self.busy = self.proxy.client()
+        self.busy.send(GET_A)
+        self.proxy.upstream().accept()
+
+    def assertUpstreamBlameless(self) -> None:
+        """
+        The upstream was neither put in back-off nor told a failure.
+        """
+        self.assertFalse(self.route.selector.isDown(self.route.config.upstreams[0]))
+        self.assertEqual(self.health.failures, [])
+
+    def test_queueTimeout(self) -> None:
+        """
+        A request that waits C{queue_timeout_secs} for a free connection
+        gets a 503, is counted as a queue timeout, and does not count
+        against the upstream.
+        """
+        observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        client = self.proxy.client()
+        client.send(GET_A)
+        self.assertEqual(self.proxy.pool.waitingCount(A_KEY), 1)
+        self.proxy.reactor.advance(1.9)
+        self.assertEqual(client.transport.value(), b"")
+        self.proxy.reactor.advance(0.1)
+        self.assertShortError(self.onlyResponse(client), 503)
+        self.assertEqual(self.proxy.pool.waitingCount(A_KEY), 0)
+        self.assertEqual(len(self.proxy.reactor.tcpClients), 1)
+        self.assertEqual(
+            self.metrics.errors, [("a", "http://10.1.0.1:8000", "queue_timeout")]
+        )
+        self.assertUpstreamBlameless()
+        [line] = [e for e in observer if "busy" in e.get("log_format", "")]
+        self.assertEqual(line["log_level"], LogLevel.warn)
+        # The busy connection finishes and serves the next request at once.
+        self.proxy.upstream().respond(OK_HI)
+        other = self.proxy.client()
+        other.send(GET_A)
+        self.proxy.upstream().respond(OK_HI)
+        self.assertEqual(self.onlyResponse(other).body, b"hi")
+
+    def test_queueFull(self) -> None:
+        """
+        With the line full, a request gets a 503 at once, counted as
+        C{queue_full}, and does not count against the upstream.
+        """
+        waiting = [self.proxy.client(), self.proxy.client()]
+        for client in waiting:
+            client.send(GET_A)
+        refused = self.proxy.client()
+        refused.send(GET_A)
+        self.assertShortError(self.onlyResponse(refused), 503)
+        self.assertEqual(self.proxy.pool.waitingCount(A_KEY), 2)
+        self.assertEqual(
+            self.metrics.errors, [("a", "http://10.1.0.1:8000", "queue_full")]
+        )
+        self.assertUpstreamBlameless()
+        for client in waiting:
+            self.assertEqual(client.transport.value(), b"")
+
+    def test_servedFromLine(self) -> None:
+        """
+        A request in line gets the connection the busy one releases, and its
+        queue timer is gone.
+        """
+        client = self.proxy.client()
+        client.send(GET_A)
+        upstream = self.proxy.upstream()
+        upstream.transport.clear()
+        upstream.respond(OK_HI)
+        self.assertEqual(upstream.request().line, b"GET / HTTP/1.1")
+        self.proxy.reactor.advance(2)
+        self.assertEqual(client.transport.value(), b"")
+        upstream.respond(OK_HI)
+        self.assertEqual(self.onlyResponse(client).body, b"hi")
+        self.assertEqual(self.metrics.errors, [])
+
+    def test_lineThenConnectTimeout(self) -> None:
+        """
+        A request whose turn in line comes when the busy connection is lost
+        gets a new connection with the whole connect timeout from then: not
+        what was left of its queue timeout.
+        """
+        client = self.proxy.client()
+        client.send(GET_A)
+        self.proxy.reactor.advance(1.5)
+        self.proxy.upstream().close()
+        self.assertEqual(len(self.proxy.reactor.tcpClients), 2)
+        self.proxy.reactor.advance(2.9)
+        self.assertEqual(client.transport.value(), b"")
+        self.proxy.reactor.advance(0.1)
+        self.assertShortError(self.onlyResponse(client), 504)
+        self.assertEqual(
+            [kind for _, _, kind in self.metrics.errors], ["reset", "connect_timeout"]
+        )
+
+    def test_clientLeavesLine(self) -> None:
+        """
+        A client that leaves while in line leaves the line, and no timer
+        of its remains.
+        """
+        client = self.proxy.client()
+        client.send(GET_A)
+        client.close()
+        self.assertEqual(self.proxy.pool.waitingCount(A_KEY), 0)
+        # Only the busy request's response timer is left.
+        self.assertTimers("_Exchange._responseTimedOut")
+        self.assertEqual(self.metrics.errors, [])
+
+
+class LocalErrorTests(ProxyTestCase):
+    """
+    A connect that fails for want of a local resource.
+    """
+
+    def test_localErrors(self) -> None:
+        """
+        EMFILE, ENFILE, ENOBUFS, ENOMEM and EADDRNOTAVAIL on connect give a
+        503, no other upstream is tried, the upstream is not put in
+        back-off nor told a failure, and one line is logged at most each
+        second.
+        """
+        observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        metrics = RecordingMetrics()
+        proxy = ProxyHarness(self, BASE_CONFIG, metrics=metrics)
+        route = proxy.holder.current.table.match("pair.example")
+        assert route is not None
+        health = {u: RecordingHealth() for u in route.config.upstreams}
+        route.selector.health = health
+        numbers = (
+            errno.EMFILE,
+            errno.ENFILE,
+            errno.ENOBUFS,
+            errno.ENOMEM,
+            errno.EADDRNOTAVAIL,
+        )
+        for number in numbers:
+            client = proxy.client()
+            client.send(GET_PAIR)
+            proxy.upstream().fail(error.ConnectBindError(number, os.strerror(number)))
+            self.assertShortError(self.onlyResponse(client), 503)
+        self.assertEqual(len(proxy.reactor.tcpClients), len(numbers))
+        for upstream in route.config.upstreams:
+            self.assertFalse(route.selector.isDown(upstream))
+            self.assertEqual(health[upstream].failures, [])
+        self.assertEqual(
+            [kind for _, _, kind in metrics.errors], ["local"] * len(numbers)
+        )
+        lines = [e for e in observer if "local limit" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        proxy.reactor.advance(1)
+        client = proxy.client()
+        client.send(GET_PAIR)
+        proxy.upstream().fail(error.ConnectError(errno.EMFILE, "Too many open files"))
+        lines = [e for e in observer if "local limit" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[1]["quiet"], len(numbers) - 1)
+
+    def test_refusedStillMarks(self) -> None:
+        """
+        A refused connection is still the upstream's fault: back-off.
+        """
+        route = self.proxy.holder.current.table.match("a.example")
+        assert route is not None
+        client = self.proxy.client()
+        client.send(GET_A)
+        self.proxy.upstream().refuse()
+        self.assertTrue(route.selector.isDown(route.config.upstreams[0]))
 
 
 class SeveralUpstreamsTests(ProxyTestCase):

@@ -20,7 +20,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.health import UpstreamHealth
 from revproxy.proxy.client import UpstreamConnection
-from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
+from revproxy.proxy.pool import (
+    SERVED,
+    ConnectionPool,
+    PoolKey,
+    QueueFull,
+    UpstreamSelector,
+)
 
 KEY: PoolKey = ("http", "a.example", 8080, None)
 OTHER: PoolKey = ("https", "b.example", 443, None)
@@ -205,12 +211,16 @@ class RecordingWaiter:
     def __init__(self) -> None:
         self.ready: list[UpstreamConnection] = []
         self.failed: list[Failure] = []
+        self.opening = 0
 
     def connectionReady(self, connection: UpstreamConnection) -> None:
         self.ready.append(connection)
 
     def connectionFailed(self, reason: Failure) -> None:
         self.failed.append(reason)
+
+    def connectionOpening(self) -> None:
+        self.opening += 1
 
 
 class PoolTestMixin:
@@ -765,6 +775,144 @@ class LimitTests(PoolTestMixin, SynchronousTestCase):
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.pool.idleCount(KEY), 0)
         self.assertEqual(self.pool.activeCount(KEY), 1)
+
+
+class LineTests(PoolTestMixin, SynchronousTestCase):
+    """
+    The line of waiters when an upstream has its most connections: bounded,
+    and left in constant time from anywhere.
+    """
+
+    maxConnections = 1
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.pool.maxQueue = 3
+        self.busy, _ = self.openConnection()
+
+    def test_pendingStates(self) -> None:
+        """
+        C{acquire} answers L{SERVED} when it served the waiter at once, else
+        a pending request that says whether it is in line.
+        """
+        self.pool.release(self.busy)
+        self.assertIs(self.pool.acquire(KEY, RecordingWaiter(), 3.0), SERVED)
+        self.assertFalse(self.pool.acquire(OTHER, RecordingWaiter(), 3.0).queued)
+        self.assertTrue(self.pool.acquire(KEY, RecordingWaiter(), 3.0).queued)
+
+    def test_lineBounded(self) -> None:
+        """
+        Beyond C{maxQueue} waiters, the next one fails at once with
+        L{QueueFull}, and nothing is tried for it.
+        """
+        for _ in range(3):
+            self.pool.acquire(KEY, RecordingWaiter(), 3.0)
+        refused = RecordingWaiter()
+        self.assertIs(self.pool.acquire(KEY, refused, 3.0), SERVED)
+        [reason] = refused.failed
+        self.assertTrue(reason.check(QueueFull))
+        self.assertEqual(self.pool.waitingCount(KEY), 3)
+        self.assertEqual(len(self.connect.attempts), 1)
+
+    def test_noLine(self) -> None:
+        """
+        With C{maxQueue} 0 nobody waits.
+        """
+        self.pool.maxQueue = 0
+        refused = RecordingWaiter()
+        self.pool.acquire(KEY, refused, 3.0)
+        self.assertEqual(len(refused.failed), 1)
+
+    def test_leavingDoesNotSearch(self) -> None:
+        """
+        Leaving the line from its middle or end never compares waiters: it
+        does not search the line, however long (with a list or deque it
+        would compare half of it on average).
+        """
+        self.pool.maxQueue = 1000
+        compared = []
+
+        class Waiter(RecordingWaiter):
+            def __eq__(self, other: object) -> bool:
+                compared.append(1)
+                return self is other
+
+            __hash__ = object.__hash__
+
+        pending = [self.pool.acquire(KEY, Waiter(), 3.0) for _ in range(1000)]
+        for withdraw in reversed(pending[1:]):
+            withdraw()
+        self.assertEqual(self.pool.waitingCount(KEY), 1)
+        self.assertEqual(compared, [])
+
+    def test_servedLeavesLine(self) -> None:
+        """
+        A waiter served from the line is no longer in it: withdrawing then
+        changes nothing.
+        """
+        waiter = RecordingWaiter()
+        pending = self.pool.acquire(KEY, waiter, 3.0)
+        self.pool.release(self.busy)
+        self.assertEqual(waiter.ready, [self.busy])
+        self.assertFalse(pending.queued)
+        pending()
+        self.assertEqual(self.pool.activeCount(KEY), 1)
+
+    def test_turnOpensConnection(self) -> None:
+        """
+        When a waiter's turn comes with a slot free (the busy connection was
+        lost), a connection is opened for it, it is told so (its connect
+        timeout starts), and withdrawing then calls that connect off.
+        """
+        waiter = RecordingWaiter()
+        pending = self.pool.acquire(KEY, waiter, 3.0)
+        self.assertEqual(waiter.opening, 0)
+        self.busy.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(waiter.opening, 1)
+        self.assertFalse(pending.queued)
+        attempt = self.connect.attempts[-1]
+        pending()
+        self.assertEqual(attempt.connector.disconnects, 1)
+
+
+class VerifyTests(PoolTestMixin, SynchronousTestCase):
+    """
+    C{acquire(verify=True)}: for a request that must not be sent twice, an
+    idle connection is used only if it is verified alive.
+    """
+
+    def test_unverifiedClosed(self) -> None:
+        """
+        An idle connection that fails verification is closed and a new one
+        opened.
+        """
+        connection, transport = self.idleConnection()
+        connection.verified = lambda: False  # type: ignore[method-assign]
+        waiter = RecordingWaiter()
+        self.pool.acquire(KEY, waiter, 3.0, verify=True)
+        self.assertEqual(waiter.ready, [])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.connect.attempts), 2)
+        self.assertEqual(self.pool.idleCount(KEY), 0)
+
+    def test_verifiedUsed(self) -> None:
+        """
+        An idle connection that passes verification is handed out.
+        """
+        connection, _ = self.idleConnection()
+        waiter = RecordingWaiter()
+        self.pool.acquire(KEY, waiter, 3.0, verify=True)
+        self.assertEqual(waiter.ready, [connection])
+
+    def test_notVerifiedWithout(self) -> None:
+        """
+        Without C{verify} an idle connection is handed out unasked.
+        """
+        connection, _ = self.idleConnection()
+        connection.verified = lambda: False  # type: ignore[method-assign]
+        waiter = RecordingWaiter()
+        self.pool.acquire(KEY, waiter, 3.0)
+        self.assertEqual(waiter.ready, [connection])
 
 
 class FakeHealth:

@@ -12,6 +12,7 @@ connections out and takes them back.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, cast
 from typing import Protocol as TypingProtocol
 
@@ -112,6 +113,44 @@ class IResponseSink(TypingProtocol):
         """
 
 
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+def socketOf(transport: object) -> socket.socket | None:
+    """
+    The socket under C{transport}: its own (TCP), or that of the transport
+    it wraps (TLS: a L{twisted.protocols.tls.TLSMemoryBIOProtocol} over
+    TCP), through the public C{getHandle} and C{transport}; L{None} when
+    there is none (a test's string transport).
+    """
+    for _ in range(4):
+        if transport is None:
+            return None
+        getHandle = getattr(transport, "getHandle", None)
+        if getHandle is not None:
+            handle = getHandle()
+            if isinstance(handle, socket.socket):
+                return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def quietSocket(sock: socket.socket) -> bool:
+    """
+    Whether nothing at all is waiting to be read from C{sock}: no byte, no
+    end of stream, no error.  The kernel is asked without reading
+    (C{MSG_PEEK}), so the reactor's view of the connection is unchanged.
+    """
+    try:
+        sock.recv(1, _PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    # A byte or the end of the stream (b""): either way, not idle any more.
+    return False
+
+
 class UpstreamConnection(Protocol):
     """
     One keep-alive connection to an upstream.
@@ -181,6 +220,19 @@ class UpstreamConnection(Protocol):
                 sink.responseDone()
                 return
         sink.responseFailed(UpstreamClosed(self._gotBytes, reason))
+
+    def verified(self) -> bool:
+        """
+        Whether this idle connection is fit to carry a request that must
+        never be sent twice: connected, and its socket has nothing waiting
+        to be read (no FIN, no reset, no TLS close_notify, no stray byte),
+        so the upstream had not closed it when we looked.  A connection
+        without a socket (tests) is judged by L{connected} alone.
+        """
+        if not self.connected:
+            return False
+        sock = socketOf(self.transport)
+        return sock is None or quietSocket(sock)
 
     def send(self, sink: IResponseSink, data: bytes, isHead: bool) -> None:
         """

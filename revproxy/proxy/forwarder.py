@@ -3,23 +3,35 @@
 The forwarder: one L{_Exchange} per client request, relaying it to a site's
 upstream over a pooled connection and streaming the answer back.
 
-Policy, in the words of the issue it implements:
+Policy, in the words of the issues it implements:
   - round robin over a site's upstreams; one that refuses a connection is
     skipped for a short back-off;
-  - a request that fails on a reused connection before any response byte is
-    retried once on a fresh connection (the upstream closed an idle
-    keep-alive connection as we wrote: the classic sporadic 502);
+  - no request is delivered twice unless its method is idempotent (RFC 9110
+    section 9.2.2: a proxy must not retry the others automatically).  An
+    idempotent request that fails on a reused connection before any
+    response byte is retried once on a fresh connection (the upstream
+    closed an idle keep-alive connection as we wrote: the classic sporadic
+    502).  Any other request is written to a reused connection only after
+    the connection is verified alive (L{UpstreamConnection.verified}: its
+    socket shows no FIN, reset or stray byte), and is never sent again once
+    written: it gets a 502 if that connection then fails;
   - the next upstream is tried only when nothing reached the first, or for
     idempotent methods before a response began;
   - refused or reset -> 502, connect or response timeout -> 504, each with a
     short body; an upstream that dies mid-body aborts the client connection,
     so a truncated body is never passed off as whole;
+  - waiting in line for a connection (the upstream has its most) is bounded
+    by the site's C{queue_timeout_secs} and the pool's line length: 503, and
+    never a mark against the upstream (HAProxy's C{timeout queue}); a
+    connect that fails for a local reason (out of descriptors, buffers or
+    memory) is a 503 too, logged at most once a second, and no mark either;
   - the response streams with backpressure: the upstream transport is the
     client request's producer.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import IO, TYPE_CHECKING
@@ -40,7 +52,12 @@ from revproxy.proxy.headers import (
     isTrusted,
     upstreamRequestHeaders,
 )
-from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
+from revproxy.proxy.pool import (
+    ConnectionPool,
+    PoolKey,
+    QueueFull,
+    UpstreamSelector,
+)
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 
 if TYPE_CHECKING:
@@ -52,7 +69,30 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
+#: RFC 9110 section 9.2.2: the methods a proxy may send again on its own.
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
+
+#: Errors of a connect attempt that say this process or host is short of a
+#: resource (descriptors, buffers, memory, local ports), not that the
+#: upstream is down.
+LOCAL_CONNECT_ERRORS = frozenset(
+    [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL]
+)
+
+
+def localConnectError(reason: Failure) -> int | None:
+    """
+    The errno of C{reason} when it is a connect failure for a local
+    reason (L{LOCAL_CONNECT_ERRORS}), else L{None}.
+    """
+    value = reason.value
+    if isinstance(value, ierror.ConnectError):
+        number = value.osError
+        if number in LOCAL_CONNECT_ERRORS:
+            return int(number)
+    return None
+
+
 _INLINE_BODY = 64 * 1024
 _BODY_CHUNK = 64 * 1024
 
@@ -149,6 +189,10 @@ class Forwarder:
         self.trustedProxies = trustedProxies
         self.metrics = metrics
         self.date = _DateCache(clock)
+        #: When a local connect error was last logged, and how many were
+        #: not logged since.
+        self.localErrorLogged = -1.0
+        self.localErrorsQuiet = 0
 
     def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
         """
@@ -286,14 +330,21 @@ class _Exchange:
         self.waiting = True
         self.attempt += 1
         attempt = self.attempt
-        withdraw = self.forwarder.pool.acquire(
-            self.route.keys[upstream], self, timeout, fresh=fresh
+        pending = self.forwarder.pool.acquire(
+            self.route.keys[upstream],
+            self,
+            timeout,
+            fresh=fresh,
+            verify=self.method not in IDEMPOTENT,
         )
         if self.waiting and self.attempt == attempt:
             # Not served from the idle pool at once: a connection is being
             # opened, or we wait in line for one.
-            self.withdraw = withdraw
-            self._arm(timeout, self._connectTimedOut)
+            self.withdraw = pending
+            if pending.queued:
+                self._arm(self.config.queue_timeout_secs, self._queueTimedOut)
+            else:
+                self._arm(timeout, self._connectTimedOut)
 
     def _arm(self, seconds: float, f: Callable[[], None]) -> None:
         timer = self.timer
@@ -331,12 +382,26 @@ class _Exchange:
             body.seek(0, 0)
             self.sender = _BodySender(self, connection, body)
 
+    def connectionOpening(self) -> None:
+        """
+        Our turn in line came: the connect timeout starts now.
+        """
+        if not self.done:
+            self._arm(self.config.connect_timeout_secs, self._connectTimedOut)
+
     def connectionFailed(self, reason: Failure) -> None:
         self.waiting = False
         self.withdraw = None
         if self.done:
             return
         upstream = self.upstream
+        if reason.check(QueueFull):
+            self._queueRefused("queue_full", reason.getErrorMessage())
+            return
+        local = localConnectError(reason)
+        if local is not None:
+            self._localError(local, reason.getErrorMessage())
+            return
         if reason.check(ierror.TimeoutError):
             self.timedOut = True
             self.lastError = "connect timeout"
@@ -356,6 +421,18 @@ class _Exchange:
         )
         # Nothing reached this upstream: any method may go to the next one.
         self._tryNext()
+
+    def _queueTimedOut(self) -> None:
+        self.timer = None
+        self.waiting = False
+        withdraw = self.withdraw
+        self.withdraw = None
+        if withdraw is not None:
+            withdraw()
+        self._queueRefused(
+            "queue_timeout",
+            f"no free connection within {self.config.queue_timeout_secs:g} s",
+        )
 
     def _connectTimedOut(self) -> None:
         self.timer = None
@@ -386,9 +463,14 @@ class _Exchange:
         request.setResponseCode(code, reason or None)
         out = Headers()
         hasDate = False
+        noBody = code == 204 or code == 304
         for name, value in clientResponseHeaders(headers):
             if not hasDate and name.lower() == b"date":
                 hasDate = True
+            elif noBody and name.lower() == b"content-length":
+                # RFC 9110 sections 8.6 and 15.3.5: a 204 has no body and no
+                # framing; a 304's length would describe another response.
+                continue
             out.addRawHeader(name, value)
         if not hasDate:
             out.addRawHeader(b"Date", self.forwarder.date.now())
@@ -465,8 +547,11 @@ class _Exchange:
             and connection is not None
             and connection.reused
             and not self.retriedFresh
+            and self.method in IDEMPOTENT
         ):
             # A pooled connection the upstream had closed: not its error.
+            # Only an idempotent request may be sent again: any other one
+            # may have been processed (RFC 9110 section 9.2.2).
             self.retriedFresh = True
             self._tryNext(fresh=True, same=True)
             return
@@ -551,6 +636,68 @@ class _Exchange:
             self.request,
             503,
             "503 Service Unavailable: no healthy upstream for this site",
+        )
+
+    def _queueRefused(self, kind: str, error: str) -> None:
+        """
+        No connection came free in time, or the line for one was full:
+        503, counted as C{kind}, never a mark against the upstream.
+        """
+        self._disarm()
+        self.done = True
+        self.request.exchange = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.request.upstreamURL = upstream.url
+        self._count(kind)
+        _log.warn(
+            "site {site}: {method} {target}: upstream {upstream} busy: {error} "
+            "(request_id {request_id})",
+            site=self.config.name,
+            method=self.method.decode("latin-1"),
+            target=self.target.decode("latin-1"),
+            upstream=getattr(upstream, "url", upstream),
+            error=error,
+            request_id=self.request.requestID,
+        )
+        simpleResponse(
+            self.request,
+            503,
+            "503 Service Unavailable: the upstream is busy, try again later",
+        )
+
+    def _localError(self, number: int, error: str) -> None:
+        """
+        A connect failed for want of a local resource (C{number} is its
+        errno): 503, one log line a second at most, no mark against the
+        upstream and no other upstream tried (they would fail alike).
+        """
+        self._disarm()
+        self.done = True
+        self.request.exchange = None
+        self._count("local")
+        forwarder = self.forwarder
+        now = forwarder.clock.seconds()
+        if now - forwarder.localErrorLogged >= 1.0 or forwarder.localErrorLogged < 0:
+            _log.error(
+                "site {site}: cannot connect to upstream {upstream}: {error} "
+                "({code}, a local limit; {quiet} more since the last line) "
+                "(request_id {request_id})",
+                site=self.config.name,
+                upstream=getattr(self.upstream, "url", self.upstream),
+                error=error,
+                code=errno.errorcode.get(number, str(number)),
+                quiet=forwarder.localErrorsQuiet,
+                request_id=self.request.requestID,
+            )
+            forwarder.localErrorLogged = now
+            forwarder.localErrorsQuiet = 0
+        else:
+            forwarder.localErrorsQuiet += 1
+        simpleResponse(
+            self.request,
+            503,
+            "503 Service Unavailable: the proxy is out of resources, try again later",
         )
 
     def _count(self, kind: str) -> None:

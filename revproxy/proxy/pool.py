@@ -12,8 +12,8 @@ upstream idle timeout, and caps the connections to each upstream.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -40,6 +40,7 @@ L{None} for http://.
 DEFAULT_IDLE_TIMEOUT = 4.0
 DEFAULT_MAX_IDLE = 256
 DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_QUEUE = 1024
 DEFAULT_BACKOFF = 5.0
 
 
@@ -231,8 +232,22 @@ class IConnectionWaiter(TypingProtocol):
 
     def connectionFailed(self, reason: Failure) -> None:
         """
-        No connection could be made.
+        No connection could be made (L{QueueFull}: the line for one was
+        full, nothing was tried).
         """
+
+    def connectionOpening(self) -> None:
+        """
+        The waiter's turn in line came: a new connection is being opened for
+        it now (its connect timeout starts).
+        """
+
+
+class QueueFull(Exception):
+    """
+    The upstream has its most connections and its line of waiters is full:
+    nothing was tried, and the upstream is not to blame.
+    """
 
 
 class IUpstreamConnector(TypingProtocol):
@@ -273,6 +288,9 @@ class _ConnectionFactory(ClientFactory):
 class _Host:
     """
     The pool's state for one upstream.
+
+    @ivar waiting: The line of waiters, first come first served; an
+        L{OrderedDict} so that leaving it from anywhere is O(1).
     """
 
     __slots__ = ("active", "connecting", "idle", "waiting")
@@ -281,7 +299,48 @@ class _Host:
         self.idle: list[UpstreamConnection] = []
         self.active = 0
         self.connecting: set[_ConnectionFactory] = set()
-        self.waiting: deque[tuple[IConnectionWaiter, float]] = deque()
+        self.waiting: OrderedDict[Pending, None] = OrderedDict()
+
+
+class Pending:
+    """
+    A request for a connection that could not be served at once: in line
+    (L{queued}) or being connected.  Calling it withdraws the request (the
+    client left, or a deadline passed), whatever its state; a second call
+    does nothing.
+
+    @ivar queued: Whether it waits in line (else a connection is being
+        opened for it, or it was served).
+    """
+
+    __slots__ = ("factory", "host", "queued", "timeout", "waiter")
+
+    def __init__(
+        self, host: _Host | None, waiter: IConnectionWaiter | None, timeout: float
+    ) -> None:
+        self.host = host
+        self.waiter = waiter
+        self.timeout = timeout
+        self.queued = False
+        self.factory: _ConnectionFactory | None = None
+
+    def __call__(self) -> None:
+        if self.queued:
+            self.queued = False
+            host = self.host
+            if host is not None:
+                host.waiting.pop(self, None)
+            return
+        factory = self.factory
+        if factory is not None and factory.waiter is self.waiter:
+            factory.waiter = None
+            if factory.connector is not None:
+                factory.connector.disconnect()
+
+
+#: What L{ConnectionPool.acquire} returns when it served the waiter at once
+#: (or failed it): nothing to withdraw.
+SERVED = Pending(None, None, 0.0)
 
 
 class ConnectionPool:
@@ -300,12 +359,20 @@ class ConnectionPool:
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         maxIdle: int = DEFAULT_MAX_IDLE,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
+        maxQueue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
+        """
+        @param maxConnections: The most connections open (busy, idle or
+            being opened) to one upstream.
+        @param maxQueue: The most waiters in line for a connection to one
+            upstream; beyond, L{QueueFull} at once.
+        """
         self._clock = clock
         self._connect = connect
         self.idleTimeout = idleTimeout
         self.maxIdle = maxIdle
         self.maxConnections = maxConnections
+        self.maxQueue = maxQueue
         self._hosts: dict[PoolKey, _Host] = {}
         self._sweep: IDelayedCall | None = None
         self._closed = False
@@ -322,11 +389,20 @@ class ConnectionPool:
         waiter: IConnectionWaiter,
         timeout: float,
         fresh: bool = False,
-    ) -> Callable[[], None]:
+        verify: bool = False,
+    ) -> Pending:
         """
-        Get a connection to C{key} for C{waiter}; C{fresh} skips idle ones.
+        Get a connection to C{key} for C{waiter}: the most recently used
+        idle one, else a new one (connecting within C{timeout}), else a
+        place in line when the upstream already has C{maxConnections}
+        (L{QueueFull} when the line is full too).
 
-        @return: a function that withdraws the request (the client left).
+        @param fresh: Skip idle connections: open a new one.
+        @param verify: Hand out an idle connection only if it is verified
+            alive now (L{UpstreamConnection.verified}), for a request that
+            must never be sent twice; others are closed.
+        @return: L{SERVED} when the waiter was answered at once, else its
+            L{Pending} request (call it to withdraw).
         """
         host = self._host(key)
         if not fresh:
@@ -337,33 +413,38 @@ class ConnectionPool:
                 if (
                     now - connection.idleSince < self.idleTimeout
                     and connection.connected
+                    and (not verify or connection.verified())
                 ):
                     host.active += 1
                     waiter.connectionReady(connection)
-                    return _nothing
+                    return SERVED
                 connection.pool = _DETACHED
                 if connection.transport is not None:
                     connection.transport.loseConnection()
+        pending = Pending(host, waiter, timeout)
         if host.active + len(host.connecting) >= self.maxConnections:
-            entry = (waiter, timeout)
-            host.waiting.append(entry)
+            if len(host.waiting) >= self.maxQueue:
+                waiter.connectionFailed(
+                    Failure(
+                        QueueFull(
+                            f"{self.maxConnections} connections busy and "
+                            f"{self.maxQueue} requests waiting"
+                        )
+                    )
+                )
+                return SERVED
+            pending.queued = True
+            host.waiting[pending] = None
+            return pending
+        pending.factory = self._open(key, host, waiter, timeout)
+        return pending
 
-            def withdraw() -> None:
-                try:
-                    host.waiting.remove(entry)
-                except ValueError:
-                    pass
-
-            return withdraw
-        factory = self._open(key, host, waiter, timeout)
-
-        def cancel() -> None:
-            if factory.waiter is waiter:
-                factory.waiter = None
-                if factory.connector is not None:
-                    factory.connector.disconnect()
-
-        return cancel
+    def waitingCount(self, key: PoolKey) -> int:
+        """
+        How many requests wait in line for a connection to C{key}.
+        """
+        host = self._hosts.get(key)
+        return len(host.waiting) if host else 0
 
     def _open(
         self, key: PoolKey, host: _Host, waiter: IConnectionWaiter, timeout: float
@@ -415,9 +496,14 @@ class ConnectionPool:
         if stream is not None:
             # The client's backpressure may have paused it mid-response.
             stream.resumeProducing()
-        if host.waiting:
+        waiting = host.waiting
+        if waiting:
+            pending, _ = waiting.popitem(last=False)
+            pending.queued = False
+            waiter = pending.waiter
+            assert waiter is not None
             host.active += 1
-            host.waiting.popleft()[0].connectionReady(connection)
+            waiter.connectionReady(connection)
             return
         self._keepIdle(host, connection)
 
@@ -449,9 +535,16 @@ class ConnectionPool:
             self._serveWaiting(connection.key, host)
 
     def _serveWaiting(self, key: PoolKey, host: _Host) -> None:
-        while host.waiting and host.active + len(host.connecting) < self.maxConnections:
-            waiter, timeout = host.waiting.popleft()
-            self._open(key, host, waiter, timeout)
+        waiting = host.waiting
+        while waiting and host.active + len(host.connecting) < self.maxConnections:
+            pending, _ = waiting.popitem(last=False)
+            pending.queued = False
+            waiter = pending.waiter
+            assert waiter is not None
+            pending.factory = self._open(key, host, waiter, pending.timeout)
+            if pending.factory.waiter is waiter:
+                # Not failed at once: its connect timeout starts now.
+                waiter.connectionOpening()
 
     def _sweepIdle(self) -> None:
         self._sweep = None
@@ -520,7 +613,3 @@ class _DetachedPool:
 
 
 _DETACHED: ConnectionPool = _DetachedPool()  # type: ignore[assignment]
-
-
-def _nothing() -> None:
-    pass
