@@ -505,14 +505,12 @@ class RootResource:
                 value = incoming[0]
                 if _REQUEST_ID.fullmatch(value) is not None:
                     request.requestID = value.decode("ascii")
-                    request.requestIDKept = True
                     return
         else:
             request.clientIP = peerIP
+        # An incoming one not believed is replaced: the forwarder sends
+        # requestID upstream in place of every incoming X-Request-ID.
         request.requestID = newRequestID()
-        if incoming is not None:
-            # Not believed: the forwarder sends the new id instead.
-            headers.removeHeader(b"x-request-id")
 
     def _answer(
         self, request: ProxyRequest, code: int, message: str, site: str = ""

@@ -748,6 +748,35 @@ class UpstreamRequestTests(ProxyTestCase):
         [value] = sent.values(b"x-request-id")
         self.assertRegex(value, b"^[0-9a-f]{32}$")
 
+    def test_requestIDNotStrippable(self) -> None:
+        """
+        A client's C{Connection: x-request-id} does not keep the request
+        id from the upstream, nor does a trusted proxy's strip the one it
+        sent.
+        """
+        sent = self.sent(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: x-request-id\r\n\r\n"
+        )
+        [value] = sent.values(b"x-request-id")
+        self.assertRegex(value, b"^[0-9a-f]{32}$")
+        sent = self.sent(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Request-ID: abc-1\r\n"
+            b"Connection: X-Request-ID\r\n\r\n",
+            ip=TRUSTED_IP,
+        )
+        self.assertEqual(sent.values(b"x-request-id"), [b"abc-1"])
+
+    def test_underscoreHeadersDropped(self) -> None:
+        """
+        A header with an underscore in its name never reaches the upstream.
+        """
+        sent = self.sent(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nX_Forwarded_For: 6.6.6.6\r\n"
+            b"X-Ok: 1\r\n\r\n"
+        )
+        self.assertEqual([n for n in sent.names() if b"_" in n], [])
+        self.assertEqual(sent.values(b"x-ok"), [b"1"])
+
     def test_requestIDTrustedPeer(self) -> None:
         """
         A trusted proxy's X-Request-ID reaches the upstream as it is, once.

@@ -17,6 +17,7 @@ from revproxy.proxy.headers import (
     clientResponseHeaders,
     hopByHopNames,
     isHopByHop,
+    FORWARDING_HEADERS,
     isTrusted,
     upstreamRequestHeaders,
 )
@@ -35,6 +36,7 @@ def upstream(
     scheme: bytes = b"https",
     host: bytes | None = b"example.com",
     bodyLength: int | None = None,
+    requestID: bytes | None = None,
 ) -> Headers:
     """
     Call L{upstreamRequestHeaders} with defaults for what a test ignores.
@@ -46,6 +48,7 @@ def upstream(
         scheme=scheme,
         host=host,
         bodyLength=bodyLength,
+        requestID=requestID,
     )
 
 
@@ -135,6 +138,84 @@ class UpstreamRequestHeadersTests(SynchronousTestCase):
         self.assertEqual(values(result, b"x-foo"), [])
         self.assertEqual(values(result, b"connection"), [])
         self.assertEqual(values(result, b"x-bar"), [b"kept"])
+
+    def test_underscoresDropped(self) -> None:
+        """
+        A header whose name has an underscore is dropped (nginx's
+        C{underscores_in_headers off}): to CGI and WSGI, C{X_Forwarded_For}
+        is C{X-Forwarded-For}.
+        """
+        result = upstream(
+            [
+                (b"X_Forwarded_For", b"1.2.3.4"),
+                (b"X-Real_IP", b"1.2.3.4"),
+                (b"_", b"x"),
+                (b"X-Kept", b"yes"),
+            ],
+            peerTrusted=True,
+        )
+        self.assertEqual([n for n, _ in result if b"_" in n], [])
+        self.assertEqual(values(result, b"x-kept"), [b"yes"])
+
+    def test_addedHeadersNotStrippable(self) -> None:
+        """
+        C{Connection} cannot strip what revproxy adds: the request id, the
+        C{X-Forwarded-*} headers, C{Via} and C{Content-Length}.
+        """
+        result = upstream(
+            [
+                (
+                    b"Connection",
+                    b"x-request-id, X-Forwarded-For, x-forwarded-proto, "
+                    b"x-forwarded-host, via, content-length",
+                ),
+                (b"X-Request-ID", b"forged"),
+            ],
+            bodyLength=3,
+            requestID=b"0123456789abcdef",
+        )
+        self.assertEqual(values(result, b"x-request-id"), [b"0123456789abcdef"])
+        self.assertEqual(values(result, b"x-forwarded-for"), [b"203.0.113.7"])
+        self.assertEqual(values(result, b"x-forwarded-proto"), [b"https"])
+        self.assertEqual(values(result, b"x-forwarded-host"), [b"example.com"])
+        self.assertEqual(values(result, b"via"), [b"1.1 revproxy"])
+        self.assertEqual(values(result, b"content-length"), [b"3"])
+
+    def test_requestIDOnce(self) -> None:
+        """
+        Every incoming C{X-Request-ID} is replaced by C{requestID}, sent
+        once, last; without one, none is sent.
+        """
+        incoming = [(b"X-Request-ID", b"a"), (b"x-request-id", b"b")]
+        result = upstream(incoming, requestID=b"kept")
+        self.assertEqual(values(result, b"x-request-id"), [b"kept"])
+        self.assertEqual(result[-1], (b"X-Request-ID", b"kept"))
+        self.assertEqual(values(upstream(incoming), b"x-request-id"), [])
+
+    def test_forwardingHeadersOnlyFromTrusted(self) -> None:
+        """
+        The headers that tell an application who the client is or how it
+        connected pass from a trusted peer and are dropped from any other.
+        """
+        names = [
+            b"X-Forwarded-Port",
+            b"X-Forwarded-Prefix",
+            b"X-Forwarded-Ssl",
+            b"X-Forwarded-Scheme",
+            b"X-Forwarded-Server",
+            b"True-Client-IP",
+            b"X-Client-IP",
+            b"CF-Connecting-IP",
+            b"Forwarded",
+            b"X-Real-IP",
+        ]
+        incoming = [(name, b"forged") for name in names]
+        untrusted = upstream(incoming)
+        for name in names:
+            self.assertEqual(values(untrusted, name), [], name)
+        trusted = upstream(incoming, peerTrusted=True)
+        for name in names:
+            self.assertEqual(values(trusted, name), [b"forged"], name)
 
     def test_hostFirstAndNeverDropped(self) -> None:
         """
@@ -480,9 +561,23 @@ class ClientAddressTests(SynchronousTestCase):
         """
         A right-most entry that is not an address leaves the peer as client.
         """
-        for entry in [b"1.2.3.4:80", b"\xff", b"not an address"]:
+        for entry in [b"1.2.3.4:x", b"\xff", b"not an address", b"[1.2.3.4]:80"]:
             headers = [(b"X-Forwarded-For", b"198.51.100.1, " + entry)]
             self.assertEqual(clientAddress("10.0.0.1", headers, TRUSTED), "10.0.0.1")
+
+    def test_entriesWithPorts(self) -> None:
+        """
+        An entry with a port (C{ip:port}, C{[ipv6]:port}, C{[ipv6]}) is
+        read as its address, not taken for the end of the chain.
+        """
+        for chain, client in [
+            (b"198.51.100.1:4711, 10.0.0.2:80", "198.51.100.1"),
+            (b"[2001:db8::7]:443, 10.0.0.2", "2001:db8::7"),
+            (b"[2001:db8::7], [2001:db8:ffff::1]:80", "2001:db8::7"),
+            (b"6.6.6.6, 10.0.0.3:1, 10.0.0.2:2", "6.6.6.6"),
+        ]:
+            headers = [(b"X-Forwarded-For", chain)]
+            self.assertEqual(clientAddress("10.0.0.1", headers, TRUSTED), client, chain)
 
     def test_emptyElementsSkipped(self) -> None:
         """
@@ -574,6 +669,7 @@ _REWRITTEN = frozenset(
         b"content-length",
         b"forwarded",
         b"x-real-ip",
+        b"x-request-id",
     ]
 )
 
@@ -603,6 +699,8 @@ class UpstreamRequestHeadersPropertyTests(SynchronousTestCase):
                 if not isHopByHop(name.lower(), drop)
                 and not name.lower().startswith(b"x-forwarded-")
                 and name.lower() not in _REWRITTEN
+                and name.lower() not in FORWARDING_HEADERS
+                and b"_" not in name
             ]
 
         self.assertEqual(copied(result), copied(headers))

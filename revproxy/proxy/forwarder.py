@@ -275,8 +275,6 @@ class _Exchange:
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
-        if request.requestID and not request.requestIDKept:
-            rawHeaders.append((b"X-Request-ID", request.requestID.encode("ascii")))
         content = request.content
         hasBody = request.requestHeaders.hasHeader(
             b"content-length"
@@ -296,6 +294,7 @@ class _Exchange:
             scheme=b"https" if request.isSecure() else b"http",
             host=request.requestHeaders.getRawHeaders(b"host", [None])[0],
             bodyLength=self.bodyLength,
+            requestID=request.requestID.encode("ascii") if request.requestID else None,
         )
         if not request.requestHeaders.hasHeader(b"host"):
             # An HTTP/1.0 request without Host (routed to the default site):

@@ -49,12 +49,32 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XFP,
     b"x-forwarded-host": _XFH,
-    b"forwarded": _FORWARDING,
-    b"x-real-ip": _FORWARDING,
     b"expect": _DROP,
     b"content-length": _DROP,
+    # Sent once, by revproxy itself (the incoming one, when believed, is
+    # passed in as requestID): neither repeated nor strippable.
+    b"x-request-id": _DROP,
     b"via": _VIA,
 }
+#: Headers in which a proxy tells its upstream who the client is or how it
+#: connected: passed on from a trusted peer, dropped from any other (a
+#: client could otherwise pose as another address, scheme or port to an
+#: application that believes them).
+FORWARDING_HEADERS: frozenset[bytes] = frozenset(
+    [
+        b"forwarded",
+        b"x-real-ip",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-ssl",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"cf-connecting-ip",
+    ]
+)
+_REQUEST_SPECIAL.update((name, _FORWARDING) for name in FORWARDING_HEADERS)
 
 
 def isHopByHop(lowerName: bytes, drop: frozenset[bytes] = HOP_BY_HOP) -> bool:
@@ -107,6 +127,7 @@ def upstreamRequestHeaders(
     host: bytes | None,
     via: bytes = _DEFAULT_VIA,
     bodyLength: int | None,
+    requestID: bytes | None = None,
 ) -> Headers:
     """
     Rewrite a client's request headers into those sent upstream.
@@ -114,7 +135,11 @@ def upstreamRequestHeaders(
       - Hop-by-hop headers (L{HOP_BY_HOP}, C{proxy-*} and the names listed in
         C{Connection}) are dropped, and so are C{Expect} (the proxy has
         already answered C{100-continue} and holds the body) and every
-        incoming C{Content-Length}.
+        incoming C{Content-Length} and C{X-Request-ID}.
+      - A header whose name contains C{_} is dropped, as nginx does
+        (C{underscores_in_headers off}): CGI and WSGI map C{-} and C{_}
+        alike, so C{X_Forwarded_For} would reach an application as
+        C{X-Forwarded-For}.
       - C{Host} is kept as it is, moved to the front; it is never dropped,
         even when C{Connection} lists it, since an HTTP/1.1 request without
         it is invalid.
@@ -123,10 +148,17 @@ def upstreamRequestHeaders(
         C{X-Forwarded-Proto} and C{X-Forwarded-Host} keep the first incoming
         value; C{Forwarded} and C{X-Real-IP} pass through.  From any other
         peer all of those are dropped and the C{X-Forwarded-*} headers start
-        afresh from C{clientIP}, C{scheme} and C{host}.  No C{Forwarded}
-        header is generated.
+        afresh from C{clientIP}, C{scheme} and C{host}; so are the other
+        L{FORWARDING_HEADERS} (C{X-Forwarded-Port}, C{True-Client-IP},
+        ...), which pass only from a trusted peer.  No C{Forwarded} header
+        is generated.
       - C{via} is appended to the last C{Via} header, or sent as a new one.
       - When C{bodyLength} is not L{None}, exactly one C{Content-Length}.
+      - When C{requestID} is not L{None}, exactly one C{X-Request-ID}.
+
+    What revproxy adds (C{X-Forwarded-*}, C{Via}, C{Content-Length},
+    C{X-Request-ID}) is added after the hop-by-hop headers are dropped, so
+    a client's C{Connection: x-request-id} cannot strip it.
 
     Headers that are not rewritten keep their order; the generated ones
     follow them.  A forwarder that tunnels an C{Upgrade} adds its own
@@ -155,7 +187,8 @@ def upstreamRequestHeaders(
         elif lower in drop or lower.startswith(_PROXY_PREFIX):
             continue
         elif kind is None:
-            out.append(pair)
+            if b"_" not in lower:
+                out.append(pair)
         elif kind == _DROP:
             continue
         elif kind == _VIA:
@@ -191,6 +224,8 @@ def upstreamRequestHeaders(
     _appendVia(out, lastVia, via)
     if bodyLength is not None:
         out.append((b"Content-Length", b"%d" % (bodyLength,)))
+    if requestID is not None:
+        out.append((b"X-Request-ID", requestID))
     return out
 
 
@@ -254,6 +289,30 @@ def _parseAddress(ip: str) -> _Address | None:
     return address
 
 
+def _parseEntry(text: str) -> _Address | None:
+    """
+    Parse one X-Forwarded-For entry: an address, or an address with a port
+    (C{a.b.c.d:port}, C{[v6]:port}, C{[v6]}).
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        rest = text[end + 1 :]
+        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return None
+        inner = text[1:end]
+        # Brackets hold an IPv6 address (RFC 3986), nothing else.
+        return _parseAddress(inner) if ":" in inner else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
+        address = _parseAddress(host)
+        return address if isinstance(address, IPv4Address) else None
+    return _parseAddress(text)
+
+
 def _inNetworks(address: _Address, trusted: Sequence[_Network]) -> bool:
     """
     Whether C{address} is in one of the networks C{trusted}.
@@ -284,10 +343,12 @@ def clientAddress(peerIP: str, headers: Headers, trusted: Sequence[_Network]) ->
 
     That is C{peerIP}, unless the peer is trusted: then C{X-Forwarded-For} is
     walked from the right, and the first address that is not trusted itself
-    is the client.  The walk stops at an entry that is not an address
-    (C{unknown}, an address with a port): the last trusted address walked
-    past is the client then, since nothing further left can be believed.  If
-    every address is trusted, the left-most one is the client.  Empty list
+    is the client.  An entry with a port (C{192.0.2.1:5678},
+    C{[2001:db8::1]:443}, as some balancers write it) is read as its
+    address.  The walk stops at an entry that is not an address
+    (C{unknown}, a name): the last trusted address walked past is the
+    client then, since nothing further left can be believed.  If every
+    address is trusted, the left-most one is the client.  Empty list
     elements are skipped, as RFC 9110 asks.
 
     @param peerIP: the TCP peer's address, returned as it is given.
@@ -313,7 +374,7 @@ def clientAddress(peerIP: str, headers: Headers, trusted: Sequence[_Network]) ->
             text = entry.decode("ascii")
         except UnicodeDecodeError:
             return believed
-        address = _parseAddress(text)
+        address = _parseEntry(text)
         if address is None:
             return believed
         believed = str(address)

@@ -60,11 +60,9 @@ class ProxyRequest(server.Request):
     #: The client's address: the peer or, behind a trusted proxy, the
     #: right-most untrusted X-Forwarded-For hop.
     clientIP = ""
-    #: The X-Request-ID sent upstream and back ("" until routed), and
-    #: whether it is the client's own (from a trusted proxy), already among
-    #: the request's headers.
+    #: The X-Request-ID sent upstream and back ("" until routed): the
+    #: incoming one from a trusted proxy, if sane, else a new one.
     requestID = ""
-    requestIDKept = False
     #: The name of the site it was routed to ("" when none).
     siteName = ""
     #: The config generation that served it.
