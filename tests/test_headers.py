@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.proxy.headers import (
+    FORWARDING_HEADERS,
     HOP_BY_HOP,
     Headers,
     clientAddress,
     clientResponseHeaders,
     hopByHopNames,
     isHopByHop,
-    FORWARDING_HEADERS,
     isTrusted,
     upstreamRequestHeaders,
 )
