@@ -132,7 +132,34 @@ def formatJSON(record: AccessRecord) -> bytes:
     values = {name: getattr(record, name) for name in _FIELDS}
     values["ts"] = f"{when}.{millis:03d}Z"
     text = json.dumps(values, ensure_ascii=True, separators=(",", ":"))
+    if "\x7f" in text:
+        # The one control character JSON leaves as it is.
+        text = text.replace("\x7f", "\\u007f")
     return text.encode("ascii") + b"\n"
+
+
+#: What must not reach a log line from a client: C0 controls (VT, FF, CR,
+#: LF...), DEL, C1 controls (NEL U+0085 among them), and the Unicode line
+#: and paragraph separators; any of them may end a line for some reader
+#: (Python's splitlines, journald, a terminal, an editor).
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escapeChar(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def logText(value: bytes | str) -> str:
+    """
+    C{value}, which came from a client, as it may appear in a log line:
+    bytes read as Latin-1 (so every byte is one character, and UTF-8's
+    U+2028 shows as its bytes), control characters and line separators
+    written C{\\xHH} or C{\\uHHHH}.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return _UNSAFE_TEXT.sub(_escapeChar, value)
 
 
 _NGINX_UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')

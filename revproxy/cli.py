@@ -181,7 +181,9 @@ def formatJournalEvent(event: LogEvent) -> str | None:
     system = event.get("log_system")
     if system and system != "-":
         text = f"[{system}] {text}"
-    return "".join(f"<{priority}>{line}\n" for line in text.splitlines())
+    # Only a newline ends a line for journald; splitlines() would also cut
+    # at VT, FF, NEL, U+2028... which a client could put in a logged value.
+    return "".join(f"<{priority}>{line}\n" for line in text.rstrip("\n").split("\n"))
 
 
 def journalLogObserver() -> FileLogObserver:

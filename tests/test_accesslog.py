@@ -24,6 +24,7 @@ from revproxy.accesslog import (
     AccessRecord,
     formatCombined,
     formatJSON,
+    logText,
     requestID,
 )
 
@@ -62,6 +63,65 @@ _STRING_FIELDS = [
     for a in attrs.fields(AccessRecord)
     if isinstance(getattr(_RECORD, a.name), str)
 ]
+
+
+#: Every character some reader takes for the end of a line (Python's
+#: splitlines, journald, terminals, editors), and the other controls.
+SEPARATORS = [
+    "\n",
+    "\r",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x1d",
+    "\x1e",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\x00",
+    "\x1b",
+    "\x7f",
+    "\x9b",
+]
+
+
+class SeparatorTests(SynchronousTestCase):
+    """
+    No value a client sent can end an access-log line or start another.
+    """
+
+    def test_eachFieldEachSeparator(self) -> None:
+        """
+        Each separator in each text field gives exactly one line, in both
+        formats, however the line is split, and the separator itself is
+        not in it.
+        """
+        for separator in SEPARATORS:
+            for name in _STRING_FIELDS:
+                value = f"x{separator}y"
+                record = attrs.evolve(_RECORD, **{name: value})
+                for format in (formatJSON, formatCombined):
+                    line = format(record)
+                    self.assertTrue(line.endswith(b"\n"))
+                    text = line.decode("ascii")
+                    self.assertEqual(
+                        len(text.splitlines()), 1, (format, name, separator)
+                    )
+                    self.assertNotIn(separator, text[:-1], (format, name))
+
+    def test_logText(self) -> None:
+        """
+        L{logText} escapes controls and separators, and keeps what is
+        printable; bytes are read byte by byte.
+        """
+        for separator in SEPARATORS:
+            escaped = logText(f"a{separator}b")
+            self.assertEqual(len(escaped.splitlines()), 1, separator)
+            self.assertNotIn(separator, escaped)
+        self.assertEqual(logText("/a b?c=\u00e9"), "/a b?c=\u00e9")
+        self.assertEqual(logText(b"/x\x85y"), "/x\\x85y")
+        self.assertEqual(logText("\u2028"), "\\u2028")
+        self.assertEqual(logText("/\u2028".encode()), "/\u00e2\\x80\u00a8")
 
 
 class FormatJSONTests(SynchronousTestCase):

@@ -282,6 +282,16 @@ class JournalFormatTests(SynchronousTestCase):
         )
         self.assertEqual(formatJournalEvent(event("x", log_system="-")), "<6>x\n")
 
+    def test_onlyNewlineEndsALine(self) -> None:
+        """
+        Only a newline ends a journal line: VT, FF, NEL, U+2028 and the other
+        characters Python's splitlines cuts at stay inside the line.
+        """
+        for separator in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+            text = formatJournalEvent(event("GET /a{s}b failed", s=separator))
+            self.assertEqual(text, f"<6>GET /a{separator}b failed\n")
+        self.assertEqual(formatJournalEvent(event("one\ntwo\n")), "<6>one\n<6>two\n")
+
     def test_failure(self) -> None:
         """
         A failure is at least an error, and every line of its traceback

@@ -30,7 +30,7 @@ from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransportWithDisconnection,
 )
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._http2 import H2Connection
@@ -1464,6 +1464,34 @@ QUEUE_CONFIG = BASE_CONFIG.replace(
     "connect_timeout_secs = 3\nqueue_timeout_secs = 2\n",
     1,
 )
+
+
+class LogLineTests(ProxyTestCase):
+    """
+    What a client sent cannot end or forge a line of the proxy's log.
+    """
+
+    def test_errorLineEscaped(self) -> None:
+        """
+        A request target with a control character or a line separator is
+        logged escaped in the error line of a failed request: one line.
+        """
+        observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        # What twisted.web lets through (it answers 400 to the others).
+        for raw in (b"\x85", b"\x7f"):
+            client = self.proxy.client()
+            client.send(b"GET /a" + raw + b"b HTTP/1.1\r\nHost: a.example\r\n\r\n")
+            self.proxy.upstream().refuse()
+            self.assertEqual(self.onlyResponse(client).code, 502)
+        lines = [
+            formatEvent(e) for e in observer if "failed" in e.get("log_format", "")
+        ]
+        self.assertEqual(len(lines), 2)
+        for line in lines:
+            self.assertEqual(len(line.splitlines()), 1, line)
+            self.assertIn("GET /a\\x", line)
 
 
 class QueueTests(ProxyTestCase):

@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from revproxy.accesslog import logText
 from revproxy.proxy.client import (
     UpstreamClosed,
     UpstreamConnection,
@@ -601,8 +602,8 @@ class _Exchange:
         _log.warn(
             "site {site}: {method} {target} failed: {error} (request_id {request_id})",
             site=self.config.name,
-            method=self.method.decode("latin-1"),
-            target=self.target.decode("latin-1"),
+            method=logText(self.method),
+            target=logText(self.target),
             error=self.lastError,
             request_id=self.request.requestID,
         )
@@ -626,8 +627,8 @@ class _Exchange:
             "site {site}: {method} {target}: no healthy upstream "
             "(request_id {request_id})",
             site=self.config.name,
-            method=self.method.decode("latin-1"),
-            target=self.target.decode("latin-1"),
+            method=logText(self.method),
+            target=logText(self.target),
             request_id=self.request.requestID,
         )
         self.request.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
@@ -653,8 +654,8 @@ class _Exchange:
             "site {site}: {method} {target}: upstream {upstream} busy: {error} "
             "(request_id {request_id})",
             site=self.config.name,
-            method=self.method.decode("latin-1"),
-            target=self.target.decode("latin-1"),
+            method=logText(self.method),
+            target=logText(self.target),
             upstream=getattr(upstream, "url", upstream),
             error=error,
             request_id=self.request.requestID,

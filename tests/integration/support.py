@@ -598,10 +598,10 @@ def replaceFile(path: str, text: str) -> None:
 # -- the proxy process
 
 
-def twistdArgv(args: Sequence[str]) -> list[str]:
+def twistdArgv(args: Sequence[str], options: Sequence[str] = ()) -> list[str]:
     """
-    The command line of C{twistd -n --pidfile= revproxy ARGS} with this
-    interpreter.
+    The command line of C{twistd -n --pidfile= OPTIONS revproxy ARGS} with
+    this interpreter.
     """
     return [
         sys.executable,
@@ -609,6 +609,7 @@ def twistdArgv(args: Sequence[str]) -> list[str]:
         "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
+        *options,
         "revproxy",
         *args,
     ]
@@ -672,14 +673,23 @@ class ProxyProcess:
     One C{twistd revproxy} child process.
     """
 
-    def __init__(self, reactor: IIntegrationReactor, args: Sequence[str], cwd: str):
+    def __init__(
+        self,
+        reactor: IIntegrationReactor,
+        args: Sequence[str],
+        cwd: str,
+        options: Sequence[str] = (),
+    ):
+        """
+        @param options: twistd's own options, before C{revproxy}.
+        """
         self.reactor = reactor
         self.args = list(args)
         self.protocol = _ChildProtocol()
         self.transport: IProcessTransport = reactor.spawnProcess(
             self.protocol,
             sys.executable,
-            twistdArgv(args),
+            twistdArgv(args, options),
             env=_childEnvironment(),
             path=cwd,
         )
@@ -799,7 +809,10 @@ def _relay(result: object, d: Deferred[Any]) -> object:
 
 
 async def spawnProxy(
-    reactor: IIntegrationReactor, args: Sequence[str], cwd: str
+    reactor: IIntegrationReactor,
+    args: Sequence[str],
+    cwd: str,
+    options: Sequence[str] = (),
 ) -> tuple[ProxyProcess, int]:
     """
     Start C{twistd revproxy ARGS}; return it and its HTTP port once it
@@ -814,7 +827,7 @@ async def spawnProxy(
     only returned once the proxy has answered a request: a request line
     twisted.web rejects itself, which no upstream sees.
     """
-    proxy = ProxyProcess(reactor, args, cwd)
+    proxy = ProxyProcess(reactor, args, cwd, options)
     try:
         port = await proxy.waitListening()
         probe = await connectRaw(reactor, port)
