@@ -99,7 +99,8 @@ class SeparatorTests(SynchronousTestCase):
         for separator in SEPARATORS:
             for name in _STRING_FIELDS:
                 value = f"x{separator}y"
-                record = attrs.evolve(_RECORD, **{name: value})
+                changes: dict[str, Any] = {name: value}
+                record = attrs.evolve(_RECORD, **changes)
                 for format in (formatJSON, formatCombined):
                     line = format(record)
                     self.assertTrue(line.endswith(b"\n"))
