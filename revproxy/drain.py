@@ -16,6 +16,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
+from revproxy.listeners import ConnectionGate
+
 _log = Logger()
 
 #: How often, while draining, connections that fell idle are closed.
@@ -46,14 +48,22 @@ def _busy(channel: Any) -> bool:
 
 class ConnectionTracker(WrappingFactory):
     """
-    Wraps the L{Site} so that every client connection is known.
+    Wraps the L{Site} so that every client connection is known, and tells
+    the connection cap (L{ConnectionGate}) of each that opens and closes.
     """
 
     noisy = False
 
-    def __init__(self, wrappedFactory: Any) -> None:
+    def __init__(self, wrappedFactory: Any, gate: ConnectionGate | None = None) -> None:
         super().__init__(wrappedFactory)
         self._waiting: list[Deferred[None]] = []
+        self.gate = gate
+
+    def registerProtocol(self, p: ProtocolWrapper) -> None:
+        super().registerProtocol(p)
+        gate = self.gate
+        if gate is not None:
+            gate.opened()
 
     def logPrefix(self) -> str:
         # Twisted logs "<prefix> starting on <port>": keep the site's name.
@@ -62,6 +72,9 @@ class ConnectionTracker(WrappingFactory):
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         super().unregisterProtocol(p)
+        gate = self.gate
+        if gate is not None:
+            gate.closed()
         if not self.protocols and self._waiting:
             waiting, self._waiting = self._waiting, []
             for d in waiting:

@@ -335,6 +335,9 @@ class Metrics:
         L{Metrics} made the registry, the process and platform collectors
         of prometheus_client (C{process_*}, C{python_info}).
     @ivar connections: Open client connections.
+    @ivar connectionGate: C{(max_connections, paused, pauses)}: the cap on
+        client connections, whether the listeners are paused at it now,
+        and how many times they were.
     @ivar generation: The config generation serving.
     @ivar certificates: C{(site, source, not_after)} for each certificate
         served; C{source} is C{"files"}, C{"acme"} or C{"placeholder"},
@@ -360,6 +363,7 @@ class Metrics:
         self._reloads = {True: 0, False: 0}
         self._failing: set[str] = set()
         self.connections: Callable[[], int] = lambda: 0
+        self.connectionGate: Callable[[], tuple[int, bool, int]] | None = None
         self.generation: Callable[[], int] = lambda: 0
         self.certificates: Callable[[], Iterable[tuple[str, str, float]]] = lambda: ()
         self.upstreamHealth: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
@@ -552,12 +556,26 @@ class Metrics:
         }
         if site is not None:
             return self._siteStats(site, self._sites[site], now, health, pools)
-        return {
+        answer: dict[str, Any] = {
             "sites": {
                 name: self._siteStats(name, self._sites[name], now, health, pools)
                 for name in sorted(self._sites)
             }
         }
+        connections: dict[str, Any] = {}
+        for value in self._liveNumber("connections", self.connections):
+            connections["open"] = int(value)
+        for limit, paused, pauses in self._live("connectionGate", self._gate):
+            connections.update(max=limit, paused=paused, limit_reached=pauses)
+        answer["connections"] = connections
+        return answer
+
+    def _gate(self) -> Iterable[tuple[int, bool, int]]:
+        """
+        The connection cap's state, as one item, or none without a cap.
+        """
+        gate = self.connectionGate
+        return () if gate is None else (gate(),)
 
     def _siteStats(
         self,
@@ -686,6 +704,13 @@ class Metrics:
             connections.add_metric([], value)
         yield connections
 
+        limit, paused, pauses = next(families), next(families), next(families)
+        for gate in self._live("connectionGate", self._gate):
+            limit.add_metric([], gate[0])
+            paused.add_metric([], 1.0 if gate[1] else 0.0)
+            pauses.add_metric([], gate[2])
+        yield from (limit, paused, pauses)
+
         generation = next(families)
         for value in self._liveNumber("generation", self.generation):
             generation.add_metric([], value)
@@ -774,6 +799,21 @@ class Metrics:
         )
         yield GaugeMetricFamily(
             "revproxy_connections", "Open client connections.", labels=[]
+        )
+        yield GaugeMetricFamily(
+            "revproxy_connections_max",
+            "The cap on open client connections (max_connections).",
+            labels=[],
+        )
+        yield GaugeMetricFamily(
+            "revproxy_listeners_paused",
+            "Whether the listeners stopped accepting at max_connections (1) or not.",
+            labels=[],
+        )
+        yield CounterMetricFamily(
+            "revproxy_connection_limit_reached",
+            "How many times the listeners stopped accepting at max_connections.",
+            labels=[],
         )
         yield GaugeMetricFamily(
             "revproxy_config_generation",

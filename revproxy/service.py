@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ClientFactory
@@ -30,6 +31,12 @@ from revproxy.config import Config
 from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.health import HealthMonitor
 from revproxy.interfaces import IIssuer, IRevProxyReactor
+from revproxy.listeners import (
+    ConnectionGate,
+    Listener,
+    currentDescriptorLimit,
+    defaultMaxConnections,
+)
 from revproxy.metrics import Metrics, opsSite
 from revproxy.observer import RequestObserver
 from revproxy.proxy.channel import ConnectionLimits
@@ -345,7 +352,12 @@ def buildService(
     site.observer = observer
     site.refused = observer.refused  # type: ignore[method-assign]
     site.bodyLimit = lambda request: bodyLimit(holder, request)
-    tracker = ConnectionTracker(site)
+    gate = ConnectionGate(
+        config.server.max_connections
+        or defaultMaxConnections(currentDescriptorLimit()),
+        reactor,
+    )
+    tracker = ConnectionTracker(site, gate)
     reloader = Reloader(configPath, holder, reactor)
     top.metrics, top.observer, top.limiter = metrics, observer, limiter
     health = HealthMonitor(reactor)
@@ -377,6 +389,7 @@ def buildService(
     reloader.afterSwap.append(followRuntime)
     reloader.onResult.append(lambda answer: metrics.reloaded(answer["status"] == "ok"))
     metrics.connections = lambda: len(tracker.protocols)
+    metrics.connectionGate = lambda: (gate.limit, gate.paused, gate.pauses)
     metrics.generation = lambda: holder.current.generation
     metrics.upstreamHealth = upstreamHealth
     metrics.trackedClients = lambda: len(limiter)
@@ -390,9 +403,9 @@ def buildService(
     )
 
     for description in config.server.listen_http:
-        listener(withBacklog(description), tracker, reactor=reactor).setServiceParent(
-            top
-        )
+        Listener(
+            serverFromString(reactor, withBacklog(description)), tracker, gate
+        ).setServiceParent(top)
     manager: AcmeManager | None = None
     if config.server.listen_https:
         manager = acmeManager(config, reactor, challenges)
@@ -452,8 +465,8 @@ def buildService(
             reactor,
         )
         for description in config.server.listen_https:
-            listener(
-                withBacklog(description), tlsFactory, reactor=reactor
+            Listener(
+                serverFromString(reactor, withBacklog(description)), tlsFactory, gate
             ).setServiceParent(top)
         tlsService = _TLSService(RefusalLog(reactor))
         tlsService.setName("tls")

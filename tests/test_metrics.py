@@ -454,6 +454,30 @@ class LiveValuesTests(SynchronousTestCase):
             self.assertEqual(samples(self.metrics, name), {}, name)
             self.assertIn(name, families(self.metrics))
 
+    def test_connectionGate(self) -> None:
+        """
+        The cap on client connections, whether the listeners are paused at
+        it and how many times they were; nothing without a cap.
+        """
+        names = (
+            "revproxy_connections_max",
+            "revproxy_listeners_paused",
+            "revproxy_connection_limit_reached_total",
+        )
+        for name in names:
+            self.assertEqual(samples(self.metrics, name), {}, name)
+        state = [(819, False, 0)]
+        self.metrics.connectionGate = lambda: state[0]
+        self.assertEqual(
+            [samples(self.metrics, name) for name in names],
+            [{labels(): 819}, {labels(): 0}, {labels(): 0}],
+        )
+        state[0] = (819, True, 2)
+        self.assertEqual(
+            [samples(self.metrics, name) for name in names],
+            [{labels(): 819}, {labels(): 1}, {labels(): 2}],
+        )
+
     def test_readAtScrapeTime(self) -> None:
         """
         Each scrape calls the callables again.
@@ -901,11 +925,25 @@ class StatsTests(SynchronousTestCase):
         self.metrics.requestFinished("b", 200, 0.01, 0.008)
         self.metrics.refused("", 414)
         answer = self.metrics.stats()
-        self.assertEqual(list(answer), ["sites"])
+        self.assertEqual(list(answer), ["sites", "connections"])
         self.assertEqual(list(answer["sites"]), ["", "a", "b"])
         self.assertEqual(json.loads(json.dumps(answer, allow_nan=False)), answer)
         self.assertEqual(answer["sites"]["a"]["in_flight"], 1)
         self.assertEqual(answer["sites"][""]["refused"]["414"], 1)
+
+    def test_connections(self) -> None:
+        """
+        Without a site, the open client connections and the cap on them:
+        whether the listeners are paused at it, and how many times they
+        were.
+        """
+        self.metrics.connections = lambda: 12
+        self.assertEqual(self.metrics.stats()["connections"], {"open": 12})
+        self.metrics.connectionGate = lambda: (819, True, 3)
+        self.assertEqual(
+            self.metrics.stats()["connections"],
+            {"open": 12, "max": 819, "paused": True, "limit_reached": 3},
+        )
 
     def test_oneSite(self) -> None:
         """

@@ -33,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.interfaces import IRevProxyReactor
+from revproxy.listeners import GatedFactory
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
 from revproxy.sdnotify import Notifier
 from revproxy.service import (
@@ -148,8 +149,11 @@ class ListenerTests(SynchronousTestCase):
             [(8080, "127.0.0.1"), (8081, "127.0.0.2")],
         )
         for _, factory, _, _ in reactor.tcpServers:
-            # The site, wrapped so that every connection is known (drain).
-            self.assertIs(factory, top.tracker)
+            # The site, wrapped so that every connection is known (drain),
+            # behind the cap on client connections.
+            assert isinstance(factory, GatedFactory)
+            self.assertIs(factory.wrapped, top.tracker)
+            self.assertIs(factory.gate, top.tracker.gate)
             self.assertIs(top.tracker.wrappedFactory, top.site)
 
     def test_portTaken(self) -> None:
@@ -387,7 +391,10 @@ class HTTPSServiceTests(SynchronousTestCase):
         """
         The factory listening on each port.
         """
-        return {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        return {
+            port: cast(GatedFactory, factory).wrapped
+            for port, factory, _, _ in self.reactor.tcpServers
+        }
 
     def tlsFactory(self) -> TLSMemoryBIOFactory:
         """
@@ -683,7 +690,7 @@ class NoHTTPSServiceTests(SynchronousTestCase):
         self.assertRaises(KeyError, top.getServiceNamed, "tls")
         self.assertIs(sys.excepthook, hook)
         for _, factory, _, _ in reactor.tcpServers:
-            self.assertIs(factory, top.tracker)
+            self.assertIs(cast(GatedFactory, factory).wrapped, top.tracker)
 
 
 class ReactorConnectorTests(SynchronousTestCase):
