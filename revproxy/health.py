@@ -56,6 +56,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
+from revproxy.proxy.pool import localConnectError
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, ClientCreators, UpstreamTLS
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ if TYPE_CHECKING:
     from revproxy.proxy.pool import PoolKey
 
 _log = Logger()
+
+#: A health check that cannot connect for a local reason is logged at most
+#: once this many seconds.
+LOCAL_ERROR_LOG_INTERVAL = 60.0
 
 #: The User-Agent of every check.
 USER_AGENT = b"revproxy-health-check"
@@ -366,6 +371,9 @@ class HealthMonitor(Service):
         self._reactor = reactor
         self._probe: Probe = probe if probe is not None else AgentProbe(reactor)
         self._rng = rng or random.Random()
+        #: When a check that could not connect for a local reason was last
+        #: logged.
+        self._localLogged = -LOCAL_ERROR_LOG_INTERVAL
         self._sites: dict[str, _SiteChecks] = {}
 
     # -- following the config
@@ -494,7 +502,21 @@ class HealthMonitor(Service):
         def failed(reason: Failure) -> None:
             if not current():
                 return
-            state.failed(self._reactor.seconds(), describeFailure(reason))
+            now = self._reactor.seconds()
+            if localConnectError(reason) is not None:
+                # Out of descriptors, buffers or memory here: nothing is
+                # known of the upstream, so nothing is counted against it.
+                if now - self._localLogged >= LOCAL_ERROR_LOG_INTERVAL:
+                    self._localLogged = now
+                    _log.warn(
+                        "site {site}: the health check of {upstream} could not "
+                        "connect for a local reason ({error}); not counted",
+                        site=loop.name,
+                        upstream=url,
+                        error=describeFailure(reason),
+                    )
+                return
+            state.failed(now, describeFailure(reason))
 
         def bug(reason: Failure) -> None:
             _log.failure(

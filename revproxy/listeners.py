@@ -1,15 +1,20 @@
 # -*- test-case-name: tests.test_listeners -*-
 """
-The proxy's listening ports, and the cap on client connections
+The proxy's listening ports, and the cap on connections
 (C{[server] max_connections}).
 
-At the cap, every listener stops accepting (its port stops reading, so new
-clients wait in the kernel's backlog) and starts again as soon as a
-connection closes: nginx's C{worker_connections}.  Connections the kernel
-hands over in the same accept loop that reached the cap are closed at once
-(Twisted accepts up to a hundred per loop).  So revproxy never runs out of
-descriptors because of clients: the rest of the descriptor limit stays for
-upstream connections, files and listeners.
+The cap counts every connection of the process, the clients' and those to
+upstreams, as nginx's C{worker_connections} does.  At the cap every listener
+stops accepting (its port stops reading, so new clients wait in the
+kernel's backlog) and starts again as soon as a connection closes.
+Connections the kernel hands over in the same accept loop that reached the
+cap are closed at once (Twisted accepts up to a hundred per loop).
+Upstream connections are never refused by the cap (a request already
+accepted must be forwarded); they only keep new clients out.  With the cap
+at its default, 80 % of the descriptor limit, the rest stays for the
+upstream connections of requests in flight beyond it, files and
+listeners; should even that run out, a connect that fails with EMFILE is a
+503 (L{revproxy.proxy.forwarder}), never a mark against the upstream.
 """
 
 from __future__ import annotations
@@ -60,11 +65,11 @@ def defaultMaxConnections(descriptors: int) -> int:
 
 class ConnectionGate:
     """
-    Counts open client connections and pauses the listening ports at
-    C{limit}.
+    Counts open connections (client and upstream) and pauses the listening
+    ports at C{limit}.
 
-    @ivar limit: The most client connections open at once.
-    @ivar open: Client connections open now.
+    @ivar limit: The most connections open at once.
+    @ivar open: Connections open now, client and upstream.
     @ivar paused: Whether the listeners are paused now.
     @ivar pauses: How many times the listeners were paused.
     @ivar refused: Connections closed at accept because the cap was reached
@@ -105,7 +110,7 @@ class ConnectionGate:
 
     def opened(self) -> None:
         """
-        A client connection opened.
+        A connection opened (or an upstream socket was made).
         """
         self.open += 1
         if self.open >= self.limit and not self.paused:
@@ -125,7 +130,7 @@ class ConnectionGate:
 
     def closed(self) -> None:
         """
-        A client connection closed.
+        A connection closed.
         """
         self.open -= 1
         if self.paused and self.open < self.limit:

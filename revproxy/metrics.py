@@ -335,9 +335,10 @@ class Metrics:
         L{Metrics} made the registry, the process and platform collectors
         of prometheus_client (C{process_*}, C{python_info}).
     @ivar connections: Open client connections.
-    @ivar connectionGate: C{(max_connections, paused, pauses)}: the cap on
-        client connections, whether the listeners are paused at it now,
-        and how many times they were.
+    @ivar connectionGate: C{(max_connections, counted, paused, pauses)}:
+        the cap on connections, the connections it counts now (clients'
+        and upstreams'), whether the listeners are paused at it, and how
+        many times they were.
     @ivar generation: The config generation serving.
     @ivar certificates: C{(site, source, not_after)} for each certificate
         served; C{source} is C{"files"}, C{"acme"} or C{"placeholder"},
@@ -363,7 +364,7 @@ class Metrics:
         self._reloads = {True: 0, False: 0}
         self._failing: set[str] = set()
         self.connections: Callable[[], int] = lambda: 0
-        self.connectionGate: Callable[[], tuple[int, bool, int]] | None = None
+        self.connectionGate: Callable[[], tuple[int, int, bool, int]] | None = None
         self.generation: Callable[[], int] = lambda: 0
         self.certificates: Callable[[], Iterable[tuple[str, str, float]]] = lambda: ()
         self.upstreamHealth: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
@@ -565,12 +566,17 @@ class Metrics:
         connections: dict[str, Any] = {}
         for value in self._liveNumber("connections", self.connections):
             connections["open"] = int(value)
-        for limit, paused, pauses in self._live("connectionGate", self._gate):
-            connections.update(max=limit, paused=paused, limit_reached=pauses)
+        for limit, counted, paused, pauses in self._live("connectionGate", self._gate):
+            connections.update(
+                upstream=counted - connections.get("open", 0),
+                max=limit,
+                paused=paused,
+                limit_reached=pauses,
+            )
         answer["connections"] = connections
         return answer
 
-    def _gate(self) -> Iterable[tuple[int, bool, int]]:
+    def _gate(self) -> Iterable[tuple[int, int, bool, int]]:
         """
         The connection cap's state, as one item, or none without a cap.
         """
@@ -707,8 +713,8 @@ class Metrics:
         limit, paused, pauses = next(families), next(families), next(families)
         for gate in self._live("connectionGate", self._gate):
             limit.add_metric([], gate[0])
-            paused.add_metric([], 1.0 if gate[1] else 0.0)
-            pauses.add_metric([], gate[2])
+            paused.add_metric([], 1.0 if gate[2] else 0.0)
+            pauses.add_metric([], gate[3])
         yield from (limit, paused, pauses)
 
         generation = next(families)
@@ -802,7 +808,7 @@ class Metrics:
         )
         yield GaugeMetricFamily(
             "revproxy_connections_max",
-            "The cap on open client connections (max_connections).",
+            "The cap on open connections, client and upstream (max_connections).",
             labels=[],
         )
         yield GaugeMetricFamily(

@@ -323,11 +323,19 @@ def buildService(
     """
     top = RevProxyService()
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
+    # One cap on the process's connections, clients' and upstreams', as
+    # nginx's worker_connections: at it the listeners stop accepting.
+    gate = ConnectionGate(
+        config.server.max_connections
+        or defaultMaxConnections(currentDescriptorLimit()),
+        reactor,
+    )
     pool = ConnectionPool(
         reactor,
         reactorConnector(reactor),
         maxConnections=config.server.upstream_max_connections,
         maxQueue=config.server.upstream_max_queue,
+        counter=gate,
     )
     metrics = Metrics(reactor)
     forwarder = Forwarder(pool, reactor, config.server.trusted_proxies, metrics)
@@ -352,11 +360,6 @@ def buildService(
     site.observer = observer
     site.refused = observer.refused  # type: ignore[method-assign]
     site.bodyLimit = lambda request: bodyLimit(holder, request)
-    gate = ConnectionGate(
-        config.server.max_connections
-        or defaultMaxConnections(currentDescriptorLimit()),
-        reactor,
-    )
     tracker = ConnectionTracker(site, gate)
     reloader = Reloader(configPath, holder, reactor)
     top.metrics, top.observer, top.limiter = metrics, observer, limiter
@@ -389,7 +392,7 @@ def buildService(
     reloader.afterSwap.append(followRuntime)
     reloader.onResult.append(lambda answer: metrics.reloaded(answer["status"] == "ok"))
     metrics.connections = lambda: len(tracker.protocols)
-    metrics.connectionGate = lambda: (gate.limit, gate.paused, gate.pauses)
+    metrics.connectionGate = lambda: (gate.limit, gate.open, gate.paused, gate.pauses)
     metrics.generation = lambda: holder.current.generation
     metrics.upstreamHealth = upstreamHealth
     metrics.trackedClients = lambda: len(limiter)

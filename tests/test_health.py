@@ -7,12 +7,15 @@ driven over a L{MemoryReactorClock}; no sockets.
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 from collections.abc import Sequence
 from typing import Any, cast
 
 import attrs
 from OpenSSL import SSL
+from twisted.internet import error as ierror
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -576,6 +579,33 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
                 self.monitor.describe("app")[1]["healthy"], n + 1 == CHECK.passes
             )
         self.assertEqual({r.selector.pick() for _ in range(6)}, {A, B, C})
+
+    def test_localConnectErrorNotCounted(self) -> None:
+        """
+        A check that cannot connect for a local reason (EMFILE, ENFILE,
+        ENOBUFS, ENOMEM, EADDRNOTAVAIL: this process or host is short of
+        something) is not counted against the upstream, and is logged at
+        most once a minute; a refused connection still counts.
+        """
+        events = _observe(self)
+        r = self.route(upstreams=(A,))
+        self.started(r)
+        for _ in range(CHECK.fails + 1):
+            for number in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS):
+                for call in self.probe.pending():
+                    call.result.errback(
+                        ierror.ConnectBindError(number, os.strerror(number))
+                    )
+                self.clock.advance(CHECK.interval_secs)
+        [state] = cast(dict[object, UpstreamHealth], r.selector.health).values()
+        self.assertEqual((state.healthy, state.fails), (True, 0))
+        local = [e for e in events if "local reason" in e.get("log_format", "")]
+        minutes = (CHECK.fails + 1) * 3 * CHECK.interval_secs // 60
+        self.assertTrue(1 <= len(local) <= 1 + minutes, (len(local), minutes))
+        self.assertLess(len(local), (CHECK.fails + 1) * 3)
+        for call in self.probe.pending():
+            call.result.errback(ConnectionRefusedError())
+        self.assertEqual(state.fails, 1)
 
     def test_statusesThatFail(self) -> None:
         """

@@ -466,13 +466,13 @@ class LiveValuesTests(SynchronousTestCase):
         )
         for name in names:
             self.assertEqual(samples(self.metrics, name), {}, name)
-        state = [(819, False, 0)]
+        state = [(819, 10, False, 0)]
         self.metrics.connectionGate = lambda: state[0]
         self.assertEqual(
             [samples(self.metrics, name) for name in names],
             [{labels(): 819}, {labels(): 0}, {labels(): 0}],
         )
-        state[0] = (819, True, 2)
+        state[0] = (819, 819, True, 2)
         self.assertEqual(
             [samples(self.metrics, name) for name in names],
             [{labels(): 819}, {labels(): 1}, {labels(): 2}],
@@ -933,16 +933,16 @@ class StatsTests(SynchronousTestCase):
 
     def test_connections(self) -> None:
         """
-        Without a site, the open client connections and the cap on them:
-        whether the listeners are paused at it, and how many times they
-        were.
+        Without a site, the open client connections, the upstream ones the
+        cap counts too, the cap, whether the listeners are paused at it,
+        and how many times they were.
         """
         self.metrics.connections = lambda: 12
         self.assertEqual(self.metrics.stats()["connections"], {"open": 12})
-        self.metrics.connectionGate = lambda: (819, True, 3)
+        self.metrics.connectionGate = lambda: (819, 20, True, 3)
         self.assertEqual(
             self.metrics.stats()["connections"],
-            {"open": 12, "max": 819, "paused": True, "limit_reached": 3},
+            {"open": 12, "upstream": 8, "max": 819, "paused": True, "limit_reached": 3},
         )
 
     def test_oneSite(self) -> None:

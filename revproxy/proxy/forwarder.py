@@ -58,6 +58,7 @@ from revproxy.proxy.pool import (
     PoolKey,
     QueueFull,
     UpstreamSelector,
+    localConnectError,
 )
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 
@@ -73,25 +74,6 @@ _log = Logger()
 #: RFC 9110 section 9.2.2: the methods a proxy may send again on its own.
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
-#: Errors of a connect attempt that say this process or host is short of a
-#: resource (descriptors, buffers, memory, local ports), not that the
-#: upstream is down.
-LOCAL_CONNECT_ERRORS = frozenset(
-    [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL]
-)
-
-
-def localConnectError(reason: Failure) -> int | None:
-    """
-    The errno of C{reason} when it is a connect failure for a local
-    reason (L{LOCAL_CONNECT_ERRORS}), else L{None}.
-    """
-    value = reason.value
-    if isinstance(value, ierror.ConnectError):
-        number = value.osError
-        if number in LOCAL_CONNECT_ERRORS:
-            return int(number)
-    return None
 
 
 _INLINE_BODY = 64 * 1024

@@ -12,11 +12,13 @@ upstream idle timeout, and caps the connections to each upstream.
 
 from __future__ import annotations
 
+import errno
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
@@ -243,6 +245,27 @@ class IConnectionWaiter(TypingProtocol):
         """
 
 
+#: Errors of a connect attempt that say this process or host is short of a
+#: resource (descriptors, buffers, memory, local ports), not that the
+#: upstream is down.
+LOCAL_CONNECT_ERRORS = frozenset(
+    [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL]
+)
+
+
+def localConnectError(reason: Failure) -> int | None:
+    """
+    The errno of C{reason} when it is a connect failure for a local
+    reason (L{LOCAL_CONNECT_ERRORS}), else L{None}.
+    """
+    value = reason.value
+    if isinstance(value, ConnectError):
+        number = value.osError
+        if number in LOCAL_CONNECT_ERRORS:
+            return int(number)
+    return None
+
+
 class QueueFull(Exception):
     """
     The upstream has its most connections and its line of waiters is full:
@@ -261,9 +284,23 @@ class IUpstreamConnector(TypingProtocol):
     ) -> IConnector: ...
 
 
+class IConnectionCounter(TypingProtocol):
+    """
+    Told of every upstream socket opened and closed: the cap on the
+    process's connections (L{revproxy.listeners.ConnectionGate}) counts
+    upstream connections with the clients', as nginx's
+    C{worker_connections} does.
+    """
+
+    def opened(self) -> None: ...
+    def closed(self) -> None: ...
+
+
 class _ConnectionFactory(ClientFactory):
     """
-    Builds one L{UpstreamConnection} for one waiter and reports failure to it.
+    Builds one L{UpstreamConnection} for one waiter and reports failure to it;
+    tells the pool's counter when its socket closes (the connect failed, or
+    the connection it made is lost).
     """
 
     noisy = False
@@ -275,6 +312,7 @@ class _ConnectionFactory(ClientFactory):
         self.key = key
         self.waiter: IConnectionWaiter | None = waiter
         self.connector: IConnector | None = None
+        self.counter: IConnectionCounter | None = None
 
     def buildProtocol(self, addr: object) -> UpstreamConnection:
         connection = UpstreamConnection(self.pool, self.key)
@@ -282,7 +320,17 @@ class _ConnectionFactory(ClientFactory):
         return connection
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self._uncount()
         self.pool._connectFailed(self, reason)
+
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        self._uncount()
+
+    def _uncount(self) -> None:
+        counter = self.counter
+        if counter is not None:
+            self.counter = None
+            counter.closed()
 
 
 class _Host:
@@ -360,13 +408,16 @@ class ConnectionPool:
         maxIdle: int = DEFAULT_MAX_IDLE,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         maxQueue: int = DEFAULT_MAX_QUEUE,
+        counter: IConnectionCounter | None = None,
     ) -> None:
         """
         @param maxConnections: The most connections open (busy, idle or
             being opened) to one upstream.
         @param maxQueue: The most waiters in line for a connection to one
             upstream; beyond, L{QueueFull} at once.
+        @param counter: Told of every upstream socket opened and closed.
         """
+        self.counter = counter
         self._clock = clock
         self._connect = connect
         self.idleTimeout = idleTimeout
@@ -451,10 +502,15 @@ class ConnectionPool:
     ) -> _ConnectionFactory:
         factory = _ConnectionFactory(self, key, waiter)
         host.connecting.add(factory)
+        counter = self.counter
+        if counter is not None:
+            factory.counter = counter
+            counter.opened()
         try:
             factory.connector = self._connect(key, factory, timeout)
         except Exception:
             # A connector that raises (a bad address) must not leak the slot.
+            factory._uncount()
             self._connectFailed(factory, Failure())
         return factory
 

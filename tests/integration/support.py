@@ -598,15 +598,25 @@ def replaceFile(path: str, text: str) -> None:
 # -- the proxy process
 
 
-def twistdArgv(args: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+def twistdArgv(
+    args: Sequence[str], options: Sequence[str] = (), nofile: int | None = None
+) -> list[str]:
     """
     The command line of C{twistd -n --pidfile= OPTIONS revproxy ARGS} with
     this interpreter.
+
+    @param nofile: the soft and hard C{RLIMIT_NOFILE} to run with, if given.
     """
+    prelude = ""
+    if nofile is not None:
+        prelude = (
+            "import resource; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+        )
     return [
         sys.executable,
         "-c",
-        "from twisted.scripts.twistd import run; run()",
+        prelude + "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
         *options,
@@ -679,9 +689,11 @@ class ProxyProcess:
         args: Sequence[str],
         cwd: str,
         options: Sequence[str] = (),
+        nofile: int | None = None,
     ):
         """
         @param options: twistd's own options, before C{revproxy}.
+        @param nofile: the descriptor limit (soft and hard) to run with.
         """
         self.reactor = reactor
         self.args = list(args)
@@ -689,7 +701,7 @@ class ProxyProcess:
         self.transport: IProcessTransport = reactor.spawnProcess(
             self.protocol,
             sys.executable,
-            twistdArgv(args, options),
+            twistdArgv(args, options, nofile),
             env=_childEnvironment(),
             path=cwd,
         )
@@ -813,6 +825,7 @@ async def spawnProxy(
     args: Sequence[str],
     cwd: str,
     options: Sequence[str] = (),
+    nofile: int | None = None,
 ) -> tuple[ProxyProcess, int]:
     """
     Start C{twistd revproxy ARGS}; return it and its HTTP port once it
@@ -827,7 +840,7 @@ async def spawnProxy(
     only returned once the proxy has answered a request: a request line
     twisted.web rejects itself, which no upstream sees.
     """
-    proxy = ProxyProcess(reactor, args, cwd, options)
+    proxy = ProxyProcess(reactor, args, cwd, options, nofile)
     try:
         port = await proxy.waitListening()
         probe = await connectRaw(reactor, port)
