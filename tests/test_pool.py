@@ -875,6 +875,88 @@ class LineTests(PoolTestMixin, SynchronousTestCase):
         self.assertEqual(attempt.connector.disconnects, 1)
 
 
+class Counter:
+    """
+    Counts the sockets the pool says it opened and closed.
+    """
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.events: list[str] = []
+
+    def opened(self) -> None:
+        self.open += 1
+        self.events.append("opened")
+
+    def closed(self) -> None:
+        self.open -= 1
+        self.events.append("closed")
+
+
+class CounterTests(PoolTestMixin, SynchronousTestCase):
+    """
+    The pool tells its counter (the connection cap) of every upstream
+    socket, from the connect attempt until the connection is lost.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.counter = Counter()
+        self.pool.counter = self.counter
+
+    def test_connectedThenLost(self) -> None:
+        """
+        Counted from the attempt; uncounted once, when the connection made
+        is lost (Twisted's connector tells the factory).
+        """
+        self.pool.acquire(KEY, RecordingWaiter(), 3.0)
+        self.assertEqual(self.counter.open, 1)
+        attempt = self.connect.attempts[0]
+        connection, _ = attempt.succeed()
+        self.assertEqual(self.counter.open, 1)
+        reason = Failure(ConnectionDone())
+        connection.connectionLost(reason)
+        attempt.factory.clientConnectionLost(
+            cast(IConnector, attempt.connector), reason
+        )
+        attempt.factory.clientConnectionLost(
+            cast(IConnector, attempt.connector), reason
+        )
+        self.assertEqual(self.counter.events, ["opened", "closed"])
+
+    def test_failedAttempt(self) -> None:
+        """
+        A failed connect is uncounted.
+        """
+        self.pool.acquire(KEY, RecordingWaiter(), 3.0)
+        self.connect.attempts[0].fail()
+        self.assertEqual(self.counter.events, ["opened", "closed"])
+
+    def test_connectorRaises(self) -> None:
+        """
+        A connector that raises leaves nothing counted.
+        """
+
+        def raising(key: PoolKey, factory: ClientFactory, timeout: float) -> IConnector:
+            raise ValueError("bad address")
+
+        pool = ConnectionPool(self.clock, raising, counter=self.counter)
+        waiter = RecordingWaiter()
+        pool.acquire(KEY, waiter, 3.0)
+        self.assertEqual(len(waiter.failed), 1)
+        self.assertEqual(self.counter.events, ["opened", "closed"])
+
+    def test_idleReuseNotCounted(self) -> None:
+        """
+        Reusing an idle connection opens no socket.
+        """
+        self.pool.counter = None
+        self.idleConnection()
+        self.pool.counter = self.counter
+        self.pool.acquire(KEY, RecordingWaiter(), 3.0)
+        self.assertEqual(self.counter.events, [])
+
+
 class VerifyTests(PoolTestMixin, SynchronousTestCase):
     """
     C{acquire(verify=True)}: for a request that must not be sent twice, an
