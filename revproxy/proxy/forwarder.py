@@ -75,7 +75,6 @@ _log = Logger()
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
 
-
 _INLINE_BODY = 64 * 1024
 _BODY_CHUNK = 64 * 1024
 
