@@ -570,9 +570,10 @@ class _Exchange:
 
     # -- endings
 
-    def _fail(self) -> None:
+    def _end(self) -> None:
         """
-        No upstream could answer: 504 if the last try timed out, else 502.
+        The exchange ends with an answer of the proxy's own: no timer, no
+        longer the request's exchange, the upstream it last tried noted.
         """
         self._disarm()
         self.done = True
@@ -580,6 +581,12 @@ class _Exchange:
         upstream = self.upstream
         if upstream is not None:
             self.request.upstreamURL = upstream.url
+
+    def _fail(self) -> None:
+        """
+        No upstream could answer: 504 if the last try timed out, else 502.
+        """
+        self._end()
         _log.warn(
             "site {site}: {method} {target} failed: {error} (request_id {request_id})",
             site=self.config.name,
@@ -601,8 +608,7 @@ class _Exchange:
         """
         Every upstream of the site is unhealthy: 503, nothing tried.
         """
-        self.done = True
-        self.request.exchange = None
+        self._end()
         self._count("unavailable")
         _log.warn(
             "site {site}: {method} {target}: no healthy upstream "
@@ -624,12 +630,8 @@ class _Exchange:
         No connection came free in time, or the line for one was full:
         503, counted as C{kind}, never a mark against the upstream.
         """
-        self._disarm()
-        self.done = True
-        self.request.exchange = None
+        self._end()
         upstream = self.upstream
-        if upstream is not None:
-            self.request.upstreamURL = upstream.url
         self._count(kind)
         _log.warn(
             "site {site}: {method} {target}: upstream {upstream} busy: {error} "
@@ -653,9 +655,7 @@ class _Exchange:
         errno): 503, one log line a second at most, no mark against the
         upstream and no other upstream tried (they would fail alike).
         """
-        self._disarm()
-        self.done = True
-        self.request.exchange = None
+        self._end()
         self._count("local")
         forwarder = self.forwarder
         now = forwarder.clock.seconds()
