@@ -258,11 +258,17 @@ PYTHON
 }
 
 # logrotate, forced, with the package's file (its own state file here):
-# the log is renamed, revproxy told to reopen it (postrotate), and the next
-# request's line lands in the new file.
+# the log is renamed as user revproxy (su), a new one created 0640
+# revproxy:revproxy, revproxy told to reopen it (postrotate, run as root),
+# and the next request's line lands in the new file.
 logrotate_reopens() {
-    logrotate -f -s "$TMP/logrotate.state" /etc/logrotate.d/revproxy || return 1
+    local out
+    out=$(logrotate -v -f -s "$TMP/logrotate.state" /etc/logrotate.d/revproxy 2>&1) ||
+        { echo "$out"; return 1; }
+    grep -q "switching euid from 0 to $(id -u revproxy) and egid from 0 to $(id -g revproxy)" <<<"$out" ||
+        { echo "$out"; echo "(logrotate did not rotate as revproxy:revproxy)"; return 1; }
     [ -s /var/log/revproxy/access.log.1 ] || { ls -l /var/log/revproxy; return 1; }
+    has_mode /var/log/revproxy/access.log "640 revproxy:revproxy" || return 1
     proxied app.test || return 1
     wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log ||
         { ls -l /var/log/revproxy; return 1; }
@@ -410,7 +416,7 @@ check "ops listener: /healthz 200" curl -sS -f --max-time 10 "http://127.0.0.1:$
 check "its line in /var/log/revproxy/access.log" \
     wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log
 
-check "logrotate -f: rotated, revproxy reopened, next line in the new log" logrotate_reopens
+check "logrotate -f: rotated as revproxy, reopened, next line in the new log" logrotate_reopens
 
 status=$(echo status | timeout 10 nc -U "$SOCKET" 2>&1)
 if [ "$(printf '%s' "$status" | json_get '(a["status"], a["sites"], a["pid"])' 2>/dev/null)" = "('ok', 1, $PROXY_PID)" ]; then

@@ -69,6 +69,19 @@ def _read(name: str) -> str:
         return f.read()
 
 
+def _unitSettings() -> dict[str, list[str]]:
+    """
+    Every assignment of C{debian/revproxy.service}, by key, in order (for
+    keys such as C{SystemCallFilter=} that may be given more than once).
+    """
+    settings: dict[str, list[str]] = {}
+    for line in _read("revproxy.service").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith(("#", ";", "[")):
+            settings.setdefault(key, []).append(value.strip())
+    return settings
+
+
 def _plain(roff: str) -> str:
     """
     C{roff} text as it reads: font changes dropped, the usual escapes
@@ -526,6 +539,20 @@ class LogrotateTests(SynchronousTestCase):
             "endscript",
         ):
             self.assertIn(directive, directives)
+
+    def test_rotatesAsTheServiceUser(self) -> None:
+        """
+        logrotate renames and creates files in /var/log/revproxy, which the
+        service's user owns, as that user and group (the unit's C{User=}
+        and C{Group=}), not as root: the service, compromised, could
+        otherwise have root follow a link it put there.
+        """
+        directives, _, _ = self.stanza()
+        unit = _unitSettings()
+        user, group = unit["User"][-1], unit["Group"][-1]
+        self.assertEqual(unit["LogsDirectory"], ["revproxy"])
+        self.assertIn(f"su {user} {group}", directives)
+        self.assertIn(f"create 0640 {user} {group}", directives)
 
     def test_reopens(self) -> None:
         """
