@@ -10,8 +10,10 @@
 #     the runtime, state and log directories made with the unit's owners and
 #     modes, then the unit's own ExecStartPre and ExecStart lines (read from
 #     the installed unit, with a test config on loopback high ports) as user
-#     revproxy; prove a proxied request, its access log line and the
-#     log's rotation, the admin socket, a reload that
+#     revproxy (with a soft descriptor limit under the unit's hard
+#     LimitNOFILE, which revproxy must raise and log); prove a proxied
+#     request, its access log line and the log's rotation (as user
+#     revproxy), the admin socket, a reload that
 #     changes something, a reload of a broken config that changes nothing,
 #     and exit status 0 on SIGTERM.
 #  3. apt-get purge, then check that nothing is left.
@@ -392,12 +394,27 @@ else
     fail "unit: ExecStartPre=" "no ExecStartPre= in $UNIT"
 fi
 
+# LimitNOFILE=: systemd would set it; here prlimit does, with the unit's
+# hard limit but a soft limit of 1024 (as a drop-in LimitNOFILE=1024:N
+# would), so that revproxy's own raise to the hard limit shows in its log.
+# Without CAP_SYS_RESOURCE (in a container) root cannot raise its own hard
+# limit: then the hard limit stays what it is here.
+nofile=$(unit_value LimitNOFILE)
+check "unit: LimitNOFILE=65536" test "$nofile" = 65536
+nofile_hard=${nofile##*:}
+nofile_hard=${nofile_hard:-65536}
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$nofile_hard" ] &&
+    ! prlimit --nofile="$nofile_hard" true 2>/dev/null; then
+    note "cannot raise the hard descriptor limit to $nofile_hard here: keeping $(ulimit -Hn)"
+    nofile_hard=$(ulimit -Hn)
+fi
 # runuser forks and waits: $! is runuser (started directly, not through a
-# shell function, which would put a subshell in $!), the proxy is its child.
-# Signals go to the proxy itself: runuser, sent a SIGTERM, would SIGKILL its
-# child 2 s later and die of the signal.
+# shell function, which would put a subshell in $!; prlimit execs it), the
+# proxy is its child. Signals go to the proxy itself: runuser, sent a
+# SIGTERM, would SIGKILL its child 2 s later and die of the signal.
 t0=$(date +%s%N)
-runuser -u revproxy -- "${START_CMD[@]}" >"$TMP/revproxy.log" 2>&1 &
+prlimit --nofile="1024:$nofile_hard" \
+    runuser -u revproxy -- "${START_CMD[@]}" >"$TMP/revproxy.log" 2>&1 &
 RUNUSER_PID=$!
 if wait_until 10 proxy_child; then
     pass "ExecStart started: runuser $RUNUSER_PID, revproxy $PROXY_PID"
@@ -405,6 +422,8 @@ else
     fail "ExecStart started" "$(cat "$TMP/revproxy.log")"
 fi
 check "revproxy runs as user revproxy" runs_as_revproxy
+check "it raised its soft descriptor limit to the hard one (log line)" \
+    wait_until 10 grep -F "File descriptor limit (RLIMIT_NOFILE): soft 1024 -> $nofile_hard, hard $nofile_hard" "$TMP/revproxy.log"
 if wait_until 30 port_open "$HTTP_PORT"; then
     pass "listening on 127.0.0.1:$HTTP_PORT ($(ms_since "$t0") ms after start)"
 else

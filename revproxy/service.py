@@ -27,6 +27,7 @@ from revproxy.acme.manager import AcmeManager
 from revproxy.acme.storage import AcmeStorage
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.config import Config
+from revproxy.descriptors import DescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.health import HealthMonitor
 from revproxy.interfaces import IIssuer, IRevProxyReactor
@@ -263,6 +264,9 @@ class RevProxyService(MultiService):
     @ivar acme: the ACME certificates (with HTTPS listeners), else L{None}.
     @ivar servedTLS: the certificates the HTTPS listeners serve now (files
         and ACME), else L{None}.
+    @ivar descriptors: the file descriptor limit as raised at start (in the
+        proxy's own process), else L{None};
+        L{revproxy.descriptors.currentDescriptorLimit} gives it at any time.
     """
 
     site: ProxySite
@@ -273,6 +277,7 @@ class RevProxyService(MultiService):
     contexts: SNIContextFactory | None = None
     acme: AcmeManager | None = None
     servedTLS: Callable[[], TLSFiles] | None = None
+    descriptors: DescriptorLimit | None = None
     metrics: Metrics
     observer: RequestObserver
     limiter: RateLimiter
@@ -300,6 +305,7 @@ def buildService(
     reactor: IRevProxyReactor,
     tls: TLSFiles | None = None,
     notifier: Notifier | None = None,
+    descriptors: DescriptorLimit | None = None,
 ) -> RevProxyService:
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
@@ -312,9 +318,13 @@ def buildService(
         L{revproxy.tap}); when L{None}, they are read now.
     @param notifier: Tells systemd about start-up, reloads and shutdown;
         when L{None}, one for C{$NOTIFY_SOCKET}.
+    @param descriptors: The file descriptor limit the process raised at
+        start (L{revproxy.tap.makeService}), kept as the tree's
+        C{descriptors}.
     @raise ConfigError: A certificate, key or CA file cannot be used.
     """
     top = RevProxyService()
+    top.descriptors = descriptors
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
     pool = ConnectionPool(reactor, reactorConnector(reactor))
     metrics = Metrics(reactor)
