@@ -259,6 +259,17 @@ print(f"{len(pins)} packages at their locked versions")
 PYTHON
 }
 
+# The proxied request's line is in the access log within 10 s (written at
+# least once a second); if not, what there is to see.
+access_logged() {
+    wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log && return 0
+    ls -l /var/log/revproxy
+    cat /var/log/revproxy/access.log
+    uptime
+    tail -n 20 "$TMP/revproxy.log"
+    return 1
+}
+
 # logrotate, forced, with the package's file (its own state file here):
 # the log is renamed as user revproxy (su), a new one created 0640
 # revproxy:revproxy, revproxy told to reopen it (postrotate, run as root),
@@ -432,8 +443,7 @@ fi
 check "admin socket $SOCKET 660 revproxy:revproxy" has_mode "$SOCKET" "660 revproxy:revproxy"
 check "proxied: curl -H 'Host: app.test' http://127.0.0.1:$HTTP_PORT/hello.txt" proxied app.test
 check "ops listener: /healthz 200" curl -sS -f --max-time 10 "http://127.0.0.1:$OPS_PORT/healthz"
-check "its line in /var/log/revproxy/access.log" \
-    wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log
+check "its line in /var/log/revproxy/access.log" access_logged
 
 check "logrotate -f: rotated as revproxy, reopened, next line in the new log" logrotate_reopens
 
