@@ -10,8 +10,10 @@
 #     the runtime, state and log directories made with the unit's owners and
 #     modes, then the unit's own ExecStartPre and ExecStart lines (read from
 #     the installed unit, with a test config on loopback high ports) as user
-#     revproxy; prove a proxied request, its access log line and the
-#     log's rotation, the admin socket, a reload that
+#     revproxy (with a soft descriptor limit under the unit's hard
+#     LimitNOFILE, which revproxy must raise and log); prove a proxied
+#     request, its access log line and the log's rotation (as user
+#     revproxy), the admin socket, a reload that
 #     changes something, a reload of a broken config that changes nothing,
 #     and exit status 0 on SIGTERM.
 #  3. apt-get purge, then check that nothing is left.
@@ -257,12 +259,29 @@ print(f"{len(pins)} packages at their locked versions")
 PYTHON
 }
 
+# The proxied request's line is in the access log within 10 s (written at
+# least once a second); if not, what there is to see.
+access_logged() {
+    wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log && return 0
+    ls -l /var/log/revproxy
+    cat /var/log/revproxy/access.log
+    uptime
+    tail -n 20 "$TMP/revproxy.log"
+    return 1
+}
+
 # logrotate, forced, with the package's file (its own state file here):
-# the log is renamed, revproxy told to reopen it (postrotate), and the next
-# request's line lands in the new file.
+# the log is renamed as user revproxy (su), a new one created 0640
+# revproxy:revproxy, revproxy told to reopen it (postrotate, run as root),
+# and the next request's line lands in the new file.
 logrotate_reopens() {
-    logrotate -f -s "$TMP/logrotate.state" /etc/logrotate.d/revproxy || return 1
+    local out
+    out=$(logrotate -v -f -s "$TMP/logrotate.state" /etc/logrotate.d/revproxy 2>&1) ||
+        { echo "$out"; return 1; }
+    grep -q "switching euid from 0 to $(id -u revproxy) and egid from 0 to $(id -g revproxy)" <<<"$out" ||
+        { echo "$out"; echo "(logrotate did not rotate as revproxy:revproxy)"; return 1; }
     [ -s /var/log/revproxy/access.log.1 ] || { ls -l /var/log/revproxy; return 1; }
+    has_mode /var/log/revproxy/access.log "640 revproxy:revproxy" || return 1
     proxied app.test || return 1
     wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log ||
         { ls -l /var/log/revproxy; return 1; }
@@ -386,12 +405,27 @@ else
     fail "unit: ExecStartPre=" "no ExecStartPre= in $UNIT"
 fi
 
+# LimitNOFILE=: systemd would set it; here prlimit does, with the unit's
+# hard limit but a soft limit of 1024 (as a drop-in LimitNOFILE=1024:N
+# would), so that revproxy's own raise to the hard limit shows in its log.
+# Without CAP_SYS_RESOURCE (in a container) root cannot raise its own hard
+# limit: then the hard limit stays what it is here.
+nofile=$(unit_value LimitNOFILE)
+check "unit: LimitNOFILE=65536" test "$nofile" = 65536
+nofile_hard=${nofile##*:}
+nofile_hard=${nofile_hard:-65536}
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$nofile_hard" ] &&
+    ! prlimit --nofile="$nofile_hard" true 2>/dev/null; then
+    note "cannot raise the hard descriptor limit to $nofile_hard here: keeping $(ulimit -Hn)"
+    nofile_hard=$(ulimit -Hn)
+fi
 # runuser forks and waits: $! is runuser (started directly, not through a
-# shell function, which would put a subshell in $!), the proxy is its child.
-# Signals go to the proxy itself: runuser, sent a SIGTERM, would SIGKILL its
-# child 2 s later and die of the signal.
+# shell function, which would put a subshell in $!; prlimit execs it), the
+# proxy is its child. Signals go to the proxy itself: runuser, sent a
+# SIGTERM, would SIGKILL its child 2 s later and die of the signal.
 t0=$(date +%s%N)
-runuser -u revproxy -- "${START_CMD[@]}" >"$TMP/revproxy.log" 2>&1 &
+prlimit --nofile="1024:$nofile_hard" \
+    runuser -u revproxy -- "${START_CMD[@]}" >"$TMP/revproxy.log" 2>&1 &
 RUNUSER_PID=$!
 if wait_until 10 proxy_child; then
     pass "ExecStart started: runuser $RUNUSER_PID, revproxy $PROXY_PID"
@@ -399,6 +433,8 @@ else
     fail "ExecStart started" "$(cat "$TMP/revproxy.log")"
 fi
 check "revproxy runs as user revproxy" runs_as_revproxy
+check "it raised its soft descriptor limit to the hard one (log line)" \
+    wait_until 10 grep -F "File descriptor limit (RLIMIT_NOFILE): soft 1024 -> $nofile_hard, hard $nofile_hard" "$TMP/revproxy.log"
 if wait_until 30 port_open "$HTTP_PORT"; then
     pass "listening on 127.0.0.1:$HTTP_PORT ($(ms_since "$t0") ms after start)"
 else
@@ -407,10 +443,9 @@ fi
 check "admin socket $SOCKET 660 revproxy:revproxy" has_mode "$SOCKET" "660 revproxy:revproxy"
 check "proxied: curl -H 'Host: app.test' http://127.0.0.1:$HTTP_PORT/hello.txt" proxied app.test
 check "ops listener: /healthz 200" curl -sS -f --max-time 10 "http://127.0.0.1:$OPS_PORT/healthz"
-check "its line in /var/log/revproxy/access.log" \
-    wait_until 10 grep -q '"/hello.txt"' /var/log/revproxy/access.log
+check "its line in /var/log/revproxy/access.log" access_logged
 
-check "logrotate -f: rotated, revproxy reopened, next line in the new log" logrotate_reopens
+check "logrotate -f: rotated as revproxy, reopened, next line in the new log" logrotate_reopens
 
 status=$(echo status | timeout 10 nc -U "$SOCKET" 2>&1)
 if [ "$(printf '%s' "$status" | json_get '(a["status"], a["sites"], a["pid"])' 2>/dev/null)" = "('ok', 1, $PROXY_PID)" ]; then

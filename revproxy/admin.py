@@ -792,6 +792,77 @@ def _parseLine(line: bytes) -> list[str] | None:
     return words or None
 
 
+def socketDirectoryProblem(status: os.stat_result, uid: int) -> str | None:
+    """
+    Why a directory with C{status} is not a safe place for the admin socket
+    of a process whose effective user id is C{uid}, or L{None} if it is.
+
+    Safe is what OpenSSH's C{StrictModes} asks of the directories above
+    C{authorized_keys}: owned by root or by the process's own user, and
+    writable by nobody else, except that a sticky directory (C{/tmp}) may be
+    writable by all, since then only an entry's owner can remove or rename
+    it.  Write access for the group is refused whatever the group, the
+    process's own included: a member could replace the socket, or turn it
+    into a symlink between the C{bind} and the C{chmod} that C{listenUNIX}
+    does, making revproxy C{chmod 0660} any file of its own.
+
+    Pure: no I/O, so it can be tested with made-up C{stat} results.
+    """
+    if not stat.S_ISDIR(status.st_mode):
+        return "it is not a directory"
+    if status.st_uid not in (0, uid):
+        return (
+            f"it is owned by uid {status.st_uid}, not by root or by uid {uid} "
+            "(this process)"
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & stat.S_ISVTX:
+        return None
+    if mode & stat.S_IWOTH:
+        return f"it is writable by other users (mode {mode:04o}) and has no sticky bit"
+    if mode & stat.S_IWGRP:
+        return (
+            f"it is writable by group {status.st_gid} (mode {mode:04o}) and has "
+            "no sticky bit"
+        )
+    return None
+
+
+def unsafeSocketDirectory(
+    path: str,
+    uid: int,
+    statPath: Callable[[str], os.stat_result] = os.stat,
+) -> tuple[str, str] | None:
+    """
+    The first directory, from the one that would hold the socket C{path} up
+    to C{/}, that fails L{socketDirectoryProblem}, with the reason; or
+    L{None} when all pass.  Whoever can write to any of them can rename
+    the ones below it away and put their own in place.
+
+    The path is resolved first (C{/var/run} is C{/run}); directories that
+    do not exist yet are skipped, since revproxy creates them itself.  A
+    socket in the abstract namespace (C{\\0name}) has no directory.
+    """
+    if path.startswith("\0"):
+        return None
+    directory = os.path.realpath(os.path.dirname(path) or os.curdir)
+    while True:
+        try:
+            status: os.stat_result | None = statPath(directory)
+        except FileNotFoundError:
+            status = None
+        except OSError as e:
+            return directory, f"it cannot be checked: {e.strerror or e}"
+        if status is not None:
+            problem = socketDirectoryProblem(status, uid)
+            if problem is not None:
+                return directory, problem
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
 class AdminSocket(Service):
     """
     Listens on the admin socket while running.
@@ -799,7 +870,8 @@ class AdminSocket(Service):
     The socket is created mode 0660 with Twisted's lock file beside it
     (C{PATH.lock}), which tells a stale socket (removed and replaced) from
     one a live process owns.  A socket that cannot be had is a warning, not
-    a failed start: the proxy runs without it.
+    a failed start: the proxy runs without it.  So is a socket directory
+    that another user could write to (L{unsafeSocketDirectory}).
     """
 
     def __init__(self, path: str, factory: Factory[Any], reactor: IReactorUNIX) -> None:
@@ -817,6 +889,19 @@ class AdminSocket(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is not None:
+            return
+        # Checked before a missing directory is made, so that nothing is
+        # created under a directory that fails.
+        unsafe = unsafeSocketDirectory(self.path, os.geteuid())
+        if unsafe is not None:
+            directory, problem = unsafe
+            _log.warn(
+                "Running without the admin socket {path}: {directory} is not a "
+                "safe place for it: {problem}",
+                path=self.path,
+                directory=directory,
+                problem=problem,
+            )
             return
         parent = os.path.dirname(self.path)
         if parent and not self.path.startswith("\0"):

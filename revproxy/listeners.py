@@ -19,7 +19,6 @@ listeners; should even that run out, a connect that fails with EMFILE is a
 
 from __future__ import annotations
 
-import resource
 from typing import Any
 
 from twisted.application.service import Service
@@ -44,15 +43,6 @@ DEFAULT_SHARE = 0.8
 
 #: At most one "limit reached" line per this many seconds.
 LOG_INTERVAL = 60.0
-
-
-def currentDescriptorLimit() -> int:
-    """
-    The soft C{RLIMIT_NOFILE} of this process now (a very large number when
-    it is unlimited).
-    """
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 2**31 - 1
 
 
 def defaultMaxConnections(descriptors: int) -> int:

@@ -28,13 +28,13 @@ from revproxy.acme.manager import AcmeManager
 from revproxy.acme.storage import AcmeStorage
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.config import Config
+from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.health import HealthMonitor
 from revproxy.interfaces import IIssuer, IRevProxyReactor
 from revproxy.listeners import (
     ConnectionGate,
     Listener,
-    currentDescriptorLimit,
     defaultMaxConnections,
 )
 from revproxy.metrics import Metrics, opsSite
@@ -270,6 +270,9 @@ class RevProxyService(MultiService):
     @ivar acme: the ACME certificates (with HTTPS listeners), else L{None}.
     @ivar servedTLS: the certificates the HTTPS listeners serve now (files
         and ACME), else L{None}.
+    @ivar descriptors: the file descriptor limit as raised at start (in the
+        proxy's own process), else L{None};
+        L{revproxy.descriptors.currentDescriptorLimit} gives it at any time.
     """
 
     site: ProxySite
@@ -280,6 +283,7 @@ class RevProxyService(MultiService):
     contexts: SNIContextFactory | None = None
     acme: AcmeManager | None = None
     servedTLS: Callable[[], TLSFiles] | None = None
+    descriptors: DescriptorLimit | None = None
     metrics: Metrics
     observer: RequestObserver
     limiter: RateLimiter
@@ -307,6 +311,7 @@ def buildService(
     reactor: IRevProxyReactor,
     tls: TLSFiles | None = None,
     notifier: Notifier | None = None,
+    descriptors: DescriptorLimit | None = None,
 ) -> RevProxyService:
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
@@ -319,17 +324,25 @@ def buildService(
         L{revproxy.tap}); when L{None}, they are read now.
     @param notifier: Tells systemd about start-up, reloads and shutdown;
         when L{None}, one for C{$NOTIFY_SOCKET}.
+    @param descriptors: The file descriptor limit the process raised at
+        start (L{revproxy.tap.makeService}), kept as the tree's
+        C{descriptors}.
     @raise ConfigError: A certificate, key or CA file cannot be used.
     """
     top = RevProxyService()
+    top.descriptors = descriptors
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
     # One cap on the process's connections, clients' and upstreams', as
     # nginx's worker_connections: at it the listeners stop accepting.
-    gate = ConnectionGate(
-        config.server.max_connections
-        or defaultMaxConnections(currentDescriptorLimit()),
-        reactor,
-    )
+    maxConnections = config.server.max_connections
+    if maxConnections is None:
+        maxConnections = defaultMaxConnections(currentDescriptorLimit())
+        _log.info(
+            "max_connections: {count} (80 % of the descriptor limit), client "
+            "and upstream connections together",
+            count=maxConnections,
+        )
+    gate = ConnectionGate(maxConnections, reactor)
     pool = ConnectionPool(
         reactor,
         reactorConnector(reactor),

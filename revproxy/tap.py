@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, cast
 
 from twisted.application.service import IService
@@ -24,6 +25,7 @@ from revproxy.config import (
     loadConfig,
     quickConfig,
 )
+from revproxy.descriptors import DescriptorLimit, raiseDescriptorLimit
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.reload import configWarnings
 from revproxy.tls import loadTLSFiles
@@ -112,16 +114,33 @@ class Options(usage.Options):
 
 
 def makeService(
-    options: usage.Options, reactor: IRevProxyReactor | None = None
+    options: usage.Options,
+    reactor: IRevProxyReactor | None = None,
+    raiseLimit: Callable[[], DescriptorLimit] = raiseDescriptorLimit,
 ) -> IService:
     """
     Build the service tree for the parsed options.
+
+    Called as twistd calls it, without a reactor, this is the proxy's own
+    process: it first raises the file descriptor limit (C{raiseLimit}),
+    before any listener is bound, and the tree keeps the result as
+    C{descriptors}.  C{--check} never gets here (it exits while the
+    options are parsed), and a caller that brings its own reactor (tests)
+    keeps its limit.
     """
     from revproxy.service import buildService
 
+    descriptors = None
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = cast(IRevProxyReactor, globalReactor)
+        descriptors = raiseLimit()
     config: Config = options["parsed"]
-    return buildService(config, options["config"] or "", reactor, options.get("tls"))
+    return buildService(
+        config,
+        options["config"] or "",
+        reactor,
+        options.get("tls"),
+        descriptors=descriptors,
+    )

@@ -47,6 +47,8 @@ from revproxy.admin import (
     Answer,
     Operations,
     peekUpstream,
+    socketDirectoryProblem,
+    unsafeSocketDirectory,
 )
 from revproxy.config import Config, Upstream, loadConfig, parseConfig
 from revproxy.proxy.pool import UpstreamSelector
@@ -1351,11 +1353,239 @@ class AdminSocketTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(reactor.ports[0].stopCalls, 1)
 
+    def test_unsafeDirectory(self) -> None:
+        """
+        A socket directory that other users can write to without the sticky
+        bit is a warning naming it and why; nothing listens.
+        """
+        shared = os.path.join(self.dir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        path = os.path.join(shared, "admin.sock")
+        reactor = MemoryReactor()
+        service = AdminSocket(path, self.factory, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(reactor.unixServers, [])
+        [warning] = self.warnings()
+        self.assertIn(f"Running without the admin socket {path}", warning)
+        self.assertIn(
+            f"{shared} is not a safe place for it: it is writable by other users",
+            warning,
+        )
+        self.assertIsNone(service.stopService())
+
+    def test_unsafeAncestorCreatesNothing(self) -> None:
+        """
+        A missing socket directory is not created under a directory that
+        fails the check.
+        """
+        shared = os.path.join(self.dir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        reactor = MemoryReactor()
+        AdminSocket(
+            os.path.join(shared, "run", "admin.sock"), self.factory, reactor
+        ).privilegedStartService()
+        self.assertFalse(os.path.exists(os.path.join(shared, "run")))
+        self.assertEqual(reactor.unixServers, [])
+        [warning] = self.warnings()
+        self.assertIn(shared, warning)
+
+    def test_stickyDirectory(self) -> None:
+        """
+        A directory anyone can write to but with the sticky bit (as
+        C{/tmp}) is safe.
+        """
+        shared = os.path.join(self.dir, "sticky")
+        os.mkdir(shared)
+        os.chmod(shared, 0o1777)
+        reactor = MemoryReactor()
+        AdminSocket(
+            os.path.join(shared, "admin.sock"), self.factory, reactor
+        ).privilegedStartService()
+        self.assertEqual(len(reactor.unixServers), 1)
+        self.assertEqual(self.warnings(), [])
+
     def test_emptyPath(self) -> None:
         """
         An empty path is refused: no admin socket means no service.
         """
         self.assertRaises(ValueError, AdminSocket, "", self.factory, MemoryReactor())
+
+
+def _directory(mode: int, uid: int = 0, gid: int = 0) -> os.stat_result:
+    """
+    The C{stat} of a directory with C{mode} (permission bits), owned by
+    C{uid}:C{gid}.
+    """
+    return os.stat_result((stat.S_IFDIR | mode, 1, 1, 2, uid, gid, 4096, 0, 0, 0))
+
+
+class SocketDirectoryRuleTests(SynchronousTestCase):
+    """
+    L{socketDirectoryProblem}: whether a directory is a safe place for the
+    admin socket of a process running as a given user.
+    """
+
+    def test_safe(self) -> None:
+        """
+        Directories owned by root or by the process's user that nobody else
+        can write to are safe, and so are those with the sticky bit.
+        """
+        for mode, uid in [
+            (0o755, 0),  # /run
+            (0o750, 1000),  # RuntimeDirectory=revproxy, RuntimeDirectoryMode=0750
+            (0o755, 1000),  # RuntimeDirectory= with systemd's default mode
+            (0o700, 1000),  # mkdtemp
+            (0o1777, 0),  # /tmp
+            (0o1770, 1000),
+            (0o3777, 0),  # setgid and sticky
+        ]:
+            self.assertIsNone(
+                socketDirectoryProblem(_directory(mode, uid, 1000), 1000),
+                oct(mode),
+            )
+
+    def test_rootProcess(self) -> None:
+        """
+        A process running as root trusts only root's directories.
+        """
+        self.assertIsNone(socketDirectoryProblem(_directory(0o755, 0), 0))
+        problem = socketDirectoryProblem(_directory(0o750, 1000, 1000), 0)
+        self.assertEqual(
+            problem, "it is owned by uid 1000, not by root or by uid 0 (this process)"
+        )
+
+    def test_otherOwner(self) -> None:
+        """
+        A directory owned by another user is unsafe whatever its mode: its
+        owner can change the mode, and remove any entry even with the
+        sticky bit.
+        """
+        for mode in (0o700, 0o1777):
+            self.assertEqual(
+                socketDirectoryProblem(_directory(mode, 1001, 1000), 1000),
+                "it is owned by uid 1001, not by root or by uid 1000 (this process)",
+            )
+
+    def test_writableByOthers(self) -> None:
+        """
+        Write permission for others without the sticky bit is unsafe.
+        """
+        self.assertEqual(
+            socketDirectoryProblem(_directory(0o777, 0), 1000),
+            "it is writable by other users (mode 0777) and has no sticky bit",
+        )
+        self.assertEqual(
+            socketDirectoryProblem(_directory(0o703, 1000), 1000),
+            "it is writable by other users (mode 0703) and has no sticky bit",
+        )
+
+    def test_writableByGroup(self) -> None:
+        """
+        Write permission for the group without the sticky bit is unsafe,
+        the process's own group included: its other members could replace
+        the socket.
+        """
+        for gid in (1000, 0, 1234):
+            self.assertEqual(
+                socketDirectoryProblem(_directory(0o770, 1000, gid), 1000),
+                f"it is writable by group {gid} (mode 0770) and has no sticky bit",
+            )
+
+    def test_notADirectory(self) -> None:
+        """
+        Something that is not a directory is not a place for the socket.
+        """
+        status = os.stat_result((stat.S_IFREG | 0o644, 1, 1, 1, 0, 0, 0, 0, 0, 0))
+        self.assertEqual(socketDirectoryProblem(status, 0), "it is not a directory")
+
+
+class UnsafeSocketDirectoryTests(SynchronousTestCase):
+    """
+    L{unsafeSocketDirectory} applies the rule to each directory from the
+    socket's up to C{/}.
+    """
+
+    def setUp(self) -> None:
+        self.dir = os.path.realpath(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.uid = os.geteuid()
+
+    def test_safe(self) -> None:
+        """
+        A private temporary directory (under C{/tmp}) is safe, and so is one
+        that does not exist yet inside it.
+        """
+        self.assertIsNone(
+            unsafeSocketDirectory(os.path.join(self.dir, "admin.sock"), self.uid)
+        )
+        self.assertIsNone(
+            unsafeSocketDirectory(
+                os.path.join(self.dir, "run", "revproxy", "admin.sock"), self.uid
+            )
+        )
+
+    def test_unsafeAncestor(self) -> None:
+        """
+        A directory above the socket's that fails the rule is reported: its
+        writers could rename the whole subtree away.
+        """
+        shared = os.path.join(self.dir, "shared")
+        private = os.path.join(shared, "private")
+        os.makedirs(private)
+        os.chmod(shared, 0o777)
+        self.assertEqual(
+            unsafeSocketDirectory(os.path.join(private, "admin.sock"), self.uid),
+            (shared, "it is writable by other users (mode 0777) and has no sticky bit"),
+        )
+
+    def test_nearestFirst(self) -> None:
+        """
+        The unsafe directory nearest to the socket is the one reported.
+        """
+        outer = os.path.join(self.dir, "outer")
+        inner = os.path.join(outer, "inner")
+        os.makedirs(inner)
+        os.chmod(inner, 0o770)
+        os.chmod(outer, 0o777)
+        problem = unsafeSocketDirectory(os.path.join(inner, "a.sock"), self.uid)
+        assert problem is not None
+        self.assertEqual(problem[0], inner)
+
+    def test_symlinkResolved(self) -> None:
+        """
+        The directories checked are those the path resolves to.
+        """
+        shared = os.path.join(self.dir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        link = os.path.join(self.dir, "link")
+        os.symlink(shared, link)
+        self.assertEqual(
+            unsafeSocketDirectory(os.path.join(link, "admin.sock"), self.uid),
+            (shared, "it is writable by other users (mode 0777) and has no sticky bit"),
+        )
+
+    def test_relativePath(self) -> None:
+        """
+        A relative path's directory is the working directory.
+        """
+        os.chmod(self.dir, 0o777)
+        self.addCleanup(os.chmod, self.dir, 0o700)
+        cwd = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, cwd)
+        problem = unsafeSocketDirectory("admin.sock", self.uid)
+        assert problem is not None
+        self.assertEqual(problem[0], self.dir)
+
+    def test_abstractNamespace(self) -> None:
+        """
+        A socket in the abstract namespace has no directory to check.
+        """
+        self.assertIsNone(unsafeSocketDirectory("\0revproxy-admin", self.uid))
 
 
 class _Collect(Protocol):

@@ -1,6 +1,6 @@
 """
 Tests for the Debian package's own files in C{debian/}: the shipped config
-example, the man pages and the logrotate file.
+example, the man pages, the logrotate file and what the unit allows.
 
 They read the files as text (no package is built, nothing is installed) and
 hold them to the code: the example must pass revproxy's validation, and every
@@ -67,6 +67,51 @@ def _read(name: str) -> str:
     """
     with open(os.path.join(_DEBIAN, name), encoding="utf-8") as f:
         return f.read()
+
+
+def _unitSettings() -> dict[str, list[str]]:
+    """
+    Every assignment of C{debian/revproxy.service}, by key, in order (for
+    keys such as C{SystemCallFilter=} that may be given more than once).
+    """
+    settings: dict[str, list[str]] = {}
+    for line in _read("revproxy.service").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith(("#", ";", "[")):
+            settings.setdefault(key, []).append(value.strip())
+    return settings
+
+
+#: The system calls that set C{RLIMIT_NOFILE} and the names that hold them in
+#: a C{SystemCallFilter=} (themselves and their groups, with the groups that
+#: include those), as C{systemd-analyze syscall-filter} lists them (systemd
+#: 252, bookworm).  glibc's C{setrlimit()} makes the C{prlimit64} call.
+_RLIMIT_SYSCALLS = {
+    "prlimit64": {"prlimit64", "@default", "@system-service", "@known"},
+    "setrlimit": {"setrlimit", "@resources", "@system-service", "@known"},
+}
+
+
+def _syscallAllowed(filters: list[str], syscall: str) -> bool:
+    """
+    Whether the C{SystemCallFilter=} assignments C{filters} let C{syscall}
+    through, as systemd reads them: the first assignment makes an allow
+    list (or, with C{~}, a deny list); each later name adds to it or, with
+    C{~}, takes away; an empty assignment starts over.
+    """
+    names = _RLIMIT_SYSCALLS[syscall]
+    allowed = True
+    first = True
+    for value in filters:
+        if not value:
+            allowed, first = True, True
+            continue
+        deny = value.startswith("~")
+        if first:
+            allowed, first = deny, False
+        if names & set(value.lstrip("~").split()):
+            allowed = not deny
+    return allowed
 
 
 def _plain(roff: str) -> str:
@@ -527,6 +572,20 @@ class LogrotateTests(SynchronousTestCase):
         ):
             self.assertIn(directive, directives)
 
+    def test_rotatesAsTheServiceUser(self) -> None:
+        """
+        logrotate renames and creates files in /var/log/revproxy, which the
+        service's user owns, as that user and group (the unit's C{User=}
+        and C{Group=}), not as root: the service, compromised, could
+        otherwise have root follow a link it put there.
+        """
+        directives, _, _ = self.stanza()
+        unit = _unitSettings()
+        user, group = unit["User"][-1], unit["Group"][-1]
+        self.assertEqual(unit["LogsDirectory"], ["revproxy"])
+        self.assertIn(f"su {user} {group}", directives)
+        self.assertIn(f"create 0640 {user} {group}", directives)
+
     def test_reopens(self) -> None:
         """
         postrotate asks revproxy to reopen its log over the shipped config's
@@ -541,3 +600,38 @@ class LogrotateTests(SynchronousTestCase):
         )
         self.assertRegex(script, r"systemctl kill .*--signal=USR1 revproxy\.service")
         self.assertTrue(script.rstrip().endswith("|| true"))
+
+
+class UnitLimitTests(SynchronousTestCase):
+    """
+    debian/revproxy.service gives revproxy room for many connections, and
+    its system-call filter lets the proxy raise its own soft limit.
+    """
+
+    def test_limitNOFILE(self) -> None:
+        """
+        The unit sets C{LimitNOFILE=65536} (soft and hard).
+        """
+        self.assertEqual(_unitSettings()["LimitNOFILE"], ["65536"])
+
+    def test_filterAllowsRaisingTheLimit(self) -> None:
+        """
+        The unit's C{SystemCallFilter=} lets C{prlimit64} through, the call
+        behind glibc's C{setrlimit()} and Python's C{resource.setrlimit}
+        (the C{setrlimit} call itself is in the denied C{@resources}).
+        """
+        filters = _unitSettings()["SystemCallFilter"]
+        self.assertTrue(_syscallAllowed(filters, "prlimit64"), filters)
+
+    def test_filterReading(self) -> None:
+        """
+        The filter reading follows systemd's rules.
+        """
+        unit = ["@system-service", "~@privileged @resources"]
+        self.assertTrue(_syscallAllowed(unit, "prlimit64"))
+        self.assertFalse(_syscallAllowed(unit, "setrlimit"))
+        self.assertTrue(_syscallAllowed([*unit, "setrlimit"], "setrlimit"))
+        self.assertFalse(_syscallAllowed(["@basic-io"], "prlimit64"))
+        self.assertFalse(_syscallAllowed(["~@default"], "prlimit64"))
+        self.assertTrue(_syscallAllowed(["~@resources"], "prlimit64"))
+        self.assertTrue(_syscallAllowed(["~@default", ""], "prlimit64"))

@@ -1,7 +1,9 @@
 """
 Tests for L{revproxy.service}: the service tree, driven by a
 L{MemoryReactorClock}; no real socket, and no real signal except in the
-L{SignalRelay} tests, which restore what they change.
+L{SignalRelay} tests, which restore what they change.  The admin socket's
+directory check runs the tree on the real reactor (a loopback listener and
+a real socket file), because what matters there is the file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,16 +23,22 @@ import trustme
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService
+from twisted.internet import reactor as globalReactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTransport
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import (
+    EventLoggingObserver,
+    MemoryReactorClock,
+    StringTransport,
+)
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.interfaces import IRevProxyReactor
@@ -1122,3 +1131,97 @@ class SystemdNotifyTests(SynchronousTestCase):
         top = buildService(config(), "", cast(IRevProxyReactor, MemoryReactorClock()))
         notice = top.getServiceNamed("systemd-notify")
         self.assertFalse(notice.notifier.enabled)
+
+
+class AdminSocketDirectoryTests(TestCase):
+    """
+    The whole tree, on the real reactor, creates its admin socket only in a
+    directory that no other user can write to, or that has the sticky bit;
+    elsewhere it warns and serves without it.
+    """
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="rpx-admin-dir-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def socketDirectory(self, mode: int) -> str:
+        """
+        A new directory of C{mode} (set after the umask) in the test's.
+        """
+        path = os.path.join(self.directory, f"run-{mode:o}")
+        os.mkdir(path)
+        os.chmod(path, mode)
+        return path
+
+    def start(self, socketPath: str) -> RevProxyService:
+        """
+        Start the tree of a config whose admin socket is C{socketPath}, on
+        a loopback port; it is stopped after the test.
+        """
+        configPath = os.path.join(self.directory, "config.toml")
+        with open(configPath, "w", encoding="utf-8") as f:
+            f.write(
+                CONFIG.replace(
+                    'admin_socket_path = ""', f'admin_socket_path = "{socketPath}"'
+                ).replace(
+                    '"tcp:8080:interface=127.0.0.1", "tcp:8081:interface=127.0.0.2"',
+                    '"tcp:0:interface=127.0.0.1"',
+                )
+                + '\n[logging]\naccess_log = ""\n'
+            )
+        top = buildService(
+            loadConfig(configPath),
+            configPath,
+            cast(IRevProxyReactor, globalReactor),
+            notifier=Notifier({}),
+        )
+        top.privilegedStartService()
+        top.startService()
+
+        def stop() -> object:
+            cast(SignalRelay, top.getServiceNamed("signals")).restore()
+            return top.stopService()
+
+        self.addCleanup(stop)
+        return top
+
+    def warnings(self) -> list[str]:
+        """
+        The text of the warnings logged so far.
+        """
+        return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]
+
+    def test_worldWritableDirectory(self) -> None:
+        """
+        In a directory anyone can write to, without the sticky bit, there is
+        no socket file, a warning names the directory and why, and the rest
+        of the tree runs.
+        """
+        directory = self.socketDirectory(0o777)
+        path = os.path.join(directory, "admin.sock")
+        top = self.start(path)
+        self.assertFalse(os.path.lexists(path))
+        self.assertFalse(os.path.lexists(path + ".lock"))
+        [warning] = self.warnings()
+        self.assertEqual(
+            warning,
+            f"Running without the admin socket {path}: {directory} is not a safe "
+            "place for it: it is writable by other users (mode 0777) and has no "
+            "sticky bit",
+        )
+        self.assertTrue(top.running)
+
+    def test_stickyDirectory(self) -> None:
+        """
+        In a directory anyone can write to but with the sticky bit, as
+        C{/tmp}, the socket is created, mode 0660.
+        """
+        path = os.path.join(self.socketDirectory(0o1777), "admin.sock")
+        self.start(path)
+        status = os.lstat(path)
+        self.assertTrue(stat.S_ISSOCK(status.st_mode))
+        self.assertEqual(stat.S_IMODE(status.st_mode), 0o660)
+        self.assertEqual(self.warnings(), [])

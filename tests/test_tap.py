@@ -19,7 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy import __version__, tap
 from revproxy.config import Config
+from revproxy.descriptors import DescriptorLimit
 from revproxy.interfaces import IRevProxyReactor
+from revproxy.service import RevProxyService
 from revproxy.tap import Options, makeService
 from revproxy.tls import TLSFiles
 
@@ -378,6 +380,47 @@ class MakeServiceTests(_OptionsTestCase):
         self.assertTrue(IService.providedBy(service))
         self.assertFalse(service.running)
         self.assertEqual(reactor.tcpServers, [])
+
+    def test_raisesDescriptorLimitInTheRealProcess(self) -> None:
+        """
+        As twistd calls it (no reactor given: the real process), it raises
+        the descriptor limit once, before anything listens, and the tree
+        keeps the result.
+        """
+        options = self.options()
+        options.parseOptions(["--config", self.writeFile(GOOD)])
+        raised = DescriptorLimit(1024, 65536, 65536)
+        calls: list[None] = []
+
+        def raiseLimit() -> DescriptorLimit:
+            calls.append(None)
+            return raised
+
+        service = makeService(options, raiseLimit=raiseLimit)
+        self.assertEqual(calls, [None])
+        self.assertIs(cast(RevProxyService, service).descriptors, raised)
+        self.assertFalse(service.running)
+
+    def test_descriptorLimitLeftAloneWithOwnReactor(self) -> None:
+        """
+        Given a reactor (tests, embedders), it leaves the process's limit
+        alone.
+        """
+        options = self.options()
+        options.parseOptions(["--config", self.writeFile(GOOD)])
+        calls: list[None] = []
+
+        def raiseLimit() -> DescriptorLimit:
+            calls.append(None)
+            return DescriptorLimit(1, 1, 1)
+
+        service = makeService(
+            options,
+            reactor=cast(IRevProxyReactor, MemoryReactorClock()),
+            raiseLimit=raiseLimit,
+        )
+        self.assertEqual(calls, [])
+        self.assertIsNone(cast(RevProxyService, service).descriptors)
 
     def test_quickMode(self) -> None:
         """

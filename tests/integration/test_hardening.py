@@ -9,6 +9,10 @@ hardening does to the process, as far as it can be done without systemd:
     no memory mapping may be writable and executable at once, or become
     executable later;
   - C{UMask=0077};
+  - C{SystemCallFilter=~@resources} with C{SystemCallErrorNumber=EPERM}
+    as far as the descriptor limit goes: a seccomp filter that fails the
+    C{setrlimit} system call with EPERM, under a lowered soft
+    C{RLIMIT_NOFILE} (C{LimitNOFILE=} with a soft limit under the hard);
   - the journal as standard output (C{$JOURNAL_STREAM} naming it) and
     C{$NOTIFY_SOCKET} (C{Type=notify}).
 
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import re
+import resource
 import shutil
 import socket
 import stat
@@ -67,14 +73,59 @@ UNIT_FILE = os.path.join(REPO_ROOT, "debian", "revproxy.service")
 #: What cffi says when it cannot have writable and executable memory.
 CFFI_WX_ERROR = b"Cannot allocate write+execute memory for ffi.callback()"
 
-#: The child: deny W^X if its first argument says so (and prove that it
-#: bites), set the unit's umask, make its standard output "the journal",
-#: then run C{revproxy} with the remaining arguments.
+#: The seccomp audit architecture and the number of the C{setrlimit} system
+#: call, by C{platform.machine()}.
+SETRLIMIT_SYSCALL = {"x86_64": (0xC000003E, 160), "aarch64": (0xC00000B7, 164)}
+
+#: The soft descriptor limit the child starts with when it denies
+#: C{setrlimit}.
+LOW_NOFILE = 256
+
+#: The child: its first argument lists what to do before running
+#: C{revproxy} with the remaining arguments: C{deny-wx} denies W^X,
+#: C{deny-setrlimit} lowers the soft descriptor limit and has a seccomp
+#: filter fail the C{setrlimit} system call with EPERM (each proven to
+#: bite); then it sets the unit's umask and makes its standard output "the
+#: journal".
 _CHILD = f"""
-import ctypes, mmap, os, sys
-mode = sys.argv.pop(1)
+import ctypes, errno, mmap, os, platform, resource, sys
+modes = sys.argv.pop(1).split(",")
 os.umask(0o077)
-if mode == "deny-wx":
+if "deny-setrlimit" in modes:
+    arch, nr = {SETRLIMIT_SYSCALL!r}[platform.machine()]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min({LOW_NOFILE}, hard), hard))
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    # BPF: load the architecture (offset 4 of seccomp_data), allow another;
+    # load the call's number (offset 0); setrlimit -> ERRNO(EPERM), else allow.
+    ALLOW, EPERM = 0x7FFF0000, 0x00050000 | errno.EPERM
+    code = (Filter * 6)(
+        Filter(0x20, 0, 0, 4), Filter(0x15, 0, 3, arch),
+        Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, nr),
+        Filter(0x06, 0, 0, EPERM), Filter(0x06, 0, 0, ALLOW),
+    )
+    program = Program(len(code), code)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        sys.exit("hardening: PR_SET_NO_NEW_PRIVS: " + os.strerror(ctypes.get_errno()))
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    if libc.prctl(22, 2, ctypes.addressof(program), 0, 0) != 0:
+        sys.exit("hardening: PR_SET_SECCOMP: " + os.strerror(ctypes.get_errno()))
+    limits = (ctypes.c_ulong * 2)(min({LOW_NOFILE}, hard), hard)
+    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
+    if libc.syscall(nr, resource.RLIMIT_NOFILE, limits) == -1 and ctypes.get_errno() == errno.EPERM:
+        print("hardening: setrlimit(2) denied", flush=True)
+    else:
+        sys.exit("hardening: the setrlimit system call was allowed")
+if "deny-wx" in modes:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
     if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:
@@ -136,17 +187,20 @@ class HardenedProxy(ProxyProcess):
         cwd: str,
         denyWriteExecute: bool,
         environment: Mapping[str, str],
+        denySetrlimit: bool = False,
     ) -> None:
         self.reactor = reactor
         self.args = list(args)
         self.protocol = _ChildProtocol()
         env = _childEnvironment()
         env.update(environment)
-        mode = "deny-wx" if denyWriteExecute else "allow-wx"
+        modes = ["deny-wx" if denyWriteExecute else "allow-wx"]
+        if denySetrlimit:
+            modes.append("deny-setrlimit")
         self.transport = reactor.spawnProcess(
             self.protocol,
             sys.executable,
-            [sys.executable, "-c", _CHILD, mode, *args],
+            [sys.executable, "-c", _CHILD, ",".join(modes), *args],
             env=env,
             path=cwd,
         )
@@ -216,6 +270,7 @@ class HardeningTests(TestCase):
         configPath: str,
         denyWriteExecute: bool,
         environment: Mapping[str, str] | None = None,
+        denySetrlimit: bool = False,
     ) -> HardenedProxy:
         """
         Start C{revproxy --config CONFIGPATH}; it is killed after the test
@@ -229,12 +284,22 @@ class HardeningTests(TestCase):
                 "this kernel has no PR_SET_MDWE (Linux 6.3 and later): the "
                 "W^X check of the unit cannot run here",
             )
+        if denySetrlimit:
+            # Not skipped either: without it, nothing shows that the unit's
+            # filter lets the proxy raise its limit.
+            self.assertIn(
+                platform.machine(),
+                SETRLIMIT_SYSCALL,
+                "no seccomp numbers for this architecture in SETRLIMIT_SYSCALL: "
+                "the descriptor limit check of the unit cannot run here",
+            )
         proxy = HardenedProxy(
             self.reactor,
             ["--config", configPath],
             self.directory,
             denyWriteExecute,
             environment or {},
+            denySetrlimit,
         )
 
         async def kill() -> None:
@@ -389,6 +454,31 @@ class HardeningTests(TestCase):
             self.assertRegex(line, r"^<[0-7]>")
             self.assertNotRegex(line, r"^<[0-7]>\d{4}-\d\d-\d\dT")
         self.assertIn("<6>ProxySite starting on", "\n".join(logLines))
+
+    async def test_descriptorLimitRaisedUnderSyscallFilter(self) -> None:
+        """
+        Started with a soft descriptor limit under its hard limit, and with
+        the C{setrlimit} system call failing with EPERM as the unit's
+        C{SystemCallFilter=~@resources} makes it, the proxy raises its soft
+        limit to the hard one and logs the line with both.
+        """
+        site: dict[str, object] = {
+            "name": "u",
+            "hosts": ["u.test"],
+            "upstreams": [f"http://127.0.0.1:{self.upstream.port}"],
+        }
+        proxy = self.spawn(
+            writeConfig(self.directory, [site]), False, denySetrlimit=True
+        )
+        await self.waitServing(proxy)
+        self.assertIn(b"hardening: setrlimit(2) denied", proxy.protocol.stdout)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.assertIn(
+            f"<6>File descriptor limit (RLIMIT_NOFILE): soft {min(LOW_NOFILE, hard)} "
+            f"-> {hard}, hard {hard}\n".encode(),
+            proxy.protocol.stdout,
+        )
+        self.assertEqual(await proxy.terminate(), 0, proxy.output)
 
     async def test_tlsWithWriteExecute(self) -> None:
         """
