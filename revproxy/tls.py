@@ -48,7 +48,7 @@ from zope.interface import implementer
 from revproxy.config import Config, ConfigError, SiteConfig
 from revproxy.interfaces import ICertificateStore
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
-from revproxy.routing import matchName
+from revproxy.routing import matchName, normalizeServerName
 
 _log = Logger()
 
@@ -780,8 +780,10 @@ HANDSHAKE_TIMEOUT = 10.0
 @implementer(IHandshakeListener)
 class _HandshakeDeadline(ProtocolWrapper):
     """
-    Aborts the connection unless the TLS handshake completes in time, and
-    closes a tls-alpn-01 validator's connection after its handshake.
+    Aborts the connection unless the TLS handshake completes in time,
+    closes a tls-alpn-01 validator's connection after its handshake, and
+    records the handshake's SNI name for the request path
+    (L{revproxy.proxy.request.ProxyRequest.tlsServerName}).
 
     @ivar challenge: Whether the handshake negotiated C{acme-tls/1}; the
         site's protocol then never gets any data.
@@ -790,12 +792,19 @@ class _HandshakeDeadline(ProtocolWrapper):
     factory: HandshakeDeadline
     _timer: IDelayedCall | None = None
     challenge = False
+    #: The handshake's SNI name (L{normalizeServerName}), or L{None}
+    #: without SNI; read once, when the handshake completes.
+    serverName: str | None = None
 
     def makeConnection(self, transport: ITCPTransport) -> None:
         self._timer = self.factory.clock.callLater(self.factory.timeout, self._expired)
         super().makeConnection(transport)
 
     def handshakeCompleted(self) -> None:
+        tls = cast(TLSMemoryBIOProtocol, self.transport)
+        raw = tls.getHandle().get_servername()
+        if raw is not None:
+            self.serverName = normalizeServerName(raw)
         if getattr(self.transport, "negotiatedProtocol", None) == ACME_TLS_ALPN:
             # The validator only needs the handshake (RFC 8737 3).  The
             # deadline stays: it aborts a peer that does not close in turn.

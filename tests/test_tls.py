@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -1203,9 +1203,20 @@ class RefusalLogTests(SynchronousTestCase):
         self.assertIn("'b.test'", line)
 
 
+class _NoSNIConnection:
+    """
+    The pyOpenSSL connection of a handshake without SNI, as far as the
+    server name goes.
+    """
+
+    def get_servername(self) -> bytes | None:
+        return None
+
+
 class _AbortRecordingTransport(StringTransport):
     """
-    A transport that counts C{abortConnection} calls.
+    A transport that counts C{abortConnection} calls; its TLS connection
+    had no SNI.
     """
 
     aborts = 0
@@ -1213,6 +1224,9 @@ class _AbortRecordingTransport(StringTransport):
     def abortConnection(self) -> None:
         self.aborts += 1
         super().abortConnection()
+
+    def getHandle(self) -> _NoSNIConnection:
+        return _NoSNIConnection()
 
 
 class _NegotiatedTransport(_AbortRecordingTransport):
@@ -1389,12 +1403,17 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
             and getattr(call.func, "__name__", "") == "_expired"  # type: ignore[attr-defined]
         ]
 
-    def connectTLS(self, alpn: list[bytes] | None = None) -> tuple[Recorder, IOPump]:
-        creator = optionsForClientTLS(
-            "a.test",
-            trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
-            acceptableProtocols=alpn,
-        )
+    def connectTLS(
+        self,
+        alpn: list[bytes] | None = None,
+        creator: IOpenSSLClientConnectionCreator | None = None,
+    ) -> tuple[Recorder, IOPump]:
+        if creator is None:
+            creator = optionsForClientTLS(
+                "a.test",
+                trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
+                acceptableProtocols=alpn,
+            )
         clientFactory = TLSMemoryBIOFactory(
             creator, True, Factory.forProtocol(Recorder), self.clock
         )
@@ -1441,6 +1460,31 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
         [server] = self.recorders
         self.assertTrue(ISSLTransport.providedBy(server.transport))
         self.assertEqual(getattr(server.transport, "negotiatedProtocol", None), b"h2")
+
+    def test_serverNameRecorded(self) -> None:
+        """
+        The handshake's SNI name, normalized as a C{Host} is, is recorded
+        once on the connection: the site's protocol finds it as its
+        transport's C{serverName}.
+        """
+        client, pump = self.connectTLS()
+        pump.flush()
+        self.assertIsNone(client.lost)
+        [server] = self.recorders
+        self.assertEqual(getattr(server.transport, "serverName", None), "a.test")
+
+    def test_noServerName(self) -> None:
+        """
+        A connection without SNI (a client that connected to an IP
+        literal) records L{None}.
+        """
+        self.contexts.store = CertificateStore({}, _load(self, "a.test"))
+        client, pump = self.connectTLS(creator=CertificateOptions())
+        pump.flush()
+        self.assertIsNone(client.lost)
+        [server] = self.recorders
+        self.assertTrue(ISSLTransport.providedBy(server.transport))
+        self.assertIsNone(getattr(server.transport, "serverName", "missing"))
 
     def test_silentClientAborted(self) -> None:
         """

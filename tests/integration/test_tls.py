@@ -818,6 +818,118 @@ class DefaultSiteTests(_TLSTestCase):
         self.assertNotIn("Refused a TLS handshake", self.proxy.output)
 
 
+class StrictSNIHostTests(_TLSTestCase):
+    """
+    C{strict_sni_host}: a request whose C{Host} belongs to another site
+    than its connection's SNI name gets 421, over HTTP/1.1 and HTTP/2; a
+    connection without SNI and a site with C{strict_sni_host = false} are
+    served; a reload changes it.
+    """
+
+    upstreamNames = ("A", "B", "C")
+    misdirected = (
+        b"421 Misdirected Request: this host is not served on a connection for "
+        b"that TLS server name (SNI)\n"
+    )
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.socketPath = self.path("admin.sock")
+        self.authority = Authority()
+        self.ca = self.authority.writeRoot(self.path("ca.pem"))
+        self.leaves = {n: self.authority.issue(f"{n}.test") for n in "abc"}
+        await self.startProxy(
+            self.sites(strictC=False), admin_socket_path=self.socketPath
+        )
+
+    def sites(self, strictC: bool) -> list[dict[str, object]]:
+        """
+        Sites C{a} (the default), C{b} and C{c} (strict if C{strictC}).
+        """
+        extra = {} if strictC else {"strict_sni_host": False}
+        return [
+            self.site("a", ["a.test"], "A", self.leaves["a"], default=True),
+            self.site("b", ["b.test"], "B", self.leaves["b"]),
+            self.site("c", ["c.test"], "C", self.leaves["c"], **extra),
+        ]
+
+    def assertMisdirected(self, response: RawResponse) -> None:
+        """
+        C{response} is the 421 of a host that is not the SNI name's site.
+        """
+        self.assertEqual(response.code, 421, response.body[:300])
+        self.assertEqual(response.body, self.misdirected)
+
+    async def test_otherSitesHostMisdirected(self) -> None:
+        """
+        Python's C{ssl} with SNI C{a.test} and C{Host: b.test} gets 421, and
+        the other way round; each host on its own name is served.
+        """
+        _, response = await self.fetch("a.test", self.ca, host="b.test")
+        self.assertMisdirected(response)
+        _, response = await self.fetch("b.test", self.ca, host="a.test")
+        self.assertMisdirected(response)
+        for name in ("a", "b"):
+            _, response = await self.fetch(f"{name}.test", self.ca)
+            self.assertWhoami(response, name.upper())
+
+    async def test_http2(self) -> None:
+        """
+        curl over HTTP/2 with SNI C{a.test} and C{:authority} C{b.test} (a
+        coalesced connection) gets 421 on its stream.
+        """
+        result = await runCommand(
+            self.reactor,
+            [
+                tool("curl"),
+                "--http2",
+                "--silent",
+                "--show-error",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "20",
+                "--resolve",
+                f"a.test:{self.httpsPort}:127.0.0.1",
+                "--cacert",
+                self.ca,
+                "--header",
+                "Host: b.test",
+                "--write-out",
+                "\n%{http_version} %{response_code}",
+                f"https://a.test:{self.httpsPort}/whoami",
+            ],
+            seconds=25,
+        )
+        self.assertEqual(result.code, 0, result)
+        body, _, status = result.out.rpartition(b"\n")
+        self.assertEqual(status, b"2 421", body[:300])
+        self.assertEqual(body, self.misdirected)
+
+    async def test_noSNIUnaffected(self) -> None:
+        """
+        A client that sends no SNI (it connected to an IP literal) reaches
+        every site by its C{Host}.
+        """
+        for name in ("a", "b"):
+            _, response = await self.fetch(None, self.ca, host=f"{name}.test")
+            self.assertWhoami(response, name.upper())
+
+    async def test_notStrict(self) -> None:
+        """
+        Site C{c}, with C{strict_sni_host = false}, is served on a
+        connection for C{a.test}; once a reload makes it strict, it is not.
+        """
+        _, response = await self.fetch("a.test", self.ca, host="c.test")
+        self.assertWhoami(response, "C")
+        self.writeConfig(self.sites(strictC=True), admin_socket_path=self.socketPath)
+        answer = await askAdmin(self.reactor, self.socketPath, "reload")
+        self.assertEqual(answer["status"], "ok", answer)
+        self.assertEqual(answer["sites"]["changed"], ["c"], answer)
+        _, response = await self.fetch("a.test", self.ca, host="c.test")
+        self.assertMisdirected(response)
+
+
 class CheckTests(_TLSTestCase):
     """
     C{twistd revproxy --config FILE --check} loads the certificates.
