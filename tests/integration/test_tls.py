@@ -453,6 +453,53 @@ def httpGet(path: str, host: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("ascii")
 
 
+class ResumingClient:
+    """
+    TLS connections of one protocol version made with Python's C{ssl}
+    module (verified against C{caFile}), each offering the session of the
+    one before.  Every method blocks: call them through L{inThread}.
+    """
+
+    def __init__(
+        self, port: int, serverName: str, caFile: str, version: ssl.TLSVersion
+    ) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(caFile)
+        context.minimum_version = context.maximum_version = version
+        context.set_alpn_protocols(["http/1.1"])
+        self.context = context
+        self.port = port
+        self.serverName = serverName
+        #: The session the next connection offers.
+        self.session: ssl.SSLSession | None = None
+
+    def get(self) -> tuple[bool, RawResponse]:
+        """
+        Connect (offering L{session}), GET C{/whoami}, keep the connection's
+        session for the next one, and close; whether the handshake resumed
+        the session offered, and the response.
+        """
+        raw = socket.create_connection(("127.0.0.1", self.port), SOCKET_TIMEOUT)
+        try:
+            sock = self.context.wrap_socket(
+                raw, server_hostname=self.serverName, session=self.session
+            )
+        except BaseException:
+            raw.close()
+            raise
+        client = BlockingTLSClient(self.port, self.serverName, None)
+        client.sock = sock
+        try:
+            response = client.request(httpGet("/whoami", self.serverName))
+            # Read after a response: TLS 1.3 sends its tickets after the
+            # handshake, and they come with the first application data.
+            reused = bool(sock.session_reused)
+            self.session = sock.session
+        finally:
+            client.close()
+        return reused, response
+
+
 # -- upstreams
 
 
@@ -928,6 +975,77 @@ class StrictSNIHostTests(_TLSTestCase):
         self.assertEqual(answer["sites"]["changed"], ["c"], answer)
         _, response = await self.fetch("a.test", self.ca, host="c.test")
         self.assertMisdirected(response)
+
+
+class SessionResumptionTests(_TLSTestCase):
+    """
+    Sessions resume from the server's session cache, in TLS 1.2 (by
+    session id) and TLS 1.3 (by a stateful ticket, a reference into the
+    cache): no session ticket key is used, and the cache outlives a reload.
+    """
+
+    upstreamNames = ("A",)
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.socketPath = self.path("admin.sock")
+        authority = Authority()
+        self.ca = authority.writeRoot(self.path("ca.pem"))
+        await self.startProxy(
+            [self.site("a", ["a.test"], "A", authority.issue("a.test"))],
+            admin_socket_path=self.socketPath,
+        )
+        self.clients = {
+            version: ResumingClient(self.httpsPort, "a.test", self.ca, version)
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+        }
+
+    async def get(self, version: ssl.TLSVersion) -> bool:
+        """
+        A new connection of C{version}'s client; whether it resumed.
+
+        The client closes without a TLS close_notify, as Python's C{ssl}
+        and many clients do; another connection (a full handshake and a
+        request) follows, so the proxy has seen the close before the
+        session is offered again.
+        """
+        reused, response = await inThread(
+            self.clients[version].get, what=f"a {version.name} connection"
+        )
+        self.assertWhoami(response, "A")
+        _, response = await self.fetch("a.test", self.ca)
+        self.assertWhoami(response, "A")
+        return reused
+
+    async def test_resumed(self) -> None:
+        """
+        A TLS 1.2 session carries no ticket and resumes by its id; a TLS 1.3
+        one resumes with a ticket valid for a day.  Each new connection
+        resumes the previous one's session, though that connection ended
+        without a close_notify.
+        """
+        for version in self.clients:
+            self.assertFalse(await self.get(version), version)
+            for _ in range(2):
+                self.assertTrue(await self.get(version), version)
+        tls12 = self.clients[ssl.TLSVersion.TLSv1_2].session
+        assert tls12 is not None
+        self.assertFalse(tls12.has_ticket)
+        tls13 = self.clients[ssl.TLSVersion.TLSv1_3].session
+        assert tls13 is not None
+        self.assertTrue(tls13.has_ticket)
+        self.assertEqual(tls13.ticket_lifetime_hint, 86400)
+
+    async def test_reloadKeepsSessions(self) -> None:
+        """
+        Sessions made before a reload resume after it.
+        """
+        for version in self.clients:
+            await self.get(version)
+        answer = await askAdmin(self.reactor, self.socketPath, "reload")
+        self.assertEqual(answer["status"], "ok", answer)
+        for version in self.clients:
+            self.assertTrue(await self.get(version), version)
 
 
 class CheckTests(_TLSTestCase):
