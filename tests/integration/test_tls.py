@@ -1254,7 +1254,8 @@ class ComplianceTests(_TLSTestCase):
         sslyze checks both sites (ECDSA and RSA certificates) against
         Mozilla's "intermediate" configuration: compliant, certificates
         trusted by the given CA file, nothing below TLS 1.2, only the
-        profile's TLS 1.2 suites.
+        profile's TLS 1.2 suites; TLS 1.2 sessions resume by session id,
+        never by ticket.
         """
         sslyze = sslyzePath()
         jsonPath = self.path("sslyze.json")
@@ -1264,6 +1265,7 @@ class ComplianceTests(_TLSTestCase):
             [
                 sslyze,
                 "--mozilla_config=intermediate",
+                "--resum",
                 "--certinfo_ca_file",
                 self.path("ca-both.pem"),
                 "--json_out",
@@ -1300,6 +1302,15 @@ class ComplianceTests(_TLSTestCase):
             }
             self.assertTrue(accepted, text)
             self.assertLessEqual(accepted, _INTERMEDIATE_TLS12)
+            resumption = results["session_resumption"]["result"]
+            self.assertEqual(
+                (
+                    resumption["session_id_resumption_result"],
+                    resumption["tls_ticket_resumption_result"],
+                ),
+                ("FULLY_SUPPORTED", "NOT_SUPPORTED"),
+                text,
+            )
             deployment = results["certificate_info"]["result"][
                 "certificate_deployments"
             ][0]
