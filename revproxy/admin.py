@@ -592,6 +592,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             upstream=None if upstream is None else _url(upstream),
             upstream_down=upstream is not None and route.selector.isDown(upstream),
             tls=site.tls,
+            strict_sni_host=site.strict_sni_host,
             timeouts={
                 "connect_timeout_secs": site.connect_timeout_secs,
                 "response_timeout_secs": site.response_timeout_secs,

@@ -115,6 +115,7 @@ _SITE_KEYS = (
     "key_file",
     "redirect_http",
     "hsts_max_age_secs",
+    "strict_sni_host",
     "upstream_ca_file",
     "upstream_tls_verify",
     "health_check",
@@ -333,6 +334,9 @@ class SiteConfig:
         dot, IPv6 without brackets; C{"*.example.com"} wildcards kept.
     @ivar default: Whether this site answers requests whose Host matches no
         site.
+    @ivar strict_sni_host: Whether an HTTPS request is answered 421 when its
+        connection's SNI name belongs to another site (always false without
+        TLS).
     """
 
     name: str
@@ -343,6 +347,10 @@ class SiteConfig:
     key_file: str = ""
     redirect_http: bool = False
     hsts_max_age_secs: int = 0
+    # True with TLS, false without, unless given.
+    strict_sni_host: bool = attrs.field(
+        default=attrs.Factory(lambda self: self.tls != "none", takes_self=True)
+    )
     upstream_ca_file: str = ""
     upstream_tls_verify: bool = True
     health_check: HealthCheck | None = None
@@ -1590,6 +1598,14 @@ class _Parser:
                 "hsts_max_age_secs",
                 'needs tls = "acme" or "files" (HSTS is only sent over HTTPS)',
             )
+        strictSNI = table.boolean("strict_sni_host", True)
+        if tls == "none" and table.has("strict_sni_host"):
+            # Either value: a site without TLS is never served over HTTPS,
+            # so the key could not take effect.
+            table.error(
+                "strict_sni_host",
+                'only used with tls = "acme" or "files" (this site has tls = "none")',
+            )
         upstreamCA = table.string("upstream_ca_file", "")
         verify = table.boolean("upstream_tls_verify", True)
         anyHTTPS = any(u.scheme == "https" for u in upstreams)
@@ -1617,6 +1633,7 @@ class _Parser:
             key_file=self._path(_or(keyFile, "")),
             redirect_http=_or(redirect, False),
             hsts_max_age_secs=_or(hsts, 0),
+            strict_sni_host=_or(strictSNI, True) and tls in ("acme", "files"),
             upstream_ca_file=self._path(_or(upstreamCA, "")),
             upstream_tls_verify=_or(verify, True),
             health_check=healthCheck,

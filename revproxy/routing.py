@@ -174,6 +174,20 @@ def normalizeHostHeader(value: bytes) -> str | None:
         return None
 
 
+def normalizeServerName(raw: bytes) -> str:
+    """
+    Normalize the SNI name of a TLS handshake as L{normalizeHostHeader}
+    normalizes a C{Host}, so that the two can be compared.
+
+    @return: the name, or C{""} when C{raw} is not a valid host name (SNI
+        carries neither a port nor an IP literal): no site has that name,
+        so it routes to the default site, as its certificate did.
+    """
+    if b":" in raw:
+        return ""
+    return normalizeHostHeader(raw) or ""
+
+
 T = TypeVar("T")
 
 
@@ -287,6 +301,20 @@ class RoutingTable(Generic[S]):
         return site
 
 
+def misdirectedBySNI(table: RoutingTable[S], site: S, serverName: str | None) -> bool:
+    """
+    Whether a request routed to C{site} by its C{Host} came on a TLS
+    connection for another site: the site its SNI name routes to (exact
+    name, wildcard, then the default site, as the certificate was chosen) is
+    not C{site}, or there is none (a reload removed it).
+
+    @param serverName: The connection's SNI name as L{normalizeServerName}
+        gives it, or L{None} when the client sent none (it connected to an
+        IP literal): such a connection is never misdirected.
+    """
+    return serverName is not None and table.match(serverName) is not site
+
+
 def splitAbsoluteForm(uri: bytes) -> tuple[bytes, bytes] | None:
     """
     Split an absolute-form request-target (C{http://host:port/path?q}) into
@@ -332,6 +360,10 @@ class RootResource:
     X-Forwarded-For hop), its X-Request-ID (the incoming one from a trusted
     peer if it is sane, else a new one; sent upstream and back), the config
     generation, and the site it was routed to.
+
+    Over HTTPS, a request for a site with C{strict_sni_host} whose
+    connection's SNI name belongs to another site (L{misdirectedBySNI}) is
+    answered C{421}; a connection without SNI is not checked.
 
     A routed request over its site's rate limit is answered C{429} with a
     C{Retry-After} in whole seconds, and never forwarded; with the limit's
@@ -429,6 +461,19 @@ class RootResource:
                     request,
                     421,
                     "421 Misdirected Request: this site is not served over HTTPS",
+                    site.name,
+                )
+                return NOT_DONE_YET
+            if site.strict_sni_host and misdirectedBySNI(
+                runtime.table, route, request.tlsServerName()
+            ):
+                # RFC 9110 15.5.20: a client that reused a connection for
+                # another name (HTTP/2 coalescing) retries on a new one.
+                self._answer(
+                    request,
+                    421,
+                    "421 Misdirected Request: this host is not served on a "
+                    "connection for that TLS server name (SNI)",
                     site.name,
                 )
                 return NOT_DONE_YET

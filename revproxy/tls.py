@@ -48,7 +48,7 @@ from zope.interface import implementer
 from revproxy.config import Config, ConfigError, SiteConfig
 from revproxy.interfaces import ICertificateStore
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
-from revproxy.routing import matchName
+from revproxy.routing import matchName, normalizeServerName
 
 _log = Logger()
 
@@ -72,6 +72,9 @@ INTERMEDIATE_GROUPS = b"X25519:P-256:P-384"
 ACME_TLS_ALPN = b"acme-tls/1"
 
 _SESSION_ID_CONTEXT = b"revproxy"
+
+#: How long a TLS session may be resumed (its entry in the session cache).
+SESSION_TIMEOUT_SECS = 86400
 _Contexts = dict[int, tuple["LoadedCertificate", SSL.Context]]
 _MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _DER = serialization.Encoding.DER
@@ -417,9 +420,10 @@ class SNIContextFactory:
     C{Connection.set_context}.  A per-certificate context, rather than
     C{Connection.use_certificate}, because pyOpenSSL has no per-connection
     way to add the intermediate certificates, and it loads and checks the
-    key once rather than on every handshake.  Session caching and tickets
-    stay with the base context (OpenSSL's C{session_ctx}), so resumption
-    works whichever certificate was chosen.
+    key once rather than on every handshake.  The session cache stays with
+    the base context (OpenSSL's C{session_ctx}), so resumption works
+    whichever certificate was chosen.  There are no session tickets
+    encrypted with a key of ours (see L{_newContext}).
 
     Assigning L{store} affects new handshakes only: connections keep the
     context they were switched to.
@@ -515,7 +519,22 @@ class SNIContextFactory:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(self._minVersion)
         ctx.set_max_proto_version(0)
-        options = ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        # No session tickets, as Mozilla's profile says: pyOpenSSL cannot
+        # rotate a ticket key, and one that lives as long as the process
+        # undoes forward secrecy.  Sessions resume from the session cache
+        # instead (TLS 1.2 by id; TLS 1.3 by stateful tickets, references
+        # into the cache).  OpenSSL drops from that cache the session of a
+        # connection that failed, and counts a client's close without
+        # close_notify (what Python's ssl and many clients do) as a
+        # failure; as nginx does, such a close counts as a clean one, so
+        # the client can still resume.  HTTP frames its own messages, so a
+        # cut-off request is still seen as one.
+        options = ctx.set_options(
+            SSL.OP_NO_COMPRESSION
+            | SSL.OP_NO_RENEGOTIATION
+            | SSL.OP_NO_TICKET
+            | SSL.OP_IGNORE_UNEXPECTED_EOF
+        )
         # Mozilla intermediate leaves the cipher order to the client.
         # pyOpenSSL has no Context.clear_options; OpenSSL does not set it.
         assert not options & SSL.OP_CIPHER_SERVER_PREFERENCE
@@ -524,6 +543,7 @@ class SNIContextFactory:
         _setGroups(ctx, self._groups)
         ctx.set_session_id(_SESSION_ID_CONTEXT)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        ctx.set_timeout(SESSION_TIMEOUT_SECS)
         ctx.set_alpn_select_callback(self._selectProtocol)
         return ctx
 
@@ -780,8 +800,10 @@ HANDSHAKE_TIMEOUT = 10.0
 @implementer(IHandshakeListener)
 class _HandshakeDeadline(ProtocolWrapper):
     """
-    Aborts the connection unless the TLS handshake completes in time, and
-    closes a tls-alpn-01 validator's connection after its handshake.
+    Aborts the connection unless the TLS handshake completes in time,
+    closes a tls-alpn-01 validator's connection after its handshake, and
+    records the handshake's SNI name for the request path
+    (L{revproxy.proxy.request.ProxyRequest.tlsServerName}).
 
     @ivar challenge: Whether the handshake negotiated C{acme-tls/1}; the
         site's protocol then never gets any data.
@@ -790,12 +812,19 @@ class _HandshakeDeadline(ProtocolWrapper):
     factory: HandshakeDeadline
     _timer: IDelayedCall | None = None
     challenge = False
+    #: The handshake's SNI name (L{normalizeServerName}), or L{None}
+    #: without SNI; read once, when the handshake completes.
+    serverName: str | None = None
 
     def makeConnection(self, transport: ITCPTransport) -> None:
         self._timer = self.factory.clock.callLater(self.factory.timeout, self._expired)
         super().makeConnection(transport)
 
     def handshakeCompleted(self) -> None:
+        tls = cast(TLSMemoryBIOProtocol, self.transport)
+        raw = tls.getHandle().get_servername()
+        if raw is not None:
+            self.serverName = normalizeServerName(raw)
         if getattr(self.transport, "negotiatedProtocol", None) == ACME_TLS_ALPN:
             # The validator only needs the handshake (RFC 8737 3).  The
             # deadline stays: it aborts a peer that does not close in turn.

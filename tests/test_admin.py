@@ -687,6 +687,7 @@ class RouteTests(AdminTestsMixin, SynchronousTestCase):
                 "upstream": "http://10.1.0.1:8000",
                 "upstream_down": False,
                 "tls": "none",
+                "strict_sni_host": False,
                 "timeouts": {"connect_timeout_secs": 2, "response_timeout_secs": 30},
                 "limits": {
                     "max_body_bytes": 1000,
@@ -1066,6 +1067,15 @@ class RouteCertificateTests(_CertificateTestCase):
             (answer["site"], answer["tls"], answer["certificate"]),
             ("own", "files", self.ownCertificate),
         )
+
+    def test_strictSNIHost(self) -> None:
+        """
+        The answer says whether the site answers 421 to a request whose
+        connection's SNI name belongs to another site: by default, a site
+        with TLS does.
+        """
+        self.assertIs(self.command("route own.example")["strict_sni_host"], True)
+        self.assertIs(self.command("route plain.example")["strict_sni_host"], False)
 
     def test_wildcardHost(self) -> None:
         """

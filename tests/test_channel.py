@@ -1253,6 +1253,53 @@ class H2Pair:
         self.clock.advance(0)
 
 
+class TLSServerNameTests(ChannelTestCase):
+    """
+    L{ProxyRequest.tlsServerName}: the SNI name the TLS layer recorded on
+    the connection, found from an HTTP/1.1 request and from an HTTP/2
+    stream's request.
+    """
+
+    def test_http1(self) -> None:
+        """
+        Every request of an HTTP/1.1 connection finds its connection's
+        name; a connection without one (plain HTTP, or TLS without SNI)
+        gives L{None}.
+        """
+        self.root.hold = True
+        transport = _Transport()
+        transport.serverName = "a.example"  # type: ignore[attr-defined]
+        client = self.client(transport)
+        names = []
+        for _ in range(2):
+            client.send(GET)
+            request = self.root.requests[-1]
+            names.append(request.tlsServerName())
+            answer(request)
+        self.assertEqual(names, ["a.example"] * 2)
+        self.assertAnswered(client, 2)
+        plain = self.client()
+        plain.send(GET)
+        request = self.root.requests[-1]
+        self.assertIsNone(request.tlsServerName())
+        answer(request)
+
+    def test_http2(self) -> None:
+        """
+        The request of an HTTP/2 stream finds its connection's name.
+        """
+        self.root.hold = True
+        pair = H2Pair(self, self.site, self.clock)
+        pair.transport.serverName = "a.example"  # type: ignore[attr-defined]
+        pair.request(1, b"GET")
+        pair.pump()
+        [request] = self.root.requests
+        self.assertEqual(request.tlsServerName(), "a.example")
+        answer(request)
+        pair.pump()
+        self.assertEqual(pair.status(1), [b"200"])
+
+
 class HTTP2Tests(SynchronousTestCase):
     """
     The body limit over HTTP/2: 413 on the stream, the rest of its body

@@ -1549,6 +1549,76 @@ class HSTSTests(ParseTestCase):
         )
 
 
+class StrictSNIHostTests(ParseTestCase):
+    """
+    Tests for a site's C{strict_sni_host}.
+    """
+
+    https = {"listen_https": ["tcp:443"]}
+    files = {"tls": "files", "cert_file": "c", "key_file": "k"}
+
+    def test_defaultTrueWithTLS(self) -> None:
+        """
+        Without the key, a site with TLS (files or ACME) is strict.
+        """
+        config = parseConfig(document(site(**self.files), server=self.https))
+        self.assertIs(config.sites[0].strict_sni_host, True)
+        config = parseConfig(
+            document(site(tls="acme"), acme={"email": "ops@example.com"})
+        )
+        self.assertIs(config.sites[0].strict_sni_host, True)
+
+    def test_falseWithoutTLS(self) -> None:
+        """
+        A site without TLS is never strict: it is not served over HTTPS.
+        """
+        self.assertIs(parseConfig(document()).sites[0].strict_sni_host, False)
+
+    def test_set(self) -> None:
+        """
+        A site with TLS takes C{true} or C{false}.
+        """
+        for value in (True, False):
+            config = parseConfig(
+                document(site(strict_sni_host=value, **self.files), server=self.https)
+            )
+            self.assertIs(config.sites[0].strict_sni_host, value)
+
+    def test_needsTLS(self) -> None:
+        """
+        Setting it, to either value, on a site without TLS is an error
+        naming the key: it could never take effect.
+        """
+        for value in (True, False):
+            self.assertErrors(
+                document(
+                    site(),
+                    site(name="b", hosts=["b.example"], strict_sni_host=value),
+                ),
+                'sites[1].strict_sni_host: only used with tls = "acme" or '
+                '"files" (this site has tls = "none")',
+            )
+
+    def test_notBoolean(self) -> None:
+        """
+        The value is a boolean.
+        """
+        for value, shown in [(1, "integer 1"), ("yes", 'string "yes"')]:
+            self.assertErrors(
+                document(site(strict_sni_host=value, **self.files), server=self.https),
+                f"sites[0].strict_sni_host: expected true or false, got {shown}",
+            )
+
+    def test_misspelled(self) -> None:
+        """
+        A misspelled key suggests C{strict_sni_host}.
+        """
+        self.assertErrors(
+            document(site(strict_sni=True, **self.files), server=self.https),
+            'sites[0].strict_sni: unknown key (did you mean "strict_sni_host"?)',
+        )
+
+
 class UpstreamTLSTests(ParseTestCase):
     """
     Tests for a site's C{upstream_ca_file} and C{upstream_tls_verify}.

@@ -31,6 +31,7 @@ from revproxy.routing import (
     RoutingTable,
     httpsLocation,
     normalizeHostHeader,
+    normalizeServerName,
 )
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import TLSFiles, loadTLSFiles
@@ -209,6 +210,41 @@ class NormalizeHostHeaderTests(SynchronousTestCase):
         except idna.IDNAError:
             return
         self.assertEqual(normalizeHostHeader(name.upper().encode()), expected)
+
+
+class NormalizeServerNameTests(SynchronousTestCase):
+    """
+    Tests for L{normalizeServerName}.
+    """
+
+    def test_asHost(self) -> None:
+        """
+        An SNI name is normalized as a C{Host} is: lowercased, one trailing
+        dot removed, A-labels checked.
+        """
+        for raw, name in [
+            (b"a.example", "a.example"),
+            (b"WWW.Example.COM", "www.example.com"),
+            (b"a.example.", "a.example"),
+            (b"XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+        ]:
+            self.assertEqual(normalizeServerName(raw), name)
+
+    def test_invalid(self) -> None:
+        """
+        A name that is not a valid host name becomes C{""}, which no site
+        has: a port (SNI has none), an IP literal in brackets, spaces, a
+        bogus A-label, nothing at all.
+        """
+        for raw in (
+            b"a.example:443",
+            b"[::1]",
+            b"a example",
+            b"xn--abc.example",
+            b"",
+            b"\xff.example",
+        ):
+            self.assertEqual(normalizeServerName(raw), "", raw)
 
 
 class RoutingTableTests(SynchronousTestCase):
@@ -579,15 +615,21 @@ class _RootResourceCase(SynchronousTestCase):
         )
         self.site = ProxySite(self.root, reactor=self.clock)
 
-    def request(self, data: bytes, secure: bool = False) -> _Response:
+    def request(
+        self, data: bytes, secure: bool = False, serverName: str | None = None
+    ) -> _Response:
         """
-        Send C{data} on a new connection (over TLS if C{secure}) and parse
-        the one response.
+        Send C{data} on a new connection (over TLS if C{secure}, whose SNI
+        name, normalized, is C{serverName}) and parse the one response.
         """
         address = IPv4Address("TCP", "203.0.113.9", 40000)
         channel = cast(IProtocol, self.site.buildProtocol(address))
         factory = TLSTransport if secure else StringTransportWithDisconnection
         transport = factory(peerAddress=address)
+        if serverName is not None:
+            # What the TLS layer (tls.HandshakeDeadline) records once per
+            # connection, as the site sees it through its transport.
+            transport.serverName = serverName  # type: ignore[attr-defined]
         transport.protocol = channel
         channel.makeConnection(transport)
 
@@ -606,14 +648,20 @@ class _RootResourceCase(SynchronousTestCase):
         return _Response(int(lines[0].split()[1]), headers, body)
 
     def get(
-        self, host: bytes | None, target: bytes = b"/", secure: bool = False
+        self,
+        host: bytes | None,
+        target: bytes = b"/",
+        secure: bool = False,
+        serverName: str | None = None,
     ) -> _Response:
         """
         A GET of C{target} with C{Host: host} (none if L{None}).
         """
         hostLine = b"Host: " + host + b"\r\n" if host is not None else b""
         return self.request(
-            b"GET " + target + b" HTTP/1.1\r\n" + hostLine + b"\r\n", secure
+            b"GET " + target + b" HTTP/1.1\r\n" + hostLine + b"\r\n",
+            secure,
+            serverName,
         )
 
     def assertRedirect(self, response: _Response, location: bytes) -> None:
@@ -786,6 +834,124 @@ class HTTPSDefaultPortRoutingTests(HTTPSRoutingTests):
         """
         response = self.get(b"secure.example", b"/x")
         self.assertEqual(response.headers[b"location"], [b"https://secure.example/x"])
+
+
+#: The site "secure" with strict_sni_host = false.
+_LENIENT_CONFIG = TLS_CONFIG.replace(
+    'redirect_http = true\n\n[[sites]]\nname = "numeric"',
+    'redirect_http = true\nstrict_sni_host = false\n\n[[sites]]\nname = "numeric"',
+)
+
+_MISDIRECTED_BY_SNI = (
+    b"421 Misdirected Request: this host is not served on a connection for "
+    b"that TLS server name (SNI)\n"
+)
+
+
+class StrictSNIHostTests(_RootResourceCase):
+    """
+    Over HTTPS, a request whose C{Host} belongs to another site than its
+    connection's SNI name is answered 421 when its site has
+    C{strict_sni_host} (the default with TLS).
+    """
+
+    def assertMisdirected(self, response: _Response, site: str = "") -> None:
+        """
+        C{response} is the 421 of a host/SNI mismatch; nothing was forwarded.
+        """
+        self.assertEqual(response.code, 421)
+        self.assertEqual(response.body, _MISDIRECTED_BY_SNI)
+        self.assertEqual(self.forwarder.forwarded, [])
+
+    def test_otherSiteMisdirected(self) -> None:
+        """
+        SNI C{both.example} with C{Host: secure.example} is answered 421,
+        and the other way round too.
+        """
+        self.assertMisdirected(
+            self.get(b"secure.example", secure=True, serverName="both.example")
+        )
+        self.assertMisdirected(
+            self.get(b"both.example", secure=True, serverName="secure.example")
+        )
+
+    def test_sameSiteForwarded(self) -> None:
+        """
+        An SNI name of the same site passes: the same name, another of the
+        site's names, a name its wildcard covers, the A-labels of an IDN
+        C{Host}, a C{Host} with a port or in another case.
+        """
+        for host, serverName in [
+            (b"secure.example", "secure.example"),
+            (b"secure.example", "www.secure.example"),
+            (b"a.secure.example", "secure.example"),
+            ("bücher.example".encode(), "xn--bcher-kva.example"),
+            (b"SECURE.Example.:8443", "secure.example"),
+        ]:
+            response = self.get(host, secure=True, serverName=serverName)
+            self.assertEqual(response.code, 200, (host, serverName))
+        self.assertEqual(len(self.forwarder.forwarded), 5)
+
+    def test_noSNIUnaffected(self) -> None:
+        """
+        A connection without SNI (the client connected to an IP literal)
+        reaches every site by its C{Host}.
+        """
+        for host in (b"secure.example", b"both.example", b"192.0.2.1"):
+            self.assertEqual(self.get(host, secure=True).code, 200, host)
+
+    def test_unknownNameIsTheDefaultSite(self) -> None:
+        """
+        An SNI name no site claims belongs to the default site, as its
+        certificate did: a C{Host} of the default site passes, another
+        site's is misdirected.  So does an invalid name (recorded as
+        C{""}).
+        """
+        for serverName in ("unknown.example", ""):
+            self.assertEqual(
+                self.get(b"wild.example", secure=True, serverName=serverName).code,
+                200,
+            )
+            self.assertEqual(
+                self.get(b"a.wild.example", secure=True, serverName=serverName).code,
+                200,
+            )
+        self.forwarder.forwarded.clear()
+        self.assertMisdirected(
+            self.get(b"secure.example", secure=True, serverName="unknown.example")
+        )
+
+    def test_nameOfNoSite(self) -> None:
+        """
+        Without a default site, an SNI name no site claims (a site a reload
+        removed) misdirects every strict site.
+        """
+        self.useConfig(_NO_DEFAULT_CONFIG)
+        self.assertMisdirected(
+            self.get(b"secure.example", secure=True, serverName="gone.example")
+        )
+
+    def test_notStrict(self) -> None:
+        """
+        A site with C{strict_sni_host = false} is served whatever the SNI
+        name; a strict site is still protected from its connections.
+        """
+        self.useConfig(_LENIENT_CONFIG)
+        self.assertEqual(
+            self.get(b"secure.example", secure=True, serverName="both.example").code,
+            200,
+        )
+        self.assertEqual(self.forwarder.forwarded, [("secure", b"/", True)])
+        self.forwarder.forwarded.clear()
+        self.assertMisdirected(
+            self.get(b"both.example", secure=True, serverName="secure.example")
+        )
+
+    def test_plainHTTPUnaffected(self) -> None:
+        """
+        Over plain HTTP there is no SNI; nothing changes.
+        """
+        self.assertEqual(self.get(b"both.example").code, 200)
 
 
 _TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"

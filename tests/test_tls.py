@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -457,6 +457,20 @@ def _pump(handshake: _Handshake) -> None:
     raise AssertionError("handshake did not settle in 100 rounds")
 
 
+def _session(handshake: _Handshake) -> SSL.Session:
+    """
+    The client's session after C{handshake}, once it has read what the
+    server sent after the handshake (TLS 1.3 tickets).
+    """
+    try:
+        handshake.client.recv(1)
+    except SSL.WantReadError:
+        pass
+    session = handshake.client.get_session()
+    assert session is not None
+    return session
+
+
 class SNIContextFactoryTests(SynchronousTestCase):
     """
     Tests for L{SNIContextFactory}, with real handshakes over memory BIOs.
@@ -664,8 +678,8 @@ class SNIContextFactoryTests(SynchronousTestCase):
 
     def test_sessionResumption(self) -> None:
         """
-        A TLS 1.2 client resumes its session on a new connection, by ticket
-        and by session id.
+        A TLS 1.2 client resumes its session on a new connection, whether
+        or not it offers to take a ticket (it gets none: by session id).
         """
         for options in (0, SSL.OP_NO_TICKET):
             ctx = self.clientContext()
@@ -678,6 +692,75 @@ class SNIContextFactoryTests(SynchronousTestCase):
             second = self.handshake(b"a.test", ctx, session=session)
             self.assertTrue(second.ok, second.clientError)
             self.assertEqual(_lib.SSL_session_reused(second.client._ssl), 1, options)
+
+    def test_noSessionTickets(self) -> None:
+        """
+        Session tickets are off and sessions last a day: Mozilla's profile
+        turns tickets off, because a ticket key that never rotates undoes
+        forward secrecy, and pyOpenSSL cannot rotate one.
+        """
+        server = self.handshake(b"a.test").server
+        self.assertTrue(server.set_options(0) & SSL.OP_NO_TICKET)
+        self.assertEqual(server.get_context().get_timeout(), 86400)
+
+    def test_closeWithoutCloseNotify(self) -> None:
+        """
+        A client that closes without a close_notify (as Python's C{ssl}
+        does) ends the TLS connection as cleanly as one that sends it
+        (C{ZeroReturnError}, on which Twisted shuts TLS down), so OpenSSL
+        keeps the session in the cache and the client resumes it.
+        """
+        for version in (SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION):
+            ctx = self.clientContext()
+            ctx.set_min_proto_version(version)
+            ctx.set_max_proto_version(version)
+            first = self.handshake(b"a.test", ctx)
+            self.assertTrue(first.ok, first.clientError)
+            session = _session(first)
+            first.server.bio_shutdown()
+            self.assertRaises(SSL.ZeroReturnError, first.server.recv, 1)
+            first.server.shutdown()
+            del first.server
+            second = self.handshake(b"a.test", ctx, session=session)
+            self.assertTrue(second.ok, second.clientError)
+            self.assertEqual(_lib.SSL_session_reused(second.client._ssl), 1, version)
+
+    def test_resumptionFromTheCacheOnly(self) -> None:
+        """
+        TLS 1.2 and TLS 1.3 sessions resume, each whichever certificate
+        the name chose, and only from the server's session cache: with the
+        cache's lookups off, none does, so no ticket key was involved (in
+        TLS 1.3 the ticket is only a reference into the cache).
+        """
+        sessions = []
+        for version in (SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION):
+            for name in (b"a.test", b"b.test"):
+                ctx = self.clientContext()
+                ctx.set_min_proto_version(version)
+                ctx.set_max_proto_version(version)
+                first = self.handshake(name, ctx)
+                self.assertTrue(first.ok, first.clientError)
+                second = self.handshake(name, ctx, session=_session(first))
+                self.assertTrue(second.ok, second.clientError)
+                self.assertEqual(
+                    _lib.SSL_session_reused(second.client._ssl), 1, (version, name)
+                )
+                fresh = self.handshake(name, ctx)
+                self.assertTrue(fresh.ok, fresh.clientError)
+                # The handshake is kept: a client connection freed without
+                # a TLS shutdown makes its session unresumable.
+                sessions.append((version, name, ctx, fresh, _session(fresh)))
+        # pyOpenSSL refuses to change a context in use; OpenSSL does not.
+        _lib.SSL_CTX_set_session_cache_mode(
+            self.factory._baseContext._context,
+            SSL.SESS_CACHE_SERVER | SSL.SESS_CACHE_NO_INTERNAL_LOOKUP,
+        )
+        for version, name, ctx, _, session in sessions:
+            third = self.handshake(name, ctx, session=session)
+            self.assertTrue(third.ok, third.clientError)
+            self.assertEqual(
+                _lib.SSL_session_reused(third.client._ssl), 0, (version, name)
+            )
 
     def test_replaceStore(self) -> None:
         """
@@ -1203,9 +1286,20 @@ class RefusalLogTests(SynchronousTestCase):
         self.assertIn("'b.test'", line)
 
 
+class _NoSNIConnection:
+    """
+    The pyOpenSSL connection of a handshake without SNI, as far as the
+    server name goes.
+    """
+
+    def get_servername(self) -> bytes | None:
+        return None
+
+
 class _AbortRecordingTransport(StringTransport):
     """
-    A transport that counts C{abortConnection} calls.
+    A transport that counts C{abortConnection} calls; its TLS connection
+    had no SNI.
     """
 
     aborts = 0
@@ -1213,6 +1307,9 @@ class _AbortRecordingTransport(StringTransport):
     def abortConnection(self) -> None:
         self.aborts += 1
         super().abortConnection()
+
+    def getHandle(self) -> _NoSNIConnection:
+        return _NoSNIConnection()
 
 
 class _NegotiatedTransport(_AbortRecordingTransport):
@@ -1389,12 +1486,17 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
             and getattr(call.func, "__name__", "") == "_expired"  # type: ignore[attr-defined]
         ]
 
-    def connectTLS(self, alpn: list[bytes] | None = None) -> tuple[Recorder, IOPump]:
-        creator = optionsForClientTLS(
-            "a.test",
-            trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
-            acceptableProtocols=alpn,
-        )
+    def connectTLS(
+        self,
+        alpn: list[bytes] | None = None,
+        creator: IOpenSSLClientConnectionCreator | None = None,
+    ) -> tuple[Recorder, IOPump]:
+        if creator is None:
+            creator = optionsForClientTLS(
+                "a.test",
+                trustRoot=Certificate.loadPEM(_CA.cert_pem.bytes()),
+                acceptableProtocols=alpn,
+            )
         clientFactory = TLSMemoryBIOFactory(
             creator, True, Factory.forProtocol(Recorder), self.clock
         )
@@ -1441,6 +1543,31 @@ class HandshakeDeadlineTLSTests(SynchronousTestCase):
         [server] = self.recorders
         self.assertTrue(ISSLTransport.providedBy(server.transport))
         self.assertEqual(getattr(server.transport, "negotiatedProtocol", None), b"h2")
+
+    def test_serverNameRecorded(self) -> None:
+        """
+        The handshake's SNI name, normalized as a C{Host} is, is recorded
+        once on the connection: the site's protocol finds it as its
+        transport's C{serverName}.
+        """
+        client, pump = self.connectTLS()
+        pump.flush()
+        self.assertIsNone(client.lost)
+        [server] = self.recorders
+        self.assertEqual(getattr(server.transport, "serverName", None), "a.test")
+
+    def test_noServerName(self) -> None:
+        """
+        A connection without SNI (a client that connected to an IP
+        literal) records L{None}.
+        """
+        self.contexts.store = CertificateStore({}, _load(self, "a.test"))
+        client, pump = self.connectTLS(creator=CertificateOptions())
+        pump.flush()
+        self.assertIsNone(client.lost)
+        [server] = self.recorders
+        self.assertTrue(ISSLTransport.providedBy(server.transport))
+        self.assertIsNone(getattr(server.transport, "serverName", "missing"))
 
     def test_silentClientAborted(self) -> None:
         """

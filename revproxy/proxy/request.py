@@ -112,6 +112,25 @@ class ProxyRequest(server.Request):
         self.finish()
         return None
 
+    def tlsServerName(self) -> str | None:
+        """
+        The SNI name of the request's TLS connection, normalized
+        (L{revproxy.routing.normalizeServerName}), or L{None} when the
+        client sent none or the connection is not over TLS.
+
+        The TLS layer (L{revproxy.tls.HandshakeDeadline}) records it once
+        per connection, as its C{serverName}; the channel's transport is a
+        protocol wrapper above that layer, which hands on what it lacks.
+        """
+        channel: Any = self.channel
+        # An HTTP/2 stream has no transport; its connection has.
+        connection = getattr(channel, "_conn", channel)
+        transport = getattr(connection, "transport", None)
+        if transport is None:
+            return None
+        name: str | None = getattr(transport, "serverName", None)
+        return name
+
     def countBody(self, limit: int) -> None:
         """
         Count the body as it comes and refuse it once it passes C{limit}

@@ -453,6 +453,53 @@ def httpGet(path: str, host: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("ascii")
 
 
+class ResumingClient:
+    """
+    TLS connections of one protocol version made with Python's C{ssl}
+    module (verified against C{caFile}), each offering the session of the
+    one before.  Every method blocks: call them through L{inThread}.
+    """
+
+    def __init__(
+        self, port: int, serverName: str, caFile: str, version: ssl.TLSVersion
+    ) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(caFile)
+        context.minimum_version = context.maximum_version = version
+        context.set_alpn_protocols(["http/1.1"])
+        self.context = context
+        self.port = port
+        self.serverName = serverName
+        #: The session the next connection offers.
+        self.session: ssl.SSLSession | None = None
+
+    def get(self) -> tuple[bool, RawResponse]:
+        """
+        Connect (offering L{session}), GET C{/whoami}, keep the connection's
+        session for the next one, and close; whether the handshake resumed
+        the session offered, and the response.
+        """
+        raw = socket.create_connection(("127.0.0.1", self.port), SOCKET_TIMEOUT)
+        try:
+            sock = self.context.wrap_socket(
+                raw, server_hostname=self.serverName, session=self.session
+            )
+        except BaseException:
+            raw.close()
+            raise
+        client = BlockingTLSClient(self.port, self.serverName, None)
+        client.sock = sock
+        try:
+            response = client.request(httpGet("/whoami", self.serverName))
+            # Read after a response: TLS 1.3 sends its tickets after the
+            # handshake, and they come with the first application data.
+            reused = bool(sock.session_reused)
+            self.session = sock.session
+        finally:
+            client.close()
+        return reused, response
+
+
 # -- upstreams
 
 
@@ -818,6 +865,189 @@ class DefaultSiteTests(_TLSTestCase):
         self.assertNotIn("Refused a TLS handshake", self.proxy.output)
 
 
+class StrictSNIHostTests(_TLSTestCase):
+    """
+    C{strict_sni_host}: a request whose C{Host} belongs to another site
+    than its connection's SNI name gets 421, over HTTP/1.1 and HTTP/2; a
+    connection without SNI and a site with C{strict_sni_host = false} are
+    served; a reload changes it.
+    """
+
+    upstreamNames = ("A", "B", "C")
+    misdirected = (
+        b"421 Misdirected Request: this host is not served on a connection for "
+        b"that TLS server name (SNI)\n"
+    )
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.socketPath = self.path("admin.sock")
+        self.authority = Authority()
+        self.ca = self.authority.writeRoot(self.path("ca.pem"))
+        self.leaves = {n: self.authority.issue(f"{n}.test") for n in "abc"}
+        await self.startProxy(
+            self.sites(strictC=False), admin_socket_path=self.socketPath
+        )
+
+    def sites(self, strictC: bool) -> list[dict[str, object]]:
+        """
+        Sites C{a} (the default), C{b} and C{c} (strict if C{strictC}).
+        """
+        extra = {} if strictC else {"strict_sni_host": False}
+        return [
+            self.site("a", ["a.test"], "A", self.leaves["a"], default=True),
+            self.site("b", ["b.test"], "B", self.leaves["b"]),
+            self.site("c", ["c.test"], "C", self.leaves["c"], **extra),
+        ]
+
+    def assertMisdirected(self, response: RawResponse) -> None:
+        """
+        C{response} is the 421 of a host that is not the SNI name's site.
+        """
+        self.assertEqual(response.code, 421, response.body[:300])
+        self.assertEqual(response.body, self.misdirected)
+
+    async def test_otherSitesHostMisdirected(self) -> None:
+        """
+        Python's C{ssl} with SNI C{a.test} and C{Host: b.test} gets 421, and
+        the other way round; each host on its own name is served.
+        """
+        _, response = await self.fetch("a.test", self.ca, host="b.test")
+        self.assertMisdirected(response)
+        _, response = await self.fetch("b.test", self.ca, host="a.test")
+        self.assertMisdirected(response)
+        for name in ("a", "b"):
+            _, response = await self.fetch(f"{name}.test", self.ca)
+            self.assertWhoami(response, name.upper())
+
+    async def test_http2(self) -> None:
+        """
+        curl over HTTP/2 with SNI C{a.test} and C{:authority} C{b.test} (a
+        coalesced connection) gets 421 on its stream.
+        """
+        result = await runCommand(
+            self.reactor,
+            [
+                tool("curl"),
+                "--http2",
+                "--silent",
+                "--show-error",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "20",
+                "--resolve",
+                f"a.test:{self.httpsPort}:127.0.0.1",
+                "--cacert",
+                self.ca,
+                "--header",
+                "Host: b.test",
+                "--write-out",
+                "\n%{http_version} %{response_code}",
+                f"https://a.test:{self.httpsPort}/whoami",
+            ],
+            seconds=25,
+        )
+        self.assertEqual(result.code, 0, result)
+        body, _, status = result.out.rpartition(b"\n")
+        self.assertEqual(status, b"2 421", body[:300])
+        self.assertEqual(body, self.misdirected)
+
+    async def test_noSNIUnaffected(self) -> None:
+        """
+        A client that sends no SNI (it connected to an IP literal) reaches
+        every site by its C{Host}.
+        """
+        for name in ("a", "b"):
+            _, response = await self.fetch(None, self.ca, host=f"{name}.test")
+            self.assertWhoami(response, name.upper())
+
+    async def test_notStrict(self) -> None:
+        """
+        Site C{c}, with C{strict_sni_host = false}, is served on a
+        connection for C{a.test}; once a reload makes it strict, it is not.
+        """
+        _, response = await self.fetch("a.test", self.ca, host="c.test")
+        self.assertWhoami(response, "C")
+        self.writeConfig(self.sites(strictC=True), admin_socket_path=self.socketPath)
+        answer = await askAdmin(self.reactor, self.socketPath, "reload")
+        self.assertEqual(answer["status"], "ok", answer)
+        self.assertEqual(answer["sites"]["changed"], ["c"], answer)
+        _, response = await self.fetch("a.test", self.ca, host="c.test")
+        self.assertMisdirected(response)
+
+
+class SessionResumptionTests(_TLSTestCase):
+    """
+    Sessions resume from the server's session cache, in TLS 1.2 (by
+    session id) and TLS 1.3 (by a stateful ticket, a reference into the
+    cache): no session ticket key is used, and the cache outlives a reload.
+    """
+
+    upstreamNames = ("A",)
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.socketPath = self.path("admin.sock")
+        authority = Authority()
+        self.ca = authority.writeRoot(self.path("ca.pem"))
+        await self.startProxy(
+            [self.site("a", ["a.test"], "A", authority.issue("a.test"))],
+            admin_socket_path=self.socketPath,
+        )
+        self.clients = {
+            version: ResumingClient(self.httpsPort, "a.test", self.ca, version)
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+        }
+
+    async def get(self, version: ssl.TLSVersion) -> bool:
+        """
+        A new connection of C{version}'s client; whether it resumed.
+
+        The client closes without a TLS close_notify, as Python's C{ssl}
+        and many clients do; another connection (a full handshake and a
+        request) follows, so the proxy has seen the close before the
+        session is offered again.
+        """
+        reused, response = await inThread(
+            self.clients[version].get, what=f"a {version.name} connection"
+        )
+        self.assertWhoami(response, "A")
+        _, response = await self.fetch("a.test", self.ca)
+        self.assertWhoami(response, "A")
+        return reused
+
+    async def test_resumed(self) -> None:
+        """
+        A TLS 1.2 session carries no ticket and resumes by its id; a TLS 1.3
+        one resumes with a ticket valid for a day.  Each new connection
+        resumes the previous one's session, though that connection ended
+        without a close_notify.
+        """
+        for version in self.clients:
+            self.assertFalse(await self.get(version), version)
+            for _ in range(2):
+                self.assertTrue(await self.get(version), version)
+        tls12 = self.clients[ssl.TLSVersion.TLSv1_2].session
+        assert tls12 is not None
+        self.assertFalse(tls12.has_ticket)
+        tls13 = self.clients[ssl.TLSVersion.TLSv1_3].session
+        assert tls13 is not None
+        self.assertTrue(tls13.has_ticket)
+        self.assertEqual(tls13.ticket_lifetime_hint, 86400)
+
+    async def test_reloadKeepsSessions(self) -> None:
+        """
+        Sessions made before a reload resume after it.
+        """
+        for version in self.clients:
+            await self.get(version)
+        answer = await askAdmin(self.reactor, self.socketPath, "reload")
+        self.assertEqual(answer["status"], "ok", answer)
+        for version in self.clients:
+            self.assertTrue(await self.get(version), version)
+
+
 class CheckTests(_TLSTestCase):
     """
     C{twistd revproxy --config FILE --check} loads the certificates.
@@ -1024,7 +1254,8 @@ class ComplianceTests(_TLSTestCase):
         sslyze checks both sites (ECDSA and RSA certificates) against
         Mozilla's "intermediate" configuration: compliant, certificates
         trusted by the given CA file, nothing below TLS 1.2, only the
-        profile's TLS 1.2 suites.
+        profile's TLS 1.2 suites; TLS 1.2 sessions resume by session id,
+        never by ticket.
         """
         sslyze = sslyzePath()
         jsonPath = self.path("sslyze.json")
@@ -1034,6 +1265,7 @@ class ComplianceTests(_TLSTestCase):
             [
                 sslyze,
                 "--mozilla_config=intermediate",
+                "--resum",
                 "--certinfo_ca_file",
                 self.path("ca-both.pem"),
                 "--json_out",
@@ -1070,6 +1302,15 @@ class ComplianceTests(_TLSTestCase):
             }
             self.assertTrue(accepted, text)
             self.assertLessEqual(accepted, _INTERMEDIATE_TLS12)
+            resumption = results["session_resumption"]["result"]
+            self.assertEqual(
+                (
+                    resumption["session_id_resumption_result"],
+                    resumption["tls_ticket_resumption_result"],
+                ),
+                ("FULLY_SUPPORTED", "NOT_SUPPORTED"),
+                text,
+            )
             deployment = results["certificate_info"]["result"][
                 "certificate_deployments"
             ][0]
