@@ -95,6 +95,28 @@ def tool(name: str) -> str:
     return path
 
 
+def curlHTTP2(port: int, ca: str, *args: str) -> list[str]:
+    """
+    The command line of C{curl --http2 ARGS} resolving C{a.test} to the
+    proxy's HTTPS C{port} on 127.0.0.1 and trusting the test CA C{ca}.
+    """
+    return [
+        tool("curl"),
+        "--http2",
+        "--silent",
+        "--show-error",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "20",
+        "--resolve",
+        f"a.test:{port}:127.0.0.1",
+        "--cacert",
+        ca,
+        *args,
+    ]
+
+
 def sslyzePath() -> str:
     """
     The sslyze program named by C{$REVPROXY_SSLYZE}; fail when unset or
@@ -927,25 +949,15 @@ class StrictSNIHostTests(_TLSTestCase):
         """
         result = await runCommand(
             self.reactor,
-            [
-                tool("curl"),
-                "--http2",
-                "--silent",
-                "--show-error",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "20",
-                "--resolve",
-                f"a.test:{self.httpsPort}:127.0.0.1",
-                "--cacert",
+            curlHTTP2(
+                self.httpsPort,
                 self.ca,
                 "--header",
                 "Host: b.test",
                 "--write-out",
                 "\n%{http_version} %{response_code}",
                 f"https://a.test:{self.httpsPort}/whoami",
-            ],
+            ),
             seconds=25,
         )
         self.assertEqual(result.code, 0, result)
@@ -1420,21 +1432,7 @@ class _HTTP2TestCase(_TLSTestCase):
         Run C{curl --http2} resolving C{a.test} to the proxy and trusting
         the test CA; fail unless it exits 0.
         """
-        argv = [
-            tool("curl"),
-            "--http2",
-            "--silent",
-            "--show-error",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "20",
-            "--resolve",
-            f"a.test:{self.httpsPort}:127.0.0.1",
-            "--cacert",
-            self.ca,
-            *args,
-        ]
+        argv = curlHTTP2(self.httpsPort, self.ca, *args)
         result = await runCommand(self.reactor, argv, seconds=25)
         self.assertEqual(result.code, 0, result)
         return result
