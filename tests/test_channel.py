@@ -32,7 +32,9 @@ from revproxy.proxy.channel import (
     DEFAULT_LIMITS,
     ConnectionLimits,
     ProxyChannel,
+    isStream,
     refusalBody,
+    streamConnection,
 )
 from revproxy.proxy.request import ProxyRequest, ProxySite
 
@@ -1298,6 +1300,42 @@ class TLSServerNameTests(ChannelTestCase):
         answer(request)
         pair.pump()
         self.assertEqual(pair.status(1), [b"200"])
+
+
+class TwistedPrivateNamesTests(ChannelTestCase):
+    """
+    The private names of twisted.web that revproxy reads, each in one
+    place, checked against Twisted's real objects: a Twisted release that
+    renames one fails here, by name.
+    """
+
+    def test_streamConnection(self) -> None:
+        """
+        L{streamConnection} reads C{H2Stream._conn}: the stream's
+        C{H2Connection}.
+        """
+        self.root.hold = True
+        pair = H2Pair(self, self.site, self.clock)
+        pair.request(1, b"GET")
+        pair.pump()
+        [request] = self.root.requests
+        self.assertTrue(isStream(request.channel))
+        self.assertIs(streamConnection(request.channel), pair.server)
+        answer(request)
+        pair.pump()
+
+    def test_clientLeft(self) -> None:
+        """
+        L{ProxyRequest.clientLeft} reads C{Request._disconnected}: false
+        while the client is there, true once its connection is lost.
+        """
+        self.root.hold = True
+        client = self.client()
+        client.send(GET)
+        request = self.root.requests[-1]
+        self.assertFalse(request.clientLeft)
+        client.transport.loseConnection()
+        self.assertTrue(request.clientLeft)
 
 
 class HTTP2Tests(SynchronousTestCase):

@@ -619,7 +619,7 @@ def proxyChannelProtocol(site: ProxySite) -> _GenericHTTPChannelProtocol:
 # -- HTTP/2
 
 
-def _isStream(channel: object) -> bool:
+def isStream(channel: object) -> bool:
     """
     Whether C{channel} is Twisted's C{H2Stream} (an HTTP/2 request's
     channel) rather than an HTTP/1.x channel.
@@ -696,12 +696,21 @@ def bodyTooLarge(request: ProxyRequest, limit: int) -> None:
     if channel is None:
         return
     detail = f"the request body is larger than {limit} bytes"
-    if _isStream(channel):
+    if isStream(channel):
         if request.refusal is None:
             _markRefused(request, 413)
             _refuseStream(request, 413, detail)
     elif isinstance(channel, ProxyChannel):
         channel.refuse(413, detail)
+
+
+def streamConnection(stream: Any) -> Any:
+    """
+    The L{twisted.web._http2.H2Connection} of Twisted's C{H2Stream}
+    C{stream}: its private C{_conn}, read here only (no public accessor
+    exists; #13's own HTTP/2 protocol makes this go).
+    """
+    return stream._conn
 
 
 def _refuseStream(request: ProxyRequest, code: int, detail: str) -> None:
@@ -717,9 +726,9 @@ def _refuseStream(request: ProxyRequest, code: int, detail: str) -> None:
     ended, and the HTTP/2 library then drops what the client still sends.
     """
     stream: Any = request.channel
-    if stream is None or request._disconnected:
+    if stream is None or request.clientLeft:
         return
-    connection = stream._conn
+    connection = streamConnection(stream)
     streamID = stream.streamID
     if not connection._streamIsActive(streamID):
         return

@@ -190,7 +190,7 @@ def simpleResponse(request: ProxyRequest, code: int, message: str) -> None:
     Answer C{request} with C{code} and a one-line text body, unless the client
     already left.
     """
-    if request._disconnected or request.finished:
+    if request.clientLeft or request.finished:
         return
     body = (message + "\n").encode("utf-8")
     request.setResponseCode(code)
@@ -439,7 +439,7 @@ class _Exchange:
         timer = self.timer
         if timer is not None and timer.active():
             timer.reset(self.config.response_timeout_secs)
-        if request._disconnected:
+        if request.clientLeft:
             return
         request.setResponseCode(code, reason or None)
         out = Headers()
@@ -491,7 +491,7 @@ class _Exchange:
         request.exchange = None
         self.connection = None
         self._stopSender()
-        if request._disconnected:
+        if request.clientLeft:
             return
         if request.producer is not None:
             request.unregisterProducer()

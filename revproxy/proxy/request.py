@@ -27,8 +27,10 @@ from revproxy.proxy.channel import (
     ConnectionLimits,
     ProxyChannel,
     bodyTooLarge,
+    isStream,
     limitStreamBody,
     proxyChannelProtocol,
+    streamConnection,
 )
 from revproxy.proxy.client import Stream
 
@@ -95,9 +97,17 @@ class ProxyRequest(server.Request):
         except Exception:
             self.processingFailed(Failure())
 
+    @property
+    def clientLeft(self) -> bool:
+        """
+        Whether the client's connection (or HTTP/2 stream) is gone: Twisted's
+        private C{Request._disconnected}, read here only.
+        """
+        return bool(self._disconnected)
+
     def processingFailed(self, reason: Failure) -> Any:
         _log.failure("Unhandled error while proxying {uri}", reason, uri=self.uri)
-        if self._disconnected or self.finished:
+        if self.clientLeft or self.finished:
             return None
         body = b"500 Internal Server Error\n"
         if self.startedWriting:
@@ -124,7 +134,7 @@ class ProxyRequest(server.Request):
         """
         channel: Any = self.channel
         # An HTTP/2 stream has no transport; its connection has.
-        connection = getattr(channel, "_conn", channel)
+        connection = streamConnection(channel) if isStream(channel) else channel
         transport = getattr(connection, "transport", None)
         if transport is None:
             return None
