@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from revproxy.proxy.pool import localConnectError
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, ClientCreators, UpstreamTLS
+from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from revproxy.config import HealthCheck, Upstream
@@ -371,9 +372,9 @@ class HealthMonitor(Service):
         self._reactor = reactor
         self._probe: Probe = probe if probe is not None else AgentProbe(reactor)
         self._rng = rng or random.Random()
-        #: When a check that could not connect for a local reason was last
-        #: logged.
-        self._localLogged = -LOCAL_ERROR_LOG_INTERVAL
+        #: Checks that could not connect for a local reason are logged once
+        #: a minute at most.
+        self._localErrors = LogThrottle(reactor, LOCAL_ERROR_LOG_INTERVAL)
         self._sites: dict[str, _SiteChecks] = {}
 
     # -- following the config
@@ -502,12 +503,10 @@ class HealthMonitor(Service):
         def failed(reason: Failure) -> None:
             if not current():
                 return
-            now = self._reactor.seconds()
             if localConnectError(reason) is not None:
                 # Out of descriptors, buffers or memory here: nothing is
                 # known of the upstream, so nothing is counted against it.
-                if now - self._localLogged >= LOCAL_ERROR_LOG_INTERVAL:
-                    self._localLogged = now
+                if self._localErrors.due() is not None:
                     _log.warn(
                         "site {site}: the health check of {upstream} could not "
                         "connect for a local reason ({error}); not counted",
@@ -516,7 +515,7 @@ class HealthMonitor(Service):
                         error=describeFailure(reason),
                     )
                 return
-            state.failed(now, describeFailure(reason))
+            state.failed(self._reactor.seconds(), describeFailure(reason))
 
         def bug(reason: Failure) -> None:
             _log.failure(

@@ -35,6 +35,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from revproxy.throttle import LogThrottle
+
 _log = Logger()
 
 #: The share of the descriptor limit client connections may take when
@@ -68,13 +70,12 @@ class ConnectionGate:
 
     def __init__(self, limit: int, clock: IReactorTime) -> None:
         self.limit = limit
-        self._clock = clock
         self.open = 0
         self.paused = False
         self.pauses = 0
         self.refused = 0
         self._ports: list[IPushProducer] = []
-        self._logged = -LOG_INTERVAL
+        self._limitLog = LogThrottle(clock, LOG_INTERVAL)
 
     def full(self) -> bool:
         """
@@ -108,9 +109,7 @@ class ConnectionGate:
             self.pauses += 1
             for port in self._ports:
                 port.pauseProducing()
-            now = self._clock.seconds()
-            if now - self._logged >= LOG_INTERVAL:
-                self._logged = now
+            if self._limitLog.due() is not None:
                 _log.warn(
                     "{open} client connections: max_connections reached, "
                     "not accepting until one closes (paused {pauses} time(s))",

@@ -38,7 +38,7 @@ from typing import IO, TYPE_CHECKING
 
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
@@ -61,6 +61,7 @@ from revproxy.proxy.pool import (
     localConnectError,
 )
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
+from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
@@ -171,10 +172,8 @@ class Forwarder:
         self.trustedProxies = trustedProxies
         self.metrics = metrics
         self.date = _DateCache(clock)
-        #: When a local connect error was last logged, and how many were
-        #: not logged since.
-        self.localErrorLogged = -1.0
-        self.localErrorsQuiet = 0
+        #: Local connect errors are logged once a second at most.
+        self.localErrors = LogThrottle(clock, 1.0)
 
     def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
         """
@@ -392,13 +391,11 @@ class _Exchange:
         if upstream is not None:
             self.route.selector.markDown(upstream)
         self._count("connect_timeout" if self.timedOut else "connect")
-        _log.warn(
+        self._log(
+            LogLevel.warn,
             "site {site}: upstream {upstream} unreachable: {error} "
             "(request_id {request_id})",
-            site=self.config.name,
-            upstream=getattr(upstream, "url", upstream),
             error=self.lastError,
-            request_id=self.request.requestID,
         )
         # Nothing reached this upstream: any method may go to the next one.
         self._tryNext()
@@ -507,13 +504,11 @@ class _Exchange:
             self.done = True
             request.exchange = None
             self._count("reset")
-            _log.warn(
+            self._log(
+                LogLevel.warn,
                 "site {site}: upstream {upstream} failed mid-response: {error} "
                 "(request_id {request_id})",
-                site=self.config.name,
-                upstream=getattr(self.upstream, "url", self.upstream),
                 error=str(reason),
-                request_id=request.requestID,
             )
             self._abortClient()
             return
@@ -555,12 +550,10 @@ class _Exchange:
         if self.started:
             self.done = True
             self.request.exchange = None
-            _log.warn(
+            self._log(
+                LogLevel.warn,
                 "site {site}: upstream {upstream} stalled mid-response "
                 "(request_id {request_id})",
-                site=self.config.name,
-                upstream=getattr(self.upstream, "url", self.upstream),
-                request_id=self.request.requestID,
             )
             self._abortClient()
             return
@@ -587,13 +580,10 @@ class _Exchange:
         No upstream could answer: 504 if the last try timed out, else 502.
         """
         self._end()
-        _log.warn(
+        self._log(
+            LogLevel.warn,
             "site {site}: {method} {target} failed: {error} (request_id {request_id})",
-            site=self.config.name,
-            method=logText(self.method),
-            target=logText(self.target),
             error=self.lastError,
-            request_id=self.request.requestID,
         )
         if self.timedOut:
             simpleResponse(
@@ -610,13 +600,10 @@ class _Exchange:
         """
         self._end()
         self._count("unavailable")
-        _log.warn(
+        self._log(
+            LogLevel.warn,
             "site {site}: {method} {target}: no healthy upstream "
             "(request_id {request_id})",
-            site=self.config.name,
-            method=logText(self.method),
-            target=logText(self.target),
-            request_id=self.request.requestID,
         )
         self.request.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
         simpleResponse(
@@ -631,17 +618,12 @@ class _Exchange:
         503, counted as C{kind}, never a mark against the upstream.
         """
         self._end()
-        upstream = self.upstream
         self._count(kind)
-        _log.warn(
+        self._log(
+            LogLevel.warn,
             "site {site}: {method} {target}: upstream {upstream} busy: {error} "
             "(request_id {request_id})",
-            site=self.config.name,
-            method=logText(self.method),
-            target=logText(self.target),
-            upstream=getattr(upstream, "url", upstream),
             error=error,
-            request_id=self.request.requestID,
         )
         simpleResponse(
             self.request,
@@ -657,28 +639,40 @@ class _Exchange:
         """
         self._end()
         self._count("local")
-        forwarder = self.forwarder
-        now = forwarder.clock.seconds()
-        if now - forwarder.localErrorLogged >= 1.0 or forwarder.localErrorLogged < 0:
-            _log.error(
+        quiet = self.forwarder.localErrors.due()
+        if quiet is not None:
+            self._log(
+                LogLevel.error,
                 "site {site}: cannot connect to upstream {upstream}: {error} "
                 "({code}, a local limit; {quiet} more since the last line) "
                 "(request_id {request_id})",
-                site=self.config.name,
-                upstream=getattr(self.upstream, "url", self.upstream),
                 error=error,
                 code=errno.errorcode.get(number, str(number)),
-                quiet=forwarder.localErrorsQuiet,
-                request_id=self.request.requestID,
+                quiet=quiet,
             )
-            forwarder.localErrorLogged = now
-            forwarder.localErrorsQuiet = 0
-        else:
-            forwarder.localErrorsQuiet += 1
         simpleResponse(
             self.request,
             503,
             "503 Service Unavailable: the proxy is out of resources, try again later",
+        )
+
+    def _log(self, level: LogLevel, format: str, **fields: object) -> None:
+        """
+        Log C{format} about this exchange, with the fields every such line
+        may name: C{site}, C{upstream}, C{request_id}, and C{method} and
+        C{target} escaped (L{logText}: they came from the client).
+        """
+        _log.emit(
+            level,
+            format,
+            **{
+                "site": self.config.name,
+                "upstream": getattr(self.upstream, "url", self.upstream),
+                "method": logText(self.method),
+                "target": logText(self.target),
+                "request_id": self.request.requestID,
+                **fields,
+            },
         )
 
     def _count(self, kind: str) -> None:

@@ -320,13 +320,13 @@ class _ConnectionFactory(ClientFactory):
         return connection
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        self._uncount()
+        self.uncount()
         self.pool._connectFailed(self, reason)
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
-        self._uncount()
+        self.uncount()
 
-    def _uncount(self) -> None:
+    def uncount(self) -> None:
         counter = self.counter
         if counter is not None:
             self.counter = None
@@ -510,7 +510,7 @@ class ConnectionPool:
             factory.connector = self._connect(key, factory, timeout)
         except Exception:
             # A connector that raises (a bad address) must not leak the slot.
-            factory._uncount()
+            factory.uncount()
             self._connectFailed(factory, Failure())
         return factory
 
