@@ -111,8 +111,9 @@ class ConnectionGate:
                 port.pauseProducing()
             if self._limitLog.due() is not None:
                 _log.warn(
-                    "{open} client connections: max_connections reached, "
-                    "not accepting until one closes (paused {pauses} time(s))",
+                    "{open} connections (clients' and upstream ones): "
+                    "max_connections reached, not accepting until one closes "
+                    "(paused {pauses} time(s))",
                     open=self.open,
                     pauses=self.pauses,
                 )
