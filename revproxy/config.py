@@ -81,6 +81,7 @@ _SERVER_KEYS = (
     "body_timeout_secs",
     "min_body_rate_bytes_per_sec",
     "keepalive_timeout_secs",
+    "send_timeout_secs",
     "max_requests_per_connection",
     "handshake_timeout_secs",
     "lingering_close_secs",
@@ -261,6 +262,9 @@ class ServerConfig:
     min_body_rate_bytes_per_sec: int = 500
     #: An idle keep-alive connection is closed after this long.
     keepalive_timeout_secs: float = 60.0
+    #: A client that takes no byte of a response for this long is cut
+    #: (nginx's send_timeout), so a slow reader cannot hold an upstream.
+    send_timeout_secs: float = 60.0
     #: A connection is closed after this many requests (0: no cap).
     max_requests_per_connection: int = 1000
     #: A TLS handshake not finished this long after the accept is dropped.
@@ -1220,6 +1224,7 @@ class _Parser:
                 "header_timeout_secs",
                 "body_timeout_secs",
                 "keepalive_timeout_secs",
+                "send_timeout_secs",
                 "handshake_timeout_secs",
             )
         )
