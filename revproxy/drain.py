@@ -7,7 +7,7 @@ is left when the deadline passes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -24,26 +24,33 @@ _log = Logger()
 SWEEP_INTERVAL = 0.25
 
 
-def _channelOf(wrapper: ProtocolWrapper) -> Any:
+class IClientConnection(Protocol):
     """
-    The HTTP channel behind a connection: Twisted's Site builds a protocol
-    that chooses HTTP/1.1 or HTTP/2 and keeps the real channel in
-    C{_channel}.
+    What the tracker asks of a client connection's protocol
+    (L{revproxy.proxy.http1.HTTP1Connection}, which hands an HTTP/2
+    connection's questions on).
+    """
+
+    def busy(self) -> bool:
+        """
+        Whether a request is in flight (or being received).
+        """
+
+    def drain(self) -> None:
+        """
+        Close now if idle, else once the requests in flight are answered
+        (HTTP/2: GOAWAY first).
+        """
+
+
+def _connectionOf(wrapper: ProtocolWrapper) -> IClientConnection | None:
+    """
+    The client-side protocol behind a tracked connection, if it is one.
     """
     protocol = wrapper.wrappedProtocol
-    return getattr(protocol, "_channel", protocol)
-
-
-def _busy(channel: Any) -> bool:
-    """
-    Whether C{channel} has a request in flight (or being received).
-    """
-    requests = getattr(channel, "requests", None)
-    if requests is not None:
-        return bool(requests)
-    # HTTP/2: streams in progress.
-    streams = getattr(channel, "streams", None)
-    return bool(streams)
+    if hasattr(protocol, "busy") and hasattr(protocol, "drain"):
+        return cast(IClientConnection, protocol)
+    return None
 
 
 class ConnectionTracker(WrappingFactory):
@@ -83,19 +90,18 @@ class ConnectionTracker(WrappingFactory):
     def closeIdle(self) -> int:
         """
         Close connections with no request in flight and make the busy ones
-        close after their current response.
+        close after their current response (HTTP/2: GOAWAY now, close when
+        the streams in flight end).
 
         @return: how many connections are busy.
         """
         busy = 0
         for wrapper in list(self.protocols):
-            channel = _channelOf(wrapper)
-            if _busy(channel):
-                busy += 1
-                # Twisted closes a non-persistent HTTP/1.1 connection once
-                # its response is done.
-                if hasattr(channel, "persistent"):
-                    channel.persistent = False
+            connection = _connectionOf(wrapper)
+            if connection is not None:
+                if connection.busy():
+                    busy += 1
+                connection.drain()
             elif wrapper.transport is not None:
                 wrapper.transport.loseConnection()
         return busy

@@ -27,26 +27,26 @@ from revproxy.accesslog import AccessLog, AccessRecord
 if TYPE_CHECKING:
     from revproxy.config import LoggingConfig
     from revproxy.metrics import Metrics
-    from revproxy.proxy.request import ProxyRequest
+    from revproxy.proxy.exchange import Exchange
 
 _log = Logger()
 
 _PROTOCOLS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0", b"HTTP/2": "HTTP/2.0"}
 
 
-def tlsVersion(request: ProxyRequest) -> str | None:
+def tlsVersion(request: Exchange) -> str | None:
     """
     The TLS version of the connection C{request} came over (C{"TLSv1.3"}),
     or L{None} over plain HTTP.
 
-    Over HTTP/1.x the channel's transport wraps the TLS protocol, whose
-    handle is the OpenSSL connection; over HTTP/2 the stream's transport is
-    the HTTP/2 connection, whose own transport leads there.
+    The exchange's transport is the connection's (over TLS, protocol
+    wrappers above the TLS protocol, which hand on what they lack); its
+    handle is the OpenSSL connection.
     """
-    if not request.isSecure():
+    if not request.secure:
         return None
-    transport: Any = getattr(request.channel, "transport", None)
-    for _ in range(2):
+    transport: Any = request.transport
+    for _ in range(3):
         if transport is None:
             return None
         getHandle = getattr(transport, "getHandle", None)
@@ -76,12 +76,12 @@ def _text(value: object) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else ""
 
 
-def _header(request: ProxyRequest, name: bytes) -> str:
+def _header(request: Exchange, name: bytes) -> str:
     """
     The first value of header C{name} of C{request}, or C{""}.
     """
-    values = request.requestHeaders.getRawHeaders(name)
-    return _text(values[0]) if values else ""
+    value = request.header(name)
+    return _text(value) if value is not None else ""
 
 
 class RequestObserver:
@@ -107,7 +107,7 @@ class RequestObserver:
 
     # -- the request path
 
-    def started(self, request: ProxyRequest, site: str) -> None:
+    def started(self, request: Exchange, site: str) -> None:
         """
         C{request} was routed to C{site} and will be answered there.
         """
@@ -117,10 +117,10 @@ class RequestObserver:
         if metrics is not None:
             metrics.requestStarted(site)
 
-    def finished(self, request: ProxyRequest, status: int | None = None) -> None:
+    def finished(self, request: Exchange, status: int | None = None) -> None:
         """
         C{request} ended: with its response, or with C{status} when the
-        response did not end (L{revproxy.proxy.request.CLIENT_CLOSED}).
+        response did not end (L{revproxy.proxy.exchange.CLIENT_CLOSED}).
         Each request is logged once.
         """
         if request.logged:
@@ -141,7 +141,7 @@ class RequestObserver:
         if self.accessLog.enabled:
             self.accessLog.log(self.record(request, code, startedAt, seconds))
 
-    def refused(self, code: int, request: ProxyRequest | None, secure: bool) -> None:
+    def refused(self, code: int, request: Exchange | None, secure: bool) -> None:
         """
         The connection layer refused a request before it was whole.
         """
@@ -155,19 +155,19 @@ class RequestObserver:
         if not request.generation:
             request.generation = self.generation
         if not request.clientIP:
-            peer = request.getClientAddress()
+            peer = request.peer
             request.clientIP = getattr(peer, "host", "") or ""
         self.finished(request, code)
 
     def record(
-        self, request: ProxyRequest, status: int, startedAt: float, seconds: float
+        self, request: Exchange, status: int, startedAt: float, seconds: float
     ) -> AccessRecord:
         """
         The access-log record of C{request}.
         """
         uri = request.uri if isinstance(request.uri, bytes) else b""
         path, _, query = uri.partition(b"?")
-        peer = request.getClientAddress()
+        peer = request.peer
         peerIP = getattr(peer, "host", "") or ""
         upstreamSeconds = request.upstreamSeconds
         proto = request.clientproto if isinstance(request.clientproto, bytes) else b""

@@ -5,32 +5,29 @@ Routing a request to a site by its C{Host}.
 L{normalizeHostHeader} and L{RoutingTable} are pure and on the hot path: no
 reactor, no I/O.  The common C{Host} (ASCII, perhaps with a port) is checked
 by one precompiled regular expression; only non-ASCII names and A-labels go
-through C{idna}.  L{RootResource} is the shell: the one resource of the
-L{Site}, which routes each request and hands it to the forwarder; it also
-answers pending ACME http-01 challenges itself.
+through C{idna}.  L{Router} is the shell: the handler every client-side
+protocol gives its requests to (L{revproxy.proxy.exchange.IRequestHandler}),
+which routes each one and hands it to the forwarder; it also answers
+pending ACME http-01 challenges itself.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from email.utils import formatdate
 from ipaddress import AddressValueError, IPv6Address
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import idna
 from twisted.logger import Logger
-from twisted.web.resource import IResource
-from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
 
 from revproxy.accesslog import requestID as newRequestID
 from revproxy.proxy.headers import clientAddress, isTrusted
 
 if TYPE_CHECKING:
     from revproxy.observer import RequestObserver
+    from revproxy.proxy.exchange import Exchange
     from revproxy.proxy.forwarder import Forwarder
-    from revproxy.proxy.request import ProxyRequest
     from revproxy.ratelimit import RateLimiter
     from revproxy.runtime import RuntimeHolder
 
@@ -62,7 +59,7 @@ class HasHosts(Protocol):
 
 class HTTP01Answers(Protocol):
     """
-    What L{RootResource} reads of the pending ACME http-01 challenges
+    What L{Router} reads of the pending ACME http-01 challenges
     (L{revproxy.acme.challenges.ChallengeStore} has it).
     """
 
@@ -340,10 +337,9 @@ def splitAbsoluteForm(uri: bytes) -> tuple[bytes, bytes] | None:
     return authority, target
 
 
-@implementer(IResource)
-class RootResource:
+class Router:
     """
-    The one resource of the proxy's L{Site}: route by C{Host}, then forward.
+    The handler of every request: route by C{Host}, then forward.
 
     It reads the current runtime once per request; a reload swaps it under
     requests in flight without touching them.
@@ -374,8 +370,6 @@ class RootResource:
         assigned at any time.
     """
 
-    isLeaf = True
-
     def __init__(
         self,
         runtime: RuntimeHolder,
@@ -400,62 +394,66 @@ class RootResource:
         self.observer = observer
         self._dryRunLogged: dict[str, float] = {}
 
-    def getChildWithDefault(self, name: bytes, request: object) -> IResource:
-        return self
-
-    def putChild(self, path: bytes, child: IResource) -> None:
-        raise NotImplementedError("RootResource has no children")
-
-    def render(self, request: ProxyRequest) -> int:
+    def handle(self, request: Exchange) -> None:
         """
         Route C{request} and start forwarding it; errors are answered here.
         """
         uri = request.uri
-        headers = request.requestHeaders
         runtime = self.runtime.current
         self._identify(request, runtime.generation)
         if uri[:1] == b"/" or uri == b"*":
             target = uri
-            values = headers.getRawHeaders(b"host")
-            if values is None:
+            values = request.headerValues(b"host")
+            if not values:
                 if request.clientproto != b"HTTP/1.0":
                     self._answer(request, 400, "400 Bad Request: missing Host header")
-                    return NOT_DONE_YET
+                    return
                 host: str | None = None
             elif len(values) != 1:
                 self._answer(request, 400, "400 Bad Request: more than one Host header")
-                return NOT_DONE_YET
+                return
             else:
                 host = normalizeHostHeader(values[0])
                 if host is None:
                     self._answer(request, 400, "400 Bad Request: invalid Host header")
-                    return NOT_DONE_YET
+                    return
         else:
             split = splitAbsoluteForm(uri)
             if split is None:
                 self._answer(request, 400, "400 Bad Request: invalid request-target")
-                return NOT_DONE_YET
+                return
             # RFC 9112 3.2.2: the target's authority replaces any Host.
             authority, target = split
             host = normalizeHostHeader(authority)
             if host is None:
                 self._answer(request, 400, "400 Bad Request: invalid request-target")
-                return NOT_DONE_YET
-            headers.setRawHeaders(b"host", [authority])
+                return
+            request.headers = [(b"host", authority)] + [
+                pair for pair in request.headers if pair[0] != b"host"
+            ]
+        route = runtime.table.match(host)
+        # The body limit first, before any byte of the body is asked for:
+        # the site's, or the defaults' for a request no site takes (it is
+        # refused, but its body must not be read without a bound either).
+        if request.hasBody and not request.limitBody(
+            runtime.config.defaults.max_body_bytes
+            if route is None
+            else route.config.max_body_bytes
+        ):
+            return
         if target.startswith(ACME_CHALLENGE_PREFIX) and self._answerHTTP01(
             request, target
         ):
-            return NOT_DONE_YET
-        route = runtime.table.match(host)
+            return
         if route is None:
             self._answer(
                 request,
                 421,
                 "421 Misdirected Request: no site is configured for this host",
             )
-            return NOT_DONE_YET
+            return
         site = route.config
-        if request.isSecure():
+        if request.secure:
             if site.name not in runtime.secured:
                 self._answer(
                     request,
@@ -463,9 +461,9 @@ class RootResource:
                     "421 Misdirected Request: this site is not served over HTTPS",
                     site.name,
                 )
-                return NOT_DONE_YET
+                return
             if site.strict_sni_host and misdirectedBySNI(
-                runtime.table, route, request.tlsServerName()
+                runtime.table, route, request.serverName
             ):
                 # RFC 9110 15.5.20: a client that reused a connection for
                 # another name (HTTP/2 coalescing) retries on a new one.
@@ -476,7 +474,7 @@ class RootResource:
                     "connection for that TLS server name (SNI)",
                     site.name,
                 )
-                return NOT_DONE_YET
+                return
         elif (
             site.redirect_http
             and site.name in runtime.secured
@@ -491,14 +489,14 @@ class RootResource:
             name = host or next((h for h in site.hosts if "*" not in h), None)
             if name is not None:
                 location = httpsLocation(name, runtime.httpsPort, target)
-                request.responseHeaders.setRawHeaders(b"location", [location])
                 self._answer(
                     request,
                     308,
                     "308 Permanent Redirect: " + location.decode("ascii"),
                     site.name,
+                    [(b"Location", location)],
                 )
-                return NOT_DONE_YET
+                return
         limit = site.rate_limit
         limiter = self.limiter
         if limiter is not None and limit.enabled:
@@ -507,26 +505,23 @@ class RootResource:
                 if limit.dry_run:
                     self._dryRun(request, site.name)
                 else:
-                    request.responseHeaders.setRawHeaders(
-                        b"retry-after", [b"%d" % decision.retryAfter]
-                    )
                     self._answer(
                         request,
                         429,
                         "429 Too Many Requests: rate limit exceeded, retry in "
                         f"{decision.retryAfter} s",
                         site.name,
+                        [(b"Retry-After", b"%d" % decision.retryAfter)],
                     )
-                    return NOT_DONE_YET
+                    return
         observer = self.observer
         if observer is not None:
             observer.started(request, site.name)
         else:
             request.siteName = site.name
         self.forwarder.forward(request, route, target)
-        return NOT_DONE_YET
 
-    def _identify(self, request: ProxyRequest, generation: int) -> None:
+    def _identify(self, request: Exchange, generation: int) -> None:
         """
         Give C{request} its context: start time, client address, request id
         and config generation.
@@ -534,19 +529,18 @@ class RootResource:
         forwarder = self.forwarder
         request.startedAt = forwarder.clock.seconds()
         request.generation = generation
-        peer = request.getClientAddress()
+        peer = request.peer
         peerIP: str = getattr(peer, "host", "") or ""
         trusted = forwarder.trustedProxies
-        headers = request.requestHeaders
-        incoming = headers.getRawHeaders(b"x-request-id")
         if trusted and isTrusted(peerIP, trusted):
-            chain = headers.getRawHeaders(b"x-forwarded-for")
+            incoming = request.headerValues(b"x-request-id")
+            chain = request.headerValues(b"x-forwarded-for")
             request.clientIP = (
                 clientAddress(peerIP, [(b"x-forwarded-for", v) for v in chain], trusted)
                 if chain
                 else peerIP
             )
-            if incoming is not None and len(incoming) == 1:
+            if len(incoming) == 1:
                 value = incoming[0]
                 if _REQUEST_ID.fullmatch(value) is not None:
                     request.requestID = value.decode("ascii")
@@ -558,7 +552,12 @@ class RootResource:
         request.requestID = newRequestID()
 
     def _answer(
-        self, request: ProxyRequest, code: int, message: str, site: str = ""
+        self,
+        request: Exchange,
+        code: int,
+        message: str,
+        site: str = "",
+        headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """
         Answer C{request} here, for C{site} if it was routed, with C{code}.
@@ -570,9 +569,9 @@ class RootResource:
             observer.started(request, site)
         else:
             request.siteName = site
-        simpleResponse(request, code, message)
+        simpleResponse(request, code, message, self.forwarder.date.now(), headers)
 
-    def _dryRun(self, request: ProxyRequest, site: str) -> None:
+    def _dryRun(self, request: Exchange, site: str) -> None:
         """
         Log and count a request that C{site}'s rate limit in dry-run mode
         would have refused; one line a second per site at most.
@@ -593,7 +592,7 @@ class RootResource:
                 request_id=request.requestID,
             )
 
-    def _answerHTTP01(self, request: ProxyRequest, target: bytes) -> bool:
+    def _answerHTTP01(self, request: Exchange, target: bytes) -> bool:
         """
         Answer C{request}, for C{target} under L{ACME_CHALLENGE_PREFIX},
         with its key authorization if its token is pending and it is a
@@ -613,18 +612,17 @@ class RootResource:
         observer = self.observer
         if observer is not None:
             observer.started(request, "")
-        request.setResponseCode(200)
-        headers = request.responseHeaders
-        site = getattr(request.channel, "site", None)
-        clock = getattr(site, "reactor", None)
-        if clock is not None:
-            headers.setRawHeaders(
-                b"date", [formatdate(clock.seconds(), usegmt=True).encode("ascii")]
-            )
         # RFC 8555 8.3: the body is the key authorization, as is.
-        headers.setRawHeaders(b"content-type", [b"application/octet-stream"])
-        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        request.respond(
+            200,
+            b"",
+            [
+                (b"Date", self.forwarder.date.now()),
+                (b"Content-Type", b"application/octet-stream"),
+                (b"Content-Length", b"%d" % len(body)),
+                (b"Cache-Control", b"no-store"),
+            ],
+        )
         request.write(body)
         request.finish()
         return True

@@ -39,14 +39,13 @@ from revproxy.listeners import (
 )
 from revproxy.metrics import Metrics, opsSite
 from revproxy.observer import RequestObserver
-from revproxy.proxy.channel import ConnectionLimits
 from revproxy.proxy.forwarder import Forwarder
+from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
-from revproxy.proxy.request import ProxySite
 from revproxy.proxy.upstreamtls import ClientCreators
 from revproxy.ratelimit import RateLimiter
 from revproxy.reload import Reloader, configWarnings
-from revproxy.routing import RootResource, splitAbsoluteForm
+from revproxy.routing import Router
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.sdnotify import Notifier
 from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
@@ -112,10 +111,10 @@ def acmeManager(
 
 def _http2Available() -> bool:
     """
-    Whether Twisted can serve HTTP/2 (the h2 and priority packages).
+    Whether HTTP/2 can be served (the h2 package).
     """
     try:
-        from twisted.web._http2 import H2Connection  # noqa: F401
+        import h2.connection  # noqa: F401
     except ImportError:
         return False
     return True
@@ -217,30 +216,6 @@ def withBacklog(description: str) -> str:
     return description
 
 
-def bodyLimit(holder: RuntimeHolder, request: Any) -> int | None:
-    """
-    The C{max_body_bytes} of the site C{request} (whose head is whole) is
-    routed to; C{[defaults]}' when it goes to no site (it is refused
-    then, but its body must not be read without a bound either).
-    """
-    runtime = holder.current
-    uri = request.uri or b""
-    table = runtime.table
-    if uri[:1] == b"/" or uri == b"*":
-        values = request.requestHeaders.getRawHeaders(b"host")
-        route = (
-            table.lookupHeader(values[0] if values is not None else None)
-            if values is None or len(values) == 1
-            else None
-        )
-    else:
-        split = splitAbsoluteForm(uri)
-        route = None if split is None else table.lookupHeader(split[0])
-    if route is None:
-        return runtime.config.defaults.max_body_bytes
-    return route.config.max_body_bytes
-
-
 def poolSizes(pool: ConnectionPool, runtime: Runtime) -> list[tuple[str, int, int]]:
     """
     (upstream url, idle, active) for every upstream of C{runtime}.
@@ -259,7 +234,7 @@ class RevProxyService(MultiService):
     The root of the tree.  A listener that cannot bind (port taken, no
     permission) stops start-up with one clear line instead of a traceback.
 
-    @ivar site: the one L{ProxySite} behind every listener.
+    @ivar site: the one L{FrontEnd} behind every listener.
     @ivar tracker: the factory the listeners use: the site, wrapped so that
         every client connection is known (graceful shutdown).
     @ivar holder: the current runtime.
@@ -275,7 +250,7 @@ class RevProxyService(MultiService):
         L{revproxy.descriptors.currentDescriptorLimit} gives it at any time.
     """
 
-    site: ProxySite
+    site: FrontEnd
     tracker: ConnectionTracker
     holder: RuntimeHolder
     reloader: Reloader
@@ -364,15 +339,16 @@ def buildService(
         metrics,
         holder.current.generation,
     )
-    root = RootResource(
+    root = Router(
         holder, forwarder, challenges=challenges, limiter=limiter, observer=observer
     )
-    site = ProxySite(
-        root, reactor=reactor, limits=ConnectionLimits.fromServer(config.server)
+    site = FrontEnd(
+        root,
+        reactor,
+        ConnectionLimits.fromServer(config.server),
+        observer=observer,
+        refused=observer.refused,
     )
-    site.observer = observer
-    site.refused = observer.refused  # type: ignore[method-assign]
-    site.bodyLimit = lambda request: bodyLimit(holder, request)
     tracker = ConnectionTracker(site, gate)
     reloader = Reloader(configPath, holder, reactor)
     top.metrics, top.observer, top.limiter = metrics, observer, limiter

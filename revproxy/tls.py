@@ -803,7 +803,7 @@ class _HandshakeDeadline(ProtocolWrapper):
     Aborts the connection unless the TLS handshake completes in time,
     closes a tls-alpn-01 validator's connection after its handshake, and
     records the handshake's SNI name for the request path
-    (L{revproxy.proxy.request.ProxyRequest.tlsServerName}).
+    (the exchanges of its connection read it as their C{serverName}).
 
     @ivar challenge: Whether the handshake negotiated C{acme-tls/1}; the
         site's protocol then never gets any data.

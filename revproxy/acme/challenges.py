@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_acme_challenges -*-
 """
 The ACME challenge answers revproxy serves itself: http-01 (RFC 8555 8.3)
-on the HTTP listeners, through L{revproxy.routing.RootResource}, and
+on the HTTP listeners, through L{revproxy.routing.Router}, and
 tls-alpn-01 (RFC 8737) on the HTTPS listeners, through
 L{revproxy.tls.SNIContextFactory}.
 

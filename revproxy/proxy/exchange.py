@@ -25,9 +25,10 @@ any byte of the body: the body follows as a stream.
 
 Body bytes that come before the handler attached a sink (L{Exchange.attach})
 wait in the exchange (the channel counts them and stops reading past its
-bound).  The body limit is the exchange's: the handler sets C{bodyLimit}
-(from the site's C{max_body_bytes}) before attaching, and bytes past it end
-the exchange with 413 (no response begun) or an abort.
+bound).  The body limit is the exchange's: the handler sets it with
+L{Exchange.limitBody} (from the site's C{max_body_bytes}) before attaching,
+and a Content-Length over it, or bytes past it, end the exchange with 413
+(no response begun) or an abort.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class Exchange:
     __slots__ = (
         "_body",
         "_bodyRead",
-        "bodyAllowance",
+        "_sinkPaused",
         "bodyComplete",
         "bodyLength",
         "bodyLimit",
@@ -226,11 +227,11 @@ class Exchange:
         #: attached (L{IBodySink}).
         self._body: list[bytes] | IBodySink | None = [] if bodyLength != 0 else None
         self._bodyRead = 0
+        self._sinkPaused = False
         #: Whether the whole body is in (always, without one).
         self.bodyComplete = bodyLength == 0
         #: The body limit in bytes (L{None}: none), set by the handler.
         self.bodyLimit: int | None = None
-        self.bodyAllowance: int | None = None
         #: The forwarder's relay in progress, if any.
         self.relay: Any = None
         # The request context.
@@ -288,7 +289,8 @@ class Exchange:
         """
         Send the body to C{sink} from now on: what came already at once,
         then as it comes, then C{bodyDone}.  Asks the client for the body
-        (C{100 Continue}) if it waits for that.
+        (C{100 Continue}) if it waits for that, unless the sink paused the
+        body while taking what came already.
         """
         waiting = self._body
         self._body = sink
@@ -299,8 +301,25 @@ class Exchange:
             if waiting is not None:
                 sink.bodyDone()
             return
-        if not self.clientLeft and self.refusal is None:
+        if not self.clientLeft and self.refusal is None and not self._sinkPaused:
             self.channel.resumeBody(self)
+
+    def limitBody(self, limit: int | None) -> bool:
+        """
+        Refuse a body larger than C{limit} bytes (L{None}: no limit): at
+        once with 413 when its Content-Length, or what came of it already,
+        is larger, else as soon as it passes the limit.
+
+        @return: whether the exchange goes on (C{False}: refused).
+        """
+        self.bodyLimit = limit
+        if limit is None:
+            return True
+        length = self.bodyLength
+        if (length is not None and length > limit) or self._bodyRead > limit:
+            self.tooLarge()
+            return False
+        return True
 
     def bodyReceived(self, data: bytes) -> bool:
         """
@@ -309,16 +328,12 @@ class Exchange:
         @return: whether the exchange goes on (C{False}: the body passed
             the limit and the exchange was refused or aborted).
         """
-        allowance = self.bodyAllowance
-        if allowance is None and self.bodyLimit is not None:
-            allowance = self.bodyLimit
-        if allowance is not None:
-            allowance -= len(data)
-            self.bodyAllowance = allowance
-            if allowance < 0:
-                self.tooLarge()
-                return False
-        self._bodyRead += len(data)
+        read = self._bodyRead + len(data)
+        self._bodyRead = read
+        limit = self.bodyLimit
+        if limit is not None and read > limit:
+            self.tooLarge()
+            return False
         body = self._body
         if isinstance(body, list):
             body.append(data)
@@ -354,10 +369,12 @@ class Exchange:
         self.channel.refuse(self, 413, f"the request body is larger than {limit} bytes")
 
     def pauseBody(self) -> None:
+        self._sinkPaused = True
         if not self.bodyComplete and not self.clientLeft:
             self.channel.pauseBody(self)
 
     def resumeBody(self) -> None:
+        self._sinkPaused = False
         if not self.bodyComplete and not self.clientLeft:
             self.channel.resumeBody(self)
 
@@ -388,10 +405,12 @@ class Exchange:
         if self.clientLeft or self.finished:
             return
         self.finished = True
-        self.channel.sendEnd(self)
+        # Logged first: ending the response may start the next pipelined
+        # request, whose line must come after this one's.
         observer = self.observer
         if observer is not None:
             observer.finished(self)
+        self.channel.sendEnd(self)
 
     def abort(self) -> None:
         """

@@ -32,15 +32,14 @@ Policy, in the words of the issues it implements:
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
-from email.utils import formatdate
-from typing import IO, TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet import error as ierror
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from revproxy.accesslog import logText
 from revproxy.proxy.client import (
@@ -48,6 +47,7 @@ from revproxy.proxy.client import (
     UpstreamConnection,
     UpstreamProtocolError,
 )
+from revproxy.proxy.frontend import DateCache
 from revproxy.proxy.headers import (
     clientResponseHeaders,
     isTrusted,
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     from revproxy.config import SiteConfig, Upstream
     from revproxy.metrics import Metrics
-    from revproxy.proxy.request import ProxyRequest
+    from revproxy.proxy.exchange import Exchange
 
 _log = Logger()
 
@@ -76,8 +76,10 @@ _log = Logger()
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
 
 
-_INLINE_BODY = 64 * 1024
-_BODY_CHUNK = 64 * 1024
+#: The most request body bytes held for the upstream: while waiting for a
+#: connection (the client's body is paused past it), and for sending again
+#: on a fresh connection (a body sent beyond it cannot be retried).
+BODY_BUFFER = 64 * 1024
 
 
 class SiteRoute:
@@ -133,24 +135,6 @@ class SiteRoute:
         return self.config.default
 
 
-class _DateCache:
-    """
-    The HTTP Date for the current second, formatted once per second.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._second = -1
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(self._clock.seconds())
-        if second != self._second:
-            self._second = second
-            self._value = formatdate(second, usegmt=True).encode("ascii")
-        return self._value
-
-
 class Forwarder:
     """
     Starts exchanges: the part of the proxy shared by all requests (pool,
@@ -171,62 +155,79 @@ class Forwarder:
         self.clock = clock
         self.trustedProxies = trustedProxies
         self.metrics = metrics
-        self.date = _DateCache(clock)
+        self.date = DateCache(clock)
         #: Local connect errors are logged once a second at most.
         self.localErrors = LogThrottle(clock, 1.0)
 
-    def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
+    def forward(self, exchange: Exchange, route: SiteRoute, target: bytes) -> None:
         """
-        Relay C{request} to one of C{route}'s upstreams.
+        Relay C{exchange} to one of C{route}'s upstreams.
 
         @param target: the request-target to send upstream (origin-form).
         """
-        _Exchange(self, request, route, target).start()
+        _Relay(self, exchange, route, target).start()
 
 
-def simpleResponse(request: ProxyRequest, code: int, message: str) -> None:
+def simpleResponse(
+    exchange: Exchange,
+    code: int,
+    message: str,
+    date: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
     """
-    Answer C{request} with C{code} and a one-line text body, unless the client
-    already left.
+    Answer C{exchange} with C{code} and a one-line text body, unless the
+    client already left.
+
+    @param date: The C{Date} value.
+    @param headers: Fields to add (C{Location}, C{Retry-After}).
     """
-    if request.clientLeft or request.finished:
+    if exchange.clientLeft or exchange.finished or exchange.startedWriting:
         return
     body = (message + "\n").encode("utf-8")
-    request.setResponseCode(code)
-    headers = request.responseHeaders
-    site = getattr(request.channel, "site", None)
-    clock = getattr(site, "reactor", None)
-    if clock is not None:
-        headers.setRawHeaders(
-            b"date", [formatdate(clock.seconds(), usegmt=True).encode()]
-        )
-    headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-    headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
-    headers.setRawHeaders(b"cache-control", [b"no-store"])
-    if request.requestID:
-        headers.setRawHeaders(b"x-request-id", [request.requestID.encode("ascii")])
-    request.write(body)
-    request.finish()
+    fields = [
+        (b"Date", date),
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", b"%d" % len(body)),
+        (b"Cache-Control", b"no-store"),
+        *headers,
+    ]
+    if exchange.requestID:
+        fields.append((b"X-Request-ID", exchange.requestID.encode("ascii")))
+    exchange.respond(code, b"", fields)
+    exchange.write(body)
+    exchange.finish()
 
 
-class _Exchange:
+@implementer(IPushProducer)
+class _Relay:
     """
-    One client request on its way to an upstream and back.
+    One client request on its way to an upstream and back: the sink of its
+    body (L{revproxy.proxy.exchange.IBodySink}), the waiter for an upstream
+    connection and the sink of the upstream's response.
+
+    The body streams: bytes that come before a connection is ready wait
+    here (the client's body is paused past L{BODY_BUFFER}); then they go
+    upstream as they come, and the upstream transport's backpressure
+    pauses the client's body (this relay is the upstream transport's
+    producer while the body is sent).  A body of unknown length (chunked,
+    or HTTP/2 without C{content-length}) is sent with a Content-Length when
+    it is all in before the connection is ready, else chunked.
     """
 
     def __init__(
         self,
         forwarder: Forwarder,
-        request: ProxyRequest,
+        exchange: Exchange,
         route: SiteRoute,
         target: bytes,
     ) -> None:
         self.forwarder = forwarder
-        self.request = request
+        self.request = exchange
         self.route = route
         self.target = target
         self.config = route.config
-        self.method = request.method
+        self.method = exchange.method
         self.tried: list[object] = []
         self.upstream: Upstream | None = None
         self.connection: UpstreamConnection | None = None
@@ -237,56 +238,120 @@ class _Exchange:
         self.retriedFresh = False
         self.lastError: str = ""
         self.timedOut = False
-        self.body: IO[bytes] | None = None
-        self.bodyLength: int | None = None
         self.head = b""
-        self.sender: _BodySender | None = None
         self.startedAt = 0.0
         self.waiting = False
         self.attempt = 0
+        # The body: what waits for a connection, what was sent (kept for a
+        # retry while it fits in BODY_BUFFER), and how it is framed.
+        self.hasBody = exchange.hasBody
+        self.pending: list[bytes] = []
+        self.pendingBytes = 0
+        self.sent: list[bytes] | None = []
+        self.sentBytes = 0
+        self.bodyIn = not self.hasBody
+        self.chunked = False
+        self.streaming = False
+        self.bodyPaused = False
 
     # -- start
 
     def start(self) -> None:
         request = self.request
-        request.exchange = self
+        request.relay = self
         self.startedAt = self.forwarder.clock.seconds()
-        rawHeaders = [
-            (name, value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
-        content = request.content
-        hasBody = request.requestHeaders.hasHeader(
-            b"content-length"
-        ) or request.requestHeaders.hasHeader(b"transfer-encoding")
-        if hasBody and content is not None:
-            content.seek(0, 2)
-            self.bodyLength = content.tell()
-            content.seek(0, 0)
-            self.body = content
-        peer = request.getClientAddress()
+        peer = request.peer
         peerIP: str = getattr(peer, "host", "") or ""
         trusted = self.forwarder.trustedProxies
+        host = request.header(b"host")
         headers = upstreamRequestHeaders(
-            rawHeaders,
+            request.headers,
             clientIP=peerIP,
             peerTrusted=bool(trusted) and isTrusted(peerIP, trusted),
-            scheme=b"https" if request.isSecure() else b"http",
-            host=request.requestHeaders.getRawHeaders(b"host", [None])[0],
-            bodyLength=self.bodyLength,
+            scheme=b"https" if request.secure else b"http",
+            host=host,
+            bodyLength=None,
             requestID=request.requestID.encode("ascii") if request.requestID else None,
         )
-        if not request.requestHeaders.hasHeader(b"host"):
+        if host is None:
             # An HTTP/1.0 request without Host (routed to the default site):
             # HTTP/1.1 requires one upstream, so name the site or upstream.
             headers.insert(0, (b"Host", self.route.fallbackHost))
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
         self.head = b"".join(parts)
+        if self.hasBody:
+            request.attach(self)
+            if self.done:
+                return
         self._tryNext()
+
+    # -- IBodySink
+
+    def bodyReceived(self, data: bytes) -> None:
+        if self.done:
+            return
+        if not self.streaming:
+            self.pending.append(data)
+            self.pendingBytes += len(data)
+            if self.pendingBytes > BODY_BUFFER and not self.bodyPaused:
+                self.bodyPaused = True
+                self.request.pauseBody()
+            return
+        self._sendBody(data)
+
+    def bodyDone(self) -> None:
+        self.bodyIn = True
+        if self.done or not self.streaming:
+            return
+        self._endBody()
+
+    def _sendBody(self, data: bytes) -> None:
+        connection = self.connection
+        stream = connection.stream if connection is not None else None
+        if stream is None:
+            return
+        sent = self.sent
+        if sent is not None:
+            self.sentBytes += len(data)
+            if self.sentBytes > BODY_BUFFER:
+                self.sent = None
+            else:
+                sent.append(data)
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        timer = self.timer
+        if timer is not None and timer.active():
+            timer.reset(self.config.response_timeout_secs)
+        stream.write(data)
+
+    def _endBody(self) -> None:
+        connection = self.connection
+        stream = connection.stream if connection is not None else None
+        self.streaming = False
+        if stream is None:
+            return
+        if self.chunked:
+            stream.write(b"0\r\n\r\n")
+        stream.unregisterProducer()
+        if connection is not None:
+            connection.bodyPending = False
+
+    # -- IPushProducer: the upstream transport's, while the body is sent
+
+    def pauseProducing(self) -> None:
+        if not self.bodyPaused:
+            self.bodyPaused = True
+            self.request.pauseBody()
+
+    def resumeProducing(self) -> None:
+        if self.bodyPaused:
+            self.bodyPaused = False
+            self.request.resumeBody()
+
+    def stopProducing(self) -> None:
+        pass
 
     def _tryNext(self, fresh: bool = False, same: bool = False) -> None:
         """
@@ -349,18 +414,57 @@ class _Exchange:
             return
         self.connection = connection
         self._arm(self.config.response_timeout_secs, self._responseTimedOut)
-        body = self.body
-        length = self.bodyLength
-        if body is None or not length:
-            connection.send(self, self.head, self.method == b"HEAD")
-        elif length <= _INLINE_BODY:
-            body.seek(0, 0)
-            connection.send(self, self.head + body.read(), self.method == b"HEAD")
+        isHead = self.method == b"HEAD"
+        if not self.hasBody:
+            connection.send(self, self.head + b"\r\n", isHead)
+            return
+        if self.attempt > 1 or self.retriedFresh:
+            # Sent before: again only what was kept.
+            kept = self.sent or []
+            self.sent, self.sentBytes = [], 0
+            self.pending[:0] = kept
+            self.pendingBytes += sum(map(len, kept))
+        pending = self.pending
+        self.pending = []
+        self.pendingBytes = 0
+        length = self.request.bodyLength
+        if length is None and self.bodyIn:
+            length = sum(map(len, pending))
+        if length is None:
+            self.chunked = True
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
         else:
-            connection.send(self, self.head, self.method == b"HEAD")
-            connection.bodyPending = True
-            body.seek(0, 0)
-            self.sender = _BodySender(self, connection, body)
+            self.chunked = False
+            framing = b"Content-Length: %d\r\n\r\n" % length
+        if self.bodyIn:
+            whole = b"".join(pending)
+            self._keep(whole)
+            if self.chunked:
+                whole = (
+                    b"%x\r\n%b\r\n" % (len(whole), whole) if whole else b""
+                ) + b"0\r\n\r\n"
+            connection.send(self, self.head + framing + whole, isHead)
+            return
+        connection.send(self, self.head + framing, isHead)
+        connection.bodyPending = True
+        self.streaming = True
+        stream = connection.stream
+        assert stream is not None
+        stream.registerProducer(self, True)
+        for data in pending:
+            self._sendBody(data)
+        if self.bodyPaused:
+            self.bodyPaused = False
+            self.request.resumeBody()
+
+    def _keep(self, body: bytes) -> None:
+        """
+        Keep C{body}, sent whole, for a retry if it is small enough.
+        """
+        if len(body) <= BODY_BUFFER:
+            self.sent, self.sentBytes = [body], len(body)
+        else:
+            self.sent = None
 
     def connectionOpening(self) -> None:
         """
@@ -438,42 +542,36 @@ class _Exchange:
             timer.reset(self.config.response_timeout_secs)
         if request.clientLeft:
             return
-        request.setResponseCode(code, reason or None)
-        out = Headers()
-        hasDate = False
+        out: list[tuple[bytes, bytes]] = []
+        hasDate = hasID = hasHSTS = False
         noBody = code == 204 or code == 304
-        for name, value in clientResponseHeaders(headers):
-            if not hasDate and name.lower() == b"date":
+        for pair in clientResponseHeaders(headers):
+            lower = pair[0].lower()
+            if lower == b"date":
                 hasDate = True
-            elif noBody and name.lower() == b"content-length":
-                # RFC 9110 sections 8.6 and 15.3.5: a 204 has no body and no
-                # framing; a 304's length would describe another response.
-                continue
-            out.addRawHeader(name, value)
+            elif lower == b"content-length":
+                if noBody:
+                    # RFC 9110 sections 8.6 and 15.3.5: a 204 has no body
+                    # and no framing; a 304's length would describe
+                    # another response.
+                    continue
+            elif lower == b"x-request-id":
+                hasID = True
+            elif lower == b"strict-transport-security":
+                hasHSTS = True
+            out.append(pair)
         if not hasDate:
-            out.addRawHeader(b"Date", self.forwarder.date.now())
-        if request.requestID and not out.hasHeader(b"x-request-id"):
-            out.addRawHeader(b"X-Request-ID", request.requestID.encode("ascii"))
+            out.append((b"Date", self.forwarder.date.now()))
+        if request.requestID and not hasID:
+            out.append((b"X-Request-ID", request.requestID.encode("ascii")))
         hsts = self.route.hsts
-        if (
-            hsts is not None
-            and request.isSecure()
-            and not out.hasHeader(b"strict-transport-security")
-        ):
-            out.addRawHeader(b"Strict-Transport-Security", hsts)
-        closing = request.responseHeaders.getRawHeaders(b"connection")
-        if closing is not None:
-            # Twisted's own "Connection: close" for a client that asked for it.
-            out.setRawHeaders(b"connection", closing)
-        request.responseHeaders = out
+        if hsts is not None and not hasHSTS and request.secure:
+            out.append((b"Strict-Transport-Security", hsts))
+        request.respond(code, reason, out)
         connection = self.connection
         stream = connection.stream if connection is not None else None
         if stream is not None:
-            request.registerProducer(stream, True)
-            if getattr(request.channel, "_waitingForTransport", False):
-                # The client's buffer was already full: registering does not
-                # tell the new producer, so pause it ourselves.
-                stream.pauseProducing()
+            request.registerProducer(cast(IPushProducer, stream))
 
     def responseBody(self, data: bytes) -> None:
         timer = self.timer
@@ -485,24 +583,23 @@ class _Exchange:
         self._disarm()
         self.done = True
         request = self.request
-        request.exchange = None
+        request.relay = None
+        self._stopBody()
         self.connection = None
-        self._stopSender()
         if request.clientLeft:
             return
-        if request.producer is not None:
-            request.unregisterProducer()
+        request.unregisterProducer()
         request.finish()
 
     def responseFailed(self, reason: Exception) -> None:
         self._disarm()
+        self._stopBody()
         connection = self.connection
         self.connection = None
-        self._stopSender()
         request = self.request
         if self.started:
             self.done = True
-            request.exchange = None
+            request.relay = None
             self._count("reset")
             self._log(
                 LogLevel.warn,
@@ -524,6 +621,7 @@ class _Exchange:
             and connection.reused
             and not self.retriedFresh
             and self.method in IDEMPOTENT
+            and self.sent is not None
         ):
             # A pooled connection the upstream had closed: not its error.
             # Only an idempotent request may be sent again: any other one
@@ -534,22 +632,22 @@ class _Exchange:
         self._count(
             "protocol" if isinstance(reason, UpstreamProtocolError) else "reset"
         )
-        if not gotBytes and self.method in IDEMPOTENT:
+        if not gotBytes and self.method in IDEMPOTENT and self.sent is not None:
             self._tryNext(fresh=True)
             return
         self._fail()
 
     def _responseTimedOut(self) -> None:
         self.timer = None
+        self._stopBody()
         connection = self.connection
         self.connection = None
-        self._stopSender()
         if connection is not None:
             connection.abandon()
         self._count("response_timeout")
         if self.started:
             self.done = True
-            self.request.exchange = None
+            self.request.relay = None
             self._log(
                 LogLevel.warn,
                 "site {site}: upstream {upstream} stalled mid-response "
@@ -570,7 +668,7 @@ class _Exchange:
         """
         self._disarm()
         self.done = True
-        self.request.exchange = None
+        self.request.relay = None
         upstream = self.upstream
         if upstream is not None:
             self.request.upstreamURL = upstream.url
@@ -586,13 +684,11 @@ class _Exchange:
             error=self.lastError,
         )
         if self.timedOut:
-            simpleResponse(
-                self.request,
-                504,
-                "504 Gateway Timeout: the upstream did not answer in time",
+            self._answer(
+                504, "504 Gateway Timeout: the upstream did not answer in time"
             )
         else:
-            simpleResponse(self.request, 502, "502 Bad Gateway: the upstream failed")
+            self._answer(502, "502 Bad Gateway: the upstream failed")
 
     def _unavailable(self) -> None:
         """
@@ -605,11 +701,10 @@ class _Exchange:
             "site {site}: {method} {target}: no healthy upstream "
             "(request_id {request_id})",
         )
-        self.request.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
-        simpleResponse(
-            self.request,
+        self._answer(
             503,
             "503 Service Unavailable: no healthy upstream for this site",
+            [(b"Retry-After", b"5")],
         )
 
     def _queueRefused(self, kind: str, error: str) -> None:
@@ -625,10 +720,8 @@ class _Exchange:
             "(request_id {request_id})",
             error=error,
         )
-        simpleResponse(
-            self.request,
-            503,
-            "503 Service Unavailable: the upstream is busy, try again later",
+        self._answer(
+            503, "503 Service Unavailable: the upstream is busy, try again later"
         )
 
     def _localError(self, number: int, error: str) -> None:
@@ -650,8 +743,7 @@ class _Exchange:
                 code=errno.errorcode.get(number, str(number)),
                 quiet=quiet,
             )
-        simpleResponse(
-            self.request,
+        self._answer(
             503,
             "503 Service Unavailable: the proxy is out of resources, try again later",
         )
@@ -686,35 +778,46 @@ class _Exchange:
                 self.config.name, getattr(upstream, "url", "") or "", kind
             )
 
+    def _answer(
+        self,
+        code: int,
+        message: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """
+        Answer the client with a short response of the proxy's own.
+        """
+        simpleResponse(
+            self.request, code, message, self.forwarder.date.now(), headers
+        )
+
     def _abortClient(self) -> None:
         request = self.request
-        if request.producer is not None:
-            request.unregisterProducer()
+        request.unregisterProducer()
         request.abort()
 
-    def _stopSender(self) -> None:
-        sender = self.sender
-        self.sender = None
-        if sender is not None:
-            sender.stop()
-
-    def bodySent(self) -> None:
+    def _stopBody(self) -> None:
         """
-        The request body is all written.
+        Send no more of the request body (the exchange is over upstream).
         """
-        self.sender = None
-        if self.connection is not None:
-            self.connection.bodyPending = False
+        if self.streaming:
+            self.streaming = False
+            connection = self.connection
+            stream = connection.stream if connection is not None else None
+            if stream is not None:
+                stream.unregisterProducer()
+        self.pending = []
+        self.pendingBytes = 0
 
     def clientGone(self) -> None:
         """
-        The client connection closed before the exchange ended.
+        The client left (or was refused) before the exchange ended.
         """
         if self.done:
             return
         self.done = True
         self._disarm()
-        self._stopSender()
+        self._stopBody()
         withdraw = self.withdraw
         self.withdraw = None
         if withdraw is not None:
@@ -723,51 +826,3 @@ class _Exchange:
         self.connection = None
         if connection is not None:
             connection.abandon()
-
-
-class _BodySender:
-    """
-    Writes a spooled request body to the upstream in chunks, as fast as the
-    upstream takes it (a pull producer on the upstream transport).
-    """
-
-    def __init__(
-        self, exchange: _Exchange, connection: UpstreamConnection, body: IO[bytes]
-    ) -> None:
-        self.exchange = exchange
-        self.connection = connection
-        self.body = body
-        self.stopped = False
-        transport = connection.stream
-        assert transport is not None
-        transport.registerProducer(self, False)
-
-    def resumeProducing(self) -> None:
-        if self.stopped:
-            return
-        data = self.body.read(_BODY_CHUNK)
-        transport = self.connection.stream
-        if transport is None:
-            return
-        if data:
-            timer = self.exchange.timer
-            if timer is not None and timer.active():
-                timer.reset(self.exchange.config.response_timeout_secs)
-            transport.write(data)
-            return
-        self.stopped = True
-        transport.unregisterProducer()
-        self.exchange.bodySent()
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            transport = self.connection.stream
-            if transport is not None:
-                transport.unregisterProducer()

@@ -5,7 +5,7 @@ the early refusals' words (L{REASONS}, L{refusalBody}, L{refusalHead}),
 the cached C{Date} (L{DateCache}) and the factory behind every listener
 (L{FrontEnd}), which builds one L{revproxy.proxy.http1.HTTP1Connection} per
 client connection; that connection becomes an HTTP/2 one
-(L{revproxy.proxy.http2.H2Connection}) when TLS's ALPN chose C{h2}.
+(L{revproxy.proxy.http2.HTTP2Connection}) when TLS's ALPN chose C{h2}.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class FrontEnd(Factory):
         except Exception:
             _log.failure("refused({code}) failed", code=code)
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         from revproxy.proxy.http1 import HTTP1Connection
 
         protocol = HTTP1Connection(self)
@@ -168,4 +168,7 @@ class FrontEnd(Factory):
         return protocol
 
     def logPrefix(self) -> str:
-        return "revproxy"
+        # Twisted logs "<prefix> starting on <port>" for each listener; the
+        # name twisted.web's site gave it stays, since operators' scripts
+        # (and the integration tests) wait for that line.
+        return "ProxySite"
