@@ -1076,8 +1076,13 @@ class HTTP2Connection(Protocol):
                     window = conn.local_flow_control_window(streamID)
                     size = min(len(buffer), window, maxFrame)
                     if size > 0:
-                        conn.send_data(streamID, bytes(buffer[:size]))
+                        # The last bytes carry END_STREAM: one frame less.
+                        last = stream.ended and size == len(buffer)
+                        conn.send_data(streamID, bytes(buffer[:size]), end_stream=last)
                         del buffer[:size]
+                        if last:
+                            self._endStream(stream, sent=True)
+                            continue
                         sent += size
                         if stream.stalled:
                             if now is None:
@@ -1112,13 +1117,13 @@ class HTTP2Connection(Protocol):
                 sent = 0
                 self._flush()
 
-    def _endStream(self, stream: _Stream) -> None:
+    def _endStream(self, stream: _Stream, sent: bool = False) -> None:
         """
-        The response of C{stream} is all sent: END_STREAM, and RST_STREAM
-        NO_ERROR if the client still sends its request (RFC 9113 section
-        8.1).
+        The response of C{stream} is all sent: END_STREAM (unless C{sent}
+        with its last bytes), and RST_STREAM NO_ERROR if the client still
+        sends its request (RFC 9113 section 8.1).
         """
-        if not self._send(stream, lambda conn: conn.end_stream(stream.id)):
+        if not sent and not self._send(stream, lambda conn: conn.end_stream(stream.id)):
             return
         if not stream.bodyDone:
             self._reset(stream, ErrorCodes.NO_ERROR)
