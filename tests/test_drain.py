@@ -8,26 +8,43 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from revproxy.drain import ConnectionTracker, DrainService
+from revproxy.proxy.exchange import Exchange
+from revproxy.proxy.frontend import FrontEnd
 
 
-class _Held(Resource):
+class _Held:
     """
-    Holds every request until the test finishes it.
+    Holds every request until the test answers it.
     """
-
-    isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[Request] = []
+        self.requests: list[_Request] = []
 
-    def render_GET(self, request: Request) -> int:
-        self.requests.append(request)
-        return NOT_DONE_YET
+    def handle(self, exchange: Exchange) -> None:
+        self.requests.append(_Request(exchange))
+
+
+class _Request:
+    """
+    A held exchange, answered as the test says.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def write(self, data: bytes) -> None:
+        self.exchange.respond(200, b"OK", self.headers)
+        self.exchange.write(data)
+
+    def finish(self) -> None:
+        self.exchange.respond(200, b"OK", self.headers or [(b"Content-Length", b"0")])
+        self.exchange.finish()
 
 
 class DrainTests(SynchronousTestCase):
@@ -38,7 +55,7 @@ class DrainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.resource = _Held()
-        self.site = Site(self.resource, reactor=self.clock)
+        self.site = FrontEnd(self.resource, self.clock)
         self.tracker = ConnectionTracker(self.site)
         self.drain = DrainService(self.tracker, 30, self.clock)
         self.drain.startService()
@@ -118,10 +135,10 @@ class DrainTests(SynchronousTestCase):
         busy.protocol.dataReceived(b"Host: x\r\n\r\n")
         [request] = self.resource.requests
         request.finish()
-        self.assertTrue(busy.connected)
-        self.clock.advance(0.25)
-        self.successResultOf(stopped)
+        # Closed right after its response, which said so.
         self.assertFalse(busy.connected)
+        self.assertIn(b"Connection: close", busy.value())
+        self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_busyClosedAfterResponse(self) -> None:

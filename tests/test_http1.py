@@ -670,7 +670,7 @@ class LingeringCloseTests(ChannelTestCase):
         def refused(code: int, request: object, secure: bool) -> None:
             raise RuntimeError("metrics down")
 
-        self.site.refused = refused  # type: ignore[method-assign]
+        self.site.refused = refused
         client = self.client()
         self.refuse(client)
         self.assertEqual(client.responses()[0].code, 431)

@@ -46,6 +46,7 @@ from revproxy.proxy.http2 import (
     _Refusal,
     _SettingsAckWithPayload,
     _withErrorCode,
+    forgetContentLength,
     readHead,
 )
 from tests.h2helpers import (
@@ -1215,15 +1216,19 @@ class ResponseTests(SynchronousTestCase):
     def test_earlyResponseResetsNoError(self) -> None:
         """
         A response finished before the request body ended is followed by
-        RST_STREAM NO_ERROR (section 8.1).
+        RST_STREAM NO_ERROR (section 8.1) once more of the body comes after
+        the lingering time.
         """
         peer = H2Peer(self)
-        _streamID, exchange = peer.request(post(), end=False)
+        streamID, exchange = peer.request(post(), end=False)
         peer.take()
         exchange.respond(200, b"OK", [])
         exchange.finish()
-        frames = peer.frames()
-        [reset] = framesOf(RstStreamFrame, frames)
+        self.assertEqual(framesOf(RstStreamFrame, peer.frames()), [])
+        peer.clock.advance(peer.server.limits.lingering_close_secs)
+        peer.client.send_data(streamID, b"more")
+        peer.send()
+        [reset] = framesOf(RstStreamFrame, peer.frames())
         self.assertEqual(reset.error_code, ErrorCodes.NO_ERROR)
         self.assertFalse(peer.server.busy())
 
@@ -1389,9 +1394,11 @@ class RefuseTests(SynchronousTestCase):
 
     def test_bodyTooLarge(self) -> None:
         """
-        A body over the exchange's limit is answered 413, END_STREAM, then
-        RST_STREAM NO_ERROR; the refusal is told, the sink told, later DATA
-        dropped and acknowledged.
+        A body over the exchange's limit is answered 413 and END_STREAM;
+        the refusal is told, the sink told; DATA the client still sends is
+        acknowledged and dropped for C{lingering_close_secs}, then answered
+        RST_STREAM NO_ERROR (curl takes an earlier reset for a failed
+        stream).
         """
         peer = H2Peer(self)
         streamID, exchange = peer.request(post(), end=False)
@@ -1404,15 +1411,21 @@ class RefuseTests(SynchronousTestCase):
         frames: list[Any] = [
             f for f in peer.frames() if not isinstance(f, WindowUpdateFrame)
         ]
-        self.assertEqual(
-            [type(f) for f in frames], [HeadersFrame, DataFrame, RstStreamFrame]
-        )
+        self.assertEqual([type(f) for f in frames], [HeadersFrame, DataFrame])
         self.assertIn(
             (b":status", b"413"), peer.client.decoder.decode(frames[0].data, raw=True)
         )
         self.assertTrue(frames[1].data.startswith(b"413 Content Too Large: "))
         self.assertIn("END_STREAM", frames[1].flags)
-        self.assertEqual(frames[2].error_code, ErrorCodes.NO_ERROR)
+        peer.client.send_data(streamID, b"y" * 5)
+        peer.send()
+        later = peer.frames()
+        self.assertEqual(framesOf(RstStreamFrame, later), [])
+        peer.clock.advance(peer.server.limits.lingering_close_secs)
+        peer.client.send_data(streamID, b"y" * 5)
+        peer.send()
+        [reset] = framesOf(RstStreamFrame, peer.frames())
+        self.assertEqual(reset.error_code, ErrorCodes.NO_ERROR)
         self.assertEqual([code for code, _, _ in peer.refusals], [413])
         self.assertEqual(exchange.refusal, 413)
         self.assertTrue(sink.gone)
@@ -1749,3 +1762,47 @@ class EventsTests(SynchronousTestCase):
         self.assertEqual(
             [e for e in peer.clientEvents() if isinstance(e, StreamReset)], []
         )
+
+
+class H2PrivateNamesTests(SynchronousTestCase):
+    """
+    The one private name of C{h2} revproxy uses, on C{h2}'s real objects:
+    L{forgetContentLength}, which reads and writes an C{h2} stream's
+    C{_expected_content_length}.
+    """
+
+    def test_expectedContentLength(self) -> None:
+        """
+        An C{h2} stream of a request with a content-length keeps it in
+        C{_expected_content_length}; L{forgetContentLength} clears it.
+        """
+        peer = H2Peer(self)
+        streamID, _exchange = peer.request(
+            [*post(), (b"content-length", b"100")], end=False
+        )
+        conn: Any = peer.server._conn
+        stream = conn.streams[streamID]
+        self.assertEqual(stream._expected_content_length, 100)
+        forgetContentLength(conn, streamID)
+        self.assertIsNone(stream._expected_content_length)
+        forgetContentLength(conn, streamID + 2)
+
+    def test_answeredEarlyEndsShort(self) -> None:
+        """
+        A client answered 413 from its content-length that stops sending
+        and ends its stream short of that length keeps its connection: the
+        next stream is served.
+        """
+        peer = H2Peer(self)
+        streamID, exchange = peer.request(
+            [*post(), (b"content-length", b"100")], end=False
+        )
+        self.assertFalse(exchange.limitBody(10))
+        peer.take()
+        peer.client.send_data(streamID, b"x" * 5, end_stream=True)
+        peer.send()
+        self.assertEqual(framesOf(GoAwayFrame, peer.frames()), [])
+        _, second = peer.request()
+        second.respond(200, b"OK", [(b"content-length", b"0")])
+        second.finish()
+        self.assertEqual(framesOf(GoAwayFrame, peer.frames()), [])

@@ -24,10 +24,11 @@ from twisted.web.http import _DataLoss
 from revproxy.accesslog import AccessLog
 from revproxy.config import LoggingConfig, parseConfig
 from revproxy.observer import RequestObserver, tlsVersion
+from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
-from revproxy.proxy.request import ProxyRequest, ProxySite
+from revproxy.proxy.frontend import DateCache, FrontEnd
 from revproxy.ratelimit import RateLimiter
-from revproxy.routing import RootResource
+from revproxy.routing import Router
 from revproxy.runtime import RuntimeHolder, buildRuntime
 
 CONFIG = """
@@ -95,26 +96,25 @@ class _Forwarder:
         self.forwarded: list[tuple[str, dict[bytes, list[bytes]]]] = []
         self.answer = True
         self.delay = 0.0
+        self.date = DateCache(clock)
 
-    def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
-        self.forwarded.append(
-            (
-                route.name,
-                {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
-            )
-        )
+    def forward(self, request: Exchange, route: SiteRoute, target: bytes) -> None:
+        headers: dict[bytes, list[bytes]] = {}
+        for name, value in request.headers:
+            headers.setdefault(name, []).append(value)
+        self.forwarded.append((route.name, headers))
         if self.answer:
             request.upstreamURL = "http://127.0.0.1:9"
             request.upstreamStatus = 200
             request.upstreamSeconds = 0.25
             self.clock.advance(self.delay)
-            simpleResponse(request, 200, "200 forwarded")
+            simpleResponse(request, 200, "200 forwarded", self.date.now())
 
 
 class ContextTests(SynchronousTestCase):
     """
-    L{RootResource} with a rate limiter and an observer, on a real
-    L{ProxySite} channel.
+    L{Router} with a rate limiter and an observer, on a real L{FrontEnd}
+    connection.
     """
 
     def setUp(self) -> None:
@@ -129,14 +129,13 @@ class ContextTests(SynchronousTestCase):
             self.clock, self.accessLog, cast(Any, self.metrics), 1
         )
         runtime = buildRuntime(parseConfig(CONFIG), self.clock)
-        self.root = RootResource(
+        self.root = Router(
             RuntimeHolder(runtime),
             cast(Forwarder, self.forwarder),
             limiter=self.limiter,
             observer=self.observer,
         )
-        self.site = ProxySite(self.root, reactor=self.clock)
-        self.site.observer = self.observer
+        self.site = FrontEnd(self.root, self.clock, observer=self.observer)
         self.transports: list[StringTransportWithDisconnection] = []
 
     def connect(self, peer: str = "203.0.113.9") -> tuple[Any, Any]:
@@ -355,11 +354,16 @@ class ContextTests(SynchronousTestCase):
         A refusal from the connection layer is logged with what is known
         of the request and counted as a refusal, not as in flight.
         """
-        channel, _ = self.connect()
-        request = ProxyRequest(channel._channel)
-        request.method = b"POST"
-        request.uri = b"/upload"
-        request.clientproto = b"HTTP/1.1"
+        channel, transport = self.connect()
+        request = Exchange(
+            channel,
+            b"POST",
+            b"/upload",
+            b"HTTP/1.1",
+            [],
+            10,
+            peer=transport.getPeer(),
+        )
         self.observer.refused(413, request, False)
         self.observer.refused(400, None, False)
         [line] = self.logLines()
@@ -375,8 +379,11 @@ class ContextTests(SynchronousTestCase):
         """
         Over plain HTTP there is no TLS version.
         """
-        channel, _ = self.connect()
-        self.assertIsNone(tlsVersion(ProxyRequest(channel._channel)))
+        channel, transport = self.connect()
+        request = Exchange(
+            channel, b"GET", b"/", b"HTTP/1.1", [], 0, transport=transport
+        )
+        self.assertIsNone(tlsVersion(request))
 
 
 class ReconfigureTests(SynchronousTestCase):

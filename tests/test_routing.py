@@ -1,6 +1,6 @@
 """
 Tests for L{revproxy.routing}: the pure part (host normalization, the
-routing table), and L{RootResource} over HTTP and HTTPS (421 for a site
+routing table), and L{Router} over HTTP and HTTPS (421 for a site
 without a certificate, 308 redirects to HTTPS) with the runtime that feeds
 it (L{revproxy.runtime.buildRuntime}).
 """
@@ -24,10 +24,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.config import ConfigError, parseConfig
+from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
-from revproxy.proxy.request import ProxyRequest, ProxySite
+from revproxy.proxy.frontend import DateCache, FrontEnd
 from revproxy.routing import (
-    RootResource,
+    Router,
     RoutingTable,
     httpsLocation,
     normalizeHostHeader,
@@ -477,10 +478,11 @@ class _RecordingForwarder:
     def __init__(self, clock: Clock | None = None) -> None:
         self.forwarded: list[tuple[str, bytes, bool]] = []
         self.clock = Clock() if clock is None else clock
+        self.date = DateCache(self.clock)
 
-    def forward(self, request: ProxyRequest, route: SiteRoute, target: bytes) -> None:
+    def forward(self, request: Exchange, route: SiteRoute, target: bytes) -> None:
         self.forwarded.append((route.name, target, request.isSecure()))
-        simpleResponse(request, 200, "200 forwarded")
+        simpleResponse(request, 200, "200 forwarded", self.date.now())
 
 
 @frozen
@@ -586,9 +588,9 @@ class RuntimeTLSTests(SynchronousTestCase):
         self.assertEqual(buildRuntime(v6, Clock()).httpsPort, 4443)
 
 
-class _RootResourceCase(SynchronousTestCase):
+class _RouterCase(SynchronousTestCase):
     """
-    L{RootResource} on a real L{ProxySite} channel with a recording
+    L{Router} on a real L{FrontEnd} connection with a recording
     forwarder, for C{configText}.
     """
 
@@ -608,12 +610,12 @@ class _RootResourceCase(SynchronousTestCase):
         self.runtime: Runtime = buildRuntime(
             parseConfig(text, baseDir=self.directory), self.clock
         )
-        self.root = RootResource(
+        self.root = Router(
             RuntimeHolder(self.runtime),
             cast(Forwarder, self.forwarder),
             challenges=self.challenges,
         )
-        self.site = ProxySite(self.root, reactor=self.clock)
+        self.site = FrontEnd(self.root, self.clock)
 
     def request(
         self, data: bytes, secure: bool = False, serverName: str | None = None
@@ -675,9 +677,9 @@ class _RootResourceCase(SynchronousTestCase):
         self.assertEqual(self.forwarder.forwarded, [])
 
 
-class HTTPSRoutingTests(_RootResourceCase):
+class HTTPSRoutingTests(_RouterCase):
     """
-    L{RootResource} over HTTPS and over plain HTTP.
+    L{Router} over HTTPS and over plain HTTP.
     """
 
     def test_httpsWithoutCertificateMisdirected(self) -> None:
@@ -848,7 +850,7 @@ _MISDIRECTED_BY_SNI = (
 )
 
 
-class StrictSNIHostTests(_RootResourceCase):
+class StrictSNIHostTests(_RouterCase):
     """
     Over HTTPS, a request whose C{Host} belongs to another site than its
     connection's SNI name is answered 421 when its site has
@@ -962,9 +964,9 @@ _TARGET = _CHALLENGE + _TOKEN.encode()
 _NO_DEFAULT_CONFIG = TLS_CONFIG.replace("default = true\n", "")
 
 
-class HTTP01Tests(_RootResourceCase):
+class HTTP01Tests(_RouterCase):
     """
-    ACME http-01 challenges answered by L{RootResource} itself.
+    ACME http-01 challenges answered by L{Router} itself.
     """
 
     def setUp(self) -> None:

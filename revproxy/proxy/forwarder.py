@@ -787,9 +787,7 @@ class _Relay:
         """
         Answer the client with a short response of the proxy's own.
         """
-        simpleResponse(
-            self.request, code, message, self.forwarder.date.now(), headers
-        )
+        simpleResponse(self.request, code, message, self.forwarder.date.now(), headers)
 
     def _abortClient(self) -> None:
         request = self.request

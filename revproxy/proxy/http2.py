@@ -207,6 +207,29 @@ _END_HEADERS = 0x4
 _ACK = 0x1
 
 
+#: The most request body bytes dropped after an answer that did not need
+#: them, before the stream is reset.
+DISCARD_BYTES = 64 * 1024 * 1024
+
+
+def forgetContentLength(conn: _H2, streamID: int) -> None:
+    """
+    Make C{h2} stop checking the body of C{streamID} against its
+    content-length: the stream was answered in full before its body came
+    (413, an early response), and a client that reads the answer stops
+    sending and ends the stream short, which C{h2} would take as a
+    connection error (C{InvalidBodyLengthError}), failing the connection's
+    other streams.
+
+    C{h2} has no public way to do this: its stream's private
+    C{_expected_content_length} is set to L{None} here, the one place
+    revproxy touches it (C{tests.test_http2} names it on a real stream).
+    """
+    stream = conn.streams.get(streamID)
+    if stream is not None and hasattr(stream, "_expected_content_length"):
+        stream._expected_content_length = None
+
+
 class _PeerGoAway:
     """
     A well-formed GOAWAY frame from the client, taken out of the bytes
@@ -555,6 +578,15 @@ class HTTP2Connection(Protocol):
         self._streams: dict[int, _Stream] = {}
         self._ofExchange: dict[Exchange, _Stream] = {}
         self._ready: deque[_Stream] = deque()
+        # Streams answered in full while the client still sends their
+        # body: what comes is acknowledged and dropped, as HTTP/1.1's
+        # lingering close does, for lingering_close_secs or DISCARD_BYTES,
+        # and only then is the stream reset (RST_STREAM NO_ERROR, RFC 9113
+        # section 8.1).  A client that reads the answer stops sending and
+        # ends its stream (short of its content-length: see
+        # forgetContentLength).  Not at once: curl (7.88) fails an upload
+        # whose stream is reset before it read the answer's status.
+        self._resetOnData: dict[int, tuple[float, int]] = {}
         self._secure = False
         self._peer: Any = None
         self._serverName: str | None = None
@@ -778,6 +810,17 @@ class HTTP2Connection(Protocol):
         assert streamID is not None
         length = event.flow_controlled_length or 0
         data = event.data or b""
+        discarding = self._resetOnData.get(streamID)
+        if discarding is not None:
+            self._ack(streamID, length)
+            until, left = discarding
+            left -= length
+            if left < 0 or self._clock.seconds() >= until:
+                del self._resetOnData[streamID]
+                self._resetID(streamID, ErrorCodes.NO_ERROR)
+            else:
+                self._resetOnData[streamID] = (until, left)
+            return
         stream = self._streams.get(streamID)
         if stream is None or stream.refused or stream.exchange.bodyComplete:
             self._ack(streamID, length)
@@ -800,6 +843,7 @@ class HTTP2Connection(Protocol):
     def _streamEnded(self, event: StreamEnded) -> None:
         streamID = event.stream_id
         assert streamID is not None
+        self._resetOnData.pop(streamID, None)
         stream = self._streams.get(streamID)
         if stream is None:
             return
@@ -812,6 +856,7 @@ class HTTP2Connection(Protocol):
     def _streamReset(self, event: StreamReset) -> None:
         streamID = event.stream_id
         assert streamID is not None
+        self._resetOnData.pop(streamID, None)
         stream = self._streams.get(streamID)
         if stream is None:
             return
@@ -1121,20 +1166,30 @@ class HTTP2Connection(Protocol):
         """
         The response of C{stream} is all sent: END_STREAM (unless C{sent}
         with its last bytes), and RST_STREAM NO_ERROR if the client still
-        sends its request (RFC 9113 section 8.1).
+        sends its request (RFC 9113 section 8.1), when more of it comes
+        (see C{_resetOnData}).
         """
         if not sent and not self._send(stream, lambda conn: conn.end_stream(stream.id)):
             return
         if not stream.bodyDone:
-            self._reset(stream, ErrorCodes.NO_ERROR)
+            conn = self._conn
+            if conn is not None:
+                forgetContentLength(conn, stream.id)
+            self._resetOnData[stream.id] = (
+                self._clock.seconds() + self.limits.lingering_close_secs,
+                DISCARD_BYTES,
+            )
         self._forget(stream, finished=not stream.refused)
 
     def _reset(self, stream: _Stream, code: int) -> None:
+        self._resetID(stream.id, code)
+
+    def _resetID(self, streamID: int, code: int) -> None:
         conn = self._conn
         if conn is None or self._closing:
             return
         try:
-            conn.reset_stream(stream.id, code)
+            conn.reset_stream(streamID, code)
         except ProtocolError:
             pass
 
