@@ -1683,8 +1683,9 @@ class QueueTests(ProxyTestCase):
         client.send(GET_A)
         client.close()
         self.assertEqual(self.proxy.pool.waitingCount(A_KEY), 0)
-        # Only the busy request's response timer is left.
-        self.assertTimers("_Relay._responseTimedOut")
+        # Only the busy request's response timer, and its connection's one
+        # timer, are left.
+        self.assertTimers(CHANNEL_TIMEOUT, "_Relay._responseTimedOut")
         self.assertEqual(self.metrics.errors, [])
 
 

@@ -733,20 +733,28 @@ class HeadDeadlineTests(ChannelTestCase):
 
     def test_oneTimer(self) -> None:
         """
-        A connection has one timer at most, and none while its request is
-        with the resource.
+        A connection has one timer at most, the same one from request to
+        request; while its request is with the handler, the timer firing
+        changes nothing.
         """
         self.root.hold = True
         client = self.client()
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        [timer] = self.clock.getDelayedCalls()
         client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
         client.send(b"abc")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.clock.advance(LIMITS.body_timeout_secs)
+        self.assertTrue(client.open)
+        self.assertEqual(client.responses(), [])
         answer(self.root.requests[0])
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        [timer] = self.clock.getDelayedCalls()
         client.send(b"GET")
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        client.send(b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer(self.root.requests[1])
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
 
     def test_silentConnection(self) -> None:
         """

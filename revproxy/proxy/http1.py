@@ -33,7 +33,9 @@ Timers.  One C{DelayedCall} per connection, touched only when the
 connection changes phase, never per byte, and never moved sooner (the
 reactor moves a timer sooner by searching its whole heap; later costs
 nothing).  The timer fires at the earliest moment a deadline could pass
-and checks lazily, moving itself on when nothing is due yet.
+and checks lazily, moving itself on when nothing is due yet; it is not
+cancelled while a response is on its way (firing then changes nothing),
+so a kept-alive connection makes no new timer per request.
 
 Pipelining.  Requests are answered in order, one at a time.  While one is
 in flight, bytes that come are kept unparsed (reading pauses past
@@ -206,8 +208,12 @@ class HTTP1Connection(Protocol):
         self._lineDone = False
         self._headStarted = False
         # What each parsed head decided.
+        # Whether each exchange's connection may go on after it, and which
+        # wait for 100 Continue (by the exchange's id).
         self._persistent: dict[int, bool] = {}
         self._expects: set[int] = set()
+        self._peer: Any = None
+        self._serverName: str | None = None
         self._requestCount = 0
         self._draining = False
         # The response in flight.
@@ -233,6 +239,7 @@ class HTTP1Connection(Protocol):
         assert transport is not None
         self.secure = bool(ISSLTransport.providedBy(transport))
         self._negotiate = self.secure
+        self._peer = transport.getPeer()
         transport.registerProducer(self, True)
         self._phase = HEAD
         self._since = self._clock.seconds()
@@ -283,6 +290,16 @@ class HTTP1Connection(Protocol):
             reading.clientGone()
         for waiting in queue:
             waiting.clientGone()
+
+    def _tlsServerName(self) -> str | None:
+        """
+        The connection's SNI name, as the TLS layer recorded it when the
+        handshake completed (before any request), read once.
+        """
+        name = self._serverName
+        if name is None:
+            name = self._serverName = getattr(self.transport, "serverName", None)
+        return name
 
     def _becomeH2(self, data: bytes) -> None:
         """
@@ -551,10 +568,8 @@ class HTTP1Connection(Protocol):
             fields,
             length,
             secure=self.secure,
-            peer=self.transport.getPeer() if self.transport is not None else None,
-            serverName=getattr(self.transport, "serverName", None)
-            if self.secure
-            else None,
+            peer=self._peer,
+            serverName=self._tlsServerName() if self.secure else None,
             transport=self.transport,
             observer=self.front.observer,
         )
@@ -608,7 +623,6 @@ class HTTP1Connection(Protocol):
         exchange.bodyEnded()
         if exchange is self._current and self._phase == BODY:
             self._phase = BUSY
-            self._cancel()
             self._armSend()
 
     # -- dispatching
@@ -622,13 +636,16 @@ class HTTP1Connection(Protocol):
         self._handled = False
         self._chunked = False
         self._pendingHead = b""
-        if exchange.bodyComplete and exchange is not self._reading:
+        if exchange.bodyLength == 0 or (
+            exchange.bodyComplete and exchange is not self._reading
+        ):
+            # The timer stays: it fires within header_timeout_secs and does
+            # nothing while a response is on its way, and the keep-alive
+            # deadline then moves it later, which costs nothing (cancelling
+            # it and making a new one would cost two heap operations per
+            # request).
             self._phase = BUSY
-            self._cancel()
-            return
-        if exchange.bodyLength == 0:
-            self._phase = BUSY
-            self._cancel()
+            self._armSend()
             return
         self._phase = BODY
         now = self._clock.seconds()
@@ -843,7 +860,7 @@ class HTTP1Connection(Protocol):
                 [],
                 0,
                 secure=self.secure,
-                peer=self.transport.getPeer() if self.transport is not None else None,
+                peer=self._peer,
                 transport=self.transport,
             )
         if exchange.startedWriting:
@@ -889,7 +906,7 @@ class HTTP1Connection(Protocol):
             self._fields,
             0,
             secure=self.secure,
-            peer=self.transport.getPeer() if self.transport is not None else None,
+            peer=self._peer,
             transport=self.transport,
         )
         return exchange
