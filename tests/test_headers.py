@@ -12,6 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.proxy.headers import (
     FORWARDING_HEADERS,
+    HAS_DATE,
+    HAS_HSTS,
+    HAS_REQUEST_ID,
     HOP_BY_HOP,
     Headers,
     clientAddress,
@@ -19,6 +22,7 @@ from revproxy.proxy.headers import (
     hopByHopNames,
     isHopByHop,
     isTrusted,
+    relayResponseHeaders,
     upstreamRequestHeaders,
 )
 
@@ -706,3 +710,46 @@ class UpstreamRequestHeadersPropertyTests(SynchronousTestCase):
         self.assertEqual(copied(result), copied(headers))
         self.assertEqual(values(result, b"content-length"), [b"3"])
         self.assertEqual(len(values(result, b"x-forwarded-for")), 1)
+
+
+class RelayResponseHeadersTests(SynchronousTestCase):
+    """
+    Tests for L{relayResponseHeaders}: the client's fields and what they
+    hold, in one pass.
+    """
+
+    def test_found(self) -> None:
+        """
+        C{Date}, C{X-Request-ID} and C{Strict-Transport-Security} are kept
+        and reported, in any case; hop-by-hop fields are dropped.
+        """
+        out, found = relayResponseHeaders(
+            [
+                (b"DATE", b"d"),
+                (b"Connection", b"x-request-id"),
+                (b"X-Request-Id", b"i"),
+                (b"strict-transport-security", b"max-age=1"),
+            ]
+        )
+        self.assertEqual(found, HAS_DATE | HAS_HSTS)
+        self.assertEqual(
+            out,
+            [
+                (b"DATE", b"d"),
+                (b"strict-transport-security", b"max-age=1"),
+                (b"Via", b"1.1 revproxy"),
+            ],
+        )
+        _, found = relayResponseHeaders([(b"x-request-id", b"i")])
+        self.assertEqual(found, HAS_REQUEST_ID)
+
+    def test_noBody(self) -> None:
+        """
+        With C{noBody} (a 204 or 304), C{Content-Length} is dropped.
+        """
+        headers = [(b"Content-Length", b"5"), (b"ETag", b"x")]
+        self.assertEqual(
+            relayResponseHeaders(headers, noBody=True)[0],
+            [(b"ETag", b"x"), (b"Via", b"1.1 revproxy")],
+        )
+        self.assertIn((b"Content-Length", b"5"), relayResponseHeaders(headers)[0])

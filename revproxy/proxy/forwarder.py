@@ -49,8 +49,11 @@ from revproxy.proxy.client import (
 )
 from revproxy.proxy.frontend import DateCache
 from revproxy.proxy.headers import (
-    clientResponseHeaders,
+    HAS_DATE,
+    HAS_HSTS,
+    HAS_REQUEST_ID,
     isTrusted,
+    relayResponseHeaders,
     upstreamRequestHeaders,
 )
 from revproxy.proxy.pool import (
@@ -542,30 +545,13 @@ class _Relay:
             timer.reset(self.config.response_timeout_secs)
         if request.clientLeft:
             return
-        out: list[tuple[bytes, bytes]] = []
-        hasDate = hasID = hasHSTS = False
-        noBody = code == 204 or code == 304
-        for pair in clientResponseHeaders(headers):
-            lower = pair[0].lower()
-            if lower == b"date":
-                hasDate = True
-            elif lower == b"content-length":
-                if noBody:
-                    # RFC 9110 sections 8.6 and 15.3.5: a 204 has no body
-                    # and no framing; a 304's length would describe
-                    # another response.
-                    continue
-            elif lower == b"x-request-id":
-                hasID = True
-            elif lower == b"strict-transport-security":
-                hasHSTS = True
-            out.append(pair)
-        if not hasDate:
+        out, found = relayResponseHeaders(headers, noBody=code == 204 or code == 304)
+        if not found & HAS_DATE:
             out.append((b"Date", self.forwarder.date.now()))
-        if request.requestID and not hasID:
+        if request.requestID and not found & HAS_REQUEST_ID:
             out.append((b"X-Request-ID", request.requestID.encode("ascii")))
         hsts = self.route.hsts
-        if hsts is not None and not hasHSTS and request.secure:
+        if hsts is not None and not found & HAS_HSTS and request.secure:
             out.append((b"Strict-Transport-Security", hsts))
         request.respond(code, reason, out)
         connection = self.connection

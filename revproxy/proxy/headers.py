@@ -229,30 +229,59 @@ def upstreamRequestHeaders(
     return out
 
 
+#: What L{relayResponseHeaders} found among the fields it kept.
+HAS_DATE = 1
+HAS_REQUEST_ID = 2
+HAS_HSTS = 4
+
+
 def clientResponseHeaders(headers: Headers, via: bytes = _DEFAULT_VIA) -> Headers:
     """
-    Rewrite an upstream's response headers into those sent to the client.
+    Rewrite an upstream's response headers into those sent to the client:
+    L{relayResponseHeaders}'s fields.
+    """
+    return relayResponseHeaders(headers, via)[0]
+
+
+def relayResponseHeaders(
+    headers: Headers, via: bytes = _DEFAULT_VIA, noBody: bool = False
+) -> tuple[Headers, int]:
+    """
+    Rewrite an upstream's response headers into those sent to the client,
+    in one pass, and say which of C{Date}, C{X-Request-ID} and
+    C{Strict-Transport-Security} are among them (L{HAS_DATE},
+    L{HAS_REQUEST_ID}, L{HAS_HSTS}).
 
     Hop-by-hop headers (L{HOP_BY_HOP}, C{proxy-*} and the names listed in
     C{Connection}) are dropped: C{Transfer-Encoding} with them, since the
     server frames the body again.  C{Content-Length} is kept, as the
     forwarder passes the upstream's body through unchanged, unless the
     upstream also sent C{Transfer-Encoding}, which overrides it (RFC 9112,
-    section 6.3).  Every other header keeps its place, and C{via} is
-    appended to the last C{Via} header or sent as a new one.
+    section 6.3), or C{noBody} (a 204 has no framing, a 304's length would
+    describe another response: RFC 9110 sections 8.6 and 15.3.5).  Every
+    other header keeps its place, and C{via} is appended to the last
+    C{Via} header or sent as a new one.
     """
     drop = hopByHopNames(headers)
     out: Headers = []
     lastVia = -1
     chunked = False
+    found = 0
     for pair in headers:
         lower = pair[0].lower()
         if lower in drop or lower.startswith(_PROXY_PREFIX):
             if lower == b"transfer-encoding":
                 chunked = True
             continue
-        if lower == b"via":
-            lastVia = len(out)
+        kind = _RESPONSE_SPECIAL.get(lower)
+        if kind is not None:
+            if kind == _VIA:
+                lastVia = len(out)
+            elif kind == _LENGTH:
+                if noBody:
+                    continue
+            else:
+                found |= kind
         out.append(pair)
     if chunked:
         # A Content-Length beside Transfer-Encoding is the stuff of response
@@ -265,7 +294,18 @@ def clientResponseHeaders(headers: Headers, via: bytes = _DEFAULT_VIA) -> Header
                 if pair[0].lower() == b"via":
                     lastVia = index
     _appendVia(out, lastVia, via)
-    return out
+    return out, found
+
+
+_LENGTH = 16
+# What relayResponseHeaders notes of a kept field (_VIA: where it is).
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    b"via": _VIA,
+    b"content-length": _LENGTH,
+    b"date": HAS_DATE,
+    b"x-request-id": HAS_REQUEST_ID,
+    b"strict-transport-security": HAS_HSTS,
+}
 
 
 _Address = IPv4Address | IPv6Address
