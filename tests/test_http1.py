@@ -7,12 +7,15 @@ a L{Clock} and a recording handler.
 
 from __future__ import annotations
 
+import h2.config
+import h2.connection
+import h2.events
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IProtocol, ISSLTransport
+from twisted.internet.interfaces import IProtocol, IPushProducer, ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import directlyProvides
+from zope.interface import directlyProvides, implementer
 
 from revproxy.config import ServerConfig
 from revproxy.proxy.exchange import Exchange
@@ -1122,3 +1125,257 @@ class TLSServerNameTests(ChannelTestCase):
         request = self.root.requests[-1]
         self.assertIsNone(request.serverName)
         answer(request)
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """
+    A response producer (an upstream connection, to the client side).
+    """
+
+    def __init__(self) -> None:
+        self.paused = 0
+        self.resumed = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class SendTimeoutTests(ChannelTestCase):
+    """
+    C{send_timeout_secs}: a client that takes no byte of a response for
+    that long is cut; one that drains in time is not.  The response's
+    producer follows the client's pace.
+    """
+
+    limits = ConnectionLimits(
+        max_request_line_bytes=100,
+        max_header_bytes=64,
+        max_headers_total_bytes=200,
+        max_header_fields=5,
+        header_timeout_secs=10.0,
+        body_timeout_secs=20.0,
+        min_body_rate_bytes_per_sec=100,
+        keepalive_timeout_secs=30.0,
+        send_timeout_secs=40.0,
+        max_requests_per_connection=0,
+        lingering_close_secs=5.0,
+    )
+
+    def start(self) -> tuple[Client, Exchange, _Producer]:
+        self.root.hold = True
+        client = self.client()
+        client.send(GET)
+        [exchange] = self.root.requests
+        exchange.respond(200, b"OK", [(b"Content-Length", b"100")])
+        producer = _Producer()
+        exchange.registerProducer(producer)
+        exchange.write(b"x" * 100)
+        return client, exchange, producer
+
+    def test_stalledClientCut(self) -> None:
+        """
+        A client whose connection stays full (its transport paused the
+        connection) for C{send_timeout_secs} is aborted, and the exchange
+        told the client is gone.
+        """
+        client, exchange, producer = self.start()
+        client.transport.producer.pauseProducing()  # type: ignore[union-attr]
+        self.assertEqual(producer.paused, 1)
+        self.clock.advance(39.9)
+        self.assertFalse(client.transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(client.transport.aborted)
+        client.protocol.connectionLost(None)  # type: ignore[arg-type]
+        self.assertTrue(exchange.clientLeft)
+
+    def test_drainingClientKept(self) -> None:
+        """
+        A client that drains before the deadline is not cut, and the
+        producer is resumed; the deadline starts again at the next stall.
+        """
+        client, exchange, producer = self.start()
+        transportProducer = client.transport.producer
+        assert transportProducer is not None
+        transportProducer.pauseProducing()
+        self.clock.advance(30)
+        transportProducer.resumeProducing()
+        self.assertEqual(producer.resumed, 1)
+        transportProducer.pauseProducing()
+        self.clock.advance(30)
+        self.assertFalse(client.transport.aborted)
+        transportProducer.resumeProducing()
+        exchange.unregisterProducer()
+        exchange.finish()
+        self.assertEqual([r.code for r in client.responses()], [200])
+
+    def test_producerPausedAtOnce(self) -> None:
+        """
+        A producer registered while the client takes nothing is paused at
+        once.
+        """
+        self.root.hold = True
+        client = self.client()
+        client.send(GET)
+        [exchange] = self.root.requests
+        client.transport.producer.pauseProducing()  # type: ignore[union-attr]
+        producer = _Producer()
+        exchange.respond(200, b"OK", [(b"Content-Length", b"0")])
+        exchange.registerProducer(producer)
+        self.assertEqual(producer.paused, 1)
+        client.transport.producer.resumeProducing()  # type: ignore[union-attr]
+        self.assertEqual(producer.resumed, 1)
+        exchange.finish()
+
+
+class PipeliningTests(ChannelTestCase):
+    """
+    Pipelined requests: answered in order, one at a time, with what is
+    read ahead bounded.
+    """
+
+    def test_inOrder(self) -> None:
+        """
+        Requests sent together are handed over one at a time, each once the
+        previous response ended, and answered in order.
+        """
+        self.root.hold = True
+        client = self.client()
+        client.send(
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+            b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        self.assertEqual([e.uri for e in self.root.heads], [b"/1"])
+        answer(self.root.requests[0], b"one")
+        self.assertEqual([e.uri for e in self.root.heads], [b"/1", b"/2"])
+        self.assertEqual(self.root.bodies[1], b"hi")
+        answer(self.root.requests[1], b"two")
+        answer(self.root.requests[2], b"three")
+        self.assertEqual(
+            [r.body for r in client.responses()], [b"one", b"two", b"three"]
+        )
+
+    def test_aheadBounded(self) -> None:
+        """
+        While a request is in flight, what comes is kept unparsed and
+        reading pauses past 64 KiB; it resumes and is parsed once the
+        response ends.
+        """
+        self.root.hold = True
+        client = self.client()
+        client.send(GET)
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(GET * 3000)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(len(self.root.heads), 1)
+        answer(self.root.requests[0])
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(len(self.root.heads), 2)
+
+    def test_manyInOneRead(self) -> None:
+        """
+        A read holding many requests is parsed in slices: no more than a
+        bounded number wait parsed, the rest unparsed; all are answered in
+        order.
+        """
+        client = self.client()
+        self.root.hold = True
+        requests = b"".join(
+            b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(2000)
+        )
+        client.send(requests)
+        protocol = client.protocol
+        assert isinstance(protocol, HTTP1Connection)
+        self.assertLessEqual(len(protocol._queue), 16 + 16 * 1024 // 26)
+        self.root.hold = False
+        while len(self.root.requests) < 2000:
+            before = len(self.root.requests)
+            answer(self.root.requests[-1])
+            self.assertGreater(len(self.root.requests), before)
+        self.assertEqual([e.uri for e in self.root.requests[:3]], [b"/0", b"/1", b"/2"])
+        self.assertEqual(len(client.responses()), 2000)
+
+
+class ExpectTests(ChannelTestCase):
+    """
+    C{Expect: 100-continue}.
+    """
+
+    def test_notForRefusedBody(self) -> None:
+        """
+        A body refused from its Content-Length gets no C{100 Continue},
+        only the 413.
+        """
+        client = self.client()
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5000\r\n\r\n"
+        )
+        self.assertNotIn(b"100 Continue", client.transport.value())
+        self.assertEqual([r.code for r in client.responses()], [413])
+
+    def test_onlyHTTP11(self) -> None:
+        """
+        An HTTP/1.0 request's C{Expect} gets no interim answer.
+        """
+        client = self.client()
+        client.send(
+            b"POST / HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 2\r\n\r\n"
+        )
+        self.assertEqual(client.transport.value(), b"")
+        client.send(b"hi")
+        self.assertEqual([r.code for r in client.responses()], [200])
+
+
+class HTTP2SwitchTests(ChannelTestCase):
+    """
+    A connection whose TLS handshake chose C{h2} is handed to
+    L{HTTP2Connection}.
+    """
+
+    def test_switch(self) -> None:
+        """
+        The HTTP/2 connection serves the requests; the HTTP/1.1 deadline no
+        longer applies and every later byte and the end go to it.
+        """
+        from revproxy.proxy.http2 import HTTP2Connection
+
+        transport = _Transport()
+        directlyProvides(transport, ISSLTransport)
+        transport.negotiatedProtocol = b"h2"  # type: ignore[attr-defined]
+        client = self.client(transport)
+        h2client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        h2client.initiate_connection()
+        h2client.send_headers(
+            1,
+            [
+                (b":method", b"GET"),
+                (b":path", b"/"),
+                (b":scheme", b"https"),
+                (b":authority", b"a"),
+            ],
+            end_stream=True,
+        )
+        client.send(h2client.data_to_send())
+        protocol = client.protocol
+        assert isinstance(protocol, HTTP1Connection)
+        self.assertIsInstance(protocol._h2, HTTP2Connection)
+        self.assertIs(transport.producer, protocol._h2)
+        self.assertEqual(len(self.root.requests), 1)
+        self.assertEqual(self.root.requests[0].clientproto, b"HTTP/2")
+        events = h2client.receive_data(transport.value())
+        self.assertTrue(
+            any(isinstance(e, h2.events.ResponseReceived) for e in events), events
+        )
+        self.assertTrue(protocol.busy() is False)
+        client.close()
