@@ -259,8 +259,9 @@ class HTTP1Connection(Protocol):
         if phase >= CLOSING:
             # Refused, closing or gone: read and dropped.
             return
-        if phase == BUSY or self._parser is None:
-            # A request is in flight: keep what comes for later.
+        if phase == BUSY or self._parser is None or self._ahead:
+            # A request is in flight (or bytes kept earlier wait to be
+            # parsed first): keep what comes for later.
             self._keepAhead(data)
             return
         if phase == IDLE:
@@ -545,21 +546,28 @@ class HTTP1Connection(Protocol):
         length: int | None = 0
         chunked = False
         connection: list[bytes] = []
+        codings: list[bytes] = []
         expect = False
         for name, value in fields:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
-                chunked = True
-                if value.strip().lower() != b"chunked":
-                    self._reading = Exchange(self, method, url, version, fields, 0)
-                    raise _Refusal(501, "only the chunked transfer coding is served")
+                codings.append(value)
             elif name == b"connection":
                 connection.append(value)
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
-        if chunked:
+        if codings:
+            chunked = True
             length = None
+            listed = [c.strip() for c in b",".join(codings).lower().split(b",")]
+            if listed != [b"chunked"]:
+                self._reading = Exchange(self, method, url, version, fields, 0)
+                if listed[-1] != b"chunked":
+                    # RFC 9112 6.3: the body's length cannot be known.
+                    raise _Refusal(400, "chunked is not the last transfer coding")
+                # RFC 9112 6.1: a coding not understood.
+                raise _Refusal(501, "only the chunked transfer coding is served")
         exchange = Exchange(
             self,
             method,
@@ -692,27 +700,29 @@ class HTTP1Connection(Protocol):
     def _next(self) -> None:
         """
         The response in flight ended: start the next request (queued, or
-        in the bytes kept meanwhile), or wait for one.
+        in the bytes kept meanwhile), or wait for one.  The bytes kept
+        meanwhile are parsed now, in order, whatever they hold (the rest
+        of a queued request's body, more requests).
         """
         self._current = None
         if self._queue:
             self._begin(self._queue.popleft())
-            self._dispatch()
-            return
-        limits = self.limits
-        self._phase = IDLE
-        self._since = self._clock.seconds()
-        self._arm(min(limits.keepalive_timeout_secs, limits.header_timeout_secs))
-        if self._headStarted:
-            self._startHead()
+        else:
+            limits = self.limits
+            self._phase = IDLE
+            self._since = self._clock.seconds()
+            self._arm(min(limits.keepalive_timeout_secs, limits.header_timeout_secs))
+            if self._headStarted:
+                self._startHead()
         ahead = self._ahead
-        if ahead:
+        if ahead and len(self._queue) < MAX_PIPELINED:
             self._ahead = []
             self._aheadBytes = 0
             self._resumeReading(1)
-            self._startHead()
+            if self._phase == IDLE:
+                self._startHead()
             self._feed(b"".join(ahead))
-            self._dispatch()
+        self._dispatch()
 
     # -- IExchangeChannel
 

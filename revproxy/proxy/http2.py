@@ -182,6 +182,13 @@ _SLACK = 1e-3
 _RATE_CHECK_SECS = 1.0
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: A field name as HTTP/1.1 can carry it: a token, lowercase (h2 has
+#: refused uppercase already).
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+#: What a field value must not hold (RFC 9110 section 5.5): control
+#: characters other than HTAB, and DEL; HTTP/1.1 refuses them as llhttp
+#: does, so one reading of a request holds across both.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
 _AUTHORITY = re.compile(rb"[\x21-\x3f\x41-\x7e]+\Z")
 
@@ -451,6 +458,10 @@ def readHead(
                 protocol = value
             continue
         count += 1
+        if _FIELD_NAME.match(name) is None:
+            raise _Refusal(400, "a field name is not a token")
+        if _BAD_VALUE.search(value) is not None:
+            raise _Refusal(400, "a field value holds a control character")
         if name == b"cookie":
             if cookieAt < 0:
                 cookieAt = len(fields)
