@@ -393,6 +393,9 @@ class Router:
         self.limiter = limiter
         self.observer = observer
         self._dryRunLogged: dict[str, float] = {}
+        # Host values seen lately and their normalized names (or None):
+        # a pure function of the bytes, asked by every request.
+        self._hosts: dict[bytes, str | None] = {}
 
     def handle(self, request: Exchange) -> None:
         """
@@ -413,7 +416,15 @@ class Router:
                 self._answer(request, 400, "400 Bad Request: more than one Host header")
                 return
             else:
-                host = normalizeHostHeader(values[0])
+                value = values[0]
+                hosts = self._hosts
+                try:
+                    host = hosts[value]
+                except KeyError:
+                    host = normalizeHostHeader(value)
+                    if len(hosts) >= _HOST_CACHE:
+                        hosts.clear()
+                    hosts[value] = host
                 if host is None:
                     self._answer(request, 400, "400 Bad Request: invalid Host header")
                     return
@@ -627,6 +638,9 @@ class Router:
         request.finish()
         return True
 
+
+#: How many Host values L{Router} keeps normalized (then it starts over).
+_HOST_CACHE = 1024
 
 #: Paths answered over plain HTTP even for sites that redirect to HTTPS.
 ACME_CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"

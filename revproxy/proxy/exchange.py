@@ -177,6 +177,7 @@ class Exchange:
         "finished",
         "generation",
         "headers",
+        "hopByHop",
         "logged",
         "method",
         "observer",
@@ -234,6 +235,10 @@ class Exchange:
         self.bodyLimit: int | None = None
         #: The forwarder's relay in progress, if any.
         self.relay: Any = None
+        #: The lowercased names never forwarded: the hop-by-hop ones and
+        #: those the request's Connection fields list, when the protocol
+        #: read them already (else L{None}).
+        self.hopByHop: frozenset[bytes] | None = None
         # The request context.
         self.startedAt = 0.0
         self.clientIP = ""

@@ -275,6 +275,8 @@ class _Relay:
             host=host,
             bodyLength=None,
             requestID=request.requestID.encode("ascii") if request.requestID else None,
+            lowercase=True,
+            drop=request.hopByHop,
         )
         if host is None:
             # An HTTP/1.0 request without Host (routed to the default site):

@@ -128,6 +128,8 @@ def upstreamRequestHeaders(
     via: bytes = _DEFAULT_VIA,
     bodyLength: int | None,
     requestID: bytes | None = None,
+    lowercase: bool = False,
+    drop: frozenset[bytes] | None = None,
 ) -> Headers:
     """
     Rewrite a client's request headers into those sent upstream.
@@ -170,8 +172,12 @@ def upstreamRequestHeaders(
     @param host: the request's C{Host} value, or L{None} if it had none.
     @param bodyLength: the length of the body sent upstream, or L{None} when
         there is no body.
+    @param lowercase: whether every name is lowercase already (an
+        exchange's are), so none is lowered again.
+    @param drop: the hop-by-hop names (L{hopByHopNames}), when known.
     """
-    drop = hopByHopNames(headers)
+    if drop is None:
+        drop = hopByHopNames(headers)
     special = _REQUEST_SPECIAL
     hosts: Headers = []
     out: Headers = []
@@ -180,7 +186,7 @@ def upstreamRequestHeaders(
     forwardedHost: bytes | None = None
     lastVia = -1
     for pair in headers:
-        lower = pair[0].lower()
+        lower = pair[0] if lowercase else pair[0].lower()
         kind = special.get(lower)
         if kind == _HOST:
             hosts.append(pair)

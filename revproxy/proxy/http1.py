@@ -75,6 +75,7 @@ from zope.interface import implementer
 
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import REASONS, refusalBody, refusalHeaders
+from revproxy.proxy.headers import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from revproxy.proxy.frontend import FrontEnd
@@ -118,6 +119,7 @@ _RATE_CHECK_SECS = 1.0
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EMPTY = frozenset([b""])
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -591,6 +593,9 @@ class HTTP1Connection(Protocol):
         if parser.should_upgrade() and length != 0:
             raise _Refusal(400, "an upgrade request must not have a body")
         tokens = _tokens(connection) if connection else None
+        exchange.hopByHop = (
+            HOP_BY_HOP if tokens is None else HOP_BY_HOP.union(tokens) - _EMPTY
+        )
         if version == b"HTTP/1.1":
             persistent = tokens is None or b"close" not in tokens
         else:
