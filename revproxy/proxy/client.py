@@ -21,6 +21,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from revproxy.proxy.eager import writerFor
+
 if TYPE_CHECKING:
     from revproxy.proxy.pool import ConnectionPool, PoolKey
 
@@ -201,6 +203,8 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         self.connected = True
         transport = self.transport
+        if transport is not None:
+            self._write = writerFor(transport) or transport.write
         if transport is not None and hasattr(transport, "bufferSize"):
             transport.bufferSize = _READ_SIZE
         self.pool.connectionMade(self)
@@ -242,9 +246,8 @@ class UpstreamConnection(Protocol):
         self._sink = sink
         self._parser = httptools.HttpResponseParser(self)
         self._reset(isHead)
-        transport = self.transport
-        assert transport is not None
-        transport.write(data)
+        assert self.transport is not None
+        self._write(data)
 
     def abandon(self) -> None:
         """

@@ -73,6 +73,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from revproxy.proxy.eager import writerFor
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import REASONS, refusalBody, refusalHeaders
 from revproxy.proxy.headers import HOP_BY_HOP
@@ -242,6 +243,7 @@ class HTTP1Connection(Protocol):
         self.secure = bool(ISSLTransport.providedBy(transport))
         self._negotiate = self.secure
         self._peer = transport.getPeer()
+        self._write = writerFor(transport) or transport.write
         transport.registerProducer(self, True)
         self._phase = HEAD
         self._since = self._clock.seconds()
@@ -778,9 +780,8 @@ class HTTP1Connection(Protocol):
         if head:
             self._pendingHead = b""
             data = head + data
-        transport = self.transport
-        if transport is not None:
-            transport.write(data)
+        if self.transport is not None:
+            self._write(data)
 
     def sendEnd(self, exchange: Exchange) -> None:
         if exchange is not self._current:
@@ -788,10 +789,8 @@ class HTTP1Connection(Protocol):
         end = _LAST_CHUNK if self._chunked and not self._bodiless else b""
         head = self._pendingHead
         self._pendingHead = b""
-        if head or end:
-            transport = self.transport
-            if transport is not None:
-                transport.write(head + end)
+        if (head or end) and self.transport is not None:
+            self._write(head + end)
         self._persistent.pop(id(exchange), None)
         self._expects.discard(id(exchange))
         self._producer = None

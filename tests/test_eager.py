@@ -1,0 +1,173 @@
+"""
+Tests for L{revproxy.proxy.eager}: writing to a plain TCP connection at
+once, on Twisted's real TCP transport over loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor as globalReactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection
+from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from revproxy.proxy.eager import plainTCP, sendNow, writerFor
+
+reactor: Any = globalReactor
+
+
+class _Server(Protocol):
+    """
+    Hands its connection to the test.
+    """
+
+    def __init__(self, made: Deferred[_Server]) -> None:
+        self.made = made
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+class SendNowTests(TestCase):
+    """
+    L{sendNow} and the private names of Twisted's TCP transport it reads.
+    """
+
+    async def connect(self, wrap: bool = False) -> tuple[_Server, socket.socket]:
+        made: Deferred[_Server] = Deferred()
+        factory: Any = Factory.forProtocol(lambda: _Server(made))
+        if wrap:
+            factory = WrappingFactory(factory)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.settimeout(5)
+        server = await made
+
+        async def close() -> None:
+            transport: Any = server.transport
+            if transport is not None and transport.connected:
+                transport.loseConnection()
+                await server.lost
+
+        self.addCleanup(close)
+        return server, client
+
+    def test_privateNames(self) -> Deferred[None]:
+        """
+        The names L{sendNow} reads exist on Twisted's TCP connection with the
+        values of an empty buffer.
+        """
+
+        async def check() -> None:
+            server, _ = await self.connect()
+            transport: Any = server.transport
+            self.assertIsInstance(transport, Connection)
+            self.assertEqual(transport._tempDataLen, 0)
+            self.assertEqual(transport.dataBuffer, b"")
+            self.assertEqual(transport.offset, 0)
+            self.assertFalse(transport._writeDisconnected)
+            self.assertIsInstance(transport.socket, socket.socket)
+            transport.write(b"buffered")
+            self.assertEqual(transport._tempDataLen, 8)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_sentAtOnce(self) -> Deferred[None]:
+        """
+        With nothing buffered, the bytes reach the peer before the reactor
+        runs again: the transport's buffer stays empty.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect()
+            transport: Any = server.transport
+            sendNow(transport, b"hello")
+            self.assertEqual(transport._tempDataLen, 0)
+            self.assertEqual(client.recv(100), b"hello")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_afterBufferedInOrder(self) -> Deferred[None]:
+        """
+        With bytes buffered by the transport, more go behind them, in
+        order, through the transport.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect()
+            transport: Any = server.transport
+            transport.write(b"first ")
+            sendNow(transport, b"second")
+            self.assertEqual(transport._tempDataLen, 12)
+            received = b""
+            while len(received) < 12:
+                done: Deferred[None] = Deferred()
+                reactor.callLater(0.01, done.callback, None)
+                await done
+                try:
+                    received += client.recv(100, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+            self.assertEqual(received, b"first second")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_throughWrapper(self) -> Deferred[None]:
+        """
+        A protocol under a L{ProtocolWrapper} that passes writes on finds
+        the TCP connection under it.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect(wrap=True)
+            wrapper = server.transport
+            self.assertIsInstance(wrapper, ProtocolWrapper)
+            write = writerFor(wrapper)
+            assert write is not None
+            write(b"via wrapper")
+            self.assertEqual(client.recv(100), b"via wrapper")
+
+        return Deferred.fromCoroutine(check())
+
+
+class PlainTCPTests(SynchronousTestCase):
+    """
+    L{plainTCP} finds only a plain TCP connection.
+    """
+
+    def test_notTCP(self) -> None:
+        """
+        A string transport, or a wrapper around one, has no plain TCP
+        connection: no eager writer.
+        """
+        transport = StringTransport()
+        self.assertIsNone(plainTCP(transport))
+        self.assertIsNone(writerFor(transport))
+        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+        wrapper.makeConnection(transport)
+        self.assertIsNone(plainTCP(wrapper))
+
+    def test_wrapperThatWrites(self) -> None:
+        """
+        A wrapper that does something with what is written (its own
+        C{write}) is not looked through.
+        """
+
+        class Counting(ProtocolWrapper):
+            def write(self, data: bytes) -> None:
+                super().write(data)
+
+        wrapper = Counting(WrappingFactory(Factory()), Protocol())
+        wrapper.transport = Connection.__new__(Connection)
+        self.assertIsNone(plainTCP(wrapper))
