@@ -635,7 +635,15 @@ class HTTP2Connection(Protocol):
         limits = self.limits
         conn = _H2(
             H2Configuration(
-                client_side=False, header_encoding=None, validate_inbound_headers=True
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                # What this connection sends is its own: sendHead lowercases
+                # the names and drops connection-specific fields, and the
+                # values come from llhttp (an upstream's) or revproxy.
+                # Checking them again costs a tenth of a stream's time.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
             )
         )
         conn.local_settings = Settings(
