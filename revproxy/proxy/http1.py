@@ -77,6 +77,7 @@ from revproxy.proxy.eager import writerFor
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import REASONS, refusalBody, refusalHeaders
 from revproxy.proxy.headers import HOP_BY_HOP
+from revproxy.proxy.http2 import HTTP2Connection
 
 if TYPE_CHECKING:
     from revproxy.proxy.frontend import FrontEnd
@@ -177,7 +178,7 @@ class HTTP1Connection(Protocol):
     factory: Any = None
     _timer: IDelayedCall | None = None
     _phase = HEAD
-    _h2: Any = None
+    _h2: HTTP2Connection | None = None
 
     def __init__(self, front: FrontEnd) -> None:
         self.front = front
@@ -310,10 +311,6 @@ class HTTP1Connection(Protocol):
         """
         ALPN chose HTTP/2: hand the connection to an HTTP/2 protocol.
         """
-        from revproxy.proxy.http2 import (  # type: ignore[import-untyped, unused-ignore]
-            HTTP2Connection,
-        )
-
         self._cancel()
         self._phase = CLOSED
         self._parser = None
