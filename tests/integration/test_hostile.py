@@ -1050,6 +1050,15 @@ class StalledClientTests(_HostileTestCase):
     """
     Clients that ask for large responses and read nothing cost the proxy
     almost no memory: it stops reading from the upstream instead.
+
+    Both are marked todo: the upstream client reads 256 KiB at a time
+    (C{revproxy/proxy/client.py}, C{_READ_SIZE}) and hands each read on
+    whole, so a stalled response holds up to one read (HTTP/1.1, in its
+    transport) or 64 KiB plus one read (HTTP/2, in its stream's buffer,
+    whose producer is paused only past 64 KiB): 20 of them can hold 5 to
+    6.25 MiB, beside TLS's copies.  With 64 KiB reads these tests grow by
+    about 1.3 MiB and 0.5 MiB.  The issue's bound stays in the tests, so
+    a fix turns them into unexpected successes.
     """
 
     async def test_http11(self) -> None:
@@ -1066,15 +1075,15 @@ class StalledClientTests(_HostileTestCase):
         )
 
     test_http11.todo = (  # type: ignore[attr-defined]
-        "RSS grows by 8-9 MiB: the upstream client reads 256 KiB at a time "
-        "(revproxy/proxy/client.py _READ_SIZE), and one read per stalled "
-        "client waits in its transport; with 64 KiB reads it grows by 1.3 MiB"
+        "grows by 7-9 MiB: a 256 KiB upstream read waits in each stalled "
+        "client's transport (revproxy/proxy/client.py _READ_SIZE)"
     )
 
     async def test_http2(self) -> None:
         """
         20 HTTP/2 streams of 8 MiB responses on a connection with huge
-        windows that reads nothing: the proxy's RSS grows by at most 5 MiB.
+        windows that reads nothing: the proxy's RSS grows by at most 5 MiB,
+        and a normal client is served within a second meanwhile.
         """
         figures = await hugeWindows(
             self.target, streams=20, size=8 * MiB, stall=3.0, probes=1
@@ -1086,3 +1095,9 @@ class StalledClientTests(_HostileTestCase):
         self.assertLessEqual(
             figures.rssGrowth, 5 * MiB, f"RSS grew by {figures.rssGrowth / MiB:.2f} MiB"
         )
+
+    test_http2.todo = (  # type: ignore[attr-defined]
+        "grows by 3.4-5.0 MiB, so it fails now and then: each stream's buffer "
+        "holds up to 64 KiB plus one 256 KiB upstream read "
+        "(revproxy/proxy/client.py _READ_SIZE)"
+    )
