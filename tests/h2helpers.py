@@ -89,9 +89,13 @@ class RecordingHandler:
 
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
+        #: The stream id of each exchange, as the connection knew it then.
+        self.streamIDs: list[int] = []
 
     def handle(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)
+        channel: Any = exchange.channel
+        self.streamIDs.append(channel._ofExchange[exchange].id)
 
 
 class RecordingSink:

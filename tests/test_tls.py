@@ -703,6 +703,17 @@ class SNIContextFactoryTests(SynchronousTestCase):
         self.assertTrue(server.set_options(0) & SSL.OP_NO_TICKET)
         self.assertEqual(server.get_context().get_timeout(), 86400)
 
+    def test_releaseBuffers(self) -> None:
+        """
+        Connections give their record buffers back while idle
+        (C{SSL_MODE_RELEASE_BUFFERS}, as nginx sets it), in the context
+        of the connection and in that of its certificate.
+        """
+        server = self.handshake(b"a.test").server
+        context = _lib.SSL_CTX_get_mode(server.get_context()._context)
+        self.assertTrue(context & SSL.MODE_RELEASE_BUFFERS)
+        self.assertTrue(_lib.SSL_get_mode(server._ssl) & SSL.MODE_RELEASE_BUFFERS)
+
     def test_closeWithoutCloseNotify(self) -> None:
         """
         A client that closes without a close_notify (as Python's C{ssl}

@@ -618,6 +618,11 @@ class HTTP2Connection(Protocol):
         self._pausedBytes = 0
         # Counters.
         self._requests = 0
+        # The highest stream whose request was taken (handed to the handler
+        # or answered): what a GOAWAY names, not h2's highest inbound id,
+        # which also counts streams parsed in the same read and never
+        # taken, so that a client retries those (RFC 9113 section 6.8).
+        self._lastTaken = 0
         self._resetBudget = RESET_BUDGET
         # The one timer, and the clientGone calls that wait for the next turn.
         self._timer: IDelayedCall | None = None
@@ -765,6 +770,7 @@ class HTTP2Connection(Protocol):
                 pass
             return
         self._requests += 1
+        self._lastTaken = streamID
         limits = self.limits
         cap = limits.max_requests_per_connection
         if cap and self._requests >= cap and last is None:
@@ -1251,9 +1257,7 @@ class HTTP2Connection(Protocol):
                 "HTTP/2 client {peer} reset too many streams: closing",
                 peer=self._peer,
             )
-            conn = self._conn
-            last = conn.highest_inbound_stream_id if conn is not None else 0
-            self._goAway(last, ErrorCodes.ENHANCE_YOUR_CALM)
+            self._goAway(self._lastTaken, ErrorCodes.ENHANCE_YOUR_CALM)
             self._close()
 
     def _leave(self, exchange: Exchange) -> None:
@@ -1322,7 +1326,7 @@ class HTTP2Connection(Protocol):
             return
         conn = self._conn
         if goAway and not self._goAwaySent and conn is not None:
-            self._goAway(conn.highest_inbound_stream_id, ErrorCodes.NO_ERROR)
+            self._goAway(self._lastTaken, ErrorCodes.NO_ERROR)
         self._flush()
         self._closing = True
         now = self._closingAt = self._clock.seconds()
@@ -1352,7 +1356,7 @@ class HTTP2Connection(Protocol):
             code=_errorName(code),
             detail=detail,
         )
-        last = conn.highest_inbound_stream_id
+        last = self._lastTaken
         data = conn.data_to_send()
         if error is not None:
             data = _withErrorCode(data, last, code)

@@ -1051,14 +1051,13 @@ class StalledClientTests(_HostileTestCase):
     Clients that ask for large responses and read nothing cost the proxy
     almost no memory: it stops reading from the upstream instead.
 
-    Both are marked todo: the upstream client reads 256 KiB at a time
+    The upstream client reads at most 128 KiB at a time
     (C{revproxy/proxy/client.py}, C{_READ_SIZE}) and hands each read on
     whole, so a stalled response holds up to one read (HTTP/1.1, in its
     transport) or 64 KiB plus one read (HTTP/2, in its stream's buffer,
-    whose producer is paused only past 64 KiB): 20 of them can hold 5 to
-    6.25 MiB, beside TLS's copies.  With 64 KiB reads these tests grow by
-    about 1.3 MiB and 0.5 MiB.  The issue's bound stays in the tests, so
-    a fix turns them into unexpected successes.
+    whose producer is paused past 64 KiB): 20 of them hold at most 2.5 to
+    3.75 MiB, beside TLS's copies.  (With 256 KiB reads, as before, they
+    grew by 7-9 MiB over TLS.)
     """
 
     async def test_http11(self) -> None:
@@ -1073,11 +1072,6 @@ class StalledClientTests(_HostileTestCase):
         self.assertLessEqual(
             figures.rssGrowth, 5 * MiB, f"RSS grew by {figures.rssGrowth / MiB:.2f} MiB"
         )
-
-    test_http11.todo = (  # type: ignore[attr-defined]
-        "grows by 7-9 MiB: a 256 KiB upstream read waits in each stalled "
-        "client's transport (revproxy/proxy/client.py _READ_SIZE)"
-    )
 
     async def test_http2(self) -> None:
         """
@@ -1095,9 +1089,3 @@ class StalledClientTests(_HostileTestCase):
         self.assertLessEqual(
             figures.rssGrowth, 5 * MiB, f"RSS grew by {figures.rssGrowth / MiB:.2f} MiB"
         )
-
-    test_http2.todo = (  # type: ignore[attr-defined]
-        "grows by 3.4-5.0 MiB, so it fails now and then: each stream's buffer "
-        "holds up to 64 KiB plus one 256 KiB upstream read "
-        "(revproxy/proxy/client.py _READ_SIZE)"
-    )
