@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from revproxy.proxy.eager import plainTCP, sendNow, writerFor
+from revproxy.proxy.eager import noDelay, plainTCP, sendNow, writerFor
 
 reactor: Any = globalReactor
 
@@ -137,6 +137,25 @@ class SendNowTests(TestCase):
             assert write is not None
             write(b"via wrapper")
             self.assertEqual(client.recv(100), b"via wrapper")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_noDelay(self) -> Deferred[None]:
+        """
+        L{noDelay} turns Nagle's algorithm off on the TCP connection under
+        a wrapper; a transport without TCP is left alone.
+        """
+
+        async def check() -> None:
+            server, _ = await self.connect(wrap=True)
+            transport: Any = server.transport
+            sock = transport.transport.socket
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+            noDelay(transport)
+            self.assertNotEqual(
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0
+            )
+            noDelay(StringTransport())
 
         return Deferred.fromCoroutine(check())
 

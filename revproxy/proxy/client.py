@@ -21,7 +21,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from revproxy.proxy.eager import writerFor
+from revproxy.proxy.eager import noDelay, writerFor
 
 if TYPE_CHECKING:
     from revproxy.proxy.pool import ConnectionPool, PoolKey
@@ -211,6 +211,7 @@ class UpstreamConnection(Protocol):
         transport = self.transport
         if transport is not None:
             self._write = writerFor(transport) or transport.write
+            noDelay(transport)
         if transport is not None and hasattr(transport, "bufferSize"):
             transport.bufferSize = _READ_SIZE
         self.pool.connectionMade(self)

@@ -93,3 +93,20 @@ def writerFor(transport: object) -> Callable[[bytes], None] | None:
         sendNow(connection, data)
 
     return write
+
+
+def noDelay(transport: object) -> None:
+    """
+    Turn Nagle's algorithm off on the TCP connection under C{transport}
+    (through TLS and protocol wrappers, which hand the call on), as nginx's
+    C{tcp_nodelay on}: a response's last short segment must not wait for
+    the peer's delayed acknowledgement (40 ms on Linux), nor a request for
+    the previous one's.  Nothing happens for a transport that is not TCP.
+    """
+    setNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setNoDelay is not None:
+        try:
+            setNoDelay(True)
+        except OSError:
+            pass
+

@@ -73,7 +73,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from revproxy.proxy.eager import writerFor
+from revproxy.proxy.eager import noDelay, writerFor
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import REASONS, refusalBody, refusalHeaders
 from revproxy.proxy.headers import HOP_BY_HOP
@@ -245,6 +245,7 @@ class HTTP1Connection(Protocol):
         self._negotiate = self.secure
         self._peer = transport.getPeer()
         self._write = writerFor(transport) or transport.write
+        noDelay(transport)
         transport.registerProducer(self, True)
         self._phase = HEAD
         self._since = self._clock.seconds()
