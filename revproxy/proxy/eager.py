@@ -109,4 +109,3 @@ def noDelay(transport: object) -> None:
             setNoDelay(True)
         except OSError:
             pass
-
