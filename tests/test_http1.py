@@ -7,6 +7,7 @@ a L{Clock} and a recording handler.
 
 from __future__ import annotations
 
+import attrs
 import h2.config
 import h2.connection
 import h2.events
@@ -1154,19 +1155,7 @@ class SendTimeoutTests(ChannelTestCase):
     producer follows the client's pace.
     """
 
-    limits = ConnectionLimits(
-        max_request_line_bytes=100,
-        max_header_bytes=64,
-        max_headers_total_bytes=200,
-        max_header_fields=5,
-        header_timeout_secs=10.0,
-        body_timeout_secs=20.0,
-        min_body_rate_bytes_per_sec=100,
-        keepalive_timeout_secs=30.0,
-        send_timeout_secs=40.0,
-        max_requests_per_connection=0,
-        lingering_close_secs=5.0,
-    )
+    limits = attrs.evolve(LIMITS, send_timeout_secs=40.0)
 
     def start(self) -> tuple[Client, Exchange, _Producer]:
         self.root.hold = True

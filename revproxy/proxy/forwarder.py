@@ -47,7 +47,7 @@ from revproxy.proxy.client import (
     UpstreamConnection,
     UpstreamProtocolError,
 )
-from revproxy.proxy.frontend import DateCache
+from revproxy.proxy.frontend import DateCache, refusalHeaders
 from revproxy.proxy.headers import (
     HAS_DATE,
     HAS_HSTS,
@@ -188,13 +188,8 @@ def simpleResponse(
     if exchange.clientLeft or exchange.finished or exchange.startedWriting:
         return
     body = (message + "\n").encode("utf-8")
-    fields = [
-        (b"Date", date),
-        (b"Content-Type", b"text/plain; charset=utf-8"),
-        (b"Content-Length", b"%d" % len(body)),
-        (b"Cache-Control", b"no-store"),
-        *headers,
-    ]
+    fields = refusalHeaders(date, len(body))
+    fields.extend(headers)
     if exchange.requestID:
         fields.append((b"X-Request-ID", exchange.requestID.encode("ascii")))
     exchange.respond(code, b"", fields)

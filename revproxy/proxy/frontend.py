@@ -87,7 +87,8 @@ def refusalBody(code: int, detail: str) -> bytes:
 
 def refusalHeaders(date: bytes, length: int) -> list[tuple[bytes, bytes]]:
     """
-    The fields of an early refusal whose body is C{length} bytes.
+    The fields of a short text answer of revproxy's own (an early refusal,
+    a 502, a redirect...) whose body is C{length} bytes.
     """
     return [
         (b"Date", date),

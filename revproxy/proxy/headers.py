@@ -12,7 +12,7 @@ lookups are against precomputed frozensets and dicts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 Headers = list[tuple[bytes, bytes]]
@@ -86,24 +86,35 @@ def isHopByHop(lowerName: bytes, drop: frozenset[bytes] = HOP_BY_HOP) -> bool:
     return lowerName in drop or lowerName.startswith(_PROXY_PREFIX)
 
 
+def connectionTokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """
+    The lowercased, non-empty comma-separated tokens of every value of the
+    C{Connection} fields C{values}: every field counts.
+    """
+    return frozenset(
+        token
+        for value in values
+        for token in (part.strip().lower() for part in value.split(b","))
+        if token
+    )
+
+
 def hopByHopNames(headers: Headers) -> frozenset[bytes]:
     """
     The lowercased names to drop from C{headers}: L{HOP_BY_HOP} and every
-    token listed in any C{Connection} header.
+    token listed in any C{Connection} header (L{connectionTokens}).
 
     Names that start with C{proxy-} are hop-by-hop too but cannot be listed in
     a set; L{isHopByHop} checks both.
     """
-    listed: list[bytes] = []
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip().lower()
-                if token:
-                    listed.append(token)
-    if not listed:
+    values = [
+        value
+        for name, value in headers
+        if len(name) == 10 and name.lower() == b"connection"
+    ]
+    if not values:
         return HOP_BY_HOP
-    return HOP_BY_HOP.union(listed)
+    return HOP_BY_HOP | connectionTokens(values)
 
 
 def _appendVia(out: Headers, lastVia: int, via: bytes) -> None:

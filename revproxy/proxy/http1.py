@@ -76,7 +76,7 @@ from zope.interface import implementer
 from revproxy.proxy.eager import noDelay, writerFor
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import REASONS, refusalBody, refusalHeaders
-from revproxy.proxy.headers import HOP_BY_HOP
+from revproxy.proxy.headers import HOP_BY_HOP, connectionTokens
 from revproxy.proxy.http2 import HTTP2Connection
 
 if TYPE_CHECKING:
@@ -121,7 +121,6 @@ _RATE_CHECK_SECS = 1.0
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_EMPTY = frozenset([b""])
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -159,13 +158,6 @@ class _Stop(Exception):
     Raised from a parser callback: parse no further (the connection ends,
     or too many requests were parsed ahead).
     """
-
-
-def _tokens(values: list[bytes]) -> set[bytes]:
-    """
-    The lowercased comma-separated tokens of every value of a field.
-    """
-    return {token.strip().lower() for value in values for token in value.split(b",")}
 
 
 @implementer(IPushProducer)
@@ -592,10 +584,8 @@ class HTTP1Connection(Protocol):
             raise _Refusal(405, "CONNECT is not served here")
         if parser.should_upgrade() and length != 0:
             raise _Refusal(400, "an upgrade request must not have a body")
-        tokens = _tokens(connection) if connection else None
-        exchange.hopByHop = (
-            HOP_BY_HOP if tokens is None else HOP_BY_HOP.union(tokens) - _EMPTY
-        )
+        tokens = connectionTokens(connection) if connection else None
+        exchange.hopByHop = HOP_BY_HOP if tokens is None else HOP_BY_HOP | tokens
         if version == b"HTTP/1.1":
             persistent = tokens is None or b"close" not in tokens
         else:
