@@ -43,10 +43,13 @@ REQUEST = (
     b"Accept: */*\r\n\r\n"
 )
 RESPONSE = (
+    # nginx's answer for a static file, as the benchmark's upstream sends it.
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n"
     b"Date: Mon, 07 Dec 2026 05:40:00 GMT\r\n"
     b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
-    b"Connection: keep-alive\r\n\r\n" + b"x" * 1024
+    b"Last-Modified: Mon, 07 Dec 2026 05:28:09 GMT\r\n"
+    b'Connection: keep-alive\r\nETag: "6b166009-400"\r\n'
+    b"Accept-Ranges: bytes\r\n\r\n" + b"x" * 1024
 )
 
 
@@ -108,7 +111,9 @@ def main(argv: list[str]) -> None:
         for _ in range(count):
             one()
         profile.disable()
-        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(
+            int(os.environ.get("TOP", "30"))
+        )
 
 
 if __name__ == "__main__":

@@ -753,3 +753,34 @@ class RelayResponseHeadersTests(SynchronousTestCase):
             [(b"ETag", b"x"), (b"Via", b"1.1 revproxy")],
         )
         self.assertIn((b"Content-Length", b"5"), relayResponseHeaders(headers)[0])
+
+    def test_listedLater(self) -> None:
+        """
+        A field that C{Connection} lists is dropped wherever it stands, and
+        a C{Via} after it is still the one extended.
+        """
+        out, found = relayResponseHeaders(
+            [
+                (b"Via", b"1.0 a"),
+                (b"Date", b"d"),
+                (b"X-Hop", b"1"),
+                (b"Via", b"1.0 b"),
+                (b"Connection", b"keep-alive, X-Hop, date"),
+            ]
+        )
+        self.assertEqual(found, 0)
+        self.assertEqual(out, [(b"Via", b"1.0 a"), (b"Via", b"1.0 b, 1.1 revproxy")])
+
+    def test_closeField(self) -> None:
+        """
+        C{Connection: close} drops a field named C{close} (it is listed),
+        and leaves every other field alone.
+        """
+        headers = [(b"Close", b"x"), (b"Date", b"d"), (b"Connection", b"close")]
+        out, found = relayResponseHeaders(headers)
+        self.assertEqual(out, [(b"Date", b"d"), (b"Via", b"1.1 revproxy")])
+        self.assertEqual(found, HAS_DATE)
+        out, _ = relayResponseHeaders([(b"Close", b"x"), (b"Date", b"d")])
+        self.assertEqual(
+            out, [(b"Close", b"x"), (b"Date", b"d"), (b"Via", b"1.1 revproxy")]
+        )

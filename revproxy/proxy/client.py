@@ -395,15 +395,18 @@ class UpstreamConnection(Protocol):
         chunked = False
         length = 0
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                framed = True
-                # llhttp has checked it: digits, and no conflicting copies.
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = chunked or b"chunked" in value.lower()
-                framed = framed or chunked
-            elif lower == b"connection":
+            # Most names are none of the three: their length says so.
+            size = len(name)
+            if size == 14:
+                if name.lower() == b"content-length":
+                    framed = True
+                    # llhttp has checked it: digits, no conflicting copies.
+                    length = int(value)
+            elif size == 17:
+                if name.lower() == b"transfer-encoding":
+                    chunked = chunked or b"chunked" in value.lower()
+                    framed = framed or chunked
+            elif size == 10 and name.lower() == b"connection":
                 closes = closes or b"close" in value.lower()
         isHead = self._isHead
         self._untilClose = not framed and code not in (204, 304) and not isHead

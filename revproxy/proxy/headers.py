@@ -77,6 +77,30 @@ FORWARDING_HEADERS: frozenset[bytes] = frozenset(
 _REQUEST_SPECIAL.update((name, _FORWARDING) for name in FORWARDING_HEADERS)
 
 
+#: What upstreamRequestHeaders does with a field, by its lowercased name
+#: (0: copy it), as _RESPONSE_KINDS for responses.
+_REQUEST_KINDS: dict[bytes, int] = {}
+
+
+def _requestKind(lower: bytes) -> int:
+    """
+    What L{upstreamRequestHeaders} does with a field called C{lower} (hop
+    by hop, C{proxy-*} or with an underscore: L{_DROP}), remembered.
+    """
+    kind = _REQUEST_SPECIAL.get(lower)
+    if kind is None:
+        if lower in HOP_BY_HOP or lower.startswith(_PROXY_PREFIX) or b"_" in lower:
+            kind = _DROP
+        else:
+            kind = 0
+    elif kind != _HOST and lower.startswith(_PROXY_PREFIX):
+        kind = _DROP
+    if len(_REQUEST_KINDS) >= 1024:
+        _REQUEST_KINDS.clear()
+    _REQUEST_KINDS[lower] = kind
+    return kind
+
+
 def isHopByHop(lowerName: bytes, drop: frozenset[bytes] = HOP_BY_HOP) -> bool:
     """
     Whether the lowercased header name C{lowerName} is hop-by-hop.
@@ -91,12 +115,36 @@ def connectionTokens(values: Iterable[bytes]) -> frozenset[bytes]:
     The lowercased, non-empty comma-separated tokens of every value of the
     C{Connection} fields C{values}: every field counts.
     """
-    return frozenset(
-        token
-        for value in values
-        for token in (part.strip().lower() for part in value.split(b","))
-        if token
-    )
+    tokens: frozenset[bytes] | None = None
+    for value in values:
+        these = _valueTokens(value)
+        tokens = these if tokens is None else tokens | these
+    return _EMPTY if tokens is None else tokens
+
+
+_EMPTY: frozenset[bytes] = frozenset()
+#: The tokens of C{Connection} values seen lately: a few values
+#: (C{keep-alive}, C{close}, C{Upgrade}) come with most messages.
+_TOKENS: dict[bytes, frozenset[bytes]] = {}
+_TOKENS_CACHE = 256
+
+
+def _valueTokens(value: bytes) -> frozenset[bytes]:
+    """
+    The tokens of one C{Connection} value, as L{connectionTokens} counts
+    them, remembered for the next message.
+    """
+    tokens = _TOKENS.get(value)
+    if tokens is None:
+        tokens = frozenset(
+            token
+            for token in (part.strip().lower() for part in value.split(b","))
+            if token
+        )
+        if len(_TOKENS) >= _TOKENS_CACHE:
+            _TOKENS.clear()
+        _TOKENS[value] = tokens
+    return tokens
 
 
 def hopByHopNames(headers: Headers) -> frozenset[bytes]:
@@ -189,23 +237,25 @@ def upstreamRequestHeaders(
     """
     if drop is None:
         drop = hopByHopNames(headers)
-    special = _REQUEST_SPECIAL
     hosts: Headers = []
     out: Headers = []
     chain: list[bytes] = []
     proto: bytes | None = None
     forwardedHost: bytes | None = None
     lastVia = -1
+    kinds = _REQUEST_KINDS
+    listed = drop is not HOP_BY_HOP
     for pair in headers:
         lower = pair[0] if lowercase else pair[0].lower()
-        kind = special.get(lower)
+        kind = kinds.get(lower)
+        if kind is None:
+            kind = _requestKind(lower)
         if kind == _HOST:
             hosts.append(pair)
-        elif lower in drop or lower.startswith(_PROXY_PREFIX):
+        elif listed and lower in drop:
             continue
-        elif kind is None:
-            if b"_" not in lower:
-                out.append(pair)
+        elif not kind:
+            out.append(pair)
         elif kind == _DROP:
             continue
         elif kind == _VIA:
@@ -279,27 +329,52 @@ def relayResponseHeaders(
     other header keeps its place, and C{via} is appended to the last
     C{Via} header or sent as a new one.
     """
-    drop = hopByHopNames(headers)
     out: Headers = []
     lastVia = -1
     chunked = False
     found = 0
+    listed: list[bytes] | None = None
+    kinds = _RESPONSE_KINDS
     for pair in headers:
-        lower = pair[0].lower()
-        if lower in drop or lower.startswith(_PROXY_PREFIX):
-            if lower == b"transfer-encoding":
-                chunked = True
+        kind = kinds.get(pair[0])
+        if kind is None:
+            kind = _responseKind(pair[0])
+        if not kind:
+            out.append(pair)
+        elif kind == _HOP:
             continue
-        kind = _RESPONSE_SPECIAL.get(lower)
-        if kind is not None:
-            if kind == _VIA:
-                lastVia = len(out)
-            elif kind == _LENGTH:
-                if noBody:
-                    continue
+        elif kind == _CONNECTION:
+            if listed is None:
+                listed = [pair[1]]
             else:
+                listed.append(pair[1])
+        elif kind == _CODING:
+            chunked = True
+        elif kind == _VIA:
+            lastVia = len(out)
+            out.append(pair)
+        elif kind == _LENGTH:
+            if not noBody:
+                out.append(pair)
+        else:
+            found |= kind
+            out.append(pair)
+    if listed is not None and not connectionTokens(listed) <= (
+        _CLOSABLE if found & _CLOSE else _DROPPED
+    ):
+        # The upstream's Connection names more fields to drop: rare enough
+        # for a second pass, now that every one of them is known.
+        drop = HOP_BY_HOP | connectionTokens(listed)
+        out = [pair for pair in out if pair[0].lower() not in drop]
+        lastVia = -1
+        found = 0
+        for index, pair in enumerate(out):
+            kind = _RESPONSE_SPECIAL.get(pair[0].lower())
+            if kind == _VIA:
+                lastVia = index
+            elif kind is not None and kind != _LENGTH:
                 found |= kind
-        out.append(pair)
+    found &= _FOUND
     if chunked:
         # A Content-Length beside Transfer-Encoding is the stuff of response
         # smuggling: the forwarder read the body by its chunks, not this.
@@ -323,6 +398,47 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"x-request-id": HAS_REQUEST_ID,
     b"strict-transport-security": HAS_HSTS,
 }
+# A hop-by-hop name, dropped from every response.
+_HOP = 32
+_RESPONSE_SPECIAL.update((name, _HOP) for name in HOP_BY_HOP)
+# A field named "close": kept, unless the upstream's Connection lists it,
+# as "Connection: close" does; _CLOSE notes that one was kept.
+_CLOSE = 64
+_RESPONSE_SPECIAL[b"close"] = _CLOSE
+_FOUND = HAS_DATE | HAS_REQUEST_ID | HAS_HSTS
+_CONNECTION = 128
+_CODING = 256
+#: What relayResponseHeaders does with a field, by its name as sent (0:
+#: keep it): names repeat from response to response, so one lookup
+#: replaces lowering and testing each.  Bounded: an upstream may send any
+#: names at all.
+_RESPONSE_KINDS: dict[bytes, int] = {}
+_KINDS_CACHE = 1024
+
+
+def _responseKind(name: bytes) -> int:
+    """
+    What L{relayResponseHeaders} does with a field called C{name}, worked
+    out and remembered.
+    """
+    lower = name.lower()
+    if lower == b"connection":
+        kind = _CONNECTION
+    elif lower == b"transfer-encoding":
+        kind = _CODING
+    elif lower.startswith(_PROXY_PREFIX):
+        kind = _HOP
+    else:
+        kind = _RESPONSE_SPECIAL.get(lower, 0)
+    if len(_RESPONSE_KINDS) >= _KINDS_CACHE:
+        _RESPONSE_KINDS.clear()
+    _RESPONSE_KINDS[name] = kind
+    return kind
+
+
+# Connection tokens that drop nothing more than the first pass did.
+_DROPPED = HOP_BY_HOP | {b"close"}
+_CLOSABLE = HOP_BY_HOP
 
 
 _Address = IPv4Address | IPv6Address

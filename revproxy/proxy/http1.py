@@ -125,7 +125,17 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 
 def _statusLine(code: int, reason: bytes) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (code, reason or _phrase(code))
+    line = _STATUS_LINES.get((code, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (code, reason or _phrase(code))
+        if len(_STATUS_LINES) >= 256:
+            _STATUS_LINES.clear()
+        _STATUS_LINES[(code, reason)] = line
+    return line
+
+
+#: Status lines made lately: an upstream gives a few, again and again.
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
 _PHRASES: dict[int, bytes] = {}
