@@ -19,7 +19,6 @@ from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IConnector, IDelayedCall
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from revproxy.accesslog import AccessLog
 from revproxy.acme.challenges import ChallengeStore
@@ -39,6 +38,7 @@ from revproxy.listeners import (
 )
 from revproxy.metrics import Metrics, opsSite
 from revproxy.observer import RequestObserver
+from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
@@ -450,7 +450,7 @@ def buildService(
         reloader.afterSwap.append(followSites)
         manager.setName("acme")
         manager.setServiceParent(top)
-        tlsFactory = TLSMemoryBIOFactory(
+        tlsFactory = EagerTLSFactory(
             contexts,
             False,
             HandshakeDeadline(tracker, reactor, config.server.handshake_timeout_secs),

@@ -6,17 +6,27 @@ once, on Twisted's real TCP transport over loopback.
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
+import trustme
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from revproxy.proxy.eager import noDelay, plainTCP, sendNow, writerFor
+from revproxy.proxy.eager import (
+    EagerTLS,
+    EagerTLSFactory,
+    noDelay,
+    plainTCP,
+    sendNow,
+    writerFor,
+)
 
 reactor: Any = globalReactor
 
@@ -29,9 +39,14 @@ class _Server(Protocol):
     def __init__(self, made: Deferred[_Server]) -> None:
         self.made = made
         self.lost: Deferred[None] = Deferred()
+        self.received: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
         self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.received.called:
+            self.received.callback(data)
 
     def connectionLost(self, reason: object = None) -> None:
         self.lost.callback(None)
@@ -156,6 +171,108 @@ class SendNowTests(TestCase):
                 sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0
             )
             noDelay(StringTransport())
+
+        return Deferred.fromCoroutine(check())
+
+
+class EagerTLSTests(TestCase):
+    """
+    L{EagerTLSFactory}'s connections send each record at once, and
+    L{writerFor} skips the write buffering of Twisted's TLS transport.
+    """
+
+    async def connect(self) -> tuple[_Server, ssl.SSLSocket]:
+        ca = trustme.CA()
+        issued = ca.issue_cert("localhost")
+        options = PrivateCertificate.loadPEM(
+            issued.private_key_and_cert_chain_pem.bytes()
+        ).options()
+        made: Deferred[_Server] = Deferred()
+        factory = EagerTLSFactory(
+            options, False, WrappingFactory(Factory.forProtocol(lambda: _Server(made)))
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        raw = socket.create_connection(("127.0.0.1", port.getHost().port))
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        client = context.wrap_socket(
+            raw, server_hostname="localhost", do_handshake_on_connect=False
+        )
+        self.addCleanup(client.close)
+        client.setblocking(False)
+        server = await made
+        # The handshake, a step at a time, the reactor running between.
+        for _ in range(500):
+            try:
+                client.do_handshake()
+                break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pause: Deferred[None] = Deferred()
+                reactor.callLater(0.01, pause.callback, None)
+                await pause
+        else:
+            self.fail("no TLS handshake")
+        client.settimeout(5)
+        # As a request does: the server answers once it has read, when its
+        # side of the handshake is done too.
+        client.sendall(b"ping")
+        self.assertEqual(await server.received, b"ping")
+
+        async def close() -> None:
+            transport: Any = server.transport
+            if transport is not None and transport.connected:
+                transport.abortConnection()
+                await server.lost
+
+        self.addCleanup(close)
+        return server, client
+
+    def test_sentAtOnce(self) -> Deferred[None]:
+        """
+        What the writer from L{writerFor} gets is a TLS record on the socket
+        before the reactor runs again; the TLS transport is an L{EagerTLS}.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect()
+            wrapper: Any = server.transport
+            self.assertIsInstance(wrapper.transport, EagerTLS)
+            write = writerFor(wrapper)
+            assert write is not None
+            write(b"hello")
+            write(b" again")
+            received = b""
+            while len(received) < 11:
+                received += client.recv(100)
+            self.assertEqual(received, b"hello again")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_bufferedWritesStillGo(self) -> Deferred[None]:
+        """
+        The TLS transport's own C{write} (what HTTP/2 uses) still gathers
+        and sends, at the next reactor iteration.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect()
+            transport: Any = server.transport
+            transport.write(b"one ")
+            transport.write(b"two")
+            client.setblocking(False)
+            received = b""
+            for _ in range(500):
+                pause: Deferred[None] = Deferred()
+                reactor.callLater(0.01, pause.callback, None)
+                await pause
+                try:
+                    received += client.recv(100)
+                except ssl.SSLWantReadError:
+                    continue
+                if len(received) >= 7:
+                    break
+            self.assertEqual(received, b"one two")
 
         return Deferred.fromCoroutine(check())
 

@@ -20,17 +20,33 @@ C{dataBuffer}, C{offset}, C{_writeDisconnected}): this module is the one
 place that reads them, and C{tests.test_eager} names them on a real
 Twisted TCP connection, so that a Twisted release that changes them fails
 a test instead of a request.  Anything that is not exactly a plain
-C{twisted.internet.tcp.Connection} (TLS, a test's string transport) gets
-no such writer and is written to as usual.
+C{twisted.internet.tcp.Connection} (a test's string transport) gets no
+such writer and is written to as usual.
+
+Over TLS, the same holds one layer down: L{EagerTLSFactory}'s protocol
+hands the TLS records it makes to the TCP connection through L{sendNow}.
+And Twisted's TLS transport (L{BufferingTLSTransport}) holds every
+write back until the next reactor iteration, to gather small writes into
+one record: an HTTP/1.1 connection, which writes each response (head and
+start of body) in one piece, skips that with L{writerFor}; an HTTP/2
+connection, whose frames come in many small writes, keeps it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from twisted.internet.interfaces import ITransport
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
+from zope.interface import directlyProvides, providedBy
 
 
 def plainTCP(transport: object) -> Connection | None:
@@ -81,18 +97,71 @@ def sendNow(connection: Any, data: bytes) -> None:
 
 def writerFor(transport: object) -> Callable[[bytes], None] | None:
     """
-    A function that writes to C{transport} at once when it can
-    (L{sendNow}), or L{None} when C{transport} is not a plain TCP
-    connection.
+    A function that writes to C{transport} at once when it can, or
+    L{None} when it cannot do better than C{transport.write}:
+
+      - for a plain TCP connection (L{plainTCP}): L{sendNow};
+      - for Twisted's TLS transport, under protocol wrappers that only pass
+        writes on: its unbuffered C{write}, which makes the record now (and
+        L{EagerTLS} sends it now), instead of
+        L{BufferingTLSTransport}'s, which waits for the next reactor
+        iteration.  Whoever writes with it must write nothing to
+        C{transport} by another way, or the order of the two could change.
     """
     connection = plainTCP(transport)
-    if connection is None:
-        return None
+    if connection is not None:
+        return partial(sendNow, connection)
+    for _ in range(4):
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            return partial(TLSMemoryBIOProtocol.write, transport)
+        if (
+            not isinstance(transport, ProtocolWrapper)
+            or type(transport).write is not ProtocolWrapper.write
+        ):
+            return None
+        transport = transport.transport
+    return None
 
-    def write(data: bytes) -> None:
-        sendNow(connection, data)
 
-    return write
+class _EagerTCP:
+    """
+    What L{EagerTLS} writes its records to: its TCP connection, written to
+    with L{sendNow}; everything else is the connection's own.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        directlyProvides(self, providedBy(connection))
+
+    def write(self, data: bytes) -> None:
+        sendNow(self._connection, data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        sendNow(self._connection, b"".join(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+class EagerTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, sending each record to a plain TCP connection
+    at once (L{sendNow}) rather than at the reactor's next write event.
+    """
+
+    def makeConnection(self, transport: ITransport) -> None:
+        connection = plainTCP(transport)
+        if connection is not None:
+            transport = _EagerTCP(connection)  # type: ignore[assignment]
+        super().makeConnection(transport)
+
+
+class EagerTLSFactory(TLSMemoryBIOFactory):
+    """
+    L{TLSMemoryBIOFactory} whose connections are L{EagerTLS}.
+    """
+
+    protocol = EagerTLS
 
 
 def noDelay(transport: object) -> None:

@@ -821,9 +821,8 @@ class HTTP1Connection(Protocol):
         key = id(exchange)
         if key in self._expects:
             self._expects.discard(key)
-            transport = self.transport
-            if transport is not None and self._phase < CLOSING:
-                transport.write(_CONTINUE)
+            if self.transport is not None and self._phase < CLOSING:
+                self._write(_CONTINUE)
         self._resumeBody(4 | 2)
 
     def _pauseBody(self, reason: int) -> None:
@@ -890,9 +889,8 @@ class HTTP1Connection(Protocol):
         head.append(b"Connection: close\r\n\r\n")
         if exchange.method == b"HEAD":
             body = b""
-        transport = self.transport
-        if transport is not None:
-            transport.write(b"".join(head) + body)
+        if self.transport is not None:
+            self._write(b"".join(head) + body)
         self._current = None
         self._reading = None
         self._lingeringClose()
