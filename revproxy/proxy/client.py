@@ -12,6 +12,7 @@ connections out and takes them back.
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import TYPE_CHECKING, cast
 from typing import Protocol as TypingProtocol
@@ -121,9 +122,6 @@ class IResponseSink(TypingProtocol):
         """
 
 
-_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
-
-
 def socketOf(transport: object) -> socket.socket | None:
     """
     The socket under C{transport}: its own (TCP), or that of the transport
@@ -141,22 +139,6 @@ def socketOf(transport: object) -> socket.socket | None:
                 return handle
         transport = getattr(transport, "transport", None)
     return None
-
-
-def quietSocket(sock: socket.socket) -> bool:
-    """
-    Whether nothing at all is waiting to be read from C{sock}: no byte, no
-    end of stream, no error.  The kernel is asked without reading
-    (C{MSG_PEEK}), so the reactor's view of the connection is unchanged.
-    """
-    try:
-        sock.recv(1, _PEEK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    # A byte or the end of the stream (b""): either way, not idle any more.
-    return False
 
 
 class UpstreamConnection(Protocol):
@@ -177,6 +159,9 @@ class UpstreamConnection(Protocol):
         self._sink: IResponseSink | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._cutAtHead = False
+        #: What L{verified} asks the kernel with, and about which socket.
+        self._poller: select.poll | None = None
+        self._polled: socket.socket | None = None
         self._reset(False)
 
     def _reset(self, isHead: bool) -> None:
@@ -218,6 +203,7 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.connected = False
+        self._poller = self._polled = None
         sink = self._sink
         self.pool.connectionLost(self)
         if sink is None:
@@ -243,7 +229,18 @@ class UpstreamConnection(Protocol):
         if not self.connected:
             return False
         sock = socketOf(self.transport)
-        return sock is None or quietSocket(sock)
+        if sock is None:
+            return True
+        poller = self._poller
+        if poller is None or sock is not self._polled:
+            # One poll object per socket: asking it costs one system call
+            # and no exception (a MSG_PEEK read raises when there is
+            # nothing).  POLLIN covers a byte and the end of the stream;
+            # errors are always reported.
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            self._polled = sock
+        return not poller.poll(0)
 
     def send(self, sink: IResponseSink, data: bytes, isHead: bool) -> None:
         """
