@@ -276,6 +276,39 @@ class EagerTLSTests(TestCase):
 
         return Deferred.fromCoroutine(check())
 
+    def test_order(self) -> Deferred[None]:
+        """
+        C{writeNow} sends what C{write} gathered first; a write larger
+        than the socket takes (several records, more than the kernel's
+        buffer) arrives whole and in order, the rest sent by the TCP
+        transport as the peer reads.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect()
+            wrapper: Any = server.transport
+            tls = wrapper.transport
+            big = bytes(range(256)) * 16384  # 4 MiB
+            tls.write(b"gathered ")
+            tls.writeNow(b"now ")
+            tls.writeNow(big)
+            tls.write(b" end")
+            client.setblocking(False)
+            expected = b"gathered now " + big + b" end"
+            received = bytearray()
+            for _ in range(2000):
+                try:
+                    received += client.recv(1 << 20)
+                except ssl.SSLWantReadError:
+                    pause: Deferred[None] = Deferred()
+                    reactor.callLater(0.001, pause.callback, None)
+                    await pause
+                if len(received) >= len(expected):
+                    break
+            self.assertEqual(bytes(received), expected)
+
+        return Deferred.fromCoroutine(check())
+
 
 class PlainTCPTests(SynchronousTestCase):
     """

@@ -23,29 +23,34 @@ a test instead of a request.  Anything that is not exactly a plain
 C{twisted.internet.tcp.Connection} (a test's string transport) gets no
 such writer and is written to as usual.
 
-Over TLS, the same holds one layer down: L{EagerTLSFactory}'s protocol
-hands the TLS records it makes to the TCP connection through L{sendNow}.
-And Twisted's TLS transport (L{BufferingTLSTransport}) holds every
+Over TLS, the same holds one layer down: L{EagerTLSFactory}'s protocol,
+L{EagerTLS}, hands the records it makes to the TCP connection through
+L{sendNow}, those of one write in one system call.  Twisted's own TLS
+transport (L{twisted.protocols.tls.BufferingTLSTransport}) holds every
 write back until the next reactor iteration, to gather small writes into
-one record: an HTTP/1.1 connection, which writes each response (head and
-start of body) in one piece, skips that with L{writerFor}; an HTTP/2
-connection, whose frames come in many small writes, keeps it.
+one record; L{EagerTLS} does that for C{write} (HTTP/2's frames come in
+many small writes), and its C{writeNow} skips it for an HTTP/1.1
+connection, which writes each response (head and start of body) in one
+piece (L{writerFor}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import (
-    BufferingTLSTransport,
-    TLSMemoryBIOFactory,
-    TLSMemoryBIOProtocol,
-)
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 
@@ -101,19 +106,16 @@ def writerFor(transport: object) -> Callable[[bytes], None] | None:
     L{None} when it cannot do better than C{transport.write}:
 
       - for a plain TCP connection (L{plainTCP}): L{sendNow};
-      - for Twisted's TLS transport, under protocol wrappers that only pass
-        writes on: its unbuffered C{write}, which makes the record now (and
-        L{EagerTLS} sends it now), instead of
-        L{BufferingTLSTransport}'s, which waits for the next reactor
-        iteration.  Whoever writes with it must write nothing to
-        C{transport} by another way, or the order of the two could change.
+      - for an L{EagerTLS} under protocol wrappers that only pass writes
+        on: its C{writeNow}, which encrypts and sends at once, where its
+        C{write} waits for the next reactor iteration.
     """
     connection = plainTCP(transport)
     if connection is not None:
         return partial(sendNow, connection)
     for _ in range(4):
-        if isinstance(transport, TLSMemoryBIOProtocol):
-            return partial(TLSMemoryBIOProtocol.write, transport)
+        if isinstance(transport, EagerTLS):
+            return transport.writeNow
         if (
             not isinstance(transport, ProtocolWrapper)
             or type(transport).write is not ProtocolWrapper.write
@@ -126,34 +128,114 @@ def writerFor(transport: object) -> Callable[[bytes], None] | None:
 class _EagerTCP:
     """
     What L{EagerTLS} writes its records to: its TCP connection, written to
-    with L{sendNow}; everything else is the connection's own.
+    with L{sendNow}, or gathered while L{EagerTLS.writeNow} makes the
+    records of one write; everything else is the connection's own.
     """
 
     def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+        self.connection = connection
+        #: The records of the write in progress, or L{None}.
+        self.gathered: list[bytes] | None = None
         directlyProvides(self, providedBy(connection))
 
     def write(self, data: bytes) -> None:
-        sendNow(self._connection, data)
+        gathered = self.gathered
+        if gathered is not None:
+            gathered.append(data)
+        else:
+            sendNow(self.connection, data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        sendNow(self._connection, b"".join(data))
+        self.write(b"".join(data))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._connection, name)
+        return getattr(self.connection, name)
 
 
-class EagerTLS(BufferingTLSTransport):
+class EagerTLS(TLSMemoryBIOProtocol):
     """
-    Twisted's TLS transport, sending each record to a plain TCP connection
-    at once (L{sendNow}) rather than at the reactor's next write event.
+    Twisted's TLS transport, sending what it encrypts to a plain TCP
+    connection at once (L{sendNow}), the records of one write in one
+    system call, rather than at the reactor's next write event.
+
+    L{writeNow} makes and sends records at once: for a writer that writes
+    whole pieces (an HTTP/1.1 response's head and first bytes).  C{write}
+    gathers writes until the next reactor iteration (at most
+    L{GATHER_BYTES}), as Twisted's L{BufferingTLSTransport} does: for
+    HTTP/2, whose frames come in many small writes from many streams.
     """
+
+    #: Bytes gathered by C{write} before they are sent without waiting.
+    GATHER_BYTES = 64_000
+
+    _eager: _EagerTCP | None = None
+    _flushCall: IDelayedCall | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
+        self._pending: list[bytes] = []
+        self._pendingBytes = 0
         connection = plainTCP(transport)
         if connection is not None:
-            transport = _EagerTCP(connection)  # type: ignore[assignment]
+            self._eager = _EagerTCP(connection)
+            transport = self._eager  # type: ignore[assignment]
         super().makeConnection(transport)
+
+    def writeNow(self, data: bytes) -> None:
+        """
+        Encrypt C{data} and send it now, after whatever C{write} gathered.
+        """
+        if self._pending:
+            self._flushPending()
+        eager = self._eager
+        if eager is None:
+            TLSMemoryBIOProtocol.write(self, data)
+            return
+        gathered: list[bytes] = []
+        eager.gathered = gathered
+        try:
+            TLSMemoryBIOProtocol.write(self, data)
+        finally:
+            eager.gathered = None
+        if gathered:
+            sendNow(
+                eager.connection,
+                gathered[0] if len(gathered) == 1 else b"".join(gathered),
+            )
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pendingBytes += len(data)
+        if self._pendingBytes > self.GATHER_BYTES:
+            self._flushPending()
+        elif self._flushCall is None:
+            factory = cast(EagerTLSFactory, self.factory)
+            self._flushCall = factory.clock.callLater(0, self._flushPending)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+    def _flushPending(self) -> None:
+        call = self._flushCall
+        self._flushCall = None
+        if call is not None and call.active():
+            call.cancel()
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._pendingBytes = 0
+            self.writeNow(b"".join(pending))
+
+    def loseConnection(self) -> None:
+        self._flushPending()
+        super().loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        call = self._flushCall
+        self._flushCall = None
+        if call is not None and call.active():
+            call.cancel()
+        self._pending = []
+        super().connectionLost(reason)
 
 
 class EagerTLSFactory(TLSMemoryBIOFactory):
@@ -162,6 +244,21 @@ class EagerTLSFactory(TLSMemoryBIOFactory):
     """
 
     protocol = EagerTLS
+
+    def __init__(
+        self,
+        contextFactory: Any,
+        isClient: bool,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(contextFactory, isClient, wrappedFactory, clock)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        #: What C{write}'s gathering waits on.
+        self.clock = clock
 
 
 def noDelay(transport: object) -> None:
