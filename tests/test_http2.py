@@ -33,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.proxy.frontend import ConnectionLimits
 from revproxy.proxy.http2 import (
+    CLOSED_REMEMBERED,
     CONNECTION_WINDOW,
     MAX_CONCURRENT_STREAMS,
     PREFACE,
@@ -310,6 +311,45 @@ class StreamStateTests(SynchronousTestCase):
         [reset] = framesOf(RstStreamFrame, peer.frames())
         self.assertEqual(reset.error_code, ErrorCodes.STREAM_CLOSED)
         self.assertFalse(peer.transport.disconnecting)
+
+    def test_dataOnClosedStream(self) -> None:
+        """
+        DATA on a stream both sides ended with END_STREAM (the response is
+        whole) is a connection error STREAM_CLOSED (section 5.1, "closed"),
+        not the stream error of a half-closed stream.
+        """
+        peer = H2Peer(self)
+        streamID, exchange = peer.request()
+        exchange.respond(200, b"", [(b"content-length", b"2")])
+        exchange.write(b"ok")
+        exchange.finish()
+        peer.frames()
+        peer.raw(frame(0, 1, streamID, b"test"))
+        self.assertEqual(peer.goAway().error_code, ErrorCodes.STREAM_CLOSED)
+
+    def test_dataOnClosedStreamForgotten(self) -> None:
+        """
+        Only the last L{CLOSED_REMEMBERED} such streams are remembered; on
+        an older one DATA is left to C{h2}, which ends the connection too
+        (it remembers how the stream closed) or resets the stream.
+        """
+        peer = H2Peer(self)
+        first, exchange = peer.request()
+        exchange.respond(200, b"", [(b"content-length", b"0")])
+        exchange.finish()
+        connection: Any = peer.server
+        for streamID in range(101, 101 + 2 * CLOSED_REMEMBERED, 2):
+            connection._frames.streamClosed(streamID)
+        self.assertNotIn(first, connection._frames.closed)
+        self.assertEqual(len(connection._frames.closed), CLOSED_REMEMBERED)
+        peer.frames()
+        peer.raw(frame(0, 1, first, b"test"))
+        errors = [
+            f.error_code
+            for f in peer.frames()
+            if isinstance(f, GoAwayFrame | RstStreamFrame)
+        ]
+        self.assertEqual(errors, [ErrorCodes.STREAM_CLOSED])
 
     def test_decreasingStreamID(self) -> None:
         """

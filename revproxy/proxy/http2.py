@@ -205,6 +205,7 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 # Frame types and flags the inbound scanner looks at (RFC 9113 section 6).
+_DATA = 0x0
 _HEADERS = 0x1
 _SETTINGS = 0x4
 _PUSH_PROMISE = 0x5
@@ -260,6 +261,27 @@ class _SettingsAckWithPayload:
 _SETTINGS_ACK_WITH_PAYLOAD = _SettingsAckWithPayload()
 
 
+class _DataOnClosed:
+    """
+    A DATA frame on a stream that is closed after the client's END_STREAM
+    (its response is complete too): a connection error STREAM_CLOSED (RFC
+    9113 section 5.1, "closed").  C{h2} answers it with a stream error
+    while it still remembers the stream.
+    """
+
+    __slots__ = ("streamID",)
+
+    def __init__(self, streamID: int) -> None:
+        self.streamID = streamID
+
+
+#: How many streams closed after both END_STREAMs a connection remembers.
+CLOSED_REMEMBERED = 256
+
+#: What the inbound scanner takes out of the bytes and ends the connection.
+_Taken = _SettingsAckWithPayload | _DataOnClosed
+
+
 class _InboundFrames:
     """
     Follows the frame boundaries in what the client sends, to take out the
@@ -281,13 +303,25 @@ class _InboundFrames:
         self._goaway: bytearray | None = None
         self._inBlock = False
         self.maxFrameSize = 16384
+        #: The streams closed after both END_STREAMs (L{_DataOnClosed}),
+        #: oldest first, at most L{CLOSED_REMEMBERED}.
+        self.closed: dict[int, None] = {}
 
-    def split(self, data: bytes) -> list[bytes | _PeerGoAway | _SettingsAckWithPayload]:
+    def streamClosed(self, streamID: int) -> None:
+        """
+        Both sides ended stream C{streamID} with END_STREAM.
+        """
+        closed = self.closed
+        closed[streamID] = None
+        if len(closed) > CLOSED_REMEMBERED:
+            del closed[next(iter(closed))]
+
+    def split(self, data: bytes) -> list[bytes | _PeerGoAway | _Taken]:
         """
         The pieces of C{data} for C{h2}, with the frames taken out in their
         place.
         """
-        out: list[bytes | _PeerGoAway | _SettingsAckWithPayload] = []
+        out: list[bytes | _PeerGoAway | _Taken] = []
         end = len(data)
         pos = start = 0
         if self._preface:
@@ -326,12 +360,14 @@ class _InboundFrames:
             kind = header[3]
             flags = header[4]
             streamID = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
-            taken: _PeerGoAway | _SettingsAckWithPayload | None = None
+            taken: _Taken | None = None
             if self._inBlock:
                 if kind == _CONTINUATION and flags & _END_HEADERS:
                     self._inBlock = False
             elif kind in (_HEADERS, _PUSH_PROMISE):
                 self._inBlock = not flags & _END_HEADERS
+            elif kind == _DATA and streamID in self.closed:
+                taken = _DataOnClosed(streamID)
             elif streamID == 0 and length <= self.maxFrameSize:
                 if kind == _GOAWAY and length >= 8:
                     self._goaway = bytearray()
@@ -683,6 +719,11 @@ class HTTP2Connection(Protocol):
                     self._dispatch(conn.receive_data(piece))
                 elif isinstance(piece, _PeerGoAway):
                     self._peerGoAway(piece)
+                elif isinstance(piece, _DataOnClosed):
+                    self._connectionError(
+                        ErrorCodes.STREAM_CLOSED,
+                        f"DATA on stream {piece.streamID}, closed after END_STREAM",
+                    )
                 else:
                     self._connectionError(
                         ErrorCodes.FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload"
@@ -1196,7 +1237,9 @@ class HTTP2Connection(Protocol):
         """
         if not sent and not self._send(stream, lambda conn: conn.end_stream(stream.id)):
             return
-        if not stream.bodyDone:
+        if stream.bodyDone:
+            self._frames.streamClosed(stream.id)
+        else:
             conn = self._conn
             if conn is not None:
                 forgetContentLength(conn, stream.id)
