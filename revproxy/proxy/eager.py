@@ -195,12 +195,13 @@ class EagerTLS(TLSMemoryBIOProtocol):
         try:
             TLSMemoryBIOProtocol.write(self, data)
         finally:
+            # Whole records, even if making the next one failed.
             eager.gathered = None
-        if gathered:
-            sendNow(
-                eager.connection,
-                gathered[0] if len(gathered) == 1 else b"".join(gathered),
-            )
+            if gathered:
+                sendNow(
+                    eager.connection,
+                    gathered[0] if len(gathered) == 1 else b"".join(gathered),
+                )
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
