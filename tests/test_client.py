@@ -1040,3 +1040,66 @@ class VerifiedTests(SynchronousTestCase):
         connection = UpstreamConnection(cast(ConnectionPool, RecordingPool()), KEY)
         connection.makeConnection(StringTransport())
         self.assertTrue(connection.verified())
+
+
+class DeadlineTests(SynchronousTestCase):
+    """
+    L{UpstreamConnection.watch}, C{touch} and C{unwatch}: one timer per
+    connection, kept from one exchange to the next.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connection = UpstreamConnection(
+            cast(ConnectionPool, RecordingPool()), KEY, self.clock
+        )
+        self.connection.makeConnection(StringTransport())
+        self.timeouts: list[str] = []
+
+    def test_timeout(self) -> None:
+        """
+        With no L{touch}, the callback runs after the seconds given; each
+        touch moves the deadline to that many seconds from then.
+        """
+        self.connection.watch(10, lambda: self.timeouts.append("a"))
+        self.clock.advance(6)
+        self.connection.touch()
+        self.clock.advance(9.9)
+        self.assertEqual(self.timeouts, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.timeouts, ["a"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_unwatchKeepsTimer(self) -> None:
+        """
+        After L{unwatch} the timer stays, does nothing when it comes due,
+        and a later L{watch} makes a new one; while it is pending, a later
+        L{watch} moves it instead.
+        """
+        self.connection.watch(10, lambda: self.timeouts.append("a"))
+        self.connection.unwatch()
+        [timer] = self.clock.getDelayedCalls()
+        self.connection.watch(5, lambda: self.timeouts.append("b"))
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.clock.advance(5)
+        self.assertEqual(self.timeouts, ["b"])
+        self.connection.watch(10, lambda: self.timeouts.append("c"))
+        self.connection.unwatch()
+        self.clock.advance(10)
+        self.assertEqual(self.timeouts, ["b"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.connection.touch()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.connection.watch(1, lambda: self.timeouts.append("d"))
+        self.clock.advance(1)
+        self.assertEqual(self.timeouts, ["b", "d"])
+
+    def test_lostCancels(self) -> None:
+        """
+        The timer goes with the connection.
+        """
+        self.connection.watch(10, lambda: self.timeouts.append("a"))
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.timeouts, [])

@@ -90,6 +90,9 @@ BACKOFF = 5.0
 # The client connection's one deadline timer (revproxy.proxy.http1).
 CHANNEL_TIMEOUT = "HTTP1Connection._deadlinePassed"
 POOL_SWEEP = "ConnectionPool._sweepIdle"
+#: An upstream connection's one timer: the response timeout of its
+#: exchange, kept (and doing nothing when it comes due) while it is idle.
+UPSTREAM_TIMER = "UpstreamConnection._deadlinePassed"
 
 GET_A = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"
 GET_PAIR = b"GET / HTTP/1.1\r\nHost: pair.example\r\n\r\n"
@@ -884,7 +887,7 @@ class UpstreamRequestTests(ProxyTestCase):
         upstream.respond(OK_HI)
         self.assertEqual(self.onlyResponse(client).body, b"hi")
         self.assertEqual(self.proxy.pool.idleCount(A_KEY), 1)
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
 
     def test_bodyStreamsWithBackpressure(self) -> None:
         """
@@ -989,7 +992,7 @@ class ResponseRelayTests(ProxyTestCase):
         """
         client = self.proxy.client()
         self.proxy.exchange(client, request, response)
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
         return self.onlyResponse(client, head)
 
     def test_statusAndReason(self) -> None:
@@ -1212,7 +1215,7 @@ class ResponseRelayTests(ProxyTestCase):
         upstream.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
         self.assertEqual([r.body for r in client.responses()], [b"hi", b"bye"])
         self.assertTrue(client.transport.connected)
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
 
     def test_clientConnectionCloseKept(self) -> None:
         """
@@ -1282,6 +1285,33 @@ class UpstreamFailureTests(ProxyTestCase):
         self.assertEqual(self.proxy.pool.idleCount(A_KEY), 0)
         self.assertTimers(CHANNEL_TIMEOUT)
 
+    def test_responseTimeoutOnReusedConnection(self) -> None:
+        """
+        The response timeout of an exchange on a reused connection counts
+        from that exchange's start, not from where the connection's timer
+        was left by the exchange before.
+        """
+        client = self.proxy.client()
+        client.send(GET_A)
+        upstream = self.proxy.upstream()
+        upstream.accept()
+        self.proxy.reactor.advance(6)
+        upstream.respond(OK_HI)
+        self.assertEqual(self.onlyResponse(client).body, b"hi")
+        # The first exchange's deadline would be t = 16.
+        self.proxy.reactor.advance(3)
+        client.transport.clear()
+        upstream.transport.clear()
+        client.send(GET_A)
+        self.assertEqual(upstream.request().line, b"GET / HTTP/1.1")
+        self.proxy.reactor.advance(9.9)
+        self.assertEqual(client.transport.value(), b"")
+        self.proxy.reactor.advance(0.1)
+        self.assertShortError(self.onlyResponse(client), 504)
+        self.assertTrue(upstream.transport.disconnected)
+        self.assertEqual(len(self.proxy.reactor.tcpClients), 1)
+        self.assertTimers(CHANNEL_TIMEOUT)
+
     def test_freshConnectionClosedPost(self) -> None:
         """
         A POST whose fresh connection closes before any response gets a 502,
@@ -1320,7 +1350,7 @@ class UpstreamFailureTests(ProxyTestCase):
         second.respond(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
         response = self.onlyResponse(client)
         self.assertEqual((response.code, response.body), (201, b"ok"))
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
 
     def test_reusedConnectionClosedPostNotReplayed(self) -> None:
         """
@@ -1424,7 +1454,11 @@ class UpstreamFailureTests(ProxyTestCase):
         fresh.accept()
         fresh.respond(OK_HI)
         self.assertEqual(self.onlyResponse(first).body, b"hi")
-        self.assertTimers(CHANNEL_TIMEOUT, CHANNEL_TIMEOUT, POOL_SWEEP)
+        # Two idle connections now (the fresh one and the one never
+        # reused), each with its timer.
+        self.assertTimers(
+            CHANNEL_TIMEOUT, CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER, UPSTREAM_TIMER
+        )
 
     def test_retryFailsToo(self) -> None:
         """
@@ -1685,7 +1719,7 @@ class QueueTests(ProxyTestCase):
         self.assertEqual(self.proxy.pool.waitingCount(A_KEY), 0)
         # Only the busy request's response timer, and its connection's one
         # timer, are left.
-        self.assertTimers(CHANNEL_TIMEOUT, "_Relay._responseTimedOut")
+        self.assertTimers(CHANNEL_TIMEOUT, UPSTREAM_TIMER)
         self.assertEqual(self.metrics.errors, [])
 
 
@@ -1778,7 +1812,7 @@ class SeveralUpstreamsTests(ProxyTestCase):
         second.respond(OK_HI)
         response = self.onlyResponse(client)
         self.assertEqual((response.code, response.body), (200, b"hi"))
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
 
     def test_refusedSkippedDuringBackoff(self) -> None:
         """
@@ -1815,7 +1849,7 @@ class SeveralUpstreamsTests(ProxyTestCase):
         self.assertEqual(second.request().line, b"GET / HTTP/1.1")
         second.respond(OK_HI)
         self.assertEqual(self.onlyResponse(client).body, b"hi")
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
 
     def test_postNotSentToSecond(self) -> None:
         """
@@ -1967,7 +2001,7 @@ class BackpressureTests(ProxyTestCase):
         client.resume()
         client.pause()
         self.assertEqual(upstream.transport.producerState, "producing")
-        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP)
+        self.assertTimers(CHANNEL_TIMEOUT, POOL_SWEEP, UPSTREAM_TIMER)
 
 
 class ErrorBodyTests(ProxyTestCase):

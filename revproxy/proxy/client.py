@@ -25,6 +25,10 @@ from twisted.python.failure import Failure
 from revproxy.proxy.eager import noDelay, writerFor
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
     from revproxy.proxy.pool import ConnectionPool, PoolKey
 
 
@@ -150,9 +154,18 @@ class UpstreamConnection(Protocol):
     @ivar idleSince: when the connection went back to the pool.
     """
 
-    def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
+    def __init__(
+        self, pool: ConnectionPool, key: PoolKey, clock: IReactorTime | None = None
+    ) -> None:
         self.pool = pool
         self.key = key
+        self.clock = clock
+        #: The connection's one timer (L{watch}), kept from one exchange to
+        #: the next: moving it later costs no heap work, where a timer per
+        #: exchange cost two heap operations and their comparisons.
+        self._deadline: IDelayedCall | None = None
+        self._onDeadline: Callable[[], None] | None = None
+        self._watchSeconds = 0.0
         self.reused = False
         self.idleSince = 0.0
         self.connected = False
@@ -189,6 +202,57 @@ class UpstreamConnection(Protocol):
         """
         return cast("Stream | None", self.transport)
 
+    # -- the exchange's deadline
+
+    def watch(self, seconds: float, onTimeout: Callable[[], None]) -> None:
+        """
+        Call C{onTimeout} when C{seconds} pass with no L{touch}, until
+        L{unwatch}.
+        """
+        self._onDeadline = onTimeout
+        self._watchSeconds = seconds
+        timer = self._deadline
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            assert self.clock is not None
+            self._deadline = self.clock.callLater(seconds, self._deadlinePassed)
+
+    def touch(self) -> None:
+        """
+        Something happened: the deadline is L{watch}'s seconds from now.
+        """
+        timer = self._deadline
+        if timer is not None and self._onDeadline is not None:
+            timer.reset(self._watchSeconds)
+
+    def unwatch(self) -> None:
+        """
+        No deadline any more.  The timer stays, for the next exchange; when
+        it comes due first it does nothing.
+        """
+        self._onDeadline = None
+
+    def close(self) -> None:
+        """
+        Close this connection, which serves no exchange: its timer goes at
+        once, not when the close is done.
+        """
+        self._onDeadline = None
+        timer = self._deadline
+        self._deadline = None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _deadlinePassed(self) -> None:
+        self._deadline = None
+        onTimeout = self._onDeadline
+        self._onDeadline = None
+        if onTimeout is not None:
+            onTimeout()
+
     # -- the pool's side
 
     def connectionMade(self) -> None:
@@ -204,6 +268,10 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.connected = False
         self._poller = self._polled = None
+        timer = self._deadline
+        self._deadline = self._onDeadline = None
+        if timer is not None and timer.active():
+            timer.cancel()
         sink = self._sink
         self.pool.connectionLost(self)
         if sink is None:

@@ -231,6 +231,9 @@ class _Relay:
         self.connection: UpstreamConnection | None = None
         self.withdraw: Callable[[], None] | None = None
         self.timer: IDelayedCall | None = None
+        #: The connection whose deadline is this exchange's response
+        #: timeout (L{UpstreamConnection.watch}), while it is.
+        self.watched: UpstreamConnection | None = None
         self.started = False
         self.done = False
         self.retriedFresh = False
@@ -321,9 +324,9 @@ class _Relay:
                 sent.append(data)
         if self.chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        timer = self.timer
-        if timer is not None and timer.active():
-            timer.reset(self.config.response_timeout_secs)
+        watched = self.watched
+        if watched is not None:
+            watched.touch()
         stream.write(data)
 
     def _endBody(self) -> None:
@@ -402,6 +405,10 @@ class _Relay:
         self.timer = None
         if timer is not None and timer.active():
             timer.cancel()
+        watched = self.watched
+        if watched is not None:
+            self.watched = None
+            watched.unwatch()
 
     # -- IConnectionWaiter
 
@@ -413,7 +420,14 @@ class _Relay:
             connection.pool.release(connection)
             return
         self.connection = connection
-        self._arm(self.config.response_timeout_secs, self._responseTimedOut)
+        timer = self.timer
+        if timer is not None:
+            # The connect or queue timeout: over.
+            self.timer = None
+            if timer.active():
+                timer.cancel()
+        self.watched = connection
+        connection.watch(self.config.response_timeout_secs, self._responseTimedOut)
         isHead = self.method == b"HEAD"
         if not self.hasBody:
             connection.send(self, self.head + b"\r\n", isHead)
@@ -537,9 +551,9 @@ class _Relay:
             request.upstreamURL = upstream.url
         request.upstreamStatus = code
         request.upstreamSeconds = self.forwarder.clock.seconds() - self.startedAt
-        timer = self.timer
-        if timer is not None and timer.active():
-            timer.reset(self.config.response_timeout_secs)
+        watched = self.watched
+        if watched is not None:
+            watched.touch()
         if request.clientLeft:
             return
         out, found = relayResponseHeaders(headers, noBody=code == 204 or code == 304)
@@ -557,9 +571,9 @@ class _Relay:
             request.registerProducer(cast(IPushProducer, stream))
 
     def responseBody(self, data: bytes) -> None:
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.config.response_timeout_secs)
+        watched = self.watched
+        if watched is not None:
+            watched.touch()
         self.request.write(data)
 
     def responseDone(self) -> None:
@@ -621,7 +635,7 @@ class _Relay:
         self._fail()
 
     def _responseTimedOut(self) -> None:
-        self.timer = None
+        self.watched = None
         self._stopBody()
         connection = self.connection
         self.connection = None

@@ -315,7 +315,7 @@ class _ConnectionFactory(ClientFactory):
         self.counter: IConnectionCounter | None = None
 
     def buildProtocol(self, addr: object) -> UpstreamConnection:
-        connection = UpstreamConnection(self.pool, self.key)
+        connection = UpstreamConnection(self.pool, self.key, self.pool._clock)
         connection.factory = self
         return connection
 
@@ -470,8 +470,7 @@ class ConnectionPool:
                     waiter.connectionReady(connection)
                     return SERVED
                 connection.pool = _DETACHED
-                if connection.transport is not None:
-                    connection.transport.loseConnection()
+                connection.close()
         pending = Pending(host, waiter, timeout)
         if host.active + len(host.connecting) >= self.maxConnections:
             if len(host.waiting) >= self.maxQueue:
@@ -566,8 +565,7 @@ class ConnectionPool:
     def _keepIdle(self, host: _Host, connection: UpstreamConnection) -> None:
         if self._closed or len(host.idle) >= self.maxIdle:
             connection.pool = _DETACHED
-            if connection.transport is not None:
-                connection.transport.loseConnection()
+            connection.close()
             return
         connection.idleSince = self._clock.seconds()
         host.idle.append(connection)
@@ -611,8 +609,7 @@ class ConnectionPool:
             for connection in host.idle:
                 if now - connection.idleSince >= self.idleTimeout:
                     connection.pool = _DETACHED
-                    if connection.transport is not None:
-                        connection.transport.loseConnection()
+                    connection.close()
                 else:
                     keep.append(connection)
             host.idle[:] = keep
@@ -646,8 +643,7 @@ class ConnectionPool:
         for host in self._hosts.values():
             for connection in host.idle:
                 connection.pool = _DETACHED
-                if connection.transport is not None:
-                    connection.transport.loseConnection()
+                connection.close()
             host.idle.clear()
 
 
@@ -658,8 +654,7 @@ class _DetachedPool:
     """
 
     def release(self, connection: UpstreamConnection) -> None:
-        if connection.transport is not None:
-            connection.transport.loseConnection()
+        connection.close()
 
     def connectionLost(self, connection: UpstreamConnection) -> None:
         pass
