@@ -213,6 +213,39 @@ class _Relay:
     it is all in before the connection is ready, else chunked.
     """
 
+    __slots__ = (
+        "attempt",
+        "bodyIn",
+        "bodyPaused",
+        "chunked",
+        "config",
+        "connection",
+        "done",
+        "forwarder",
+        "hasBody",
+        "head",
+        "lastError",
+        "method",
+        "pending",
+        "pendingBytes",
+        "request",
+        "retriedFresh",
+        "route",
+        "sent",
+        "sentBytes",
+        "started",
+        "startedAt",
+        "streaming",
+        "target",
+        "timedOut",
+        "timer",
+        "tried",
+        "upstream",
+        "waiting",
+        "watched",
+        "withdraw",
+    )
+
     def __init__(
         self,
         forwarder: Forwarder,
