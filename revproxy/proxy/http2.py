@@ -147,6 +147,7 @@ from zope.interface import implementer
 
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import FrontEnd, refusalBody, refusalHeaders
+from revproxy.proxy.headers import HOP_BY_HOP
 
 _log = Logger()
 
@@ -846,6 +847,9 @@ class HTTP2Connection(Protocol):
             transport=transport,
             observer=self.front.observer,
         )
+        # No Connection field reaches here (h2 refuses connection-specific
+        # fields), so nothing more is hop-by-hop.
+        exchange.hopByHop = HOP_BY_HOP
         now = self._clock.seconds()
         stream = _Stream(streamID, exchange, now)
         stream.bodyDone = ended
