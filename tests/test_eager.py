@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import trustme
 from twisted.internet import reactor as globalReactor
@@ -221,7 +221,7 @@ class EagerTLSTests(TestCase):
 
         async def close() -> None:
             transport: Any = server.transport
-            if transport is not None and transport.connected:
+            if not server.lost.called and transport is not None:
                 transport.abortConnection()
                 await server.lost
 
@@ -306,6 +306,48 @@ class EagerTLSTests(TestCase):
                 if len(received) >= len(expected):
                     break
             self.assertEqual(bytes(received), expected)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_lostWithGathered(self) -> Deferred[None]:
+        """
+        Writes gathered when the connection is lost are dropped with their
+        flush (no delayed call is left: trial checks the reactor is clean),
+        and a loseConnection first sends what was gathered.
+        """
+
+        async def check() -> None:
+            server, client = await self.connect()
+            wrapper: Any = server.transport
+            tls = wrapper.transport
+            tls.write(b"sent before the close")
+            tls.loseConnection()
+            client.setblocking(False)
+            received = b""
+            for _ in range(500):
+                try:
+                    data = client.recv(100)
+                except ssl.SSLWantReadError:
+                    pause: Deferred[None] = Deferred()
+                    reactor.callLater(0.01, pause.callback, None)
+                    await pause
+                    continue
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
+                    break
+                if not data:
+                    break
+                received += data
+            self.assertEqual(received, b"sent before the close")
+            # The server waits for the client's side of the TLS shutdown.
+            client.close()
+            await server.lost
+
+            other, _ = await self.connect()
+            otherTLS = cast(Any, other.transport).transport
+            otherTLS.write(b"never sent")
+            otherTLS.abortConnection()
+            await other.lost
+            self.assertEqual(otherTLS._pending, [])
 
         return Deferred.fromCoroutine(check())
 
