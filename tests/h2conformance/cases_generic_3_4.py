@@ -7,25 +7,27 @@ verdicts h2spec gives.
 
 from __future__ import annotations
 
-import struct
-import time
-
 from hyperframe.frame import PriorityFrame
 
 from tests.h2conformance.core import (
     CANCEL,
     COMPRESSION_ERROR,
+    DEFAULT_WINDOW_SIZE,
+    FLAG_END_HEADERS,
+    FLAG_END_STREAM,
+    FLAG_PADDED,
     FRAME_SIZE_ERROR,
     NO_ERROR,
     PREFACE,
     PROTOCOL_ERROR,
-    TIMEOUT,
+    TYPE_DATA,
+    TYPE_HEADERS,
+    TYPE_PING,
     Closed,
     Conn,
     ContinuationFrame,
     DataFrame,
     Failed,
-    Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
@@ -34,51 +36,19 @@ from tests.h2conformance.core import (
     WindowUpdateFrame,
     case,
     describe,
+    dummyHeaders,
     expectClose,
     expectConnectionError,
     expectHeaders,
     expectPingAck,
+    expectStreamClose,
     expectStreamError,
+    frames,
+    rawFrame,
+    waitFor,
 )
 
-#: h2spec's default C{--max-header-length}: the length of a dummy value.
-MAX_HEADER_LEN = 4000
-
-#: h2spec's (and RFC 9113's) default flow-control window.
-DEFAULT_WINDOW_SIZE = 65535
-
-# Frame types (RFC 9113 section 6) for frames built by hand.
-TYPE_DATA = 0x0
-TYPE_HEADERS = 0x1
-TYPE_PING = 0x6
-
-# Flags.
-FLAG_END_STREAM = 0x1
-FLAG_END_HEADERS = 0x4
-FLAG_PADDED = 0x8
-
-
 # -- helpers
-
-
-def rawFrame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
-    """
-    A frame as it goes on the wire, whatever its type, flags, length or
-    stream identifier (the reserved bit included, in C{streamID}).
-    """
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + struct.pack(">BBI", kind, flags, streamID)
-        + payload
-    )
-
-
-def dummyHeaders(count: int) -> list[tuple[str, str]]:
-    """
-    h2spec's C{DummyHeaders}: C{x-dummy0} ... with values of
-    L{MAX_HEADER_LEN} C{x}s.
-    """
-    return [(f"x-dummy{i}", "x" * MAX_HEADER_LEN) for i in range(count)]
 
 
 def priority(
@@ -113,73 +83,21 @@ def postRequest(conn: Conn) -> list[tuple[str, str]]:
     return conn.request("POST")
 
 
-def waitFor(conn: Conn, kind: type[Frame]) -> Frame:
-    """
-    h2spec's C{VerifyEventType}: frames are read until one of C{kind}
-    comes, whatever comes before it; a close or a timeout first fails.
-    """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed as e:
-            raise Failed(f"closed before {kind.__name__} ({', '.join(seen)})") from e
-        except Failed as e:
-            raise Failed(
-                f"no {kind.__name__} ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if isinstance(frame, kind):
-            return frame
-        seen.append(describe(frame))
-
-
 def expectPingAckOrClose(conn: Conn, data: bytes) -> None:
     """
     h2spec's C{VerifyPingFrameOrConnectionClose}: a PING ACK with C{data},
     or the connection closed.
     """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed:
-            return
-        except Failed as e:
-            raise Failed(
-                f"no PING ACK nor close ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if (
-            isinstance(frame, PingFrame)
-            and "ACK" in frame.flags
-            and frame.opaque_data == data
-        ):
-            return
-        seen.append(describe(frame))
-
-
-def expectStreamClose(conn: Conn) -> None:
-    """
-    h2spec's C{VerifyStreamClose}: a DATA or HEADERS with END_STREAM, or an
-    RST_STREAM with NO_ERROR.
-    """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed as e:
-            raise Failed(f"closed before the stream ended ({', '.join(seen)})") from e
-        except Failed as e:
-            raise Failed(
-                f"stream not closed ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if isinstance(frame, (DataFrame, HeadersFrame)) and "END_STREAM" in frame.flags:
-            return
-        if isinstance(frame, RstStreamFrame) and frame.error_code == NO_ERROR:
-            return
-        seen.append(describe(frame))
+    try:
+        for frame in frames(conn, "PING ACK nor close"):
+            if (
+                isinstance(frame, PingFrame)
+                and "ACK" in frame.flags
+                and frame.opaque_data == data
+            ):
+                return
+    except Closed:
+        return
 
 
 def expectServerSettings(conn: Conn, first: bool) -> None:

@@ -21,15 +21,22 @@ from hyperframe.frame import PriorityFrame
 
 from tests.h2conformance.core import (
     CANCEL,
+    FLAG_END_HEADERS,
+    FLAG_END_STREAM,
+    FLAG_PADDED,
     FRAME_SIZE_ERROR,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     STREAM_CLOSED,
     TIMEOUT,
+    TYPE_DATA,
+    TYPE_HEADERS,
+    TYPE_PING,
+    TYPE_PRIORITY,
+    TYPE_RST_STREAM,
+    TYPE_UNKNOWN,
     Closed,
     Conn,
-    ContinuationFrame,
-    DataFrame,
     Failed,
     GoAwayFrame,
     HeadersFrame,
@@ -38,83 +45,18 @@ from tests.h2conformance.core import (
     SettingsFrame,
     WindowUpdateFrame,
     case,
+    continuation,
+    data,
     describe,
+    dummyHeaders,
     expectClose,
     expectConnectionError,
     expectHeaders,
     expectPingAck,
+    expectStreamClose,
     expectStreamError,
+    rawFrame,
 )
-
-# Frame types and flags, for the frames written by hand.
-TYPE_DATA = 0x0
-TYPE_HEADERS = 0x1
-TYPE_PRIORITY = 0x2
-TYPE_RST_STREAM = 0x3
-TYPE_PING = 0x6
-#: An extension frame type no endpoint knows (h2spec uses 0x16).
-TYPE_UNKNOWN = 0x16
-
-FLAG_END_STREAM = 0x1
-FLAG_END_HEADERS = 0x4
-FLAG_PADDED = 0x8
-
-#: h2spec's default --max-header-length, the size of a dummy header value.
-MAX_HEADER_LEN = 4000
-
-
-def rawFrame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
-    """
-    A frame as bytes: 24-bit length, type, flags, reserved bit clear and a
-    31-bit stream identifier, then C{payload}; nothing is checked.
-    """
-    length = len(payload)
-    header = struct.pack(
-        "!BHBBL", length >> 16, length & 0xFFFF, kind, flags, streamID & 0x7FFFFFFF
-    )
-    return header + payload
-
-
-def dummyHeaders(count: int = 1) -> list[tuple[str, str]]:
-    """
-    h2spec's C{DummyHeaders}: C{x-dummyN} fields of C{MAX_HEADER_LEN} x's.
-    """
-    return [(f"x-dummy{i}", "x" * MAX_HEADER_LEN) for i in range(count)]
-
-
-def continuation(
-    streamID: int, block: bytes, endHeaders: bool = True
-) -> ContinuationFrame:
-    frame = ContinuationFrame(streamID, data=block)
-    if endHeaders:
-        frame.flags.add("END_HEADERS")
-    return frame
-
-
-def data(streamID: int, payload: bytes, endStream: bool = True) -> DataFrame:
-    return DataFrame(streamID, data=payload, flags=["END_STREAM"] if endStream else [])
-
-
-def awaitStreamEnd(conn: Conn) -> None:
-    """
-    h2spec's C{VerifyStreamClose}: a DATA or HEADERS frame with END_STREAM
-    comes (on any stream) before the connection ends or time runs out.
-    """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed as e:
-            raise Failed(f"closed before the stream ended ({', '.join(seen)})") from e
-        except Failed as e:
-            raise Failed(
-                f"stream never ended ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if isinstance(frame, (DataFrame, HeadersFrame)) and "END_STREAM" in frame.flags:
-            return
-        seen.append(describe(frame))
-
 
 # -- 5.1 Stream States
 
@@ -197,7 +139,7 @@ def closedContinuationAfterRst(conn: Conn) -> None:
 @case("http2/5.1", 11, "closed: Sends a DATA frame")
 def closedData(conn: Conn) -> None:
     conn.send(conn.headers(1))
-    awaitStreamEnd(conn)
+    expectStreamClose(conn, noErrorReset=False)
     conn.send(data(1, b"test"))
     expectConnectionError(conn, STREAM_CLOSED)
 
@@ -206,7 +148,7 @@ def closedData(conn: Conn) -> None:
 def closedHeaders(conn: Conn) -> None:
     headers = conn.headers(1)
     conn.send(headers)
-    awaitStreamEnd(conn)
+    expectStreamClose(conn, noErrorReset=False)
     # h2spec sends the very same frame (the same header block bytes) again.
     conn.send(headers)
     expectConnectionError(conn, STREAM_CLOSED)
@@ -215,7 +157,7 @@ def closedHeaders(conn: Conn) -> None:
 @case("http2/5.1", 13, "closed: Sends a CONTINUATION frame")
 def closedContinuation(conn: Conn) -> None:
     conn.send(conn.headers(1))
-    awaitStreamEnd(conn)
+    expectStreamClose(conn, noErrorReset=False)
     conn.send(continuation(1, conn.encoder.encode(dummyHeaders())))
     expectConnectionError(conn, STREAM_CLOSED, PROTOCOL_ERROR)
 

@@ -20,11 +20,15 @@ from tests.h2conformance.core import (
     FRAME_SIZE_ERROR,
     PROTOCOL_ERROR,
     TIMEOUT,
+    TYPE_CONTINUATION,
+    TYPE_GOAWAY,
+    TYPE_PING,
+    TYPE_SETTINGS,
+    TYPE_WINDOW_UPDATE,
     Closed,
     Conn,
     DataFrame,
     Failed,
-    Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
@@ -32,23 +36,14 @@ from tests.h2conformance.core import (
     SettingsFrame,
     Target,
     case,
+    data,
     describe,
+    dummyHeaders,
     expectConnectionError,
     expectStreamError,
+    rawFrame,
+    waitFor,
 )
-
-# Frame types and SETTINGS identifiers used below.
-_SETTINGS = 0x4
-_PING = 0x6
-_GOAWAY = 0x7
-_WINDOW_UPDATE = 0x8
-_CONTINUATION = 0x9
-_ENABLE_PUSH = 0x2
-_INITIAL_WINDOW_SIZE = 0x4
-_MAX_FRAME_SIZE = 0x5
-
-#: h2spec's default --max-header-length, the value length of its dummy headers.
-_MAX_HEADER_LEN = 4000
 
 _H2SPEC = b"h2spec\x00\x00"
 
@@ -56,84 +51,39 @@ _H2SPEC = b"h2spec\x00\x00"
 # -- building
 
 
-def _frame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
-    """
-    One frame as bytes, whatever its type, stream and payload.
-    """
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes([kind, flags])
-        + (streamID & 0x7FFFFFFF).to_bytes(4, "big")
-        + payload
-    )
-
-
 def _settings(*pairs: tuple[int, int]) -> bytes:
     """
     A SETTINGS frame with C{pairs} in this order (repeats kept).
     """
-    return _frame(_SETTINGS, 0, 0, b"".join(struct.pack("!HL", k, v) for k, v in pairs))
+    return rawFrame(
+        TYPE_SETTINGS, 0, 0, b"".join(struct.pack("!HL", k, v) for k, v in pairs)
+    )
 
 
 def _windowUpdate(streamID: int, increment: int) -> bytes:
-    return _frame(_WINDOW_UPDATE, 0, streamID, struct.pack("!L", increment))
-
-
-def _dummyHeaders(count: int = 1) -> list[tuple[str, str]]:
-    return [(f"x-dummy{i}", "x" * _MAX_HEADER_LEN) for i in range(count)]
+    return rawFrame(TYPE_WINDOW_UPDATE, 0, streamID, struct.pack("!L", increment))
 
 
 def _continuation(conn: Conn, streamID: int, endHeaders: bool) -> bytes:
     """
     A CONTINUATION frame with h2spec's dummy header, on any stream.
     """
-    block = conn.encoder.encode(_dummyHeaders())
-    return _frame(_CONTINUATION, 0x4 if endHeaders else 0, streamID, block)
-
-
-def _data(streamID: int, data: bytes, endStream: bool) -> DataFrame:
-    frame = DataFrame(streamID, data)
-    if endStream:
-        frame.flags.add("END_STREAM")
-    return frame
+    block = conn.encoder.encode(dummyHeaders())
+    return rawFrame(TYPE_CONTINUATION, 0x4 if endHeaders else 0, streamID, block)
 
 
 def _post(conn: Conn) -> list[tuple[str, str]]:
     return conn.request("POST")
 
 
-# -- waiting, as h2spec's WaitEventByType and verifiers do
-
-
-def _waitFor(conn: Conn, kind: type[Frame]) -> Frame:
-    """
-    The first frame of C{kind}, other frames skipped; L{Failed} with what
-    came instead when the connection closes or the time runs out.
-    """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed as e:
-            raise Failed(f"closed before {kind.__name__} ({', '.join(seen)})") from e
-        except Failed as e:
-            raise Failed(
-                f"no {kind.__name__} ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if isinstance(frame, kind):
-            return frame
-        seen.append(describe(frame))
-
-
 def _verifySettingsAck(conn: Conn) -> None:
-    frame = _waitFor(conn, SettingsFrame)
+    frame = waitFor(conn, SettingsFrame)
     if "ACK" not in frame.flags:
         raise Failed(f"expected SETTINGS with ACK, got {describe(frame)}")
 
 
 def _verifyPingAck(conn: Conn, data: bytes) -> None:
-    frame = _waitFor(conn, PingFrame)
+    frame = waitFor(conn, PingFrame)
     assert isinstance(frame, PingFrame)
     if "ACK" not in frame.flags or frame.opaque_data != data:
         raise Failed(
@@ -143,7 +93,7 @@ def _verifyPingAck(conn: Conn, data: bytes) -> None:
 
 
 def _verifyHeaders(conn: Conn, streamID: int) -> None:
-    frame = _waitFor(conn, HeadersFrame)
+    frame = waitFor(conn, HeadersFrame)
     if frame.stream_id != streamID:
         raise Failed(f"expected HEADERS on stream {streamID}, got {describe(frame)}")
 
@@ -154,7 +104,7 @@ def _length(frame: DataFrame) -> int:
 
 
 def _verifyDataLength(conn: Conn, length: int) -> None:
-    frame = _waitFor(conn, DataFrame)
+    frame = waitFor(conn, DataFrame)
     assert isinstance(frame, DataFrame)
     if _length(frame) != length:
         raise Failed(
@@ -194,13 +144,13 @@ def _serverDataLength(target: Target) -> int:
 
 @case("http2/6.5", 1, "Sends a SETTINGS frame with ACK flag and payload")
 def settingsAckWithPayload(conn: Conn) -> None:
-    conn.sendRaw(_frame(_SETTINGS, 0x1, 0, b"\x00"))
+    conn.sendRaw(rawFrame(TYPE_SETTINGS, 0x1, 0, b"\x00"))
     expectConnectionError(conn, FRAME_SIZE_ERROR)
 
 
 @case("http2/6.5", 2, "Sends a SETTINGS frame with a stream identifier other than 0x0")
 def settingsOnStream(conn: Conn) -> None:
-    conn.sendRaw(_frame(_SETTINGS, 0, 1, b"\x00\x03\x00\x00\x00\x64"))
+    conn.sendRaw(rawFrame(TYPE_SETTINGS, 0, 1, b"\x00\x03\x00\x00\x00\x64"))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
@@ -210,46 +160,50 @@ def settingsOnStream(conn: Conn) -> None:
     "Sends a SETTINGS frame with a length other than a multiple of 6 octets",
 )
 def settingsBadLength(conn: Conn) -> None:
-    conn.sendRaw(_frame(_SETTINGS, 0, 0, b"\x00\x03\x00"))
+    conn.sendRaw(rawFrame(TYPE_SETTINGS, 0, 0, b"\x00\x03\x00"))
     expectStreamError(conn, PROTOCOL_ERROR, FRAME_SIZE_ERROR)
 
 
 # -- 6.5.2 Defined SETTINGS Parameters
 
 
-@case("http2/6.5.2", 1, "SETTINGS_ENABLE_PUSH (0x2): Sends the value other than 0 or 1")
+@case(
+    "http2/6.5.2",
+    1,
+    "SETTINGSSettingsFrame.ENABLE_PUSH (0x2): Sends the value other than 0 or 1",
+)
 def enablePushTwo(conn: Conn) -> None:
-    conn.sendRaw(_settings((_ENABLE_PUSH, 2)))
+    conn.sendRaw(_settings((SettingsFrame.ENABLE_PUSH, 2)))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
 @case(
     "http2/6.5.2",
     2,
-    "SETTINGS_INITIAL_WINDOW_SIZE (0x4): Sends the value above the maximum flow control window size",
+    "SETTINGSSettingsFrame.INITIAL_WINDOW_SIZE (0x4): Sends the value above the maximum flow control window size",
 )
 def initialWindowTooLarge(conn: Conn) -> None:
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 2**31)))
+    conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 2**31)))
     expectConnectionError(conn, FLOW_CONTROL_ERROR)
 
 
 @case(
     "http2/6.5.2",
     3,
-    "SETTINGS_MAX_FRAME_SIZE (0x5): Sends the value below the initial value",
+    "SETTINGSSettingsFrame.MAX_FRAME_SIZE (0x5): Sends the value below the initial value",
 )
 def maxFrameSizeTooSmall(conn: Conn) -> None:
-    conn.sendRaw(_settings((_MAX_FRAME_SIZE, 16383)))
+    conn.sendRaw(_settings((SettingsFrame.MAX_FRAME_SIZE, 16383)))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
 @case(
     "http2/6.5.2",
     4,
-    "SETTINGS_MAX_FRAME_SIZE (0x5): Sends the value above the maximum allowed frame size",
+    "SETTINGSSettingsFrame.MAX_FRAME_SIZE (0x5): Sends the value above the maximum allowed frame size",
 )
 def maxFrameSizeTooLarge(conn: Conn) -> None:
-    conn.sendRaw(_settings((_MAX_FRAME_SIZE, 2**24)))
+    conn.sendRaw(_settings((SettingsFrame.MAX_FRAME_SIZE, 2**24)))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
@@ -263,11 +217,20 @@ def settingsUnknownIdentifier(conn: Conn) -> None:
 # -- 6.5.3 Settings Synchronization
 
 
-@case("http2/6.5.3", 1, "Sends multiple values of SETTINGS_INITIAL_WINDOW_SIZE")
+@case(
+    "http2/6.5.3",
+    1,
+    "Sends multiple values of SETTINGSSettingsFrame.INITIAL_WINDOW_SIZE",
+)
 def settingsInOrder(conn: Conn) -> None:
     if _serverDataLength(conn.target) < 1:
         return  # h2spec skips the case
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 100), (_INITIAL_WINDOW_SIZE, 1)))
+    conn.sendRaw(
+        _settings(
+            (SettingsFrame.INITIAL_WINDOW_SIZE, 100),
+            (SettingsFrame.INITIAL_WINDOW_SIZE, 1),
+        )
+    )
     _verifySettingsAck(conn)
     conn.send(conn.headers(1))
     _verifyDataLength(conn, 1)
@@ -275,7 +238,7 @@ def settingsInOrder(conn: Conn) -> None:
 
 @case("http2/6.5.3", 2, "Sends a SETTINGS frame without ACK flag")
 def settingsAcknowledged(conn: Conn) -> None:
-    conn.sendRaw(_settings((_ENABLE_PUSH, 0)))
+    conn.sendRaw(_settings((SettingsFrame.ENABLE_PUSH, 0)))
     _verifySettingsAck(conn)
 
 
@@ -303,13 +266,13 @@ def pingWithAck(conn: Conn) -> None:
     "Sends a PING frame with a stream identifier field value other than 0x0",
 )
 def pingOnStream(conn: Conn) -> None:
-    conn.sendRaw(_frame(_PING, 0, 1, bytes(8)))
+    conn.sendRaw(rawFrame(TYPE_PING, 0, 1, bytes(8)))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
 @case("http2/6.7", 4, "Sends a PING frame with a length field value other than 8")
 def pingBadLength(conn: Conn) -> None:
-    conn.sendRaw(_frame(_PING, 0, 0, bytes(6)))
+    conn.sendRaw(rawFrame(TYPE_PING, 0, 0, bytes(6)))
     expectConnectionError(conn, FRAME_SIZE_ERROR)
 
 
@@ -318,7 +281,7 @@ def pingBadLength(conn: Conn) -> None:
 
 @case("http2/6.8", 1, "Sends a GOAWAY frame with a stream identifier other than 0x0")
 def goawayOnStream(conn: Conn) -> None:
-    conn.sendRaw(_frame(_GOAWAY, 0, 1, bytes(8)))
+    conn.sendRaw(rawFrame(TYPE_GOAWAY, 0, 1, bytes(8)))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
@@ -348,7 +311,7 @@ def windowUpdateZeroOnStream(conn: Conn) -> None:
 
 @case("http2/6.9", 3, "Sends a WINDOW_UPDATE frame with a length other than 4 octets")
 def windowUpdateBadLength(conn: Conn) -> None:
-    conn.sendRaw(_frame(_WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"))
+    conn.sendRaw(rawFrame(TYPE_WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"))
     expectConnectionError(conn, FRAME_SIZE_ERROR)
 
 
@@ -363,7 +326,7 @@ def windowUpdateBadLength(conn: Conn) -> None:
 def windowOfOne(conn: Conn) -> None:
     if _serverDataLength(conn.target) < 1:
         return  # h2spec skips the case
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 1)))
+    conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 1)))
     _verifySettingsAck(conn)
     conn.send(conn.headers(1))
     _verifyDataLength(conn, 1)
@@ -376,7 +339,7 @@ def windowOfOne(conn: Conn) -> None:
 )
 def connectionWindowOverflow(conn: Conn) -> None:
     conn.sendRaw(_windowUpdate(0, 2**31 - 1) + _windowUpdate(0, 2**31 - 1))
-    frame = _waitFor(conn, GoAwayFrame)
+    frame = waitFor(conn, GoAwayFrame)
     assert isinstance(frame, GoAwayFrame)
     if frame.error_code != FLOW_CONTROL_ERROR:
         raise Failed(f"expected GOAWAY FLOW_CONTROL_ERROR, got {describe(frame)}")
@@ -390,7 +353,7 @@ def connectionWindowOverflow(conn: Conn) -> None:
 def streamWindowOverflow(conn: Conn) -> None:
     conn.send(conn.headers(1, endStream=False))
     conn.sendRaw(_windowUpdate(1, 2**31 - 1) + _windowUpdate(1, 2**31 - 1))
-    frame = _waitFor(conn, RstStreamFrame)
+    frame = waitFor(conn, RstStreamFrame)
     assert isinstance(frame, RstStreamFrame)
     if frame.stream_id != 1 or frame.error_code != FLOW_CONTROL_ERROR:
         raise Failed(
@@ -402,15 +365,17 @@ def streamWindowOverflow(conn: Conn) -> None:
 
 
 @case(
-    "http2/6.9.2", 1, "Changes SETTINGS_INITIAL_WINDOW_SIZE after sending HEADERS frame"
+    "http2/6.9.2",
+    1,
+    "Changes SETTINGSSettingsFrame.INITIAL_WINDOW_SIZE after sending HEADERS frame",
 )
 def windowOpenedBySettings(conn: Conn) -> None:
     if _serverDataLength(conn.target) < 1:
         return  # h2spec skips the case
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 0)))
+    conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 0)))
     _verifySettingsAck(conn)
     conn.send(conn.headers(1))
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 1)))
+    conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 1)))
     _verifyDataLength(conn, 1)
 
 
@@ -420,11 +385,11 @@ def negativeWindow(conn: Conn) -> None:
     if length >= 5:
         # h2spec's steps: 3 octets out, the window to 3 - 3 + (2 - 3) = -1,
         # then 2 more: one octet may go.
-        conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 3)))
+        conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 3)))
         _verifySettingsAck(conn)
         conn.send(conn.headers(1))
-        _waitFor(conn, DataFrame)
-        conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 2)))
+        waitFor(conn, DataFrame)
+        conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 2)))
         _verifySettingsAck(conn)
         conn.sendRaw(_windowUpdate(1, 2))
         _verifyDataLength(conn, 1)
@@ -434,11 +399,11 @@ def negativeWindow(conn: Conn) -> None:
     # h2spec would skip this (fewer than 5 octets); the same rule checked
     # with the body there is: 1 octet out, the window to 1 - 1 + (0 - 1) = -1;
     # an increment of 1 leaves it at 0 (nothing may go), another makes it 1.
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 1)))
+    conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 1)))
     _verifySettingsAck(conn)
     conn.send(conn.headers(1))
     _verifyDataLength(conn, 1)
-    conn.sendRaw(_settings((_INITIAL_WINDOW_SIZE, 0)))
+    conn.sendRaw(_settings((SettingsFrame.INITIAL_WINDOW_SIZE, 0)))
     _verifySettingsAck(conn)
     conn.sendRaw(_windowUpdate(1, 1))
     deadline = time.monotonic() + 0.5
@@ -456,10 +421,10 @@ def negativeWindow(conn: Conn) -> None:
 @case(
     "http2/6.9.2",
     3,
-    "Sends a SETTINGS_INITIAL_WINDOW_SIZE settings with an exceeded maximum window size value",
+    "Sends a SETTINGSSettingsFrame.INITIAL_WINDOW_SIZE settings with an exceeded maximum window size value",
 )
 def initialWindowAboveMaximum(conn: Conn) -> None:
-    conn.sendRaw(_frame(_SETTINGS, 0, 0, b"\x00\x04\x80\x00\x00\x00"))
+    conn.sendRaw(rawFrame(TYPE_SETTINGS, 0, 0, b"\x00\x04\x80\x00\x00\x00"))
     expectConnectionError(conn, FLOW_CONTROL_ERROR)
 
 
@@ -481,7 +446,7 @@ def continuations(conn: Conn) -> None:
 def continuationThenData(conn: Conn) -> None:
     conn.send(conn.headers(1, _post(conn), endStream=False, endHeaders=False))
     conn.sendRaw(_continuation(conn, 1, False))
-    conn.send(_data(1, b"test", True))
+    conn.send(data(1, b"test", True))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
 
@@ -517,7 +482,7 @@ def continuationAfterLastContinuation(conn: Conn) -> None:
 @case("http2/6.10", 6, "Sends a CONTINUATION frame preceded by a DATA frame")
 def continuationAfterData(conn: Conn) -> None:
     conn.send(conn.headers(1, _post(conn), endStream=False, endHeaders=False))
-    conn.send(_data(1, b"test", True))
+    conn.send(data(1, b"test", True))
     conn.sendRaw(_continuation(conn, 1, False) + _continuation(conn, 0, True))
     expectConnectionError(conn, PROTOCOL_ERROR)
 
@@ -564,7 +529,7 @@ def rstStreamUnknownCode(conn: Conn) -> None:
 @case("http2/8.1", 1, "Sends a second HEADERS frame without the END_STREAM flag")
 def secondHeadersWithoutEndStream(conn: Conn) -> None:
     conn.send(conn.headers(1, _post(conn), endStream=False))
-    conn.send(_data(1, b"test", False))
+    conn.send(data(1, b"test", False))
     conn.send(conn.headers(1, [("x-test", "ok")], endStream=False))
     expectStreamError(conn, PROTOCOL_ERROR)
 
@@ -612,7 +577,7 @@ def responsePseudoHeader(conn: Conn) -> None:
 )
 def pseudoHeaderInTrailers(conn: Conn) -> None:
     conn.send(conn.headers(1, _post(conn), endStream=False))
-    conn.send(_data(1, b"test", False))
+    conn.send(data(1, b"test", False))
     conn.send(conn.headers(1, [(":method", "POST")], endStream=False))
     expectStreamError(conn, PROTOCOL_ERROR)
 
@@ -739,7 +704,7 @@ def duplicatedPath(conn: Conn) -> None:
 def contentLengthMismatch(conn: Conn) -> None:
     headers = [*_post(conn), ("content-length", "1")]
     conn.send(conn.headers(1, headers, endStream=False))
-    conn.send(_data(1, b"test", True))
+    conn.send(data(1, b"test", True))
     expectStreamError(conn, PROTOCOL_ERROR)
 
 
@@ -751,7 +716,7 @@ def contentLengthMismatch(conn: Conn) -> None:
 def contentLengthMismatchMultiple(conn: Conn) -> None:
     headers = [*_post(conn), ("content-length", "1")]
     conn.send(conn.headers(1, headers, endStream=False))
-    conn.send(_data(1, b"test", False), _data(1, b"test", True))
+    conn.send(data(1, b"test", False), data(1, b"test", True))
     expectStreamError(conn, PROTOCOL_ERROR)
 
 

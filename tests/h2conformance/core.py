@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from hpack import Encoder
@@ -51,6 +51,28 @@ HTTP_1_1_REQUIRED = 0xD
 
 #: How long a case waits for the server's answer.
 TIMEOUT = 2.0
+
+# Frame types and flags (RFC 9113 section 6), for frames built by hand.
+TYPE_DATA = 0x0
+TYPE_HEADERS = 0x1
+TYPE_PRIORITY = 0x2
+TYPE_RST_STREAM = 0x3
+TYPE_SETTINGS = 0x4
+TYPE_PING = 0x6
+TYPE_GOAWAY = 0x7
+TYPE_WINDOW_UPDATE = 0x8
+TYPE_CONTINUATION = 0x9
+#: An extension frame type no endpoint knows (h2spec uses 0x16).
+TYPE_UNKNOWN = 0x16
+FLAG_ACK = 0x1
+FLAG_END_STREAM = 0x1
+FLAG_END_HEADERS = 0x4
+FLAG_PADDED = 0x8
+
+#: h2spec's default C{--max-header-length}: the length of a dummy value.
+MAX_HEADER_LEN = 4000
+#: h2spec's (and RFC 9113's) default flow-control window.
+DEFAULT_WINDOW_SIZE = 65535
 
 
 class Failed(Exception):
@@ -235,6 +257,47 @@ class Conn:
         return frame
 
 
+# -- building
+
+
+def rawFrame(kind: int, flags: int, streamID: int, payload: bytes) -> bytes:
+    """
+    A frame as it goes on the wire, whatever its type, flags, length or
+    stream identifier (the reserved bit included, in C{streamID}): nothing
+    is checked.
+    """
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + streamID.to_bytes(4, "big")
+        + payload
+    )
+
+
+def dummyHeaders(count: int = 1) -> list[tuple[str, str]]:
+    """
+    h2spec's C{DummyHeaders}: C{x-dummy0} ... with values of
+    L{MAX_HEADER_LEN} C{x}s.
+    """
+    return [(f"x-dummy{i}", "x" * MAX_HEADER_LEN) for i in range(count)]
+
+
+def continuation(
+    streamID: int, block: bytes, endHeaders: bool = True
+) -> ContinuationFrame:
+    frame = ContinuationFrame(streamID, data=block)
+    if endHeaders:
+        frame.flags.add("END_HEADERS")
+    return frame
+
+
+def data(streamID: int, payload: bytes, endStream: bool = True) -> DataFrame:
+    frame = DataFrame(streamID, data=payload)
+    if endStream:
+        frame.flags.add("END_STREAM")
+    return frame
+
+
 # -- verdicts
 
 
@@ -248,62 +311,80 @@ def describe(frame: Frame) -> str:
     )
 
 
-def expectConnectionError(conn: Conn, *codes: int) -> None:
+def frames(conn: Conn, awaited: str) -> Iterator[Frame]:
     """
-    A GOAWAY with one of C{codes}, or the connection closed.
+    The server's frames as they come, for L{TIMEOUT}: then L{Failed}
+    naming what was C{awaited} and what came instead.  L{Closed} when the
+    connection ends, likewise with what came before.
     """
     seen: list[str] = []
     deadline = time.monotonic() + TIMEOUT
     while True:
         try:
             frame = conn.recv(deadline - time.monotonic())
-        except Closed:
-            return
         except Failed as e:
-            raise Failed(
-                f"no connection error ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if isinstance(frame, GoAwayFrame):
-            if frame.error_code in codes:
-                return
-            raise Failed(
-                f"expected GOAWAY {[hex(c) for c in codes]}, got {describe(frame)}"
-            )
+            raise Failed(f"no {awaited} ({', '.join(seen) or 'nothing'}): {e}") from e
+        except Closed as e:
+            raise Closed(f"{e}, before {awaited} ({', '.join(seen)})") from e
+        yield frame
         seen.append(describe(frame))
+
+
+def expectConnectionError(conn: Conn, *codes: int) -> None:
+    """
+    A GOAWAY with one of C{codes}, or the connection closed.
+    """
+    try:
+        for frame in frames(conn, "connection error"):
+            if isinstance(frame, GoAwayFrame):
+                if frame.error_code in codes:
+                    return
+                raise Failed(
+                    f"expected GOAWAY {[hex(c) for c in codes]}, got {describe(frame)}"
+                )
+    except Closed:
+        return
 
 
 def expectStreamError(conn: Conn, *codes: int) -> None:
     """
     An RST_STREAM or GOAWAY with one of C{codes}, or the connection closed.
     """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed:
-            return
-        except Failed as e:
-            raise Failed(
-                f"no stream error ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if isinstance(frame, (GoAwayFrame, RstStreamFrame)):
-            if frame.error_code in codes:
-                return
-            raise Failed(f"expected {[hex(c) for c in codes]}, got {describe(frame)}")
-        seen.append(describe(frame))
+    try:
+        for frame in frames(conn, "stream error"):
+            if isinstance(frame, (GoAwayFrame, RstStreamFrame)):
+                if frame.error_code in codes:
+                    return
+                raise Failed(
+                    f"expected {[hex(c) for c in codes]}, got {describe(frame)}"
+                )
+    except Closed:
+        return
 
 
 def expectClose(conn: Conn) -> None:
     """
     The connection closed (a GOAWAY first is fine).
     """
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            conn.recv(deadline - time.monotonic())
-        except Closed:
-            return
+    try:
+        for _ in frames(conn, "the connection closed"):
+            pass
+    except Closed:
+        return
+
+
+def waitFor(conn: Conn, kind: type[Frame]) -> Frame:
+    """
+    h2spec's C{VerifyEventType}: frames are read until one of C{kind}
+    comes, whatever comes before it; a close or a timeout first fails.
+    """
+    try:
+        for frame in frames(conn, kind.__name__):
+            if isinstance(frame, kind):
+                return frame
+    except Closed as e:
+        raise Failed(str(e)) from e
+    raise AssertionError("unreachable")
 
 
 def expectFrame(
@@ -313,29 +394,45 @@ def expectFrame(
     Frames are read until one of C{kind} (on C{streamID}, with C{flag})
     comes; a GOAWAY, RST_STREAM or close before it fails.
     """
-    seen: list[str] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            frame = conn.recv(deadline - time.monotonic())
-        except Closed as e:
-            raise Failed(f"closed before {kind.__name__} ({', '.join(seen)})") from e
-        except Failed as e:
-            raise Failed(
-                f"no {kind.__name__} ({', '.join(seen) or 'nothing'}): {e}"
-            ) from e
-        if (
-            isinstance(frame, kind)
-            and (streamID is None or frame.stream_id == streamID)
-            and (flag is None or flag in frame.flags)
-        ):
-            return frame
-        if isinstance(frame, (GoAwayFrame, RstStreamFrame)) and kind not in (
-            GoAwayFrame,
-            RstStreamFrame,
-        ):
-            raise Failed(f"expected {kind.__name__}, got {describe(frame)}")
-        seen.append(describe(frame))
+    try:
+        for frame in frames(conn, kind.__name__):
+            if (
+                isinstance(frame, kind)
+                and (streamID is None or frame.stream_id == streamID)
+                and (flag is None or flag in frame.flags)
+            ):
+                return frame
+            if isinstance(frame, (GoAwayFrame, RstStreamFrame)) and kind not in (
+                GoAwayFrame,
+                RstStreamFrame,
+            ):
+                raise Failed(f"expected {kind.__name__}, got {describe(frame)}")
+    except Closed as e:
+        raise Failed(str(e)) from e
+    raise AssertionError("unreachable")
+
+
+def expectStreamClose(conn: Conn, noErrorReset: bool = True) -> None:
+    """
+    h2spec's C{VerifyStreamClose}: a DATA or HEADERS with END_STREAM, or
+    (C{noErrorReset}, as h2spec's newer releases allow) an RST_STREAM with
+    NO_ERROR.
+    """
+    try:
+        for frame in frames(conn, "the stream's end"):
+            if (
+                isinstance(frame, (DataFrame, HeadersFrame))
+                and "END_STREAM" in frame.flags
+            ):
+                return
+            if (
+                noErrorReset
+                and isinstance(frame, RstStreamFrame)
+                and frame.error_code == NO_ERROR
+            ):
+                return
+    except Closed as e:
+        raise Failed(str(e)) from e
 
 
 def expectHeaders(conn: Conn, streamID: int) -> HeadersFrame:
@@ -355,7 +452,39 @@ def expectPingAck(conn: Conn, data: bytes) -> None:
 
 
 __all__ = [
+    "CANCEL",
     "CASES",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "DEFAULT_WINDOW_SIZE",
+    "ENHANCE_YOUR_CALM",
+    "FLAG_ACK",
+    "FLAG_END_HEADERS",
+    "FLAG_END_STREAM",
+    "FLAG_PADDED",
+    "FLOW_CONTROL_ERROR",
+    "FRAME_SIZE_ERROR",
+    "HTTP_1_1_REQUIRED",
+    "INADEQUATE_SECURITY",
+    "INTERNAL_ERROR",
+    "MAX_HEADER_LEN",
+    "NO_ERROR",
+    "PREFACE",
+    "PROTOCOL_ERROR",
+    "REFUSED_STREAM",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "TIMEOUT",
+    "TYPE_CONTINUATION",
+    "TYPE_DATA",
+    "TYPE_GOAWAY",
+    "TYPE_HEADERS",
+    "TYPE_PING",
+    "TYPE_PRIORITY",
+    "TYPE_RST_STREAM",
+    "TYPE_SETTINGS",
+    "TYPE_UNKNOWN",
+    "TYPE_WINDOW_UPDATE",
     "Case",
     "Closed",
     "Conn",
@@ -371,10 +500,18 @@ __all__ = [
     "Target",
     "WindowUpdateFrame",
     "case",
+    "continuation",
+    "data",
+    "describe",
+    "dummyHeaders",
     "expectClose",
     "expectConnectionError",
     "expectFrame",
     "expectHeaders",
     "expectPingAck",
+    "expectStreamClose",
     "expectStreamError",
+    "frames",
+    "rawFrame",
+    "waitFor",
 ]
