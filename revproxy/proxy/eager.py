@@ -36,7 +36,7 @@ piece (L{writerFor}).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, cast
 
@@ -61,18 +61,28 @@ def plainTCP(transport: object) -> Connection | None:
     that only pass writes on (L{ProtocolWrapper}); L{None} for anything
     else (TLS in between, a test's transport).
     """
+    for layer in _passingWrites(transport):
+        if isinstance(layer, Connection):
+            return layer
+    return None
+
+
+def _passingWrites(transport: object) -> Iterator[object]:
+    """
+    C{transport}, then the transports under it for as long as each layer
+    is a protocol wrapper that passes writes on unchanged (a
+    L{ProtocolWrapper} with its own C{write}), a few layers at most.
+    """
     for _ in range(4):
-        if isinstance(transport, Connection):
-            return transport
+        yield transport
         if (
             not isinstance(transport, ProtocolWrapper)
             or type(transport).write is not ProtocolWrapper.write
         ):
             # Not a wrapper, or one that does something with what is
             # written.
-            return None
+            return
         transport = transport.transport
-    return None
 
 
 def sendNow(connection: Any, data: bytes) -> None:
@@ -110,18 +120,11 @@ def writerFor(transport: object) -> Callable[[bytes], None] | None:
         on: its C{writeNow}, which encrypts and sends at once, where its
         C{write} waits for the next reactor iteration.
     """
-    connection = plainTCP(transport)
-    if connection is not None:
-        return partial(sendNow, connection)
-    for _ in range(4):
-        if isinstance(transport, EagerTLS):
-            return transport.writeNow
-        if (
-            not isinstance(transport, ProtocolWrapper)
-            or type(transport).write is not ProtocolWrapper.write
-        ):
-            return None
-        transport = transport.transport
+    for layer in _passingWrites(transport):
+        if isinstance(layer, Connection):
+            return partial(sendNow, layer)
+        if isinstance(layer, EagerTLS):
+            return layer.writeNow
     return None
 
 
