@@ -44,6 +44,7 @@ from zope.interface import implementer
 from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
+from revproxy.reload import Refused, ReloadResult
 from revproxy.routing import normalizeHostHeader
 from revproxy.runtime import RuntimeHolder
 from revproxy.tls import LoadedCertificate, TLSFiles
@@ -156,12 +157,12 @@ class IReloader(TypingProtocol):
         The reference to the current L{Runtime}.
         """
 
-    def reload(self, source: str) -> Deferred[Answer]:
+    def reload(self, source: str) -> Deferred[ReloadResult]:
         """
-        Reload the config file; fires with the answer, never fails.
+        Reload the config file; fires with the result, never fails.
         """
 
-    def check(self) -> Deferred[Answer]:
+    def check(self) -> Deferred[ReloadResult]:
         """
         Validate the config file without applying it; fires with the answer,
         never fails.
@@ -182,6 +183,49 @@ class ICertificateManager(TypingProtocol):
         """
         Renew C{site}'s certificate now; fires with the answer.
         """
+
+
+#: The status of a reload that swapped the runtime but some of whose
+#: followers failed.
+PARTIALLY_APPLIED = "partially applied"
+
+
+def reloadAnswer(result: ReloadResult) -> Answer:
+    """
+    The JSON answer to C{reload} or C{check} for C{result}.
+    """
+    if isinstance(result, Refused):
+        refused: Answer = {
+            "status": "error",
+            "code": result.code,
+            "message": result.message,
+        }
+        if result.errors is not None:
+            refused["errors"] = list(result.errors)
+        return refused
+    answer: Answer = {
+        "status": "ok" if result.ok else PARTIALLY_APPLIED,
+        "generation": result.generation,
+        "config_sha256": result.configSHA256,
+        "sites": {
+            "added": list(result.sites.added),
+            "removed": list(result.sites.removed),
+            "changed": list(result.sites.changed),
+            "unchanged": result.sites.unchanged,
+        },
+        "restart_required": list(result.restartRequired),
+        "warnings": list(result.warnings),
+    }
+    if result.wouldBeGeneration is not None:
+        answer["would_be_generation"] = result.wouldBeGeneration
+    if result.failed:
+        answer["code"] = "followers_failed"
+        answer["failed"] = list(result.failed)
+        answer["message"] = (
+            "the new config serves, but these parts could not follow it: "
+            + ", ".join(result.failed)
+        )
+    return answer
 
 
 def peekUpstream(selector: UpstreamSelector) -> object | None:
@@ -330,14 +374,14 @@ class AdminFactory(Factory["AdminProtocol"]):
         Reload the config file, through the same lock as SIGHUP.
         """
         self._noArguments("reload", args)
-        return self.reloader.reload("admin")
+        return self.reloader.reload("admin").addCallback(reloadAnswer)
 
     def check(self, args: list[str]) -> Deferred[Answer]:
         """
         Validate the config file on disk; a dry-run reload.
         """
         self._noArguments("check", args)
-        return self.reloader.check()
+        return self.reloader.check().addCallback(reloadAnswer)
 
     def status(self, args: list[str]) -> Answer:
         """

@@ -6,7 +6,8 @@ C{revproxy-admin}: send one command to the admin socket and print the answer.
 
 The exit status says how it went, for scripts and systemd
 (C{ExecReload=revproxy-admin reload}): 0 when the answer's C{status} is
-C{"ok"}, 1 when it is C{"error"}, 2 when there is no usable answer (the socket
+C{"ok"}, 1 when it is C{"error"} or C{"partially applied"} (a reload whose
+new config serves but some part of the proxy could not follow it), 2 when there is no usable answer (the socket
 cannot be reached, it times out, or the answer is not the expected JSON).
 
 A plain blocking client, on purpose: no reactor, nothing but the standard
@@ -38,6 +39,9 @@ Seconds to wait for the whole answer: a reload may take a while.
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+
+#: The statuses an answer can have.
+STATUSES = ("ok", "error", "partially applied")
 EXIT_UNREACHABLE = 2
 
 _MAX_ANSWER = 64 * 1024 * 1024
@@ -159,10 +163,10 @@ def parseAnswer(path: str, data: bytes) -> tuple[str, dict[str, object]]:
         raise AdminClientError(
             f"the answer from the admin socket {path} is not JSON: {text[:200]!r}"
         ) from None
-    if not isinstance(answer, dict) or answer.get("status") not in ("ok", "error"):
+    if not isinstance(answer, dict) or answer.get("status") not in STATUSES:
         raise AdminClientError(
             f'the answer from the admin socket {path} has no "status" of '
-            f'"ok" or "error": {text[:200]!r}'
+            f'"ok", "error" or "partially applied": {text[:200]!r}'
         )
     return text, answer
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, cast
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -131,46 +131,38 @@ class ConnectionTracker(WrappingFactory):
         return count
 
 
-class DrainService(Service):
+class DrainService(MultiService):
     """
     At stop: close idle connections, wait for in-flight requests up to
-    C{timeout} seconds, then abort the rest.  Its C{stopService} Deferred is
-    what twistd waits for before the reactor stops.
+    C{timeout} seconds, then abort the rest; then stop its children, the
+    services that must keep running while it drains.  Its C{stopService}
+    Deferred is what twistd waits for before the reactor stops.
     """
 
     def __init__(
         self, tracker: ConnectionTracker, timeout: float, clock: IReactorTime
     ) -> None:
+        super().__init__()
         self.tracker = tracker
         self.timeout = timeout
         self._clock = clock
         #: Whether a graceful shutdown has begun (C{/healthz} answers 503).
         self.draining = False
-        self._drained: Deferred[None] | None = None
-
-    def whenDrained(self) -> Deferred[None] | None:
-        """
-        A L{Deferred} that fires when the drain begun by L{stopService} is
-        over, or L{None} when none has begun.
-        """
-        drained = self._drained
-        if drained is None:
-            return None
-        result: Deferred[None] = Deferred()
-
-        def relay(value: object) -> object:
-            result.callback(None)
-            return value
-
-        drained.addBoth(relay)
-        return result
 
     def stopService(self) -> Deferred[None]:
-        self._drained = self._drain()
-        return self._drained
+        Service.stopService(self)
+        stopped: Deferred[None] = Deferred()
+
+        def stopChildren(_: object) -> None:
+            children = [
+                maybeDeferred(child.stopService) for child in reversed(list(self))
+            ]
+            DeferredList(children).addBoth(lambda _: stopped.callback(None))
+
+        self._drain().addBoth(stopChildren)
+        return stopped
 
     def _drain(self) -> Deferred[None]:
-        super().stopService()
         self.draining = True
         busy = self.tracker.closeIdle()
         if not self.tracker.protocols:

@@ -239,3 +239,21 @@ class Listener(Service):
             self.gate.removePort(producer)
         stopped = port.stopListening()
         return succeed(None) if stopped is None else stopped
+
+
+#: The listen backlog of TCP listeners that do not set one, as nginx's on
+#: Linux (Twisted's default is 50: a burst of new connections, such as 500
+#: slow clients reconnecting at once, overflows it and a normal client's
+#: SYN waits a whole second to be sent again).
+DEFAULT_BACKLOG = 511
+
+
+def withBacklog(description: str) -> str:
+    """
+    C{description}, a server endpoint string, with C{backlog=511} added
+    when it is a TCP endpoint that does not set its own backlog.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description

@@ -37,8 +37,9 @@ import json
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import attrs
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -321,19 +322,20 @@ def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
     return buckets
 
 
-class Metrics:
+def _nothing() -> tuple[()]:
+    return ()
+
+
+def _zero() -> int:
+    return 0
+
+
+@attrs.frozen
+class LiveSources:
     """
-    Counters of the request path, and a prometheus_client collector that
-    exposes them with the live values at scrape time.
+    Where L{Metrics} reads the values that are not counted as requests
+    pass, but read as they are now: at scrape time and by L{Metrics.stats}.
 
-    Each live value is a callable that the service assigns once it has
-    what it reads; they are called at scrape time and by L{stats}, on the
-    reactor thread.  One that raises is logged (once until it works again)
-    and its metric left empty, so one broken source never breaks a scrape.
-
-    @ivar registry: The registry to expose: this collector, and, when
-        L{Metrics} made the registry, the process and platform collectors
-        of prometheus_client (C{process_*}, C{python_info}).
     @ivar connections: Open client connections.
     @ivar connectionGate: C{(max_connections, counted, paused, pauses)}:
         the cap on connections, the connections it counts now (clients'
@@ -351,11 +353,42 @@ class Metrics:
     @ivar trackedClients: How many buckets the rate limiter tracks.
     """
 
+    connections: Callable[[], int] = _zero
+    connectionGate: Callable[[], tuple[int, int, bool, int]] | None = None
+    generation: Callable[[], int] = _zero
+    certificates: Callable[[], Iterable[tuple[str, str, float]]] = _nothing
+    upstreamHealth: Callable[[], Iterable[tuple[str, str, bool]]] = _nothing
+    poolSizes: Callable[[], Iterable[tuple[str, int, int]]] = _nothing
+    trackedClients: Callable[[], int] = _zero
+
+
+class Metrics:
+    """
+    Counters of the request path, and a prometheus_client collector that
+    exposes them with the live values at scrape time.
+
+    Each live value is a callable that the service assigns once it has
+    what it reads; they are called at scrape time and by L{stats}, on the
+    reactor thread.  One that raises is logged (once until it works again)
+    and its metric left empty, so one broken source never breaks a scrape.
+
+    @ivar registry: The registry to expose: this collector, and, when
+        L{Metrics} made the registry, the process and platform collectors
+        of prometheus_client (C{process_*}, C{python_info}).
+    @ivar sources: where the live values come from.
+    """
+
     def __init__(
-        self, clock: IReactorTime, registry: CollectorRegistry | None = None
+        self,
+        clock: IReactorTime,
+        *,
+        sources: LiveSources | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         """
         @param clock: where the time comes from, for the per-second windows.
+        @param sources: the live values; none (zeros, empty lists) if not
+            given.
         @param registry: the registry to register with; a new one, never
             prometheus_client's global C{REGISTRY}, if not given.
         """
@@ -363,13 +396,7 @@ class Metrics:
         self._sites: dict[str, _SiteStats] = {}
         self._reloads = {True: 0, False: 0}
         self._failing: set[str] = set()
-        self.connections: Callable[[], int] = lambda: 0
-        self.connectionGate: Callable[[], tuple[int, int, bool, int]] | None = None
-        self.generation: Callable[[], int] = lambda: 0
-        self.certificates: Callable[[], Iterable[tuple[str, str, float]]] = lambda: ()
-        self.upstreamHealth: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
-        self.poolSizes: Callable[[], Iterable[tuple[str, int, int]]] = lambda: ()
-        self.trackedClients: Callable[[], int] = lambda: 0
+        self.sources = LiveSources() if sources is None else sources
         if registry is None:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)
@@ -549,11 +576,13 @@ class Metrics:
             raise KeyError(site)
         now = int(self._clock.seconds())
         health: dict[str, dict[str, bool]] = {}
-        for name, url, healthy in self._live("upstreamHealth", self.upstreamHealth):
+        for name, url, healthy in self._live(
+            "upstreamHealth", self.sources.upstreamHealth
+        ):
             health.setdefault(name, {})[url] = bool(healthy)
         pools = {
             url: (idle, active)
-            for url, idle, active in self._live("poolSizes", self.poolSizes)
+            for url, idle, active in self._live("poolSizes", self.sources.poolSizes)
         }
         if site is not None:
             return self._siteStats(site, self._sites[site], now, health, pools)
@@ -564,7 +593,7 @@ class Metrics:
             }
         }
         connections: dict[str, Any] = {}
-        for value in self._liveNumber("connections", self.connections):
+        for value in self._liveNumber("connections", self.sources.connections):
             connections["open"] = int(value)
         for limit, counted, paused, pauses in self._live("connectionGate", self._gate):
             connections.update(
@@ -580,7 +609,7 @@ class Metrics:
         """
         The connection cap's state, as one item, or none without a cap.
         """
-        gate = self.connectionGate
+        gate = self.sources.connectionGate
         return () if gate is None else (gate(),)
 
     def _siteStats(
@@ -706,7 +735,7 @@ class Metrics:
         yield reloads
 
         connections = next(families)
-        for value in self._liveNumber("connections", self.connections):
+        for value in self._liveNumber("connections", self.sources.connections):
             connections.add_metric([], value)
         yield connections
 
@@ -718,13 +747,15 @@ class Metrics:
         yield from (limit, paused, pauses)
 
         generation = next(families)
-        for value in self._liveNumber("generation", self.generation):
+        for value in self._liveNumber("generation", self.sources.generation):
             generation.add_metric([], value)
         yield generation
 
         certificates = next(families)
         expiries: dict[tuple[str, str], float] = {}
-        for name, source, notAfter in self._live("certificates", self.certificates):
+        for name, source, notAfter in self._live(
+            "certificates", self.sources.certificates
+        ):
             key = (name, source)
             expiries[key] = min(float(notAfter), expiries.get(key, math.inf))
         for key, notAfter in sorted(expiries.items()):
@@ -733,7 +764,7 @@ class Metrics:
 
         healthy = next(families)
         states: dict[tuple[str, str], bool] = {}
-        for name, url, up in self._live("upstreamHealth", self.upstreamHealth):
+        for name, url, up in self._live("upstreamHealth", self.sources.upstreamHealth):
             key = (name, url)
             states[key] = bool(up) and states.get(key, True)
         for key, up in sorted(states.items()):
@@ -742,7 +773,7 @@ class Metrics:
 
         pool = next(families)
         sizes: dict[str, tuple[int, int]] = {}
-        for url, idle, active in self._live("poolSizes", self.poolSizes):
+        for url, idle, active in self._live("poolSizes", self.sources.poolSizes):
             oldIdle, oldActive = sizes.get(url, (0, 0))
             sizes[url] = (oldIdle + idle, oldActive + active)
         for url, (idle, active) in sorted(sizes.items()):
@@ -751,7 +782,7 @@ class Metrics:
         yield pool
 
         tracked = next(families)
-        for value in self._liveNumber("trackedClients", self.trackedClients):
+        for value in self._liveNumber("trackedClients", self.sources.trackedClients):
             tracked.add_metric([], value)
         yield tracked
 
@@ -954,3 +985,44 @@ def opsSite(metrics: Metrics, draining: Callable[[], bool], reactor: Any) -> Sit
         reactor=reactor,
         parsePOSTFormSubmission=False,
     )
+
+
+_K = TypeVar("_K")
+_KeyIn = TypeVar("_KeyIn", contravariant=True)
+_KeyOut = TypeVar("_KeyOut", covariant=True)
+
+
+class PoolCounts(Protocol[_KeyIn]):
+    """
+    The upstream pool's counts (L{revproxy.proxy.pool.ConnectionPool}).
+    """
+
+    def idleCount(self, key: _KeyIn) -> int: ...
+
+    def activeCount(self, key: _KeyIn) -> int: ...
+
+
+class PooledRoute(Protocol[_KeyOut]):
+    """
+    A site's route, as far as its pools go
+    (L{revproxy.proxy.forwarder.SiteRoute}).
+    """
+
+    @property
+    def keys(self) -> Mapping[Any, _KeyOut]: ...
+
+
+def poolSizes(
+    pool: PoolCounts[_K], routes: Iterable[PooledRoute[_K]]
+) -> list[tuple[str, int, int]]:
+    """
+    C{(upstream url, idle, active)} for every upstream of C{routes}, as
+    L{LiveSources.poolSizes} and the admin C{stats} want them.
+    """
+    seen: dict[str, tuple[str, int, int]] = {}
+    for route in routes:
+        for upstream, key in route.keys.items():
+            url = getattr(upstream, "url", str(upstream))
+            if url not in seen:
+                seen[url] = (url, pool.idleCount(key), pool.activeCount(key))
+    return list(seen.values())

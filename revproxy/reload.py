@@ -12,13 +12,14 @@ until a restart, and the answer says which of them changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
 
 from revproxy.config import (
     Config,
@@ -50,23 +51,141 @@ def staticChanges(old: Config, new: Config) -> list[str]:
     return changed
 
 
-def siteChanges(old: Config, new: Config) -> dict[str, Any]:
+@attrs.frozen
+class SiteChanges:
+    """
+    Which sites a new config adds, removes and changes, by name, and how
+    many it keeps as they were.
+    """
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    unchanged: int
+
+
+def siteChanges(old: Config, new: Config) -> SiteChanges:
     """
     Which sites a new config adds, removes and changes, by name; a site is
     changed when any of its resolved settings (defaults included) differs.
     """
     before = {site.name: site for site in old.sites}
     after = {site.name: site for site in new.sites}
-    added = [name for name in after if name not in before]
-    removed = [name for name in before if name not in after]
-    changed = [name for name in after if name in before and after[name] != before[name]]
-    unchanged = len(after) - len(added) - len(changed)
-    return {
-        "added": added,
-        "removed": removed,
-        "changed": changed,
-        "unchanged": unchanged,
-    }
+    added = tuple(name for name in after if name not in before)
+    removed = tuple(name for name in before if name not in after)
+    changed = tuple(
+        name for name in after if name in before and after[name] != before[name]
+    )
+    return SiteChanges(added, removed, changed, len(after) - len(added) - len(changed))
+
+
+@attrs.frozen
+class Applied:
+    """
+    A reload that swapped in a new runtime, or a check that would.
+
+    @ivar generation: the generation serving now (after a reload, the new
+        one).
+    @ivar wouldBeGeneration: for a check, the generation a reload would
+        make; L{None} for a reload.
+    @ivar restartRequired: the static keys whose new value waits for a
+        restart.
+    @ivar failed: the followers (L{IReloadFollower.name}) that failed after
+        the swap: the reload is only partially applied when there are any.
+    """
+
+    generation: int
+    configSHA256: str
+    sites: SiteChanges
+    restartRequired: tuple[str, ...]
+    warnings: tuple[str, ...]
+    wouldBeGeneration: int | None = None
+    failed: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """
+        Whether everything was applied.
+        """
+        return not self.failed
+
+
+@attrs.frozen
+class Refused:
+    """
+    A reload or check that changed nothing.
+
+    @ivar code: a stable name for what went wrong (C{config_invalid},
+        C{config_unreadable}, C{certificate_invalid}, C{no_config_file},
+        C{internal}).
+    @ivar errors: each problem, when there is a list of them.
+    """
+
+    code: str
+    message: str
+    errors: tuple[str, ...] | None = None
+
+    ok = False
+
+
+#: What a reload or check answers.
+ReloadResult = Applied | Refused
+
+
+class IReloadFollower(Interface):
+    """
+    A part of the proxy that follows the config through reloads.
+    L{ReloadFollower} implements every method as doing nothing.
+    """
+
+    name = Attribute(
+        "What the follower keeps up to date, for the answer when it fails "
+        '(C{"health checks"}).'
+    )
+
+    def reloadStarting(source: str) -> None:
+        """
+        A reload (not a check) from C{source} begins, its turn come.
+        """
+
+    def prepare(runtime: Runtime) -> None:
+        """
+        C{runtime} is about to become current; raising refuses the reload
+        and nothing is swapped.
+        """
+
+    def follow(runtime: Runtime) -> None:
+        """
+        C{runtime} is now current (called in the same reactor turn as the
+        swap).  Raising makes the reload partially applied.
+        """
+
+    def reloadEnded(result: ReloadResult) -> None:
+        """
+        A reload (not a check) ended with C{result}.
+        """
+
+
+@implementer(IReloadFollower)
+class ReloadFollower:
+    """
+    A follower that does nothing at any step: subclass it and override what
+    matters.
+    """
+
+    name = "a follower"
+
+    def reloadStarting(self, source: str) -> None:
+        pass
+
+    def prepare(self, runtime: Runtime) -> None:
+        pass
+
+    def follow(self, runtime: Runtime) -> None:
+        pass
+
+    def reloadEnded(self, result: ReloadResult) -> None:
+        pass
 
 
 def configWarnings(config: Config) -> list[str]:
@@ -84,9 +203,12 @@ def configWarnings(config: Config) -> list[str]:
     return warnings
 
 
-class Reloader:
+class Reloader(Service):
     """
-    Applies the config file to the running proxy, one reload at a time.
+    Applies the config file to the running proxy, one reload at a time, and
+    tells its followers (L{IReloadFollower}) each step.  A service only to
+    have its place (C{"reloader"}) in the tree: it neither starts nor stops
+    anything.
     """
 
     def __init__(
@@ -94,60 +216,53 @@ class Reloader:
         configPath: str,
         holder: RuntimeHolder,
         clock: IReactorTime,
+        followers: Iterable[IReloadFollower] = (),
         load: Callable[[str], Config] = loadConfig,
     ) -> None:
+        """
+        @param followers: told of every reload, in this order.
+        """
         self.configPath = configPath
         self.holder = holder
         self._clock = clock
         self._load = load
         self._lock = DeferredLock()
-        #: Called with a new runtime just before it becomes current; one
-        #: that raises fails the reload and nothing is swapped.
-        self.beforeSwap: list[Callable[[Runtime], None]] = []
-        #: Called with the new runtime once it is current.
-        self.afterSwap: list[Callable[[Runtime], None]] = []
-        #: Called with the source of every reload (not of a check) as it
-        #: begins, once its turn has come.
-        self.onStart: list[Callable[[str], None]] = []
-        #: Called with the answer of every reload (not of a check).
-        self.onResult: list[Callable[[dict[str, Any]], None]] = []
+        self.followers = tuple(followers)
 
-    def reload(self, source: str) -> Deferred[dict[str, Any]]:
+    def reload(self, source: str) -> Deferred[ReloadResult]:
         """
-        Reload the config file; fires with the answer, never fails.
+        Reload the config file; fires with the result, never fails.
 
         @param source: who asked (C{"SIGHUP"}, C{"admin"}), for the log.
         """
         return self._lock.run(self._reloadOnce, source)
 
-    def _reloadOnce(self, source: str) -> dict[str, Any]:
-        # The listeners are told while the lock is held: releasing it runs
+    def _reloadOnce(self, source: str) -> ReloadResult:
+        # The followers are told while the lock is held: releasing it runs
         # the next waiting reload at once, and each reload's start and
         # result must reach them in order (systemd pairs RELOADING=1 with
         # the next READY=1).
-        for starting in self.onStart:
+        for follower in self.followers:
             try:
-                starting(source)
+                follower.reloadStarting(source)
             except Exception:
-                _log.failure("A reload listener failed")
-        return self._tell(self._once(source, True))
-
-    def _tell(self, answer: dict[str, Any]) -> dict[str, Any]:
-        for listener in self.onResult:
+                _log.failure("A reload follower ({name}) failed", name=follower.name)
+        result = self._once(source, True)
+        for follower in self.followers:
             try:
-                listener(answer)
+                follower.reloadEnded(result)
             except Exception:
-                _log.failure("A reload listener failed")
-        return answer
+                _log.failure("A reload follower ({name}) failed", name=follower.name)
+        return result
 
-    def check(self) -> Deferred[dict[str, Any]]:
+    def check(self) -> Deferred[ReloadResult]:
         """
         Validate the file on disk and say what a reload would change,
         without changing anything.
         """
         return self._lock.run(self._once, "check", False)
 
-    def _once(self, source: str, apply: bool) -> dict[str, Any]:
+    def _once(self, source: str, apply: bool) -> ReloadResult:
         try:
             return self._attempt(source, apply)
         except Exception as e:
@@ -155,55 +270,20 @@ class Reloader:
                 "Reload ({source}) failed unexpectedly; nothing was applied",
                 source=source,
             )
-            return {
-                "status": "error",
-                "code": "internal",
-                "message": f"internal error: {e}",
-            }
+            return Refused("internal", f"internal error: {e}")
 
-    def _attempt(self, source: str, apply: bool) -> dict[str, Any]:
+    def _attempt(self, source: str, apply: bool) -> ReloadResult:
         verb = "Reload" if apply else "Check"
         if not self.configPath:
-            return _error(
+            return Refused(
                 "no_config_file",
                 "running without a config file (quick mode): nothing to reload",
-                [],
+                (),
             )
-        try:
-            config = self._load(self.configPath)
-        except ConfigFileError as e:
-            _log.error(
-                "{verb} ({source}) failed, nothing was applied: {message}",
-                verb=verb,
-                source=source,
-                message=str(e),
-            )
-            return _error("config_unreadable", str(e), list(e.errors))
-        except ConfigError as e:
-            errors = list(e.errors)
-            _log.error(
-                "{verb} ({source}) failed, nothing was applied: {count} error(s) "
-                "in {path}:\n  {errors}",
-                verb=verb,
-                source=source,
-                count=len(errors),
-                path=self.configPath,
-                errors="\n  ".join(errors),
-            )
-            return _error(
-                "config_invalid",
-                f"{self.configPath} is invalid: " + "; ".join(errors),
-                errors,
-            )
-        problems = checkConfig(config)
-        if problems:
-            return self._refused(
-                verb,
-                source,
-                "config_invalid",
-                f"{self.configPath} is invalid",
-                problems,
-            )
+        loaded = self._read(verb, source)
+        if isinstance(loaded, Refused):
+            return loaded
+        config = loaded
         current = self.holder.current
         restart = staticChanges(current.config, config)
         # Static settings keep their running values until a restart.
@@ -221,47 +301,110 @@ class Reloader:
                 list(e.errors),
             )
         sites = siteChanges(current.config, effective)
-        answer: dict[str, Any] = {
-            "status": "ok",
-            "generation": runtime.generation if apply else current.generation,
-            "config_sha256": config.source_sha256,
-            "sites": sites,
-            "restart_required": restart,
-            "warnings": configWarnings(config) + list(runtime.tls.warnings),
-        }
+        warnings = tuple(configWarnings(config) + list(runtime.tls.warnings))
         if not apply:
-            answer["would_be_generation"] = runtime.generation
-            return answer
-        for prepare in self.beforeSwap:
-            prepare(runtime)
-        self.holder.current = runtime
-        for follow in self.afterSwap:
-            try:
-                follow(runtime)
-            except Exception:
-                _log.failure(
-                    "After reload ({source}): a follower failed", source=source
-                )
-        for warning in answer["warnings"]:
+            return Applied(
+                current.generation,
+                config.source_sha256,
+                sites,
+                tuple(restart),
+                warnings,
+                wouldBeGeneration=runtime.generation,
+            )
+        failed = self._swap(source, runtime)
+        for warning in warnings:
             _log.warn("{problem}", problem=warning)
         _log.info(
             "Reloaded ({source}): generation {generation}, sites +{added} "
-            "-{removed} ~{changed} ={unchanged}{restart}",
+            "-{removed} ~{changed} ={unchanged}{restart}{failed}",
             source=source,
             generation=runtime.generation,
-            added=len(sites["added"]),
-            removed=len(sites["removed"]),
-            changed=len(sites["changed"]),
-            unchanged=sites["unchanged"],
+            added=len(sites.added),
+            removed=len(sites.removed),
+            changed=len(sites.changed),
+            unchanged=sites.unchanged,
             restart=(
                 "; waiting for a restart: " + ", ".join(restart) if restart else ""
             ),
+            failed=("; partially applied, failed: " + ", ".join(failed))
+            if failed
+            else "",
         )
-        return answer
+        return Applied(
+            runtime.generation,
+            config.source_sha256,
+            sites,
+            tuple(restart),
+            warnings,
+            failed=failed,
+        )
+
+    def _read(self, verb: str, source: str) -> Config | Refused:
+        """
+        Read, parse and check the config file.
+        """
+        try:
+            config = self._load(self.configPath)
+        except ConfigFileError as e:
+            _log.error(
+                "{verb} ({source}) failed, nothing was applied: {message}",
+                verb=verb,
+                source=source,
+                message=str(e),
+            )
+            return Refused("config_unreadable", str(e), tuple(e.errors))
+        except ConfigError as e:
+            errors = list(e.errors)
+            _log.error(
+                "{verb} ({source}) failed, nothing was applied: {count} error(s) "
+                "in {path}:\n  {errors}",
+                verb=verb,
+                source=source,
+                count=len(errors),
+                path=self.configPath,
+                errors="\n  ".join(errors),
+            )
+            return Refused(
+                "config_invalid",
+                f"{self.configPath} is invalid: " + "; ".join(errors),
+                tuple(errors),
+            )
+        problems = checkConfig(config)
+        if problems:
+            return self._refused(
+                verb,
+                source,
+                "config_invalid",
+                f"{self.configPath} is invalid",
+                problems,
+            )
+        return config
+
+    def _swap(self, source: str, runtime: Runtime) -> tuple[str, ...]:
+        """
+        Make C{runtime} current, with its followers.
+
+        @return: the names of the followers that failed after the swap.
+        """
+        for follower in self.followers:
+            follower.prepare(runtime)
+        self.holder.current = runtime
+        failed = []
+        for follower in self.followers:
+            try:
+                follower.follow(runtime)
+            except Exception:
+                _log.failure(
+                    "After reload ({source}): a follower ({name}) failed",
+                    source=source,
+                    name=follower.name,
+                )
+                failed.append(str(follower.name))
+        return tuple(failed)
 
     def _refused(
         self, verb: str, source: str, code: str, what: str, errors: list[str]
-    ) -> dict[str, Any]:
+    ) -> Refused:
         """
         Log and answer a reload or check refused for C{errors}.
         """
@@ -271,11 +414,18 @@ class Reloader:
             source=source,
             errors="; ".join(errors),
         )
-        return _error(code, f"{what}: " + "; ".join(errors), errors)
+        return Refused(code, f"{what}: " + "; ".join(errors), tuple(errors))
 
 
-def _error(code: str, message: str, errors: list[str]) -> dict[str, Any]:
-    return {"status": "error", "code": code, "message": message, "errors": errors}
-
-
-__all__ = ["Reloader", "Runtime", "siteChanges", "staticChanges"]
+__all__ = [
+    "Applied",
+    "IReloadFollower",
+    "Refused",
+    "ReloadFollower",
+    "ReloadResult",
+    "Reloader",
+    "Runtime",
+    "SiteChanges",
+    "siteChanges",
+    "staticChanges",
+]

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 
 from twisted.logger import Logger
 
+from revproxy.reload import Refused, ReloadResult
+
 _log = Logger()
 
 #: The environment variable systemd sets for C{Type=notify} services.
@@ -155,3 +157,25 @@ class Notifier:
                     address=address,
                     reason=getattr(e, "strerror", None) or str(e),
                 )
+
+
+def servingStatus(
+    sites: int, generation: int, reload: ReloadResult | None = None
+) -> str:
+    """
+    The one-line status systemd shows for a proxy serving C{sites} sites
+    from config C{generation}, after the result of a reload if there was
+    one.
+    """
+    serving = f"serving {sites} site(s), config generation {generation}"
+    if reload is None:
+        return serving[0].upper() + serving[1:]
+    if isinstance(reload, Refused):
+        message = reload.message
+    elif reload.failed:
+        message = "partially applied, failed: " + ", ".join(reload.failed)
+    else:
+        return f"Reloaded: {serving}"
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"Reload failed, {serving}: {message}"

@@ -1,6 +1,11 @@
 # -*- test-case-name: tests.test_service -*-
 """
-The service tree behind C{twistd revproxy}.
+The service tree behind C{twistd revproxy}: the composition root.
+
+L{buildService} builds the parts, each by one function here: the request
+path (L{requestPath}), the HTTP and HTTPS listeners (L{httpListeners},
+L{tlsTermination}), operations (admin socket, ops listener, access log:
+L{operations}), the graceful shutdown (L{shutdown}) and the signals.
 """
 
 from __future__ import annotations
@@ -13,220 +18,49 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IConnector, IDelayedCall
-from twisted.internet.protocol import ClientFactory
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from revproxy.accesslog import AccessLog
 from revproxy.acme.challenges import ChallengeStore
-from revproxy.acme.client import AcmeIssuer
 from revproxy.acme.manager import AcmeManager
-from revproxy.acme.storage import AcmeStorage
+from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.health import HealthMonitor
-from revproxy.interfaces import IIssuer, IRevProxyReactor
+from revproxy.interfaces import IRevProxyReactor
 from revproxy.listeners import (
     ConnectionGate,
     Listener,
     defaultMaxConnections,
+    withBacklog,
 )
-from revproxy.metrics import Metrics, opsSite
+from revproxy.metrics import LiveSources, Metrics, opsSite, poolSizes
 from revproxy.observer import RequestObserver
+from revproxy.proxy.connector import reactorConnector
 from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
-from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
-from revproxy.proxy.upstreamtls import ClientCreators
+from revproxy.proxy.pool import ConnectionPool
 from revproxy.ratelimit import RateLimiter
-from revproxy.reload import Reloader, configWarnings
+from revproxy.reload import (
+    IReloadFollower,
+    Reloader,
+    ReloadFollower,
+    ReloadResult,
+    configWarnings,
+)
 from revproxy.routing import Router
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
-from revproxy.sdnotify import Notifier
+from revproxy.sdnotify import Notifier, servingStatus
 from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
 
 _log = Logger()
-
-
-def reactorConnector(reactor: IRevProxyReactor) -> IUpstreamConnector:
-    """
-    Open upstream connections with C{reactor}: plain TCP for http://, TLS
-    verified as the site says (system trust store, its own CA file, or not
-    at all) for https://.
-    """
-    creators = ClientCreators()
-
-    def connect(key: PoolKey, factory: ClientFactory, timeout: float) -> IConnector:
-        _scheme, host, port, settings = key
-        if settings is not None:
-            creator: Any = creators.creatorFor(host, settings)
-            return reactor.connectSSL(
-                host, port, factory, creator, timeout=timeout, bindAddress=None
-            )
-        return reactor.connectTCP(host, port, factory, timeout=timeout)
-
-    return connect
-
-
-def acmeManager(
-    config: Config, reactor: IRevProxyReactor, challenges: ChallengeStore
-) -> AcmeManager:
-    """
-    The ACME manager for C{config}: certificates stored under
-    C{server.state_dir}, issued by the C{[acme]} directory.  Nothing is read
-    or sent until a site needs it.
-    """
-    storage = AcmeStorage(config.server.state_dir)
-    acme = config.acme
-
-    def issuer() -> IIssuer:
-        key, created = storage.accountKey()
-        if created:
-            _log.info(
-                "ACME: created the account key in {dir}", dir=config.server.state_dir
-            )
-        directory = acme.directory_url
-
-        def remember(uri: str) -> None:
-            storage.saveAccountURI(directory, uri)
-
-        return AcmeIssuer(
-            reactor,
-            directory,
-            acme.email,
-            key,
-            caFile=acme.ca_file,
-            accountURI=storage.accountURI(directory),
-            onAccount=remember,
-            challenge="tls-alpn-01" if acme.challenge == "tls-alpn-01" else "http-01",
-        )
-
-    return AcmeManager(reactor, storage, issuer, acme, challenges)
-
-
-def _http2Available() -> bool:
-    """
-    Whether HTTP/2 can be served (the h2 package).
-    """
-    try:
-        import h2.connection  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class _TLSService(Service):
-    """
-    While running, refused TLS handshakes are one rate-limited log line
-    each instead of a traceback (see L{RefusalLog}).
-    """
-
-    def __init__(self, refusals: RefusalLog) -> None:
-        self.refusals = refusals
-
-    def startService(self) -> None:
-        super().startService()
-        self.refusals.install()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.refusals.uninstall()
-
-
-class _PoolService(Service):
-    """
-    Closes the upstream pool's idle connections and timers at shutdown.
-    """
-
-    def __init__(self, pool: ConnectionPool) -> None:
-        self.pool = pool
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.close()
-
-
-class _AccessLogService(Service):
-    """
-    Writes the access log while running; at stop, writes what is left and
-    closes the file (after the drain, so the last requests are logged).
-    """
-
-    def __init__(self, observer: RequestObserver) -> None:
-        self.observer = observer
-
-    def startService(self) -> None:
-        super().startService()
-        self.observer.accessLog.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.observer.accessLog.stop()
-
-
-class _AfterDrain(MultiService):
-    """
-    Children that keep running while the drain runs and stop once it is
-    over: the ops listener answers C{/healthz} with 503 during a graceful
-    shutdown, and the access log gets the lines of the last requests.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.drained: Callable[[], Deferred[None] | None] = lambda: None
-
-    def stopService(self) -> Deferred[None] | None:
-        drained = self.drained()
-        if drained is None:
-            stopped: Deferred[None] | None = super().stopService()
-            return stopped
-        result: Deferred[None] = Deferred()
-
-        def stopChildren(_: object) -> None:
-            stopped = MultiService.stopService(self)
-            if stopped is None:
-                result.callback(None)
-            else:
-                stopped.addBoth(lambda _: result.callback(None))
-
-        drained.addBoth(stopChildren)
-        return result
-
-
-#: The listen backlog of TCP listeners that do not set one, as nginx's on
-#: Linux (Twisted's default is 50: a burst of new connections, such as 500
-#: slow clients reconnecting at once, overflows it and a normal client's
-#: SYN waits a whole second to be sent again).
-DEFAULT_BACKLOG = 511
-
-
-def withBacklog(description: str) -> str:
-    """
-    C{description}, a server endpoint string, with C{backlog=511} added
-    when it is a TCP endpoint that does not set its own backlog.
-    """
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
-    return description
-
-
-def poolSizes(pool: ConnectionPool, runtime: Runtime) -> list[tuple[str, int, int]]:
-    """
-    (upstream url, idle, active) for every upstream of C{runtime}.
-    """
-    seen: dict[str, tuple[str, int, int]] = {}
-    for route in runtime.table.sites:
-        for upstream, key in route.keys.items():
-            url = getattr(upstream, "url", str(upstream))
-            if url not in seen:
-                seen[url] = (url, pool.idleCount(key), pool.activeCount(key))
-    return list(seen.values())
 
 
 class RevProxyService(MultiService):
@@ -234,35 +68,20 @@ class RevProxyService(MultiService):
     The root of the tree.  A listener that cannot bind (port taken, no
     permission) stops start-up with one clear line instead of a traceback.
 
-    @ivar site: the one L{FrontEnd} behind every listener.
-    @ivar tracker: the factory the listeners use: the site, wrapped so that
-        every client connection is known (graceful shutdown).
-    @ivar holder: the current runtime.
-    @ivar reloader: applies the config file (SIGHUP, admin C{reload}).
-    @ivar pool: the upstream connection pool.
-    @ivar contexts: the TLS connection creator of the HTTPS listeners, or
-        L{None} without any.
-    @ivar acme: the ACME certificates (with HTTPS listeners), else L{None}.
-    @ivar servedTLS: the certificates the HTTPS listeners serve now (files
-        and ACME), else L{None}.
+    Its parts are named children: C{"request-path"} (L{RequestPath}),
+    C{"tls"} (L{TLSTermination}) and C{"acme"} with HTTPS listeners,
+    C{"health"}, C{"reloader"}, C{"admin"} with an admin socket, C{"drain"}
+    (with C{"access-log"} and C{"ops"} under it), C{"signals"},
+    C{"systemd-notify"}.
+
     @ivar descriptors: the file descriptor limit as raised at start (in the
         proxy's own process), else L{None};
         L{revproxy.descriptors.currentDescriptorLimit} gives it at any time.
     """
 
-    site: FrontEnd
-    tracker: ConnectionTracker
-    holder: RuntimeHolder
-    reloader: Reloader
-    pool: ConnectionPool
-    contexts: SNIContextFactory | None = None
-    acme: AcmeManager | None = None
-    servedTLS: Callable[[], TLSFiles] | None = None
-    descriptors: DescriptorLimit | None = None
-    metrics: Metrics
-    observer: RequestObserver
-    limiter: RateLimiter
-    health: HealthMonitor
+    def __init__(self, descriptors: DescriptorLimit | None = None) -> None:
+        super().__init__()
+        self.descriptors = descriptors
 
     def privilegedStartService(self) -> None:
         try:
@@ -291,9 +110,9 @@ def buildService(
     """
     Build the service tree for C{config}.  Nothing listens until it starts.
 
-    Children stop in the reverse order of addition, all at once; the drain
-    is added after the listeners so that it starts first, in the same turn
-    as they stop accepting.
+    Children start in the order they are added and stop in the reverse
+    order, all at once: the drain is added after the listeners, so it
+    starts in the same turn as they stop accepting.
 
     @param tls: The config's certificate and CA files, already read (by
         L{revproxy.tap}); when L{None}, they are read now.
@@ -304,20 +123,156 @@ def buildService(
         C{descriptors}.
     @raise ConfigError: A certificate, key or CA file cannot be used.
     """
-    top = RevProxyService()
-    top.descriptors = descriptors
+    top = RevProxyService(descriptors)
     holder = RuntimeHolder(buildRuntime(config, reactor, tls=tls))
-    # One cap on the process's connections, clients' and upstreams', as
-    # nginx's worker_connections: at it the listeners stop accepting.
-    maxConnections = config.server.max_connections
-    if maxConnections is None:
-        maxConnections = defaultMaxConnections(currentDescriptorLimit())
+    health = HealthMonitor(reactor)
+    health.update(holder.current.table.sites)
+    challenges = ChallengeStore(reactor)
+    termination: TLSTermination | None = None
+    manager: AcmeManager | None = None
+    if config.server.listen_https:
+        # The manager tells the HTTPS listeners of every new certificate;
+        # they are built below, once the manager's certificates exist.
+        manager = acmeManager(
+            config, reactor, challenges, lambda: _publish(termination)
+        )
+        manager.updateSites(config.sites)
+    path = requestPath(config, reactor, holder, health, challenges, manager)
+    httpListeners(config, reactor, path).setServiceParent(top)
+    if manager is not None:
+        manager.setName("acme")
+        manager.setServiceParent(top)
+        termination = tlsTermination(config, reactor, path, challenges, manager)
+        termination.setServiceParent(top)
+    for warning in configWarnings(config) + list(holder.current.tls.warnings):
+        _log.warn("{problem}", problem=warning)
+    path.setServiceParent(top)
+    health.setName("health")
+    health.setServiceParent(top)
+    notifier = Notifier() if notifier is None else notifier
+    reloader = Reloader(
+        configPath,
+        holder,
+        reactor,
+        [_HealthFollower(health), path]
+        + ([] if termination is None else [termination])
+        + [_SystemdFollower(notifier, holder)],
+    )
+    reloader.setName("reloader")
+    reloader.setServiceParent(top)
+    operations(config, reactor, path, reloader, health, termination).setServiceParent(
+        top
+    )
+    signals(reactor, reloader, path.observer).setServiceParent(top)
+    # Added last, so it is the first child asked to stop: STOPPING=1 goes
+    # out as the graceful shutdown begins, before the drain.
+    notice = _SystemdNotice(
+        notifier,
+        reactor,
+        lambda: servingStatus(
+            len(holder.current.config.sites), holder.current.generation
+        ),
+        config.server.shutdown_timeout_secs,
+    )
+    notice.setName("systemd-notify")
+    notice.setServiceParent(top)
+    return top
+
+
+@implementer(IReloadFollower)
+class RequestPath(Service):
+    """
+    Everything a client's request goes through, from accept to access log
+    (named C{"request-path"}); it follows each reload (access log, rate
+    limits, metrics) and closes the upstream pool's idle connections at
+    stop.
+
+    @ivar holder: the current runtime.
+    @ivar site: the one L{FrontEnd} behind every listener.
+    @ivar tracker: the factory the listeners use: the site, wrapped so that
+        every client connection is known (graceful shutdown).
+    @ivar gate: the cap on client and upstream connections together.
+    @ivar pool: the upstream connection pool.
+    """
+
+    name = "request-path"
+
+    def __init__(
+        self,
+        holder: RuntimeHolder,
+        gate: ConnectionGate,
+        pool: ConnectionPool,
+        metrics: Metrics,
+        limiter: RateLimiter,
+        observer: RequestObserver,
+        site: FrontEnd,
+    ) -> None:
+        self.holder = holder
+        self.gate = gate
+        self.pool = pool
+        self.metrics = metrics
+        self.limiter = limiter
+        self.observer = observer
+        self.site = site
+        self.tracker = ConnectionTracker(site, gate)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.close()
+
+    def reloadStarting(self, source: str) -> None:
+        pass
+
+    def prepare(self, runtime: Runtime) -> None:
+        pass
+
+    def follow(self, runtime: Runtime) -> None:
+        """
+        Log, rate-limit and count requests as C{runtime} says.
+        """
+        sites = runtime.config.sites
+        self.observer.generation = runtime.generation
+        self.observer.reconfigure(runtime.config.logging)
+        self.limiter.retain({s.name: s.rate_limit for s in sites})
+        self.metrics.retainSites(
+            [s.name for s in sites],
+            {s.name: [u.url for u in s.upstreams] for s in sites},
+        )
+
+    def reloadEnded(self, result: ReloadResult) -> None:
+        self.metrics.reloaded(result.ok)
+
+
+def maxConnections(config: Config) -> int:
+    """
+    The cap on the process's connections, clients' and upstreams' together,
+    as nginx's C{worker_connections}: at it the listeners stop accepting.
+    """
+    limit = config.server.max_connections
+    if limit is None:
+        limit = defaultMaxConnections(currentDescriptorLimit())
         _log.info(
             "max_connections: {count} (80 % of the descriptor limit), client "
             "and upstream connections together",
-            count=maxConnections,
+            count=limit,
         )
-    gate = ConnectionGate(maxConnections, reactor)
+    return limit
+
+
+def requestPath(
+    config: Config,
+    reactor: IRevProxyReactor,
+    holder: RuntimeHolder,
+    health: HealthMonitor,
+    challenges: ChallengeStore,
+    manager: AcmeManager | None,
+) -> RequestPath:
+    """
+    The request path for C{config}, serving C{holder}'s runtime: routing,
+    rate limits, forwarding over pooled upstream connections, the access
+    log and metrics.
+    """
+    gate = ConnectionGate(maxConnections(config), reactor)
     pool = ConnectionPool(
         reactor,
         reactorConnector(reactor),
@@ -325,13 +280,27 @@ def buildService(
         maxQueue=config.server.upstream_max_queue,
         counter=gate,
     )
-    metrics = Metrics(reactor)
-    forwarder = Forwarder(pool, reactor, config.server.trusted_proxies, metrics)
-    challenges = ChallengeStore(reactor)
     limiter = RateLimiter(
         reactor,
         config.server.max_tracked_clients,
         config.server.rate_limit_ipv6_prefix,
+    )
+    metrics = Metrics(
+        reactor,
+        sources=LiveSources(
+            # Read at scrape time, when the path below exists.
+            connections=lambda: len(path.tracker.protocols),
+            connectionGate=lambda: (gate.limit, gate.open, gate.paused, gate.pauses),
+            generation=lambda: holder.current.generation,
+            certificates=(
+                (lambda: _expiries(manager, holder.current))
+                if manager is not None
+                else lambda: ()
+            ),
+            upstreamHealth=lambda: _upstreamHealth(health, holder.current),
+            poolSizes=lambda: poolSizes(pool, holder.current.table.sites),
+            trackedClients=lambda: len(limiter),
+        ),
     )
     observer = RequestObserver(
         reactor,
@@ -339,139 +308,249 @@ def buildService(
         metrics,
         holder.current.generation,
     )
-    root = Router(
-        holder, forwarder, challenges=challenges, limiter=limiter, observer=observer
+    router = Router(
+        holder,
+        Forwarder(pool, reactor, config.server.trusted_proxies, metrics),
+        challenges=challenges,
+        limiter=limiter,
+        observer=observer,
+        issued=None if manager is None else manager.isIssued,
     )
     site = FrontEnd(
-        root,
+        router,
         reactor,
         ConnectionLimits.fromServer(config.server),
         observer=observer,
         refused=observer.refused,
     )
-    tracker = ConnectionTracker(site, gate)
-    reloader = Reloader(configPath, holder, reactor)
-    top.metrics, top.observer, top.limiter = metrics, observer, limiter
-    health = HealthMonitor(reactor)
-    health.update(holder.current.table.sites)
-    top.health = health
+    path = RequestPath(holder, gate, pool, metrics, limiter, observer, site)
+    path.follow(holder.current)
+    return path
 
-    def followRuntime(runtime: Runtime) -> None:
-        observer.generation = runtime.generation
-        observer.reconfigure(runtime.config.logging)
-        limiter.retain({s.name: s.rate_limit for s in runtime.config.sites})
-        metrics.retainSites(
-            [s.name for s in runtime.config.sites],
-            {s.name: [u.url for u in s.upstreams] for s in runtime.config.sites},
-        )
 
-    def upstreamHealth() -> list[tuple[str, str, bool]]:
-        checked = {(site, url): healthy for site, url, healthy in health.states()}
-        return [
-            (s.name, u.url, checked.get((s.name, u.url), True))
-            for s in holder.current.config.sites
-            for u in s.upstreams
-        ]
+def _upstreamHealth(
+    health: HealthMonitor, runtime: Runtime
+) -> list[tuple[str, str, bool]]:
+    """
+    C{(site, upstream url, healthy)} for every upstream of C{runtime}.
+    """
+    checked = {(site, url): healthy for site, url, healthy in health.states()}
+    return [
+        (s.name, u.url, checked.get((s.name, u.url), True))
+        for s in runtime.config.sites
+        for u in s.upstreams
+    ]
 
-    followRuntime(holder.current)
 
-    # After the swap (the same reactor turn, so no request sees the gap):
-    # a reload that fails in a later beforeSwap must not move the checks.
-    reloader.afterSwap.append(lambda runtime: health.update(runtime.table.sites))
-    reloader.afterSwap.append(followRuntime)
-    reloader.onResult.append(lambda answer: metrics.reloaded(answer["status"] == "ok"))
-    metrics.connections = lambda: len(tracker.protocols)
-    metrics.connectionGate = lambda: (gate.limit, gate.open, gate.paused, gate.pauses)
-    metrics.generation = lambda: holder.current.generation
-    metrics.upstreamHealth = upstreamHealth
-    metrics.trackedClients = lambda: len(limiter)
-    metrics.poolSizes = lambda: poolSizes(pool, holder.current)
-    top.site, top.tracker, top.holder, top.reloader, top.pool = (
-        site,
-        tracker,
-        holder,
-        reloader,
-        pool,
-    )
-
+def httpListeners(
+    config: Config, reactor: IRevProxyReactor, path: RequestPath
+) -> MultiService:
+    """
+    The plain HTTP listeners, under one C{"http"} service.
+    """
+    listeners = MultiService()
+    listeners.setName("http")
     for description in config.server.listen_http:
         Listener(
-            serverFromString(reactor, withBacklog(description)), tracker, gate
-        ).setServiceParent(top)
-    manager: AcmeManager | None = None
-    if config.server.listen_https:
-        manager = acmeManager(config, reactor, challenges)
-        root.issued = manager.isIssued
-        top.acme = manager
+            serverFromString(reactor, withBacklog(description)), path.tracker, path.gate
+        ).setServiceParent(listeners)
+    return listeners
 
-        def certificates(runtime: Runtime) -> TLSFiles:
-            """
-            The certificate files of C{runtime} and the ACME sites'
-            certificates (issued or placeholder).
-            """
-            acme = manager.certificates()
-            return runtime.tls.withCertificates(
-                (site, acme[site.name])
-                for site in runtime.config.sites
-                if site.name in acme
-            )
 
-        top.servedTLS = lambda: certificates(holder.current)
+def _http2Available() -> bool:
+    """
+    Whether HTTP/2 can be served (the h2 package).
+    """
+    try:
+        import h2.connection  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-        def expiries() -> list[tuple[str, str, float]]:
-            served = certificates(holder.current)
-            return [
-                (site, cert.source, cert.not_after)
-                for cert in served.certificates.all()
-                for site in served.sitesOf(cert)
-            ]
 
-        metrics.certificates = expiries
-        manager.updateSites(config.sites)
-        contexts = SNIContextFactory(
-            certificates(holder.current).certificates,
-            minVersion=config.server.tls_min_version,
-            http2=config.server.http2 and _http2Available(),
-            challenges=challenges,
+@implementer(IReloadFollower)
+class TLSTermination(MultiService):
+    """
+    The HTTPS listeners and the certificates they serve (named C{"tls"}):
+    the config's files and the ACME sites' certificates, chosen by SNI.
+    While running, refused TLS handshakes are one rate-limited log line
+    each instead of a traceback (see L{RefusalLog}).
+
+    @ivar contexts: the TLS connection creator of the HTTPS listeners.
+    """
+
+    name = "tls"
+
+    def __init__(
+        self,
+        holder: RuntimeHolder,
+        manager: AcmeManager,
+        contexts: SNIContextFactory,
+        refusals: RefusalLog,
+    ) -> None:
+        super().__init__()
+        self.holder = holder
+        self.manager = manager
+        self.contexts = contexts
+        self.refusals = refusals
+
+    def startService(self) -> None:
+        super().startService()
+        self.refusals.install()
+
+    def stopService(self) -> Any:
+        stopped = super().stopService()
+        self.refusals.uninstall()
+        return stopped
+
+    def served(self) -> TLSFiles:
+        """
+        The certificates the HTTPS listeners serve now.
+        """
+        return _served(self.manager, self.holder.current)
+
+    def publish(self) -> None:
+        """
+        Serve the certificates as they are now (an ACME certificate
+        changed).
+        """
+        self.contexts.store = self.served().certificates
+
+    def reloadStarting(self, source: str) -> None:
+        pass
+
+    def prepare(self, runtime: Runtime) -> None:
+        """
+        Serve C{runtime}'s certificates from the swap on.
+        """
+        self.contexts.store = _served(self.manager, runtime).certificates
+
+    def follow(self, runtime: Runtime) -> None:
+        """
+        Obtain and renew the certificates of C{runtime}'s ACME sites.
+        """
+        self.manager.updateSites(runtime.config.sites)
+
+    def reloadEnded(self, result: ReloadResult) -> None:
+        pass
+
+
+def _publish(termination: TLSTermination | None) -> None:
+    """
+    Serve a changed ACME certificate, once the HTTPS listeners exist.
+    """
+    if termination is not None:
+        termination.publish()
+
+
+def _served(manager: AcmeManager, runtime: Runtime) -> TLSFiles:
+    """
+    The certificate files of C{runtime} and the ACME sites' certificates
+    (issued or placeholder).
+    """
+    acme = manager.certificates()
+    return runtime.tls.withCertificates(
+        (site, acme[site.name]) for site in runtime.config.sites if site.name in acme
+    )
+
+
+def _expiries(manager: AcmeManager, runtime: Runtime) -> list[tuple[str, str, float]]:
+    """
+    C{(site, source, not_after)} for every certificate served.
+    """
+    served = _served(manager, runtime)
+    return [
+        (site, cert.source, cert.not_after)
+        for cert in served.certificates.all()
+        for site in served.sitesOf(cert)
+    ]
+
+
+def tlsTermination(
+    config: Config,
+    reactor: IRevProxyReactor,
+    path: RequestPath,
+    challenges: ChallengeStore,
+    manager: AcmeManager,
+) -> TLSTermination:
+    """
+    The HTTPS listeners for C{config}: TLS chosen by SNI (with TLS-ALPN-01
+    answers from C{challenges}), then HTTP/1.1 or HTTP/2 by ALPN into
+    C{path}.
+    """
+    contexts = SNIContextFactory(
+        _served(manager, path.holder.current).certificates,
+        minVersion=config.server.tls_min_version,
+        http2=config.server.http2 and _http2Available(),
+        challenges=challenges,
+    )
+    termination = TLSTermination(path.holder, manager, contexts, RefusalLog(reactor))
+    factory = EagerTLSFactory(
+        contexts,
+        False,
+        HandshakeDeadline(path.tracker, reactor, config.server.handshake_timeout_secs),
+        reactor,
+    )
+    for description in config.server.listen_https:
+        Listener(
+            serverFromString(reactor, withBacklog(description)), factory, path.gate
+        ).setServiceParent(termination)
+    return termination
+
+
+class _HealthFollower(ReloadFollower):
+    """
+    Moves the upstream health checks to each new runtime's sites.
+    """
+
+    name = "upstream health checks"
+
+    def __init__(self, health: HealthMonitor) -> None:
+        self.health = health
+
+    def follow(self, runtime: Runtime) -> None:
+        # After the swap, in the same reactor turn (no request sees the
+        # gap): a reload refused by a later follower's prepare must not
+        # move the checks.
+        self.health.update(runtime.table.sites)
+
+
+class _SystemdFollower(ReloadFollower):
+    """
+    Tells systemd when a reload begins and how it ended.
+    """
+
+    name = "systemd notification"
+
+    def __init__(self, notifier: Notifier, holder: RuntimeHolder) -> None:
+        self.notifier = notifier
+        self.holder = holder
+
+    def reloadStarting(self, source: str) -> None:
+        self.notifier.reloading(f"Reloading the config ({source})")
+
+    def reloadEnded(self, result: ReloadResult) -> None:
+        runtime = self.holder.current
+        self.notifier.ready(
+            servingStatus(len(runtime.config.sites), runtime.generation, result)
         )
-        top.contexts = contexts
 
-        def useCertificates(runtime: Runtime) -> None:
-            contexts.store = certificates(runtime).certificates
 
-        def publish() -> None:
-            useCertificates(holder.current)
-
-        def followSites(runtime: Runtime) -> None:
-            manager.updateSites(runtime.config.sites)
-
-        manager.onChange = publish
-        reloader.beforeSwap.append(useCertificates)
-        reloader.afterSwap.append(followSites)
-        manager.setName("acme")
-        manager.setServiceParent(top)
-        tlsFactory = EagerTLSFactory(
-            contexts,
-            False,
-            HandshakeDeadline(tracker, reactor, config.server.handshake_timeout_secs),
-            reactor,
-        )
-        for description in config.server.listen_https:
-            Listener(
-                serverFromString(reactor, withBacklog(description)), tlsFactory, gate
-            ).setServiceParent(top)
-        tlsService = _TLSService(RefusalLog(reactor))
-        tlsService.setName("tls")
-        tlsService.setServiceParent(top)
-    for warning in configWarnings(config) + list(holder.current.tls.warnings):
-        _log.warn("{problem}", problem=warning)
-
-    poolService = _PoolService(pool)
-    poolService.setName("upstream-pool")
-    poolService.setServiceParent(top)
-    health.setName("health")
-    health.setServiceParent(top)
-
+def operations(
+    config: Config,
+    reactor: IRevProxyReactor,
+    path: RequestPath,
+    reloader: Reloader,
+    health: HealthMonitor,
+    termination: TLSTermination | None,
+) -> MultiService:
+    """
+    What operators drive and read: the admin socket (C{"admin"}), and,
+    under the graceful shutdown (L{shutdown}), the access log and the ops
+    listener (C{/healthz}, C{/metrics}), which keep running while it drains.
+    """
+    parts = MultiService()
+    parts.setName("operations")
     if config.server.admin_socket_path:
         admin = AdminSocket(
             config.server.admin_socket_path,
@@ -479,39 +558,76 @@ def buildService(
                 reloader,
                 reactor,
                 reactor.seconds(),
-                certificates=manager,
-                servedTLS=top.servedTLS,
+                certificates=None if termination is None else termination.manager,
+                servedTLS=None if termination is None else termination.served,
                 operations=Operations(
-                    limiter=limiter,
-                    metrics=metrics,
+                    limiter=path.limiter,
+                    metrics=path.metrics,
                     health=health,
-                    reopenLogs=observer.reopen,
-                    poolSizes=lambda: poolSizes(pool, holder.current),
+                    reopenLogs=path.observer.reopen,
+                    poolSizes=lambda: poolSizes(
+                        path.pool, path.holder.current.table.sites
+                    ),
                 ),
             ),
             reactor,
         )
         admin.setName("admin")
-        admin.setServiceParent(top)
+        admin.setServiceParent(parts)
+    shutdown(config, reactor, path).setServiceParent(parts)
+    return parts
 
-    drain = DrainService(tracker, config.server.shutdown_timeout_secs, reactor)
+
+def shutdown(
+    config: Config, reactor: IRevProxyReactor, path: RequestPath
+) -> DrainService:
+    """
+    The graceful shutdown (C{"drain"}), with what must stop only once it is
+    over as its children: the access log (C{"access-log"}: the last
+    requests are logged) and the ops listener (C{"ops"}: C{/healthz}
+    answers 503 while it drains).
+    """
+    drain = DrainService(path.tracker, config.server.shutdown_timeout_secs, reactor)
     drain.setName("drain")
-    afterDrain = _AfterDrain()
-    afterDrain.setName("after-drain")
-    # Added before the drain, so it is asked to stop after it, in the same
-    # turn, and waits for it.
-    afterDrain.setServiceParent(top)
-    afterDrain.drained = drain.whenDrained
-    _AccessLogService(observer).setServiceParent(afterDrain)
+    accessLog = _AccessLogService(path.observer)
+    accessLog.setName("access-log")
+    accessLog.setServiceParent(drain)
     if config.server.ops_listen:
         ops = listener(
             config.server.ops_listen,
-            opsSite(metrics, lambda: drain.draining, reactor),
+            opsSite(path.metrics, lambda: drain.draining, reactor),
             reactor=reactor,
         )
         ops.setName("ops")
-        ops.setServiceParent(afterDrain)
-    drain.setServiceParent(top)
+        ops.setServiceParent(drain)
+    return drain
+
+
+class _AccessLogService(Service):
+    """
+    Writes the access log while running; at stop, writes what is left and
+    closes the file.
+    """
+
+    def __init__(self, observer: RequestObserver) -> None:
+        self.observer = observer
+
+    def startService(self) -> None:
+        super().startService()
+        self.observer.accessLog.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.observer.accessLog.stop()
+
+
+def signals(
+    reactor: IRevProxyReactor, reloader: Reloader, observer: RequestObserver
+) -> SignalRelay:
+    """
+    The signals an operator sends: SIGTERM and SIGINT stop gracefully,
+    SIGHUP reloads, SIGUSR1 reopens the access log.
+    """
 
     def stop() -> None:
         try:
@@ -537,45 +653,7 @@ def buildService(
         },
     )
     relay.setName("signals")
-    relay.setServiceParent(top)
-
-    notifier = Notifier() if notifier is None else notifier
-    reloader.onStart.append(
-        lambda source: notifier.reloading(f"Reloading the config ({source})")
-    )
-    reloader.onResult.append(
-        lambda answer: notifier.ready(servingStatus(holder.current, answer))
-    )
-    # Added last, so it is the first child asked to stop: STOPPING=1 goes
-    # out as the graceful shutdown begins, before the drain.
-    notice = _SystemdNotice(
-        notifier,
-        reactor,
-        lambda: servingStatus(holder.current),
-        config.server.shutdown_timeout_secs,
-    )
-    notice.setName("systemd-notify")
-    notice.setServiceParent(top)
-    return top
-
-
-def servingStatus(runtime: Runtime, reload: dict[str, Any] | None = None) -> str:
-    """
-    The one-line status systemd shows for C{runtime}, after the answer of a
-    C{reload} if there was one.
-    """
-    serving = (
-        f"serving {len(runtime.config.sites)} site(s), "
-        f"config generation {runtime.generation}"
-    )
-    if reload is None:
-        return serving[0].upper() + serving[1:]
-    if reload.get("status") == "ok":
-        return f"Reloaded: {serving}"
-    message = str(reload.get("message", "unknown error"))
-    if len(message) > 300:
-        message = message[:297] + "..."
-    return f"Reload failed, {serving}: {message}"
+    return relay
 
 
 class _SystemdNotice(Service):

@@ -52,7 +52,7 @@ from revproxy.admin import (
 )
 from revproxy.config import Config, Upstream, loadConfig, parseConfig
 from revproxy.proxy.pool import UpstreamSelector
-from revproxy.reload import Reloader
+from revproxy.reload import Applied, Refused, Reloader, ReloadResult, SiteChanges
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import loadTLSFiles
 
@@ -95,7 +95,16 @@ upstreams = ["http://127.0.0.1:9000"]
 
 SHA = "ab" * 32
 
-RELOADED: Answer = {
+RELOADED = Applied(
+    generation=2,
+    configSHA256=SHA,
+    sites=SiteChanges(added=("new",), removed=(), changed=(), unchanged=2),
+    restartRequired=(),
+    warnings=(),
+)
+
+#: The JSON answer of L{RELOADED}.
+RELOADED_JSON: Answer = {
     "status": "ok",
     "generation": 2,
     "config_sha256": SHA,
@@ -123,16 +132,16 @@ class FakeReloader:
 
     def __init__(self, holder: RuntimeHolder) -> None:
         self.holder = holder
-        self.reloads: list[tuple[str, Deferred[Answer]]] = []
-        self.checks: list[Deferred[Answer]] = []
+        self.reloads: list[tuple[str, Deferred[ReloadResult]]] = []
+        self.checks: list[Deferred[ReloadResult]] = []
 
-    def reload(self, source: str) -> Deferred[Answer]:
-        d: Deferred[Answer] = Deferred()
+    def reload(self, source: str) -> Deferred[ReloadResult]:
+        d: Deferred[ReloadResult] = Deferred()
         self.reloads.append((source, d))
         return d
 
-    def check(self) -> Deferred[Answer]:
-        d: Deferred[Answer] = Deferred()
+    def check(self) -> Deferred[ReloadResult]:
+        d: Deferred[ReloadResult] = Deferred()
         self.checks.append(d)
         return d
 
@@ -295,7 +304,7 @@ class AdminProtocolTests(AdminTestsMixin, SynchronousTestCase):
         self.assertEqual(transport.value(), b"")
         [(_, d)] = self.reloader.reloads
         d.callback(RELOADED)
-        self.assertEqual(answerOf(transport), RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED_JSON)
 
     def test_laterDataIgnored(self) -> None:
         """
@@ -311,7 +320,7 @@ class AdminProtocolTests(AdminTestsMixin, SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         [(_, d)] = self.reloader.reloads
         d.callback(RELOADED)
-        self.assertEqual(answerOf(transport), RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED_JSON)
 
     def test_idleTimeout(self) -> None:
         """
@@ -375,7 +384,7 @@ class AdminProtocolTests(AdminTestsMixin, SynchronousTestCase):
         self.assertEqual(source, "admin")
         self.assertEqual(transport.value(), b"")
         d.callback(RELOADED)
-        self.assertEqual(answerOf(transport), RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED_JSON)
 
     def test_clientGoneBeforeAnswer(self) -> None:
         """
@@ -401,7 +410,7 @@ class AdminProtocolTests(AdminTestsMixin, SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         [(_, d)] = self.reloader.reloads
         d.callback(RELOADED)
-        self.assertEqual(answerOf(transport), RELOADED)
+        self.assertEqual(answerOf(transport), RELOADED_JSON)
 
     def test_halfCloseEndsLastLine(self) -> None:
         """
@@ -471,7 +480,7 @@ class AdminProtocolTests(AdminTestsMixin, SynchronousTestCase):
             proto.dataReceived(b"reload\n" if i % 2 else b"status\n")
         self.assertEqual(len(self.reloader.reloads), 500)
         for n, (_, d) in enumerate(self.reloader.reloads):
-            d.callback(dict(RELOADED, generation=n))
+            d.callback(attrs.evolve(RELOADED, generation=n))
         reloads = 0
         for i, (_, transport) in enumerate(connections):
             answer = answerOf(transport)
@@ -562,9 +571,13 @@ class CommandTests(AdminTestsMixin, SynchronousTestCase):
         proto, transport = self.connect()
         proto.dataReceived(b"check\n")
         self.assertEqual(self.reloader.reloads, [])
-        dry = dict(RELOADED, would_be_generation=2, generation=1)
-        self.reloader.checks[0].callback(dry)
-        self.assertEqual(answerOf(transport), dry)
+        self.reloader.checks[0].callback(
+            attrs.evolve(RELOADED, wouldBeGeneration=2, generation=1)
+        )
+        self.assertEqual(
+            answerOf(transport),
+            dict(RELOADED_JSON, would_be_generation=2, generation=1),
+        )
 
     def test_reloadError(self) -> None:
         """
@@ -572,14 +585,53 @@ class CommandTests(AdminTestsMixin, SynchronousTestCase):
         """
         proto, transport = self.connect()
         proto.dataReceived(b"reload\n")
-        error: Answer = {
-            "status": "error",
-            "code": "config_invalid",
-            "message": "bad",
-            "errors": ["sites[0].hosts: empty"],
-        }
-        self.reloader.reloads[0][1].callback(error)
-        self.assertEqual(answerOf(transport), error)
+        self.reloader.reloads[0][1].callback(
+            Refused("config_invalid", "bad", ("sites[0].hosts: empty",))
+        )
+        self.assertEqual(
+            answerOf(transport),
+            {
+                "status": "error",
+                "code": "config_invalid",
+                "message": "bad",
+                "errors": ["sites[0].hosts: empty"],
+            },
+        )
+
+    def test_reloadPartiallyApplied(self) -> None:
+        """
+        A reload whose followers failed answers C{"partially applied"},
+        naming them, beside the usual fields.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        self.reloader.reloads[0][1].callback(
+            attrs.evolve(RELOADED, failed=("tls", "upstream health checks"))
+        )
+        self.assertEqual(
+            answerOf(transport),
+            dict(
+                RELOADED_JSON,
+                status="partially applied",
+                code="followers_failed",
+                failed=["tls", "upstream health checks"],
+                message="the new config serves, but these parts could not "
+                "follow it: tls, upstream health checks",
+            ),
+        )
+
+    def test_internalErrorHasNoErrors(self) -> None:
+        """
+        A reload refused by a bug answers its code and message, without an
+        C{errors} list.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        self.reloader.reloads[0][1].callback(Refused("internal", "internal error: x"))
+        self.assertEqual(
+            answerOf(transport),
+            {"status": "error", "code": "internal", "message": "internal error: x"},
+        )
 
     def test_sites(self) -> None:
         """
@@ -1717,7 +1769,7 @@ class RealSocketTests(TestCase):
         while not self.factory.halfClosed:
             await _turn(self.reactor)
         self.reloader.reloads[0][1].callback(RELOADED)
-        self.assertEqual(json.loads(await proto.done), RELOADED)
+        self.assertEqual(json.loads(await proto.done), RELOADED_JSON)
         while not self.factory.lost:
             await _turn(self.reactor)
 

@@ -4,7 +4,9 @@ Tests for L{revproxy.drain}: graceful shutdown over in-memory connections.
 
 from __future__ import annotations
 
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,6 +47,19 @@ class _Request:
     def finish(self) -> None:
         self.exchange.respond(200, b"OK", self.headers or [(b"Content-Length", b"0")])
         self.exchange.finish()
+
+
+class _Child(Service):
+    """
+    A service whose stop takes until the test fires C{stopped}.
+    """
+
+    stopped: Deferred[None] | None = None
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.stopped = Deferred()
+        return self.stopped
 
 
 class DrainTests(SynchronousTestCase):
@@ -109,6 +124,27 @@ class DrainTests(SynchronousTestCase):
         self.assertFalse(busy.connected)
         self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_childrenStopAfterDrain(self) -> None:
+        """
+        The drain's children keep running while it drains and stop once it
+        is over; their stopping is part of the drain's own.
+        """
+        child = _Child()
+        child.setServiceParent(self.drain)
+        self.assertTrue(child.running)
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [request] = self.resource.requests
+        stopped = self.drain.stopService()
+        self.assertTrue(self.drain.draining)
+        self.assertTrue(child.running)
+        request.finish()
+        self.assertFalse(child.running)
+        self.assertNoResult(stopped)
+        assert child.stopped is not None
+        child.stopped.callback(None)
+        self.successResultOf(stopped)
 
     def test_deadlineAborts(self) -> None:
         """

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -467,7 +468,9 @@ class LiveValuesTests(SynchronousTestCase):
         for name in names:
             self.assertEqual(samples(self.metrics, name), {}, name)
         state = [(819, 10, False, 0)]
-        self.metrics.connectionGate = lambda: state[0]
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, connectionGate=lambda: state[0]
+        )
         self.assertEqual(
             [samples(self.metrics, name) for name in names],
             [{labels(): 819}, {labels(): 0}, {labels(): 0}],
@@ -484,17 +487,29 @@ class LiveValuesTests(SynchronousTestCase):
         """
         state = {"connections": 3, "generation": 7, "tracked": 12}
         healthy = {UPSTREAM: True}
-        self.metrics.connections = lambda: state["connections"]
-        self.metrics.generation = lambda: state["generation"]
-        self.metrics.trackedClients = lambda: state["tracked"]
-        self.metrics.certificates = lambda: [
-            (SITE, "acme", 1_800_000_000.0),
-            ("other", "files", 1_700_000_000.0),
-        ]
-        self.metrics.upstreamHealth = lambda: [
-            (SITE, url, up) for url, up in healthy.items()
-        ]
-        self.metrics.poolSizes = lambda: [(UPSTREAM, 2, 5)]
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, connections=lambda: state["connections"]
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, generation=lambda: state["generation"]
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, trackedClients=lambda: state["tracked"]
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources,
+            certificates=lambda: [
+                (SITE, "acme", 1_800_000_000.0),
+                ("other", "files", 1_700_000_000.0),
+            ],
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources,
+            upstreamHealth=lambda: [(SITE, url, up) for url, up in healthy.items()],
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, poolSizes=lambda: [(UPSTREAM, 2, 5)]
+        )
         self.assertEqual(samples(self.metrics, "revproxy_connections"), {labels(): 3})
         self.assertEqual(
             samples(self.metrics, "revproxy_config_generation"), {labels(): 7}
@@ -537,15 +552,23 @@ class LiveValuesTests(SynchronousTestCase):
         A label set given twice is exposed once: the soonest certificate
         expiry, unhealthy if either says so, pool sizes summed.
         """
-        self.metrics.certificates = lambda: [
-            (SITE, "files", 2_000_000_000.0),
-            (SITE, "files", 1_900_000_000.0),
-        ]
-        self.metrics.upstreamHealth = lambda: [
-            (SITE, UPSTREAM, True),
-            (SITE, UPSTREAM, False),
-        ]
-        self.metrics.poolSizes = lambda: [(UPSTREAM, 1, 2), (UPSTREAM, 3, 4)]
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources,
+            certificates=lambda: [
+                (SITE, "files", 2_000_000_000.0),
+                (SITE, "files", 1_900_000_000.0),
+            ],
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources,
+            upstreamHealth=lambda: [
+                (SITE, UPSTREAM, True),
+                (SITE, UPSTREAM, False),
+            ],
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, poolSizes=lambda: [(UPSTREAM, 1, 2), (UPSTREAM, 3, 4)]
+        )
         self.assertEqual(
             samples(self.metrics, "revproxy_certificate_expiry_timestamp_seconds"),
             {labels(site=SITE, source="files"): 1_900_000_000.0},
@@ -578,9 +601,13 @@ class LiveValuesTests(SynchronousTestCase):
             yield (SITE, "acme", 1.0)
             raise RuntimeError("store gone")
 
-        self.metrics.connections = connections
-        self.metrics.certificates = certificates
-        self.metrics.generation = lambda: 2
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, connections=connections
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, certificates=certificates
+        )
+        self.metrics.sources = attrs.evolve(self.metrics.sources, generation=lambda: 2)
         self.assertEqual(samples(self.metrics, "revproxy_connections"), {})
         self.assertEqual(
             samples(self.metrics, "revproxy_certificate_expiry_timestamp_seconds"),
@@ -631,18 +658,18 @@ class RegistryTests(SynchronousTestCase):
         in it is refused as a duplicate.
         """
         registry = CollectorRegistry()
-        metrics = Metrics(Clock(), registry)
+        metrics = Metrics(Clock(), registry=registry)
         self.assertIs(metrics.registry, registry)
         self.assertEqual(registry.get_sample_value("revproxy_connections"), 0)
         self.assertNotIn("python_info", families(metrics))
-        self.assertRaises(ValueError, Metrics, Clock(), registry)
+        self.assertRaises(ValueError, Metrics, Clock(), registry=registry)
 
     def test_openMetrics(self) -> None:
         """
         The OpenMetrics exposition parses with prometheus_client's
         OpenMetrics parser.
         """
-        metrics = Metrics(Clock(), CollectorRegistry())
+        metrics = Metrics(Clock(), registry=CollectorRegistry())
         metrics.requestStarted(SITE)
         metrics.requestFinished(SITE, 200, 0.01, 0.005)
         resource = OpsResource(metrics, lambda: False)
@@ -937,9 +964,13 @@ class StatsTests(SynchronousTestCase):
         cap counts too, the cap, whether the listeners are paused at it,
         and how many times they were.
         """
-        self.metrics.connections = lambda: 12
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, connections=lambda: 12
+        )
         self.assertEqual(self.metrics.stats()["connections"], {"open": 12})
-        self.metrics.connectionGate = lambda: (819, 20, True, 3)
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, connectionGate=lambda: (819, 20, True, 3)
+        )
         self.assertEqual(
             self.metrics.stats()["connections"],
             {"open": 12, "upstream": 8, "max": 819, "paused": True, "limit_reached": 3},
@@ -992,12 +1023,17 @@ class StatsTests(SynchronousTestCase):
         errors.
         """
         other = "http://10.0.0.2:8000"
-        self.metrics.upstreamHealth = lambda: [
-            ("a", UPSTREAM, True),
-            ("a", other, False),
-            ("b", other, True),
-        ]
-        self.metrics.poolSizes = lambda: [(UPSTREAM, 3, 1)]
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources,
+            upstreamHealth=lambda: [
+                ("a", UPSTREAM, True),
+                ("a", other, False),
+                ("b", other, True),
+            ],
+        )
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources, poolSizes=lambda: [(UPSTREAM, 3, 1)]
+        )
         self.metrics.upstreamError("a", other, "connect_timeout")
         self.metrics.upstreamError("b", "", "unavailable")
         self.assertEqual(
@@ -1061,7 +1097,7 @@ class OpsResourceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.metrics = Metrics(self.clock, CollectorRegistry())
+        self.metrics = Metrics(self.clock, registry=CollectorRegistry())
         self.draining = False
         self.site = opsSite(self.metrics, lambda: self.draining, self.clock)
 
@@ -1122,7 +1158,7 @@ class OpsResourceTests(SynchronousTestCase):
         C{/metrics} answers the Prometheus text format with its content
         type, and the values read back.
         """
-        self.metrics.connections = lambda: 9
+        self.metrics.sources = attrs.evolve(self.metrics.sources, connections=lambda: 9)
         self.metrics.requestStarted(SITE)
         self.metrics.requestFinished(SITE, 204, 0.003, 0.002)
         response = self.get(b"/metrics")

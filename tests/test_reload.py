@@ -7,18 +7,32 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trustme
 from cryptography import x509
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from revproxy.admin import reloadAnswer
 from revproxy.config import Config, loadConfig, parseConfig
-from revproxy.reload import Reloader, configWarnings, siteChanges, staticChanges
+from revproxy.reload import (
+    Applied,
+    IReloadFollower,
+    Reloader,
+    ReloadFollower,
+    ReloadResult,
+    SiteChanges,
+    configWarnings,
+    siteChanges,
+    staticChanges,
+)
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import LoadedCertificate
 
@@ -41,9 +55,59 @@ upstreams = ["http://127.0.0.1:9002"]
 """
 
 
-class ReloaderTests(SynchronousTestCase):
+def answerOf(case: SynchronousTestCase, result: Deferred[ReloadResult]) -> Any:
     """
-    L{Reloader.reload} and L{Reloader.check}.
+    The JSON answer (as the admin socket gives it) of the reload or check
+    C{result}, which must have fired.
+    """
+    return reloadAnswer(case.successResultOf(result))
+
+
+class Preparing(ReloadFollower):
+    """
+    A follower whose C{prepare} calls C{hook}.
+    """
+
+    name = "preparing"
+
+    def __init__(self, hook: Callable[[Runtime], object]) -> None:
+        self.hook = hook
+
+    def prepare(self, runtime: Runtime) -> None:
+        self.hook(runtime)
+
+
+class Recording(ReloadFollower):
+    """
+    A follower that records each step in C{steps}, and raises from
+    C{follow} when told to.
+    """
+
+    def __init__(
+        self, name: str, steps: list[tuple[str, object]], failFollow: bool = False
+    ) -> None:
+        self.name = name
+        self.steps = steps
+        self.failFollow = failFollow
+
+    def reloadStarting(self, source: str) -> None:
+        self.steps.append((f"{self.name} starting", source))
+
+    def prepare(self, runtime: Runtime) -> None:
+        self.steps.append((f"{self.name} prepare", runtime.generation))
+
+    def follow(self, runtime: Runtime) -> None:
+        self.steps.append((f"{self.name} follow", runtime.generation))
+        if self.failFollow:
+            raise RuntimeError(f"{self.name} cannot follow")
+
+    def reloadEnded(self, result: ReloadResult) -> None:
+        self.steps.append((f"{self.name} ended", result.ok))
+
+
+class ReloaderCase(SynchronousTestCase):
+    """
+    A L{Reloader} of the config L{BASE} in a file.
     """
 
     def setUp(self) -> None:
@@ -65,7 +129,14 @@ class ReloaderTests(SynchronousTestCase):
         """
         Reload and return the answer, which must be there at once.
         """
-        return self.successResultOf(self.reloader.reload("test"))
+        answer: dict[str, Any] = answerOf(self, self.reloader.reload("test"))
+        return answer
+
+
+class ReloaderTests(ReloaderCase):
+    """
+    L{Reloader.reload} and L{Reloader.check}.
+    """
 
     def test_appliesNewUpstream(self) -> None:
         """
@@ -157,7 +228,7 @@ class ReloaderTests(SynchronousTestCase):
         """
         before = self.holder.current
         self.write(BASE.replace("9002", "9003"))
-        answer = self.successResultOf(self.reloader.check())
+        answer = answerOf(self, self.reloader.check())
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(answer["sites"]["changed"], ["b"])
         self.assertEqual(answer["generation"], 1)
@@ -177,8 +248,8 @@ class ReloaderTests(SynchronousTestCase):
         self.assertNoResult(second)
         self.write(BASE.replace("9002", "9007"))
         lock.release()
-        one = self.successResultOf(first)
-        two = self.successResultOf(second)
+        one = answerOf(self, first)
+        two = answerOf(self, second)
         self.assertEqual((one["generation"], two["generation"]), (2, 3))
         self.assertEqual(one["config_sha256"], two["config_sha256"])
         route = self.holder.current.table.match("b.example")
@@ -205,7 +276,7 @@ class ReloaderTests(SynchronousTestCase):
         Without a config file (quick mode) a reload answers an error.
         """
         reloader = Reloader("", self.holder, self.clock)
-        answer = self.successResultOf(reloader.reload("test"))
+        answer = answerOf(self, reloader.reload("test"))
         self.assertEqual(answer["code"], "no_config_file")
 
     def test_unexpectedErrorAnswered(self) -> None:
@@ -218,10 +289,123 @@ class ReloaderTests(SynchronousTestCase):
             raise RuntimeError("boom")
 
         reloader = Reloader(self.path, self.holder, self.clock, load=broken)
-        answer = self.successResultOf(reloader.reload("test"))
+        answer = answerOf(self, reloader.reload("test"))
         self.assertEqual(answer["code"], "internal")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(reloader._lock.locked)
+
+
+class FollowerTests(ReloaderCase):
+    """
+    L{Reloader} tells its L{IReloadFollower}s every step of a reload.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.steps: list[tuple[str, object]] = []
+
+    def test_interface(self) -> None:
+        """
+        L{ReloadFollower} and the test followers provide L{IReloadFollower}.
+        """
+        self.assertTrue(verifyObject(IReloadFollower, ReloadFollower()))
+        self.assertTrue(verifyObject(IReloadFollower, Recording("r", self.steps)))
+
+    def test_order(self) -> None:
+        """
+        A reload tells each follower, in order: its start, then C{prepare}
+        (the old runtime still current), then C{follow} (the new one
+        current), then its end.
+        """
+        self.reloader.followers = (
+            Recording("one", self.steps),
+            Recording("two", self.steps),
+        )
+        self.write(BASE.replace("9002", "9003"))
+        self.assertEqual(answerOf(self, self.reloader.reload("admin"))["status"], "ok")
+        self.assertEqual(
+            self.steps,
+            [
+                ("one starting", "admin"),
+                ("two starting", "admin"),
+                ("one prepare", 2),
+                ("two prepare", 2),
+                ("one follow", 2),
+                ("two follow", 2),
+                ("one ended", True),
+                ("two ended", True),
+            ],
+        )
+
+    def test_checkTellsNobody(self) -> None:
+        """
+        A check changes nothing, so no follower hears of it.
+        """
+        self.reloader.followers = (Recording("one", self.steps),)
+        self.write(BASE.replace("9002", "9003"))
+        self.assertEqual(answerOf(self, self.reloader.check())["status"], "ok")
+        self.assertEqual(self.steps, [])
+
+    def test_refusedReload(self) -> None:
+        """
+        A reload refused for an invalid file is started and ended, with
+        nothing prepared or followed.
+        """
+        self.reloader.followers = (Recording("one", self.steps),)
+        self.write(BASE + "bogus = 1\n")
+        self.assertEqual(
+            answerOf(self, self.reloader.reload("SIGHUP"))["code"], "config_invalid"
+        )
+        self.assertEqual(self.steps, [("one starting", "SIGHUP"), ("one ended", False)])
+
+    def test_failedFollowerPartiallyApplied(self) -> None:
+        """
+        A follower that fails after the swap does not stop the others, is
+        logged, and makes the reload I{partially applied}: the answer says
+        so and names it, instead of C{"ok"}.
+        """
+        self.reloader.followers = (
+            Recording("health checks", self.steps, failFollow=True),
+            Recording("certificates", self.steps),
+        )
+        self.write(BASE.replace("9002", "9003"))
+        result = self.successResultOf(self.reloader.reload("admin"))
+        assert isinstance(result, Applied)
+        self.assertEqual(result.failed, ("health checks",))
+        self.assertFalse(result.ok)
+        self.assertEqual(self.holder.current.generation, 2)
+        self.assertIn(("certificates follow", 2), self.steps)
+        self.assertIn(("certificates ended", False), self.steps)
+        answer = reloadAnswer(result)
+        self.assertEqual(answer["status"], "partially applied")
+        self.assertEqual(answer["code"], "followers_failed")
+        self.assertEqual(answer["failed"], ["health checks"])
+        self.assertEqual(
+            answer["message"],
+            "the new config serves, but these parts could not follow it: health checks",
+        )
+        self.assertEqual(answer["generation"], 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_failingEndsAreLogged(self) -> None:
+        """
+        A follower that fails as a reload starts or ends is logged; the
+        reload is applied as if it had not.
+        """
+
+        class Broken(ReloadFollower):
+            name = "broken"
+
+            def reloadStarting(self, source: str) -> None:
+                raise RuntimeError("start")
+
+            def reloadEnded(self, result: ReloadResult) -> None:
+                raise RuntimeError("end")
+
+        self.reloader.followers = (Broken(),)
+        self.write(BASE.replace("9002", "9003"))
+        self.assertEqual(answerOf(self, self.reloader.reload("admin"))["status"], "ok")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
 
 class DiffTests(SynchronousTestCase):
@@ -254,7 +438,7 @@ class DiffTests(SynchronousTestCase):
         self.assertEqual(staticChanges(config, config), [])
         self.assertEqual(
             siteChanges(config, config),
-            {"added": [], "removed": [], "changed": [], "unchanged": 2},
+            SiteChanges(added=(), removed=(), changed=(), unchanged=2),
         )
 
 
@@ -355,7 +539,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
 
     def recordSwap(self, runtime: Runtime) -> None:
         """
-        A C{beforeSwap} hook that records its runtime and the current one.
+        A follower's C{prepare} that records its runtime and the current one.
         """
         self.swapped.append(runtime)
         self.current.append(self.holder.current)
@@ -368,7 +552,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         old = self.served()
         self.assertEqual(old.chain[0].serial_number, self.serial(self.cert))
         self.leaf("a", "a.example", days=200)
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(answer["generation"], 2)
         self.assertEqual(
@@ -396,7 +580,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         os.replace(otherKey, self.key)
         error = f"sites[0].key_file: {self.key} does not match the certificate in {self.cert}"
         self.assertEqual(
-            self.successResultOf(self.reloader.reload("test")),
+            answerOf(self, self.reloader.reload("test")),
             {
                 "status": "error",
                 "code": "certificate_invalid",
@@ -414,7 +598,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         """
         before = self.holder.current
         self.write("a.pem", b"-----BEGIN GARBAGE-----\n")
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(answer["code"], "certificate_invalid")
         self.assertEqual(
             answer["errors"],
@@ -430,7 +614,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         """
         before = self.holder.current
         self.clock.advance(91 * 86400)
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(
             answer["errors"],
             [
@@ -447,7 +631,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         before = self.holder.current
         ca = self.write("ca.pem", b"not a CA\n")
         self.writeConfig(TLS + 'upstream_ca_file = "ca.pem"\n')
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(answer["code"], "certificate_invalid")
         self.assertEqual(
             answer["errors"],
@@ -462,7 +646,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         """
         ca = self.write("ca.pem", _CA.cert_pem.bytes())
         self.writeConfig(TLS + 'upstream_ca_file = "ca.pem"\n')
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(answer["sites"]["changed"], ["b"])
         self.assertEqual(self.holder.current.tls.upstreamTLS["b"].caFile, ca)
 
@@ -475,7 +659,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         self.write("a.pem", b"")
         error = f"sites[0].cert_file: {self.cert}: no PEM certificate found"
         self.assertEqual(
-            self.successResultOf(self.reloader.check()),
+            answerOf(self, self.reloader.check()),
             {
                 "status": "error",
                 "code": "certificate_invalid",
@@ -490,10 +674,10 @@ class ReloadCertificatesTests(SynchronousTestCase):
         C{check} reads a new valid certificate and says so, but the old one
         stays served and no hook runs.
         """
-        self.reloader.beforeSwap.append(self.recordSwap)
+        self.reloader.followers += (Preparing(self.recordSwap),)
         old = self.served()
         self.leaf("a", "a.example", days=3)
-        answer = self.successResultOf(self.reloader.check())
+        answer = answerOf(self, self.reloader.check())
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(
             answer["warnings"],
@@ -511,10 +695,10 @@ class ReloadCertificatesTests(SynchronousTestCase):
         """
         before = self.holder.current
         order: list[str] = []
-        self.reloader.beforeSwap.append(self.recordSwap)
-        self.reloader.beforeSwap.append(lambda runtime: order.append("second"))
+        self.reloader.followers += (Preparing(self.recordSwap),)
+        self.reloader.followers += (Preparing(lambda runtime: order.append("second")),)
         self.leaf("a", "a.example", days=200)
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(self.swapped, [self.holder.current])
         self.assertEqual(self.current, [before])
@@ -530,15 +714,15 @@ class ReloadCertificatesTests(SynchronousTestCase):
         No hook is called when the reload fails: a certificate that cannot
         be used, or an invalid file.
         """
-        self.reloader.beforeSwap.append(self.recordSwap)
+        self.reloader.followers += (Preparing(self.recordSwap),)
         self.write("a.key", b"")
         self.assertEqual(
-            self.successResultOf(self.reloader.reload("test"))["code"],
+            answerOf(self, self.reloader.reload("test"))["code"],
             "certificate_invalid",
         )
         self.writeConfig(TLS + "bogus = 1\n")
         self.assertEqual(
-            self.successResultOf(self.reloader.reload("test"))["code"],
+            answerOf(self, self.reloader.reload("test"))["code"],
             "config_invalid",
         )
         self.assertEqual(self.swapped, [])
@@ -554,10 +738,11 @@ class ReloadCertificatesTests(SynchronousTestCase):
         def refuse(runtime: Runtime) -> None:
             raise RuntimeError("cannot build contexts")
 
-        self.reloader.beforeSwap += [refuse, self.recordSwap]
+        refusing = Preparing(refuse)
+        self.reloader.followers += (refusing, Preparing(self.recordSwap))
         self.leaf("a", "a.example", days=200)
         self.assertEqual(
-            self.successResultOf(self.reloader.reload("test")),
+            answerOf(self, self.reloader.reload("test")),
             {
                 "status": "error",
                 "code": "internal",
@@ -567,8 +752,10 @@ class ReloadCertificatesTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertIs(self.holder.current, before)
         self.assertEqual(self.swapped, [])
-        self.reloader.beforeSwap.remove(refuse)
-        answer = self.successResultOf(self.reloader.reload("test"))
+        self.reloader.followers = tuple(
+            f for f in self.reloader.followers if f is not refusing
+        )
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual((answer["status"], answer["generation"]), ("ok", 2))
         self.assertEqual(self.swapped, [self.holder.current])
 
@@ -592,7 +779,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         """
         self.writeConfig(TLS + "upstream_tls_verify = false\n")
         self.leaf("a", "a.example", days=6.5)
-        answer = self.successResultOf(self.reloader.check())
+        answer = answerOf(self, self.reloader.check())
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(answer["warnings"], self.expectedWarnings())
 
@@ -607,7 +794,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events)
         self.writeConfig(TLS + "upstream_tls_verify = false\n")
         self.leaf("a", "a.example", days=6.5)
-        answer = self.successResultOf(self.reloader.reload("test"))
+        answer = answerOf(self, self.reloader.reload("test"))
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(answer["warnings"], self.expectedWarnings())
         warned = [e for e in events if e["log_level"] == LogLevel.warn]
@@ -621,7 +808,7 @@ class ReloadCertificatesTests(SynchronousTestCase):
         with a warning naming what it covers and what it misses.
         """
         self.leaf("a", "www.a.example")
-        answer = self.successResultOf(self.reloader.check())
+        answer = answerOf(self, self.reloader.check())
         self.assertEqual(answer["status"], "ok")
         self.assertEqual(
             answer["warnings"],

@@ -15,7 +15,8 @@ from typing import cast
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.sdnotify import Notifier, oneLine, socketAddress
+from revproxy.reload import Applied, Refused, SiteChanges
+from revproxy.sdnotify import Notifier, oneLine, servingStatus, socketAddress
 
 
 class NotifySocket:
@@ -278,3 +279,48 @@ class DisabledNotifierTests(SynchronousTestCase):
         self.addCleanup(systemd.close)
         notifier.stopping()
         self.assertEqual(systemd.received(), [b"STOPPING=1\n"])
+
+
+class ServingStatusTests(SynchronousTestCase):
+    """
+    L{servingStatus}: the one line systemd shows.
+    """
+
+    def applied(self, failed: tuple[str, ...] = ()) -> Applied:
+        return Applied(3, "sha", SiteChanges((), (), (), 2), (), (), failed=failed)
+
+    def test_serving(self) -> None:
+        """
+        Without a reload, it says what is served.
+        """
+        self.assertEqual(servingStatus(2, 1), "Serving 2 site(s), config generation 1")
+
+    def test_reloaded(self) -> None:
+        """
+        After a reload that applied, it says so.
+        """
+        self.assertEqual(
+            servingStatus(2, 3, self.applied()),
+            "Reloaded: serving 2 site(s), config generation 3",
+        )
+
+    def test_refused(self) -> None:
+        """
+        After a refused reload, it gives the reason, cut at 300 characters.
+        """
+        self.assertEqual(
+            servingStatus(2, 1, Refused("config_invalid", "bad")),
+            "Reload failed, serving 2 site(s), config generation 1: bad",
+        )
+        long = servingStatus(2, 1, Refused("config_invalid", "x" * 400))
+        self.assertTrue(long.endswith(": " + "x" * 297 + "..."), long)
+
+    def test_partiallyApplied(self) -> None:
+        """
+        After a reload some followers of which failed, it names them.
+        """
+        self.assertEqual(
+            servingStatus(2, 3, self.applied(("tls",))),
+            "Reload failed, serving 2 site(s), config generation 3: "
+            "partially applied, failed: tls",
+        )

@@ -40,17 +40,22 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from revproxy.acme.manager import AcmeManager
+from revproxy.admin import reloadAnswer
 from revproxy.config import Config, loadConfig, parseConfig
+from revproxy.health import HealthMonitor
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.listeners import GatedFactory
+from revproxy.listeners import GatedFactory, withBacklog
+from revproxy.proxy.connector import reactorConnector
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
+from revproxy.reload import Reloader
 from revproxy.sdnotify import Notifier
 from revproxy.service import (
+    RequestPath,
     RevProxyService,
     SignalRelay,
+    TLSTermination,
     buildService,
-    reactorConnector,
-    withBacklog,
 )
 from revproxy.tls import (
     HANDSHAKE_TIMEOUT,
@@ -81,6 +86,27 @@ def config(text: str = CONFIG) -> Config:
     Parse C{text}.
     """
     return parseConfig(text)
+
+
+def pathOf(top: RevProxyService) -> RequestPath:
+    """
+    The request path of the tree C{top}.
+    """
+    return cast(RequestPath, top.getServiceNamed("request-path"))
+
+
+def tlsOf(top: RevProxyService) -> TLSTermination:
+    """
+    The HTTPS listeners and certificates of the tree C{top}.
+    """
+    return cast(TLSTermination, top.getServiceNamed("tls"))
+
+
+def reloaderOf(top: RevProxyService) -> Reloader:
+    """
+    The reloader of the tree C{top}.
+    """
+    return cast(Reloader, top.getServiceNamed("reloader"))
 
 
 class _TakenPortReactor(MemoryReactorClock):
@@ -161,9 +187,9 @@ class ListenerTests(SynchronousTestCase):
             # The site, wrapped so that every connection is known (drain),
             # behind the cap on client connections.
             assert isinstance(factory, GatedFactory)
-            self.assertIs(factory.wrapped, top.tracker)
-            self.assertIs(factory.gate, top.tracker.gate)
-            self.assertIs(top.tracker.wrappedFactory, top.site)
+            self.assertIs(factory.wrapped, pathOf(top).tracker)
+            self.assertIs(factory.gate, pathOf(top).tracker.gate)
+            self.assertIs(pathOf(top).tracker.wrappedFactory, pathOf(top).site)
 
     def test_portTaken(self) -> None:
         """
@@ -284,7 +310,7 @@ class ShutdownTests(SynchronousTestCase):
         top.privilegedStartService()
         top.startService()
 
-        site = top.site
+        site = pathOf(top).site
         channel = site.buildProtocol(CLIENT)
         client = StringTransport(peerAddress=CLIENT)
         channel.makeConnection(client)
@@ -302,7 +328,7 @@ class ShutdownTests(SynchronousTestCase):
         self.assertTrue(client.value().endswith(b"\r\n\r\nhi"))
         channel.connectionLost(Failure(ConnectionDone()))
 
-        pool = top.getServiceNamed("upstream-pool").pool
+        pool = pathOf(top).pool
         self.assertEqual(pool.idleCount(("http", "127.0.0.1", 9000, None)), 1)
         self.assertNotEqual(reactor.getDelayedCalls(), [])
         self.assertFalse(upstreamTransport.disconnecting)
@@ -466,12 +492,12 @@ class HTTPSServiceTests(SynchronousTestCase):
         top = self.start()
         listeners = self.listeners()
         self.assertEqual(sorted(listeners), [8080, 8443, 9443])
-        self.assertIs(listeners[8080], top.tracker)
+        self.assertIs(listeners[8080], pathOf(top).tracker)
         self.assertIs(listeners[8443], listeners[9443])
         tlsFactory = self.tlsFactory()
         deadline = tlsFactory.wrappedFactory
         assert isinstance(deadline, HandshakeDeadline)
-        self.assertIs(deadline.wrappedFactory, top.tracker)
+        self.assertIs(deadline.wrappedFactory, pathOf(top).tracker)
         self.assertIs(deadline.clock, self.reactor)
         self.assertEqual(deadline.timeout, HANDSHAKE_TIMEOUT)
         self.assertEqual(
@@ -492,20 +518,20 @@ class HTTPSServiceTests(SynchronousTestCase):
         The listeners serve the current runtime's certificates (no ACME
         site here, so exactly those).
         """
-        contexts = top.contexts
+        contexts = tlsOf(top).contexts
         assert contexts is not None
         self.assertEqual(
             [id(c) for c in contexts.store.all()],
-            [id(c) for c in top.holder.current.tls.certificates.all()],
+            [id(c) for c in pathOf(top).holder.current.tls.certificates.all()],
         )
 
     def test_contexts(self) -> None:
         """
-        C{top.contexts} is the listeners' connection creator and serves the
+        C{tlsOf(top).contexts} is the listeners' connection creator and serves the
         runtime's certificates.
         """
         top = self.start()
-        contexts = top.contexts
+        contexts = tlsOf(top).contexts
         assert isinstance(contexts, SNIContextFactory)
         self.assertServesRuntime(top)
         cert = contexts.store.lookup("secure.example")
@@ -526,7 +552,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         transport = client.transport
         assert transport is not None
         self.assertEqual(getattr(transport, "negotiatedProtocol", None), b"h2")
-        [channelTransport] = top.tracker.protocols
+        [channelTransport] = pathOf(top).tracker.protocols
         self.assertTrue(ISSLTransport.providedBy(channelTransport))
         self.assertEqual(getattr(channelTransport, "negotiatedProtocol", None), b"h2")
         self.reactor.advance(HANDSHAKE_TIMEOUT * 2)
@@ -580,7 +606,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         Over the HTTP listener, the site redirects to the first HTTPS port.
         """
         top = self.start()
-        channel = top.tracker.buildProtocol(CLIENT)
+        channel = pathOf(top).tracker.buildProtocol(CLIENT)
         assert channel is not None
         transport = StringTransport(peerAddress=CLIENT)
         channel.makeConnection(transport)
@@ -636,7 +662,9 @@ class HTTPSServiceTests(SynchronousTestCase):
         self.assertEqual(self.hook.errors, [])
 
     def reload(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.successResultOf(self.top.reloader.reload("test"))
+        result: dict[str, Any] = reloadAnswer(
+            self.successResultOf(reloaderOf(self.top).reload("test"))
+        )
         return result
 
     def test_reloadSwapsCertificates(self) -> None:
@@ -645,7 +673,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         certificate; a reload that fails leaves the certificates alone.
         """
         top = self.start()
-        contexts = top.contexts
+        contexts = tlsOf(top).contexts
         assert contexts is not None
         before = contexts.store.lookup("secure.example")
         self.writeCertificate("secure.example", "www.secure.example")
@@ -695,11 +723,11 @@ class NoHTTPSServiceTests(SynchronousTestCase):
         top.privilegedStartService()
         top.startService()
         self.addCleanup(top.stopService)
-        self.assertIsNone(top.contexts)
+        self.assertRaises(KeyError, top.getServiceNamed, "tls")
         self.assertRaises(KeyError, top.getServiceNamed, "tls")
         self.assertIs(sys.excepthook, hook)
         for _, factory, _, _ in reactor.tcpServers:
-            self.assertIs(cast(GatedFactory, factory).wrapped, top.tracker)
+            self.assertIs(cast(GatedFactory, factory).wrapped, pathOf(top).tracker)
 
 
 class ReactorConnectorTests(SynchronousTestCase):
@@ -828,8 +856,8 @@ redirect_http = true
             f.write(text)
         reactor = MemoryReactorClock()
         top = buildService(parseConfig(text), path, cast(IRevProxyReactor, reactor))
-        contexts = top.contexts
-        manager = top.acme
+        contexts = tlsOf(top).contexts
+        manager = cast(AcmeManager, top.getServiceNamed("acme"))
         assert contexts is not None and manager is not None
         cert = contexts.store.lookup("auto.example")
         assert cert is not None
@@ -837,7 +865,7 @@ redirect_http = true
         self.assertEqual(cert.names, ("auto.example",))
         self.assertIs(top.getServiceNamed("acme"), manager)
         self.assertFalse(manager.isIssued("auto"))
-        self.assertIn("auto", top.holder.current.secured)
+        self.assertIn("auto", pathOf(top).holder.current.secured)
         with open(path, "w") as f:
             f.write(
                 text.split("[[sites]]")[0]
@@ -848,7 +876,7 @@ hosts = ["plain.example"]
 upstreams = ["http://127.0.0.1:9000"]
 """
             )
-        answer = self.successResultOf(top.reloader.reload("test"))
+        answer = reloadAnswer(self.successResultOf(reloaderOf(top).reload("test")))
         self.assertEqual(answer["status"], "ok", answer)
         self.assertIsNone(contexts.store.lookup("auto.example"))
         self.assertEqual(manager.certificates(), {})
@@ -899,23 +927,23 @@ class OperationsWiringTests(SynchronousTestCase):
 
     def reload(self) -> None:
         answers: list[Any] = []
-        self.top.reloader.reload("test").addCallback(answers.append)
-        self.assertEqual(answers[0]["status"], "ok", answers)
+        reloaderOf(self.top).reload("test").addCallback(answers.append)
+        self.assertEqual(reloadAnswer(answers[0])["status"], "ok", answers)
 
     def test_bucketsFollowLimits(self) -> None:
         """
         A reload that leaves a site's limit alone keeps its buckets; one
         that changes the limit starts them afresh.
         """
-        limit = self.top.holder.current.config.sites[0].rate_limit
+        limit = pathOf(self.top).holder.current.config.sites[0].rate_limit
         for _ in range(2):
-            self.top.limiter.allow("demo", limit, "192.0.2.1")
+            pathOf(self.top).limiter.allow("demo", limit, "192.0.2.1")
         self.write(self.LIMITED + "default = true\n")
         self.reload()
-        self.assertIsNotNone(self.top.limiter.bucket("demo", "192.0.2.1"))
+        self.assertIsNotNone(pathOf(self.top).limiter.bucket("demo", "192.0.2.1"))
         self.write(self.LIMITED.replace("burst = 2", "burst = 3"))
         self.reload()
-        self.assertIsNone(self.top.limiter.bucket("demo", "192.0.2.1"))
+        self.assertIsNone(pathOf(self.top).limiter.bucket("demo", "192.0.2.1"))
 
     def test_generationAndReloadCount(self) -> None:
         """
@@ -924,14 +952,43 @@ class OperationsWiringTests(SynchronousTestCase):
         """
         self.write(self.LIMITED + "default = true\n")
         self.reload()
-        self.assertEqual(self.top.observer.generation, 2)
-        self.assertEqual(self.top.metrics.generation(), 2)
+        self.assertEqual(pathOf(self.top).observer.generation, 2)
+        self.assertEqual(pathOf(self.top).metrics.sources.generation(), 2)
         self.assertEqual(
-            self.top.metrics.registry.get_sample_value(
+            pathOf(self.top).metrics.registry.get_sample_value(
                 "revproxy_reloads_total", {"result": "ok"}
             ),
             1.0,
         )
+
+    def test_partiallyApplied(self) -> None:
+        """
+        When a part fails to follow a reload (here the health checks), the
+        new config still serves, the others follow it, and the answer is
+        C{"partially applied"}, naming the part; the metrics count a failed
+        reload.
+        """
+        health = cast(HealthMonitor, self.top.getServiceNamed("health"))
+
+        def broken(routes: object) -> None:
+            raise RuntimeError("health checks broke")
+
+        self.patch(health, "update", broken)
+        self.write(self.LIMITED + "default = true\n")
+        answers: list[Any] = []
+        reloaderOf(self.top).reload("test").addCallback(answers.append)
+        answer = reloadAnswer(answers[0])
+        self.assertEqual(answer["status"], "partially applied")
+        self.assertEqual(answer["failed"], ["upstream health checks"])
+        self.assertEqual(pathOf(self.top).holder.current.generation, 2)
+        self.assertEqual(pathOf(self.top).observer.generation, 2)
+        self.assertEqual(
+            pathOf(self.top).metrics.registry.get_sample_value(
+                "revproxy_reloads_total", {"result": "failed"}
+            ),
+            1.0,
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class SystemdNotifyTests(SynchronousTestCase):
@@ -998,7 +1055,9 @@ class SystemdNotifyTests(SynchronousTestCase):
         cast(SignalRelay, self.top.getServiceNamed("signals")).restore()
 
     def reload(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.successResultOf(self.top.reloader.reload("test"))
+        result: dict[str, Any] = reloadAnswer(
+            self.successResultOf(reloaderOf(self.top).reload("test"))
+        )
         return result
 
     def test_readyOnceRunning(self) -> None:
@@ -1079,7 +1138,7 @@ class SystemdNotifyTests(SynchronousTestCase):
         """
         self.start()
         self.received()
-        self.successResultOf(self.top.reloader.check())
+        self.successResultOf(reloaderOf(self.top).check())
         self.assertEqual(self.received(), [])
 
     def test_queuedReloadsInOrder(self) -> None:
@@ -1090,10 +1149,10 @@ class SystemdNotifyTests(SynchronousTestCase):
         self.start()
         self.received()
         # Hold the reload lock, as a reload in progress would.
-        lock = self.top.reloader._lock
+        lock = reloaderOf(self.top)._lock
         self.successResultOf(lock.acquire())
-        first = self.top.reloader.reload("first")
-        second = self.top.reloader.reload("second")
+        first = reloaderOf(self.top).reload("first")
+        second = reloaderOf(self.top).reload("second")
         self.assertEqual(self.received(), [])
         lock.release()
         self.successResultOf(first)

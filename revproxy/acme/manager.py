@@ -172,11 +172,14 @@ class AcmeManager(Service):
         config: AcmeConfig,
         challenges: IChallengeResponder,
         rng: random.Random | None = None,
+        onChange: Callable[[], None] | None = None,
     ) -> None:
         """
         @param issuerFactory: Builds the issuer (account key, directory) on
             first need; an L{AcmeError} it raises fails that order and is
             retried with back-off.
+        @param onChange: Called (no arguments) whenever a site's certificate
+            changes.
         """
         self._clock = clock
         self._storage = storage
@@ -187,7 +190,9 @@ class AcmeManager(Service):
         self._rng = rng or random.SystemRandom()
         self._sites: dict[str, _Site] = {}
         self._timer: IDelayedCall | None = None
-        self.onChange: Callable[[], None] = lambda: None
+        self.onChange: Callable[[], None] = (
+            (lambda: None) if onChange is None else onChange
+        )
 
     # -- the sites
 
