@@ -1126,6 +1126,47 @@ class _Parser:
         base = ServerConfig()
         if table is None:
             return base, True
+        listenHTTP, listenHTTPS, opsListen = self._listeners(table, base)
+        adminSocketPath = table.string("admin_socket_path", base.admin_socket_path)
+        stateDir = table.string("state_dir", base.state_dir)
+        if stateDir == "":
+            table.error("state_dir", "must not be empty")
+        shutdownTimeout = table.number(
+            "shutdown_timeout_secs",
+            base.shutdown_timeout_secs,
+            0,
+            _MAX_SHUTDOWN_TIMEOUT_SECS,
+        )
+        trusted = self._trustedProxies(table)
+        tlsMinVersion = table.choice(
+            "tls_min_version", base.tls_min_version, _TLS_VERSIONS
+        )
+        http2 = table.boolean("http2", base.http2)
+        limits, maxConnections = self._serverLimits(table, base)
+        server = ServerConfig(
+            listen_http=_or(listenHTTP, base.listen_http),
+            listen_https=_or(listenHTTPS, base.listen_https),
+            admin_socket_path=_or(adminSocketPath, base.admin_socket_path),
+            ops_listen=_or(opsListen, base.ops_listen),
+            state_dir=_or(stateDir, base.state_dir),
+            shutdown_timeout_secs=_or(shutdownTimeout, base.shutdown_timeout_secs),
+            trusted_proxies=trusted,
+            tls_min_version=_or(tlsMinVersion, base.tls_min_version),
+            http2=_or(http2, base.http2),
+            max_connections=maxConnections,
+            **{key: _or(value, getattr(base, key)) for key, value in limits.items()},
+        )
+        return server, listenHTTPS is None or listenHTTPS != ()
+
+    def _listeners(
+        self, table: _Table, base: ServerConfig
+    ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None, str | None]:
+        """
+        Read C{listen_http}, C{listen_https} and C{ops_listen}: valid
+        endpoint descriptions, no two on the same address.
+
+        @return: each, or L{None} where it is invalid.
+        """
         errors = self._errors
         seen: dict[tuple[object, ...], str] = {}
 
@@ -1169,35 +1210,40 @@ class _Parser:
                 "listen_http and listen_https are both empty, so revproxy "
                 "would not listen anywhere",
             )
-        adminSocketPath = table.string("admin_socket_path", base.admin_socket_path)
-        stateDir = table.string("state_dir", base.state_dir)
-        if stateDir == "":
-            table.error("state_dir", "must not be empty")
-        shutdownTimeout = table.number(
-            "shutdown_timeout_secs",
-            base.shutdown_timeout_secs,
-            0,
-            _MAX_SHUTDOWN_TIMEOUT_SECS,
-        )
+        return listenHTTP, listenHTTPS, opsListen
+
+    def _trustedProxies(
+        self, table: _Table
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """
+        Read C{trusted_proxies}: addresses or networks (CIDR).
+        """
         trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         if table.has("trusted_proxies"):
             path = table.keyPath("trusted_proxies")
-            items = _asStringList(errors, path, table.get("trusted_proxies"))
+            items = _asStringList(self._errors, path, table.get("trusted_proxies"))
             for index, item in enumerate(items or ()):
                 if item is None:
                     continue
                 try:
                     trusted.append(ipaddress.ip_network(item, strict=False))
                 except ValueError:
-                    errors.append(
+                    self._errors.append(
                         f"{path}[{index}]: {_quote(item)} is not an IP address or "
                         "network (CIDR)"
                     )
-        tlsMinVersion = table.choice(
-            "tls_min_version", base.tls_min_version, _TLS_VERSIONS
-        )
-        http2 = table.boolean("http2", base.http2)
-        limits = {
+        return tuple(trusted)
+
+    def _serverLimits(
+        self, table: _Table, base: ServerConfig
+    ) -> tuple[dict[str, float | None], int | None]:
+        """
+        Read the numeric limits and timeouts of C{[server]}.
+
+        @return: each limit by key (L{None} where invalid), and
+            C{max_connections}.
+        """
+        limits: dict[str, float | None] = {
             key: table.integer(key, getattr(base, key), low, high)
             for key, low, high in (
                 ("max_request_line_bytes", 256, 1048576),
@@ -1241,20 +1287,7 @@ class _Parser:
                 "must not be larger than max_headers_total_bytes "
                 f"({limits['max_headers_total_bytes']})",
             )
-        server = ServerConfig(
-            listen_http=_or(listenHTTP, base.listen_http),
-            listen_https=_or(listenHTTPS, base.listen_https),
-            admin_socket_path=_or(adminSocketPath, base.admin_socket_path),
-            ops_listen=_or(opsListen, base.ops_listen),
-            state_dir=_or(stateDir, base.state_dir),
-            shutdown_timeout_secs=_or(shutdownTimeout, base.shutdown_timeout_secs),
-            trusted_proxies=tuple(trusted),
-            tls_min_version=_or(tlsMinVersion, base.tls_min_version),
-            http2=_or(http2, base.http2),
-            max_connections=maxConnections,
-            **{key: _or(value, getattr(base, key)) for key, value in limits.items()},
-        )
-        return server, listenHTTPS is None or listenHTTPS != ()
+        return limits, maxConnections
 
     def _acme(self, table: _Table | None) -> tuple[AcmeConfig, bool]:
         """
@@ -1492,6 +1525,64 @@ class _Parser:
         """
         Read one C{[[sites]]} entry, checking what concerns it alone.
         """
+        name = self._siteName(table)
+        isDefault = table.boolean("default", False)
+        hosts, noHosts = self._siteHosts(table, isDefault)
+        upstreams = self._siteUpstreams(table)
+        tls, certFile, keyFile = self._siteTLS(table, hosts, noHosts, httpsListeners)
+        redirect = table.boolean("redirect_http", False)
+        if redirect and tls == "none":
+            table.error("redirect_http", 'needs tls = "acme" or "files"')
+        hsts = table.integer("hsts_max_age_secs", 0, 0, _MAX_HSTS_SECS)
+        if hsts and tls == "none":
+            table.error(
+                "hsts_max_age_secs",
+                'needs tls = "acme" or "files" (HSTS is only sent over HTTPS)',
+            )
+        strictSNI = table.boolean("strict_sni_host", True)
+        if tls == "none" and table.has("strict_sni_host"):
+            # Either value: a site without TLS is never served over HTTPS,
+            # so the key could not take effect.
+            table.error(
+                "strict_sni_host",
+                'only used with tls = "acme" or "files" (this site has tls = "none")',
+            )
+        upstreamCA, verify = self._siteUpstreamTLS(table, upstreams)
+
+        healthCheck = self._healthCheck(table.table("health_check", _HEALTH_CHECK_KEYS))
+        limits = self._limits(table, defaults)
+        config = SiteConfig(
+            name=_or(name, ""),
+            hosts=tuple(host for _, host in hosts),
+            upstreams=tuple(upstreams),
+            tls=_or(tls, "none"),
+            cert_file=self._path(_or(certFile, "")),
+            key_file=self._path(_or(keyFile, "")),
+            redirect_http=_or(redirect, False),
+            hsts_max_age_secs=_or(hsts, 0),
+            strict_sni_host=_or(strictSNI, True) and tls in ("acme", "files"),
+            upstream_ca_file=self._path(_or(upstreamCA, "")),
+            upstream_tls_verify=_or(verify, True),
+            health_check=healthCheck,
+            default=_or(isDefault, False),
+            max_body_bytes=limits.max_body_bytes,
+            rate_limit=limits.rate_limit,
+            connect_timeout_secs=limits.connect_timeout_secs,
+            response_timeout_secs=limits.response_timeout_secs,
+            queue_timeout_secs=limits.queue_timeout_secs,
+        )
+        return _ParsedSite(
+            config=config,
+            name=name,
+            hosts=tuple(hosts),
+            default=isDefault is True,
+            usesAcme=tls == "acme",
+        )
+
+    def _siteName(self, table: _Table) -> str | None:
+        """
+        Read a site's C{name}: required, a safe directory name.
+        """
         name = table.string("name", None)
         if not table.has("name"):
             table.error("name", "required")
@@ -1505,8 +1596,18 @@ class _Parser:
             # The name is a directory under state_dir (ACME certificates).
             table.error("name", f"{_quote(name)} must not start with '.'")
             name = None
-        isDefault = table.boolean("default", False)
+        return name
 
+    def _siteHosts(
+        self, table: _Table, isDefault: bool | None
+    ) -> tuple[list[tuple[int, str]], bool]:
+        """
+        Read a site's C{hosts}: normalized names, no duplicates, required
+        unless it is the default site.
+
+        @return: each valid host with its index, and whether the site has
+            no hosts.
+        """
         hosts: list[tuple[int, str]] = []
         noHosts = not table.has("hosts")
         if table.has("hosts"):
@@ -1534,7 +1635,12 @@ class _Parser:
                 table.error("hosts", "must not be empty unless default = true")
         elif isDefault is False:
             table.error("hosts", "required (a list of hostnames) unless default = true")
+        return hosts, noHosts
 
+    def _siteUpstreams(self, table: _Table) -> list[Upstream]:
+        """
+        Read a site's C{upstreams}: required, URLs, no duplicates.
+        """
         upstreams: list[Upstream] = []
         if not table.has("upstreams"):
             table.error(
@@ -1562,7 +1668,18 @@ class _Parser:
                 else:
                     seen[upstream.url] = index
                     upstreams.append(upstream)
+        return upstreams
 
+    def _siteTLS(
+        self,
+        table: _Table,
+        hosts: list[tuple[int, str]],
+        noHosts: bool,
+        httpsListeners: bool,
+    ) -> tuple[str | None, str | None, str | None]:
+        """
+        Read a site's C{tls}, C{cert_file} and C{key_file}.
+        """
         tls = table.choice("tls", "none", _TLS_MODES)
         certFile = table.string("cert_file", "")
         keyFile = table.string("key_file", "")
@@ -1594,23 +1711,15 @@ class _Parser:
                 "tls",
                 f'tls = "{tls}" needs server.listen_https, which is empty',
             )
-        redirect = table.boolean("redirect_http", False)
-        if redirect and tls == "none":
-            table.error("redirect_http", 'needs tls = "acme" or "files"')
-        hsts = table.integer("hsts_max_age_secs", 0, 0, _MAX_HSTS_SECS)
-        if hsts and tls == "none":
-            table.error(
-                "hsts_max_age_secs",
-                'needs tls = "acme" or "files" (HSTS is only sent over HTTPS)',
-            )
-        strictSNI = table.boolean("strict_sni_host", True)
-        if tls == "none" and table.has("strict_sni_host"):
-            # Either value: a site without TLS is never served over HTTPS,
-            # so the key could not take effect.
-            table.error(
-                "strict_sni_host",
-                'only used with tls = "acme" or "files" (this site has tls = "none")',
-            )
+        return tls, certFile, keyFile
+
+    def _siteUpstreamTLS(
+        self, table: _Table, upstreams: list[Upstream]
+    ) -> tuple[str | None, bool | None]:
+        """
+        Read how a site verifies its https:// upstreams:
+        C{upstream_ca_file} and C{upstream_tls_verify}.
+        """
         upstreamCA = table.string("upstream_ca_file", "")
         verify = table.boolean("upstream_tls_verify", True)
         anyHTTPS = any(u.scheme == "https" for u in upstreams)
@@ -1626,33 +1735,4 @@ class _Parser:
                 "upstream_ca_file",
                 "has no effect with upstream_tls_verify = false; remove one of them",
             )
-
-        healthCheck = self._healthCheck(table.table("health_check", _HEALTH_CHECK_KEYS))
-        limits = self._limits(table, defaults)
-        config = SiteConfig(
-            name=_or(name, ""),
-            hosts=tuple(host for _, host in hosts),
-            upstreams=tuple(upstreams),
-            tls=_or(tls, "none"),
-            cert_file=self._path(_or(certFile, "")),
-            key_file=self._path(_or(keyFile, "")),
-            redirect_http=_or(redirect, False),
-            hsts_max_age_secs=_or(hsts, 0),
-            strict_sni_host=_or(strictSNI, True) and tls in ("acme", "files"),
-            upstream_ca_file=self._path(_or(upstreamCA, "")),
-            upstream_tls_verify=_or(verify, True),
-            health_check=healthCheck,
-            default=_or(isDefault, False),
-            max_body_bytes=limits.max_body_bytes,
-            rate_limit=limits.rate_limit,
-            connect_timeout_secs=limits.connect_timeout_secs,
-            response_timeout_secs=limits.response_timeout_secs,
-            queue_timeout_secs=limits.queue_timeout_secs,
-        )
-        return _ParsedSite(
-            config=config,
-            name=name,
-            hosts=tuple(hosts),
-            default=isDefault is True,
-            usesAcme=tls == "acme",
-        )
+        return upstreamCA, verify
