@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from revproxy.acme import AcmeError
 from revproxy.interfaces import IChallengeResponder, IIssuer
+from revproxy.private.acme import postAsGet
 
 if TYPE_CHECKING:
     from revproxy.tls import PrivateKey
@@ -309,9 +310,7 @@ class LibraryCalls:
         """
         A POST-as-GET (RFC 8555 section 6.3) of C{url}.
         """
-        client = self._v2()
-        response: requests.Response = client._post_as_get(url)
-        return response
+        return postAsGet(self._v2(), url)
 
     def authorization(self, uri: str) -> tuple[messages.Authorization, float | None]:
         response = self._postAsGet(uri)
