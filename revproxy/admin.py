@@ -17,8 +17,8 @@ import os
 import re
 import socket
 import stat
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
@@ -50,8 +50,9 @@ from revproxy.runtime import RuntimeHolder
 from revproxy.tls import LoadedCertificate, TLSFiles
 
 if TYPE_CHECKING:
+    from revproxy.acme.manager import AcmeSiteDescription, RenewalResult
     from revproxy.config import RateLimit
-    from revproxy.health import HealthMonitor
+    from revproxy.health import HealthMonitor, UpstreamHealthDescription
     from revproxy.metrics import Metrics
     from revproxy.ratelimit import RateLimiter
 
@@ -174,14 +175,14 @@ class ICertificateManager(TypingProtocol):
     What the admin socket needs of L{revproxy.acme.manager.AcmeManager}.
     """
 
-    def describeAll(self) -> list[Answer]:
+    def describeAll(self) -> list[AcmeSiteDescription]:
         """
         Each managed certificate with its schedule.
         """
 
-    def renew(self, site: str) -> Deferred[Answer]:
+    def renew(self, site: str) -> Deferred[RenewalResult]:
         """
-        Renew C{site}'s certificate now; fires with the answer.
+        Renew C{site}'s certificate now; fires with how it ended.
         """
 
 
@@ -249,7 +250,10 @@ def _claims(route: SiteRoute, host: str) -> bool:
 
 
 def _isoTime(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    """
+    C{seconds} since the epoch as an ISO 8601 UTC time to the second.
+    """
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _describeCertificate(
@@ -267,6 +271,64 @@ def _describeCertificate(
         "not_after": _isoTime(cert.not_after),
         "expires_in_days": round((cert.not_after - now) / 86400, 1),
     }
+
+
+def renderAcmeSite(site: AcmeSiteDescription) -> Answer:
+    """
+    One acme site's certificate and schedule, for C{certs} and C{renew}.
+    """
+    return {
+        "sites": [site.site],
+        "names": list(site.names),
+        "source": site.source,
+        "issuer": site.issuer,
+        "not_after": _isoTime(site.notAfter),
+        "expires_in_days": round((site.notAfter - site.at) / 86400, 1),
+        "ordering": site.ordering,
+        "last_error": site.lastError,
+        "next_renewal": None
+        if site.nextRenewal is None
+        else _isoTime(site.nextRenewal),
+        "next_renewal_reason": site.nextRenewalReason,
+    }
+
+
+def renderRenewal(result: RenewalResult) -> Answer:
+    """
+    The answer of C{renew SITE}.
+    """
+    answer: Answer = (
+        {"status": "ok"}
+        if result.error is None
+        else {"status": "error", "message": result.error}
+    )
+    if result.site is not None:
+        answer["certificate"] = renderAcmeSite(result.site)
+    return answer
+
+
+def renderUpstreamHealth(health: UpstreamHealthDescription) -> Answer:
+    """
+    An upstream's health, under its URL in C{sites} and C{stats}.
+    """
+    return {
+        "healthy": health.healthy,
+        "fails": health.fails,
+        "passes": health.passes,
+        "last_error": health.lastError,
+        "last_check": None if health.lastCheck is None else _isoTime(health.lastCheck),
+        "last_status": health.lastStatus,
+    }
+
+
+def healthzBody(draining: bool) -> bytes:
+    """
+    The body of an answer of the ops listener's C{/healthz}
+    (L{revproxy.metrics.OpsResource}): C{ok} while serving, C{draining}
+    once the proxy is shutting down.
+    """
+    status = "draining" if draining else "ok"
+    return json.dumps({"status": status}).encode("ascii") + b"\n"
 
 
 def _describeRateLimit(limit: RateLimit) -> Answer | None:
@@ -425,16 +487,16 @@ class AdminFactory(Factory["AdminProtocol"]):
         site with health checks, its health.
         """
         health = self.operations.health
-        checked: dict[str, Answer] = {}
+        checked: dict[str, UpstreamHealthDescription] = {}
         if health is not None and route.config.health_check is not None:
-            checked = {str(d["url"]): d for d in health.describe(route.name)}
+            checked = {d.url: d for d in health.describe(route.name)}
         upstreams: list[Answer] = []
         for u in route.selector.upstreams:
             url = _url(u)
             answer: Answer = {"url": url, "down": route.selector.isDown(u)}
             state = checked.get(url)
             if state is not None:
-                answer["health"] = {k: v for k, v in state.items() if k != "url"}
+                answer["health"] = renderUpstreamHealth(state)
             upstreams.append(answer)
         return upstreams
 
@@ -661,7 +723,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             _describeCertificate(cert, tls.sitesOf(cert), now) for cert in certificates
         ]
         if self.certificateManager is not None:
-            described += self.certificateManager.describeAll()
+            described += map(renderAcmeSite, self.certificateManager.describeAll())
             described.sort(key=lambda answer: str(answer["not_after"]))
         return {
             "status": "ok",
@@ -680,7 +742,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                 "status": "error",
                 "message": "no ACME certificates here (no HTTPS listener)",
             }
-        return self.certificateManager.renew(args[0])
+        return self.certificateManager.renew(args[0]).addCallback(renderRenewal)
 
     def help(self, args: list[str]) -> Answer:
         """

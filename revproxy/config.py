@@ -41,6 +41,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.testing import MemoryReactor
 
+from revproxy.private.twisted import tcpInterface, tcpPort, unixPath
+
 _T = TypeVar("_T")
 
 _DEFAULT_MAX_BODY_BYTES = 10485760
@@ -514,7 +516,7 @@ def endpointPort(description: str) -> int | None:
     except Exception:
         return None
     if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        port = getattr(endpoint, "_port", None)
+        port = tcpPort(endpoint)
         return port if isinstance(port, int) else None
     return None
 
@@ -879,8 +881,8 @@ def _endpointKey(endpoint: object) -> tuple[object, ...] | None:
     a UNIX socket path; L{None} for an ephemeral port or another kind.
     """
     if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        port = getattr(endpoint, "_port", None)
-        interface = getattr(endpoint, "_interface", "")
+        port = tcpPort(endpoint)
+        interface = tcpInterface(endpoint)
         if not interface:
             interface = "::" if isinstance(endpoint, TCP6ServerEndpoint) else "0.0.0.0"
         try:
@@ -891,7 +893,7 @@ def _endpointKey(endpoint: object) -> tuple[object, ...] | None:
             return None
         return ("tcp", port, interface)
     if isinstance(endpoint, UNIXServerEndpoint):
-        return ("unix", getattr(endpoint, "_address", None))
+        return ("unix", unixPath(endpoint))
     return None
 
 
@@ -916,7 +918,7 @@ def _checkEndpoint(
     except Exception as e:
         errors.append(f"{path}: invalid endpoint {_quote(description)}: {_reason(e)}")
         return None
-    port = getattr(endpoint, "_port", 0)
+    port = tcpPort(endpoint, 0)
     if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) and not (
         isinstance(port, int) and 0 <= port <= 65535
     ):

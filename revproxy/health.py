@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
+import attrs
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet import error as ierror
@@ -90,10 +90,6 @@ with the HTTP status of C{GET check.path}, or fails with why there was none.
 The monitor applies C{check.timeout_secs} itself, by cancelling the
 L{Deferred}.
 """
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _oneLine(text: str) -> str:
@@ -163,6 +159,32 @@ def describeFailure(reason: Failure) -> str:
     else:
         text = reason.getErrorMessage()
     return _oneLine(text)
+
+
+@attrs.frozen
+class UpstreamHealthDescription:
+    """
+    The health of one upstream of one site at one moment, as the admin
+    socket shows it (C{sites}, C{stats}).
+
+    @ivar url: The upstream's URL.
+    @ivar healthy: Whether the upstream gets traffic.
+    @ivar fails: Consecutive failures so far.
+    @ivar passes: Consecutive passed checks so far.
+    @ivar lastError: Why the last failure failed, one line, or L{None}.
+    @ivar lastCheck: When the last check ended (seconds since the epoch),
+        or L{None}.
+    @ivar lastStatus: The HTTP status of the last check, or L{None} when it
+        got none.
+    """
+
+    url: str
+    healthy: bool
+    fails: int
+    passes: int
+    lastError: str | None
+    lastCheck: float | None
+    lastStatus: int | None
 
 
 class UpstreamHealth:
@@ -275,19 +297,19 @@ class UpstreamHealth:
             return True
         return False
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> UpstreamHealthDescription:
         """
-        The state as the admin socket shows it.
+        The state now, as the admin socket shows it.
         """
-        return {
-            "url": self.url,
-            "healthy": self.healthy,
-            "fails": self.fails,
-            "passes": self.passes,
-            "last_error": self.lastError,
-            "last_check": None if self.lastCheck is None else _iso(self.lastCheck),
-            "last_status": self.lastStatus,
-        }
+        return UpstreamHealthDescription(
+            url=self.url,
+            healthy=self.healthy,
+            fails=self.fails,
+            passes=self.passes,
+            lastError=self.lastError,
+            lastCheck=self.lastCheck,
+            lastStatus=self.lastStatus,
+        )
 
 
 class _SiteChecks:
@@ -530,7 +552,7 @@ class HealthMonitor(Service):
 
     # -- reading the states
 
-    def describe(self, siteName: str) -> list[dict[str, Any]]:
+    def describe(self, siteName: str) -> list[UpstreamHealthDescription]:
         """
         The health of each upstream of C{siteName}, in config order, for the
         admin socket; empty when the site has no health checks.

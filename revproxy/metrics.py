@@ -33,7 +33,6 @@ removed.
 
 from __future__ import annotations
 
-import json
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -60,6 +59,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import revproxy
+from revproxy.admin import healthzBody
 
 _log = Logger()
 
@@ -895,8 +895,8 @@ class OpsResource(Resource):
     The resource of the ops listener: C{GET /healthz} and C{GET /metrics}
     (and C{HEAD}).
 
-    C{/healthz} answers C{200 {"status": "ok"}} while serving and C{503
-    {"status": "draining"}} once L{draining} says so, so that a load
+    C{/healthz} answers C{200} while serving and C{503} once L{draining}
+    says so (L{revproxy.admin.healthzBody} writes the body), so that a load
     balancer stops sending new clients during a graceful shutdown.
     C{/metrics} answers the Prometheus text format, or OpenMetrics when the
     client's C{Accept} asks for it (as prometheus_client's own server
@@ -927,8 +927,8 @@ class OpsResource(Resource):
             return self._answer(request, 405, _TEXT, _NOT_ALLOWED)
         if path == b"/healthz":
             if self.draining():
-                return self._answer(request, 503, _JSON, _health("draining"))
-            return self._answer(request, 200, _JSON, _health("ok"))
+                return self._answer(request, 503, _JSON, healthzBody(draining=True))
+            return self._answer(request, 200, _JSON, healthzBody(draining=False))
         accept = request.getHeader(b"accept")
         encoder, contentType = choose_encoder(
             "" if accept is None else accept.decode("latin-1")
@@ -949,13 +949,6 @@ class OpsResource(Resource):
         if request.method == b"HEAD":
             return b""
         return body
-
-
-def _health(status: str) -> bytes:
-    """
-    The body of a C{/healthz} answer.
-    """
-    return json.dumps({"status": status}).encode("ascii") + b"\n"
 
 
 class _OpsSite(Site):

@@ -2,18 +2,19 @@
 """
 C{twistd revproxy}: command-line options and L{makeService}.
 
-This is the only module that imports the global reactor, and only inside
-L{makeService}.
+This is the only module that imports the global reactor (L{_globalReactor}):
+in L{makeService}, and in L{Options.postOptions} for the time the
+certificates' expiry is checked against, unless a test gave a clock.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from typing import IO, cast
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from revproxy import __version__
@@ -54,6 +55,9 @@ class Options(usage.Options):
     #: Where --check and start-up errors are printed; a parameter for tests.
     stdout: IO[str] = sys.stdout
     stderr: IO[str] = sys.stderr
+    #: What the certificates' expiry is checked against; L{None}: the global
+    #: reactor.  A parameter for tests.
+    clock: IReactorTime | None = None
 
     def opt_version(self) -> None:
         """
@@ -85,7 +89,8 @@ class Options(usage.Options):
         if problems:
             self._exitWithErrors(problems)
         try:
-            tls = loadTLSFiles(config, time.time())
+            clock = self.clock if self.clock is not None else _globalReactor()
+            tls = loadTLSFiles(config, clock.seconds())
         except ConfigError as e:
             self._exitWithErrors(list(e.errors))
         if self["check"]:
@@ -132,9 +137,7 @@ def makeService(
 
     descriptors = None
     if reactor is None:
-        from twisted.internet import reactor as globalReactor
-
-        reactor = cast(IRevProxyReactor, globalReactor)
+        reactor = _globalReactor()
         descriptors = raiseLimit()
     config: Config = options["parsed"]
     return buildService(
@@ -144,3 +147,13 @@ def makeService(
         options.get("tls"),
         descriptors=descriptors,
     )
+
+
+def _globalReactor() -> IRevProxyReactor:
+    """
+    The global reactor, imported (installed, if twistd has not yet) here
+    only.
+    """
+    from twisted.internet import reactor
+
+    return cast(IRevProxyReactor, reactor)

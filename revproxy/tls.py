@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from revproxy.config import Config, ConfigError, SiteConfig
 from revproxy.interfaces import ICertificateStore
+from revproxy.private.pyopenssl import NoOverlappingProtocols, setCurvesList
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
 from revproxy.routing import matchName, normalizeServerName
 
@@ -400,11 +401,9 @@ def _setGroups(context: SSL.Context, groups: bytes) -> None:
     pyOpenSSL 26.4 has no C{set_groups}, and C{set_tmp_ecdh} allows a
     single curve (no X25519 then), so this calls
     C{SSL_CTX_set1_curves_list} through the OpenSSL binding pyOpenSSL itself
-    uses.
+    uses (L{setCurvesList}).
     """
-    from OpenSSL._util import lib
-
-    if lib.SSL_CTX_set1_curves_list(context._context, groups) != 1:
+    if not setCurvesList(context, groups):
         raise ValueError(f"OpenSSL rejected the groups {groups!r}")
 
 
@@ -592,7 +591,7 @@ class SNIContextFactory:
 
     def _selectProtocol(
         self, connection: SSL.Connection, offered: list[bytes]
-    ) -> bytes | SSL._NoOverlappingProtocols:
+    ) -> bytes | NoOverlappingProtocols:
         """
         The ALPN callback: C{acme-tls/1} with the challenge certificate
         when the client offers it for a name with a pending tls-alpn-01

@@ -67,7 +67,9 @@ class TLSALPN01CertificateTests(SynchronousTestCase):
         """
         Another key authorization gives another extension value.
         """
-        other, _ = tlsALPN01Certificate("a.example", _KEY_AUTHORIZATION + "x")
+        other, _ = tlsALPN01Certificate(
+            "a.example", _KEY_AUTHORIZATION + "x", _NOW.timestamp()
+        )
         self.assertNotEqual(
             _acmeIdentifier(other).value, _acmeIdentifier(self.cert).value
         )
@@ -97,7 +99,9 @@ class TLSALPN01CertificateTests(SynchronousTestCase):
         )
         self.assertEqual(self.cert.issuer, self.cert.subject)
         self.cert.verify_directly_issued_by(self.cert)
-        _, otherKey = tlsALPN01Certificate("a.example", _KEY_AUTHORIZATION)
+        _, otherKey = tlsALPN01Certificate(
+            "a.example", _KEY_AUTHORIZATION, _NOW.timestamp()
+        )
         self.assertNotEqual(
             otherKey.public_key().public_bytes(_DER, _SPKI),
             self.key.public_key().public_bytes(_DER, _SPKI),
@@ -117,7 +121,7 @@ class TLSALPN01CertificateTests(SynchronousTestCase):
         A name longer than a CN may be still gets a certificate.
         """
         name = ".".join(["a" * 63] * 3) + ".example"
-        cert, _ = tlsALPN01Certificate(name, _KEY_AUTHORIZATION)
+        cert, _ = tlsALPN01Certificate(name, _KEY_AUTHORIZATION, _NOW.timestamp())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         self.assertEqual(san.value.get_values_for_type(x509.DNSName), [name])
 
@@ -192,12 +196,20 @@ class ChallengeStoreTests(SynchronousTestCase):
 
     def test_tlsALPN01Clock(self) -> None:
         """
-        The challenge certificate is dated by the store's clock.
+        The challenge certificate is dated by the store's clock, read when
+        the challenge is added (never the system clock).
         """
         self.store.addTLSALPN01("a.example", _KEY_AUTHORIZATION)
         answer = self.store.tlsALPN01("a.example")
         assert answer is not None
         self.assertEqual(answer[0].not_valid_before_utc, _NOW - timedelta(hours=1))
+        self.clock.advance(timedelta(days=2).total_seconds())
+        self.store.addTLSALPN01("a.example", _KEY_AUTHORIZATION)
+        answer = self.store.tlsALPN01("a.example")
+        assert answer is not None
+        self.assertEqual(
+            answer[0].not_valid_before_utc, _NOW + timedelta(days=2, hours=-1)
+        )
 
     def test_tlsALPN01Replaced(self) -> None:
         """

@@ -219,7 +219,9 @@ class HelperTests(SynchronousTestCase):
         answer = _ChallengeAnswer()
         self.assertTrue(answer)
         calls = LibraryCalls(
-            "https://ca.test/dir", ec.generate_private_key(ec.SECP256R1())
+            "https://ca.test/dir",
+            ec.generate_private_key(ec.SECP256R1()),
+            clock=Clock(),
         )
         self.addCleanup(calls.close)
         # The library annotates the nonce as str but encodes it as bytes.
@@ -229,31 +231,53 @@ class HelperTests(SynchronousTestCase):
 
     def test_retryAfter(self) -> None:
         """
-        C{Retry-After} in seconds or as an HTTP date; none when absent or
-        unreadable.
+        C{Retry-After} in seconds or as an HTTP date (counted from C{now});
+        none when absent or unreadable.
         """
+        now = datetime(2025, 1, 2, 4, tzinfo=UTC)
 
         def after(value: str | None) -> float | None:
             response = requests.Response()
             if value is not None:
                 response.headers["Retry-After"] = value
-            return _retryAfter(response)
+            return _retryAfter(response, now.timestamp())
 
         self.assertEqual(after("3"), 3.0)
         self.assertIsNone(after(None))
         self.assertIsNone(after("soon"))
         self.assertEqual(after("Wed, 21 Oct 2015 07:28:00 GMT"), 0.0)
-        later = datetime.now(UTC) + timedelta(seconds=120)
-        seconds = after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"))
-        assert seconds is not None
-        self.assertTrue(100 < seconds <= 120, seconds)
+        later = now + timedelta(seconds=120)
+        self.assertEqual(after(later.strftime("%a, %d %b %Y %H:%M:%S GMT")), 120.0)
+
+    def test_retryAfterClock(self) -> None:
+        """
+        L{LibraryCalls} counts a C{Retry-After} HTTP date from its clock,
+        read when the answer comes.
+        """
+        clock = Clock()
+        clock.advance(datetime(2025, 1, 2, 4, tzinfo=UTC).timestamp())
+        calls = LibraryCalls(
+            "https://ca.test/dir", ec.generate_private_key(ec.SECP256R1()), clock=clock
+        )
+        self.addCleanup(calls.close)
+        response = requests.Response()
+        response.headers["Retry-After"] = "Thu, 02 Jan 2025 04:02:00 GMT"
+        response._content = json.dumps(
+            {"status": "pending", "identifiers": [], "authorizations": []}
+        ).encode()
+        calls._postAsGet = lambda url: response  # type: ignore[method-assign]
+        self.assertEqual(calls.order("https://ca.test/order/1")[1], 120.0)
+        clock.advance(30)
+        self.assertEqual(calls.order("https://ca.test/order/1")[1], 90.0)
 
     def test_caFile(self) -> None:
         """
         The CA file replaces the system's trust for the CA's HTTPS.
         """
         key = ec.generate_private_key(ec.SECP256R1())
-        calls = LibraryCalls("https://ca.test/dir", key, caFile="/etc/ca.pem")
+        calls = LibraryCalls(
+            "https://ca.test/dir", key, caFile="/etc/ca.pem", clock=Clock()
+        )
         self.addCleanup(calls.close)
         self.assertEqual(calls.net.verify_ssl, "/etc/ca.pem")
 

@@ -25,6 +25,7 @@ from revproxy.acme import AcmeError
 from revproxy.acme.manager import (
     CHECK_INTERVAL,
     AcmeManager,
+    RenewalResult,
     loadRecord,
     placeholderCertificate,
 )
@@ -309,11 +310,9 @@ class ManagerTests(SynchronousTestCase):
         self.storage.certificates["app"] = record(["a.test"], NOW)
         manager = self.manager(acmeSite("app", "a.test"))
         answer = manager.describeAll()[0]
-        renewAt = datetime.strptime(
-            answer["next_renewal"], "%Y-%m-%dT%H:%M:%SZ"
-        ).replace(tzinfo=UTC)
-        self.assertIn("1/3", answer["next_renewal_reason"])
-        due = renewAt.timestamp() - NOW
+        assert answer.nextRenewal is not None
+        self.assertIn("1/3", answer.nextRenewalReason)
+        due = answer.nextRenewal - NOW
         self.assertTrue(55 * DAY < due <= 60 * DAY, due / DAY)
         # Hourly checks until then order nothing.
         while self.clock.seconds() < NOW + due - CHECK_INTERVAL:
@@ -361,8 +360,8 @@ class ManagerTests(SynchronousTestCase):
         self.assertTrue(30 <= backoff.retryAt - NOW <= 60)
         self.assertTrue(self.logged("order failed (1 in a row)"))
         answer = manager.describeAll()[0]
-        self.assertEqual(answer["last_error"], "a.test: connection refused")
-        self.assertIn("back-off until", answer["next_renewal_reason"])
+        self.assertEqual(answer.lastError, "a.test: connection refused")
+        self.assertIn("back-off until", answer.nextRenewalReason)
         delays = []
         for failures in range(2, 14):
             last = self.clock.seconds()
@@ -395,7 +394,7 @@ class ManagerTests(SynchronousTestCase):
         self.assertEqual(len(self.issuer.orders), 1)
         self.issuer.refuse()
         self.assertEqual(self.storage.backoffs["app"].failures, 6)
-        self.assertEqual(manager.describeAll()[0]["ordering"], False)
+        self.assertEqual(manager.describeAll()[0].ordering, False)
 
     def test_oneOrderAtATime(self) -> None:
         """
@@ -408,7 +407,7 @@ class ManagerTests(SynchronousTestCase):
         manager.updateSites([acmeSite("app", "a.test")])
         self.clock.advance(CHECK_INTERVAL * 3)
         self.assertEqual(len(self.issuer.orders), 1)
-        self.assertTrue(manager.describeAll()[0]["ordering"])
+        self.assertTrue(manager.describeAll()[0].ordering)
 
     def test_hostsChangedDuringOrder(self) -> None:
         """
@@ -475,8 +474,9 @@ class ManagerTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.issuer.grant()
         answer = self.successResultOf(d)
-        self.assertEqual(answer["status"], "ok")
-        self.assertEqual(answer["certificate"]["source"], "acme")
+        self.assertIsNone(answer.error)
+        assert answer.site is not None
+        self.assertEqual(answer.site.source, "acme")
         self.assertEqual(len(self.issuer.orders), 1)
 
     def test_forcedRenewalFails(self) -> None:
@@ -489,8 +489,7 @@ class ManagerTests(SynchronousTestCase):
         d = manager.renew("app")
         self.issuer.refuse(message="rateLimited: too many certificates")
         answer = self.successResultOf(d)
-        self.assertEqual(answer["status"], "error")
-        self.assertEqual(answer["message"], "rateLimited: too many certificates")
+        self.assertEqual(answer.error, "rateLimited: too many certificates")
         self.assertTrue(manager.isIssued("app"))
 
     def test_renewUnknownSite(self) -> None:
@@ -499,9 +498,7 @@ class ManagerTests(SynchronousTestCase):
         """
         manager = self.manager(acmeSite("app", "a.test"))
         answer = self.successResultOf(manager.renew("other"))
-        self.assertEqual(
-            answer, {"status": "error", "message": "no acme site named other"}
-        )
+        self.assertEqual(answer, RenewalResult("no acme site named other", None))
 
     def test_issuerFactoryFails(self) -> None:
         """
@@ -531,9 +528,8 @@ class ManagerTests(SynchronousTestCase):
         self.assertEqual(manager.certificates()["app"].source, "placeholder")
         # A forced renewal fails at once, with the same reason.
         answer = self.successResultOf(manager.renew("app"))
-        self.assertEqual(answer["status"], "error")
         self.assertEqual(
-            answer["message"], "cannot read /state/acme/account.key: Permission denied"
+            answer.error, "cannot read /state/acme/account.key: Permission denied"
         )
         self.assertEqual(self.storage.backoffs["app"].failures, 2)
 
@@ -558,7 +554,7 @@ class ManagerTests(SynchronousTestCase):
         self.clock.advance(0)
         self.issuer.orders[0].result.errback(ZeroDivisionError("boom"))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
-        self.assertEqual(manager.describeAll()[0]["last_error"], "internal error: boom")
+        self.assertEqual(manager.describeAll()[0].lastError, "internal error: boom")
         self.clock.advance(self.storage.backoffs["app"].retryAt - self.clock.seconds())
         self.assertEqual(len(self.issuer.orders), 2)
 
@@ -572,7 +568,7 @@ class ManagerTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.issuer.windows), 1)
         answer = manager.describeAll()[0]
-        self.assertIn("ARI", answer["next_renewal_reason"])
+        self.assertIn("ARI", answer.nextRenewalReason)
         self.clock.advance(11 * DAY)
         self.assertEqual(len(self.issuer.orders), 1)
 

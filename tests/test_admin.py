@@ -39,6 +39,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from revproxy.acme.manager import AcmeSiteDescription, RenewalResult
 from revproxy.admin import (
     IDLE_TIMEOUT,
     AdminFactory,
@@ -46,11 +47,16 @@ from revproxy.admin import (
     AdminSocket,
     Answer,
     Operations,
+    healthzBody,
     peekUpstream,
+    renderAcmeSite,
+    renderRenewal,
+    renderUpstreamHealth,
     socketDirectoryProblem,
     unsafeSocketDirectory,
 )
 from revproxy.config import Config, Upstream, loadConfig, parseConfig
+from revproxy.health import UpstreamHealthDescription
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.reload import Applied, Refused, Reloader, ReloadResult, SiteChanges
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
@@ -1097,6 +1103,178 @@ class CertsTests(_CertificateTestCase):
         )
 
 
+#: An issued acme site, described at 2030-06-01T03:00:00Z.
+_ACME_SITE = AcmeSiteDescription(
+    site="acme",
+    names=("a.example", "b.example"),
+    source="acme",
+    issuer="CN=Pebble Intermediate CA",
+    notAfter=datetime(2030, 6, 21, tzinfo=UTC).timestamp(),
+    at=datetime(2030, 6, 1, 3, tzinfo=UTC).timestamp(),
+    ordering=False,
+    lastError=None,
+    nextRenewal=datetime(2030, 6, 15, 12, 30, 45, tzinfo=UTC).timestamp() + 0.25,
+    nextRenewalReason="1/3 of the validity left",
+)
+
+#: What L{_ACME_SITE} is in an answer, as one JSON text.
+_ACME_SITE_JSON = (
+    '{"sites": ["acme"], "names": ["a.example", "b.example"], "source": "acme", '
+    '"issuer": "CN=Pebble Intermediate CA", "not_after": "2030-06-21T00:00:00Z", '
+    '"expires_in_days": 19.9, "ordering": false, "last_error": null, '
+    '"next_renewal": "2030-06-15T12:30:45Z", '
+    '"next_renewal_reason": "1/3 of the validity left"}'
+)
+
+
+class _FakeCertificateManager:
+    """
+    An L{revproxy.admin.ICertificateManager} with one acme site.
+    """
+
+    def __init__(self) -> None:
+        self.renewing: list[tuple[str, Deferred[RenewalResult]]] = []
+
+    def describeAll(self) -> list[AcmeSiteDescription]:
+        return [_ACME_SITE]
+
+    def renew(self, site: str) -> Deferred[RenewalResult]:
+        d: Deferred[RenewalResult] = Deferred()
+        self.renewing.append((site, d))
+        return d
+
+
+class RenderingTests(SynchronousTestCase):
+    """
+    The answers the admin socket makes of the domain's values: the same
+    JSON, key for key and in the same order, as the domain modules made
+    before they returned values.
+    """
+
+    def test_acmeSite(self) -> None:
+        """
+        An acme site's description: its times in ISO 8601 UTC to the
+        second, its expiry in days from when it was described, to a tenth.
+        """
+        self.assertEqual(json.dumps(renderAcmeSite(_ACME_SITE)), _ACME_SITE_JSON)
+
+    def test_acmeSiteOrdering(self) -> None:
+        """
+        While an order is in progress there is no next renewal; the last
+        error is shown.
+        """
+        site = attrs.evolve(
+            _ACME_SITE,
+            ordering=True,
+            lastError="rateLimited: too many",
+            nextRenewal=None,
+            nextRenewalReason="ordering now",
+        )
+        answer = renderAcmeSite(site)
+        self.assertEqual(
+            (
+                answer["ordering"],
+                answer["last_error"],
+                answer["next_renewal"],
+                answer["next_renewal_reason"],
+            ),
+            (True, "rateLimited: too many", None, "ordering now"),
+        )
+
+    def test_renewal(self) -> None:
+        """
+        C{renew}'s answer: C{ok} with the site, an error with its message
+        and the site, or an error alone when there is no such site.
+        """
+        self.assertEqual(
+            json.dumps(renderRenewal(RenewalResult(None, _ACME_SITE))),
+            '{"status": "ok", "certificate": ' + _ACME_SITE_JSON + "}",
+        )
+        self.assertEqual(
+            json.dumps(renderRenewal(RenewalResult("badCSR: no", _ACME_SITE))),
+            '{"status": "error", "message": "badCSR: no", "certificate": '
+            + _ACME_SITE_JSON
+            + "}",
+        )
+        self.assertEqual(
+            json.dumps(renderRenewal(RenewalResult("no acme site named x", None))),
+            '{"status": "error", "message": "no acme site named x"}',
+        )
+
+    def test_upstreamHealth(self) -> None:
+        """
+        An upstream's health, without its URL (the answer has it already),
+        the last check in ISO 8601 UTC to the second.
+        """
+        health = UpstreamHealthDescription(
+            url="http://10.1.0.1:8000",
+            healthy=False,
+            fails=3,
+            passes=0,
+            lastError="HTTP 503",
+            lastCheck=1700000000.75,
+            lastStatus=503,
+        )
+        self.assertEqual(
+            json.dumps(renderUpstreamHealth(health)),
+            '{"healthy": false, "fails": 3, "passes": 0, "last_error": "HTTP 503", '
+            '"last_check": "2023-11-14T22:13:20Z", "last_status": 503}',
+        )
+        never = attrs.evolve(health, lastCheck=None, lastError=None, lastStatus=None)
+        self.assertEqual(
+            json.dumps(renderUpstreamHealth(never)),
+            '{"healthy": false, "fails": 3, "passes": 0, "last_error": null, '
+            '"last_check": null, "last_status": null}',
+        )
+
+    def test_healthz(self) -> None:
+        """
+        The body of C{/healthz}: C{ok} while serving, C{draining} once
+        shutting down, one JSON line.
+        """
+        self.assertEqual(healthzBody(draining=False), b'{"status": "ok"}\n')
+        self.assertEqual(healthzBody(draining=True), b'{"status": "draining"}\n')
+
+
+class AcmeCommandTests(_CertificateTestCase):
+    """
+    C{certs} and C{renew} with ACME certificates.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.manager = _FakeCertificateManager()
+        self.factory = AdminFactory(
+            self.reloader, self.clock, certificates=self.manager
+        )
+
+    def test_certs(self) -> None:
+        """
+        C{certs} lists the acme sites with the certificates from files,
+        soonest expiry first.
+        """
+        certificates = self.certificates()
+        self.assertEqual(
+            [c["not_after"] for c in certificates],
+            ["2030-06-11T00:00:00Z", "2030-06-21T00:00:00Z", "2030-07-31T00:00:00Z"],
+        )
+        self.assertEqual(json.dumps(certificates[1]), _ACME_SITE_JSON)
+
+    def test_renew(self) -> None:
+        """
+        C{renew SITE} answers when the order ends, with how it ended.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"renew acme\n")
+        [(site, d)] = self.manager.renewing
+        self.assertEqual((site, transport.value()), ("acme", b""))
+        d.callback(RenewalResult(None, _ACME_SITE))
+        self.assertEqual(
+            transport.value(),
+            b'{"status": "ok", "certificate": ' + _ACME_SITE_JSON.encode() + b"}\n",
+        )
+
+
 class RouteCertificateTests(_CertificateTestCase):
     """
     The C{certificate} of the C{route} command: the one a TLS client
@@ -1836,10 +2014,26 @@ class _FakeHealth:
     Health states, as L{revproxy.health.HealthMonitor.describe} gives them.
     """
 
-    def describe(self, site: str) -> list[dict[str, Any]]:
+    def describe(self, site: str) -> list[UpstreamHealthDescription]:
         return [
-            {"url": "http://10.1.0.1:8000", "healthy": False, "fails": 3},
-            {"url": "http://10.1.0.2:8000", "healthy": True, "fails": 0},
+            UpstreamHealthDescription(
+                url="http://10.1.0.1:8000",
+                healthy=False,
+                fails=3,
+                passes=0,
+                lastError="HTTP 503",
+                lastCheck=1700000000.5,
+                lastStatus=503,
+            ),
+            UpstreamHealthDescription(
+                url="http://10.1.0.2:8000",
+                healthy=True,
+                fails=0,
+                passes=2,
+                lastError=None,
+                lastCheck=None,
+                lastStatus=None,
+            ),
         ]
 
 
@@ -1975,7 +2169,14 @@ class OperationsCommandTests(AdminTestsMixin, SynchronousTestCase):
             {
                 "url": "http://10.1.0.1:8000",
                 "down": False,
-                "health": {"healthy": False, "fails": 3},
+                "health": {
+                    "healthy": False,
+                    "fails": 3,
+                    "passes": 0,
+                    "last_error": "HTTP 503",
+                    "last_check": "2023-11-14T22:13:20Z",
+                    "last_status": 503,
+                },
             },
         )
         self.assertNotIn("health", upstreams[2])

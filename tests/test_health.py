@@ -46,6 +46,7 @@ from revproxy.health import (
     HealthMonitor,
     Probe,
     UpstreamHealth,
+    UpstreamHealthDescription,
     UpstreamTLSPolicy,
     describeFailure,
     statusPassed,
@@ -397,32 +398,32 @@ class UpstreamHealthTests(SynchronousTestCase):
     def test_describe(self) -> None:
         """
         The admin view has the URL, the state, the counts, the last error,
-        the last check's time in ISO-8601 UTC and its status.
+        the last check's time and its status.
         """
         self.assertEqual(
             self.state.describe(),
-            {
-                "url": A.url,
-                "healthy": True,
-                "fails": 0,
-                "passes": 0,
-                "last_error": None,
-                "last_check": None,
-                "last_status": None,
-            },
+            UpstreamHealthDescription(
+                url=A.url,
+                healthy=True,
+                fails=0,
+                passes=0,
+                lastError=None,
+                lastCheck=None,
+                lastStatus=None,
+            ),
         )
         self.state.failed(1700000000.0, "HTTP 500", 500)
         self.assertEqual(
             self.state.describe(),
-            {
-                "url": A.url,
-                "healthy": True,
-                "fails": 1,
-                "passes": 0,
-                "last_error": "HTTP 500",
-                "last_check": "2023-11-14T22:13:20Z",
-                "last_status": 500,
-            },
+            UpstreamHealthDescription(
+                url=A.url,
+                healthy=True,
+                fails=1,
+                passes=0,
+                lastError="HTTP 500",
+                lastCheck=1700000000.0,
+                lastStatus=500,
+            ),
         )
 
 
@@ -535,7 +536,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         )
         # A's check times out at 13; the round at 16 checks it again.
         self.clock.advance(3.0)
-        self.assertEqual(self.monitor.describe("app")[0]["fails"], 1)
+        self.assertEqual(self.monitor.describe("app")[0].fails, 1)
         self.probe.answer(200)
         self.clock.advance(3.0)
         self.assertEqual(self.probe.urls()[7:], [A.url, B.url, C.url])
@@ -552,7 +553,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.assertEqual(self.probe.urls(), [A.url, A.url])
         self.clock.advance(5.0)
         self.assertEqual(len(self.probe.calls), 3)
-        self.assertFalse(self.monitor.describe("app")[0]["healthy"])
+        self.assertFalse(self.monitor.describe("app")[0].healthy)
 
     def test_unhealthyThenHealthy(self) -> None:
         """
@@ -568,7 +569,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
             self.probe.answer(200, C.url)
             self.probe.answer(500, B.url)
             self.assertEqual(
-                [s["healthy"] for s in self.monitor.describe("app")],
+                [s.healthy for s in self.monitor.describe("app")],
                 [True, n + 1 < CHECK.fails, True],
             )
         self.assertEqual({r.selector.pick() for _ in range(6)}, {A, C})
@@ -576,7 +577,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
             self.clock.advance(CHECK.interval_secs)
             self.probe.answer(200)
             self.assertEqual(
-                self.monitor.describe("app")[1]["healthy"], n + 1 == CHECK.passes
+                self.monitor.describe("app")[1].healthy, n + 1 == CHECK.passes
             )
         self.assertEqual({r.selector.pick() for _ in range(6)}, {A, B, C})
 
@@ -631,7 +632,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.started(self.route(upstreams=(A,)))
         self.probe.answer(302)
         [info] = self.monitor.describe("app")
-        self.assertEqual((info["passes"], info["last_status"]), (1, 302))
+        self.assertEqual((info.passes, info.lastStatus), (1, 302))
 
     def test_timeoutFails(self) -> None:
         """
@@ -646,7 +647,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.assertTrue(call.cancelled)
         [info] = self.monitor.describe("app")
         self.assertEqual(
-            (info["fails"], info["last_error"], info["last_status"]),
+            (info.fails, info.lastError, info.lastStatus),
             (1, "timeout after 2 s", None),
         )
 
@@ -665,7 +666,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.clock.advance(1.0)
         self.clock.advance(2.0)
         monitor.stopService()
-        self.assertEqual(monitor.describe("app")[0]["last_error"], "timeout after 2 s")
+        self.assertEqual(monitor.describe("app")[0].lastError, "timeout after 2 s")
 
     def test_probeFailureRecorded(self) -> None:
         """
@@ -674,7 +675,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.started(self.route(upstreams=(A,)))
         self.probe.calls[0].result.errback(ConnectionRefusedError())
         [info] = self.monitor.describe("app")
-        self.assertEqual((info["fails"], info["last_error"]), (1, "connection refused"))
+        self.assertEqual((info.fails, info.lastError), (1, "connection refused"))
 
     def test_probeRaisesSynchronously(self) -> None:
         """
@@ -685,7 +686,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.started(self.route())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.probe.urls(), [A.url, C.url])
-        self.assertEqual(self.monitor.describe("app")[1]["fails"], 0)
+        self.assertEqual(self.monitor.describe("app")[1].fails, 0)
         self.probe.answer(200)
         self.probe.raiseFor.clear()
         self.clock.advance(CHECK.interval_secs)
@@ -701,7 +702,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.clock.advance(CHECK.interval_secs)
         self.assertEqual(len(self.probe.calls), 2)
         self.probe.answer(200)
-        self.assertEqual(self.monitor.describe("app")[0]["passes"], 1)
+        self.assertEqual(self.monitor.describe("app")[0].passes, 1)
 
     def test_stopCancelsEverything(self) -> None:
         """
@@ -713,7 +714,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.monitor.stopService()
         self.assertTrue(all(c.cancelled for c in self.probe.calls))
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual([s["fails"] for s in self.monitor.describe("app")], [0, 0, 0])
+        self.assertEqual([s.fails for s in self.monitor.describe("app")], [0, 0, 0])
 
     def test_stopBetweenRounds(self) -> None:
         """
@@ -728,7 +729,7 @@ class MonitorLoopTests(MonitorTestMixin, SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(len(self.probe.pending()), 3)
         self.probe.answer(500)
-        self.assertEqual([s["fails"] for s in self.monitor.describe("app")], [2, 2, 2])
+        self.assertEqual([s.fails for s in self.monitor.describe("app")], [2, 2, 2])
 
 
 class MonitorUpdateTests(MonitorTestMixin, SynchronousTestCase):
@@ -794,7 +795,7 @@ class MonitorUpdateTests(MonitorTestMixin, SynchronousTestCase):
         self.started(self.route())
         self.monitor.update([self.route()])
         self.probe.answer(500)
-        self.assertEqual([s["fails"] for s in self.monitor.describe("app")], [1, 1, 1])
+        self.assertEqual([s.fails for s in self.monitor.describe("app")], [1, 1, 1])
 
     def test_changedCheckRestarts(self) -> None:
         """
@@ -811,7 +812,7 @@ class MonitorUpdateTests(MonitorTestMixin, SynchronousTestCase):
         self.assertTrue(all(c.cancelled for c in self.probe.calls[3:]))
         for u in (A, B, C):
             self.assertIsNot(self.states(new)[u], self.states(old)[u])
-        self.assertEqual([s["fails"] for s in self.monitor.describe("app")], [0, 0, 0])
+        self.assertEqual([s.fails for s in self.monitor.describe("app")], [0, 0, 0])
         self.clock.advance(1.0)
         self.assertEqual([c.check for c in self.probe.pending()], [changed] * 3)
         self.assertEqual(len(self.clock.getDelayedCalls()), 4)
@@ -829,9 +830,7 @@ class MonitorUpdateTests(MonitorTestMixin, SynchronousTestCase):
         new = self.route(upstreams=(A, D))
         self.monitor.update([new])
         self.assertIs(self.states(new)[A], self.states(old)[A])
-        self.assertEqual(
-            [s["url"] for s in self.monitor.describe("app")], [A.url, D.url]
-        )
+        self.assertEqual([s.url for s in self.monitor.describe("app")], [A.url, D.url])
         self.assertEqual([c.cancelled for c in self.probe.calls], [False, True, True])
         self.clock.advance(CHECK.interval_secs)
         self.assertEqual(self.probe.urls()[3:], [A.url, D.url])
@@ -875,15 +874,15 @@ class MonitorUpdateTests(MonitorTestMixin, SynchronousTestCase):
         self.probe.answer(200)
         for _ in range(CHECK.fails):
             r.selector.markDown(B)
-        self.assertFalse(self.monitor.describe("app")[1]["healthy"])
+        self.assertFalse(self.monitor.describe("app")[1].healthy)
         self.assertEqual(
-            self.monitor.describe("app")[1]["last_error"],
+            self.monitor.describe("app")[1].lastError,
             "connection failed (proxied request)",
         )
         r.selector.markUp(B)
-        self.assertFalse(self.monitor.describe("app")[1]["healthy"])
+        self.assertFalse(self.monitor.describe("app")[1].healthy)
         self.rounds(CHECK.passes, 200)
-        self.assertTrue(self.monitor.describe("app")[1]["healthy"])
+        self.assertTrue(self.monitor.describe("app")[1].healthy)
 
     def test_describeAndStates(self) -> None:
         """
@@ -898,15 +897,15 @@ class MonitorUpdateTests(MonitorTestMixin, SynchronousTestCase):
             call.result.callback(503 if call.upstream == A else 200)
         self.assertEqual(
             self.monitor.describe("app")[0],
-            {
-                "url": A.url,
-                "healthy": False,
-                "fails": CHECK.fails,
-                "passes": 0,
-                "last_error": "HTTP 503",
-                "last_check": "1970-01-01T00:00:21Z",
-                "last_status": 503,
-            },
+            UpstreamHealthDescription(
+                url=A.url,
+                healthy=False,
+                fails=CHECK.fails,
+                passes=0,
+                lastError="HTTP 503",
+                lastCheck=21.5,
+                lastStatus=503,
+            ),
         )
         self.assertEqual(
             sorted(self.monitor.states()),
@@ -948,7 +947,7 @@ class ProbeTests(SynchronousTestCase):
         self.protocol: IProtocol = protocol
         return transport
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> UpstreamHealthDescription:
         return self.monitor.describe("app")[0]
 
     def test_request(self) -> None:
@@ -976,7 +975,7 @@ class ProbeTests(SynchronousTestCase):
         self.protocol.dataReceived(
             b"HTTP/1.1 503 Unavailable\r\nContent-Length: 4\r\n\r\ndown"
         )
-        self.assertEqual((self.info()["fails"], self.info()["last_status"]), (1, 503))
+        self.assertEqual((self.info().fails, self.info().lastStatus), (1, 503))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.reactor.getDelayedCalls()[0].getTime(), 11.0)
 
@@ -992,9 +991,9 @@ class ProbeTests(SynchronousTestCase):
         chunk = b"x" * 16384
         for _ in range(MAX_BODY_BYTES // len(chunk) - 1):
             self.protocol.dataReceived(chunk)
-        self.assertIsNone(self.info()["last_status"])
+        self.assertIsNone(self.info().lastStatus)
         self.protocol.dataReceived(chunk)
-        self.assertEqual((self.info()["passes"], self.info()["last_status"]), (1, 200))
+        self.assertEqual((self.info().passes, self.info().lastStatus), (1, 200))
         self.assertEqual(transport.producerState, "stopped")
 
     def test_timeout(self) -> None:
@@ -1005,7 +1004,7 @@ class ProbeTests(SynchronousTestCase):
         """
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.reactor.advance(2.0)
-        self.assertEqual(self.info()["last_error"], "timeout after 2 s")
+        self.assertEqual(self.info().lastError, "timeout after 2 s")
         self.monitor.stopService()
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertEqual(len(self.reactor.connectors), 1)
@@ -1018,7 +1017,7 @@ class ProbeTests(SynchronousTestCase):
         """
         transport = self.connect()
         self.reactor.advance(2.0)
-        self.assertEqual(self.info()["last_error"], "timeout after 2 s")
+        self.assertEqual(self.info().lastError, "timeout after 2 s")
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
     def test_slowBodyTimesOut(self) -> None:
@@ -1029,7 +1028,7 @@ class ProbeTests(SynchronousTestCase):
         self.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         self.reactor.advance(2.0)
         self.assertEqual(
-            (self.info()["fails"], self.info()["last_error"]),
+            (self.info().fails, self.info().lastError),
             (1, "timeout after 2 s"),
         )
         self.assertEqual(transport.producerState, "stopped")
@@ -1040,7 +1039,7 @@ class ProbeTests(SynchronousTestCase):
         """
         self.connect()
         self.protocol.connectionLost(Failure(ConnectionRefusedError()))
-        self.assertEqual(self.info()["fails"], 1)
+        self.assertEqual(self.info().fails, 1)
 
 
 class RecordingCreators(ClientCreators):

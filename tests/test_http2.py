@@ -31,6 +31,7 @@ from hyperframe.frame import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
+from revproxy.private.h2 import forgetContentLength
 from revproxy.proxy.frontend import ConnectionLimits
 from revproxy.proxy.http2 import (
     CLOSED_REMEMBERED,
@@ -47,7 +48,6 @@ from revproxy.proxy.http2 import (
     _Refusal,
     _SettingsAckWithPayload,
     _withErrorCode,
-    forgetContentLength,
     readHead,
 )
 from tests.h2helpers import (

@@ -970,7 +970,7 @@ class HTTP01Tests(_RouterCase):
     """
 
     def setUp(self) -> None:
-        self.store = ChallengeStore()
+        self.store = ChallengeStore(Clock())
         self.store.addHTTP01(_TOKEN, _KEY_AUTHORIZATION)
         self.challenges = self.store
         super().setUp()

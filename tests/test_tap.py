@@ -13,11 +13,12 @@ from typing import cast
 
 import trustme
 from twisted.application.service import IService
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy import __version__, tap
+from revproxy import __version__
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit
 from revproxy.interfaces import IRevProxyReactor
@@ -76,15 +77,6 @@ NOW = datetime(2030, 6, 1, tzinfo=UTC)
 _CA = trustme.CA()
 
 
-class _FixedTime:
-    """
-    Stands in for the C{time} module in L{revproxy.tap}: always L{NOW}.
-    """
-
-    def time(self) -> float:
-        return NOW.timestamp()
-
-
 class _OptionsTestCase(SynchronousTestCase):
     """
     Builds L{Options} that print into strings, and config files.
@@ -92,11 +84,14 @@ class _OptionsTestCase(SynchronousTestCase):
 
     def options(self) -> Options:
         """
-        Options whose standard output and error are L{io.StringIO}.
+        Options whose standard output and error are L{io.StringIO}, and
+        whose clock says L{NOW}.
         """
         options = Options()
         options.stdout = io.StringIO()
         options.stderr = io.StringIO()
+        options.clock = clock = Clock()
+        clock.advance(NOW.timestamp())
         return options
 
     def writeFile(self, text: str) -> str:
@@ -451,8 +446,6 @@ class TLSFilesTests(_OptionsTestCase):
     """
 
     def setUp(self) -> None:
-        # postOptions checks expiry against time.time(); it takes no clock.
-        self.patch(tap, "time", _FixedTime())
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.config = self.write("revproxy.toml", TLS)
@@ -640,6 +633,23 @@ class TLSFilesTests(_OptionsTestCase):
             self.err(options),
             self.invalid(
                 f"sites[1].key_file: {key}: cannot read: No such file or directory"
+            ),
+        )
+
+    def test_clock(self) -> None:
+        """
+        The expiry is checked against L{Options.clock}: a certificate that
+        expires in 3 days at L{NOW} has expired 4 days later.
+        """
+        cert, _ = self.leaf("other", "other.example", notAfter=NOW + timedelta(days=3))
+        options = self.options()
+        clock = cast(Clock, options.clock)
+        clock.advance(timedelta(days=4).total_seconds())
+        self.assertEqual(self.exitCode(options, ["-c", self.config]), 1)
+        self.assertEqual(
+            self.err(options),
+            self.invalid(
+                f"sites[1].cert_file: {cert}: certificate expired 2030-06-04T00:00:00Z"
             ),
         )
 

@@ -1662,7 +1662,7 @@ class TLSALPN01Tests(SynchronousTestCase):
         # b.test has an intermediate, which must not go along with the
         # challenge certificate.
         self.b = _load(self, "b.test", ca=_CA.create_child_ca())
-        self.challenges = ChallengeStore()
+        self.challenges = ChallengeStore(Clock())
         self.factory = SNIContextFactory(
             CertificateStore({"a.test": self.a, "b.test": self.b}),
             http2=True,
@@ -1782,7 +1782,7 @@ class TLSALPN01Tests(SynchronousTestCase):
         """
         factory = SNIContextFactory(CertificateStore({"a.test": self.a}))
         self.factory = factory
-        store = ChallengeStore()
+        store = ChallengeStore(Clock())
         store.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
         self.assertEqual(
             self.handshake(
@@ -1904,7 +1904,7 @@ class TLSALPN01ConnectionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.recorders: list[Recorder] = []
-        self.challenges = ChallengeStore()
+        self.challenges = ChallengeStore(Clock())
         self.challenges.addTLSALPN01("a.test", _KEY_AUTHORIZATION)
         self.a = _load(self, "a.test")
         contexts = SNIContextFactory(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import time
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -60,7 +59,7 @@ def _isIPAddress(name: str) -> bool:
 
 
 def tlsALPN01Certificate(
-    name: str, keyAuthorization: str, now: float | None = None
+    name: str, keyAuthorization: str, now: float
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """
     The RFC 8737 challenge certificate for C{name}: self-signed with a
@@ -71,13 +70,13 @@ def tlsALPN01Certificate(
     @param name: The DNS name being validated (an A-label name).
     @param keyAuthorization: The challenge's key authorization
         (C{token.thumbprint}).
-    @param now: The current time in seconds since the epoch, for the
-        validity period (an hour back to a week ahead); the system clock if
-        L{None}.
+    @param now: The current time in seconds since the epoch
+        (C{clock.seconds()}), for the validity period (an hour back to a
+        week ahead).
     @raise ValueError: C{name} is not an ASCII DNS name.
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    when = datetime.fromtimestamp(now, UTC)
     # The subject is not looked at by validators; a short CN keeps it
     # non-empty (an empty subject would require a critical SAN) and within
     # the 64 characters a CN may have, whatever the name's length.
@@ -116,10 +115,9 @@ class ChallengeStore:
     thread only.
     """
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         """
-        @param clock: Dates the challenge certificates; the system clock if
-            L{None}.
+        @param clock: Dates the challenge certificates (the reactor).
         """
         self._clock = clock
         self._http01: dict[str, bytes] = {}
@@ -159,9 +157,8 @@ class ChallengeStore:
             or _isIPAddress(normalized)
         ):
             raise ValueError(f"invalid tls-alpn-01 name {name!r}")
-        now = self._clock.seconds() if self._clock is not None else None
         self._tlsALPN01[normalized] = tlsALPN01Certificate(
-            normalized, keyAuthorization, now
+            normalized, keyAuthorization, self._clock.seconds()
         )
 
     def removeTLSALPN01(self, name: str) -> None:

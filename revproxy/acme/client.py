@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from revproxy.acme import AcmeError
 from revproxy.interfaces import IChallengeResponder, IIssuer
+from revproxy.private.acme import postAsGet
 
 if TYPE_CHECKING:
     from revproxy.tls import PrivateKey
@@ -191,10 +192,12 @@ class _ChallengeAnswer(challenges.ChallengeResponse):
         return True
 
 
-def _retryAfter(response: requests.Response) -> float | None:
+def _retryAfter(response: requests.Response, now: float) -> float | None:
     """
-    The C{Retry-After} of a response in seconds from now (delay seconds or
-    an HTTP date), or L{None} when absent or unreadable.
+    The C{Retry-After} of a response in seconds from C{now} (delay seconds
+    or an HTTP date), or L{None} when absent or unreadable.
+
+    @param now: The current time (C{clock.seconds()}).
     """
     value = response.headers.get("Retry-After", "").strip()
     if not value:
@@ -207,7 +210,7 @@ def _retryAfter(response: requests.Response) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, when.timestamp() - now)
 
 
 def _signatureAlgorithm(key: ec.EllipticCurvePrivateKey) -> JWASignature:
@@ -238,13 +241,18 @@ class LibraryCalls:
         caFile: str = "",
         timeout: float = 30.0,
         directory: Mapping[str, Any] | None = None,
+        *,
+        clock: IReactorTime,
     ) -> None:
         """
         @param caFile: A PEM file of the CAs to trust for the directory's
             HTTPS, instead of the system's.
         @param timeout: Seconds each connect, and each read, may take.
         @param directory: The directory object, if already known.
+        @param clock: What an HTTP date in C{Retry-After} is counted from
+            (the reactor; read in the calling thread).
         """
+        self._clock = clock
         self.directoryURL = directoryURL
         self.jwk = JWKEC(key=accountKey)
         self.net = acmeClient.ClientNetwork(
@@ -309,13 +317,14 @@ class LibraryCalls:
         """
         A POST-as-GET (RFC 8555 section 6.3) of C{url}.
         """
-        client = self._v2()
-        response: requests.Response = client._post_as_get(url)
-        return response
+        return postAsGet(self._v2(), url)
 
     def authorization(self, uri: str) -> tuple[messages.Authorization, float | None]:
         response = self._postAsGet(uri)
-        return messages.Authorization.from_json(response.json()), _retryAfter(response)
+        return (
+            messages.Authorization.from_json(response.json()),
+            _retryAfter(response, self._clock.seconds()),
+        )
 
     def finalize(self, order: messages.OrderResource) -> messages.Order:
         updated = self._v2().begin_finalization(order)
@@ -323,7 +332,10 @@ class LibraryCalls:
 
     def order(self, uri: str) -> tuple[messages.Order, float | None]:
         response = self._postAsGet(uri)
-        return messages.Order.from_json(response.json()), _retryAfter(response)
+        return (
+            messages.Order.from_json(response.json()),
+            _retryAfter(response, self._clock.seconds()),
+        )
 
     def certificate(self, url: str) -> str:
         return self._postAsGet(url).text
@@ -635,6 +647,7 @@ class AcmeIssuer:
             caFile=self.caFile,
             timeout=self.timeout,
             directory=self._directory,
+            clock=self._reactor,
         )
 
     def keyAuthorization(self, token: str) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import attrs
 from cryptography import x509
@@ -128,6 +127,53 @@ def loadRecord(record: CertificateRecord) -> LoadedCertificate:
         source="acme",
         path="",
     )
+
+
+@attrs.frozen
+class AcmeSiteDescription:
+    """
+    One acme site's certificate and schedule, as the manager describes them
+    (the admin C{certs}, and C{renew}'s answer).
+
+    @ivar site: The site's name.
+    @ivar names: The names the site has now.
+    @ivar source: C{"acme"} (issued by the CA) or C{"placeholder"}.
+    @ivar issuer: The certificate's issuer (RFC 4514).
+    @ivar notAfter: When the certificate expires (seconds since the epoch).
+    @ivar at: When this was described, by the manager's clock: what the
+        expiry is counted from.
+    @ivar ordering: Whether an order is in progress.
+    @ivar lastError: Why the last order failed, or L{None}.
+    @ivar nextRenewal: When the next order is due, or L{None} while one is
+        in progress.
+    @ivar nextRenewalReason: Why then, for an operator.
+    """
+
+    site: str
+    names: tuple[str, ...]
+    source: str
+    issuer: str
+    notAfter: float
+    at: float
+    ordering: bool
+    lastError: str | None
+    nextRenewal: float | None
+    nextRenewalReason: str
+
+
+@attrs.frozen
+class RenewalResult:
+    """
+    How a forced renewal (the admin C{renew SITE}) ended.
+
+    @ivar error: Why it failed (the order's error, or that there is no such
+        acme site), or L{None} when the certificate was issued.
+    @ivar site: The site after the order, or L{None} when there is no such
+        acme site.
+    """
+
+    error: str | None
+    site: AcmeSiteDescription | None
 
 
 @attrs.define(eq=False)
@@ -405,27 +451,23 @@ class AcmeManager(Service):
 
     # -- orders
 
-    def renew(self, site: str) -> Deferred[dict[str, Any]]:
+    def renew(self, site: str) -> Deferred[RenewalResult]:
         """
         Order a new certificate for C{site} now, whatever its schedule or
         back-off (the admin's C{renew SITE}).
 
-        @return: Fires with an admin answer when the order ends.
+        @return: Fires with how the order ended when it ends.
         """
         state = self._sites.get(site)
         if state is None:
-            return succeed({"status": "error", "message": f"no acme site named {site}"})
+            return succeed(RenewalResult(f"no acme site named {site}", None))
         ordering = state.ordering
         if ordering is None:
             ordering = self._order(state)
-        done: Deferred[dict[str, Any]] = Deferred()
+        done: Deferred[RenewalResult] = Deferred()
 
         def report(result: object) -> object:
-            answer: dict[str, Any] = {"status": "ok"}
-            if state.lastError is not None:
-                answer = {"status": "error", "message": state.lastError}
-            answer["certificate"] = self.describe(state)
-            done.callback(answer)
+            done.callback(RenewalResult(state.lastError, self.describe(state)))
             return result
 
         ordering.addBoth(report)
@@ -589,40 +631,39 @@ class AcmeManager(Service):
 
     # -- the admin socket
 
-    def describe(self, state: _Site) -> dict[str, Any]:
+    def describe(self, state: _Site) -> AcmeSiteDescription:
         """
         One acme site's certificate and schedule, for the admin C{certs}.
         """
         now = self._clock.seconds()
-        cert = state.certificate
-        answer: dict[str, Any] = {
-            "sites": [state.name],
-            "names": list(state.names),
-            "source": cert.source,
-            "issuer": cert.issuer,
-            "not_after": _iso(cert.not_after),
-            "expires_in_days": round((cert.not_after - now) / 86400, 1),
-            "ordering": state.ordering is not None,
-            "last_error": state.lastError,
-        }
+        nextRenewal: float | None
         if state.ordering is not None:
-            answer["next_renewal"] = None
-            answer["next_renewal_reason"] = "ordering now"
+            nextRenewal, reason = None, "ordering now"
         elif state.backoff is not None and state.backoff.retryAt > now:
-            answer["next_renewal"] = _iso(state.backoff.retryAt)
-            answer["next_renewal_reason"] = (
+            nextRenewal = state.backoff.retryAt
+            reason = (
                 f"back-off until {_iso(state.backoff.retryAt)} after error: "
                 f"{state.backoff.lastError}"
             )
         elif state.issued and state.renewAt is not None:
-            answer["next_renewal"] = _iso(state.renewAt)
-            answer["next_renewal_reason"] = state.renewReason
+            nextRenewal, reason = state.renewAt, state.renewReason
         else:
-            answer["next_renewal"] = _iso(now)
-            answer["next_renewal_reason"] = "no certificate yet"
-        return answer
+            nextRenewal, reason = now, "no certificate yet"
+        cert = state.certificate
+        return AcmeSiteDescription(
+            site=state.name,
+            names=state.names,
+            source=cert.source,
+            issuer=cert.issuer,
+            notAfter=cert.not_after,
+            at=now,
+            ordering=state.ordering is not None,
+            lastError=state.lastError,
+            nextRenewal=nextRenewal,
+            nextRenewalReason=reason,
+        )
 
-    def describeAll(self) -> list[dict[str, Any]]:
+    def describeAll(self) -> list[AcmeSiteDescription]:
         """
         L{describe} for every acme site.
         """

@@ -16,8 +16,9 @@ producer as usual) and error handling (the next write attempt fails and
 the connection is lost the usual way) stay Twisted's.  Whether a
 transport has nothing buffered is only in private attributes of
 C{twisted.internet.abstract.FileDescriptor} (C{_tempDataLen},
-C{dataBuffer}, C{offset}, C{_writeDisconnected}): this module is the one
-place that reads them, and C{tests.test_eager} names them on a real
+C{dataBuffer}, C{offset}, C{_writeDisconnected}): L{canSendNow} in
+L{revproxy.private.twisted} is the one place that reads them, and
+C{tests.test_private_names} and C{tests.test_eager} name them on a real
 Twisted TCP connection, so that a Twisted release that changes them fails
 a test instead of a request.  Anything that is not exactly a plain
 C{twisted.internet.tcp.Connection} (a test's string transport) gets no
@@ -52,6 +53,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
+
+from revproxy.private.twisted import canSendNow
 
 
 def plainTCP(transport: object) -> Connection | None:
@@ -91,13 +94,7 @@ def sendNow(connection: Any, data: bytes) -> None:
     once to its socket when nothing waits in its buffer, else (and for
     what the kernel did not take) through its own C{write}.
     """
-    if (
-        not connection._tempDataLen
-        and connection.offset == len(connection.dataBuffer)
-        and connection.connected
-        and not connection.disconnecting
-        and not connection._writeDisconnected
-    ):
+    if canSendNow(connection):
         try:
             sent = connection.socket.send(data)
         except OSError:

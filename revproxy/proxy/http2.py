@@ -145,6 +145,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from revproxy.private.h2 import forgetContentLength
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import FrontEnd, refusalBody, refusalHeaders
 from revproxy.proxy.headers import HOP_BY_HOP
@@ -219,24 +220,6 @@ _ACK = 0x1
 #: The most request body bytes dropped after an answer that did not need
 #: them, before the stream is reset.
 DISCARD_BYTES = 64 * 1024 * 1024
-
-
-def forgetContentLength(conn: _H2, streamID: int) -> None:
-    """
-    Make C{h2} stop checking the body of C{streamID} against its
-    content-length: the stream was answered in full before its body came
-    (413, an early response), and a client that reads the answer stops
-    sending and ends the stream short, which C{h2} would take as a
-    connection error (C{InvalidBodyLengthError}), failing the connection's
-    other streams.
-
-    C{h2} has no public way to do this: its stream's private
-    C{_expected_content_length} is set to L{None} here, the one place
-    revproxy touches it (C{tests.test_http2} names it on a real stream).
-    """
-    stream = conn.streams.get(streamID)
-    if stream is not None and hasattr(stream, "_expected_content_length"):
-        stream._expected_content_length = None
 
 
 class _PeerGoAway:

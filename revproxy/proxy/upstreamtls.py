@@ -17,7 +17,6 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
@@ -27,6 +26,8 @@ from twisted.internet.ssl import (
 )
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
+
+from revproxy.private.twisted import IOpenSSLTrustRoot
 
 #: The upstream client speaks HTTP/1.1 only.
 _PROTOCOLS = [b"http/1.1"]

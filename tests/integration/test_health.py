@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import trustme
 from twisted.internet.address import IPv4Address
@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from revproxy.config import HealthCheck, SiteConfig, Upstream
-from revproxy.health import HealthMonitor
+from revproxy.health import HealthMonitor, UpstreamHealthDescription
 from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
@@ -133,7 +133,7 @@ class HealthIntegrationTests(TestCase):
         self.addCleanup(self.monitor.stopService)
         return route
 
-    def info(self, index: int = 0) -> dict[str, Any]:
+    def info(self, index: int = 0) -> UpstreamHealthDescription:
         return self.monitor.describe("app")[index]
 
     async def test_unhealthyThenHealthy(self) -> None:
@@ -149,22 +149,22 @@ class HealthIntegrationTests(TestCase):
         )
         route = self.watch([s.port for s in self.servers], check)
         a, b = route.config.upstreams
-        await waitFor(lambda: self.info()["passes"] >= 2, WAIT, "two passed checks")
+        await waitFor(lambda: self.info().passes >= 2, WAIT, "two passed checks")
         headers = first.seen[0]
         self.assertEqual(headers[b"Host"], [b"app.example"])
         self.assertEqual(headers[b"User-Agent"], [b"revproxy-health-check"])
         first.status = 500
-        await waitFor(lambda: not self.info()["healthy"], WAIT, "unhealthy")
+        await waitFor(lambda: not self.info().healthy, WAIT, "unhealthy")
         info = self.info()
         self.assertEqual(
-            (info["fails"], info["last_error"], info["last_status"]),
+            (info.fails, info.lastError, info.lastStatus),
             (2, "HTTP 500", 500),
         )
         self.assertEqual({route.selector.pick() for _ in range(4)}, {b})
-        self.assertTrue(self.monitor.describe("app")[1]["healthy"])
+        self.assertTrue(self.monitor.describe("app")[1].healthy)
         first.status = 200
-        await waitFor(lambda: self.info()["healthy"], WAIT, "healthy again")
-        self.assertEqual(self.info()["passes"], 2)
+        await waitFor(lambda: self.info().healthy, WAIT, "healthy again")
+        self.assertEqual(self.info().passes, 2)
         self.assertEqual({route.selector.pick() for _ in range(4)}, {a, b})
         self.assertTrue(second.seen)
 
@@ -178,8 +178,8 @@ class HealthIntegrationTests(TestCase):
             path="/slow?delay=5", interval_secs=0.3, timeout_secs=0.2, fails=1
         )
         self.watch([self.servers[0].port], check)
-        await waitFor(lambda: not self.info()["healthy"], WAIT, "unhealthy")
-        self.assertEqual(self.info()["last_error"], "timeout after 0.2 s")
+        await waitFor(lambda: not self.info().healthy, WAIT, "unhealthy")
+        self.assertEqual(self.info().lastError, "timeout after 0.2 s")
 
     async def test_refused(self) -> None:
         """
@@ -187,8 +187,8 @@ class HealthIntegrationTests(TestCase):
         """
         check = HealthCheck(path="/", interval_secs=0.2, timeout_secs=0.2, fails=1)
         self.watch([closedPort()], check)
-        await waitFor(lambda: not self.info()["healthy"], WAIT, "unhealthy")
-        self.assertEqual(self.info()["last_error"], "connection refused")
+        await waitFor(lambda: not self.info().healthy, WAIT, "unhealthy")
+        self.assertEqual(self.info().lastError, "connection refused")
 
     async def test_bigBodyNotRead(self) -> None:
         """
@@ -200,8 +200,8 @@ class HealthIntegrationTests(TestCase):
             path="/stream?bytes=5000000000", interval_secs=1.0, timeout_secs=1.0
         )
         self.watch([self.servers[0].port], check)
-        await waitFor(lambda: self.info()["passes"] >= 1, WAIT, "a passed check")
-        self.assertEqual(self.info()["last_status"], 200)
+        await waitFor(lambda: self.info().passes >= 1, WAIT, "a passed check")
+        self.assertEqual(self.info().lastStatus, 200)
 
     async def test_https(self) -> None:
         """
@@ -217,7 +217,7 @@ class HealthIntegrationTests(TestCase):
         authority.cert_pem.write_to_path(trusted)
         check = HealthCheck(path="/healthz", interval_secs=0.2, timeout_secs=1.0)
         self.watch([server.port], check, "https", loadUpstreamTLS(trusted, True))
-        await waitFor(lambda: self.info()["passes"] >= 1, WAIT, "a passed check")
+        await waitFor(lambda: self.info().passes >= 1, WAIT, "a passed check")
 
         other = os.path.join(directory, "other.pem")
         trustme.CA().cert_pem.write_to_path(other)
@@ -227,5 +227,5 @@ class HealthIntegrationTests(TestCase):
             path="/healthz", interval_secs=0.2, timeout_secs=1.0, fails=1
         )
         self.watch([server.port], check, "https", loadUpstreamTLS(other, True))
-        await waitFor(lambda: not self.info()["healthy"], WAIT, "unhealthy")
-        self.assertIn("certificate verify failed", self.info()["last_error"])
+        await waitFor(lambda: not self.info().healthy, WAIT, "unhealthy")
+        self.assertIn("certificate verify failed", self.info().lastError)
