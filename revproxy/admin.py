@@ -324,7 +324,7 @@ def renderUpstreamHealth(health: UpstreamHealthDescription) -> Answer:
 def healthzBody(draining: bool) -> bytes:
     """
     The body of an answer of the ops listener's C{/healthz}
-    (L{revproxy.metrics.OpsResource}): C{ok} while serving, C{draining}
+    (L{revproxy.opslistener.OpsResource}): C{ok} while serving, C{draining}
     once the proxy is shutting down.
     """
     status = "draining" if draining else "ok"

@@ -40,8 +40,9 @@ from revproxy.listeners import (
     defaultMaxConnections,
     withBacklog,
 )
-from revproxy.metrics import LiveSources, Metrics, opsSite, poolSizes
+from revproxy.metrics import LiveSources, Metrics, poolSizes
 from revproxy.observer import RequestObserver
+from revproxy.opslistener import opsSite
 from revproxy.proxy.connector import reactorConnector
 from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.forwarder import Forwarder

@@ -38,9 +38,8 @@ from revproxy.metrics import (
     REFUSAL_CODES,
     STATUS_CLASSES,
     Metrics,
-    OpsResource,
-    opsSite,
 )
+from revproxy.opslistener import OpsResource, opsSite
 
 SITE = "app"
 UPSTREAM = "http://10.0.0.1:8000"
