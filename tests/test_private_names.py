@@ -2,7 +2,7 @@
 The private names of other libraries that revproxy uses before #13 and
 that no other test names, each wrapped in one place: a release that
 changes one fails here instead of in production.  (Twisted's TCP buffer
-names are named in L{tests.test_eager}; h2's
+names are named in L{tests.integration.test_eager}; h2's
 C{_expected_content_length} in L{tests.test_http2}; pyOpenSSL's
 C{SSL_CTX_set1_curves_list} in L{tests.test_tls}.)
 """
