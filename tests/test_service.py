@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -52,6 +52,7 @@ from revproxy.tls import (
     RefusalLog,
     SNIContextFactory,
 )
+from tests.fakes import FakeReactor
 from tests.tlshelpers import ExceptHookRecorder, Recorder
 
 CONFIG = """\
@@ -86,19 +87,6 @@ class _TakenPortReactor(MemoryReactorClock):
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
     ) -> Any:
         raise CannotListenError(interface, port, OSError(98, "Address already in use"))
-
-
-class _ThreadedMemoryReactor(MemoryReactorClock):
-    """
-    A memory reactor that records L{callFromThread} calls.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fromThreads: list[Callable[[], object]] = []
-
-    def callFromThread(self, f: Callable[..., object], *args: Any, **kw: Any) -> None:
-        self.fromThreads.append(lambda: f(*args, **kw))
 
 
 @contextmanager
@@ -187,7 +175,7 @@ class SignalRelayTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.reactor = _ThreadedMemoryReactor()
+        self.reactor = FakeReactor()
         self.signum = signal.SIGUSR2
         self.original = signal.getsignal(self.signum)
         self.addCleanup(signal.signal, self.signum, self.original)
