@@ -607,7 +607,7 @@ class IssuerTests(SynchronousTestCase):
         """
         L{AcmeIssuer} provides L{IIssuer}.
         """
-        verifyObject(IIssuer, self.makeIssuer())
+        self.assertTrue(verifyObject(IIssuer, self.makeIssuer()))
 
     def test_order(self) -> None:
         """
