@@ -307,7 +307,8 @@ class ShutdownTests(_ProxyTestCase):
         sent = await deferToThread(storm)
         await self.proxy.waitExit()
         self.assertGreater(sent, 1)
-        # Regression test for a fixed bug (revproxy/service.py:159-163): SignalRelay.stopService runs at
+        # Regression test for a fixed bug
+        # (revproxy.service.SignalRelay.stopService): it runs at
         # the start of shutdown ("before shutdown") and puts the reactor's
         # own SIGTERM handler back; a SIGTERM during the rest of shutdown
         # goes to it, which logs "Received SIGTERM", calls reactor.stop()
