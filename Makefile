@@ -12,7 +12,7 @@ SSLYZE_STAMP := $(SSLYZE_VENV)/.deps-installed
 # Tests and the demo run the code of this checkout, not a stale installed copy.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit install bench clean debian-deps lock deb deb-deps deb-test
+.PHONY: run test lint typecheck unit integration install bench clean debian-deps lock deb deb-deps deb-test
 
 # Debian packages the integration tests use: real admin-socket clients
 # (nc, socat), real TLS and HTTP/2 clients (openssl, nghttp, curl), and
@@ -50,8 +50,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: install $(SSLYZE_STAMP)
-	REVPROXY_SSLYZE=$(CURDIR)/$(SSLYZE_VENV)/bin/sslyze $(BIN)/python -m twisted.trial --jobs=2 tests
+# The unit tests: every tests/test_*.py, on memory reactors and in-memory
+# transports (no network, no socket file, no child process), in seconds.
+# The integration tests, tests/integration/: the real plugin in child
+# processes, real sockets on loopback and on disk, and the command-line
+# clients (the Debian packages above, sslyze); tests/h2conformance/ is what
+# their HTTP/2 conformance test runs.  make test runs each set once.
+UNIT_TESTS := $(patsubst tests/%.py,tests.%,$(sort $(wildcard tests/test_*.py)))
+
+unit: install
+	$(BIN)/python -m twisted.trial --jobs=2 $(UNIT_TESTS)
+
+integration: install debian-deps $(SSLYZE_STAMP)
+	REVPROXY_SSLYZE=$(CURDIR)/$(SSLYZE_VENV)/bin/sslyze $(BIN)/python -m twisted.trial --jobs=2 tests.integration
 
 debian-deps:
 	@missing=""; \
@@ -67,7 +78,7 @@ debian-deps:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
-test: debian-deps lint typecheck unit
+test: debian-deps lint typecheck unit integration
 
 bench: install
 	bench/run.sh

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin_client -*-
+# -*- test-case-name: tests.integration.test_admin_client -*-
 """
 C{revproxy-admin}: send one command to the admin socket and print the answer.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sdnotify -*-
+# -*- test-case-name: tests.test_sdnotify,tests.integration.test_sdnotify -*-
 """
 systemd's service notification protocol (C{sd_notify(3)}), without a
 dependency: one datagram of C{KEY=VALUE} lines per state change, sent over

@@ -23,7 +23,6 @@ from josepy.b64 import b64decode
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from revproxy.acme import AcmeError
@@ -38,7 +37,8 @@ from revproxy.acme.client import (
     parseRenewalInfo,
     splitChain,
 )
-from revproxy.interfaces import IChallengeResponder, IIssuer
+from revproxy.interfaces import IIssuer
+from tests.fakes import FakeChallengeResponder
 
 #: RFC 9773 Appendix A: the example certificate whose ARI identifier is
 #: "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE" (section 4.1).
@@ -566,31 +566,6 @@ class FakeCA:
         self.root = certificate(serial=1, names=["root.test"], signer=self.key)
 
 
-@implementer(IChallengeResponder)
-class LoggingResponder:
-    """
-    Logs its calls into the fake CA's log, so the order shows.
-    """
-
-    def __init__(self, log: list[tuple[Any, ...]]) -> None:
-        self.log = log
-        self.failRemove = False
-
-    def addHTTP01(self, token: str, keyAuthorization: str) -> None:
-        self.log.append(("addHTTP01", token, keyAuthorization))
-
-    def removeHTTP01(self, token: str) -> None:
-        self.log.append(("removeHTTP01", token))
-        if self.failRemove:
-            raise RuntimeError("responder broke")
-
-    def addTLSALPN01(self, name: str, keyAuthorization: str) -> None:
-        self.log.append(("addTLSALPN01", name, keyAuthorization))
-
-    def removeTLSALPN01(self, name: str) -> None:
-        self.log.append(("removeTLSALPN01", name))
-
-
 class IssuerTests(SynchronousTestCase):
     """
     L{AcmeIssuer} over L{FakeCalls}: calls run inline, time is a L{Clock}.
@@ -600,7 +575,7 @@ class IssuerTests(SynchronousTestCase):
         self.clock = Clock()
         self.ca = FakeCA()
         self.log = self.ca.log
-        self.responder = LoggingResponder(self.log)
+        self.responder = FakeChallengeResponder(self.log)
         self.accounts: list[str] = []
         self.key = ec.generate_private_key(ec.SECP256R1())
 
@@ -656,7 +631,7 @@ class IssuerTests(SynchronousTestCase):
         """
         L{AcmeIssuer} provides L{IIssuer}.
         """
-        verifyObject(IIssuer, self.makeIssuer())
+        self.assertTrue(verifyObject(IIssuer, self.makeIssuer()))
 
     def test_order(self) -> None:
         """

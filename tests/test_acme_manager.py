@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import cast
 
-import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from revproxy.acme import AcmeError
 from revproxy.acme.manager import (
@@ -31,50 +27,11 @@ from revproxy.acme.manager import (
 )
 from revproxy.acme.storage import BackoffRecord, CertificateRecord
 from revproxy.config import AcmeConfig, SiteConfig, Upstream
-from revproxy.interfaces import IChallengeResponder, IIssuer
-from revproxy.tls import PrivateKey
+from revproxy.interfaces import IIssuer
+from tests.fakes import DAY, FakeChallengeResponder, FakeIssuer, signed
 
-DAY = 86400.0
 NOW = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
 UPSTREAM = Upstream("http://127.0.0.1:8000", "http", "127.0.0.1", 8000)
-
-_CA_KEY = ec.generate_private_key(ec.SECP256R1())
-_CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
-
-
-def signed(
-    names: Sequence[str], key: PrivateKey, notBefore: float, lifetime: float
-) -> list[bytes]:
-    """
-    A chain (leaf, CA) for C{names} and C{key}'s public key.
-    """
-    start = datetime.fromtimestamp(notBefore, UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(_CA_NAME)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(seconds=lifetime))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-            critical=False,
-        )
-        .sign(_CA_KEY, hashes.SHA256())
-    )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_CA_NAME)
-        .issuer_name(_CA_NAME)
-        .public_key(_CA_KEY.public_key())
-        .serial_number(1)
-        .not_valid_before(start - timedelta(days=1))
-        .not_valid_after(start + timedelta(days=3650))
-        .sign(_CA_KEY, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    return [leaf.public_bytes(pem), ca.public_bytes(pem)]
 
 
 def record(
@@ -131,62 +88,6 @@ class MemoryStorage:
             self.backoffs[site] = rec
 
 
-@attrs.define
-class Order:
-    names: tuple[str, ...]
-    key: PrivateKey
-    responder: IChallengeResponder
-    result: Deferred[list[bytes]]
-
-
-@implementer(IIssuer)
-class FakeIssuer:
-    """
-    An issuer whose orders the test answers.
-    """
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.orders: list[Order] = []
-        self.windows: list[bytes] = []
-        self.window: tuple[float, float] | None = None
-
-    def issue(
-        self, names: Sequence[str], key: PrivateKey, responder: IChallengeResponder
-    ) -> Deferred[list[bytes]]:
-        d: Deferred[list[bytes]] = Deferred()
-        self.orders.append(Order(tuple(names), key, responder, d))
-        return d
-
-    def renewalWindow(self, leafPEM: bytes) -> Deferred[tuple[float, float] | None]:
-        self.windows.append(leafPEM)
-        return succeed(self.window)
-
-    def grant(self, index: int = -1, lifetime: float = 90 * DAY) -> None:
-        order = self.orders[index]
-        order.result.callback(
-            signed(order.names, order.key, self.clock.seconds(), lifetime)
-        )
-
-    def refuse(self, index: int = -1, message: str = "connection refused") -> None:
-        self.orders[index].result.errback(AcmeError(message))
-
-
-@implementer(IChallengeResponder)
-class NoChallenges:
-    def addHTTP01(self, token: str, keyAuthorization: str) -> None:
-        pass
-
-    def removeHTTP01(self, token: str) -> None:
-        pass
-
-    def addTLSALPN01(self, name: str, keyAuthorization: str) -> None:
-        pass
-
-    def removeTLSALPN01(self, name: str) -> None:
-        pass
-
-
 def acmeSite(name: str, *hosts: str) -> SiteConfig:
     return SiteConfig(name=name, hosts=hosts, upstreams=(UPSTREAM,), tls="acme")
 
@@ -215,7 +116,7 @@ class ManagerTests(SynchronousTestCase):
             self.storage,  # type: ignore[arg-type]
             self.issuerFactory,
             self.config,
-            NoChallenges(),
+            FakeChallengeResponder(),
             rng=random.Random(4),
         )
 
@@ -514,7 +415,7 @@ class ManagerTests(SynchronousTestCase):
             self.storage,  # type: ignore[arg-type]
             broken,
             self.config,
-            NoChallenges(),
+            FakeChallengeResponder(),
             rng=random.Random(1),
         )
         manager.updateSites([acmeSite("app", "a.test")])

@@ -221,7 +221,8 @@ class ContentLengthResponseTests(ClientTestMixin, SynchronousTestCase):
         """
         A reason phrase that arrives one byte at a time is reported whole.
         """
-        # Regression test for a fixed bug (revproxy/proxy/client.py:190-191, on_status): httptools calls
+        # Regression test for a fixed bug
+        # (revproxy.proxy.client.UpstreamConnection.on_status): httptools calls
         # on_status once per piece of the reason phrase, and the client keeps
         # only the last piece (here b"" instead of b"OK Fine").
         sink = self.exchange()
@@ -302,10 +303,11 @@ class ContentLengthResponseTests(ClientTestMixin, SynchronousTestCase):
         A status line without a reason phrase reports an empty reason, not
         the reason of the connection's previous response.
         """
-        # Regression test for a fixed bug (revproxy/proxy/client.py:106 and 137-152): _reason is set in
-        # __init__ and by on_status only, never reset in send(); httptools
-        # does not call on_status for an absent reason, so the previous
-        # exchange's b"Not Found" is reported for this 200.
+        # Regression test for a fixed bug
+        # (revproxy.proxy.client.UpstreamConnection.__init__ and send):
+        # _reason is set in __init__ and by on_status only, never reset in
+        # send(); httptools does not call on_status for an absent reason, so
+        # the previous exchange's b"Not Found" is reported for this 200.
         self.exchange()
         self.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         sink = self.exchange()
@@ -549,9 +551,10 @@ class InterimResponseTests(ClientTestMixin, SynchronousTestCase):
         A final status line without a reason phrase does not report the
         interim response's reason.
         """
-        # Regression test for a fixed bug (revproxy/proxy/client.py:190-204): _reason is not cleared when
-        # an interim response is skipped, so this 200 is reported with the
-        # reason b"Continue".
+        # Regression test for a fixed bug
+        # (revproxy.proxy.client.UpstreamConnection.on_headers_complete):
+        # _reason is not cleared when an interim response is skipped, so
+        # this 200 is reported with the reason b"Continue".
         sink = self.exchange()
         self.feed(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"
@@ -806,8 +809,9 @@ class UnexpectedBytesTests(ClientTestMixin, SynchronousTestCase):
         A response smuggled after the end of a response, in the same chunk,
         never reaches the waiter the pool hands the connection to next.
         """
-        # Regression test for a fixed bug (revproxy/proxy/client.py:235-246, _finish, called from
-        # on_message_complete inside parser.feed_data at line 176): the
+        # Regression test for a fixed bug
+        # (revproxy.proxy.client.UpstreamConnection._finish, called from
+        # on_message_complete inside parser.feed_data in dataReceived): the
         # connection is released to the pool while the rest of the chunk is
         # still being parsed.  The pool hands it to the next waiter at once,
         # whose send() swaps in its sink and parser; the old parser then

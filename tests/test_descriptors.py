@@ -1,17 +1,14 @@
 """
 Tests for L{revproxy.descriptors}: the file descriptor limit raised at
-start, with injected C{getrlimit}/C{setrlimit}; and once for real, in a
-child process whose soft limit was lowered first.
+start, with injected C{getrlimit}/C{setrlimit}.  Once for real, in a child
+process: L{tests.integration.test_descriptors}.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
-import subprocess
-import sys
 
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -251,39 +248,3 @@ class CurrentDescriptorLimitTests(SynchronousTestCase):
         self.assertEqual(
             currentDescriptorLimit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         )
-
-
-#: A child that lowers its soft limit, then raises it with the defaults.
-_CHILD = """
-import json, resource, sys
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
-from revproxy.descriptors import currentDescriptorLimit, raiseDescriptorLimit
-limit = raiseDescriptorLimit()
-print(json.dumps([limit.before, limit.soft, limit.hard, currentDescriptorLimit(),
-                  resource.getrlimit(resource.RLIMIT_NOFILE)]))
-"""
-
-
-class RealLimitTests(SynchronousTestCase):
-    """
-    L{raiseDescriptorLimit} with its defaults, in a child process (this
-    one's limit is left alone).
-    """
-
-    def test_raises(self) -> None:
-        """
-        A soft limit of 256 is raised to the hard limit.
-        """
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        child = subprocess.run(
-            [sys.executable, "-c", _CHILD],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        before, soft, reported, current, now = json.loads(child.stdout)
-        self.assertEqual(
-            (before, soft, reported, current), (min(256, hard), hard, hard, hard)
-        )
-        self.assertEqual(now, [hard, hard])

@@ -678,7 +678,8 @@ class UpstreamRequestTests(ProxyTestCase):
         upstream.accept()
         sent = upstream.request()
         self.assertEqual(sent.line, b"GET / HTTP/1.1")
-        # Regression test for a fixed bug (revproxy/proxy/forwarder.py:211-218): with no Host from the
+        # Regression test for a fixed bug
+        # (revproxy.proxy.forwarder._Relay.start): with no Host from the
         # client, host=None and upstreamRequestHeaders adds none, so an
         # HTTP/1.1 request without Host goes upstream, which RFC 9112
         # section 3.2 forbids (origin servers answer it with 400).
@@ -1909,7 +1910,8 @@ class ClientGoneTests(ProxyTestCase):
         self.assertEqual(proxy.upstreamHosts(), [SECOND])
         upstream = proxy.upstream()
         client.close()
-        # Regression test for a fixed bug (revproxy/proxy/forwarder.py:237-243): the first acquire()
+        # Regression test for a fixed bug
+        # (revproxy.proxy.forwarder._Relay._tryNext): the first acquire()
         # fails synchronously and connectionFailed() re-enters _tryNext(),
         # which stores the second attempt's withdraw; back in the outer
         # _tryNext(), self.waiting is True again, so self.withdraw is

@@ -1,16 +1,14 @@
 """
-Tests for L{revproxy.listeners}: the cap on client connections, in memory
-and on real loopback sockets, and the listener service.
+Tests for L{revproxy.listeners}: the cap on client connections, in memory,
+and the listener service.  The cap on real loopback sockets is in
+L{tests.integration.test_listeners}.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Any, cast
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -18,14 +16,14 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import (
     EventLoggingObserver,
     MemoryReactor,
     StringTransportWithDisconnection,
 )
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from revproxy.drain import ConnectionTracker
@@ -287,65 +285,3 @@ class ListenerTests(SynchronousTestCase):
         service.startService()
         self.successResultOf(service.stopService())
         self.assertEqual(len(cancelled), 1)
-
-
-class _Holder(Protocol):
-    """
-    Keeps its connection and tells when it is made.
-    """
-
-    def connectionMade(self) -> None:
-        cast(Any, self.factory).made.append(self)
-
-
-class RealSocketTests(TestCase):
-    """
-    The cap on loopback sockets: a client beyond it is not accepted (it
-    waits in the backlog) until another leaves.
-    """
-
-    async def test_backlogUntilOneCloses(self) -> None:
-        from twisted.internet import reactor
-
-        gate = ConnectionGate(2, cast(Any, reactor))
-        inner = Factory.forProtocol(_Holder)
-        inner.made = []  # type: ignore[attr-defined]
-        tracker = ConnectionTracker(inner, gate)
-        service = Listener(
-            TCP4ServerEndpoint(cast(Any, reactor), 0, interface="127.0.0.1"),
-            tracker,
-            gate,
-        )
-        service.startService()
-        self.addCleanup(service.stopService)
-        assert service.port is not None
-        port = service.port.getHost().port  # type: ignore[attr-defined]
-        clients = []
-        for _ in range(3):
-            client = socket.create_connection(("127.0.0.1", port))
-            self.addCleanup(client.close)
-            clients.append(client)
-            await deferLater(cast(Any, reactor), 0.05, lambda: None)
-        for _ in range(20):
-            if len(inner.made) >= 2:  # type: ignore[attr-defined]
-                break
-            await deferLater(cast(Any, reactor), 0.05, lambda: None)
-        await deferLater(cast(Any, reactor), 0.2, lambda: None)
-        made = inner.made  # type: ignore[attr-defined]
-        self.assertEqual(len(made), 2)
-        self.assertTrue(gate.paused)
-        made[0].transport.loseConnection()
-        for _ in range(40):
-            if len(made) == 3:
-                break
-            await deferLater(cast(Any, reactor), 0.05, lambda: None)
-        self.assertEqual(len(made), 3)
-        self.assertEqual(gate.refused, 0)
-        for protocol in made:
-            protocol.transport.loseConnection()
-        for _ in range(40):
-            if gate.open == 0:
-                break
-            await deferLater(cast(Any, reactor), 0.05, lambda: None)
-        self.assertEqual(gate.open, 0)
-        self.assertEqual(len(tracker.protocols), 0)

@@ -14,8 +14,6 @@ import fnmatch
 import os
 import re
 import shlex
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -484,7 +482,8 @@ class RevproxyAdminManPageTests(SynchronousTestCase):
 
 class ManPageLintTests(SynchronousTestCase):
     """
-    What lintian and man complain about in both pages.
+    What lintian complains about in both pages (what groff says about them
+    is in L{tests.integration.test_packaging}).
     """
 
     pages = ("revproxy.8", "revproxy-admin.8")
@@ -502,28 +501,6 @@ class ManPageLintTests(SynchronousTestCase):
                 self.assertFalse(line.startswith("'"), where)
                 if not line.startswith('.\\"'):
                     self.assertNotRegex(line, r"(?<![\\\w])--?[A-Za-z]", where)
-
-    def test_groffWarnings(self) -> None:
-        """
-        C{groff -man -ww -z} has nothing to say about either page.
-        """
-        groff = shutil.which("groff")
-        # groff-base (Priority: important; man-db needs it) is on every
-        # Debian system.
-        self.assertIsNotNone(
-            groff, "groff is not installed (apt-get install groff-base)"
-        )
-        assert groff is not None
-        for page in self.pages:
-            _read(page)
-            result = subprocess.run(
-                [groff, "-man", "-ww", "-z", os.path.join(_DEBIAN, page)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-            self.assertEqual((result.returncode, result.stderr), (0, ""), page)
 
 
 class LogrotateTests(SynchronousTestCase):

@@ -686,7 +686,8 @@ class LimitTests(PoolTestMixin, SynchronousTestCase):
         A connection that completes after its waiter withdrew goes to the
         next waiter in line, not idle while that waiter keeps waiting.
         """
-        # Regression test for a fixed bug (revproxy/proxy/pool.py:272-276, connectionMade): with no
+        # Regression test for a fixed bug
+        # (revproxy.proxy.pool.ConnectionPool.connectionMade): with no
         # waiter the new connection is put idle by _keepIdle, which never
         # looks at host.waiting; the waiter in line (queued because this
         # attempt filled maxConnections) is never served, although an idle

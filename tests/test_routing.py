@@ -1,8 +1,9 @@
 """
 Tests for L{revproxy.routing}: the pure part (host normalization, the
 routing table), and L{Router} over HTTP and HTTPS (421 for a site
-without a certificate, 308 redirects to HTTPS) with the runtime that feeds
-it (L{revproxy.runtime.buildRuntime}).
+without a certificate, 308 redirects to HTTPS) on runtimes from
+L{revproxy.runtime.buildRuntime}, whose own tests are in
+L{tests.test_runtime}.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.acme.challenges import ChallengeStore
-from revproxy.config import ConfigError, parseConfig
+from revproxy.config import parseConfig
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
 from revproxy.proxy.frontend import DateCache, FrontEnd
@@ -35,7 +36,6 @@ from revproxy.routing import (
     normalizeServerName,
 )
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
-from revproxy.tls import TLSFiles, loadTLSFiles
 from tests.tlshelpers import TLSTransport
 
 
@@ -490,102 +490,6 @@ class _Response:
     code: int
     headers: dict[bytes, list[bytes]]
     body: bytes
-
-
-class RuntimeTLSTests(SynchronousTestCase):
-    """
-    What L{buildRuntime} records of a config's TLS: the files read, the
-    sites served over HTTPS, the port redirects go to.
-    """
-
-    def setUp(self) -> None:
-        self.directory = _writeCertificate(self, *_NAMES)
-        self.config = parseConfig(TLS_CONFIG, baseDir=self.directory)
-
-    def test_securedSites(self) -> None:
-        """
-        The sites with certificate files and the C{"acme"} sites (served
-        with a placeholder until issued) are secured; a site with C{tls =
-        "none"} is not.
-        """
-        runtime = buildRuntime(self.config, Clock())
-        self.assertEqual(
-            runtime.secured, {"secure", "numeric", "wild", "both", "pending"}
-        )
-
-    def test_loadsFiles(self) -> None:
-        """
-        Without C{tls}, the certificate files are read: the secured sites'
-        hosts have their certificate (one, as they share its files).
-        """
-        runtime = buildRuntime(self.config, Clock())
-        cert = runtime.tls.certificates.lookup("secure.example")
-        assert cert is not None
-        self.assertEqual(
-            runtime.tls.sitesOf(cert), ("secure", "numeric", "wild", "both")
-        )
-        self.assertIs(runtime.tls.certificates.lookup("www.wild.example"), cert)
-        self.assertEqual(cert.path, os.path.join(self.directory, "cert.pem"))
-
-    def test_badFilesRaise(self) -> None:
-        """
-        Without C{tls}, an unusable certificate file is a L{ConfigError}.
-        """
-        os.remove(os.path.join(self.directory, "cert.pem"))
-        e = self.assertRaises(ConfigError, buildRuntime, self.config, Clock())
-        self.assertEqual(len(e.errors), 4)
-        self.assertTrue(e.errors[0].startswith("sites[0].cert_file: "), e.errors)
-
-    def test_givenFilesUsed(self) -> None:
-        """
-        With C{tls}, nothing is read: those files are used, and their sites
-        are the secured ones, with the C{"acme"} sites.
-        """
-        tls = loadTLSFiles(self.config, Clock().seconds())
-        os.remove(os.path.join(self.directory, "cert.pem"))
-        runtime = buildRuntime(self.config, Clock(), tls=tls)
-        self.assertIs(runtime.tls, tls)
-        self.assertEqual(
-            runtime.secured, {"secure", "numeric", "wild", "both", "pending"}
-        )
-        only = TLSFiles(tls.certificates, {1: ("plain",)}, {}, ())
-        self.assertEqual(
-            buildRuntime(self.config, Clock(), tls=only).secured,
-            {"plain", "pending"},
-        )
-
-    def test_reloadReadsAgain(self) -> None:
-        """
-        A runtime built after another reads the files again.
-        """
-        first = buildRuntime(self.config, Clock())
-        second = buildRuntime(self.config, Clock(), previous=first)
-        self.assertEqual(second.generation, first.generation + 1)
-        self.assertIsNot(
-            second.tls.certificates.lookup("secure.example"),
-            first.tls.certificates.lookup("secure.example"),
-        )
-
-    def test_httpsPort(self) -> None:
-        """
-        Redirects go to the port of the first C{listen_https}; without one
-        there is none.
-        """
-        self.assertEqual(buildRuntime(self.config, Clock()).httpsPort, 8443)
-        plain = parseConfig(
-            '[server]\nlisten_https = []\n[[sites]]\nname = "a"\n'
-            'hosts = ["a.example"]\nupstreams = ["http://10.0.0.1:80"]\n'
-        )
-        runtime = buildRuntime(plain, Clock())
-        self.assertIsNone(runtime.httpsPort)
-        self.assertEqual(runtime.secured, frozenset())
-        v6 = parseConfig(
-            TLS_CONFIG.replace(
-                '"tcp:8443:interface=127.0.0.1"', r'"tcp6:4443:interface=\\:\\:"'
-            ),
-            baseDir=self.directory,
-        )
-        self.assertEqual(buildRuntime(v6, Clock()).httpsPort, 4443)
 
 
 class _RouterCase(SynchronousTestCase):

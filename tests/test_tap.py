@@ -242,7 +242,8 @@ class ConfigFileTests(_OptionsTestCase):
         options = self.options()
         self.assertEqual(self.exitCode(options, ["--config", path]), 1)
         lines = self.err(options).splitlines()
-        # Regression test for a fixed bug (revproxy/tap.py:67-68, 82-90): the missing file is reported
+        # Regression test for a fixed bug (revproxy.tap.Options.postOptions,
+        # which sent it to _exitWithErrors): the missing file is reported
         # through _exitWithErrors as "configuration PATH is invalid (1
         # error):" plus an indented second line: two lines, and a missing
         # file called invalid.

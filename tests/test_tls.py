@@ -55,6 +55,7 @@ from revproxy.tls import (
     loadTLSFiles,
     nameCovers,
 )
+from tests.fakes import FakeCertificateStore
 from tests.tlshelpers import Echo, ExceptHookRecorder, Recorder
 
 _CA = trustme.CA()
@@ -878,6 +879,20 @@ class TwistedTLSTests(SynchronousTestCase):
         self.assertEqual(client.data, b"")
         assert client.lost is not None
         self.assertIn("unrecognized name", str(client.lost.value))
+
+    def test_anyStore(self) -> None:
+        """
+        The factory serves from any L{ICertificateStore}: it asks the store
+        for the name the client sent, once per handshake.
+        """
+        a = _load(self, "a.test")
+        store = FakeCertificateStore({"a.test": a})
+        client, pump = self.connect(SNIContextFactory(store), "a.test")
+        assert client.transport is not None
+        client.transport.write(b"ping")
+        pump.flush()
+        self.assertEqual(client.data, b"ping")
+        self.assertEqual(store.lookups, ["a.test"])
 
 
 _NOW = _ts(datetime(2026, 6, 1, tzinfo=UTC))

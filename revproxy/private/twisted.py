@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_private_names,tests.test_eager -*-
+# -*- test-case-name: tests.test_private_names,tests.integration.test_eager -*-
 """
 Twisted's private names: the write buffer of its TCP transport, the
 addresses its server endpoints will listen on, and C{IOpenSSLTrustRoot}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_eager -*-
+# -*- test-case-name: tests.integration.test_eager -*-
 """
 Writing to a plain TCP connection at once.
 
@@ -18,7 +18,7 @@ transport has nothing buffered is only in private attributes of
 C{twisted.internet.abstract.FileDescriptor} (C{_tempDataLen},
 C{dataBuffer}, C{offset}, C{_writeDisconnected}): L{canSendNow} in
 L{revproxy.private.twisted} is the one place that reads them, and
-C{tests.test_private_names} and C{tests.test_eager} name them on a real
+C{tests.test_private_names} and C{tests.integration.test_eager} name them on a real
 Twisted TCP connection, so that a Twisted release that changes them fails
 a test instead of a request.  Anything that is not exactly a plain
 C{twisted.internet.tcp.Connection} (a test's string transport) gets no

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_exchange -*-
+# -*- test-case-name: tests.test_http1,tests.test_http2,tests.test_forwarder -*-
 """
 The one interface between a client-side protocol (HTTP/1.1 in
 L{revproxy.proxy.http1}, HTTP/2 in L{revproxy.proxy.http2}) and what answers

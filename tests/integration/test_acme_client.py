@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -35,7 +35,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.python.threadable import isInIOThread
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -44,7 +43,8 @@ from zope.interface.verify import verifyObject
 
 from revproxy.acme import AcmeError
 from revproxy.acme.client import AcmeIssuer, ChallengeType
-from revproxy.interfaces import IChallengeResponder, IIssuer
+from revproxy.interfaces import IIssuer
+from tests.fakes import FakeChallengeResponder
 from tests.integration.pebble import Pebble, startPebble
 from tests.integration.support import (
     EXIT_TIMEOUT,
@@ -61,49 +61,6 @@ ISSUE_TIMEOUT = 30.0
 _ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 
 
-@implementer(IChallengeResponder)
-class RecordingResponder:
-    """
-    The challenge answers an issuer published, and every call, each
-    checked to come from the reactor thread.
-
-    @ivar calls: C{(method, token or name)} in call order.
-    @ivar onAdd: Called after each add (a test cancels from there).
-    """
-
-    def __init__(self) -> None:
-        self.http01: dict[str, str] = {}
-        self.tlsalpn01: dict[str, str] = {}
-        self.calls: list[tuple[str, str]] = []
-        self.offThread: list[str] = []
-        self.onAdd: Any = None
-
-    def _record(self, method: str, key: str) -> None:
-        if not isInIOThread():
-            self.offThread.append(method)
-        self.calls.append((method, key))
-
-    def addHTTP01(self, token: str, keyAuthorization: str) -> None:
-        self._record("addHTTP01", token)
-        self.http01[token] = keyAuthorization
-        if self.onAdd is not None:
-            self.onAdd()
-
-    def removeHTTP01(self, token: str) -> None:
-        self._record("removeHTTP01", token)
-        self.http01.pop(token, None)
-
-    def addTLSALPN01(self, name: str, keyAuthorization: str) -> None:
-        self._record("addTLSALPN01", name)
-        self.tlsalpn01[name] = keyAuthorization
-        if self.onAdd is not None:
-            self.onAdd()
-
-    def removeTLSALPN01(self, name: str) -> None:
-        self._record("removeTLSALPN01", name)
-        self.tlsalpn01.pop(name, None)
-
-
 class _ChallengeResource(Resource):
     """
     C{/.well-known/acme-challenge/TOKEN}: the responder's answer, or 404.
@@ -111,7 +68,7 @@ class _ChallengeResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, responder: RecordingResponder) -> None:
+    def __init__(self, responder: FakeChallengeResponder) -> None:
         super().__init__()
         self.responder = responder
         self.requests: list[bytes] = []
@@ -166,7 +123,7 @@ class _TLSALPNServer:
     challenge certificate, the ALPN callback selects C{acme-tls/1}.
     """
 
-    def __init__(self, responder: RecordingResponder) -> None:
+    def __init__(self, responder: FakeChallengeResponder) -> None:
         self.responder = responder
         self.answered: list[str] = []
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -248,7 +205,7 @@ class AcmeIssuerTests(TestCase):
 
     def setUp(self) -> None:
         self.reactor: IIntegrationReactor = getReactor()
-        self.responder = RecordingResponder()
+        self.responder = FakeChallengeResponder()
         self.accountKey = ec.generate_private_key(ec.SECP256R1())
         self.accounts: list[str] = []
 

@@ -9,13 +9,19 @@ listeners stop accepting at the cap, the clients beyond it wait in the
 backlog, the proxy never runs out of descriptors, the upstream stays
 healthy (its checks still get descriptors) and nothing counts against it,
 and once the clients go a normal client is served.
+
+And L{revproxy.descriptors.raiseDescriptorLimit} once for real, in a child
+process whose soft limit was lowered first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +30,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.integration.support import (
     ProxyProcess,
@@ -274,3 +280,39 @@ class DescriptorTests(TestCase):
             seconds + 5,
             "sleeping",
         )
+
+
+#: A child that lowers its soft limit, then raises it with the defaults.
+_CHILD = """
+import json, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+from revproxy.descriptors import currentDescriptorLimit, raiseDescriptorLimit
+limit = raiseDescriptorLimit()
+print(json.dumps([limit.before, limit.soft, limit.hard, currentDescriptorLimit(),
+                  resource.getrlimit(resource.RLIMIT_NOFILE)]))
+"""
+
+
+class RealLimitTests(SynchronousTestCase):
+    """
+    L{raiseDescriptorLimit} with its defaults, in a child process (this
+    one's limit is left alone).
+    """
+
+    def test_raises(self) -> None:
+        """
+        A soft limit of 256 is raised to the hard limit.
+        """
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        before, soft, reported, current, now = json.loads(child.stdout)
+        self.assertEqual(
+            (before, soft, reported, current), (min(256, hard), hard, hard, hard)
+        )
+        self.assertEqual(now, [hard, hard])

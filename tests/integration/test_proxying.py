@@ -307,7 +307,8 @@ class ShutdownTests(_ProxyTestCase):
         sent = await deferToThread(storm)
         await self.proxy.waitExit()
         self.assertGreater(sent, 1)
-        # Regression test for a fixed bug (revproxy/service.py:159-163): SignalRelay.stopService runs at
+        # Regression test for a fixed bug
+        # (revproxy.service.SignalRelay.stopService): it runs at
         # the start of shutdown ("before shutdown") and puts the reactor's
         # own SIGTERM handler back; a SIGTERM during the rest of shutdown
         # goes to it, which logs "Received SIGTERM", calls reactor.stop()
@@ -506,10 +507,14 @@ class ClientGoneTests(_ProxyTestCase):
         assert client.transport is not None
         client.transport.write(b"GET /slow?delay=8 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await waitFor(lambda: bool(self.upstream.site.channels), 5, "the upstream hit")
+        self.assertEqual(len(self.upstream.site.channels), 1)
         cast(ITCPTransport, client.transport).abortConnection()
         await waitFor(
             lambda: not self.upstream.site.channels, 3, "the upstream connection closed"
         )
+        # Closed well before the upstream's answer (8 seconds away), and the
+        # client was sent nothing.
+        self.assertEqual(client.data, b"")
 
 
 class QuickModeTests(_ProxyTestCase):

@@ -97,7 +97,8 @@ class StartupFailureTests(_ProcessTestCase):
         """
         path = os.path.join(self.directory, "absent.toml")
         code, proxy = await self.runProxy("--config", path)
-        # Regression test for a fixed bug (revproxy/tap.py:67-68, 82-90): an unreadable file goes through
+        # Regression test for a fixed bug (revproxy.tap.Options.postOptions,
+        # which sent it to _exitWithErrors): an unreadable file goes through
         # _exitWithErrors like an invalid one, so stderr has two lines:
         # "configuration PATH is invalid (1 error):" and "  PATH: cannot read
         # the config file: ...".  The file is missing, not invalid.

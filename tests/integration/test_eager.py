@@ -1,6 +1,7 @@
 """
 Tests for L{revproxy.proxy.eager}: writing to a plain TCP connection at
-once, on Twisted's real TCP transport over loopback.
+once, on Twisted's real TCP transport over loopback.  (L{plainTCP} on
+in-memory transports: L{tests.test_plaintcp}.)
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from revproxy.proxy.eager import (
     EagerTLS,
     EagerTLSFactory,
     noDelay,
-    plainTCP,
     sendNow,
     writerFor,
 )
@@ -350,35 +350,3 @@ class EagerTLSTests(TestCase):
             self.assertEqual(otherTLS._pending, [])
 
         return Deferred.fromCoroutine(check())
-
-
-class PlainTCPTests(SynchronousTestCase):
-    """
-    L{plainTCP} finds only a plain TCP connection.
-    """
-
-    def test_notTCP(self) -> None:
-        """
-        A string transport, or a wrapper around one, has no plain TCP
-        connection: no eager writer.
-        """
-        transport = StringTransport()
-        self.assertIsNone(plainTCP(transport))
-        self.assertIsNone(writerFor(transport))
-        wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
-        wrapper.makeConnection(transport)
-        self.assertIsNone(plainTCP(wrapper))
-
-    def test_wrapperThatWrites(self) -> None:
-        """
-        A wrapper that does something with what is written (its own
-        C{write}) is not looked through.
-        """
-
-        class Counting(ProtocolWrapper):
-            def write(self, data: bytes) -> None:
-                super().write(data)
-
-        wrapper = Counting(WrappingFactory(Factory()), Protocol())
-        wrapper.transport = Connection.__new__(Connection)
-        self.assertIsNone(plainTCP(wrapper))
