@@ -41,12 +41,13 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from revproxy.certificates import LoadedCertificate
+from revproxy.hostnames import claims, normalizeHostHeader
 from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
-from revproxy.routing import normalizeHostHeader
 from revproxy.runtime import RuntimeHolder
-from revproxy.tls import LoadedCertificate, TLSFiles
+from revproxy.tls import TLSFiles
 
 if TYPE_CHECKING:
     from revproxy.config import RateLimit
@@ -190,18 +191,6 @@ def peekUpstream(selector: UpstreamSelector) -> object | None:
     the round robin.
     """
     return selector.peek()
-
-
-def _claims(route: SiteRoute, host: str) -> bool:
-    """
-    Whether C{route} names C{host} among its hosts, exactly or by a wildcard
-    (as L{revproxy.routing.RoutingTable.match} reads them).
-    """
-    hosts = route.hosts
-    if host in hosts:
-        return True
-    label, dot, suffix = host.partition(".")
-    return bool(label and dot) and f"*.{suffix}" in hosts
 
 
 def _isoTime(seconds: float) -> str:
@@ -578,7 +567,7 @@ class AdminFactory(Factory["AdminProtocol"]):
         certificate = served.certificates.lookup(host)
         answer.update(
             site=route.name,
-            default_site=route.default and not _claims(route, host),
+            default_site=route.default and not claims(route.hosts, host),
             certificate=(
                 None
                 if certificate is None

@@ -41,6 +41,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.testing import MemoryReactor
 
+from revproxy.hostnames import isWildcard
+
 _T = TypeVar("_T")
 
 _DEFAULT_MAX_BODY_BYTES = 10485760
@@ -955,7 +957,7 @@ def _normalizeHost(name: str, *, allowWildcard: bool) -> str:
         raise ValueError(
             '"*" is not a valid host; to catch every other host, set default = true'
         )
-    wildcard = name.startswith("*.")
+    wildcard = isWildcard(name)
     rest = name[2:] if wildcard else name
     if wildcard and not allowWildcard:
         raise ValueError(f"{_quote(name)}: a wildcard is not allowed here")
@@ -1579,7 +1581,7 @@ class _Parser:
                     )
         if tls == "acme":
             for index, host in hosts:
-                if host.startswith("*."):
+                if isWildcard(host):
                     self._errors.append(
                         f"{table.keyPath('hosts')}[{index}]: wildcard hosts need "
                         'DNS-01, which revproxy does not do; use tls = "files"'

@@ -2,12 +2,10 @@
 """
 Routing a request to a site by its C{Host}.
 
-L{normalizeHostHeader} and L{RoutingTable} are pure and on the hot path: no
-reactor, no I/O.  The common C{Host} (ASCII, perhaps with a port) is checked
-by one precompiled regular expression; only non-ASCII names and A-labels go
-through C{idna}.  L{Router} is the shell: the handler every client-side
-protocol gives its requests to (L{revproxy.proxy.exchange.IRequestHandler}),
-which routes each one and hands it to the forwarder; it also answers
+L{Router} is the handler every client-side protocol gives its requests to
+(L{revproxy.proxy.exchange.IRequestHandler}): it routes each one by the
+routing table of the request's runtime (host names are read and matched in
+L{revproxy.hostnames}) and hands it to the forwarder; it also answers
 pending ACME http-01 challenges itself.
 """
 
@@ -15,13 +13,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from ipaddress import AddressValueError, IPv6Address
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import idna
 from twisted.logger import Logger
 
 from revproxy.accesslog import requestID as newRequestID
+from revproxy.hostnames import (
+    HasHosts,
+    RoutingTable,
+    isWildcard,
+    normalizeHostHeader,
+)
 from revproxy.proxy.headers import clientAddress, isTrusted
 
 if TYPE_CHECKING:
@@ -30,31 +32,6 @@ if TYPE_CHECKING:
     from revproxy.proxy.forwarder import Forwarder
     from revproxy.ratelimit import RateLimiter
     from revproxy.runtime import RuntimeHolder
-
-
-class HasHosts(Protocol):
-    """
-    What routing needs of a site: L{revproxy.config.SiteConfig} has it.
-    """
-
-    @property
-    def name(self) -> str:
-        """
-        The site's name, for error messages.
-        """
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        """
-        Normalized host names: lowercase A-labels without a trailing dot,
-        C{*.example.com} wildcards, IPv6 literals without brackets.
-        """
-
-    @property
-    def default(self) -> bool:
-        """
-        Whether requests for no other site's hosts go to this one.
-        """
 
 
 class HTTP01Answers(Protocol):
@@ -77,225 +54,6 @@ _log = Logger()
 # An X-Request-ID taken from a trusted proxy: visible ASCII, no spaces or
 # quotes, at most 200 bytes; anything else gets a new id.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,200}")
-
-_MAX_NAME = 253
-_MAX_PORT = 65535
-_CACHE_LIMIT = 4096
-# "[" IPv6 "]" or a 253-byte name and its dot, then ":" and five digits; a
-# UTF-8 name may take up to four bytes for each character of its A-labels.
-_MAX_ASCII_VALUE = 261
-_MAX_VALUE = 4 * _MAX_ASCII_VALUE
-
-# An LDH name (underscores let through, as nginx does: the name must still be
-# configured to match anything) with an optional port, on lowercased bytes.
-_ASCII_HOST = re.compile(
-    rb"((?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
-    rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)"
-    rb"\.?(?::([0-9]{0,5}))?"
-)
-_IPV6_HOST = re.compile(rb"\[([0-9a-f:.]+)\](?::([0-9]{0,5}))?")
-_PORT = re.compile(rb"[0-9]{0,5}")
-
-
-def _portOK(port: bytes | None) -> bool:
-    """
-    Whether C{port}, the digits after the colon if any, is a valid port.
-
-    An empty port (C{example.com:}) is allowed by RFC 3986.
-    """
-    return not port or int(port) <= _MAX_PORT
-
-
-def _normalizeIDN(value: bytes) -> str | None:
-    """
-    Normalize a C{Host} value with non-ASCII bytes or A-labels through
-    UTS 46 and IDNA 2008.
-    """
-    name, colon, port = value.rpartition(b":")
-    if not colon:
-        name, port = value, b""
-    elif _PORT.fullmatch(port) is None or not _portOK(port):
-        return None
-    try:
-        text = name.decode("utf-8")
-        encoded = idna.encode(text, uts46=True)
-    except (UnicodeError, idna.IDNAError):
-        return None
-    if encoded.endswith(b"."):
-        encoded = encoded[:-1]
-    match = _ASCII_HOST.fullmatch(encoded)
-    if match is None or len(encoded) > _MAX_NAME or match.group(1) != encoded:
-        return None
-    return encoded.decode("ascii")
-
-
-def normalizeHostHeader(value: bytes) -> str | None:
-    """
-    Normalize a C{Host} header value to the form of configured host names.
-
-    The port is removed (C{example.com:443}, C{[::1]:8080}), the name is
-    lowercased and loses one trailing dot, an IPv6 literal loses its
-    brackets and is compressed, and an internationalized name (UTF-8
-    U-labels) becomes its A-labels by UTS 46.
-
-    @return: the host name, or L{None} when C{value} is not a valid host:
-        empty, with a bad port, spaces or other invalid characters, or a bad
-        internationalized name.
-    """
-    if not value.isascii():
-        if len(value) > _MAX_VALUE:
-            return None
-        return _normalizeIDN(value)
-    if len(value) > _MAX_ASCII_VALUE:
-        return None
-    lowered = value.lower()
-    match = _ASCII_HOST.fullmatch(lowered)
-    if match is not None:
-        name, port = match.groups()
-        if len(name) > _MAX_NAME or not _portOK(port):
-            return None
-        if b"xn--" in name:
-            # A-labels are checked as the configuration's were, so a bogus
-            # one cannot reach a wildcard site.
-            return _normalizeIDN(lowered)
-        return name.decode("ascii")
-    match = _IPV6_HOST.fullmatch(lowered)
-    if match is None:
-        return None
-    literal, port = match.groups()
-    if not _portOK(port):
-        return None
-    try:
-        return str(IPv6Address(literal.decode("ascii")))
-    except AddressValueError:
-        return None
-
-
-def normalizeServerName(raw: bytes) -> str:
-    """
-    Normalize the SNI name of a TLS handshake as L{normalizeHostHeader}
-    normalizes a C{Host}, so that the two can be compared.
-
-    @return: the name, or C{""} when C{raw} is not a valid host name (SNI
-        carries neither a port nor an IP literal): no site has that name,
-        so it routes to the default site, as its certificate did.
-    """
-    if b":" in raw:
-        return ""
-    return normalizeHostHeader(raw) or ""
-
-
-T = TypeVar("T")
-
-
-def matchName(
-    exact: dict[str, T], wildcard: dict[str, T], default: T | None, name: str | None
-) -> T | None:
-    """
-    The value for a normalized host C{name}: an exact entry, then a C{*.}
-    wildcard entry (keyed by its suffix) standing for exactly one label, then
-    C{default}.  Shared by host routing and the certificate store, so a
-    request and its TLS handshake agree on which site a name belongs to.
-    """
-    if name is not None:
-        value = exact.get(name)
-        if value is not None:
-            return value
-        if wildcard:
-            label, dot, suffix = name.partition(".")
-            if label and dot:
-                value = wildcard.get(suffix)
-                if value is not None:
-                    return value
-    return default
-
-
-class RoutingTable(Generic[S]):
-    """
-    The sites of one configuration, looked up by host name: an exact name
-    first, then a C{*.} wildcard, then the default site.
-    """
-
-    def __init__(self, sites: Iterable[S]) -> None:
-        """
-        @raise ValueError: two sites claim the same host or both are the
-            default, or a host has a C{*} other than as a whole first label.
-        """
-        self._sites = tuple(sites)
-        self._exact: dict[str, S] = {}
-        self._wildcard: dict[str, S] = {}
-        self._default: S | None = None
-        self._cache: dict[bytes, S | None] = {}
-        owners: dict[str, S] = {}
-        for site in self._sites:
-            if site.default:
-                if self._default is not None:
-                    raise ValueError(
-                        f"sites {self._default.name!r} and {site.name!r} "
-                        "are both the default"
-                    )
-                self._default = site
-            for host in site.hosts:
-                previous = owners.get(host)
-                if previous is not None:
-                    raise ValueError(
-                        f"host {host!r} belongs to sites {previous.name!r} "
-                        f"and {site.name!r}"
-                    )
-                owners[host] = site
-                if host.startswith("*."):
-                    suffix = host[2:]
-                    if not suffix or "*" in suffix:
-                        raise ValueError(f"site {site.name!r}: bad wildcard {host!r}")
-                    self._wildcard[suffix] = site
-                elif "*" in host:
-                    raise ValueError(f"site {site.name!r}: bad wildcard {host!r}")
-                else:
-                    self._exact[host] = site
-
-    @property
-    def sites(self) -> tuple[S, ...]:
-        """
-        The sites, in the order they were given.
-        """
-        return self._sites
-
-    def match(self, host: str | None) -> S | None:
-        """
-        The site for C{host}, normalized as by L{normalizeHostHeader}.
-
-        A wildcard C{*.example.com} stands for exactly one label, as in
-        Caddy: it matches C{a.example.com}, but neither C{example.com} nor
-        C{a.b.example.com}.
-
-        @param host: the host name, or L{None} when the request had none.
-        @return: the site, or the default site when none claims C{host}, or
-            L{None} when there is no default site either.
-        """
-        return matchName(self._exact, self._wildcard, self._default, host)
-
-    def lookupHeader(self, value: bytes | None) -> S | None:
-        """
-        The site for a raw C{Host} header value, or L{None} when there is no
-        C{Host}.
-
-        A C{Host} that is not valid gets the same answer as a missing one.
-        Answers are cached by the raw value; the cache is emptied whenever it
-        would grow beyond 4096 entries, so it stays bounded however many
-        names clients send.
-        """
-        if value is None:
-            return self._default
-        cache = self._cache
-        try:
-            return cache[value]
-        except KeyError:
-            pass
-        site = self.match(normalizeHostHeader(value))
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[value] = site
-        return site
 
 
 def misdirectedBySNI(table: RoutingTable[S], site: S, serverName: str | None) -> bool:
@@ -497,7 +255,7 @@ class Router:
             and target[:1] == b"/"
             and not target.startswith(ACME_CHALLENGE_PREFIX)
         ):
-            name = host or next((h for h in site.hosts if "*" not in h), None)
+            name = host or next((h for h in site.hosts if not isWildcard(h)), None)
             if name is not None:
                 location = httpsLocation(name, runtime.httpsPort, target)
                 self._answer(

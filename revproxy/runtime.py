@@ -15,10 +15,10 @@ from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
 from revproxy.config import Config, endpointPort
+from revproxy.hostnames import RoutingTable
 from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST
-from revproxy.routing import RoutingTable
 from revproxy.tls import NO_TLS_FILES, TLSFiles, loadTLSFiles
 
 

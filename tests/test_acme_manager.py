@@ -29,9 +29,9 @@ from revproxy.acme.manager import (
     placeholderCertificate,
 )
 from revproxy.acme.storage import BackoffRecord, CertificateRecord
+from revproxy.certificates import PrivateKey
 from revproxy.config import AcmeConfig, SiteConfig, Upstream
 from revproxy.interfaces import IChallengeResponder, IIssuer
-from revproxy.tls import PrivateKey
 
 DAY = 86400.0
 NOW = datetime(2027, 3, 1, tzinfo=UTC).timestamp()

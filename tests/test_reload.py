@@ -17,10 +17,10 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from revproxy.certificates import LoadedCertificate
 from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.reload import Reloader, configWarnings, siteChanges, staticChanges
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
-from revproxy.tls import LoadedCertificate
 
 BASE = """\
 [server]

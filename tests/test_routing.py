@@ -24,16 +24,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.config import ConfigError, parseConfig
+from revproxy.hostnames import RoutingTable, normalizeHostHeader, normalizeServerName
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
 from revproxy.proxy.frontend import DateCache, FrontEnd
-from revproxy.routing import (
-    Router,
-    RoutingTable,
-    httpsLocation,
-    normalizeHostHeader,
-    normalizeServerName,
-)
+from revproxy.routing import Router, httpsLocation
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import TLSFiles, loadTLSFiles
 from tests.tlshelpers import TLSTransport

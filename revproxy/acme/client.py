@@ -60,7 +60,7 @@ from revproxy.acme import AcmeError
 from revproxy.interfaces import IChallengeResponder, IIssuer
 
 if TYPE_CHECKING:
-    from revproxy.tls import PrivateKey
+    from revproxy.certificates import PrivateKey
 
 __all__ = [
     "AcmeCalls",

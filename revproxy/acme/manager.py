@@ -36,9 +36,10 @@ from twisted.python.failure import Failure
 from revproxy.acme import AcmeError
 from revproxy.acme.schedule import backoffDelay, renewalTime
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
+from revproxy.certificates import LoadedCertificate, PrivateKey
 from revproxy.config import AcmeConfig, SiteConfig
 from revproxy.interfaces import IChallengeResponder, IIssuer
-from revproxy.tls import CertificateError, LoadedCertificate, PrivateKey, keyMatches
+from revproxy.tls import CertificateError, keyMatches
 
 _log = Logger()
 

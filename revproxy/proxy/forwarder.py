@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.accesslog import logText
+from revproxy.hostnames import isWildcard
 from revproxy.proxy.client import (
     UpstreamClosed,
     UpstreamConnection,
@@ -88,7 +89,7 @@ BODY_BUFFER = 64 * 1024
 class SiteRoute:
     """
     A site as the request path sees it: its config and its upstream selector.
-    Satisfies L{revproxy.routing.HasHosts}.
+    Satisfies L{revproxy.hostnames.HasHosts}.
     """
 
     __slots__ = ("config", "fallbackHost", "hsts", "keys", "selector")
@@ -114,7 +115,7 @@ class SiteRoute:
             if config.hsts_max_age_secs
             else None
         )
-        exact = [h for h in config.hosts if not h.startswith("*.")]
+        exact = [h for h in config.hosts if not isWildcard(h)]
         if exact:
             fallback = exact[0]
         else:
