@@ -43,10 +43,9 @@ from zope.interface import implementer
 
 from revproxy.certificates import LoadedCertificate
 from revproxy.hostnames import claims, normalizeHostHeader
-from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
-from revproxy.runtime import RuntimeHolder
+from revproxy.runtime import RuntimeHolder, SiteRoute
 from revproxy.tls import TLSFiles
 
 if TYPE_CHECKING:

@@ -62,8 +62,8 @@ from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from revproxy.config import HealthCheck, Upstream
-    from revproxy.proxy.forwarder import SiteRoute
-    from revproxy.proxy.pool import PoolKey
+    from revproxy.proxy.client import PoolKey
+    from revproxy.runtime import SiteRoute
 
 _log = Logger()
 

@@ -38,10 +38,11 @@ from revproxy.listeners import (
 )
 from revproxy.metrics import Metrics, opsSite
 from revproxy.observer import RequestObserver
+from revproxy.proxy.client import PoolKey
 from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
-from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector, PoolKey
+from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector
 from revproxy.proxy.upstreamtls import ClientCreators
 from revproxy.ratelimit import RateLimiter
 from revproxy.reload import Reloader, configWarnings

@@ -36,13 +36,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.config import Config, parseConfig
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.proxy.client import UpstreamConnection
-from revproxy.proxy.forwarder import Forwarder, SiteRoute
+from revproxy.proxy.client import PoolKey, UpstreamConnection
+from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import FrontEnd
-from revproxy.proxy.pool import ConnectionPool, PoolKey, UpstreamSelector
+from revproxy.proxy.pool import ConnectionPool, UpstreamSelector
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.routing import Router
-from revproxy.runtime import RuntimeHolder, buildRuntime
+from revproxy.runtime import RuntimeHolder, SiteRoute, buildRuntime
 from revproxy.service import reactorConnector
 from tests.tlshelpers import TLSTransport
 

@@ -25,11 +25,11 @@ from revproxy.accesslog import AccessLog
 from revproxy.config import LoggingConfig, parseConfig
 from revproxy.observer import RequestObserver, tlsVersion
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
+from revproxy.proxy.forwarder import Forwarder, simpleResponse
 from revproxy.proxy.frontend import DateCache, FrontEnd
 from revproxy.ratelimit import RateLimiter
 from revproxy.routing import Router
-from revproxy.runtime import RuntimeHolder, buildRuntime
+from revproxy.runtime import RuntimeHolder, SiteRoute, buildRuntime
 
 CONFIG = """
 [server]

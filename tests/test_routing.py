@@ -26,10 +26,10 @@ from revproxy.acme.challenges import ChallengeStore
 from revproxy.config import ConfigError, parseConfig
 from revproxy.hostnames import RoutingTable, normalizeHostHeader, normalizeServerName
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
+from revproxy.proxy.forwarder import Forwarder, simpleResponse
 from revproxy.proxy.frontend import DateCache, FrontEnd
 from revproxy.routing import Router, httpsLocation
-from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.runtime import Runtime, RuntimeHolder, SiteRoute, buildRuntime
 from revproxy.tls import TLSFiles, loadTLSFiles
 from tests.tlshelpers import TLSTransport
 

@@ -42,7 +42,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.accesslog import logText
-from revproxy.hostnames import isWildcard
 from revproxy.proxy.client import (
     UpstreamClosed,
     UpstreamConnection,
@@ -59,20 +58,18 @@ from revproxy.proxy.headers import (
 )
 from revproxy.proxy.pool import (
     ConnectionPool,
-    PoolKey,
     QueueFull,
-    UpstreamSelector,
     localConnectError,
 )
-from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
 
-    from revproxy.config import SiteConfig, Upstream
+    from revproxy.config import Upstream
     from revproxy.metrics import Metrics
     from revproxy.proxy.exchange import Exchange
+    from revproxy.runtime import SiteRoute
 
 _log = Logger()
 
@@ -84,59 +81,6 @@ IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 #: connection (the client's body is paused past it), and for sending again
 #: on a fresh connection (a body sent beyond it cannot be retried).
 BODY_BUFFER = 64 * 1024
-
-
-class SiteRoute:
-    """
-    A site as the request path sees it: its config and its upstream selector.
-    Satisfies L{revproxy.hostnames.HasHosts}.
-    """
-
-    __slots__ = ("config", "fallbackHost", "hsts", "keys", "selector")
-
-    def __init__(
-        self,
-        config: SiteConfig,
-        selector: UpstreamSelector,
-        upstreamTLS: UpstreamTLS = SYSTEM_TRUST,
-    ) -> None:
-        """
-        @param upstreamTLS: How the site's https:// upstreams are verified.
-        """
-        self.config = config
-        self.selector = selector
-        self.keys: dict[object, PoolKey] = {
-            u: (u.scheme, u.host, u.port, upstreamTLS if u.scheme == "https" else None)
-            for u in config.upstreams
-        }
-        #: The Strict-Transport-Security value for HTTPS responses, if any.
-        self.hsts = (
-            b"max-age=%d" % (config.hsts_max_age_secs,)
-            if config.hsts_max_age_secs
-            else None
-        )
-        exact = [h for h in config.hosts if not isWildcard(h)]
-        if exact:
-            fallback = exact[0]
-        else:
-            first = config.upstreams[0]
-            host = f"[{first.host}]" if ":" in first.host else first.host
-            default = 443 if first.scheme == "https" else 80
-            fallback = host if first.port == default else f"{host}:{first.port}"
-        #: The Host sent upstream for a request that came without one.
-        self.fallbackHost = fallback.encode("ascii")
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return self.config.hosts
-
-    @property
-    def default(self) -> bool:
-        return self.config.default
 
 
 class Forwarder:

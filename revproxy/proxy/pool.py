@@ -24,16 +24,9 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from revproxy.proxy.client import UpstreamConnection
-from revproxy.proxy.upstreamtls import UpstreamTLS
+from revproxy.proxy.client import ConnectionOwner, PoolKey, UpstreamConnection
 
 _log = Logger()
-
-PoolKey = tuple[str, str, int, UpstreamTLS | None]
-"""
-(scheme, host, port, TLS settings) of an upstream; the TLS settings are
-L{None} for http://.
-"""
 
 # Most upstream servers close idle keep-alive connections after a few seconds
 # (Node.js 5 s, gunicorn 2 s... nginx 75 s); retiring ours first keeps the
@@ -663,4 +656,4 @@ class _DetachedPool:
         pass
 
 
-_DETACHED: ConnectionPool = _DetachedPool()  # type: ignore[assignment]
+_DETACHED: ConnectionOwner = _DetachedPool()
