@@ -25,13 +25,14 @@ from revproxy.hostnames import (
     normalizeHostHeader,
 )
 from revproxy.proxy.headers import clientAddress, isTrusted
+from revproxy.proxy.responses import httpDate, shortHeaders, simpleResponse
 
 if TYPE_CHECKING:
     from revproxy.observer import RequestObserver
     from revproxy.proxy.exchange import Exchange
     from revproxy.proxy.forwarder import Forwarder
     from revproxy.ratelimit import RateLimiter
-    from revproxy.runtime import RuntimeHolder
+    from revproxy.runtime import Runtime, RuntimeHolder
 
 
 class HTTP01Answers(Protocol):
@@ -99,8 +100,10 @@ class Router:
     """
     The handler of every request: route by C{Host}, then forward.
 
-    It reads the current runtime once per request; a reload swaps it under
-    requests in flight without touching them.
+    It reads the current runtime once per request, when the request's head
+    is read (L{snapshot}, kept as the exchange's C{runtime}), or when it
+    handles a request that has none; a reload swaps it under requests in
+    flight without touching them.
 
     A C{GET} or C{HEAD} of C{/.well-known/acme-challenge/TOKEN} (exactly:
     no query) for a token pending in L{challenges} is answered here with
@@ -160,7 +163,9 @@ class Router:
         Route C{request} and start forwarding it; errors are answered here.
         """
         uri = request.uri
-        runtime = self.runtime.current
+        runtime: Runtime | None = request.runtime
+        if runtime is None:
+            runtime = request.runtime = self.runtime.current
         self._identify(request, runtime.generation)
         if uri[:1] == b"/" or uri == b"*":
             target = uri
@@ -290,6 +295,15 @@ class Router:
             request.siteName = site.name
         self.forwarder.forward(request, route, target)
 
+    def snapshot(self) -> Runtime:
+        """
+        The runtime a request is answered by, taken when its head is read
+        (the front end's C{snapshot}): its route and its body limit come
+        from the same generation, however long it waits for its turn or its
+        body takes to come.
+        """
+        return self.runtime.current
+
     def _identify(self, request: Exchange, generation: int) -> None:
         """
         Give C{request} its context: start time, client address, request id
@@ -331,14 +345,14 @@ class Router:
         """
         Answer C{request} here, for C{site} if it was routed, with C{code}.
         """
-        from revproxy.proxy.forwarder import simpleResponse
-
         observer = self.observer
         if observer is not None:
             observer.started(request, site)
         else:
             request.siteName = site
-        simpleResponse(request, code, message, self.forwarder.date.now(), headers)
+        simpleResponse(
+            request, code, message, httpDate(self.forwarder.clock.seconds()), headers
+        )
 
     def _dryRun(self, request: Exchange, site: str) -> None:
         """
@@ -385,12 +399,11 @@ class Router:
         request.respond(
             200,
             b"",
-            [
-                (b"Date", self.forwarder.date.now()),
-                (b"Content-Type", b"application/octet-stream"),
-                (b"Content-Length", b"%d" % len(body)),
-                (b"Cache-Control", b"no-store"),
-            ],
+            shortHeaders(
+                httpDate(self.forwarder.clock.seconds()),
+                len(body),
+                b"application/octet-stream",
+            ),
         )
         request.write(body)
         request.finish()

@@ -41,7 +41,8 @@ from revproxy.observer import RequestObserver
 from revproxy.proxy.client import PoolKey
 from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.forwarder import Forwarder
-from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
+from revproxy.proxy.frontend import FrontEnd
+from revproxy.proxy.limits import ConnectionLimits
 from revproxy.proxy.pool import ConnectionPool, IUpstreamConnector
 from revproxy.proxy.upstreamtls import ClientCreators
 from revproxy.ratelimit import RateLimiter
@@ -349,6 +350,7 @@ def buildService(
         ConnectionLimits.fromServer(config.server),
         observer=observer,
         refused=observer.refused,
+        snapshot=root.snapshot,
     )
     tracker = ConnectionTracker(site, gate)
     reloader = Reloader(configPath, holder, reactor)

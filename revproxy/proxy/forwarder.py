@@ -47,7 +47,6 @@ from revproxy.proxy.client import (
     UpstreamConnection,
     UpstreamProtocolError,
 )
-from revproxy.proxy.frontend import DateCache, refusalHeaders
 from revproxy.proxy.headers import (
     HAS_DATE,
     HAS_HSTS,
@@ -61,6 +60,7 @@ from revproxy.proxy.pool import (
     QueueFull,
     localConnectError,
 )
+from revproxy.proxy.responses import httpDate, simpleResponse
 from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
@@ -103,7 +103,6 @@ class Forwarder:
         self.clock = clock
         self.trustedProxies = trustedProxies
         self.metrics = metrics
-        self.date = DateCache(clock)
         #: Local connect errors are logged once a second at most.
         self.localErrors = LogThrottle(clock, 1.0)
 
@@ -114,32 +113,6 @@ class Forwarder:
         @param target: the request-target to send upstream (origin-form).
         """
         _Relay(self, exchange, route, target).start()
-
-
-def simpleResponse(
-    exchange: Exchange,
-    code: int,
-    message: str,
-    date: bytes,
-    headers: Iterable[tuple[bytes, bytes]] = (),
-) -> None:
-    """
-    Answer C{exchange} with C{code} and a one-line text body, unless the
-    client already left.
-
-    @param date: The C{Date} value.
-    @param headers: Fields to add (C{Location}, C{Retry-After}).
-    """
-    if exchange.clientLeft or exchange.finished or exchange.startedWriting:
-        return
-    body = (message + "\n").encode("utf-8")
-    fields = refusalHeaders(date, len(body))
-    fields.extend(headers)
-    if exchange.requestID:
-        fields.append((b"X-Request-ID", exchange.requestID.encode("ascii")))
-    exchange.respond(code, b"", fields)
-    exchange.write(body)
-    exchange.finish()
 
 
 @implementer(IPushProducer)
@@ -536,7 +509,7 @@ class _Relay:
             return
         out, found = relayResponseHeaders(headers, noBody=code == 204 or code == 304)
         if not found & HAS_DATE:
-            out.append((b"Date", self.forwarder.date.now()))
+            out.append((b"Date", httpDate(self.forwarder.clock.seconds())))
         if request.requestID and not found & HAS_REQUEST_ID:
             out.append((b"X-Request-ID", request.requestID.encode("ascii")))
         hsts = self.route.hsts
@@ -762,7 +735,13 @@ class _Relay:
         """
         Answer the client with a short response of the proxy's own.
         """
-        simpleResponse(self.request, code, message, self.forwarder.date.now(), headers)
+        simpleResponse(
+            self.request,
+            code,
+            message,
+            httpDate(self.forwarder.clock.seconds()),
+            headers,
+        )
 
     def _abortClient(self) -> None:
         request = self.request
