@@ -29,7 +29,7 @@ from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import FrontEnd
 from revproxy.proxy.responses import httpDate, simpleResponse
-from revproxy.routing import Router, httpsLocation
+from revproxy.routing import Router, httpsLocation, newRequestID
 from revproxy.runtime import Runtime, RuntimeHolder, SiteRoute, buildRuntime
 from revproxy.tls import TLSFiles, loadTLSFiles
 from tests.tlshelpers import TLSTransport
@@ -1240,3 +1240,17 @@ class SnapshotTests(SynchronousTestCase):
         )
         self.assertEqual(self.forwarder.forwarded, [])
         self.assertIn(b"HTTP/1.1 413 ", self.transport.value())
+
+
+class RequestIDTests(SynchronousTestCase):
+    """
+    Tests for L{newRequestID}.
+    """
+
+    def test_randomHex(self) -> None:
+        """
+        A request id is 32 lower-case hex digits, and two ids differ.
+        """
+        first, second = newRequestID(), newRequestID()
+        self.assertRegex(first, "^[0-9a-f]{32}$")
+        self.assertNotEqual(first, second)
