@@ -17,7 +17,6 @@ import os
 import re
 import socket
 import stat
-import time
 from collections.abc import Callable
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.certificates import LoadedCertificate
+from revproxy.formatting import isoTime
 from revproxy.hostnames import claims, normalizeHostHeader
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
@@ -192,10 +192,6 @@ def peekUpstream(selector: UpstreamSelector) -> object | None:
     return selector.peek()
 
 
-def _isoTime(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
 def _describeCertificate(
     cert: LoadedCertificate, sites: tuple[str, ...], now: float
 ) -> Answer:
@@ -208,7 +204,7 @@ def _describeCertificate(
         "source": cert.source,
         "path": cert.path,
         "issuer": cert.issuer,
-        "not_after": _isoTime(cert.not_after),
+        "not_after": isoTime(cert.not_after),
         "expires_in_days": round((cert.not_after - now) / 86400, 1),
     }
 
@@ -574,7 +570,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                     "sites": list(served.sitesOf(certificate)),
                     "source": certificate.source,
                     "names": list(certificate.names),
-                    "not_after": _isoTime(certificate.not_after),
+                    "not_after": isoTime(certificate.not_after),
                 }
             ),
             upstream=None if upstream is None else _url(upstream),

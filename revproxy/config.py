@@ -41,6 +41,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.testing import MemoryReactor
 
+from revproxy.formatting import shorten
 from revproxy.hostnames import isWildcard
 
 _T = TypeVar("_T")
@@ -550,9 +551,7 @@ def _quote(text: str, limit: int | None = 80) -> str:
     Quote a value for an error message, shortening it beyond C{limit}
     characters.
     """
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return json.dumps(text, ensure_ascii=False)
+    return json.dumps(shorten(text, limit), ensure_ascii=False)
 
 
 def _formatNumber(value: float) -> str:

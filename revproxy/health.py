@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
@@ -56,6 +55,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
+from revproxy.formatting import isoTime, oneLine
 from revproxy.proxy.pool import localConnectError
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, ClientCreators, UpstreamTLS
 from revproxy.throttle import LogThrottle
@@ -90,20 +90,6 @@ with the HTTP status of C{GET check.path}, or fails with why there was none.
 The monitor applies C{check.timeout_secs} itself, by cancelling the
 L{Deferred}.
 """
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _oneLine(text: str) -> str:
-    """
-    C{text} on one line, shortened to L{_MAX_ERROR} characters.
-    """
-    line = " ".join(text.split())
-    if len(line) > _MAX_ERROR:
-        line = line[: _MAX_ERROR - 3] + "..."
-    return line
 
 
 def statusPassed(status: int) -> bool:
@@ -162,7 +148,7 @@ def describeFailure(reason: Failure) -> str:
         text = f"{name}: {message}" if message else name
     else:
         text = reason.getErrorMessage()
-    return _oneLine(text)
+    return oneLine(text, _MAX_ERROR)
 
 
 class UpstreamHealth:
@@ -259,7 +245,7 @@ class UpstreamHealth:
         return self._failure(f"{error} (proxied request)")
 
     def _failure(self, error: str) -> bool:
-        self.lastError = _oneLine(error)
+        self.lastError = oneLine(error, _MAX_ERROR)
         self.passes = 0
         self.fails += 1
         if self.healthy and self.fails >= self.failThreshold:
@@ -285,7 +271,7 @@ class UpstreamHealth:
             "fails": self.fails,
             "passes": self.passes,
             "last_error": self.lastError,
-            "last_check": None if self.lastCheck is None else _iso(self.lastCheck),
+            "last_check": None if self.lastCheck is None else isoTime(self.lastCheck),
             "last_status": self.lastStatus,
         }
 

@@ -29,6 +29,7 @@ from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
+from revproxy.formatting import shorten
 from revproxy.health import HealthMonitor
 from revproxy.interfaces import IIssuer, IRevProxyReactor
 from revproxy.listeners import (
@@ -575,9 +576,7 @@ def servingStatus(runtime: Runtime, reload: dict[str, Any] | None = None) -> str
         return serving[0].upper() + serving[1:]
     if reload.get("status") == "ok":
         return f"Reloaded: {serving}"
-    message = str(reload.get("message", "unknown error"))
-    if len(message) > 300:
-        message = message[:297] + "..."
+    message = shorten(str(reload.get("message", "unknown error")), 300)
     return f"Reload failed, {serving}: {message}"
 
 

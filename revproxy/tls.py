@@ -19,7 +19,6 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from itertools import pairwise
 from types import TracebackType
 from typing import Protocol, cast
@@ -47,6 +46,7 @@ from zope.interface import implementer
 
 from revproxy.certificates import LoadedCertificate, PrivateKey
 from revproxy.config import Config, ConfigError, SiteConfig
+from revproxy.formatting import isoTime
 from revproxy.hostnames import HostNames, isWildcard, nameCovers, normalizeServerName
 from revproxy.interfaces import ICertificateStore
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
@@ -92,10 +92,6 @@ class CertificateError(Exception):
     def __init__(self, message: str, key: str = "cert_file") -> None:
         super().__init__(message)
         self.key = key
-
-
-def _isoTime(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _readFile(path: str) -> bytes:
@@ -200,15 +196,17 @@ def loadCertificateFiles(
     notAfter = leaf.not_valid_after_utc
     notAfterSecs = notAfter.timestamp()
     if notAfterSecs <= now:
-        raise CertificateError(f"{certFile}: certificate expired {_isoTime(notAfter)}")
+        raise CertificateError(
+            f"{certFile}: certificate expired {isoTime(notAfterSecs)}"
+        )
 
     warnings: list[str] = []
     if notAfterSecs - now < EXPIRY_WARNING_SECS:
-        warnings.append(f"{certFile}: certificate expires {_isoTime(notAfter)}")
+        warnings.append(f"{certFile}: certificate expires {isoTime(notAfterSecs)}")
     notBefore = leaf.not_valid_before_utc
     if notBefore.timestamp() > now:
         warnings.append(
-            f"{certFile}: certificate not valid before {_isoTime(notBefore)}"
+            f"{certFile}: certificate not valid before {isoTime(notBefore.timestamp())}"
         )
     dnsNames, ipNames = _subjectAltNames(leaf)
     uncovered = [

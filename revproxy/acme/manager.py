@@ -38,6 +38,7 @@ from revproxy.acme.schedule import backoffDelay, renewalTime
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.certificates import LoadedCertificate, PrivateKey
 from revproxy.config import AcmeConfig, SiteConfig
+from revproxy.formatting import isoTime
 from revproxy.interfaces import IChallengeResponder, IIssuer
 from revproxy.tls import CertificateError, keyMatches
 
@@ -51,10 +52,6 @@ ARI_INTERVAL = 6 * 3600.0
 PLACEHOLDER_DAYS = 30
 
 _PEM = serialization.Encoding.PEM
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def newKey(keyType: str) -> PrivateKey:
@@ -264,7 +261,7 @@ class AcmeManager(Service):
                         "ACME: site {site}: stored certificate expired {when}; "
                         "ordering a new one",
                         site=name,
-                        when=_iso(certificate.not_after),
+                        when=isoTime(certificate.not_after),
                     )
                 elif record.names != names:
                     # Serve it for the names it has while a new one comes.
@@ -284,8 +281,8 @@ class AcmeManager(Service):
                         "ACME: site {site}: serving the stored certificate "
                         "(expires {when}); renewal {renewAt} ({reason})",
                         site=name,
-                        when=_iso(certificate.not_after),
-                        renewAt=_iso(state.renewAt or now),
+                        when=isoTime(certificate.not_after),
+                        renewAt=isoTime(state.renewAt or now),
                         reason=state.renewReason,
                     )
                     return state
@@ -511,8 +508,8 @@ class AcmeManager(Service):
             "renewal {renewAt} ({reason})",
             site=state.name,
             names=", ".join(names),
-            when=_iso(certificate.not_after),
-            renewAt=_iso(state.renewAt or now),
+            when=isoTime(certificate.not_after),
+            renewAt=isoTime(state.renewAt or now),
             reason=state.renewReason,
         )
         self.onChange()
@@ -547,7 +544,7 @@ class AcmeManager(Service):
             unsaved=unsaved,
             site=state.name,
             failures=failures,
-            when=_iso(backoff.retryAt),
+            when=isoTime(backoff.retryAt),
             what=(
                 "current certificate"
                 if state.certificate.source == "acme"
@@ -596,7 +593,7 @@ class AcmeManager(Service):
             "names": list(state.names),
             "source": cert.source,
             "issuer": cert.issuer,
-            "not_after": _iso(cert.not_after),
+            "not_after": isoTime(cert.not_after),
             "expires_in_days": round((cert.not_after - now) / 86400, 1),
             "ordering": state.ordering is not None,
             "last_error": state.lastError,
@@ -605,16 +602,16 @@ class AcmeManager(Service):
             answer["next_renewal"] = None
             answer["next_renewal_reason"] = "ordering now"
         elif state.backoff is not None and state.backoff.retryAt > now:
-            answer["next_renewal"] = _iso(state.backoff.retryAt)
+            answer["next_renewal"] = isoTime(state.backoff.retryAt)
             answer["next_renewal_reason"] = (
-                f"back-off until {_iso(state.backoff.retryAt)} after error: "
+                f"back-off until {isoTime(state.backoff.retryAt)} after error: "
                 f"{state.backoff.lastError}"
             )
         elif state.issued and state.renewAt is not None:
-            answer["next_renewal"] = _iso(state.renewAt)
+            answer["next_renewal"] = isoTime(state.renewAt)
             answer["next_renewal_reason"] = state.renewReason
         else:
-            answer["next_renewal"] = _iso(now)
+            answer["next_renewal"] = isoTime(now)
             answer["next_renewal_reason"] = "no certificate yet"
         return answer
 
