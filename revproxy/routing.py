@@ -77,9 +77,10 @@ def misdirectedBySNI(table: RoutingTable[S], site: S, serverName: str | None) ->
     name, wildcard, then the default site, as the certificate was chosen) is
     not C{site}, or there is none (a reload removed it).
 
-    @param serverName: The connection's SNI name as L{normalizeServerName}
-        gives it, or L{None} when the client sent none (it connected to an
-        IP literal): such a connection is never misdirected.
+    @param serverName: The connection's SNI name as
+        L{revproxy.hostnames.normalizeServerName} gives it, or L{None} when
+        the client sent none (it connected to an IP literal): such a
+        connection is never misdirected.
     """
     return serverName is not None and table.match(serverName) is not site
 

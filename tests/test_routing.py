@@ -1,6 +1,6 @@
 """
-Tests for L{revproxy.routing}: the pure part (host normalization, the
-routing table), and L{Router} over HTTP and HTTPS (421 for a site
+Tests for L{revproxy.hostnames}' host normalization and routing table, and
+for L{revproxy.routing}'s L{Router} over HTTP and HTTPS (421 for a site
 without a certificate, 308 redirects to HTTPS) with the runtime that feeds
 it (L{revproxy.runtime.buildRuntime}).
 """
