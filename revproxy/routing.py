@@ -26,7 +26,12 @@ from revproxy.hostnames import (
     normalizeHostHeader,
 )
 from revproxy.proxy.headers import clientAddress, isTrusted
-from revproxy.proxy.responses import httpDate, shortHeaders, simpleResponse
+from revproxy.proxy.responses import (
+    httpDate,
+    shortHeaders,
+    shortLine,
+    simpleResponse,
+)
 
 if TYPE_CHECKING:
     from revproxy.observer import RequestObserver
@@ -186,11 +191,11 @@ class Router:
             values = request.headerValues(b"host")
             if not values:
                 if request.clientproto != b"HTTP/1.0":
-                    self._answer(request, 400, "400 Bad Request: missing Host header")
+                    self._answer(request, 400, "missing Host header")
                     return
                 host: str | None = None
             elif len(values) != 1:
-                self._answer(request, 400, "400 Bad Request: more than one Host header")
+                self._answer(request, 400, "more than one Host header")
                 return
             else:
                 value = values[0]
@@ -203,18 +208,18 @@ class Router:
                         hosts.clear()
                     hosts[value] = host
                 if host is None:
-                    self._answer(request, 400, "400 Bad Request: invalid Host header")
+                    self._answer(request, 400, "invalid Host header")
                     return
         else:
             split = splitAbsoluteForm(uri)
             if split is None:
-                self._answer(request, 400, "400 Bad Request: invalid request-target")
+                self._answer(request, 400, "invalid request-target")
                 return
             # RFC 9112 3.2.2: the target's authority replaces any Host.
             authority, target = split
             host = normalizeHostHeader(authority)
             if host is None:
-                self._answer(request, 400, "400 Bad Request: invalid request-target")
+                self._answer(request, 400, "invalid request-target")
                 return
             request.headers = [(b"host", authority)] + [
                 pair for pair in request.headers if pair[0] != b"host"
@@ -237,7 +242,7 @@ class Router:
             self._answer(
                 request,
                 421,
-                "421 Misdirected Request: no site is configured for this host",
+                "no site is configured for this host",
             )
             return
         site = route.config
@@ -246,7 +251,7 @@ class Router:
                 self._answer(
                     request,
                     421,
-                    "421 Misdirected Request: this site is not served over HTTPS",
+                    "this site is not served over HTTPS",
                     site.name,
                 )
                 return
@@ -258,7 +263,7 @@ class Router:
                 self._answer(
                     request,
                     421,
-                    "421 Misdirected Request: this host is not served on a "
+                    "this host is not served on a "
                     "connection for that TLS server name (SNI)",
                     site.name,
                 )
@@ -280,7 +285,7 @@ class Router:
                 self._answer(
                     request,
                     308,
-                    "308 Permanent Redirect: " + location.decode("ascii"),
+                    location.decode("ascii"),
                     site.name,
                     [(b"Location", location)],
                 )
@@ -296,8 +301,7 @@ class Router:
                     self._answer(
                         request,
                         429,
-                        "429 Too Many Requests: rate limit exceeded, retry in "
-                        f"{decision.retryAfter} s",
+                        f"rate limit exceeded, retry in {decision.retryAfter} s",
                         site.name,
                         [(b"Retry-After", b"%d" % decision.retryAfter)],
                     )
@@ -352,12 +356,13 @@ class Router:
         self,
         request: Exchange,
         code: int,
-        message: str,
+        detail: str,
         site: str = "",
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """
-        Answer C{request} here, for C{site} if it was routed, with C{code}.
+        Answer C{request} here, for C{site} if it was routed, with C{code}
+        and a line saying what happened (C{detail}).
         """
         observer = self.observer
         if observer is not None:
@@ -365,7 +370,11 @@ class Router:
         else:
             request.siteName = site
         simpleResponse(
-            request, code, message, httpDate(self.forwarder.clock.seconds()), headers
+            request,
+            code,
+            shortLine(code, detail),
+            httpDate(self.forwarder.clock.seconds()),
+            headers,
         )
 
     def _dryRun(self, request: Exchange, site: str) -> None:

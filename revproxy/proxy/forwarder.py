@@ -60,7 +60,7 @@ from revproxy.proxy.pool import (
     QueueFull,
     localConnectError,
 )
-from revproxy.proxy.responses import httpDate, simpleResponse
+from revproxy.proxy.responses import httpDate, shortLine, simpleResponse
 from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
@@ -632,11 +632,9 @@ class _Relay:
             error=self.lastError,
         )
         if self.timedOut:
-            self._answer(
-                504, "504 Gateway Timeout: the upstream did not answer in time"
-            )
+            self._answer(504, "the upstream did not answer in time")
         else:
-            self._answer(502, "502 Bad Gateway: the upstream failed")
+            self._answer(502, "the upstream failed")
 
     def _unavailable(self) -> None:
         """
@@ -651,7 +649,7 @@ class _Relay:
         )
         self._answer(
             503,
-            "503 Service Unavailable: no healthy upstream for this site",
+            "no healthy upstream for this site",
             [(b"Retry-After", b"5")],
         )
 
@@ -668,9 +666,7 @@ class _Relay:
             "(request_id {request_id})",
             error=error,
         )
-        self._answer(
-            503, "503 Service Unavailable: the upstream is busy, try again later"
-        )
+        self._answer(503, "the upstream is busy, try again later")
 
     def _localError(self, number: int, error: str) -> None:
         """
@@ -693,7 +689,7 @@ class _Relay:
             )
         self._answer(
             503,
-            "503 Service Unavailable: the proxy is out of resources, try again later",
+            "the proxy is out of resources, try again later",
         )
 
     def _log(self, level: LogLevel, format: str, **fields: object) -> None:
@@ -729,16 +725,17 @@ class _Relay:
     def _answer(
         self,
         code: int,
-        message: str,
+        detail: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """
-        Answer the client with a short response of the proxy's own.
+        Answer the client with a short response of the proxy's own, with a
+        line saying what happened (C{detail}).
         """
         simpleResponse(
             self.request,
             code,
-            message,
+            shortLine(code, detail),
             httpDate(self.forwarder.clock.seconds()),
             headers,
         )

@@ -77,7 +77,7 @@ from revproxy.proxy.eager import noDelay, writerFor
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.headers import HOP_BY_HOP, connectionTokens
 from revproxy.proxy.http2 import HTTP2Connection
-from revproxy.proxy.responses import REASONS, httpDate, refusalBody, shortHeaders
+from revproxy.proxy.responses import REASONS, httpDate, shortBody, shortHeaders
 
 if TYPE_CHECKING:
     from revproxy.proxy.exchange import IFrontEnd
@@ -698,7 +698,7 @@ class HTTP1Connection(Protocol):
         if exchange.startedWriting:
             exchange.abort()
             return
-        body = b"500 Internal Server Error\n"
+        body = shortBody(500)
         exchange.respond(
             500, b"", shortHeaders(httpDate(self._clock.seconds()), len(body))
         )
@@ -885,7 +885,7 @@ class HTTP1Connection(Protocol):
         self._parser = None
         self._ahead = []
         self._queue.clear()
-        body = refusalBody(code, detail)
+        body = shortBody(code, detail)
         head = [_statusLine(code, REASONS.get(code, b""))]
         for name, value in shortHeaders(httpDate(self._clock.seconds()), len(body)):
             head += (name, b": ", value, b"\r\n")

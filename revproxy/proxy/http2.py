@@ -147,7 +147,7 @@ from zope.interface import implementer
 
 from revproxy.proxy.exchange import Exchange, IFrontEnd
 from revproxy.proxy.headers import HOP_BY_HOP
-from revproxy.proxy.responses import httpDate, refusalBody, shortHeaders
+from revproxy.proxy.responses import httpDate, shortBody, shortHeaders
 
 _log = Logger()
 
@@ -1114,7 +1114,7 @@ class HTTP2Connection(Protocol):
             return
         stream.refused = True
         stream.headSent = stream.ended = True
-        body = refusalBody(code, detail)
+        body = shortBody(code, detail)
         fields = [(b":status", b"%d" % code)]
         for name, value in shortHeaders(httpDate(self._clock.seconds()), len(body)):
             fields.append((name.lower(), value))

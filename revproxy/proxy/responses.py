@@ -6,7 +6,8 @@ response.
 An early refusal (400, 408, 413, 414, 431...), a 500, a 421, 429 or 308 of
 the router, a 502, 503 or 504 of the forwarder and an ACME http-01 answer
 all have the same head, built here (L{shortHeaders}); their one-line text
-bodies are built here too (L{refusalBody}, L{simpleResponse}).  L{httpDate}
+bodies are built here too (L{shortLine}, L{shortBody}), and
+L{simpleResponse} answers an exchange with both.  L{httpDate}
 is the one cached C{Date} value.
 
 Pure: no reactor, no I/O; the time is the injected clock's.
@@ -21,16 +22,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from revproxy.proxy.exchange import Exchange
 
-#: The reason phrases of the answers the client side makes itself (RFC
-#: 9110 section 15).
+#: The reason phrases of the answers revproxy makes itself (RFC 9110
+#: section 15).
 REASONS = {
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    421: b"Misdirected Request",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
 
@@ -54,12 +62,23 @@ def httpDate(seconds: float) -> bytes:
     return cached[1]
 
 
-def refusalBody(code: int, detail: str) -> bytes:
+def shortLine(code: int, detail: str | None = None) -> str:
     """
-    The one-line text body of an early refusal: C{"431 Request Header
-    Fields Too Large: ..."}.
+    The one line of a short answer: its code, its reason and what happened,
+    as in C{"431 Request Header Fields Too Large: ..."}, or without a
+    C{detail} C{"500 Internal Server Error"}.
     """
-    return b"%d %s: %s\n" % (code, REASONS[code], detail.encode("utf-8"))
+    reason = REASONS[code].decode("ascii")
+    if detail is None:
+        return f"{code} {reason}"
+    return f"{code} {reason}: {detail}"
+
+
+def shortBody(code: int, detail: str | None = None) -> bytes:
+    """
+    The text body of a short answer: its L{shortLine} and a newline.
+    """
+    return (shortLine(code, detail) + "\n").encode("utf-8")
 
 
 def shortHeaders(
@@ -85,8 +104,8 @@ def simpleResponse(
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     """
-    Answer C{exchange} with C{code} and a one-line text body, unless the
-    client already left.
+    Answer C{exchange} with C{code} and the one-line text body C{message}
+    (a L{shortLine}), unless the client already left.
 
     @param date: The C{Date} value.
     @param headers: Fields to add (C{Location}, C{Retry-After}).
