@@ -165,6 +165,15 @@ class ListenerTests(SynchronousTestCase):
             self.assertIs(factory.gate, top.tracker.gate)
             self.assertIs(top.tracker.wrappedFactory, top.site)
 
+    def test_snapshotWhenHeadRead(self) -> None:
+        """
+        The front end takes a request's runtime snapshot (the current one)
+        when the request's head is read.
+        """
+        reactor = MemoryReactorClock()
+        top = buildService(config(), "", cast(IRevProxyReactor, reactor))
+        self.assertIs(top.site.snapshot(), top.holder.current)
+
     def test_portTaken(self) -> None:
         """
         A port that is already taken makes C{privilegedStartService} raise
