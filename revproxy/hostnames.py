@@ -17,7 +17,7 @@ non-ASCII names and A-labels go through C{idna}.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from ipaddress import AddressValueError, IPv6Address
 from typing import Generic, Protocol, TypeVar
 
@@ -165,7 +165,7 @@ def nameCovers(pattern: str, host: str) -> bool:
     return False
 
 
-def claims(hosts: Iterable[str], host: str) -> bool:
+def claims(hosts: Collection[str], host: str) -> bool:
     """
     Whether the configured names C{hosts} name the normalized C{host},
     exactly or by a one-label wildcard (as L{HostNames.match} reads them).
@@ -218,6 +218,7 @@ class HostNames(Generic[T]):
             if value is not None:
                 return value
             if self._wildcard:
+                # wildcardParent, inline: every request asks.
                 label, dot, suffix = name.partition(".")
                 if label and dot:
                     value = self._wildcard.get(suffix)

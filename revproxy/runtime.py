@@ -5,7 +5,7 @@ swaps: L{Runtime}, whose routing table holds each site as the request path
 sees it (L{SiteRoute}), and L{RuntimeHolder}.
 
 A L{Runtime} is built whole from a L{Config} off to the side; requests take
-C{holder.current} once at their start and keep it.  State that must outlive a
+C{holder.current} once, when their head is read, and keep it.  State that must outlive a
 reload (upstream selectors with their back-off) is carried over by key from
 the previous snapshot.
 """
