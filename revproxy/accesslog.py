@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 import re
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -227,19 +225,6 @@ _FORMATTERS: dict[str, Callable[[AccessRecord], bytes]] = {
     "json": formatJSON,
     "combined": formatCombined,
 }
-
-
-#: Request ids need to be unique, not secret: a generator seeded once from
-#: the system's randomness is three times cheaper per request than reading
-#: it every time.
-_ids = random.Random(secrets.randbits(256))
-
-
-def requestID() -> str:
-    """
-    A new request id: 128 random bits as 32 hex digits.
-    """
-    return f"{_ids.getrandbits(128):032x}"
 
 
 def _describe(error: OSError) -> str:

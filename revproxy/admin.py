@@ -18,7 +18,6 @@ import re
 import socket
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
@@ -41,13 +40,14 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from revproxy.proxy.forwarder import SiteRoute
+from revproxy.certificates import LoadedCertificate
+from revproxy.formatting import isoTime
+from revproxy.hostnames import claims, normalizeHostHeader
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.reload import Refused, ReloadResult
-from revproxy.routing import normalizeHostHeader
-from revproxy.runtime import RuntimeHolder
-from revproxy.tls import LoadedCertificate, TLSFiles
+from revproxy.runtime import RuntimeHolder, SiteRoute
+from revproxy.tls import TLSFiles
 
 if TYPE_CHECKING:
     from revproxy.acme.manager import AcmeSiteDescription, RenewalResult
@@ -237,25 +237,6 @@ def peekUpstream(selector: UpstreamSelector) -> object | None:
     return selector.peek()
 
 
-def _claims(route: SiteRoute, host: str) -> bool:
-    """
-    Whether C{route} names C{host} among its hosts, exactly or by a wildcard
-    (as L{revproxy.routing.RoutingTable.match} reads them).
-    """
-    hosts = route.hosts
-    if host in hosts:
-        return True
-    label, dot, suffix = host.partition(".")
-    return bool(label and dot) and f"*.{suffix}" in hosts
-
-
-def _isoTime(seconds: float) -> str:
-    """
-    C{seconds} since the epoch as an ISO 8601 UTC time to the second.
-    """
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _describeCertificate(
     cert: LoadedCertificate, sites: tuple[str, ...], now: float
 ) -> Answer:
@@ -268,7 +249,7 @@ def _describeCertificate(
         "source": cert.source,
         "path": cert.path,
         "issuer": cert.issuer,
-        "not_after": _isoTime(cert.not_after),
+        "not_after": isoTime(cert.not_after),
         "expires_in_days": round((cert.not_after - now) / 86400, 1),
     }
 
@@ -282,13 +263,11 @@ def renderAcmeSite(site: AcmeSiteDescription) -> Answer:
         "names": list(site.names),
         "source": site.source,
         "issuer": site.issuer,
-        "not_after": _isoTime(site.notAfter),
+        "not_after": isoTime(site.notAfter),
         "expires_in_days": round((site.notAfter - site.at) / 86400, 1),
         "ordering": site.ordering,
         "last_error": site.lastError,
-        "next_renewal": None
-        if site.nextRenewal is None
-        else _isoTime(site.nextRenewal),
+        "next_renewal": None if site.nextRenewal is None else isoTime(site.nextRenewal),
         "next_renewal_reason": site.nextRenewalReason,
     }
 
@@ -316,7 +295,7 @@ def renderUpstreamHealth(health: UpstreamHealthDescription) -> Answer:
         "fails": health.fails,
         "passes": health.passes,
         "last_error": health.lastError,
-        "last_check": None if health.lastCheck is None else _isoTime(health.lastCheck),
+        "last_check": None if health.lastCheck is None else isoTime(health.lastCheck),
         "last_status": health.lastStatus,
     }
 
@@ -684,7 +663,7 @@ class AdminFactory(Factory["AdminProtocol"]):
         certificate = served.certificates.lookup(host)
         answer.update(
             site=route.name,
-            default_site=route.default and not _claims(route, host),
+            default_site=route.default and not claims(route.hosts, host),
             certificate=(
                 None
                 if certificate is None
@@ -692,7 +671,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                     "sites": list(served.sitesOf(certificate)),
                     "source": certificate.source,
                     "names": list(certificate.names),
-                    "not_after": _isoTime(certificate.not_after),
+                    "not_after": isoTime(certificate.not_after),
                 }
             ),
             upstream=None if upstream is None else _url(upstream),

@@ -41,6 +41,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.testing import MemoryReactor
 
+from revproxy.formatting import shorten
+from revproxy.hostnames import isWildcard
 from revproxy.private.twisted import tcpInterface, tcpPort, unixPath
 
 _T = TypeVar("_T")
@@ -550,9 +552,7 @@ def _quote(text: str, limit: int | None = 80) -> str:
     Quote a value for an error message, shortening it beyond C{limit}
     characters.
     """
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return json.dumps(text, ensure_ascii=False)
+    return json.dumps(shorten(text, limit), ensure_ascii=False)
 
 
 def _formatNumber(value: float) -> str:
@@ -957,7 +957,7 @@ def _normalizeHost(name: str, *, allowWildcard: bool) -> str:
         raise ValueError(
             '"*" is not a valid host; to catch every other host, set default = true'
         )
-    wildcard = name.startswith("*.")
+    wildcard = isWildcard(name)
     rest = name[2:] if wildcard else name
     if wildcard and not allowWildcard:
         raise ValueError(f"{_quote(name)}: a wildcard is not allowed here")
@@ -1698,7 +1698,7 @@ class _Parser:
                     )
         if tls == "acme":
             for index, host in hosts:
-                if host.startswith("*."):
+                if isWildcard(host):
                     self._errors.append(
                         f"{table.keyPath('hosts')}[{index}]: wildcard hosts need "
                         'DNS-01, which revproxy does not do; use tls = "files"'

@@ -56,14 +56,15 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
+from revproxy.formatting import oneLine
 from revproxy.proxy.pool import localConnectError
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, ClientCreators, UpstreamTLS
 from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from revproxy.config import HealthCheck, Upstream
-    from revproxy.proxy.forwarder import SiteRoute
-    from revproxy.proxy.pool import PoolKey
+    from revproxy.proxy.client import PoolKey
+    from revproxy.runtime import SiteRoute
 
 _log = Logger()
 
@@ -90,16 +91,6 @@ with the HTTP status of C{GET check.path}, or fails with why there was none.
 The monitor applies C{check.timeout_secs} itself, by cancelling the
 L{Deferred}.
 """
-
-
-def _oneLine(text: str) -> str:
-    """
-    C{text} on one line, shortened to L{_MAX_ERROR} characters.
-    """
-    line = " ".join(text.split())
-    if len(line) > _MAX_ERROR:
-        line = line[: _MAX_ERROR - 3] + "..."
-    return line
 
 
 def statusPassed(status: int) -> bool:
@@ -158,7 +149,7 @@ def describeFailure(reason: Failure) -> str:
         text = f"{name}: {message}" if message else name
     else:
         text = reason.getErrorMessage()
-    return _oneLine(text)
+    return oneLine(text, _MAX_ERROR)
 
 
 @attrs.frozen
@@ -281,7 +272,7 @@ class UpstreamHealth:
         return self._failure(f"{error} (proxied request)")
 
     def _failure(self, error: str) -> bool:
-        self.lastError = _oneLine(error)
+        self.lastError = oneLine(error, _MAX_ERROR)
         self.passes = 0
         self.fails += 1
         if self.healthy and self.fails >= self.failThreshold:

@@ -21,7 +21,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from revproxy.tls import LoadedCertificate, PrivateKey
+    from revproxy.certificates import LoadedCertificate, PrivateKey
 
 
 class IRevProxyReactor(

@@ -2,59 +2,43 @@
 """
 Routing a request to a site by its C{Host}.
 
-L{normalizeHostHeader} and L{RoutingTable} are pure and on the hot path: no
-reactor, no I/O.  The common C{Host} (ASCII, perhaps with a port) is checked
-by one precompiled regular expression; only non-ASCII names and A-labels go
-through C{idna}.  L{Router} is the shell: the handler every client-side
-protocol gives its requests to (L{revproxy.proxy.exchange.IRequestHandler}),
-which routes each one and hands it to the forwarder; it also answers
+L{Router} is the handler every client-side protocol gives its requests to
+(L{revproxy.proxy.exchange.IRequestHandler}): it routes each one by the
+routing table of the request's runtime (host names are read and matched in
+L{revproxy.hostnames}) and hands it to the forwarder; it also answers
 pending ACME http-01 challenges itself.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import secrets
 from collections.abc import Callable, Iterable
-from ipaddress import AddressValueError, IPv6Address
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import idna
 from twisted.logger import Logger
 
-from revproxy.accesslog import requestID as newRequestID
+from revproxy.hostnames import (
+    HasHosts,
+    RoutingTable,
+    isWildcard,
+    normalizeHostHeader,
+)
 from revproxy.proxy.headers import clientAddress, isTrusted
+from revproxy.proxy.responses import (
+    httpDate,
+    shortHeaders,
+    shortLine,
+    simpleResponse,
+)
 
 if TYPE_CHECKING:
     from revproxy.observer import RequestObserver
     from revproxy.proxy.exchange import Exchange
     from revproxy.proxy.forwarder import Forwarder
     from revproxy.ratelimit import RateLimiter
-    from revproxy.runtime import RuntimeHolder
-
-
-class HasHosts(Protocol):
-    """
-    What routing needs of a site: L{revproxy.config.SiteConfig} has it.
-    """
-
-    @property
-    def name(self) -> str:
-        """
-        The site's name, for error messages.
-        """
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        """
-        Normalized host names: lowercase A-labels without a trailing dot,
-        C{*.example.com} wildcards, IPv6 literals without brackets.
-        """
-
-    @property
-    def default(self) -> bool:
-        """
-        Whether requests for no other site's hosts go to this one.
-        """
+    from revproxy.runtime import Runtime, RuntimeHolder
 
 
 class HTTP01Answers(Protocol):
@@ -78,224 +62,17 @@ _log = Logger()
 # quotes, at most 200 bytes; anything else gets a new id.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,200}")
 
-_MAX_NAME = 253
-_MAX_PORT = 65535
-_CACHE_LIMIT = 4096
-# "[" IPv6 "]" or a 253-byte name and its dot, then ":" and five digits; a
-# UTF-8 name may take up to four bytes for each character of its A-labels.
-_MAX_ASCII_VALUE = 261
-_MAX_VALUE = 4 * _MAX_ASCII_VALUE
-
-# An LDH name (underscores let through, as nginx does: the name must still be
-# configured to match anything) with an optional port, on lowercased bytes.
-_ASCII_HOST = re.compile(
-    rb"((?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
-    rb"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)"
-    rb"\.?(?::([0-9]{0,5}))?"
-)
-_IPV6_HOST = re.compile(rb"\[([0-9a-f:.]+)\](?::([0-9]{0,5}))?")
-_PORT = re.compile(rb"[0-9]{0,5}")
+#: Request ids need to be unique, not secret: a generator seeded once from
+#: the system's randomness is three times cheaper per request than reading
+#: it every time.
+_ids = random.Random(secrets.randbits(256))
 
 
-def _portOK(port: bytes | None) -> bool:
+def newRequestID() -> str:
     """
-    Whether C{port}, the digits after the colon if any, is a valid port.
-
-    An empty port (C{example.com:}) is allowed by RFC 3986.
+    A new request id: 128 random bits as 32 hex digits.
     """
-    return not port or int(port) <= _MAX_PORT
-
-
-def _normalizeIDN(value: bytes) -> str | None:
-    """
-    Normalize a C{Host} value with non-ASCII bytes or A-labels through
-    UTS 46 and IDNA 2008.
-    """
-    name, colon, port = value.rpartition(b":")
-    if not colon:
-        name, port = value, b""
-    elif _PORT.fullmatch(port) is None or not _portOK(port):
-        return None
-    try:
-        text = name.decode("utf-8")
-        encoded = idna.encode(text, uts46=True)
-    except (UnicodeError, idna.IDNAError):
-        return None
-    if encoded.endswith(b"."):
-        encoded = encoded[:-1]
-    match = _ASCII_HOST.fullmatch(encoded)
-    if match is None or len(encoded) > _MAX_NAME or match.group(1) != encoded:
-        return None
-    return encoded.decode("ascii")
-
-
-def normalizeHostHeader(value: bytes) -> str | None:
-    """
-    Normalize a C{Host} header value to the form of configured host names.
-
-    The port is removed (C{example.com:443}, C{[::1]:8080}), the name is
-    lowercased and loses one trailing dot, an IPv6 literal loses its
-    brackets and is compressed, and an internationalized name (UTF-8
-    U-labels) becomes its A-labels by UTS 46.
-
-    @return: the host name, or L{None} when C{value} is not a valid host:
-        empty, with a bad port, spaces or other invalid characters, or a bad
-        internationalized name.
-    """
-    if not value.isascii():
-        if len(value) > _MAX_VALUE:
-            return None
-        return _normalizeIDN(value)
-    if len(value) > _MAX_ASCII_VALUE:
-        return None
-    lowered = value.lower()
-    match = _ASCII_HOST.fullmatch(lowered)
-    if match is not None:
-        name, port = match.groups()
-        if len(name) > _MAX_NAME or not _portOK(port):
-            return None
-        if b"xn--" in name:
-            # A-labels are checked as the configuration's were, so a bogus
-            # one cannot reach a wildcard site.
-            return _normalizeIDN(lowered)
-        return name.decode("ascii")
-    match = _IPV6_HOST.fullmatch(lowered)
-    if match is None:
-        return None
-    literal, port = match.groups()
-    if not _portOK(port):
-        return None
-    try:
-        return str(IPv6Address(literal.decode("ascii")))
-    except AddressValueError:
-        return None
-
-
-def normalizeServerName(raw: bytes) -> str:
-    """
-    Normalize the SNI name of a TLS handshake as L{normalizeHostHeader}
-    normalizes a C{Host}, so that the two can be compared.
-
-    @return: the name, or C{""} when C{raw} is not a valid host name (SNI
-        carries neither a port nor an IP literal): no site has that name,
-        so it routes to the default site, as its certificate did.
-    """
-    if b":" in raw:
-        return ""
-    return normalizeHostHeader(raw) or ""
-
-
-T = TypeVar("T")
-
-
-def matchName(
-    exact: dict[str, T], wildcard: dict[str, T], default: T | None, name: str | None
-) -> T | None:
-    """
-    The value for a normalized host C{name}: an exact entry, then a C{*.}
-    wildcard entry (keyed by its suffix) standing for exactly one label, then
-    C{default}.  Shared by host routing and the certificate store, so a
-    request and its TLS handshake agree on which site a name belongs to.
-    """
-    if name is not None:
-        value = exact.get(name)
-        if value is not None:
-            return value
-        if wildcard:
-            label, dot, suffix = name.partition(".")
-            if label and dot:
-                value = wildcard.get(suffix)
-                if value is not None:
-                    return value
-    return default
-
-
-class RoutingTable(Generic[S]):
-    """
-    The sites of one configuration, looked up by host name: an exact name
-    first, then a C{*.} wildcard, then the default site.
-    """
-
-    def __init__(self, sites: Iterable[S]) -> None:
-        """
-        @raise ValueError: two sites claim the same host or both are the
-            default, or a host has a C{*} other than as a whole first label.
-        """
-        self._sites = tuple(sites)
-        self._exact: dict[str, S] = {}
-        self._wildcard: dict[str, S] = {}
-        self._default: S | None = None
-        self._cache: dict[bytes, S | None] = {}
-        owners: dict[str, S] = {}
-        for site in self._sites:
-            if site.default:
-                if self._default is not None:
-                    raise ValueError(
-                        f"sites {self._default.name!r} and {site.name!r} "
-                        "are both the default"
-                    )
-                self._default = site
-            for host in site.hosts:
-                previous = owners.get(host)
-                if previous is not None:
-                    raise ValueError(
-                        f"host {host!r} belongs to sites {previous.name!r} "
-                        f"and {site.name!r}"
-                    )
-                owners[host] = site
-                if host.startswith("*."):
-                    suffix = host[2:]
-                    if not suffix or "*" in suffix:
-                        raise ValueError(f"site {site.name!r}: bad wildcard {host!r}")
-                    self._wildcard[suffix] = site
-                elif "*" in host:
-                    raise ValueError(f"site {site.name!r}: bad wildcard {host!r}")
-                else:
-                    self._exact[host] = site
-
-    @property
-    def sites(self) -> tuple[S, ...]:
-        """
-        The sites, in the order they were given.
-        """
-        return self._sites
-
-    def match(self, host: str | None) -> S | None:
-        """
-        The site for C{host}, normalized as by L{normalizeHostHeader}.
-
-        A wildcard C{*.example.com} stands for exactly one label, as in
-        Caddy: it matches C{a.example.com}, but neither C{example.com} nor
-        C{a.b.example.com}.
-
-        @param host: the host name, or L{None} when the request had none.
-        @return: the site, or the default site when none claims C{host}, or
-            L{None} when there is no default site either.
-        """
-        return matchName(self._exact, self._wildcard, self._default, host)
-
-    def lookupHeader(self, value: bytes | None) -> S | None:
-        """
-        The site for a raw C{Host} header value, or L{None} when there is no
-        C{Host}.
-
-        A C{Host} that is not valid gets the same answer as a missing one.
-        Answers are cached by the raw value; the cache is emptied whenever it
-        would grow beyond 4096 entries, so it stays bounded however many
-        names clients send.
-        """
-        if value is None:
-            return self._default
-        cache = self._cache
-        try:
-            return cache[value]
-        except KeyError:
-            pass
-        site = self.match(normalizeHostHeader(value))
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[value] = site
-        return site
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def misdirectedBySNI(table: RoutingTable[S], site: S, serverName: str | None) -> bool:
@@ -305,9 +82,10 @@ def misdirectedBySNI(table: RoutingTable[S], site: S, serverName: str | None) ->
     name, wildcard, then the default site, as the certificate was chosen) is
     not C{site}, or there is none (a reload removed it).
 
-    @param serverName: The connection's SNI name as L{normalizeServerName}
-        gives it, or L{None} when the client sent none (it connected to an
-        IP literal): such a connection is never misdirected.
+    @param serverName: The connection's SNI name as
+        L{revproxy.hostnames.normalizeServerName} gives it, or L{None} when
+        the client sent none (it connected to an IP literal): such a
+        connection is never misdirected.
     """
     return serverName is not None and table.match(serverName) is not site
 
@@ -341,8 +119,10 @@ class Router:
     """
     The handler of every request: route by C{Host}, then forward.
 
-    It reads the current runtime once per request; a reload swaps it under
-    requests in flight without touching them.
+    It reads the current runtime once per request, when the request's head
+    is read (L{snapshot}, kept as the exchange's C{runtime}), or when it
+    handles a request that has none; a reload swaps it under requests in
+    flight without touching them.
 
     A C{GET} or C{HEAD} of C{/.well-known/acme-challenge/TOKEN} (exactly:
     no query) for a token pending in L{challenges} is answered here with
@@ -402,18 +182,20 @@ class Router:
         Route C{request} and start forwarding it; errors are answered here.
         """
         uri = request.uri
-        runtime = self.runtime.current
+        runtime: Runtime | None = request.runtime
+        if runtime is None:
+            runtime = request.runtime = self.runtime.current
         self._identify(request, runtime.generation)
         if uri[:1] == b"/" or uri == b"*":
             target = uri
             values = request.headerValues(b"host")
             if not values:
                 if request.clientproto != b"HTTP/1.0":
-                    self._answer(request, 400, "400 Bad Request: missing Host header")
+                    self._answer(request, 400, "missing Host header")
                     return
                 host: str | None = None
             elif len(values) != 1:
-                self._answer(request, 400, "400 Bad Request: more than one Host header")
+                self._answer(request, 400, "more than one Host header")
                 return
             else:
                 value = values[0]
@@ -426,18 +208,18 @@ class Router:
                         hosts.clear()
                     hosts[value] = host
                 if host is None:
-                    self._answer(request, 400, "400 Bad Request: invalid Host header")
+                    self._answer(request, 400, "invalid Host header")
                     return
         else:
             split = splitAbsoluteForm(uri)
             if split is None:
-                self._answer(request, 400, "400 Bad Request: invalid request-target")
+                self._answer(request, 400, "invalid request-target")
                 return
             # RFC 9112 3.2.2: the target's authority replaces any Host.
             authority, target = split
             host = normalizeHostHeader(authority)
             if host is None:
-                self._answer(request, 400, "400 Bad Request: invalid request-target")
+                self._answer(request, 400, "invalid request-target")
                 return
             request.headers = [(b"host", authority)] + [
                 pair for pair in request.headers if pair[0] != b"host"
@@ -460,7 +242,7 @@ class Router:
             self._answer(
                 request,
                 421,
-                "421 Misdirected Request: no site is configured for this host",
+                "no site is configured for this host",
             )
             return
         site = route.config
@@ -469,7 +251,7 @@ class Router:
                 self._answer(
                     request,
                     421,
-                    "421 Misdirected Request: this site is not served over HTTPS",
+                    "this site is not served over HTTPS",
                     site.name,
                 )
                 return
@@ -481,7 +263,7 @@ class Router:
                 self._answer(
                     request,
                     421,
-                    "421 Misdirected Request: this host is not served on a "
+                    "this host is not served on a "
                     "connection for that TLS server name (SNI)",
                     site.name,
                 )
@@ -497,13 +279,13 @@ class Router:
             and target[:1] == b"/"
             and not target.startswith(ACME_CHALLENGE_PREFIX)
         ):
-            name = host or next((h for h in site.hosts if "*" not in h), None)
+            name = host or next((h for h in site.hosts if not isWildcard(h)), None)
             if name is not None:
                 location = httpsLocation(name, runtime.httpsPort, target)
                 self._answer(
                     request,
                     308,
-                    "308 Permanent Redirect: " + location.decode("ascii"),
+                    location.decode("ascii"),
                     site.name,
                     [(b"Location", location)],
                 )
@@ -519,8 +301,7 @@ class Router:
                     self._answer(
                         request,
                         429,
-                        "429 Too Many Requests: rate limit exceeded, retry in "
-                        f"{decision.retryAfter} s",
+                        f"rate limit exceeded, retry in {decision.retryAfter} s",
                         site.name,
                         [(b"Retry-After", b"%d" % decision.retryAfter)],
                     )
@@ -531,6 +312,15 @@ class Router:
         else:
             request.siteName = site.name
         self.forwarder.forward(request, route, target)
+
+    def snapshot(self) -> Runtime:
+        """
+        The runtime a request is answered by, taken when its head is read
+        (the front end's C{snapshot}): its route and its body limit come
+        from the same generation, however long it waits for its turn or its
+        body takes to come.
+        """
+        return self.runtime.current
 
     def _identify(self, request: Exchange, generation: int) -> None:
         """
@@ -566,21 +356,26 @@ class Router:
         self,
         request: Exchange,
         code: int,
-        message: str,
+        detail: str,
         site: str = "",
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """
-        Answer C{request} here, for C{site} if it was routed, with C{code}.
+        Answer C{request} here, for C{site} if it was routed, with C{code}
+        and a line saying what happened (C{detail}).
         """
-        from revproxy.proxy.forwarder import simpleResponse
-
         observer = self.observer
         if observer is not None:
             observer.started(request, site)
         else:
             request.siteName = site
-        simpleResponse(request, code, message, self.forwarder.date.now(), headers)
+        simpleResponse(
+            request,
+            code,
+            shortLine(code, detail),
+            httpDate(self.forwarder.clock.seconds()),
+            headers,
+        )
 
     def _dryRun(self, request: Exchange, site: str) -> None:
         """
@@ -627,12 +422,11 @@ class Router:
         request.respond(
             200,
             b"",
-            [
-                (b"Date", self.forwarder.date.now()),
-                (b"Content-Type", b"application/octet-stream"),
-                (b"Content-Length", b"%d" % len(body)),
-                (b"Cache-Control", b"no-store"),
-            ],
+            shortHeaders(
+                httpDate(self.forwarder.clock.seconds()),
+                len(body),
+                b"application/octet-stream",
+            ),
         )
         request.write(body)
         request.finish()

@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_runtime -*-
 """
 The immutable snapshot every request reads, and the one reference a reload
-swaps.
+swaps: L{Runtime}, whose routing table holds each site as the request path
+sees it (L{SiteRoute}), and L{RuntimeHolder}.
 
 A L{Runtime} is built whole from a L{Config} off to the side; requests take
-C{holder.current} once at their start and keep it.  State that must outlive a
+C{holder.current} once, when their head is read, and keep it.  State that must outlive a
 reload (upstream selectors with their back-off) is carried over by key from
 the previous snapshot.
 """
@@ -14,12 +15,65 @@ from __future__ import annotations
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
-from revproxy.config import Config, endpointPort
-from revproxy.proxy.forwarder import SiteRoute
+from revproxy.config import Config, SiteConfig, endpointPort
+from revproxy.hostnames import RoutingTable, isWildcard
+from revproxy.proxy.client import PoolKey
 from revproxy.proxy.pool import UpstreamSelector
-from revproxy.proxy.upstreamtls import SYSTEM_TRUST
-from revproxy.routing import RoutingTable
+from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.tls import NO_TLS_FILES, TLSFiles, loadTLSFiles
+
+
+class SiteRoute:
+    """
+    A site as the request path sees it: its config and its upstream selector.
+    Satisfies L{revproxy.hostnames.HasHosts}.
+    """
+
+    __slots__ = ("config", "fallbackHost", "hsts", "keys", "selector")
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        selector: UpstreamSelector,
+        upstreamTLS: UpstreamTLS = SYSTEM_TRUST,
+    ) -> None:
+        """
+        @param upstreamTLS: How the site's https:// upstreams are verified.
+        """
+        self.config = config
+        self.selector = selector
+        self.keys: dict[object, PoolKey] = {
+            u: (u.scheme, u.host, u.port, upstreamTLS if u.scheme == "https" else None)
+            for u in config.upstreams
+        }
+        #: The Strict-Transport-Security value for HTTPS responses, if any.
+        self.hsts = (
+            b"max-age=%d" % (config.hsts_max_age_secs,)
+            if config.hsts_max_age_secs
+            else None
+        )
+        exact = [h for h in config.hosts if not isWildcard(h)]
+        if exact:
+            fallback = exact[0]
+        else:
+            first = config.upstreams[0]
+            host = f"[{first.host}]" if ":" in first.host else first.host
+            default = 443 if first.scheme == "https" else 80
+            fallback = host if first.port == default else f"{host}:{first.port}"
+        #: The Host sent upstream for a request that came without one.
+        self.fallbackHost = fallback.encode("ascii")
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return self.config.hosts
+
+    @property
+    def default(self) -> bool:
+        return self.config.default
 
 
 @frozen

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 from twisted.logger import Logger
 
+from revproxy.formatting import shorten
 from revproxy.reload import Refused, ReloadResult
 
 _log = Logger()
@@ -171,11 +172,9 @@ def servingStatus(
     if reload is None:
         return serving[0].upper() + serving[1:]
     if isinstance(reload, Refused):
-        message = reload.message
+        message = shorten(reload.message, 300)
     elif reload.failed:
-        message = "partially applied, failed: " + ", ".join(reload.failed)
+        message = shorten("partially applied, failed: " + ", ".join(reload.failed), 300)
     else:
         return f"Reloaded: {serving}"
-    if len(message) > 300:
-        message = message[:297] + "..."
     return f"Reload failed, {serving}: {message}"

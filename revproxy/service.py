@@ -46,7 +46,8 @@ from revproxy.opslistener import opsSite
 from revproxy.proxy.connector import reactorConnector
 from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.forwarder import Forwarder
-from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
+from revproxy.proxy.frontend import FrontEnd
+from revproxy.proxy.limits import ConnectionLimits
 from revproxy.proxy.pool import ConnectionPool
 from revproxy.ratelimit import RateLimiter
 from revproxy.reload import (
@@ -323,6 +324,7 @@ def requestPath(
         ConnectionLimits.fromServer(config.server),
         observer=observer,
         refused=observer.refused,
+        snapshot=router.snapshot,
     )
     path = RequestPath(holder, gate, pool, metrics, limiter, observer, site)
     path.follow(holder.current)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from itertools import pairwise
 from types import TracebackType
 from typing import Protocol, cast
@@ -45,15 +44,15 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from revproxy.certificates import LoadedCertificate, PrivateKey
 from revproxy.config import Config, ConfigError, SiteConfig
+from revproxy.formatting import isoTime
+from revproxy.hostnames import HostNames, isWildcard, nameCovers, normalizeServerName
 from revproxy.interfaces import ICertificateStore
 from revproxy.private.pyopenssl import NoOverlappingProtocols, setCurvesList
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
-from revproxy.routing import matchName, normalizeServerName
 
 _log = Logger()
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 EXPIRY_WARNING_SECS = 7 * 86400
 
@@ -96,37 +95,6 @@ class CertificateError(Exception):
         self.key = key
 
 
-@attrs.frozen(eq=False)
-class LoadedCertificate:
-    """
-    A certificate chain and its private key, ready to serve.
-
-    Compared by identity: the connection creator caches one context per
-    object.
-
-    @ivar chain: The certificates, leaf first.
-    @ivar key: The leaf's private key.
-    @ivar names: The leaf's DNS subject alternative names, lowercase.
-    @ivar not_after: The leaf's expiry, in seconds since the epoch.
-    @ivar issuer: The leaf's issuer, as an RFC 4514 string.
-    @ivar source: Where it came from: C{"files"}, later C{"acme"} or
-        C{"placeholder"}.
-    @ivar path: The certificate file it was read from.
-    """
-
-    chain: list[x509.Certificate]
-    key: PrivateKey
-    names: tuple[str, ...]
-    not_after: float
-    issuer: str
-    source: str
-    path: str
-
-
-def _isoTime(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _readFile(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -151,22 +119,6 @@ def _subjectAltNames(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     dns = [name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)]
     ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
     return dns, ips
-
-
-def nameCovers(pattern: str, host: str) -> bool:
-    """
-    Whether the certificate name C{pattern} covers the site host C{host}.
-
-    A wildcard C{*.example.com} covers exactly one label (C{a.example.com},
-    neither C{example.com} nor C{a.b.example.com}), and the host wildcard
-    C{*.example.com} only when the pattern is that same wildcard.
-    """
-    if pattern == host:
-        return True
-    if pattern.startswith("*.") and not host.startswith("*."):
-        label, dot, suffix = host.partition(".")
-        return bool(label and dot) and suffix == pattern[2:]
-    return False
 
 
 def _normalizeIP(host: str) -> str:
@@ -245,15 +197,17 @@ def loadCertificateFiles(
     notAfter = leaf.not_valid_after_utc
     notAfterSecs = notAfter.timestamp()
     if notAfterSecs <= now:
-        raise CertificateError(f"{certFile}: certificate expired {_isoTime(notAfter)}")
+        raise CertificateError(
+            f"{certFile}: certificate expired {isoTime(notAfterSecs)}"
+        )
 
     warnings: list[str] = []
     if notAfterSecs - now < EXPIRY_WARNING_SECS:
-        warnings.append(f"{certFile}: certificate expires {_isoTime(notAfter)}")
+        warnings.append(f"{certFile}: certificate expires {isoTime(notAfterSecs)}")
     notBefore = leaf.not_valid_before_utc
     if notBefore.timestamp() > now:
         warnings.append(
-            f"{certFile}: certificate not valid before {_isoTime(notBefore)}"
+            f"{certFile}: certificate not valid before {isoTime(notBefore.timestamp())}"
         )
     dnsNames, ipNames = _subjectAltNames(leaf)
     uncovered = [
@@ -318,20 +272,13 @@ class CertificateStore:
         @raise ValueError: A name has a C{*} other than as a whole first
             label.
         """
-        self._exact: dict[str, LoadedCertificate] = {}
-        self._wildcard: dict[str, LoadedCertificate] = {}
-        self._default = default
+        self._names: HostNames[LoadedCertificate] = HostNames()
+        self._names.default = default
         for name, cert in byName.items():
             name = name.lower().rstrip(".")
-            if name.startswith("*."):
-                suffix = name[2:]
-                if not suffix or "*" in suffix:
-                    raise ValueError(f"bad wildcard {name!r}")
-                self._wildcard[suffix] = cert
-            elif "*" in name or not name:
+            if not name or ("*" in name and not isWildcard(name)):
                 raise ValueError(f"bad name {name!r}")
-            else:
-                self._exact[name] = cert
+            self._names.add(name, cert)
 
     @classmethod
     def fromSites(
@@ -355,17 +302,18 @@ class CertificateStore:
         See L{ICertificateStore.lookup}.
         """
         name = serverName.lower().rstrip(".") if serverName is not None else None
-        return matchName(self._exact, self._wildcard, self._default, name)
+        return self._names.match(name)
 
     def all(self) -> list[LoadedCertificate]:
         """
         See L{ICertificateStore.all}.
         """
         seen: dict[int, LoadedCertificate] = {}
-        for cert in (*self._exact.values(), *self._wildcard.values()):
+        for cert in self._names.values():
             seen.setdefault(id(cert), cert)
-        if self._default is not None:
-            seen.setdefault(id(self._default), self._default)
+        default = self._names.default
+        if default is not None:
+            seen.setdefault(id(default), default)
         return list(seen.values())
 
 

@@ -31,13 +31,13 @@ from twisted.python import threadable
 from zope.interface import implementer
 
 from revproxy.acme import AcmeError
+from revproxy.certificates import LoadedCertificate, PrivateKey
 from revproxy.interfaces import (
     ICertificateStore,
     IChallengeResponder,
     IIssuer,
     IRevProxyReactor,
 )
-from revproxy.tls import LoadedCertificate, PrivateKey
 
 #: Seconds in a day.
 DAY = 86400.0

@@ -33,8 +33,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.frontend import DEFAULT_LIMITS, ConnectionLimits, FrontEnd
+from revproxy.proxy.frontend import FrontEnd
 from revproxy.proxy.http2 import PREFACE, HTTP2Connection
+from revproxy.proxy.limits import DEFAULT_LIMITS, ConnectionLimits
 
 #: A request head as h2spec sends one.
 GET = [

@@ -25,7 +25,6 @@ from revproxy.accesslog import (
     formatCombined,
     formatJSON,
     logText,
-    requestID,
 )
 
 #: 2026-11-27T09:20:18.123Z
@@ -280,20 +279,6 @@ class FormatCombinedTests(SynchronousTestCase):
         self.assertEqual([b for b in body if b < 0x20 or b >= 0x7F], [])
         # Only the format's own quotes are left unescaped.
         self.assertEqual(body.count(b'"'), 6)
-
-
-class RequestIDTests(SynchronousTestCase):
-    """
-    Tests for L{requestID}.
-    """
-
-    def test_randomHex(self) -> None:
-        """
-        A request id is 32 lower-case hex digits, and two ids differ.
-        """
-        first, second = requestID(), requestID()
-        self.assertRegex(first, "^[0-9a-f]{32}$")
-        self.assertNotEqual(first, second)
 
 
 class _FlakyStream(io.BytesIO):

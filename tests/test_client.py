@@ -18,11 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.proxy.client import (
     MAX_RESPONSE_HEAD,
+    PoolKey,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamProtocolError,
 )
-from revproxy.proxy.pool import ConnectionPool, PoolKey
+from revproxy.proxy.pool import ConnectionPool
 
 KEY: PoolKey = ("http", "upstream.example", 8080, None)
 GET = b"GET / HTTP/1.1\r\nHost: upstream.example\r\n\r\n"

@@ -12,13 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from revproxy.acme import AcmeError
+from revproxy.certificates import LoadedCertificate
 from revproxy.interfaces import (
     ICertificateStore,
     IChallengeResponder,
     IIssuer,
     IRevProxyReactor,
 )
-from revproxy.tls import LoadedCertificate
 from tests.fakes import (
     FakeCertificateStore,
     FakeChallengeResponder,

@@ -51,9 +51,10 @@ from revproxy.health import (
     describeFailure,
     statusPassed,
 )
-from revproxy.proxy.forwarder import SiteRoute
-from revproxy.proxy.pool import PoolKey, UpstreamSelector
+from revproxy.proxy.client import PoolKey
+from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstreamtls import ClientCreators, UpstreamTLS
+from revproxy.runtime import SiteRoute
 
 CHECK = HealthCheck(path="/healthz", interval_secs=10.0, timeout_secs=2.0)
 

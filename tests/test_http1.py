@@ -20,12 +20,9 @@ from zope.interface import directlyProvides, implementer
 
 from revproxy.config import ServerConfig
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.frontend import (
-    DEFAULT_LIMITS,
-    ConnectionLimits,
-    FrontEnd,
-)
+from revproxy.proxy.frontend import FrontEnd
 from revproxy.proxy.http1 import ABORT_TIMEOUT, HTTP1Connection
+from revproxy.proxy.limits import DEFAULT_LIMITS, ConnectionLimits
 
 LIMITS = ConnectionLimits(
     max_request_line_bytes=100,

@@ -32,7 +32,6 @@ from hyperframe.frame import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.private.h2 import forgetContentLength
-from revproxy.proxy.frontend import ConnectionLimits
 from revproxy.proxy.http2 import (
     CLOSED_REMEMBERED,
     CONNECTION_WINDOW,
@@ -50,6 +49,7 @@ from revproxy.proxy.http2 import (
     _withErrorCode,
     readHead,
 )
+from revproxy.proxy.limits import ConnectionLimits
 from tests.h2helpers import (
     GET,
     H2Peer,

@@ -25,11 +25,12 @@ from revproxy.accesslog import AccessLog
 from revproxy.config import LoggingConfig, parseConfig
 from revproxy.observer import RequestObserver, tlsVersion
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
-from revproxy.proxy.frontend import DateCache, FrontEnd
+from revproxy.proxy.forwarder import Forwarder
+from revproxy.proxy.frontend import FrontEnd
+from revproxy.proxy.responses import httpDate, simpleResponse
 from revproxy.ratelimit import RateLimiter
 from revproxy.routing import Router
-from revproxy.runtime import RuntimeHolder, buildRuntime
+from revproxy.runtime import RuntimeHolder, SiteRoute, buildRuntime
 
 CONFIG = """
 [server]
@@ -96,7 +97,6 @@ class _Forwarder:
         self.forwarded: list[tuple[str, dict[bytes, list[bytes]]]] = []
         self.answer = True
         self.delay = 0.0
-        self.date = DateCache(clock)
 
     def forward(self, request: Exchange, route: SiteRoute, target: bytes) -> None:
         headers: dict[bytes, list[bytes]] = {}
@@ -108,7 +108,9 @@ class _Forwarder:
             request.upstreamStatus = 200
             request.upstreamSeconds = 0.25
             self.clock.advance(self.delay)
-            simpleResponse(request, 200, "200 forwarded", self.date.now())
+            simpleResponse(
+                request, 200, "200 forwarded", httpDate(self.clock.seconds())
+            )
 
 
 class ContextTests(SynchronousTestCase):

@@ -19,11 +19,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.health import UpstreamHealth
-from revproxy.proxy.client import UpstreamConnection
+from revproxy.proxy.client import PoolKey, UpstreamConnection
 from revproxy.proxy.pool import (
     SERVED,
     ConnectionPool,
-    PoolKey,
     QueueFull,
     UpstreamSelector,
 )

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from revproxy.admin import reloadAnswer
+from revproxy.certificates import LoadedCertificate
 from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.reload import (
     Applied,
@@ -34,7 +35,6 @@ from revproxy.reload import (
     staticChanges,
 )
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
-from revproxy.tls import LoadedCertificate
 
 BASE = """\
 [server]

@@ -1,6 +1,6 @@
 """
-Tests for L{revproxy.routing}: the pure part (host normalization, the
-routing table), and L{Router} over HTTP and HTTPS (421 for a site
+Tests for L{revproxy.hostnames}' host normalization and routing table, and
+for L{revproxy.routing}'s L{Router} over HTTP and HTTPS (421 for a site
 without a certificate, 308 redirects to HTTPS) on runtimes from
 L{revproxy.runtime.buildRuntime}, whose own tests are in
 L{tests.test_runtime}.
@@ -25,17 +25,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.config import parseConfig
+from revproxy.hostnames import RoutingTable, normalizeHostHeader, normalizeServerName
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.forwarder import Forwarder, SiteRoute, simpleResponse
-from revproxy.proxy.frontend import DateCache, FrontEnd
-from revproxy.routing import (
-    Router,
-    RoutingTable,
-    httpsLocation,
-    normalizeHostHeader,
-    normalizeServerName,
-)
-from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from revproxy.proxy.forwarder import Forwarder
+from revproxy.proxy.frontend import FrontEnd
+from revproxy.proxy.responses import httpDate, simpleResponse
+from revproxy.routing import Router, httpsLocation, newRequestID
+from revproxy.runtime import Runtime, RuntimeHolder, SiteRoute, buildRuntime
 from tests.tlshelpers import TLSTransport
 
 
@@ -478,11 +474,10 @@ class _RecordingForwarder:
     def __init__(self, clock: Clock | None = None) -> None:
         self.forwarded: list[tuple[str, bytes, bool]] = []
         self.clock = Clock() if clock is None else clock
-        self.date = DateCache(self.clock)
 
     def forward(self, request: Exchange, route: SiteRoute, target: bytes) -> None:
         self.forwarded.append((route.name, target, request.isSecure()))
-        simpleResponse(request, 200, "200 forwarded", self.date.now())
+        simpleResponse(request, 200, "200 forwarded", httpDate(self.clock.seconds()))
 
 
 @frozen
@@ -1053,3 +1048,113 @@ class HTTPSLocationTests(SynchronousTestCase):
             httpsLocation("a.test", 443, b"/%7Euser/?q=%2F&x"),
             b"https://a.test/%7Euser/?q=%2F&x",
         )
+
+
+def _snapshotConfig(site: str, maxBody: int) -> str:
+    """
+    A config whose one site C{site} takes C{app.example}, with a body limit
+    of C{maxBody} bytes.
+    """
+    return (
+        "[server]\nlisten_https = []\n"
+        f'[[sites]]\nname = "{site}"\nhosts = ["app.example"]\n'
+        f'upstreams = ["http://10.0.0.1:80"]\nmax_body_bytes = {maxBody}\n'
+    )
+
+
+class _HoldingForwarder:
+    """
+    Records what would be forwarded, with the body limit and generation the
+    request was given, and answers only when told.
+    """
+
+    trustedProxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.forwarded: list[tuple[str, int | None, int]] = []
+        self.held: list[Exchange] = []
+
+    def forward(self, request: Exchange, route: SiteRoute, target: bytes) -> None:
+        self.forwarded.append((route.name, request.bodyLimit, request.generation))
+        self.held.append(request)
+
+
+class SnapshotTests(SynchronousTestCase):
+    """
+    A request is answered by the runtime it came in under: the front end
+    takes the snapshot when the request's head is read, and its route and
+    its body limit both come from it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.holder = RuntimeHolder(
+            buildRuntime(parseConfig(_snapshotConfig("old", 1000)), self.clock)
+        )
+        self.forwarder = _HoldingForwarder(self.clock)
+        root = Router(self.holder, cast(Forwarder, self.forwarder))
+        self.site = FrontEnd(root, self.clock, snapshot=root.snapshot)
+        address = IPv4Address("TCP", "203.0.113.9", 40000)
+        self.channel = cast(IProtocol, self.site.buildProtocol(address))
+        self.transport = StringTransportWithDisconnection(peerAddress=address)
+        self.transport.protocol = self.channel
+        self.channel.makeConnection(self.transport)
+        self.addCleanup(self.transport.loseConnection)
+
+    def reload(self) -> None:
+        """
+        Swap in the next generation: the host belongs to site C{new} now,
+        whose body limit is 10 bytes.
+        """
+        self.holder.current = buildRuntime(
+            parseConfig(_snapshotConfig("new", 10)),
+            self.clock,
+            previous=self.holder.current,
+        )
+
+    def test_bodyAcrossReload(self) -> None:
+        """
+        A pipelined upload whose head was read before a reload, and whose
+        body comes and is handled after it, is routed and limited by the
+        generation its head came under: the same one for both.
+        """
+        self.channel.dataReceived(
+            b"GET /first HTTP/1.1\r\nHost: app.example\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: app.example\r\n"
+            b"Content-Length: 20\r\n\r\n0123456789"
+        )
+        self.assertEqual(self.forwarder.forwarded, [("old", None, 1)])
+        self.reload()
+        self.channel.dataReceived(b"0123456789")
+        first = self.forwarder.held[0]
+        simpleResponse(first, 200, "200 forwarded", httpDate(self.clock.seconds()))
+        self.assertEqual(self.forwarder.forwarded, [("old", None, 1), ("old", 1000, 1)])
+        self.assertNotIn(b" 413 ", self.transport.value())
+
+    def test_newRequestAfterReload(self) -> None:
+        """
+        A request whose head is read after a reload is answered by the new
+        generation.
+        """
+        self.reload()
+        self.channel.dataReceived(
+            b"POST /upload HTTP/1.1\r\nHost: app.example\r\n"
+            b"Content-Length: 20\r\n\r\n0123456789"
+        )
+        self.assertEqual(self.forwarder.forwarded, [])
+        self.assertIn(b"HTTP/1.1 413 ", self.transport.value())
+
+
+class RequestIDTests(SynchronousTestCase):
+    """
+    Tests for L{newRequestID}.
+    """
+
+    def test_randomHex(self) -> None:
+        """
+        A request id is 32 lower-case hex digits, and two ids differ.
+        """
+        first, second = newRequestID(), newRequestID()
+        self.assertRegex(first, "^[0-9a-f]{32}$")
+        self.assertNotEqual(first, second)

@@ -173,6 +173,15 @@ class ListenerTests(SynchronousTestCase):
             self.assertIs(factory.gate, pathOf(top).tracker.gate)
             self.assertIs(pathOf(top).tracker.wrappedFactory, pathOf(top).site)
 
+    def test_snapshotWhenHeadRead(self) -> None:
+        """
+        The front end takes a request's runtime snapshot (the current one)
+        when the request's head is read.
+        """
+        reactor = MemoryReactorClock()
+        top = buildService(config(), "", cast(IRevProxyReactor, reactor))
+        self.assertIs(pathOf(top).site.snapshot(), pathOf(top).holder.current)
+
     def test_portTaken(self) -> None:
         """
         A port that is already taken makes C{privilegedStartService} raise

@@ -37,7 +37,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from revproxy.acme.challenges import ACME_IDENTIFIER_OID, ChallengeStore
+from revproxy.certificates import LoadedCertificate
 from revproxy.config import ConfigError, parseConfig
+from revproxy.hostnames import nameCovers
 from revproxy.interfaces import ICertificateStore
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.tls import (
@@ -46,14 +48,12 @@ from revproxy.tls import (
     CertificateError,
     CertificateStore,
     HandshakeDeadline,
-    LoadedCertificate,
     RefusalLog,
     SNIContextFactory,
     TLSFiles,
     UnknownServerName,
     loadCertificateFiles,
     loadTLSFiles,
-    nameCovers,
 )
 from tests.fakes import FakeCertificateStore
 from tests.tlshelpers import Echo, ExceptHookRecorder, Recorder

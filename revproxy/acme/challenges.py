@@ -25,8 +25,8 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from revproxy.certificates import PrivateKey
 from revproxy.interfaces import IChallengeResponder
-from revproxy.tls import PrivateKey
 
 #: The id-pe-acmeIdentifier extension (RFC 8737 6.1).
 ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")

@@ -57,11 +57,12 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from revproxy.acme import AcmeError
+from revproxy.formatting import oneLine
 from revproxy.interfaces import IChallengeResponder, IIssuer
 from revproxy.private.acme import postAsGet
 
 if TYPE_CHECKING:
-    from revproxy.tls import PrivateKey
+    from revproxy.certificates import PrivateKey
 
 __all__ = [
     "AcmeCalls",
@@ -454,16 +455,6 @@ def makeCSR(key: PrivateKey, names: Sequence[str]) -> bytes:
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
 
 
-def _oneLine(text: str) -> str:
-    """
-    C{text} on one line, cut to L{MESSAGE_LIMIT} characters.
-    """
-    line = " ".join(text.split())
-    if len(line) > MESSAGE_LIMIT:
-        line = line[: MESSAGE_LIMIT - 3] + "..."
-    return line
-
-
 def _problem(error: messages.Error) -> str:
     """
     An ACME problem document as C{type: detail}, and its subproblems.
@@ -527,7 +518,7 @@ def describeFailure(error: BaseException) -> str:
         text = f"unexpected answer from the CA: {error}"
     else:
         text = f"{type(error).__name__}: {error}"
-    return _oneLine(text or type(error).__name__)
+    return oneLine(text or type(error).__name__, MESSAGE_LIMIT)
 
 
 class _Deadline(Exception):
@@ -950,7 +941,7 @@ class AcmeIssuer:
                 ) from None
             except Exception as e:
                 raise AcmeError(
-                    _oneLine(f"{what} failed: {describeFailure(e)}")
+                    oneLine(f"{what} failed: {describeFailure(e)}", MESSAGE_LIMIT)
                 ) from None
             _log.info("ACME {what}: issued", what=what)
             return chain
@@ -991,7 +982,7 @@ class AcmeIssuer:
                 raise AcmeError(f"{what} failed: no answer in time") from None
             except Exception as e:
                 raise AcmeError(
-                    _oneLine(f"{what} failed: {describeFailure(e)}")
+                    oneLine(f"{what} failed: {describeFailure(e)}", MESSAGE_LIMIT)
                 ) from None
 
         return Deferred.fromCoroutine(run())

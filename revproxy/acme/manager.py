@@ -35,9 +35,11 @@ from twisted.python.failure import Failure
 from revproxy.acme import AcmeError
 from revproxy.acme.schedule import backoffDelay, renewalTime
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
+from revproxy.certificates import LoadedCertificate, PrivateKey
 from revproxy.config import AcmeConfig, SiteConfig
+from revproxy.formatting import isoTime
 from revproxy.interfaces import IChallengeResponder, IIssuer
-from revproxy.tls import CertificateError, LoadedCertificate, PrivateKey, keyMatches
+from revproxy.tls import CertificateError, keyMatches
 
 _log = Logger()
 
@@ -49,10 +51,6 @@ ARI_INTERVAL = 6 * 3600.0
 PLACEHOLDER_DAYS = 30
 
 _PEM = serialization.Encoding.PEM
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def newKey(keyType: str) -> PrivateKey:
@@ -314,7 +312,7 @@ class AcmeManager(Service):
                         "ACME: site {site}: stored certificate expired {when}; "
                         "ordering a new one",
                         site=name,
-                        when=_iso(certificate.not_after),
+                        when=isoTime(certificate.not_after),
                     )
                 elif record.names != names:
                     # Serve it for the names it has while a new one comes.
@@ -334,8 +332,8 @@ class AcmeManager(Service):
                         "ACME: site {site}: serving the stored certificate "
                         "(expires {when}); renewal {renewAt} ({reason})",
                         site=name,
-                        when=_iso(certificate.not_after),
-                        renewAt=_iso(state.renewAt or now),
+                        when=isoTime(certificate.not_after),
+                        renewAt=isoTime(state.renewAt or now),
                         reason=state.renewReason,
                     )
                     return state
@@ -557,8 +555,8 @@ class AcmeManager(Service):
             "renewal {renewAt} ({reason})",
             site=state.name,
             names=", ".join(names),
-            when=_iso(certificate.not_after),
-            renewAt=_iso(state.renewAt or now),
+            when=isoTime(certificate.not_after),
+            renewAt=isoTime(state.renewAt or now),
             reason=state.renewReason,
         )
         self.onChange()
@@ -593,7 +591,7 @@ class AcmeManager(Service):
             unsaved=unsaved,
             site=state.name,
             failures=failures,
-            when=_iso(backoff.retryAt),
+            when=isoTime(backoff.retryAt),
             what=(
                 "current certificate"
                 if state.certificate.source == "acme"
@@ -642,7 +640,7 @@ class AcmeManager(Service):
         elif state.backoff is not None and state.backoff.retryAt > now:
             nextRenewal = state.backoff.retryAt
             reason = (
-                f"back-off until {_iso(state.backoff.retryAt)} after error: "
+                f"back-off until {isoTime(state.backoff.retryAt)} after error: "
                 f"{state.backoff.lastError}"
             )
         elif state.issued and state.renewAt is not None:

@@ -25,7 +25,8 @@ means "renew now".
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+
+from revproxy.formatting import isoTime
 
 #: Lifetimes shorter than this renew with 1/2 of the lifetime left, not 1/3.
 SHORT_LIFETIME_SECS = 10 * 86400.0
@@ -46,16 +47,8 @@ BACKOFF_MAX_SECS = 86400.0
 
 _DAY = 86400.0
 
-
-def _iso(when: float) -> str:
-    """
-    C{when} (seconds since the epoch) as an ISO 8601 UTC time to the second,
-    or as a plain number when it is out of C{datetime}'s range.
-    """
-    try:
-        return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, ValueError, OSError):
-        return f"{when:.0f}"
+#: A time out of C{datetime}'s range is written as a plain number.
+_NUMBER = "{:.0f}"
 
 
 def _days(seconds: float) -> str:
@@ -123,7 +116,7 @@ def renewalTime(
     lifetime = notAfter - notBefore
     if not lifetime > 0:
         raise ValueError(
-            f"notAfter ({_iso(notAfter)}) must be after notBefore ({_iso(notBefore)})"
+            f"notAfter ({isoTime(notAfter, _NUMBER)}) must be after notBefore ({isoTime(notBefore, _NUMBER)})"
         )
     if renewBeforeDays is not None and not renewBeforeDays > 0:
         raise ValueError(f"renewBeforeDays must be positive, not {renewBeforeDays!r}")
@@ -132,12 +125,12 @@ def renewalTime(
     if ariWindow is not None:
         start, end = ariWindow
         if end >= start:
-            reason = f"ARI window {_iso(start)} to {_iso(end)}"
+            reason = f"ARI window {isoTime(start, _NUMBER)} to {isoTime(end, _NUMBER)}"
             if end <= now:
                 return min(now, notAfter), f"{reason} (ended)"
             when = start + rng.random() * (end - start)
             return min(max(when, start), end, notAfter), reason
-        note = f"; ignored an ARI window that ends before it starts ({_iso(start)} to {_iso(end)})"
+        note = f"; ignored an ARI window that ends before it starts ({isoTime(start, _NUMBER)} to {isoTime(end, _NUMBER)})"
 
     if renewBeforeDays is not None:
         before = renewBeforeDays * _DAY

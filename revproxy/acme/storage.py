@@ -52,7 +52,6 @@ import re
 import secrets
 import tempfile
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import attrs
@@ -64,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from twisted.logger import Logger
 
 from revproxy.acme import AcmeError
+from revproxy.formatting import isoTime, oneLine
 from revproxy.tls import keyMatches
 
 _log = Logger()
@@ -210,23 +210,12 @@ def checkSiteName(site: str) -> None:
         raise ValueError(f"unsafe site name for a directory: {site!r}")
 
 
-def _oneLine(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _reason(e: OSError) -> str:
-    return _oneLine(e.strerror or str(e) or type(e).__name__)
+    return oneLine(e.strerror or str(e) or type(e).__name__)
 
 
 def _fail(verb: str, path: str, e: OSError) -> NoReturn:
     raise AcmeError(f"cannot {verb} {path}: {_reason(e)}") from e
-
-
-def _iso(when: float) -> str:
-    try:
-        return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, ValueError, OSError):
-        return ""
 
 
 def _isLeftover(entry: str, name: str | None = None) -> bool:
@@ -508,11 +497,11 @@ class AcmeStorage:
                 "chain_file": f"{generation}/{CHAIN_FILE}",
                 "key_file": f"{generation}/{KEY_FILE}",
                 "not_before": record.notBefore,
-                "not_before_utc": _iso(record.notBefore),
+                "not_before_utc": isoTime(record.notBefore, ""),
                 "not_after": record.notAfter,
-                "not_after_utc": _iso(record.notAfter),
+                "not_after_utc": isoTime(record.notAfter, ""),
                 "issued_at": record.issuedAt,
-                "issued_at_utc": _iso(record.issuedAt),
+                "issued_at_utc": isoTime(record.issuedAt, ""),
                 "directory_url": record.directoryURL,
             }
         )
@@ -620,10 +609,10 @@ class AcmeStorage:
             {
                 "failures": record.failures,
                 "retry_at": record.retryAt,
-                "retry_at_utc": _iso(record.retryAt),
+                "retry_at_utc": isoTime(record.retryAt, ""),
                 "last_error": record.lastError,
                 "last_error_at": record.lastErrorAt,
-                "last_error_at_utc": _iso(record.lastErrorAt),
+                "last_error_at_utc": isoTime(record.lastErrorAt, ""),
             }
         )
         self._ensureDirectory(siteDir)

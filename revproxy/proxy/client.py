@@ -23,13 +23,42 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from revproxy.proxy.eager import noDelay, writerFor
+from revproxy.proxy.upstreamtls import UpstreamTLS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    from revproxy.proxy.pool import ConnectionPool, PoolKey
+PoolKey = tuple[str, str, int, UpstreamTLS | None]
+"""
+(scheme, host, port, TLS settings) of an upstream; the TLS settings are
+L{None} for http://.  A connection's key, and the pool's key for its
+connections to one upstream.
+"""
+
+
+class ConnectionOwner(TypingProtocol):
+    """
+    What a connection tells the pool it belongs to
+    (L{revproxy.proxy.pool.ConnectionPool}, or no pool once it left one).
+    """
+
+    def connectionMade(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection} is connected.
+        """
+
+    def connectionLost(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection} is closed.
+        """
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection}'s exchange is over: keep it for the next one, or
+        close it.
+        """
 
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -155,7 +184,7 @@ class UpstreamConnection(Protocol):
     """
 
     def __init__(
-        self, pool: ConnectionPool, key: PoolKey, clock: IReactorTime | None = None
+        self, pool: ConnectionOwner, key: PoolKey, clock: IReactorTime | None = None
     ) -> None:
         self.pool = pool
         self.key = key

@@ -11,7 +11,8 @@ request head is whole and hands it to the L{IRequestHandler} at once, before
 any byte of the body: the body follows as a stream.
 
     protocol                         Exchange                      handler / sink
-    head whole      -> Exchange(...) -> handler.handle(exchange)
+    head whole      -> Exchange(..., runtime=front.snapshot())
+    its turn        -> handler.handle(exchange)
     body bytes      -> exchange.bodyReceived(data) -> sink.bodyReceived(data)
     body end        -> exchange.bodyEnded()       -> sink.bodyDone()
     client gone     -> exchange.clientGone()      -> sink.clientGone()
@@ -29,6 +30,12 @@ bound).  The body limit is the exchange's: the handler sets it with
 L{Exchange.limitBody} (from the site's C{max_body_bytes}) before attaching,
 and a Content-Length over it, or bytes past it, end the exchange with 413
 (no response begun) or an abort.
+
+The runtime snapshot a request is answered by (its route and its body
+limit both) is taken once, when its head is read (L{IFrontEnd.snapshot}),
+and kept on the exchange: a pipelined request handled after a reload, or a
+body that uploads across one, is still answered by the generation it came
+in under.
 """
 
 from __future__ import annotations
@@ -37,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IPushProducer
+    from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 
-    from revproxy.observer import RequestObserver
+    from revproxy.proxy.limits import ConnectionLimits
 
 #: The status logged for a request whose client left before its answer
 #: ended (nginx's "client closed request").
@@ -55,6 +62,63 @@ class IRequestHandler(TypingProtocol):
     def handle(self, exchange: Exchange) -> None:
         """
         Answer C{exchange}, now or later; must not raise.
+        """
+
+
+class IExchangeObserver(TypingProtocol):
+    """
+    What an exchange tells when it ends (L{revproxy.observer.RequestObserver}
+    has it).
+    """
+
+    def finished(self, request: Exchange, status: int | None = None) -> None:
+        """
+        C{request} ended: its response is whole, or its client left before
+        (C{status}: what to log instead of the response's code).
+        """
+
+
+class IFrontEnd(TypingProtocol):
+    """
+    What a client-side protocol reads of the front end that built it
+    (L{revproxy.proxy.frontend.FrontEnd}).
+    """
+
+    @property
+    def handler(self) -> IRequestHandler:
+        """
+        Given every request whose head is whole, in turn.
+        """
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The clock of every deadline, and of the C{Date}.
+        """
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        """
+        The connection's limits and deadlines.
+        """
+
+    @property
+    def observer(self) -> IExchangeObserver | None:
+        """
+        Told of every finished request, if set.
+        """
+
+    def snapshot(self) -> object:
+        """
+        The runtime snapshot a request whose head was just read is answered
+        by, kept as its L{Exchange.runtime}; L{None} when the handler takes
+        it itself.
+        """
+
+    def tellRefused(self, code: int, exchange: Exchange | None, secure: bool) -> None:
+        """
+        An early refusal C{code} of a request that was never handled, with
+        the exchange when its request line was read, else L{None}.
         """
 
 
@@ -154,8 +218,10 @@ class Exchange:
     in order; over HTTP/2 C{:authority} as C{host} and the C{cookie} fields
     joined), C{bodyLength} (the Content-Length, L{None} when the body's
     length is unknown, 0 without a body), C{secure}, C{peer}, C{serverName}
-    (the TLS SNI name, normalized) and C{transport} (the connection's, for
-    the TLS version).
+    (the TLS SNI name, normalized), C{transport} (the connection's, for
+    the TLS version) and C{runtime} (the runtime snapshot the request is
+    answered by, L{revproxy.runtime.Runtime}, taken when its head was read;
+    L{None} until the handler takes it, when the front end did not).
 
     Filled in by the router and the forwarder: the request context the
     access log, the metrics and the upstream read.
@@ -185,6 +251,7 @@ class Exchange:
         "refusal",
         "relay",
         "requestID",
+        "runtime",
         "secure",
         "sentLength",
         "serverName",
@@ -211,7 +278,8 @@ class Exchange:
         peer: IAddress | None = None,
         serverName: str | None = None,
         transport: Any = None,
-        observer: RequestObserver | None = None,
+        observer: IExchangeObserver | None = None,
+        runtime: Any = None,
     ) -> None:
         self.channel = channel
         self.method = method
@@ -224,6 +292,7 @@ class Exchange:
         self.serverName = serverName
         self.transport = transport
         self.observer = observer
+        self.runtime = runtime
         #: The body as it came before a sink was attached; the sink once
         #: attached (L{IBodySink}).
         self._body: list[bytes] | IBodySink | None = [] if bodyLength != 0 else None

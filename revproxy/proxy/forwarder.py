@@ -47,7 +47,6 @@ from revproxy.proxy.client import (
     UpstreamConnection,
     UpstreamProtocolError,
 )
-from revproxy.proxy.frontend import DateCache, refusalHeaders
 from revproxy.proxy.headers import (
     HAS_DATE,
     HAS_HSTS,
@@ -58,20 +57,19 @@ from revproxy.proxy.headers import (
 )
 from revproxy.proxy.pool import (
     ConnectionPool,
-    PoolKey,
     QueueFull,
-    UpstreamSelector,
     localConnectError,
 )
-from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
+from revproxy.proxy.responses import httpDate, shortLine, simpleResponse
 from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
 
-    from revproxy.config import SiteConfig, Upstream
+    from revproxy.config import Upstream
     from revproxy.metrics import Metrics
     from revproxy.proxy.exchange import Exchange
+    from revproxy.runtime import SiteRoute
 
 _log = Logger()
 
@@ -83,59 +81,6 @@ IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 #: connection (the client's body is paused past it), and for sending again
 #: on a fresh connection (a body sent beyond it cannot be retried).
 BODY_BUFFER = 64 * 1024
-
-
-class SiteRoute:
-    """
-    A site as the request path sees it: its config and its upstream selector.
-    Satisfies L{revproxy.routing.HasHosts}.
-    """
-
-    __slots__ = ("config", "fallbackHost", "hsts", "keys", "selector")
-
-    def __init__(
-        self,
-        config: SiteConfig,
-        selector: UpstreamSelector,
-        upstreamTLS: UpstreamTLS = SYSTEM_TRUST,
-    ) -> None:
-        """
-        @param upstreamTLS: How the site's https:// upstreams are verified.
-        """
-        self.config = config
-        self.selector = selector
-        self.keys: dict[object, PoolKey] = {
-            u: (u.scheme, u.host, u.port, upstreamTLS if u.scheme == "https" else None)
-            for u in config.upstreams
-        }
-        #: The Strict-Transport-Security value for HTTPS responses, if any.
-        self.hsts = (
-            b"max-age=%d" % (config.hsts_max_age_secs,)
-            if config.hsts_max_age_secs
-            else None
-        )
-        exact = [h for h in config.hosts if not h.startswith("*.")]
-        if exact:
-            fallback = exact[0]
-        else:
-            first = config.upstreams[0]
-            host = f"[{first.host}]" if ":" in first.host else first.host
-            default = 443 if first.scheme == "https" else 80
-            fallback = host if first.port == default else f"{host}:{first.port}"
-        #: The Host sent upstream for a request that came without one.
-        self.fallbackHost = fallback.encode("ascii")
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return self.config.hosts
-
-    @property
-    def default(self) -> bool:
-        return self.config.default
 
 
 class Forwarder:
@@ -158,7 +103,6 @@ class Forwarder:
         self.clock = clock
         self.trustedProxies = trustedProxies
         self.metrics = metrics
-        self.date = DateCache(clock)
         #: Local connect errors are logged once a second at most.
         self.localErrors = LogThrottle(clock, 1.0)
 
@@ -169,32 +113,6 @@ class Forwarder:
         @param target: the request-target to send upstream (origin-form).
         """
         _Relay(self, exchange, route, target).start()
-
-
-def simpleResponse(
-    exchange: Exchange,
-    code: int,
-    message: str,
-    date: bytes,
-    headers: Iterable[tuple[bytes, bytes]] = (),
-) -> None:
-    """
-    Answer C{exchange} with C{code} and a one-line text body, unless the
-    client already left.
-
-    @param date: The C{Date} value.
-    @param headers: Fields to add (C{Location}, C{Retry-After}).
-    """
-    if exchange.clientLeft or exchange.finished or exchange.startedWriting:
-        return
-    body = (message + "\n").encode("utf-8")
-    fields = refusalHeaders(date, len(body))
-    fields.extend(headers)
-    if exchange.requestID:
-        fields.append((b"X-Request-ID", exchange.requestID.encode("ascii")))
-    exchange.respond(code, b"", fields)
-    exchange.write(body)
-    exchange.finish()
 
 
 @implementer(IPushProducer)
@@ -591,7 +509,7 @@ class _Relay:
             return
         out, found = relayResponseHeaders(headers, noBody=code == 204 or code == 304)
         if not found & HAS_DATE:
-            out.append((b"Date", self.forwarder.date.now()))
+            out.append((b"Date", httpDate(self.forwarder.clock.seconds())))
         if request.requestID and not found & HAS_REQUEST_ID:
             out.append((b"X-Request-ID", request.requestID.encode("ascii")))
         hsts = self.route.hsts
@@ -714,11 +632,9 @@ class _Relay:
             error=self.lastError,
         )
         if self.timedOut:
-            self._answer(
-                504, "504 Gateway Timeout: the upstream did not answer in time"
-            )
+            self._answer(504, "the upstream did not answer in time")
         else:
-            self._answer(502, "502 Bad Gateway: the upstream failed")
+            self._answer(502, "the upstream failed")
 
     def _unavailable(self) -> None:
         """
@@ -733,7 +649,7 @@ class _Relay:
         )
         self._answer(
             503,
-            "503 Service Unavailable: no healthy upstream for this site",
+            "no healthy upstream for this site",
             [(b"Retry-After", b"5")],
         )
 
@@ -750,9 +666,7 @@ class _Relay:
             "(request_id {request_id})",
             error=error,
         )
-        self._answer(
-            503, "503 Service Unavailable: the upstream is busy, try again later"
-        )
+        self._answer(503, "the upstream is busy, try again later")
 
     def _localError(self, number: int, error: str) -> None:
         """
@@ -775,7 +689,7 @@ class _Relay:
             )
         self._answer(
             503,
-            "503 Service Unavailable: the proxy is out of resources, try again later",
+            "the proxy is out of resources, try again later",
         )
 
     def _log(self, level: LogLevel, format: str, **fields: object) -> None:
@@ -811,13 +725,20 @@ class _Relay:
     def _answer(
         self,
         code: int,
-        message: str,
+        detail: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """
-        Answer the client with a short response of the proxy's own.
+        Answer the client with a short response of the proxy's own, with a
+        line saying what happened (C{detail}).
         """
-        simpleResponse(self.request, code, message, self.forwarder.date.now(), headers)
+        simpleResponse(
+            self.request,
+            code,
+            shortLine(code, detail),
+            httpDate(self.forwarder.clock.seconds()),
+            headers,
+        )
 
     def _abortClient(self) -> None:
         request = self.request

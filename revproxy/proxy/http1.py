@@ -75,12 +75,12 @@ from zope.interface import implementer
 
 from revproxy.proxy.eager import noDelay, writerFor
 from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.frontend import REASONS, refusalBody, refusalHeaders
 from revproxy.proxy.headers import HOP_BY_HOP, connectionTokens
 from revproxy.proxy.http2 import HTTP2Connection
+from revproxy.proxy.responses import REASONS, httpDate, shortBody, shortHeaders
 
 if TYPE_CHECKING:
-    from revproxy.proxy.frontend import FrontEnd
+    from revproxy.proxy.exchange import IFrontEnd
 
 _log = Logger()
 
@@ -182,7 +182,7 @@ class HTTP1Connection(Protocol):
     _phase = HEAD
     _h2: HTTP2Connection | None = None
 
-    def __init__(self, front: FrontEnd) -> None:
+    def __init__(self, front: IFrontEnd) -> None:
         self.front = front
         limits = front.limits
         self.limits = limits
@@ -584,6 +584,7 @@ class HTTP1Connection(Protocol):
             serverName=self._tlsServerName() if self.secure else None,
             transport=self.transport,
             observer=self.front.observer,
+            runtime=self.front.snapshot(),
         )
         self._reading = exchange
         if chunked and version == b"HTTP/1.0":
@@ -697,8 +698,10 @@ class HTTP1Connection(Protocol):
         if exchange.startedWriting:
             exchange.abort()
             return
-        body = b"500 Internal Server Error\n"
-        exchange.respond(500, b"", refusalHeaders(self.front.date.now(), len(body)))
+        body = shortBody(500)
+        exchange.respond(
+            500, b"", shortHeaders(httpDate(self._clock.seconds()), len(body))
+        )
         exchange.write(body)
         exchange.finish()
 
@@ -882,9 +885,9 @@ class HTTP1Connection(Protocol):
         self._parser = None
         self._ahead = []
         self._queue.clear()
-        body = refusalBody(code, detail)
+        body = shortBody(code, detail)
         head = [_statusLine(code, REASONS.get(code, b""))]
-        for name, value in refusalHeaders(self.front.date.now(), len(body)):
+        for name, value in shortHeaders(httpDate(self._clock.seconds()), len(body)):
             head += (name, b": ", value, b"\r\n")
         head.append(b"Connection: close\r\n\r\n")
         if exchange.method == b"HEAD":

@@ -146,9 +146,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.private.h2 import forgetContentLength
-from revproxy.proxy.exchange import Exchange
-from revproxy.proxy.frontend import FrontEnd, refusalBody, refusalHeaders
+from revproxy.proxy.exchange import Exchange, IFrontEnd
 from revproxy.proxy.headers import HOP_BY_HOP
+from revproxy.proxy.responses import httpDate, shortBody, shortHeaders
 
 _log = Logger()
 
@@ -600,7 +600,7 @@ class HTTP2Connection(Protocol):
     @ivar front: The front end: handler, clock, limits, observer.
     """
 
-    def __init__(self, front: FrontEnd) -> None:
+    def __init__(self, front: IFrontEnd) -> None:
         self.front = front
         self.limits = front.limits
         self._clock = front.clock
@@ -829,6 +829,7 @@ class HTTP2Connection(Protocol):
             serverName=self._serverName,
             transport=transport,
             observer=self.front.observer,
+            runtime=self.front.snapshot(),
         )
         # No Connection field reaches here (h2 refuses connection-specific
         # fields), so nothing more is hop-by-hop.
@@ -1096,9 +1097,9 @@ class HTTP2Connection(Protocol):
             return
         stream.refused = True
         stream.headSent = stream.ended = True
-        body = refusalBody(code, detail)
+        body = shortBody(code, detail)
         fields = [(b":status", b"%d" % code)]
-        for name, value in refusalHeaders(self.front.date.now(), len(body)):
+        for name, value in shortHeaders(httpDate(self._clock.seconds()), len(body)):
             fields.append((name.lower(), value))
         stream.buffer = bytearray(b"" if stream.isHead else body)
         stream.producer = None

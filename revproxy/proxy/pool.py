@@ -24,16 +24,9 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from revproxy.proxy.client import UpstreamConnection
-from revproxy.proxy.upstreamtls import UpstreamTLS
+from revproxy.proxy.client import ConnectionOwner, PoolKey, UpstreamConnection
 
 _log = Logger()
-
-PoolKey = tuple[str, str, int, UpstreamTLS | None]
-"""
-(scheme, host, port, TLS settings) of an upstream; the TLS settings are
-L{None} for http://.
-"""
 
 # Most upstream servers close idle keep-alive connections after a few seconds
 # (Node.js 5 s, gunicorn 2 s... nginx 75 s); retiring ours first keeps the
@@ -95,83 +88,52 @@ class UpstreamSelector:
         when all others are in back-off too (a dead pool must still be
         probed); unhealthy ones are not used at all.
         """
-        health = self.health
-        if health is not None:
-            return self._pickHealthy(health, exclude)
         upstreams = self.upstreams
-        n = len(upstreams)
-        if n == 1:
+        if self.health is None and len(upstreams) == 1:
             only = upstreams[0]
             return None if only in exclude else only
-        down = self._downUntil
-        now = self._clock.seconds() if down else 0.0
-        fallback = None
-        for i in range(n):
-            candidate = upstreams[(self._next + i) % n]
-            if candidate in exclude:
-                continue
-            until = down.get(candidate)
-            if until is not None:
-                if until > now:
-                    if fallback is None:
-                        fallback = candidate
-                    continue
-                del down[candidate]
-            self._next = (self._next + i + 1) % n
-            return candidate
-        return fallback
-
-    def _pickHealthy(
-        self, health: Mapping[Any, UpstreamHealthState], exclude: Sequence[object]
-    ) -> object | None:
-        """
-        L{pick} for a site with health checks: the same round robin and
-        back-off, over the healthy upstreams only.
-        """
-        upstreams = self.upstreams
-        n = len(upstreams)
-        down = self._downUntil
-        now = self._clock.seconds() if down else 0.0
-        fallback = None
-        for i in range(n):
-            candidate = upstreams[(self._next + i) % n]
-            if candidate in exclude:
-                continue
-            state = health.get(candidate)
-            if state is not None and not state.healthy:
-                continue
-            until = down.get(candidate)
-            if until is not None:
-                if until > now:
-                    if fallback is None:
-                        fallback = candidate
-                    continue
-                del down[candidate]
-            self._next = (self._next + i + 1) % n
-            return candidate
-        return fallback
+        return self._roundRobin(exclude, advance=True)
 
     def peek(self) -> object | None:
         """
         The upstream that L{pick} would return now, without advancing the
         round robin (for the admin C{route} command).
         """
+        return self._roundRobin((), advance=False)
+
+    def _roundRobin(self, exclude: Sequence[object], advance: bool) -> object | None:
+        """
+        The one round robin of L{pick} and L{peek}: the first upstream from
+        where the last pick left off that is not in C{exclude}, not
+        unhealthy and not in back-off, else the first one in back-off.
+
+        @param advance: Whether to move the round robin past the upstream
+            found, and forget the back-offs found over (L{pick}).
+        """
         upstreams = self.upstreams
         n = len(upstreams)
-        if n == 0:
-            return None
         health = self.health
+        down = self._downUntil
+        now = self._clock.seconds() if down else 0.0
         fallback = None
         for i in range(n):
             candidate = upstreams[(self._next + i) % n]
+            if candidate in exclude:
+                continue
             if health is not None:
                 state = health.get(candidate)
                 if state is not None and not state.healthy:
                     continue
-            if n > 1 and self.isDown(candidate):
-                if fallback is None:
-                    fallback = candidate
-                continue
+            until = down.get(candidate)
+            if until is not None:
+                if until > now:
+                    if fallback is None:
+                        fallback = candidate
+                    continue
+                if advance:
+                    del down[candidate]
+            if advance:
+                self._next = (self._next + i + 1) % n
             return candidate
         return fallback
 
@@ -663,4 +625,4 @@ class _DetachedPool:
         pass
 
 
-_DETACHED: ConnectionPool = _DetachedPool()  # type: ignore[assignment]
+_DETACHED: ConnectionOwner = _DetachedPool()

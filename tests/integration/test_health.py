@@ -22,9 +22,9 @@ from twisted.web.server import Request
 
 from revproxy.config import HealthCheck, SiteConfig, Upstream
 from revproxy.health import HealthMonitor, UpstreamHealthDescription
-from revproxy.proxy.forwarder import SiteRoute
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
+from revproxy.runtime import SiteRoute
 from tests.integration.support import (
     Upstream as UpstreamServer,
 )
