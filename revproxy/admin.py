@@ -50,11 +50,11 @@ from revproxy.runtime import RuntimeHolder, SiteRoute
 from revproxy.tls import TLSFiles
 
 if TYPE_CHECKING:
-    from revproxy.acme.manager import AcmeSiteDescription, RenewalResult
+    from revproxy.acme.renewal import AcmeSiteDescription, RenewalResult
     from revproxy.config import RateLimit
-    from revproxy.health import HealthMonitor, UpstreamHealthDescription
     from revproxy.metrics import Metrics
     from revproxy.ratelimit import RateLimiter
+    from revproxy.upstreamhealth import HealthMonitor, UpstreamHealthDescription
 
 _log = Logger()
 
@@ -172,7 +172,7 @@ class IReloader(TypingProtocol):
 
 class ICertificateManager(TypingProtocol):
     """
-    What the admin socket needs of L{revproxy.acme.manager.AcmeManager}.
+    What the admin socket needs of L{revproxy.acme.renewal.AcmeManager}.
     """
 
     def describeAll(self) -> list[AcmeSiteDescription]:

@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from revproxy.config import Config, SiteConfig, endpointPort
 from revproxy.hostnames import RoutingTable, isWildcard
-from revproxy.proxy.client import PoolKey
 from revproxy.proxy.pool import UpstreamSelector
+from revproxy.proxy.upstream import PoolKey
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.tls import NO_TLS_FILES, TLSFiles, loadTLSFiles
 

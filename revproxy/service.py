@@ -26,13 +26,12 @@ from zope.interface import implementer
 
 from revproxy.accesslog import AccessLog
 from revproxy.acme.challenges import ChallengeStore
-from revproxy.acme.manager import AcmeManager
+from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
-from revproxy.health import HealthMonitor
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.listeners import (
     ConnectionGate,
@@ -61,6 +60,7 @@ from revproxy.routing import Router
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.sdnotify import Notifier, servingStatus
 from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFiles
+from revproxy.upstreamhealth import HealthMonitor
 
 _log = Logger()
 

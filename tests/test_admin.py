@@ -33,7 +33,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.acme.manager import AcmeSiteDescription, RenewalResult
+from revproxy.acme.renewal import AcmeSiteDescription, RenewalResult
 from revproxy.admin import (
     IDLE_TIMEOUT,
     AdminFactory,
@@ -50,11 +50,11 @@ from revproxy.admin import (
     unsafeSocketDirectory,
 )
 from revproxy.config import Config, Upstream, loadConfig, parseConfig
-from revproxy.health import UpstreamHealthDescription
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.reload import Applied, Refused, Reloader, ReloadResult, SiteChanges
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.tls import loadTLSFiles
+from revproxy.upstreamhealth import UpstreamHealthDescription
 
 CONFIG = """\
 [server]
@@ -1807,7 +1807,7 @@ class _FakeMetrics:
 
 class _FakeHealth:
     """
-    Health states, as L{revproxy.health.HealthMonitor.describe} gives them.
+    Health states, as L{revproxy.upstreamhealth.HealthMonitor.describe} gives them.
     """
 
     def describe(self, site: str) -> list[UpstreamHealthDescription]:

@@ -36,11 +36,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.config import Config, parseConfig
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.proxy.client import PoolKey, UpstreamConnection
 from revproxy.proxy.connector import reactorConnector
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import FrontEnd
 from revproxy.proxy.pool import ConnectionPool, UpstreamSelector
+from revproxy.proxy.upstream import PoolKey, UpstreamConnection
 from revproxy.proxy.upstreamtls import SYSTEM_TRUST, UpstreamTLS
 from revproxy.routing import Router
 from revproxy.runtime import RuntimeHolder, SiteRoute, buildRuntime

@@ -22,7 +22,7 @@ REQUEST_PATH = (
     "proxy/http1.py",
     "proxy/http2.py",
     "proxy/forwarder.py",
-    "proxy/client.py",
+    "proxy/upstream.py",
     "proxy/pool.py",
     "proxy/headers.py",
     "routing.py",

@@ -158,7 +158,7 @@ class ImportCycleTests(SynchronousTestCase):
         """
         graph = importGraph(PACKAGE)
         self.assertIn("revproxy.proxy.http1", graph["revproxy.proxy.frontend"])
-        self.assertIn("revproxy.acme", graph["revproxy.acme.client"])
+        self.assertIn("revproxy.acme", graph["revproxy.acme.issuer"])
 
 
 class FindCyclesTests(SynchronousTestCase):

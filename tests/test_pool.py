@@ -18,14 +18,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.health import UpstreamHealth
-from revproxy.proxy.client import PoolKey, UpstreamConnection
 from revproxy.proxy.pool import (
     SERVED,
     ConnectionPool,
     QueueFull,
     UpstreamSelector,
 )
+from revproxy.proxy.upstream import PoolKey, UpstreamConnection
+from revproxy.upstreamhealth import UpstreamHealth
 
 KEY: PoolKey = ("http", "a.example", 8080, None)
 OTHER: PoolKey = ("https", "b.example", 443, None)
@@ -1150,7 +1150,7 @@ class SelectorHealthTests(SynchronousTestCase):
 
     def test_realHealthState(self) -> None:
         """
-        With L{revproxy.health.UpstreamHealth} states, C{fails} connection
+        With L{revproxy.upstreamhealth.UpstreamHealth} states, C{fails} connection
         failures take an upstream out until checks bring it back.
         """
         states = {u: UpstreamHealth("app", u, fails=2, passes=1) for u in "abc"}

@@ -35,10 +35,9 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.acme.manager import AcmeManager
+from revproxy.acme.renewal import AcmeManager
 from revproxy.admin import reloadAnswer
 from revproxy.config import Config, loadConfig, parseConfig
-from revproxy.health import HealthMonitor
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.listeners import GatedFactory, withBacklog
 from revproxy.proxy.connector import reactorConnector
@@ -57,6 +56,7 @@ from revproxy.tls import (
     RefusalLog,
     SNIContextFactory,
 )
+from revproxy.upstreamhealth import HealthMonitor
 from tests.fakes import FakeReactor
 from tests.tlshelpers import ExceptHookRecorder, Recorder
 

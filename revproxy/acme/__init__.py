@@ -10,7 +10,7 @@ swapped:
     override) and how long to back off after a failure; pure functions;
   - L{revproxy.acme.challenges}: the challenge answers revproxy serves
     itself (http-01 on the HTTP listeners, tls-alpn-01 on the HTTPS ones);
-  - L{revproxy.acme.client}: the issuer (L{revproxy.interfaces.IIssuer}),
+  - L{revproxy.acme.issuer}: the issuer (L{revproxy.interfaces.IIssuer}),
     certbot's C{acme} library run off the reactor thread.
 """
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from revproxy.acme.challenges import ChallengeStore
-from revproxy.acme.client import AcmeIssuer
-from revproxy.acme.manager import AcmeManager
+from revproxy.acme.issuer import AcmeIssuer
+from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.storage import AcmeStorage
 from revproxy.config import Config
 from revproxy.interfaces import IIssuer, IRevProxyReactor

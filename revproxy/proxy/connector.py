@@ -11,8 +11,8 @@ from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory
 
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.proxy.client import PoolKey
 from revproxy.proxy.pool import IUpstreamConnector
+from revproxy.proxy.upstream import PoolKey
 from revproxy.proxy.upstreamtls import ClientCreators
 
 

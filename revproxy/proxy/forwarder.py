@@ -42,11 +42,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.accesslog import logText
-from revproxy.proxy.client import (
-    UpstreamClosed,
-    UpstreamConnection,
-    UpstreamProtocolError,
-)
 from revproxy.proxy.headers import (
     HAS_DATE,
     HAS_HSTS,
@@ -61,6 +56,11 @@ from revproxy.proxy.pool import (
     localConnectError,
 )
 from revproxy.proxy.responses import httpDate, shortLine, simpleResponse
+from revproxy.proxy.upstream import (
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamProtocolError,
+)
 from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ Upstream selection and connection pooling.
 L{UpstreamSelector} is pure: round robin over a site's upstreams, skipping
 one that refused a connection for a short back-off, and, for a site with
 health checks, every upstream its checks found unhealthy (the states come
-from L{revproxy.health}).  L{ConnectionPool} keeps
+from L{revproxy.upstreamhealth}).  L{ConnectionPool} keeps
 idle keep-alive connections per upstream, retires them before a typical
 upstream idle timeout, and caps the connections to each upstream.
 """
@@ -24,7 +24,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from revproxy.proxy.client import ConnectionOwner, PoolKey, UpstreamConnection
+from revproxy.proxy.upstream import ConnectionOwner, PoolKey, UpstreamConnection
 
 _log = Logger()
 
@@ -42,7 +42,7 @@ DEFAULT_BACKOFF = 5.0
 class UpstreamHealthState(TypingProtocol):
     """
     What the selector reads and tells of one upstream's health
-    (L{revproxy.health.UpstreamHealth}).
+    (L{revproxy.upstreamhealth.UpstreamHealth}).
     """
 
     @property
@@ -63,7 +63,7 @@ class UpstreamSelector:
 
     @ivar upstreams: the upstreams, in config order; any hashable values.
     @ivar health: For a site with health checks, each upstream's state (set
-        by L{revproxy.health.HealthMonitor}): unhealthy upstreams are never
+        by L{revproxy.upstreamhealth.HealthMonitor}): unhealthy upstreams are never
         picked, not even as a last resort.  L{None} without health checks.
     """
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_acme_client -*-
+# -*- test-case-name: tests.integration.test_acme_issuer -*-
 """
 A throwaway ACME CA for integration tests: Debian's C{pebble}, with
 C{pebble-challtestsrv} as its DNS server (every name resolves to

@@ -47,7 +47,7 @@ from tests.integration.support import (
     waitHTTPSPorts,
     whoamiBody,
 )
-from tests.integration.test_acme_client import verifyChain
+from tests.integration.test_acme_issuer import verifyChain
 from tests.integration.test_tls import (
     handshakeFailure,
     httpGet,

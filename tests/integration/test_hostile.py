@@ -1052,7 +1052,7 @@ class StalledClientTests(_HostileTestCase):
     almost no memory: it stops reading from the upstream instead.
 
     The upstream client reads at most 128 KiB at a time
-    (C{revproxy/proxy/client.py}, C{_READ_SIZE}) and hands each read on
+    (C{revproxy/proxy/upstream.py}, C{_READ_SIZE}) and hands each read on
     whole, so a stalled response holds up to one read (HTTP/1.1, in its
     transport) or 64 KiB plus one read (HTTP/2, in its stream's buffer,
     whose producer is paused past 64 KiB): 20 of them hold at most 2.5 to

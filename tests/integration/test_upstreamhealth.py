@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.integration.test_health -*-
+# -*- test-case-name: tests.integration.test_upstreamhealth -*-
 """
-Integration tests for L{revproxy.health}: the monitor with its default
+Integration tests for L{revproxy.upstreamhealth}: the monitor with its default
 probe against in-process upstreams on loopback (plain and TLS), with small
 intervals.
 """
@@ -21,10 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from revproxy.config import HealthCheck, SiteConfig, Upstream
-from revproxy.health import HealthMonitor, UpstreamHealthDescription
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
 from revproxy.runtime import SiteRoute
+from revproxy.upstreamhealth import HealthMonitor, UpstreamHealthDescription
 from tests.integration.support import (
     Upstream as UpstreamServer,
 )

@@ -1,5 +1,5 @@
 """
-Tests for L{revproxy.acme.client}: the ARI identifier and renewal info,
+Tests for L{revproxy.acme.issuer}: the ARI identifier and renewal info,
 error messages, and the order of work of L{AcmeIssuer} over a fake ACME
 layer (L{AcmeCalls}), with calls run inline and a L{Clock} for time.
 """
@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from revproxy.acme import AcmeError
-from revproxy.acme.client import (
+from revproxy.acme.issuer import (
     AcmeIssuer,
     LibraryCalls,
     _ChallengeAnswer,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_health -*-
+# -*- test-case-name: tests.test_upstreamhealth -*-
 """
 Active health checks of upstreams, for the sites that configure
 C{health_check}.
@@ -63,7 +63,7 @@ from revproxy.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from revproxy.config import HealthCheck, Upstream
-    from revproxy.proxy.client import PoolKey
+    from revproxy.proxy.upstream import PoolKey
     from revproxy.runtime import SiteRoute
 
 _log = Logger()

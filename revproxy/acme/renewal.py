@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_manager -*-
+# -*- test-case-name: tests.test_acme_renewal -*-
 """
 The ACME manager: one certificate per C{tls = "acme"} site, issued on first
 start, stored, reused after restarts, renewed before expiry, never at the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_client,tests.integration.test_acme_client -*-
+# -*- test-case-name: tests.test_acme_issuer,tests.integration.test_acme_issuer -*-
 """
 The ACME issuer: certbot's blocking C{acme} library, run off the reactor
 thread, behind L{revproxy.interfaces.IIssuer}.

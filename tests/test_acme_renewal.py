@@ -1,5 +1,5 @@
 """
-Tests for L{revproxy.acme.manager}: with a fake issuer, an in-memory
+Tests for L{revproxy.acme.renewal}: with a fake issuer, an in-memory
 storage and a L{Clock}.
 """
 
@@ -18,7 +18,7 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.acme import AcmeError
-from revproxy.acme.manager import (
+from revproxy.acme.renewal import (
     CHECK_INTERVAL,
     AcmeManager,
     RenewalResult,

@@ -1,5 +1,5 @@
 """
-Integration tests: L{revproxy.acme.client.AcmeIssuer} against a real
+Integration tests: L{revproxy.acme.issuer.AcmeIssuer} against a real
 pebble (L{tests.integration.pebble}), answering http-01 from an in-test
 twisted.web server and tls-alpn-01 from an in-test pyOpenSSL server, both
 on loopback ports pebble is configured to validate on.
@@ -42,7 +42,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from revproxy.acme import AcmeError
-from revproxy.acme.client import AcmeIssuer, ChallengeType
+from revproxy.acme.issuer import AcmeIssuer, ChallengeType
 from revproxy.interfaces import IIssuer
 from tests.fakes import FakeChallengeResponder
 from tests.integration.pebble import Pebble, startPebble

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_upstream -*-
 """
 The lean upstream HTTP/1.1 client: one protocol instance per pooled
 connection, one exchange (request and response) on it at a time.

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_health -*-
+# -*- test-case-name: tests.test_upstreamhealth -*-
 """
-Tests for L{revproxy.health}: the per-upstream state machine, the monitor's
+Tests for L{revproxy.upstreamhealth}: the per-upstream state machine, the monitor's
 check loops driven by a L{Clock} and a fake probe, and the default probe
 driven over a L{MemoryReactorClock}; no sockets.
 """
@@ -38,7 +38,11 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface.verify import verifyObject
 
 from revproxy.config import HealthCheck, SiteConfig, Upstream
-from revproxy.health import (
+from revproxy.proxy.pool import UpstreamSelector
+from revproxy.proxy.upstream import PoolKey
+from revproxy.proxy.upstreamtls import ClientCreators, UpstreamTLS
+from revproxy.runtime import SiteRoute
+from revproxy.upstreamhealth import (
     MAX_BODY_BYTES,
     USER_AGENT,
     AgentProbe,
@@ -51,10 +55,6 @@ from revproxy.health import (
     describeFailure,
     statusPassed,
 )
-from revproxy.proxy.client import PoolKey
-from revproxy.proxy.pool import UpstreamSelector
-from revproxy.proxy.upstreamtls import ClientCreators, UpstreamTLS
-from revproxy.runtime import SiteRoute
 
 CHECK = HealthCheck(path="/healthz", interval_secs=10.0, timeout_secs=2.0)
 
@@ -193,7 +193,7 @@ def _transitions(events: EventLoggingObserver) -> list[dict[str, Any]]:
         for e in events
         if "upstream" in e
         and "count" in e
-        and e.get("log_namespace", "").startswith("revproxy.health")
+        and e.get("log_namespace", "").startswith("revproxy.upstreamhealth")
     ]
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{revproxy.proxy.client}: the upstream HTTP/1.1 client, driven
+Tests for L{revproxy.proxy.upstream}: the upstream HTTP/1.1 client, driven
 with a L{StringTransport}, a recording sink and a recording pool.
 """
 
@@ -16,14 +16,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.proxy.client import (
+from revproxy.proxy.pool import ConnectionPool
+from revproxy.proxy.upstream import (
     MAX_RESPONSE_HEAD,
     PoolKey,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamProtocolError,
 )
-from revproxy.proxy.pool import ConnectionPool
 
 KEY: PoolKey = ("http", "upstream.example", 8080, None)
 GET = b"GET / HTTP/1.1\r\nHost: upstream.example\r\n\r\n"
@@ -223,7 +223,7 @@ class ContentLengthResponseTests(ClientTestMixin, SynchronousTestCase):
         A reason phrase that arrives one byte at a time is reported whole.
         """
         # Regression test for a fixed bug
-        # (revproxy.proxy.client.UpstreamConnection.on_status): httptools calls
+        # (revproxy.proxy.upstream.UpstreamConnection.on_status): httptools calls
         # on_status once per piece of the reason phrase, and the client keeps
         # only the last piece (here b"" instead of b"OK Fine").
         sink = self.exchange()
@@ -305,7 +305,7 @@ class ContentLengthResponseTests(ClientTestMixin, SynchronousTestCase):
         the reason of the connection's previous response.
         """
         # Regression test for a fixed bug
-        # (revproxy.proxy.client.UpstreamConnection.__init__ and send):
+        # (revproxy.proxy.upstream.UpstreamConnection.__init__ and send):
         # _reason is set in __init__ and by on_status only, never reset in
         # send(); httptools does not call on_status for an absent reason, so
         # the previous exchange's b"Not Found" is reported for this 200.
@@ -553,7 +553,7 @@ class InterimResponseTests(ClientTestMixin, SynchronousTestCase):
         interim response's reason.
         """
         # Regression test for a fixed bug
-        # (revproxy.proxy.client.UpstreamConnection.on_headers_complete):
+        # (revproxy.proxy.upstream.UpstreamConnection.on_headers_complete):
         # _reason is not cleared when an interim response is skipped, so
         # this 200 is reported with the reason b"Continue".
         sink = self.exchange()
@@ -811,7 +811,7 @@ class UnexpectedBytesTests(ClientTestMixin, SynchronousTestCase):
         never reaches the waiter the pool hands the connection to next.
         """
         # Regression test for a fixed bug
-        # (revproxy.proxy.client.UpstreamConnection._finish, called from
+        # (revproxy.proxy.upstream.UpstreamConnection._finish, called from
         # on_message_complete inside parser.feed_data in dataReceived): the
         # connection is released to the pool while the rest of the chunk is
         # still being parsed.  The pool hands it to the next waiter at once,
