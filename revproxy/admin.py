@@ -147,7 +147,7 @@ class UsageError(Exception):
         self.usage = usage
 
 
-class IReloader(TypingProtocol):
+class SupportsReload(TypingProtocol):
     """
     What the admin socket needs of L{revproxy.reload.Reloader}.
     """
@@ -170,7 +170,7 @@ class IReloader(TypingProtocol):
         """
 
 
-class ICertificateManager(TypingProtocol):
+class SupportsRenewal(TypingProtocol):
     """
     What the admin socket needs of L{revproxy.acme.renewal.AcmeManager}.
     """
@@ -343,10 +343,10 @@ class AdminFactory(Factory["AdminProtocol"]):
 
     def __init__(
         self,
-        reloader: IReloader,
+        reloader: SupportsReload,
         clock: IReactorTime,
         startTime: float | None = None,
-        certificates: ICertificateManager | None = None,
+        certificates: SupportsRenewal | None = None,
         servedTLS: Callable[[], TLSFiles] | None = None,
         operations: Operations | None = None,
     ) -> None:

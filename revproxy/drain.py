@@ -24,7 +24,7 @@ _log = Logger()
 SWEEP_INTERVAL = 0.25
 
 
-class IClientConnection(Protocol):
+class ClientConnection(Protocol):
     """
     What the tracker asks of a client connection's protocol
     (L{revproxy.proxy.http1.HTTP1Connection}, which hands an HTTP/2
@@ -43,13 +43,13 @@ class IClientConnection(Protocol):
         """
 
 
-def _connectionOf(wrapper: ProtocolWrapper) -> IClientConnection | None:
+def _connectionOf(wrapper: ProtocolWrapper) -> ClientConnection | None:
     """
     The client-side protocol behind a tracked connection, if it is one.
     """
     protocol = wrapper.wrappedProtocol
     if hasattr(protocol, "busy") and hasattr(protocol, "drain"):
-        return cast(IClientConnection, protocol)
+        return cast(ClientConnection, protocol)
     return None
 
 

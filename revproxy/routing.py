@@ -3,7 +3,7 @@
 Routing a request to a site by its C{Host}.
 
 L{Router} is the handler every client-side protocol gives its requests to
-(L{revproxy.proxy.exchange.IRequestHandler}): it routes each one by the
+(L{revproxy.proxy.exchange.RequestHandler}): it routes each one by the
 routing table of the request's runtime (host names are read and matched in
 L{revproxy.hostnames}) and hands it to the forwarder; it also answers
 pending ACME http-01 challenges itself.

@@ -11,6 +11,8 @@ interface with C{verifyObject}.
     now and a log of every call.
   - L{FakeIssuer}: L{IIssuer}, orders the test grants or refuses, with
     chains from a fake CA (L{signed}).
+  - L{FakeReloadFollower}: L{revproxy.reload.IReloadFollower}, a log of
+    every step of every reload, failing after the swap when told to.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from revproxy.interfaces import (
     IIssuer,
     IRevProxyReactor,
 )
+from revproxy.reload import IReloadFollower, ReloadResult
+from revproxy.runtime import Runtime
 
 #: Seconds in a day.
 DAY = 86400.0
@@ -292,3 +296,35 @@ class FakeIssuer:
         Fail an order (the last by default) with an L{AcmeError}.
         """
         self.orders[index].result.errback(AcmeError(message))
+
+
+@implementer(IReloadFollower)
+class FakeReloadFollower:
+    """
+    Records each step of every reload in C{steps}, as C{(what, value)}:
+    C{"NAME starting"} with the source, C{"NAME prepare"} and
+    C{"NAME follow"} with the runtime's generation, C{"NAME ended"} with
+    whether the reload was all applied.  Raises from C{follow} when
+    C{failFollow} is set.
+    """
+
+    def __init__(
+        self, name: str, steps: list[tuple[str, object]], failFollow: bool = False
+    ) -> None:
+        self.name = name
+        self.steps = steps
+        self.failFollow = failFollow
+
+    def reloadStarting(self, source: str) -> None:
+        self.steps.append((f"{self.name} starting", source))
+
+    def prepare(self, runtime: Runtime) -> None:
+        self.steps.append((f"{self.name} prepare", runtime.generation))
+
+    def follow(self, runtime: Runtime) -> None:
+        self.steps.append((f"{self.name} follow", runtime.generation))
+        if self.failFollow:
+            raise RuntimeError(f"{self.name} cannot follow")
+
+    def reloadEnded(self, result: ReloadResult) -> None:
+        self.steps.append((f"{self.name} ended", result.ok))

@@ -85,7 +85,7 @@ def parseFrames(data: bytes) -> list[Frame]:
 
 class RecordingHandler:
     """
-    An C{IRequestHandler} that keeps every exchange it is given.
+    An C{RequestHandler} that keeps every exchange it is given.
     """
 
     def __init__(self) -> None:
@@ -101,7 +101,7 @@ class RecordingHandler:
 
 class RecordingSink:
     """
-    An C{IBodySink} that keeps what it is given.
+    An C{BodySink} that keeps what it is given.
     """
 
     def __init__(self) -> None:

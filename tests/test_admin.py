@@ -1123,7 +1123,7 @@ _ACME_SITE_JSON = (
 
 class _FakeCertificateManager:
     """
-    An L{revproxy.admin.ICertificateManager} with one acme site.
+    An L{revproxy.admin.SupportsRenewal} with one acme site.
     """
 
     def __init__(self) -> None:

@@ -13,17 +13,21 @@ from zope.interface.verify import verifyObject
 
 from revproxy.acme import AcmeError
 from revproxy.certificates import LoadedCertificate
+from revproxy.config import parseConfig
 from revproxy.interfaces import (
     ICertificateStore,
     IChallengeResponder,
     IIssuer,
     IRevProxyReactor,
 )
+from revproxy.reload import Applied, IReloadFollower, SiteChanges
+from revproxy.runtime import buildRuntime
 from tests.fakes import (
     FakeCertificateStore,
     FakeChallengeResponder,
     FakeIssuer,
     FakeReactor,
+    FakeReloadFollower,
 )
 
 
@@ -201,3 +205,52 @@ class FakeIssuerTests(SynchronousTestCase):
             self.successResultOf(issuer.renewalWindow(b"leaf")), (1.0, 2.0)
         )
         self.assertEqual(issuer.windows, [b"leaf"])
+
+
+class FakeReloadFollowerTests(SynchronousTestCase):
+    """
+    L{FakeReloadFollower}.
+    """
+
+    def test_provides(self) -> None:
+        """
+        It provides L{IReloadFollower}.
+        """
+        self.assertTrue(verifyObject(IReloadFollower, FakeReloadFollower("f", [])))
+
+    def test_records(self) -> None:
+        """
+        Each step is recorded with what identifies it; C{failFollow} makes
+        C{follow} raise after recording.
+        """
+        steps: list[tuple[str, object]] = []
+        follower = FakeReloadFollower("f", steps, failFollow=True)
+        runtime = buildRuntime(parseConfig(_CONFIG), Clock())
+        follower.reloadStarting("admin")
+        follower.prepare(runtime)
+        self.assertRaises(RuntimeError, follower.follow, runtime)
+        follower.reloadEnded(
+            Applied(1, "", SiteChanges((), (), (), 1), (), (), failed=("f",))
+        )
+        self.assertEqual(
+            steps,
+            [
+                ("f starting", "admin"),
+                ("f prepare", 1),
+                ("f follow", 1),
+                ("f ended", False),
+            ],
+        )
+
+
+_CONFIG = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+admin_socket_path = ""
+ops_listen = ""
+
+[[sites]]
+name = "a"
+hosts = ["a.example"]
+upstreams = ["http://127.0.0.1:9001"]
+"""

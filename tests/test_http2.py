@@ -1178,7 +1178,7 @@ class ConnectionSpecificTests(SynchronousTestCase):
 
 class ResponseTests(SynchronousTestCase):
     """
-    The response side of L{IExchangeChannel}.
+    The response side of L{ExchangeChannel}.
     """
 
     def test_response(self) -> None:

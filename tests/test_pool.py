@@ -188,7 +188,7 @@ class Attempt:
 
 class RecordingConnect:
     """
-    An L{IUpstreamConnector} that records each attempt and leaves it pending.
+    An L{UpstreamConnector} that records each attempt and leaves it pending.
     """
 
     def __init__(self) -> None:
@@ -204,7 +204,7 @@ class RecordingConnect:
 
 class RecordingWaiter:
     """
-    An L{IConnectionWaiter} that records what it gets.
+    An L{ConnectionWaiter} that records what it gets.
     """
 
     def __init__(self) -> None:

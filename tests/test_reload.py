@@ -35,6 +35,7 @@ from revproxy.reload import (
     staticChanges,
 )
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
+from tests.fakes import FakeReloadFollower
 
 BASE = """\
 [server]
@@ -75,34 +76,6 @@ class Preparing(ReloadFollower):
 
     def prepare(self, runtime: Runtime) -> None:
         self.hook(runtime)
-
-
-class Recording(ReloadFollower):
-    """
-    A follower that records each step in C{steps}, and raises from
-    C{follow} when told to.
-    """
-
-    def __init__(
-        self, name: str, steps: list[tuple[str, object]], failFollow: bool = False
-    ) -> None:
-        self.name = name
-        self.steps = steps
-        self.failFollow = failFollow
-
-    def reloadStarting(self, source: str) -> None:
-        self.steps.append((f"{self.name} starting", source))
-
-    def prepare(self, runtime: Runtime) -> None:
-        self.steps.append((f"{self.name} prepare", runtime.generation))
-
-    def follow(self, runtime: Runtime) -> None:
-        self.steps.append((f"{self.name} follow", runtime.generation))
-        if self.failFollow:
-            raise RuntimeError(f"{self.name} cannot follow")
-
-    def reloadEnded(self, result: ReloadResult) -> None:
-        self.steps.append((f"{self.name} ended", result.ok))
 
 
 class ReloaderCase(SynchronousTestCase):
@@ -306,10 +279,10 @@ class FollowerTests(ReloaderCase):
 
     def test_interface(self) -> None:
         """
-        L{ReloadFollower} and the test followers provide L{IReloadFollower}.
+        L{ReloadFollower}, the base of the followers, provides
+        L{IReloadFollower}.
         """
         self.assertTrue(verifyObject(IReloadFollower, ReloadFollower()))
-        self.assertTrue(verifyObject(IReloadFollower, Recording("r", self.steps)))
 
     def test_order(self) -> None:
         """
@@ -318,8 +291,8 @@ class FollowerTests(ReloaderCase):
         current), then its end.
         """
         self.reloader.followers = (
-            Recording("one", self.steps),
-            Recording("two", self.steps),
+            FakeReloadFollower("one", self.steps),
+            FakeReloadFollower("two", self.steps),
         )
         self.write(BASE.replace("9002", "9003"))
         self.assertEqual(answerOf(self, self.reloader.reload("admin"))["status"], "ok")
@@ -341,7 +314,7 @@ class FollowerTests(ReloaderCase):
         """
         A check changes nothing, so no follower hears of it.
         """
-        self.reloader.followers = (Recording("one", self.steps),)
+        self.reloader.followers = (FakeReloadFollower("one", self.steps),)
         self.write(BASE.replace("9002", "9003"))
         self.assertEqual(answerOf(self, self.reloader.check())["status"], "ok")
         self.assertEqual(self.steps, [])
@@ -351,7 +324,7 @@ class FollowerTests(ReloaderCase):
         A reload refused for an invalid file is started and ended, with
         nothing prepared or followed.
         """
-        self.reloader.followers = (Recording("one", self.steps),)
+        self.reloader.followers = (FakeReloadFollower("one", self.steps),)
         self.write(BASE + "bogus = 1\n")
         self.assertEqual(
             answerOf(self, self.reloader.reload("SIGHUP"))["code"], "config_invalid"
@@ -365,8 +338,8 @@ class FollowerTests(ReloaderCase):
         so and names it, instead of C{"ok"}.
         """
         self.reloader.followers = (
-            Recording("health checks", self.steps, failFollow=True),
-            Recording("certificates", self.steps),
+            FakeReloadFollower("health checks", self.steps, failFollow=True),
+            FakeReloadFollower("certificates", self.steps),
         )
         self.write(BASE.replace("9002", "9003"))
         result = self.successResultOf(self.reloader.reload("admin"))

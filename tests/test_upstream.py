@@ -32,7 +32,7 @@ HEAD = b"HEAD / HTTP/1.1\r\nHost: upstream.example\r\n\r\n"
 
 class RecordingSink:
     """
-    An L{IResponseSink} that records what it is told, in order.
+    An L{ResponseSink} that records what it is told, in order.
     """
 
     def __init__(self) -> None:

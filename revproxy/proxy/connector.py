@@ -11,12 +11,12 @@ from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory
 
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.proxy.pool import IUpstreamConnector
+from revproxy.proxy.pool import UpstreamConnector
 from revproxy.proxy.upstream import PoolKey
 from revproxy.proxy.upstreamtls import ClientCreators
 
 
-def reactorConnector(reactor: IRevProxyReactor) -> IUpstreamConnector:
+def reactorConnector(reactor: IRevProxyReactor) -> UpstreamConnector:
     """
     Open upstream connections with C{reactor}: plain TCP for http://, TLS
     verified as the site says (system trust store, its own CA file, or not

@@ -7,7 +7,7 @@ L{revproxy.proxy.forwarder}).
 
 An L{Exchange} is one request and its response on a client connection (an
 HTTP/1.1 message pair, or an HTTP/2 stream).  The protocol makes it when the
-request head is whole and hands it to the L{IRequestHandler} at once, before
+request head is whole and hands it to the L{RequestHandler} at once, before
 any byte of the body: the body follows as a stream.
 
     protocol                         Exchange                      handler / sink
@@ -32,7 +32,7 @@ and a Content-Length over it, or bytes past it, end the exchange with 413
 (no response begun) or an abort.
 
 The runtime snapshot a request is answered by (its route and its body
-limit both) is taken once, when its head is read (L{IFrontEnd.snapshot}),
+limit both) is taken once, when its head is read (L{FrontEndView.snapshot}),
 and kept on the exchange: a pipelined request handled after a reload, or a
 body that uploads across one, is still answered by the generation it came
 in under.
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 CLIENT_CLOSED = 499
 
 
-class IRequestHandler(TypingProtocol):
+class RequestHandler(TypingProtocol):
     """
     What a client-side protocol gives each request to, when its head is
     whole.
@@ -65,7 +65,7 @@ class IRequestHandler(TypingProtocol):
         """
 
 
-class IExchangeObserver(TypingProtocol):
+class ExchangeObserver(TypingProtocol):
     """
     What an exchange tells when it ends (L{revproxy.observer.RequestObserver}
     has it).
@@ -78,14 +78,14 @@ class IExchangeObserver(TypingProtocol):
         """
 
 
-class IFrontEnd(TypingProtocol):
+class FrontEndView(TypingProtocol):
     """
     What a client-side protocol reads of the front end that built it
     (L{revproxy.proxy.frontend.FrontEnd}).
     """
 
     @property
-    def handler(self) -> IRequestHandler:
+    def handler(self) -> RequestHandler:
         """
         Given every request whose head is whole, in turn.
         """
@@ -103,7 +103,7 @@ class IFrontEnd(TypingProtocol):
         """
 
     @property
-    def observer(self) -> IExchangeObserver | None:
+    def observer(self) -> ExchangeObserver | None:
         """
         Told of every finished request, if set.
         """
@@ -122,7 +122,7 @@ class IFrontEnd(TypingProtocol):
         """
 
 
-class IBodySink(TypingProtocol):
+class BodySink(TypingProtocol):
     """
     What takes a request's body as it comes, once attached.
     """
@@ -144,7 +144,7 @@ class IBodySink(TypingProtocol):
         """
 
 
-class IExchangeChannel(TypingProtocol):
+class ExchangeChannel(TypingProtocol):
     """
     What a client-side protocol does for its exchanges: an HTTP/1.1
     connection, or an HTTP/2 stream's connection.
@@ -267,7 +267,7 @@ class Exchange:
 
     def __init__(
         self,
-        channel: IExchangeChannel,
+        channel: ExchangeChannel,
         method: bytes,
         uri: bytes,
         clientproto: bytes,
@@ -278,7 +278,7 @@ class Exchange:
         peer: IAddress | None = None,
         serverName: str | None = None,
         transport: Any = None,
-        observer: IExchangeObserver | None = None,
+        observer: ExchangeObserver | None = None,
         runtime: Any = None,
     ) -> None:
         self.channel = channel
@@ -294,8 +294,8 @@ class Exchange:
         self.observer = observer
         self.runtime = runtime
         #: The body as it came before a sink was attached; the sink once
-        #: attached (L{IBodySink}).
-        self._body: list[bytes] | IBodySink | None = [] if bodyLength != 0 else None
+        #: attached (L{BodySink}).
+        self._body: list[bytes] | BodySink | None = [] if bodyLength != 0 else None
         self._bodyRead = 0
         self._sinkPaused = False
         #: Whether the whole body is in (always, without one).
@@ -359,7 +359,7 @@ class Exchange:
 
     # -- the request body
 
-    def attach(self, sink: IBodySink) -> None:
+    def attach(self, sink: BodySink) -> None:
         """
         Send the body to C{sink} from now on: what came already at once,
         then as it comes, then C{bodyDone}.  Asks the client for the body

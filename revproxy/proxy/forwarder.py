@@ -119,7 +119,7 @@ class Forwarder:
 class _Relay:
     """
     One client request on its way to an upstream and back: the sink of its
-    body (L{revproxy.proxy.exchange.IBodySink}), the waiter for an upstream
+    body (L{revproxy.proxy.exchange.BodySink}), the waiter for an upstream
     connection and the sink of the upstream's response.
 
     The body streams: bytes that come before a connection is ready wait
@@ -241,7 +241,7 @@ class _Relay:
                 return
         self._tryNext()
 
-    # -- IBodySink
+    # -- BodySink
 
     def bodyReceived(self, data: bytes) -> None:
         if self.done:
@@ -361,7 +361,7 @@ class _Relay:
             self.watched = None
             watched.unwatch()
 
-    # -- IConnectionWaiter
+    # -- ConnectionWaiter
 
     def connectionReady(self, connection: UpstreamConnection) -> None:
         self.waiting = False
@@ -489,7 +489,7 @@ class _Relay:
             withdraw()
         self.connectionFailed(Failure(ierror.TimeoutError("connect timeout")))
 
-    # -- IResponseSink
+    # -- ResponseSink
 
     def responseStarted(
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]

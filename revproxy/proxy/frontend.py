@@ -4,7 +4,7 @@ The factory behind every listener (L{FrontEnd}), which builds one
 L{revproxy.proxy.http1.HTTP1Connection} per client connection; that
 connection becomes an HTTP/2 one (L{revproxy.proxy.http2.HTTP2Connection})
 when TLS's ALPN chose C{h2}.  What the protocols read of it is
-L{revproxy.proxy.exchange.IFrontEnd}.
+L{revproxy.proxy.exchange.FrontEndView}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from revproxy.proxy.limits import DEFAULT_LIMITS, ConnectionLimits
 
 if TYPE_CHECKING:
     from revproxy.observer import RequestObserver
-    from revproxy.proxy.exchange import Exchange, IRequestHandler
+    from revproxy.proxy.exchange import Exchange, RequestHandler
 
 _log = Logger()
 
@@ -49,7 +49,7 @@ class FrontEnd(Factory):
 
     def __init__(
         self,
-        handler: IRequestHandler,
+        handler: RequestHandler,
         clock: IReactorTime,
         limits: ConnectionLimits = DEFAULT_LIMITS,
         observer: RequestObserver | None = None,
@@ -71,7 +71,7 @@ class FrontEnd(Factory):
 
     def snapshot(self) -> object:
         """
-        See L{revproxy.proxy.exchange.IFrontEnd.snapshot}.
+        See L{revproxy.proxy.exchange.FrontEndView.snapshot}.
         """
         take = self._snapshot
         return None if take is None else take()

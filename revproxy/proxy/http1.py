@@ -80,7 +80,7 @@ from revproxy.proxy.http2 import HTTP2Connection
 from revproxy.proxy.responses import REASONS, httpDate, shortBody, shortHeaders
 
 if TYPE_CHECKING:
-    from revproxy.proxy.exchange import IFrontEnd
+    from revproxy.proxy.exchange import FrontEndView
 
 _log = Logger()
 
@@ -182,7 +182,7 @@ class HTTP1Connection(Protocol):
     _phase = HEAD
     _h2: HTTP2Connection | None = None
 
-    def __init__(self, front: IFrontEnd) -> None:
+    def __init__(self, front: FrontEndView) -> None:
         self.front = front
         limits = front.limits
         self.limits = limits
@@ -732,7 +732,7 @@ class HTTP1Connection(Protocol):
             self._feed(b"".join(ahead))
         self._dispatch()
 
-    # -- IExchangeChannel
+    # -- ExchangeChannel
 
     def sendHead(
         self,

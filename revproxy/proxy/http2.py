@@ -4,7 +4,7 @@ The client side of HTTP/2: L{HTTP2Connection}, a Twisted L{Protocol} on the
 C{h2} library's state machine (framing, HPACK, stream states) with
 revproxy's own flow control, deadlines and limits on top.  Each stream is an
 L{Exchange} handed to the front end's handler as soon as its head is whole;
-the connection is the exchanges' L{IExchangeChannel}.
+the connection is the exchanges' L{ExchangeChannel}.
 
 The HTTP/1.1 protocol builds one when TLS's ALPN chose C{h2}, and hands it
 the transport (C{makeConnection}) and every byte and the end of the
@@ -146,7 +146,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.private.h2 import forgetContentLength
-from revproxy.proxy.exchange import Exchange, IFrontEnd
+from revproxy.proxy.exchange import Exchange, FrontEndView
 from revproxy.proxy.headers import HOP_BY_HOP
 from revproxy.proxy.responses import httpDate, shortBody, shortHeaders
 
@@ -600,7 +600,7 @@ class HTTP2Connection(Protocol):
     @ivar front: The front end: handler, clock, limits, observer.
     """
 
-    def __init__(self, front: IFrontEnd) -> None:
+    def __init__(self, front: FrontEndView) -> None:
         self.front = front
         self.limits = front.limits
         self._clock = front.clock

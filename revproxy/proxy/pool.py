@@ -184,7 +184,7 @@ class UpstreamSelector:
         return until is not None and until > self._clock.seconds()
 
 
-class IConnectionWaiter(TypingProtocol):
+class ConnectionWaiter(TypingProtocol):
     """
     Who asked the pool for a connection.
     """
@@ -235,7 +235,7 @@ class QueueFull(Exception):
     """
 
 
-class IUpstreamConnector(TypingProtocol):
+class UpstreamConnector(TypingProtocol):
     """
     How the pool opens a connection: C{reactor.connectTCP} or C{connectSSL}
     with the timeout and TLS options bound in.
@@ -246,7 +246,7 @@ class IUpstreamConnector(TypingProtocol):
     ) -> IConnector: ...
 
 
-class IConnectionCounter(TypingProtocol):
+class ConnectionCounter(TypingProtocol):
     """
     Told of every upstream socket opened and closed: the cap on the
     process's connections (L{revproxy.listeners.ConnectionGate}) counts
@@ -268,13 +268,13 @@ class _ConnectionFactory(ClientFactory):
     noisy = False
 
     def __init__(
-        self, pool: ConnectionPool, key: PoolKey, waiter: IConnectionWaiter
+        self, pool: ConnectionPool, key: PoolKey, waiter: ConnectionWaiter
     ) -> None:
         self.pool = pool
         self.key = key
-        self.waiter: IConnectionWaiter | None = waiter
+        self.waiter: ConnectionWaiter | None = waiter
         self.connector: IConnector | None = None
-        self.counter: IConnectionCounter | None = None
+        self.counter: ConnectionCounter | None = None
 
     def buildProtocol(self, addr: object) -> UpstreamConnection:
         connection = UpstreamConnection(self.pool, self.key, self.pool._clock)
@@ -326,7 +326,7 @@ class Pending:
     __slots__ = ("factory", "host", "queued", "timeout", "waiter")
 
     def __init__(
-        self, host: _Host | None, waiter: IConnectionWaiter | None, timeout: float
+        self, host: _Host | None, waiter: ConnectionWaiter | None, timeout: float
     ) -> None:
         self.host = host
         self.waiter = waiter
@@ -365,12 +365,12 @@ class ConnectionPool:
     def __init__(
         self,
         clock: IReactorTime,
-        connect: IUpstreamConnector,
+        connect: UpstreamConnector,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         maxIdle: int = DEFAULT_MAX_IDLE,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         maxQueue: int = DEFAULT_MAX_QUEUE,
-        counter: IConnectionCounter | None = None,
+        counter: ConnectionCounter | None = None,
     ) -> None:
         """
         @param maxConnections: The most connections open (busy, idle or
@@ -399,7 +399,7 @@ class ConnectionPool:
     def acquire(
         self,
         key: PoolKey,
-        waiter: IConnectionWaiter,
+        waiter: ConnectionWaiter,
         timeout: float,
         fresh: bool = False,
         verify: bool = False,
@@ -459,7 +459,7 @@ class ConnectionPool:
         return len(host.waiting) if host else 0
 
     def _open(
-        self, key: PoolKey, host: _Host, waiter: IConnectionWaiter, timeout: float
+        self, key: PoolKey, host: _Host, waiter: ConnectionWaiter, timeout: float
     ) -> _ConnectionFactory:
         factory = _ConnectionFactory(self, key, waiter)
         host.connecting.add(factory)

@@ -5,7 +5,7 @@ connection, one exchange (request and response) on it at a time.
 
 It does what the forwarder needs and nothing else: write a serialized
 request, parse the response with httptools (llhttp, strict) and hand status,
-headers, body chunks and the end to an L{IResponseSink}.  No Agent, no
+headers, body chunks and the end to an L{ResponseSink}.  No Agent, no
 Deferred per request: the forwarder is the sink, and the pool hands
 connections out and takes them back.
 """
@@ -127,7 +127,7 @@ class Stream(TypingProtocol):
     def abortConnection(self) -> None: ...
 
 
-class IResponseSink(TypingProtocol):
+class ResponseSink(TypingProtocol):
     """
     What an L{UpstreamConnection} reports an exchange's progress to.
     """
@@ -198,7 +198,7 @@ class UpstreamConnection(Protocol):
         self.reused = False
         self.idleSince = 0.0
         self.connected = False
-        self._sink: IResponseSink | None = None
+        self._sink: ResponseSink | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._cutAtHead = False
         #: What L{verified} asks the kernel with, and about which socket.
@@ -339,7 +339,7 @@ class UpstreamConnection(Protocol):
             self._polled = sock
         return not poller.poll(0)
 
-    def send(self, sink: IResponseSink, data: bytes, isHead: bool) -> None:
+    def send(self, sink: ResponseSink, data: bytes, isHead: bool) -> None:
         """
         Start an exchange: write C{data} (the serialized request head, and the
         body when it is small) and report the response to C{sink}.
