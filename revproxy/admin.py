@@ -17,9 +17,9 @@ import os
 import re
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from typing import Protocol as TypingProtocol
 
 from twisted.application.service import Service
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 _log = Logger()
 
 Answer = dict[str, object]
+
+_U = TypeVar("_U", bound=Hashable)
 """
 One answer of the admin socket, sent as one JSON line.
 """
@@ -229,7 +231,7 @@ def reloadAnswer(result: ReloadResult) -> Answer:
     return answer
 
 
-def peekUpstream(selector: UpstreamSelector) -> object | None:
+def peekUpstream(selector: UpstreamSelector[_U]) -> _U | None:
     """
     The upstream that C{selector.pick()} would return now, without advancing
     the round robin.
@@ -321,14 +323,6 @@ def _describeRateLimit(limit: RateLimit) -> Answer | None:
         "burst": limit.burst,
         "dry_run": limit.dry_run,
     }
-
-
-def _url(upstream: object) -> str:
-    """
-    The URL of an upstream of the config (an L{revproxy.config.Upstream}).
-    """
-    url = getattr(upstream, "url", None)
-    return url if isinstance(url, str) else str(upstream)
 
 
 class AdminFactory(Factory["AdminProtocol"]):
@@ -471,7 +465,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             checked = {d.url: d for d in health.describe(route.name)}
         upstreams: list[Answer] = []
         for u in route.selector.upstreams:
-            url = _url(u)
+            url = u.url
             answer: Answer = {"url": url, "down": route.selector.isDown(u)}
             state = checked.get(url)
             if state is not None:
@@ -674,7 +668,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                     "not_after": isoTime(certificate.not_after),
                 }
             ),
-            upstream=None if upstream is None else _url(upstream),
+            upstream=None if upstream is None else upstream.url,
             upstream_down=upstream is not None and route.selector.isDown(upstream),
             tls=site.tls,
             strict_sni_host=site.strict_sni_host,

@@ -7,11 +7,16 @@ is left when the deadline passes.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    ILoggingContext,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -61,7 +66,9 @@ class ConnectionTracker(WrappingFactory):
 
     noisy = False
 
-    def __init__(self, wrappedFactory: Any, gate: ConnectionGate | None = None) -> None:
+    def __init__(
+        self, wrappedFactory: IProtocolFactory, gate: ConnectionGate | None = None
+    ) -> None:
         super().__init__(wrappedFactory)
         self._waiting: list[Deferred[None]] = []
         self.gate = gate
@@ -74,8 +81,12 @@ class ConnectionTracker(WrappingFactory):
 
     def logPrefix(self) -> str:
         # Twisted logs "<prefix> starting on <port>": keep the site's name.
-        prefix: str = self.wrappedFactory.logPrefix()
-        return prefix
+        wrapped = self.wrappedFactory
+        if ILoggingContext.providedBy(wrapped):
+            prefix: str = ILoggingContext(wrapped).logPrefix()
+            return prefix
+        fallback: str = super().logPrefix()
+        return fallback
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         super().unregisterProtocol(p)

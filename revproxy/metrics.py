@@ -54,6 +54,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 import revproxy
+from revproxy.config import Upstream
 
 _log = Logger()
 
@@ -900,7 +901,7 @@ class PooledRoute(Protocol[_KeyOut]):
     """
 
     @property
-    def keys(self) -> Mapping[Any, _KeyOut]: ...
+    def keys(self) -> Mapping[Upstream, _KeyOut]: ...
 
 
 def poolSizes(
@@ -913,7 +914,7 @@ def poolSizes(
     seen: dict[str, tuple[str, int, int]] = {}
     for route in routes:
         for upstream, key in route.keys.items():
-            url = getattr(upstream, "url", str(upstream))
+            url = upstream.url
             if url not in seen:
                 seen[url] = (url, pool.idleCount(key), pool.activeCount(key))
     return list(seen.values())

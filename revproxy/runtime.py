@@ -15,7 +15,7 @@ from __future__ import annotations
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
-from revproxy.config import Config, SiteConfig, endpointPort
+from revproxy.config import Config, SiteConfig, Upstream, endpointPort
 from revproxy.hostnames import RoutingTable, isWildcard
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstream import PoolKey
@@ -34,7 +34,7 @@ class SiteRoute:
     def __init__(
         self,
         config: SiteConfig,
-        selector: UpstreamSelector,
+        selector: UpstreamSelector[Upstream],
         upstreamTLS: UpstreamTLS = SYSTEM_TRUST,
     ) -> None:
         """
@@ -42,7 +42,7 @@ class SiteRoute:
         """
         self.config = config
         self.selector = selector
-        self.keys: dict[object, PoolKey] = {
+        self.keys: dict[Upstream, PoolKey] = {
             u: (u.scheme, u.host, u.port, upstreamTLS if u.scheme == "https" else None)
             for u in config.upstreams
         }
@@ -110,7 +110,7 @@ def buildRuntime(
     """
     if tls is None:
         tls = loadTLSFiles(config, clock.seconds())
-    carried: dict[tuple[str, tuple[object, ...]], UpstreamSelector] = {}
+    carried: dict[tuple[str, tuple[Upstream, ...]], UpstreamSelector[Upstream]] = {}
     if previous is not None:
         for route in previous.table.sites:
             carried[(route.name, route.selector.upstreams)] = route.selector

@@ -40,7 +40,7 @@ class SelectorTests(SynchronousTestCase):
         self.clock = Clock()
         self.selector = UpstreamSelector(["a", "b", "c"], self.clock, backoff=5.0)
 
-    def picks(self, n: int, exclude: tuple[object, ...] = ()) -> list[object | None]:
+    def picks(self, n: int, exclude: tuple[str, ...] = ()) -> list[str | None]:
         """
         The next C{n} picks.
         """
@@ -1024,7 +1024,7 @@ class SelectorHealthTests(SynchronousTestCase):
         self.states = {u: FakeHealth() for u in ("a", "b", "c")}
         self.selector.health = self.states
 
-    def picks(self, n: int, exclude: tuple[object, ...] = ()) -> list[object | None]:
+    def picks(self, n: int, exclude: tuple[str, ...] = ()) -> list[str | None]:
         """
         The next C{n} picks.
         """
@@ -1205,7 +1205,7 @@ class SelectorHealthTests(SynchronousTestCase):
             expected = selector.peek()
             self.assertEqual(selector.pick(), expected)
             if expected is not None:
-                self.assertTrue(states[cast(str, expected)].healthy)
+                self.assertTrue(states[expected].healthy)
             self.assertEqual(
                 selector.available(), any(s.healthy for s in states.values())
             )

@@ -75,7 +75,7 @@ def route(
     check: HealthCheck | None = CHECK,
     clock: IReactorTime | None = None,
     hosts: tuple[str, ...] = ("app.example",),
-    selector: UpstreamSelector | None = None,
+    selector: UpstreamSelector[Upstream] | None = None,
 ) -> SiteRoute:
     """
     A site's route with its own selector, as a runtime builds it.

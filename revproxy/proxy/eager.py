@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
     ITransport,
@@ -88,7 +89,7 @@ def _passingWrites(transport: object) -> Iterator[object]:
         transport = transport.transport
 
 
-def sendNow(connection: Any, data: bytes) -> None:
+def sendNow(connection: Connection, data: bytes) -> None:
     """
     Write C{data} to C{connection}, a L{Connection} from L{plainTCP}: at
     once to its socket when nothing waits in its buffer, else (and for
@@ -248,7 +249,7 @@ class EagerTLSFactory(TLSMemoryBIOFactory):
 
     def __init__(
         self,
-        contextFactory: Any,
+        contextFactory: IOpenSSLServerConnectionCreator,
         isClient: bool,
         wrappedFactory: IProtocolFactory,
         clock: IReactorTime | None = None,

@@ -40,13 +40,19 @@ in under.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+    from twisted.internet.interfaces import (
+        IAddress,
+        IPushProducer,
+        IReactorTime,
+        ITransport,
+    )
 
     from revproxy.proxy.limits import ConnectionLimits
+    from revproxy.runtime import Runtime
 
 #: The status logged for a request whose client left before its answer
 #: ended (nginx's "client closed request").
@@ -108,7 +114,7 @@ class FrontEndView(TypingProtocol):
         Told of every finished request, if set.
         """
 
-    def snapshot(self) -> object:
+    def snapshot(self) -> Runtime | None:
         """
         The runtime snapshot a request whose head was just read is answered
         by, kept as its L{Exchange.runtime}; L{None} when the handler takes
@@ -277,9 +283,9 @@ class Exchange:
         secure: bool = False,
         peer: IAddress | None = None,
         serverName: str | None = None,
-        transport: Any = None,
+        transport: ITransport | None = None,
         observer: ExchangeObserver | None = None,
-        runtime: Any = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.channel = channel
         self.method = method
@@ -303,7 +309,7 @@ class Exchange:
         #: The body limit in bytes (L{None}: none), set by the handler.
         self.bodyLimit: int | None = None
         #: The forwarder's relay in progress, if any.
-        self.relay: Any = None
+        self.relay: BodySink | None = None
         #: The lowercased names never forwarded: the hop-by-hop ones and
         #: those the request's Connection fields list, when the protocol
         #: read them already (else L{None}).

@@ -177,7 +177,7 @@ class _Relay:
         self.target = target
         self.config = route.config
         self.method = exchange.method
-        self.tried: list[object] = []
+        self.tried: list[Upstream] = []
         self.upstream: Upstream | None = None
         self.connection: UpstreamConnection | None = None
         self.withdraw: Callable[[], None] | None = None
@@ -321,7 +321,7 @@ class _Relay:
             if upstream is None:
                 self._fail()
                 return
-            self.upstream = upstream  # type: ignore[assignment]
+            self.upstream = upstream
             self.tried.append(upstream)
         upstream = self.upstream
         assert upstream is not None
@@ -719,7 +719,7 @@ class _Relay:
         if metrics is not None:
             upstream = self.upstream
             metrics.upstreamError(
-                self.config.name, getattr(upstream, "url", "") or "", kind
+                self.config.name, "" if upstream is None else upstream.url, kind
             )
 
     def _answer(

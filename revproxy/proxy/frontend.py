@@ -22,6 +22,7 @@ from revproxy.proxy.limits import DEFAULT_LIMITS, ConnectionLimits
 if TYPE_CHECKING:
     from revproxy.observer import RequestObserver
     from revproxy.proxy.exchange import Exchange, RequestHandler
+    from revproxy.runtime import Runtime
 
 _log = Logger()
 
@@ -54,7 +55,7 @@ class FrontEnd(Factory):
         limits: ConnectionLimits = DEFAULT_LIMITS,
         observer: RequestObserver | None = None,
         refused: Callable[[int, Exchange | None, bool], None] | None = None,
-        snapshot: Callable[[], object] | None = None,
+        snapshot: Callable[[], Runtime] | None = None,
     ) -> None:
         """
         @param snapshot: Takes the runtime snapshot a request is answered
@@ -69,7 +70,7 @@ class FrontEnd(Factory):
         self.refused = refused if refused is not None else _ignoreRefusal
         self._snapshot = snapshot
 
-    def snapshot(self) -> object:
+    def snapshot(self) -> Runtime | None:
         """
         See L{revproxy.proxy.exchange.FrontEndView.snapshot}.
         """

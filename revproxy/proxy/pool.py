@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import errno
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Generic, TypeVar
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.error import ConnectError
@@ -39,6 +39,9 @@ DEFAULT_MAX_QUEUE = 1024
 DEFAULT_BACKOFF = 5.0
 
 
+_U = TypeVar("_U", bound=Hashable)
+
+
 class UpstreamHealthState(TypingProtocol):
     """
     What the selector reads and tells of one upstream's health
@@ -57,11 +60,12 @@ class UpstreamHealthState(TypingProtocol):
         """
 
 
-class UpstreamSelector:
+class UpstreamSelector(Generic[_U]):
     """
     Round robin over upstreams, skipping those in back-off.
 
-    @ivar upstreams: the upstreams, in config order; any hashable values.
+    @ivar upstreams: the upstreams, in config order (L{revproxy.config.Upstream}s;
+        any hashable values will do).
     @ivar health: For a site with health checks, each upstream's state (set
         by L{revproxy.upstreamhealth.HealthMonitor}): unhealthy upstreams are never
         picked, not even as a last resort.  L{None} without health checks.
@@ -69,7 +73,7 @@ class UpstreamSelector:
 
     def __init__(
         self,
-        upstreams: Sequence[object],
+        upstreams: Sequence[_U],
         clock: IReactorTime,
         backoff: float = DEFAULT_BACKOFF,
     ) -> None:
@@ -77,11 +81,10 @@ class UpstreamSelector:
         self._clock = clock
         self._backoff = backoff
         self._next = 0
-        self._downUntil: dict[object, float] = {}
-        # Any: a map keyed by config.Upstream (or, in tests, str) must fit.
-        self.health: Mapping[Any, UpstreamHealthState] | None = None
+        self._downUntil: dict[_U, float] = {}
+        self.health: Mapping[_U, UpstreamHealthState] | None = None
 
-    def pick(self, exclude: Sequence[object] = ()) -> object | None:
+    def pick(self, exclude: Sequence[_U] = ()) -> _U | None:
         """
         The next upstream to try, or L{None} when every upstream not in
         C{exclude} is gone or unhealthy.  Upstreams in back-off are used only
@@ -94,14 +97,14 @@ class UpstreamSelector:
             return None if only in exclude else only
         return self._roundRobin(exclude, advance=True)
 
-    def peek(self) -> object | None:
+    def peek(self) -> _U | None:
         """
         The upstream that L{pick} would return now, without advancing the
         round robin (for the admin C{route} command).
         """
         return self._roundRobin((), advance=False)
 
-    def _roundRobin(self, exclude: Sequence[object], advance: bool) -> object | None:
+    def _roundRobin(self, exclude: Sequence[_U], advance: bool) -> _U | None:
         """
         The one round robin of L{pick} and L{peek}: the first upstream from
         where the last pick left off that is not in C{exclude}, not
@@ -152,7 +155,7 @@ class UpstreamSelector:
                 return True
         return False
 
-    def markDown(self, upstream: object, reason: str = "connection failed") -> None:
+    def markDown(self, upstream: _U, reason: str = "connection failed") -> None:
         """
         C{upstream} refused a connection: skip it for the back-off period,
         and, for a site with health checks, count one failure against its
@@ -168,7 +171,7 @@ class UpstreamSelector:
             if state is not None:
                 state.passiveFailure(now, reason)
 
-    def markUp(self, upstream: object) -> None:
+    def markUp(self, upstream: _U) -> None:
         """
         C{upstream} answered: take it out of back-off.  Its health is not
         changed: only checks bring an unhealthy upstream back.
@@ -176,7 +179,7 @@ class UpstreamSelector:
         if self._downUntil:
             self._downUntil.pop(upstream, None)
 
-    def isDown(self, upstream: object) -> bool:
+    def isDown(self, upstream: _U) -> bool:
         """
         Whether C{upstream} is in back-off now.
         """
