@@ -34,11 +34,12 @@ from revproxy.proxy.responses import (
 )
 
 if TYPE_CHECKING:
+    from revproxy.config import SiteConfig
     from revproxy.observer import RequestObserver
     from revproxy.proxy.exchange import Exchange
     from revproxy.proxy.forwarder import Forwarder
     from revproxy.ratelimit import RateLimiter
-    from revproxy.runtime import Runtime, RuntimeHolder
+    from revproxy.runtime import Runtime, RuntimeHolder, SiteRoute
 
 
 class HTTP01Answers(Protocol):
@@ -181,49 +182,14 @@ class Router:
         """
         Route C{request} and start forwarding it; errors are answered here.
         """
-        uri = request.uri
         runtime: Runtime | None = request.runtime
         if runtime is None:
             runtime = request.runtime = self.runtime.current
         self._identify(request, runtime.generation)
-        if uri[:1] == b"/" or uri == b"*":
-            target = uri
-            values = request.headerValues(b"host")
-            if not values:
-                if request.clientproto != b"HTTP/1.0":
-                    self._answer(request, 400, "missing Host header")
-                    return
-                host: str | None = None
-            elif len(values) != 1:
-                self._answer(request, 400, "more than one Host header")
-                return
-            else:
-                value = values[0]
-                hosts = self._hosts
-                try:
-                    host = hosts[value]
-                except KeyError:
-                    host = normalizeHostHeader(value)
-                    if len(hosts) >= _HOST_CACHE:
-                        hosts.clear()
-                    hosts[value] = host
-                if host is None:
-                    self._answer(request, 400, "invalid Host header")
-                    return
-        else:
-            split = splitAbsoluteForm(uri)
-            if split is None:
-                self._answer(request, 400, "invalid request-target")
-                return
-            # RFC 9112 3.2.2: the target's authority replaces any Host.
-            authority, target = split
-            host = normalizeHostHeader(authority)
-            if host is None:
-                self._answer(request, 400, "invalid request-target")
-                return
-            request.headers = [(b"host", authority)] + [
-                pair for pair in request.headers if pair[0] != b"host"
-            ]
+        found = self._target(request)
+        if found is None:
+            return
+        host, target = found
         route = runtime.table.match(host)
         # The body limit first, before any byte of the body is asked for:
         # the site's, or the defaults' for a request no site takes (it is
@@ -247,28 +213,110 @@ class Router:
             return
         site = route.config
         if request.secure:
-            if site.name not in runtime.secured:
-                self._answer(
-                    request,
-                    421,
-                    "this site is not served over HTTPS",
-                    site.name,
-                )
+            if self._misdirected(request, runtime, route):
                 return
-            if site.strict_sni_host and misdirectedBySNI(
-                runtime.table, route, request.serverName
-            ):
-                # RFC 9110 15.5.20: a client that reused a connection for
-                # another name (HTTP/2 coalescing) retries on a new one.
-                self._answer(
-                    request,
-                    421,
-                    "this host is not served on a "
-                    "connection for that TLS server name (SNI)",
-                    site.name,
-                )
-                return
-        elif (
+        elif self._redirected(request, runtime, site, host, target):
+            return
+        if site.rate_limit.enabled and self._rateLimited(request, site):
+            return
+        observer = self.observer
+        if observer is not None:
+            observer.started(request, site.name)
+        else:
+            request.siteName = site.name
+        self.forwarder.forward(request, route, target)
+
+    def _target(self, request: Exchange) -> tuple[str | None, bytes] | None:
+        """
+        The host C{request} is for (L{None}: an HTTP/1.0 request without
+        one) and its target in origin form; L{None}, answered 400, when
+        either is missing or invalid.  An absolute-form target's authority
+        replaces any Host (RFC 9112 3.2.2).
+        """
+        uri = request.uri
+        if uri[:1] == b"/" or uri == b"*":
+            values = request.headerValues(b"host")
+            if not values:
+                if request.clientproto != b"HTTP/1.0":
+                    self._answer(request, 400, "missing Host header")
+                    return None
+                return None, uri
+            if len(values) != 1:
+                self._answer(request, 400, "more than one Host header")
+                return None
+            value = values[0]
+            hosts = self._hosts
+            try:
+                host = hosts[value]
+            except KeyError:
+                host = normalizeHostHeader(value)
+                if len(hosts) >= _HOST_CACHE:
+                    hosts.clear()
+                hosts[value] = host
+            if host is None:
+                self._answer(request, 400, "invalid Host header")
+                return None
+            return host, uri
+        split = splitAbsoluteForm(uri)
+        if split is None:
+            self._answer(request, 400, "invalid request-target")
+            return None
+        authority, target = split
+        host = normalizeHostHeader(authority)
+        if host is None:
+            self._answer(request, 400, "invalid request-target")
+            return None
+        request.headers = [(b"host", authority)] + [
+            pair for pair in request.headers if pair[0] != b"host"
+        ]
+        return host, target
+
+    def _misdirected(
+        self, request: Exchange, runtime: Runtime, route: SiteRoute
+    ) -> bool:
+        """
+        Whether C{request}, which came over TLS, is for a site that must not
+        answer it on this connection (answered 421): one not served over
+        HTTPS, or one other than its TLS server name's (C{strict_sni_host}).
+        """
+        site = route.config
+        if site.name not in runtime.secured:
+            self._answer(
+                request,
+                421,
+                "this site is not served over HTTPS",
+                site.name,
+            )
+            return True
+        if site.strict_sni_host and misdirectedBySNI(
+            runtime.table, route, request.serverName
+        ):
+            # RFC 9110 15.5.20: a client that reused a connection for
+            # another name (HTTP/2 coalescing) retries on a new one.
+            self._answer(
+                request,
+                421,
+                "this host is not served on a "
+                "connection for that TLS server name (SNI)",
+                site.name,
+            )
+            return True
+        return False
+
+    def _redirected(
+        self,
+        request: Exchange,
+        runtime: Runtime,
+        site: SiteConfig,
+        host: str | None,
+        target: bytes,
+    ) -> bool:
+        """
+        Whether C{request}, which came in the clear, was answered with a 308
+        to HTTPS (C{redirect_http}, once an ACME site has its certificate;
+        never for ACME challenges).
+        """
+        if not (
             site.redirect_http
             and site.name in runtime.secured
             and runtime.httpsPort
@@ -279,39 +327,43 @@ class Router:
             and target[:1] == b"/"
             and not target.startswith(ACME_CHALLENGE_PREFIX)
         ):
-            name = host or next((h for h in site.hosts if not isWildcard(h)), None)
-            if name is not None:
-                location = httpsLocation(name, runtime.httpsPort, target)
-                self._answer(
-                    request,
-                    308,
-                    location.decode("ascii"),
-                    site.name,
-                    [(b"Location", location)],
-                )
-                return
-        limit = site.rate_limit
+            return False
+        name = host or next((h for h in site.hosts if not isWildcard(h)), None)
+        if name is None:
+            return False
+        location = httpsLocation(name, runtime.httpsPort, target)
+        self._answer(
+            request,
+            308,
+            location.decode("ascii"),
+            site.name,
+            [(b"Location", location)],
+        )
+        return True
+
+    def _rateLimited(self, request: Exchange, site: SiteConfig) -> bool:
+        """
+        Whether C{request} was answered 429 by C{site}'s rate limit (in dry
+        run, it is only logged and counted).
+        """
         limiter = self.limiter
-        if limiter is not None and limit.enabled:
-            decision = limiter.allow(site.name, limit, request.clientIP)
-            if not decision.allowed:
-                if limit.dry_run:
-                    self._dryRun(request, site.name)
-                else:
-                    self._answer(
-                        request,
-                        429,
-                        f"rate limit exceeded, retry in {decision.retryAfter} s",
-                        site.name,
-                        [(b"Retry-After", b"%d" % decision.retryAfter)],
-                    )
-                    return
-        observer = self.observer
-        if observer is not None:
-            observer.started(request, site.name)
-        else:
-            request.siteName = site.name
-        self.forwarder.forward(request, route, target)
+        if limiter is None:
+            return False
+        limit = site.rate_limit
+        decision = limiter.allow(site.name, limit, request.clientIP)
+        if decision.allowed:
+            return False
+        if limit.dry_run:
+            self._dryRun(request, site.name)
+            return False
+        self._answer(
+            request,
+            429,
+            f"rate limit exceeded, retry in {decision.retryAfter} s",
+            site.name,
+            [(b"Retry-After", b"%d" % decision.retryAfter)],
+        )
+        return True
 
     def snapshot(self) -> Runtime:
         """
