@@ -4,31 +4,7 @@ Metrics: what C{/metrics} exposes to Prometheus and what the admin command
 C{stats [SITE]} answers.  The ops listener that serves them is
 L{revproxy.opslistener}.
 
-The request path reports to L{Metrics} (L{Metrics.requestStarted},
-L{Metrics.requestFinished}, L{Metrics.refused}, ...), about 5,000 times a
-second per core, so those calls only touch plain Python objects: one
-L{_SiteStats} per site with counters, histogram buckets and a ring of
-per-second slots.  Nothing there takes a lock: every call comes from the
-reactor thread.  prometheus_client's own metric objects would take a
-C{threading.Lock} per increment (about four times the cost, measured) and
-add a C{_created} series per label set.  L{Metrics} is instead a
-prometheus_client collector: at scrape time it turns those counters into
-metric families, and calls the live-value callables (connections, config
-generation, certificates, upstream health, pool sizes, rate-limiter size).
-C{stats} reads the same counters, so the two never disagree.
-
-Scrapes must therefore run on the reactor thread too, as
-L{revproxy.opslistener.OpsResource} does; prometheus_client's own C{MetricsResource} (a WSGI app in a thread
-pool) must not be used with this registry.
-
-The per-second windows of C{stats} are advanced lazily from
-C{clock.seconds()}: no timer runs.  Upstream latency percentiles come from a
-log-scale histogram per second (see L{LATENCY_RELATIVE_ERROR}).
-
-Label values are site names and upstream URLs from the configuration, and
-fixed sets (status classes, refusal codes, error kinds): never anything a
-client sends.  L{Metrics.retainSites} drops the label sets of sites a reload
-removed.
+How it works: docs/internals.md, "Metrics".
 """
 
 from __future__ import annotations

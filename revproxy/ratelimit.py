@@ -2,24 +2,7 @@
 """
 A token bucket per site and client address.
 
-The buckets are kept as the generic cell rate algorithm (GCRA) keeps them:
-one float per bucket, the I{theoretical arrival time} C{tat}.  It is the
-time at which the bucket will be full again, so at time C{now} a bucket
-holds C{burst - (tat - now) * rate} tokens (C{burst} if C{tat <= now}).
-Admitting a request takes one token, which moves C{tat} on by C{1 / rate}.
-This is exactly a token bucket that refills continuously, lazily from the
-clock (no timers), and it has two useful properties:
-
-  - a bucket whose C{tat} has passed is full, which is the same as no
-    bucket at all, so it can be dropped whatever its site's limit is;
-  - each bucket costs one dictionary entry, a key and a float.
-
-Memory is bounded: at most C{maxTrackedClients} buckets, the least recently
-used evicted beyond that, and full buckets at the cold end of the LRU order
-are dropped as requests come in.
-
-Whether a refusal is enforced (C{dryRun}) is the caller's business: the
-limiter only answers.
+How it works: docs/internals.md, "Rate limiting".
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class Applied:
         make; L{None} for a reload.
     @ivar restartRequired: the static keys whose new value waits for a
         restart.
-    @ivar failed: the followers (L{IReloadFollower.name}) that failed after
+    @ivar failed: the followers (L{IReloadFollower.part}) that failed after
         the swap: the reload is only partially applied when there are any.
     """
 
@@ -138,9 +138,9 @@ class IReloadFollower(Interface):
     L{ReloadFollower} implements every method as doing nothing.
     """
 
-    name = Attribute(
-        "What the follower keeps up to date, for the answer when it fails "
-        '(C{"health checks"}).'
+    part = Attribute(
+        "The part of the proxy the follower keeps up to date, for the log and "
+        'the answer when it fails (C{"upstream health checks"}).'
     )
 
     def reloadStarting(source: str) -> None:
@@ -173,7 +173,7 @@ class ReloadFollower:
     matters.
     """
 
-    name = "a follower"
+    part = "a follower"
 
     def reloadStarting(self, source: str) -> None:
         pass
@@ -246,13 +246,13 @@ class Reloader(Service):
             try:
                 follower.reloadStarting(source)
             except Exception:
-                _log.failure("A reload follower ({name}) failed", name=follower.name)
+                _log.failure("A reload follower ({part}) failed", part=follower.part)
         result = self._once(source, True)
         for follower in self.followers:
             try:
                 follower.reloadEnded(result)
             except Exception:
-                _log.failure("A reload follower ({name}) failed", name=follower.name)
+                _log.failure("A reload follower ({part}) failed", part=follower.part)
         return result
 
     def check(self) -> Deferred[ReloadResult]:
@@ -395,11 +395,11 @@ class Reloader(Service):
                 follower.follow(runtime)
             except Exception:
                 _log.failure(
-                    "After reload ({source}): a follower ({name}) failed",
+                    "After reload ({source}): a follower ({part}) failed",
                     source=source,
-                    name=follower.name,
+                    part=follower.part,
                 )
-                failed.append(str(follower.name))
+                failed.append(str(follower.part))
         return tuple(failed)
 
     def _refused(

@@ -198,6 +198,7 @@ class RequestPath(Service):
     """
 
     name = "request-path"
+    part = "request path (access log, rate limits, metrics)"
 
     def __init__(
         self,
@@ -383,6 +384,7 @@ class TLSTermination(MultiService):
     """
 
     name = "tls"
+    part = "TLS certificates"
 
     def __init__(
         self,
@@ -506,7 +508,7 @@ class _HealthFollower(ReloadFollower):
     Moves the upstream health checks to each new runtime's sites.
     """
 
-    name = "upstream health checks"
+    part = "upstream health checks"
 
     def __init__(self, health: HealthMonitor) -> None:
         self.health = health
@@ -523,7 +525,7 @@ class _SystemdFollower(ReloadFollower):
     Tells systemd when a reload begins and how it ended.
     """
 
-    name = "systemd notification"
+    part = "systemd notification"
 
     def __init__(self, notifier: Notifier, holder: RuntimeHolder) -> None:
         self.notifier = notifier

@@ -311,7 +311,7 @@ class FakeReloadFollower:
     def __init__(
         self, name: str, steps: list[tuple[str, object]], failFollow: bool = False
     ) -> None:
-        self.name = name
+        self.name = self.part = name
         self.steps = steps
         self.failFollow = failFollow
 

@@ -69,7 +69,7 @@ class Preparing(ReloadFollower):
     A follower whose C{prepare} calls C{hook}.
     """
 
-    name = "preparing"
+    part = "preparing"
 
     def __init__(self, hook: Callable[[Runtime], object]) -> None:
         self.hook = hook
@@ -367,7 +367,7 @@ class FollowerTests(ReloaderCase):
         """
 
         class Broken(ReloadFollower):
-            name = "broken"
+            part = "broken"
 
             def reloadStarting(self, source: str) -> None:
                 raise RuntimeError("start")

@@ -3,21 +3,7 @@
 The ACME issuer: certbot's blocking C{acme} library, run off the reactor
 thread, behind L{revproxy.interfaces.IIssuer}.
 
-How the work is split between threads:
-
-  - every network call (one HTTP request, or a few for the account) is one
-    step run in a thread (L{twisted.internet.threads.deferToThreadPool} by
-    default) with a L{Deferred} timeout that is the order's deadline;
-  - the steps are sequenced by a coroutine on the reactor thread, which also
-    publishes and removes the challenge answers on the responder, sleeps
-    between polls (L{deferLater}), and calls C{onAccount}; the responder is
-    therefore never touched from a thread, and the reactor never blocks;
-  - cancelling the L{Deferred} of L{AcmeIssuer.issue} (a service stopping)
-    stops the coroutine at once: the answers are removed, the thread
-    finishes its current HTTP request, and its result is dropped.
-
-Every failure reaches the caller as one L{AcmeError} whose message is one
-line: what failed, and the CA's problem type and detail when there is one.
+How it works: docs/internals.md, "The ACME issuer".
 """
 
 from __future__ import annotations

@@ -2,24 +2,7 @@
 """
 When to renew a certificate, and how long to wait after a failed order.
 
-Pure functions: no reactor, no I/O, no clock and no global random state.
-The current time and a L{random.Random} are passed in, so the same inputs
-and seed always give the same answer.
-
-Renewal time, in order of precedence:
-
-  1. An ARI window from the CA (RFC 9773): a uniformly random time in the
-     window, or now when the window has ended.
-  2. The operator's C{renew_before_days}: that many days before expiry,
-     moved earlier by up to 1% of the lifetime.  Ignored (with a note in the
-     reason) when it is not shorter than the lifetime, since every new
-     certificate would then be due as soon as it is issued.
-  3. The lifetime rule: when 1/3 of the lifetime is left, or 1/2 for
-     lifetimes under 10 days, moved earlier by up to 5% of the lifetime.
-
-The random part spreads renewals of many sites (and many proxies using one
-CA) over time instead of sending them all at once.  A time in the past
-means "renew now".
+How it works: docs/internals.md, "Renewal schedule and back-off".
 """
 
 from __future__ import annotations

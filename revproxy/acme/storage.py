@@ -3,43 +3,7 @@
 ACME state under C{state_dir}: the account key and account URIs, each
 site's certificate and key, and each site's back-off record.
 
-Layout::
-
-    STATE_DIR/                          0700 when created here
-      acme/                             0700
-        account.key                     0600  EC P-256, PKCS8 PEM
-        account.json                    0644  {directory URL: account URI}
-      certs/                            0700
-        SITE/                           0700
-          meta.json                     0644  the record; names the files
-          backoff.json                  0644  present while backing off
-          current -> 7                  symlink to the live generation
-          7/                            0700  one generation
-            fullchain.pem               0644  leaf first
-            privkey.pem                 0600  unencrypted PKCS8 PEM
-
-Crash safety.  A certificate is saved as a new generation directory
-(C{N}/, one more than any there), each file written to a temporary name,
-flushed with C{fsync} and renamed into place, the directory flushed too.
-Only then is C{meta.json} replaced the same way; that rename is the commit
-point.  Before it, C{meta.json} still names the old generation, which is
-untouched; after it, the new one, complete on disk.  A crash can only leave
-extra files, which loading ignores and the next save removes.  The
-C{current} symlink (for operators: C{certs/SITE/current/fullchain.pem} and
-C{privkey.pem} always belong together) is switched atomically after the
-commit, and old generations are removed only after that.
-
-Single-file records (C{account.json}, C{backoff.json}) are replaced the
-same way (temporary file, C{fsync}, rename, directory C{fsync}).  The
-account key is created with a hard link, so it is never replaced once it
-exists.
-
-Every L{OSError} that stops a call becomes an L{AcmeError} naming the path
-and the reason in one line.  The tidying after a commit (switching
-C{current}, removing old generations and temporary files) only logs a
-warning when it fails: the record is saved, and the next save tidies up.
-One process owns C{state_dir}; there is no locking.  The calls block on
-the disk (small files, a few C{fsync}s).
+How it works: docs/internals.md, "ACME storage".
 """
 
 from __future__ import annotations

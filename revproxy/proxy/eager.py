@@ -2,37 +2,7 @@
 """
 Writing to a plain TCP connection at once.
 
-Twisted's TCP transport never sends in C{write}: it buffers, asks the
-reactor to watch the socket for writability and sends when the reactor
-next reports it writable.  Each response and each upstream request then
-costs two more reactor events (and two C{epoll_ctl} calls) than it needs:
-measured on revproxy's own proxy path, about 10 to 25 microseconds of CPU
-per request, 10 to 20 % of a minimal Twisted proxy's.
-
-L{sendNow} sends straight to the socket when the transport has nothing
-buffered, and hands whatever the kernel did not take to the transport's
-own C{write}, so that order, backpressure (the transport pauses its
-producer as usual) and error handling (the next write attempt fails and
-the connection is lost the usual way) stay Twisted's.  Whether a
-transport has nothing buffered is only in private attributes of
-C{twisted.internet.abstract.FileDescriptor} (C{_tempDataLen},
-C{dataBuffer}, C{offset}, C{_writeDisconnected}): L{canSendNow} in
-L{revproxy.private.twisted} is the one place that reads them, and
-C{tests.test_private_names} and C{tests.integration.test_eager} name them on a real
-Twisted TCP connection, so that a Twisted release that changes them fails
-a test instead of a request.  Anything that is not exactly a plain
-C{twisted.internet.tcp.Connection} (a test's string transport) gets no
-such writer and is written to as usual.
-
-Over TLS, the same holds one layer down: L{EagerTLSFactory}'s protocol,
-L{EagerTLS}, hands the records it makes to the TCP connection through
-L{sendNow}, those of one write in one system call.  Twisted's own TLS
-transport (L{twisted.protocols.tls.BufferingTLSTransport}) holds every
-write back until the next reactor iteration, to gather small writes into
-one record; L{EagerTLS} does that for C{write} (HTTP/2's frames come in
-many small writes), and its C{writeNow} skips it for an HTTP/1.1
-connection, which writes each response (head and start of body) in one
-piece (L{writerFor}).
+How it works: docs/internals.md, "Eager writes".
 """
 
 from __future__ import annotations

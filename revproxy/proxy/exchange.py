@@ -5,37 +5,7 @@ L{revproxy.proxy.http1}, HTTP/2 in L{revproxy.proxy.http2}) and what answers
 its requests (the router in L{revproxy.routing}, the forwarder in
 L{revproxy.proxy.forwarder}).
 
-An L{Exchange} is one request and its response on a client connection (an
-HTTP/1.1 message pair, or an HTTP/2 stream).  The protocol makes it when the
-request head is whole and hands it to the L{RequestHandler} at once, before
-any byte of the body: the body follows as a stream.
-
-    protocol                         Exchange                      handler / sink
-    head whole      -> Exchange(..., runtime=front.snapshot())
-    its turn        -> handler.handle(exchange)
-    body bytes      -> exchange.bodyReceived(data) -> sink.bodyReceived(data)
-    body end        -> exchange.bodyEnded()       -> sink.bodyDone()
-    client gone     -> exchange.clientGone()      -> sink.clientGone()
-                       exchange.respond(code, reason, headers) -> channel.sendHead
-                       exchange.write(data)       -> channel.sendData
-                       exchange.finish()          -> channel.sendEnd
-                       exchange.abort()           -> channel.abortExchange
-                       exchange.pauseBody() / resumeBody() -> channel
-                       exchange.registerProducer(p): the channel pauses p
-                           while the client takes no more of the response
-
-Body bytes that come before the handler attached a sink (L{Exchange.attach})
-wait in the exchange (the channel counts them and stops reading past its
-bound).  The body limit is the exchange's: the handler sets it with
-L{Exchange.limitBody} (from the site's C{max_body_bytes}) before attaching,
-and a Content-Length over it, or bytes past it, end the exchange with 413
-(no response begun) or an abort.
-
-The runtime snapshot a request is answered by (its route and its body
-limit both) is taken once, when its head is read (L{FrontEndView.snapshot}),
-and kept on the exchange: a pipelined request handled after a reload, or a
-body that uploads across one, is still answered by the generation it came
-in under.
+How it works: docs/internals.md, "The exchange between a client side and the forwarder".
 """
 
 from __future__ import annotations

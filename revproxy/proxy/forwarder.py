@@ -3,30 +3,7 @@
 The forwarder: one L{_Exchange} per client request, relaying it to a site's
 upstream over a pooled connection and streaming the answer back.
 
-Policy, in the words of the issues it implements:
-  - round robin over a site's upstreams; one that refuses a connection is
-    skipped for a short back-off;
-  - no request is delivered twice unless its method is idempotent (RFC 9110
-    section 9.2.2: a proxy must not retry the others automatically).  An
-    idempotent request that fails on a reused connection before any
-    response byte is retried once on a fresh connection (the upstream
-    closed an idle keep-alive connection as we wrote: the classic sporadic
-    502).  Any other request is written to a reused connection only after
-    the connection is verified alive (L{UpstreamConnection.verified}: its
-    socket shows no FIN, reset or stray byte), and is never sent again once
-    written: it gets a 502 if that connection then fails;
-  - the next upstream is tried only when nothing reached the first, or for
-    idempotent methods before a response began;
-  - refused or reset -> 502, connect or response timeout -> 504, each with a
-    short body; an upstream that dies mid-body aborts the client connection,
-    so a truncated body is never passed off as whole;
-  - waiting in line for a connection (the upstream has its most) is bounded
-    by the site's C{queue_timeout_secs} and the pool's line length: 503, and
-    never a mark against the upstream (HAProxy's C{timeout queue}); a
-    connect that fails for a local reason (out of descriptors, buffers or
-    memory) is a 503 too, logged at most once a second, and no mark either;
-  - the response streams with backpressure: the upstream transport is the
-    client request's producer.
+How it works: docs/internals.md, "The forwarder".
 """
 
 from __future__ import annotations

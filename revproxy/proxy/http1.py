@@ -6,53 +6,7 @@ set) and writing responses itself.  Each request becomes an
 L{Exchange <revproxy.proxy.exchange.Exchange>} given to the front end's
 handler as soon as its head is whole; its body follows as a stream.
 
-What llhttp rejects (answered 400 and a lingering close): a malformed
-request line or field, bare CR or LF as a line end (also in chunked
-framing: chunk-size lines, chunk data ends, trailers), obsolete line
-folding, a control character other than HTAB in a field value, a byte
-outside the URL grammar in the target (no non-ASCII byte), a
-Content-Length beside a Transfer-Encoding, duplicate or unparsable
-Content-Lengths, whitespace before a field's colon.  What this module adds:
-
-  - a request line over C{max_request_line_bytes} is 414, also before its
-    end came; a field over C{max_header_bytes}, all of them over
-    C{max_headers_total_bytes}, or more than C{max_header_fields} are 431;
-  - an HTTP/1.0 request with Transfer-Encoding is 400 (RFC 9112 section
-    6.1), a transfer coding other than C{chunked} is 501, a version other
-    than 1.0 or 1.1 is 505, C{*} as the target of anything but OPTIONS is
-    400, CONNECT is 405;
-  - every C{Connection} field counts, comma-separated, for C{close} and
-    C{keep-alive};
-  - the deadlines and the lingering close of the old twisted.web channel
-    (C{header_timeout_secs}, C{body_timeout_secs} with
-    C{min_body_rate_bytes_per_sec}, C{keepalive_timeout_secs},
-    C{max_requests_per_connection}), and C{send_timeout_secs}: a client
-    that takes no byte of a response for that long is cut.
-
-Timers.  One C{DelayedCall} per connection, touched only when the
-connection changes phase, never per byte, and never moved sooner (the
-reactor moves a timer sooner by searching its whole heap; later costs
-nothing).  The timer fires at the earliest moment a deadline could pass
-and checks lazily, moving itself on when nothing is due yet; it is not
-cancelled while a response is on its way (firing then changes nothing),
-so a kept-alive connection makes no new timer per request.
-
-Pipelining.  Requests are answered in order, one at a time.  While one is
-in flight, bytes that come are kept unparsed (reading pauses past
-L{AHEAD_BYTES}); requests parsed in the same read as the one in flight
-wait in a queue: a large read is parsed in slices of 16 KiB, and once
-L{MAX_PIPELINED} wait, the rest of it is kept unparsed too.
-
-Backpressure.  The connection is its transport's streaming producer: when
-the client stops reading, the response's producer (the upstream
-connection) is paused, and the send deadline runs.  The request body is
-read only as fast as the exchange's sink takes it (L{pauseBody}).
-
-Lingering close.  After an early refusal the answer is sent, the write
-side is shut down (over TLS: the TLS layer's close, which keeps reading
-until the client's close_notify) and whatever the client still sends is
-read and dropped for up to C{lingering_close_secs}, so that a client still
-sending its request reads the answer instead of a connection reset.
+How it works: docs/internals.md, "HTTP/1.x client side".
 """
 
 from __future__ import annotations
