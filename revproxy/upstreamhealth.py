@@ -156,17 +156,8 @@ def describeFailure(reason: Failure) -> str:
 class UpstreamHealthDescription:
     """
     The health of one upstream of one site at one moment, as the admin
-    socket shows it (C{sites}, C{stats}).
-
-    @ivar url: The upstream's URL.
-    @ivar healthy: Whether the upstream gets traffic.
-    @ivar fails: Consecutive failures so far.
-    @ivar passes: Consecutive passed checks so far.
-    @ivar lastError: Why the last failure failed, one line, or L{None}.
-    @ivar lastCheck: When the last check ended (seconds since the epoch),
-        or L{None}.
-    @ivar lastStatus: The HTTP status of the last check, or L{None} when it
-        got none.
+    socket shows it (C{sites}, C{stats}): the upstream's URL and the fields
+    of L{UpstreamHealth} of the same names.
     """
 
     url: str
