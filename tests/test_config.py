@@ -36,6 +36,12 @@ from revproxy.config import (
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
+# What a site without upstreams needs instead, as the errors say.
+_ALTERNATIVES = (
+    "unless the site answers every request without them: a site-level "
+    'redirect or respond, or a route with path_prefix = "/"'
+)
+
 
 def _tomlString(text: str) -> str:
     """
@@ -1495,8 +1501,9 @@ class SiteTests(ParseTestCase):
         del entry["upstreams"]
         self.assertErrors(
             document(entry, site(name="b", hosts=["b.example"], upstreams=[])),
-            'sites[0].upstreams: required (a list of URLs like "http://10.0.0.1:8000")',
-            "sites[1].upstreams: must not be empty",
+            'sites[0].upstreams: required (a list of URLs like "http://10.0.0.1:8000"), '
+            + _ALTERNATIVES,
+            "sites[1].upstreams: must not be empty, " + _ALTERNATIVES,
         )
 
     def test_duplicateUpstream(self) -> None:
