@@ -212,6 +212,8 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A respond body may have lines.
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SYNTAX = re.compile(r"(?s)(.*) \((at line (\d+), column (\d+)|at end of document)\)")
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # An RFC 9110 token (section 5.6.2): what an Upgrade protocol name is.
@@ -2279,7 +2281,7 @@ class _Parser:
         port, normalized (C{"app.internal"}, C{"[::1]:8443"}).
         """
         value = table.string("upstream_host", "")
-        if value is None or (value == "" and not table.has("upstream_host")):
+        if not value:
             return value
         problem = f"{_quote(value)} is not a hostname[:port]"
         try:
@@ -2361,7 +2363,20 @@ class _Parser:
         if not table.has("status"):
             table.error("status", "required (the status to answer, such as 200)")
         status = table.integer("status", None, 200, 599)
-        body = self._template(table, "body")
+        body = None
+        if table.has("body"):
+            text = table.get("body")
+            path = table.keyPath("body")
+            if not isinstance(text, str):
+                table.error("body", f"expected a string, got {_describe(text)}")
+            elif _BODY_CONTROL.search(text):
+                table.error(
+                    "body",
+                    f"{_quote(text)} contains a control character other than "
+                    "tab, CR and LF",
+                )
+            else:
+                body = self._parseTemplate(path, text)
         filename = table.string("file", "")
         if table.has("body") and table.has("file"):
             table.error("file", "a respond has body or file, not both")

@@ -2857,6 +2857,13 @@ class RouteTests(ParseTestCase):
             b.respond, Respond(status=200, body=parseTemplate("pong {host}"))
         )
 
+    def test_upstreamHostEmpty(self) -> None:
+        """
+        C{upstream_host = ""} is the default: the client's Host.
+        """
+        [r] = self.routes(route(upstream_host=""))
+        self.assertEqual(r.upstream_host, "")
+
     def test_upstreamHostIPv6(self) -> None:
         """
         An IPv6 C{upstream_host} keeps its brackets.
@@ -3342,6 +3349,24 @@ class RespondTests(ParseTestCase):
         self.assertEqual(
             self.respond(status=404, body="<p>no</p>", content_type="text/html"),
             Respond(404, parseTemplate("<p>no</p>"), content_type="text/html"),
+        )
+
+    def test_bodyLines(self) -> None:
+        """
+        A body may have tabs and lines, but no other control character.
+        """
+        self.assertEqual(
+            self.respond(status=200, body="a\r\n\tb\n"),
+            Respond(200, parseTemplate("a\r\n\tb\n")),
+        )
+        self.assertErrors(
+            document(
+                site(
+                    routes=[{"path": "/a", "respond": {"status": 200, "body": "\x01"}}]
+                )
+            ),
+            'sites[0].routes[0].respond.body: "\\u0001" contains a control '
+            "character other than tab, CR and LF",
         )
 
     def test_emptyBody(self) -> None:
