@@ -2345,6 +2345,15 @@ class _Parser:
         elif to is not None and not to.parts:
             table.error("to", "must not be empty")
             to = None
+        if to is not None and any(
+            isinstance(part, str) and any(c.isspace() for c in part)
+            for part in to.parts
+        ):
+            table.error(
+                "to",
+                f"{_quote(to.source)} must not contain whitespace (write %20)",
+            )
+            to = None
         status = table.integer("status", 308, 100, 999)
         if status is not None and status not in _REDIRECT_STATUSES:
             table.error("status", f"must be 301, 302, 303, 307 or 308, got {status}")
@@ -2450,7 +2459,7 @@ class _Parser:
         allowed = ", ".join(str(s) for s in _ERROR_PAGE_STATUSES)
         for key, item in value.items():
             path = _join(table.keyPath("error_pages"), key)
-            if not key.isdigit() or int(key) not in _ERROR_PAGE_STATUSES:
+            if key not in (str(status) for status in _ERROR_PAGE_STATUSES):
                 self._errors.append(
                     f"{path}: not an answer revproxy makes itself; error_pages "
                     f"takes {allowed}"

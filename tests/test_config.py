@@ -3282,6 +3282,7 @@ class RedirectTests(ParseTestCase):
                 {"to": "/b{foo}"},
                 {"to": ""},
                 {"to": "/b", "code": 301},
+                {"to": "/a b{path}"},
             ),
             (
                 "sites[0].routes[0].redirect.to: required (where to send, such as "
@@ -3298,6 +3299,8 @@ class RedirectTests(ParseTestCase):
                 "literal braces)",
                 "sites[0].routes[5].redirect.to: must not be empty",
                 "sites[0].routes[6].redirect.code: unknown key",
+                'sites[0].routes[7].redirect.to: "/a b{path}" must not contain '
+                "whitespace (write %20)",
             ),
         )
 
@@ -3666,6 +3669,7 @@ class ErrorPageTests(ParseTestCase):
                     site(
                         error_pages={
                             "404": "a.html",
+                            "0502": "a.html",
                             "502": "missing.html",
                             "503": "big.html",
                             "504": "",
@@ -3679,6 +3683,8 @@ class ErrorPageTests(ParseTestCase):
             (
                 "defaults.error_pages: expected a table, got array",
                 "sites[0].error_pages.404: not an answer revproxy makes itself; "
+                "error_pages takes 413, 421, 429, 502, 503, 504",
+                "sites[0].error_pages.0502: not an answer revproxy makes itself; "
                 "error_pages takes 413, 421, 429, 502, 503, 504",
                 f'sites[0].error_pages.502: cannot read "{base}/missing.html": No '
                 "such file or directory",
