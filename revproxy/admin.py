@@ -716,7 +716,8 @@ class AdminFactory(Factory["AdminProtocol"]):
         comma-separated C{X-Forwarded-For} entries the peer would send
         (C{203.0.113.7,10.0.0.2}).  The arguments after C{HOST} are told
         apart by their shape: a path starts with C{/}, an address has a
-        C{.}, C{:} or C{,}, a method is a word (C{GET} if none).
+        C{.}, C{:} or C{,}, a method is an upper-case word (C{GET} if
+        none).
         """
         if not 1 <= len(args) <= 4:
             raise UsageError(_USAGE["route"])
@@ -729,10 +730,13 @@ class AdminFactory(Factory["AdminProtocol"]):
                 path = arg
             elif any(c in arg for c in ".:,"):
                 client = arg
-            elif arg.isalpha():
-                method = arg.upper()
+            elif arg.isalpha() and arg.isupper():
+                method = arg
             else:
-                raise UsageError(_USAGE["route"])
+                return {
+                    "status": "error",
+                    "message": f"invalid path: {arg} (it must start with /)",
+                }
         if not (path.startswith("/") or path == "*"):
             return {
                 "status": "error",

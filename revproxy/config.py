@@ -592,6 +592,16 @@ class SiteConfig:
     upstream_host: str = ""
 
 
+def allUpstreams(site: SiteConfig) -> tuple[Upstream, ...]:
+    """
+    Every upstream of C{site}: its own, then its routes', each once.
+    """
+    seen = dict.fromkeys(site.upstreams)
+    for route in site.routes:
+        seen.update(dict.fromkeys(route.upstreams))
+    return tuple(seen)
+
+
 @attrs.frozen
 class Config:
     """

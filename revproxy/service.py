@@ -29,7 +29,7 @@ from revproxy.acme.challenges import ChallengeStore
 from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
-from revproxy.config import Config
+from revproxy.config import Config, allUpstreams
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.interfaces import IRevProxyReactor
@@ -250,7 +250,7 @@ class RequestPath(Service):
         self.limiter.retain(limits)
         self.metrics.retainSites(
             [s.name for s in sites],
-            {s.name: [u.url for u in s.upstreams] for s in sites},
+            {s.name: [u.url for u in allUpstreams(s)] for s in sites},
         )
 
     def reloadEnded(self, result: ReloadResult) -> None:

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from revproxy.certificates import LoadedCertificate, PrivateKey
-from revproxy.config import Config, ConfigError, SiteConfig
+from revproxy.config import Config, ConfigError, SiteConfig, allUpstreams
 from revproxy.formatting import isoTime
 from revproxy.hostnames import HostNames, isWildcard, nameCovers, normalizeServerName
 from revproxy.interfaces import ICertificateStore
@@ -664,7 +664,7 @@ def loadTLSFiles(config: Config, now: float) -> TLSFiles:
                 loaded[files] = cert
                 pairs.append((site, cert))
                 warnings += [f"{where}.cert_file: {p}" for p in problems]
-        if any(u.scheme == "https" for u in site.upstreams):
+        if any(u.scheme == "https" for u in allUpstreams(site)):
             try:
                 upstreamTLS[site.name] = loadUpstreamTLS(
                     site.upstream_ca_file, site.upstream_tls_verify

@@ -518,8 +518,11 @@ class CommandTests(AdminTestsMixin, SynchronousTestCase):
             ("check it", "usage: check"),
             ("sites all", "usage: sites"),
             ("help me", "usage: help"),
-            ("route", "usage: route HOST [PATH] [CLIENT_IP]"),
-            ("route a / 10.0.0.1 more", "usage: route HOST [PATH] [CLIENT_IP]"),
+            ("route", "usage: route HOST [PATH] [METHOD] [CLIENT_IP]"),
+            (
+                "route a / GET 10.0.0.1 more",
+                "usage: route HOST [PATH] [METHOD] [CLIENT_IP]",
+            ),
         ]:
             self.assertEqual(
                 self.command(line), {"status": "error", "message": usage}, line
@@ -733,6 +736,10 @@ class RouteTests(AdminTestsMixin, SynchronousTestCase):
                 "peer": None,
                 "client_ip": None,
                 "peer_trusted": None,
+                "method": "GET",
+                "rule": {"kind": "site", "why": "the site has no routes"},
+                "rewrites": [],
+                "action": "proxy",
                 "site": "app",
                 "default_site": False,
                 "certificate": None,

@@ -56,7 +56,9 @@ class RewriteRedirectsTests(SynchronousTestCase):
         An absolute path, or an absolute URL to the request's or upstream's
         host, goes under the mount point; one already under it stays.
         """
-        self.assertEqual(self.rewrite(b"Location", b"/login?next=/"), b"/app/login?next=/")
+        self.assertEqual(
+            self.rewrite(b"Location", b"/login?next=/"), b"/app/login?next=/"
+        )
         self.assertEqual(
             self.rewrite(b"Location", b"https://example.com/login#x"),
             b"https://example.com/app/login#x",
@@ -129,7 +131,7 @@ class HeaderRulesTests(SynchronousTestCase):
         )
         route = HeaderRules(
             set=(("x-frame-options", parseTemplate("SAMEORIGIN")),),
-            add=(("Link", parseTemplate("</{path}>; rel=self")),),
+            add=(("Link", parseTemplate("<{path}>; rel=self")),),
         )
         out = applyHeaderRules(
             [

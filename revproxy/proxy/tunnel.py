@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from revproxy.config import allUpstreams
 from revproxy.reload import ReloadFollower, ReloadResult
 
 if TYPE_CHECKING:
@@ -342,7 +343,7 @@ class TunnelRegistry(ReloadFollower):
         for tunnel in self.tunnels():
             site = sites.get(tunnel.site)
             if site is not None and any(
-                u.url == tunnel.upstreamURL for u in site.upstreams
+                u.url == tunnel.upstreamURL for u in allUpstreams(site)
             ):
                 continue
             if tunnel.drainTimer is not None:
