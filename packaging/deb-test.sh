@@ -125,6 +125,7 @@ wait_until() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_closed() { ! port_open "$1"; }
 
 # json_get EXPRESSION < JSON: print a Python expression on the parsed `a`.
 json_get() {
@@ -393,6 +394,56 @@ echo "hello from the upstream" >"$TMP/www/hello.txt"
 UPSTREAM_PID=$!
 check "upstream: python3 -m http.server on 127.0.0.1:$UPSTREAM_PORT" \
     wait_until 10 port_open "$UPSTREAM_PORT"
+
+# ---- the shipped config answers, and proxies nothing -----------------------
+# /etc/revproxy/config.toml as installed, on the test port (its own port 80,
+# admin socket and ops listener off), run as the unit runs it: every Host
+# gets its page; nothing is forwarded anywhere (a fresh install must not
+# publish whatever local service listens on some port).
+SHIPPED=$TMP/shipped.toml
+/usr/bin/python3 - /etc/revproxy/config.toml "$SHIPPED" "$HTTP_PORT" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+text = re.sub(r'(?m)^listen_http = .*$', f'listen_http = ["tcp:{sys.argv[3]}:interface=127.0.0.1"]', text)
+text = re.sub(r'(?m)^admin_socket_path = .*$', 'admin_socket_path = ""', text)
+text = re.sub(r'(?m)^ops_listen = .*$', 'ops_listen = ""', text)
+text = re.sub(r'(?m)^access_log = .*$', 'access_log = "/var/log/revproxy/shipped.log"', text)
+open(sys.argv[2], "w").write(text)
+PY
+chmod 0644 "$SHIPPED"
+# The shipped config's access-log line: answered 200 by revproxy itself.
+shipped_logged() {
+    local line
+    line=$(tail -n 1 /var/log/revproxy/shipped.log 2>/dev/null) || return 1
+    [ -n "$line" ] || return 1
+    [ "$(echo "$line" | json_get 'a["status"], a["upstream"], a["upstream_status"]')" = "(200, '', None)" ]
+}
+shipped_page() {
+    local body
+    body=$(curl -sS -f --max-time 10 -H "Host: anything-$RANDOM.test" "http://127.0.0.1:$HTTP_PORT/some/path") || return 1
+    case "$body" in
+        *"revproxy is running"*"edit /etc/revproxy/config.toml"*) return 0 ;;
+        *) echo "got: $body"; return 1 ;;
+    esac
+}
+CONFIG_TEST=$CONFIG
+CONFIG=$SHIPPED
+mapfile -d '' SHIPPED_CMD < <(unit_command ExecStart)
+CONFIG=$CONFIG_TEST
+runuser -u revproxy -- "${SHIPPED_CMD[@]}" >"$TMP/shipped.log" 2>&1 &
+SHIPPED_PID=$!
+if wait_until 30 port_open "$HTTP_PORT"; then
+    check "the shipped config answers every Host with its page" shipped_page
+    check "the shipped config forwarded nothing (access log: no upstream)" \
+        wait_until 10 shipped_logged
+else
+    fail "the shipped config listens" "$(cat "$TMP/shipped.log")"
+fi
+pkill -TERM -P "$SHIPPED_PID" 2>/dev/null
+kill -TERM "$SHIPPED_PID" 2>/dev/null
+wait "$SHIPPED_PID" 2>/dev/null
+rm -f /var/log/revproxy/shipped.log
+wait_until 10 port_closed "$HTTP_PORT" || true
 
 write_config ""
 mapfile -d '' PRE < <(unit_command ExecStartPre)

@@ -2081,3 +2081,91 @@ class TunnelsCommandTests(AdminTestsMixin, SynchronousTestCase):
             self.command("tunnels a b"),
             {"status": "error", "message": "usage: tunnels [SITE]"},
         )
+
+
+ROUTES_CONFIG = """\
+[server]
+listen_http = ["tcp:8080:interface=127.0.0.1"]
+listen_https = []
+admin_socket_path = ""
+ops_listen = ""
+
+[[sites]]
+name = "shop"
+hosts = ["shop.example"]
+upstreams = ["http://10.1.0.1:8000"]
+
+[[sites.routes]]
+path_prefix = "/api/"
+strip_prefix = true
+upstreams = ["http://10.2.0.1:9000"]
+upstream_host = "api.internal"
+response_headers = { remove = ["server"] }
+
+[[sites.routes]]
+path = "/old"
+methods = ["GET"]
+redirect = { to = "https://{host}/new", status = 301 }
+"""
+
+
+class RouteRulesTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    C{route} says which rule of a site a request meets, why, and what it
+    does.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.holder.current = runtimeFor(ROUTES_CONFIG, self.clock)
+
+    def test_prefix(self) -> None:
+        """
+        A path under a prefix meets that route: the prefix stripped, the
+        Host set, the header rules, the route's upstream.
+        """
+        answer = self.command("route shop.example /api/users")
+        self.assertEqual(
+            answer["rule"],
+            {
+                "kind": "prefix",
+                "index": 0,
+                "path_prefix": "/api/",
+                "why": "longest matching prefix /api/",
+            },
+        )
+        self.assertEqual(
+            answer["rewrites"],
+            [
+                "prefix /api/ stripped: /users sent upstream, with "
+                "X-Forwarded-Prefix: /api",
+                "Host set to api.internal",
+                "response header server removed",
+            ],
+        )
+        self.assertEqual(answer["action"], "proxy")
+        self.assertEqual(answer["upstream"], "http://10.2.0.1:9000")
+
+    def test_exactWithMethod(self) -> None:
+        """
+        An exact path meets its route for the methods it lists; another
+        method meets the site's own rules.
+        """
+        answer = self.command("route shop.example /old GET")
+        self.assertEqual(answer["rule"]["kind"], "exact")  # type: ignore[index]
+        self.assertEqual(
+            answer["action"],
+            {"redirect": {"to": "https://{host}/new", "status": 301}},
+        )
+        self.assertIsNone(answer["upstream"])
+        answer = self.command("route shop.example /old POST 10.0.0.1")
+        self.assertEqual(
+            answer["rule"],
+            {
+                "kind": "site",
+                "why": "no route of the site matches: the site's own rules",
+            },
+        )
+        self.assertEqual(
+            (answer["method"], answer["upstream"]), ("POST", "http://10.1.0.1:8000")
+        )
