@@ -25,6 +25,10 @@ from revproxy.listeners import ConnectionGate
 
 _log = Logger()
 
+#: After the shutdown deadline aborted what was left, how long their
+#: connections get to be gone before the drain is over anyway.
+ABORT_GRACE = 1.0
+
 #: How often, while draining, connections that fell idle are closed.
 SWEEP_INTERVAL = 0.25
 
@@ -196,6 +200,13 @@ class DrainService(MultiService):
                 timeout=self.timeout,
                 count=aborted,
             )
+            # An aborted connection is lost on a later reactor turn: what
+            # stops after the drain (the access log) must still see it end
+            # (a tunnel's line is written then).  Bounded, in case one
+            # never goes.
+            grace.append(self._clock.callLater(ABORT_GRACE, finish))
+
+        def finish() -> None:
             if not done.called:
                 done.callback(None)
 
@@ -204,9 +215,13 @@ class DrainService(MultiService):
                 sweep.stop()
             if deadline is not None and deadline.active():
                 deadline.cancel()
+            for call in grace:
+                if call.active():
+                    call.cancel()
             if not done.called:
                 done.callback(None)
 
+        grace: list[IDelayedCall] = []
         deadline = self._clock.callLater(self.timeout, expired)
         # A busy connection may start another request before it learns it
         # should close (HTTP/1.1 decides persistence per request): close

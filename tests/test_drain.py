@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.drain import ConnectionTracker, DrainService
+from revproxy.drain import ABORT_GRACE, ConnectionTracker, DrainService
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.frontend import FrontEnd
 
@@ -145,6 +145,46 @@ class DrainTests(SynchronousTestCase):
         assert child.stopped is not None
         child.stopped.callback(None)
         self.successResultOf(stopped)
+
+    def test_abortedGoneBeforeDone(self) -> None:
+        """
+        After the deadline, stopping is done only once the aborted
+        connections are gone (a reactor turn later), so that what stops
+        after the drain sees them end; or after L{ABORT_GRACE} at most.
+        """
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        lost: list[object] = []
+
+        def abortLater() -> None:
+            # As a TCP transport: the connection is lost on a later turn.
+            lost.append(True)
+
+        busy.abortConnection = abortLater  # type: ignore[method-assign]
+        stopped = self.drain.stopService()
+        self.clock.advance(30)
+        self.assertEqual(lost, [True])
+        self.assertNoResult(stopped)
+        busy.loseConnection()
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.flushLoggedErrors()
+
+    def test_abortGraceBounded(self) -> None:
+        """
+        A connection that never goes after its abort does not hold the
+        drain past L{ABORT_GRACE}.
+        """
+        busy = self.connect()
+        busy.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        busy.abortConnection = lambda: None  # type: ignore[method-assign]
+        stopped = self.drain.stopService()
+        self.clock.advance(30)
+        self.assertNoResult(stopped)
+        self.clock.advance(ABORT_GRACE)
+        self.successResultOf(stopped)
+        busy.loseConnection()
+        self.flushLoggedErrors()
 
     def test_deadlineAborts(self) -> None:
         """
