@@ -52,12 +52,19 @@ _DEFAULT_CONNECT_TIMEOUT_SECS = 5.0
 _DEFAULT_RESPONSE_TIMEOUT_SECS = 60.0
 _DEFAULT_QUEUE_TIMEOUT_SECS = 5.0
 _DEFAULT_HEALTH_INTERVAL_SECS = 10.0
+_DEFAULT_UPGRADE_PROTOCOLS = ("websocket",)
+_DEFAULT_TUNNEL_IDLE_TIMEOUT_SECS = 3600.0
+_DEFAULT_MAX_TUNNELS = 10000
+_DEFAULT_TUNNEL_DRAIN_SECS = 30.0
 
 _MAX_BODY_BYTES = 2**40
 _MAX_TIMEOUT_SECS = 86400
 _MAX_SHUTDOWN_TIMEOUT_SECS = 3600
 _MAX_REQUESTS_PER_SECOND = 1e6
 _MAX_BURST = 10**7
+_MAX_TUNNEL_IDLE_TIMEOUT_SECS = 7 * 86400
+_MAX_TUNNELS = 10**7
+_MAX_TUNNEL_DRAIN_SECS = 3600
 
 _TLS_MODES = ("acme", "files", "none")
 _CHALLENGES = ("http-01", "tls-alpn-01")
@@ -110,6 +117,10 @@ _DEFAULTS_KEYS = (
     "connect_timeout_secs",
     "response_timeout_secs",
     "queue_timeout_secs",
+    "upgrade_protocols",
+    "tunnel_idle_timeout_secs",
+    "max_tunnels",
+    "tunnel_drain_secs",
 )
 _SITE_KEYS = (
     "name",
@@ -147,6 +158,8 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SYNTAX = re.compile(r"(?s)(.*) \((at line (\d+), column (\d+)|at end of document)\)")
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# An RFC 9110 token (section 5.6.2): what an Upgrade protocol name is.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ConfigError(Exception):
@@ -323,6 +336,16 @@ class Defaults:
     """
     The C{[defaults]} table (dynamic): limits every site inherits unless it
     sets its own.
+
+    @ivar upgrade_protocols: The C{Upgrade} protocol names (RFC 9110 tokens,
+        lowercased, without a version) that a site tunnels to its upstream,
+        WebSocket and others; C{()} tunnels none.  Never C{"h2c"}.
+    @ivar tunnel_idle_timeout_secs: A tunnel that carries no byte either way
+        for this long is closed.
+    @ivar max_tunnels: The most tunnels open at once per site; an upgrade
+        beyond is answered 503 (0: every upgrade is).
+    @ivar tunnel_drain_secs: How long a tunnel whose site or upstream a
+        reload removed may go on before it is closed.
     """
 
     max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES
@@ -330,6 +353,10 @@ class Defaults:
     connect_timeout_secs: float = _DEFAULT_CONNECT_TIMEOUT_SECS
     response_timeout_secs: float = _DEFAULT_RESPONSE_TIMEOUT_SECS
     queue_timeout_secs: float = _DEFAULT_QUEUE_TIMEOUT_SECS
+    upgrade_protocols: tuple[str, ...] = _DEFAULT_UPGRADE_PROTOCOLS
+    tunnel_idle_timeout_secs: float = _DEFAULT_TUNNEL_IDLE_TIMEOUT_SECS
+    max_tunnels: int = _DEFAULT_MAX_TUNNELS
+    tunnel_drain_secs: float = _DEFAULT_TUNNEL_DRAIN_SECS
 
 
 @attrs.frozen
@@ -345,6 +372,8 @@ class SiteConfig:
     @ivar strict_sni_host: Whether an HTTPS request is answered 421 when its
         connection's SNI name belongs to another site (always false without
         TLS).
+
+    The limits, from C{max_body_bytes} on, are those of L{Defaults}.
     """
 
     name: str
@@ -368,6 +397,10 @@ class SiteConfig:
     connect_timeout_secs: float = _DEFAULT_CONNECT_TIMEOUT_SECS
     response_timeout_secs: float = _DEFAULT_RESPONSE_TIMEOUT_SECS
     queue_timeout_secs: float = _DEFAULT_QUEUE_TIMEOUT_SECS
+    upgrade_protocols: tuple[str, ...] = _DEFAULT_UPGRADE_PROTOCOLS
+    tunnel_idle_timeout_secs: float = _DEFAULT_TUNNEL_IDLE_TIMEOUT_SECS
+    max_tunnels: int = _DEFAULT_MAX_TUNNELS
+    tunnel_drain_secs: float = _DEFAULT_TUNNEL_DRAIN_SECS
 
 
 @attrs.frozen
@@ -1375,7 +1408,89 @@ class _Parser:
             connect_timeout_secs=_or(connectTimeout, base.connect_timeout_secs),
             response_timeout_secs=_or(responseTimeout, base.response_timeout_secs),
             queue_timeout_secs=_or(queueTimeout, base.queue_timeout_secs),
+            upgrade_protocols=_or(
+                self._upgradeProtocols(table), base.upgrade_protocols
+            ),
+            tunnel_idle_timeout_secs=_or(
+                table.number(
+                    "tunnel_idle_timeout_secs",
+                    base.tunnel_idle_timeout_secs,
+                    0,
+                    _MAX_TUNNEL_IDLE_TIMEOUT_SECS,
+                    lowOpen=True,
+                ),
+                base.tunnel_idle_timeout_secs,
+            ),
+            max_tunnels=_or(
+                table.integer("max_tunnels", base.max_tunnels, 0, _MAX_TUNNELS),
+                base.max_tunnels,
+            ),
+            tunnel_drain_secs=_or(
+                table.number(
+                    "tunnel_drain_secs",
+                    base.tunnel_drain_secs,
+                    0,
+                    _MAX_TUNNEL_DRAIN_SECS,
+                ),
+                base.tunnel_drain_secs,
+            ),
         )
+
+    def _upgradeProtocols(self, table: _Table) -> tuple[str, ...] | None:
+        """
+        Read C{upgrade_protocols}: RFC 9110 tokens without a version,
+        lowercased, no duplicates, never C{"h2c"}.
+
+        @return: the protocols, or L{None} when the key is absent or wrong.
+        """
+        if not table.has("upgrade_protocols"):
+            return None
+        path = table.keyPath("upgrade_protocols")
+        items = _asStringList(self._errors, path, table.get("upgrade_protocols"))
+        if items is None:
+            return None
+        protocols: list[tuple[int, str]] = []
+        valid = True
+        for index, item in enumerate(items):
+            itemPath = f"{path}[{index}]"
+            if item is None:
+                valid = False
+            elif "/" in item:
+                name = item.split("/", 1)[0]
+                self._errors.append(
+                    f"{itemPath}: {_quote(item)} has a version; give the "
+                    f"protocol name only (such as {_quote(name or 'websocket')})"
+                )
+                valid = False
+            elif not _TOKEN.fullmatch(item):
+                self._errors.append(
+                    f"{itemPath}: {_quote(item)} is not a protocol name (an "
+                    "RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)"
+                )
+                valid = False
+            elif item.lower() == "h2c":
+                self._errors.append(
+                    f"{itemPath}: {_quote(item)} is refused: an h2c upgrade is a "
+                    "known way past a proxy's checks (request smuggling: the "
+                    "tunnel carries HTTP/2 requests that revproxy never reads); "
+                    "revproxy serves HTTP/2 itself (server.http2)"
+                )
+                valid = False
+            else:
+                protocol = item.lower()
+                for otherIndex, other in protocols:
+                    if other == protocol:
+                        self._errors.append(
+                            f"{itemPath}: duplicate protocol {_quote(protocol)} "
+                            f"(also upgrade_protocols[{otherIndex}])"
+                        )
+                        valid = False
+                        break
+                else:
+                    protocols.append((index, protocol))
+        if not valid:
+            return None
+        return tuple(protocol for _, protocol in protocols)
 
     def _defaults(self, table: _Table | None) -> Defaults:
         """
@@ -1572,6 +1687,10 @@ class _Parser:
             connect_timeout_secs=limits.connect_timeout_secs,
             response_timeout_secs=limits.response_timeout_secs,
             queue_timeout_secs=limits.queue_timeout_secs,
+            upgrade_protocols=limits.upgrade_protocols,
+            tunnel_idle_timeout_secs=limits.tunnel_idle_timeout_secs,
+            max_tunnels=limits.max_tunnels,
+            tunnel_drain_secs=limits.tunnel_drain_secs,
         )
         return _ParsedSite(
             config=config,

@@ -934,6 +934,273 @@ class LimitTests(ParseTestCase):
         self.assertEqual(config.sites[0].health_check, HealthCheck("/up", 10.0))
 
 
+class TunnelConfigTests(ParseTestCase):
+    """
+    Tests for the keys of Upgrade tunnels (WebSocket and others):
+    C{upgrade_protocols}, C{tunnel_idle_timeout_secs}, C{max_tunnels} and
+    C{tunnel_drain_secs}, set in C{[defaults]} or per site.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without the keys (and in a L{SiteConfig} built without them), a site
+        tunnels WebSocket only, closes a tunnel idle for an hour, allows
+        10000 tunnels and drains for 30 seconds.
+        """
+        expected = (("websocket",), 3600.0, 10000, 30.0)
+        config = parseConfig(document())
+        built = SiteConfig(name="x", hosts=(), upstreams=())
+        for limits in (Defaults(), built, config.defaults, config.sites[0]):
+            self.assertEqual(
+                (
+                    limits.upgrade_protocols,
+                    limits.tunnel_idle_timeout_secs,
+                    limits.max_tunnels,
+                    limits.tunnel_drain_secs,
+                ),
+                expected,
+            )
+        self.assertIsInstance(config.sites[0].tunnel_idle_timeout_secs, float)
+        self.assertIsInstance(config.sites[0].tunnel_drain_secs, float)
+
+    def test_inheritedAndOverridden(self) -> None:
+        """
+        A site without the keys inherits those of C{[defaults]}; a site's own
+        value wins, key by key.
+        """
+        config = parseConfig(
+            document(
+                site(),
+                site(
+                    name="b",
+                    hosts=["b.example"],
+                    upgrade_protocols=["websocket", "h2"],
+                    max_tunnels=7,
+                ),
+                site(
+                    name="c",
+                    hosts=["c.example"],
+                    tunnel_idle_timeout_secs=0.5,
+                    tunnel_drain_secs=0,
+                ),
+                defaults={
+                    "upgrade_protocols": ["tls"],
+                    "tunnel_idle_timeout_secs": 60,
+                    "max_tunnels": 100,
+                    "tunnel_drain_secs": 5,
+                },
+            )
+        )
+        self.assertEqual(
+            (
+                config.defaults.upgrade_protocols,
+                config.defaults.tunnel_idle_timeout_secs,
+                config.defaults.max_tunnels,
+                config.defaults.tunnel_drain_secs,
+            ),
+            (("tls",), 60.0, 100, 5.0),
+        )
+        self.assertEqual(
+            [
+                (
+                    s.upgrade_protocols,
+                    s.tunnel_idle_timeout_secs,
+                    s.max_tunnels,
+                    s.tunnel_drain_secs,
+                )
+                for s in config.sites
+            ],
+            [
+                (("tls",), 60.0, 100, 5.0),
+                (("websocket", "h2"), 60.0, 7, 5.0),
+                (("tls",), 0.5, 100, 0.0),
+            ],
+        )
+
+    def test_emptyList(self) -> None:
+        """
+        An empty C{upgrade_protocols} is valid: no upgrade is tunnelled for
+        that site, even when C{[defaults]} names some.
+        """
+        config = parseConfig(
+            document(
+                site(upgrade_protocols=[]),
+                defaults={"upgrade_protocols": ["websocket", "foo"]},
+            )
+        )
+        self.assertEqual(config.sites[0].upgrade_protocols, ())
+        config = parseConfig(document(defaults={"upgrade_protocols": []}))
+        self.assertEqual(config.defaults.upgrade_protocols, ())
+        self.assertEqual(config.sites[0].upgrade_protocols, ())
+
+    def test_caseFolded(self) -> None:
+        """
+        Protocol names are compared case-insensitively and kept lowercased,
+        in the order given; any RFC 9110 token character is allowed.
+        """
+        config = parseConfig(
+            document(
+                site(upgrade_protocols=["WebSocket", "My-Proto_1.0", "a!#$%&'*+^`|~"])
+            )
+        )
+        self.assertEqual(
+            config.sites[0].upgrade_protocols,
+            ("websocket", "my-proto_1.0", "a!#$%&'*+^`|~"),
+        )
+
+    def test_duplicates(self) -> None:
+        """
+        The same protocol twice, in any case, is an error naming both
+        indexes.
+        """
+        self.assertErrors(
+            document(
+                site(upgrade_protocols=["websocket", "foo", "WEBSOCKET", "Foo"]),
+                defaults={"upgrade_protocols": ["a", "a"]},
+            ),
+            'defaults.upgrade_protocols[1]: duplicate protocol "a" '
+            "(also upgrade_protocols[0])",
+            'sites[0].upgrade_protocols[2]: duplicate protocol "websocket" '
+            "(also upgrade_protocols[0])",
+            'sites[0].upgrade_protocols[3]: duplicate protocol "foo" '
+            "(also upgrade_protocols[1])",
+        )
+
+    def test_h2cRefused(self) -> None:
+        """
+        C{h2c}, in any case, is refused, and the error says why.
+        """
+        smuggling = (
+            "is refused: an h2c upgrade is a known way past a proxy's checks "
+            "(request smuggling: the tunnel carries HTTP/2 requests that "
+            "revproxy never reads); revproxy serves HTTP/2 itself (server.http2)"
+        )
+        self.assertErrors(
+            document(
+                site(upgrade_protocols=["websocket", "H2C"]),
+                defaults={"upgrade_protocols": ["h2c"]},
+            ),
+            f'defaults.upgrade_protocols[0]: "h2c" {smuggling}',
+            f'sites[0].upgrade_protocols[1]: "H2C" {smuggling}',
+        )
+
+    def test_versionRefused(self) -> None:
+        """
+        A protocol is named without its version: a C{/} is an error.
+        """
+        self.assertErrors(
+            document(site(upgrade_protocols=["websocket/13", "/2"])),
+            'sites[0].upgrade_protocols[0]: "websocket/13" has a version; give '
+            'the protocol name only (such as "websocket")',
+            'sites[0].upgrade_protocols[1]: "/2" has a version; give the '
+            'protocol name only (such as "websocket")',
+        )
+
+    def test_badToken(self) -> None:
+        """
+        A protocol name is an RFC 9110 token: not empty, no spaces,
+        separators or non-ASCII letters; and the list is of strings.
+        """
+        problem = (
+            "is not a protocol name (an RFC 9110 token: letters, digits and "
+            "!#$%&'*+-.^_`|~)"
+        )
+        self.assertErrors(
+            document(
+                site(upgrade_protocols=["", "web socket", "a,b", "wébsocket", 1]),
+                defaults={"upgrade_protocols": "websocket"},
+            ),
+            'defaults.upgrade_protocols: expected an array, got string "websocket"',
+            "sites[0].upgrade_protocols[4]: expected a string, got integer 1",
+            f'sites[0].upgrade_protocols[0]: "" {problem}',
+            f'sites[0].upgrade_protocols[1]: "web socket" {problem}',
+            f'sites[0].upgrade_protocols[2]: "a,b" {problem}',
+            f'sites[0].upgrade_protocols[3]: "wébsocket" {problem}',
+        )
+
+    def test_tunnelIdleTimeoutRange(self) -> None:
+        """
+        C{tunnel_idle_timeout_secs} is above 0 and at most 7 days.
+        """
+        self.assertErrors(
+            document(
+                site(tunnel_idle_timeout_secs=0),
+                site(name="b", hosts=["b.example"], tunnel_idle_timeout_secs=604800.5),
+                defaults={"tunnel_idle_timeout_secs": -1},
+            ),
+            "defaults.tunnel_idle_timeout_secs: must be greater than 0 and at "
+            "most 604800, got -1",
+            "sites[0].tunnel_idle_timeout_secs: must be greater than 0 and at "
+            "most 604800, got 0",
+            "sites[1].tunnel_idle_timeout_secs: must be greater than 0 and at "
+            "most 604800, got 604800.5",
+        )
+        config = parseConfig(
+            document(
+                site(tunnel_idle_timeout_secs=604800),
+                site(name="b", hosts=["b.example"], tunnel_idle_timeout_secs=0.001),
+            )
+        )
+        self.assertEqual(
+            [s.tunnel_idle_timeout_secs for s in config.sites], [604800.0, 0.001]
+        )
+
+    def test_maxTunnelsRange(self) -> None:
+        """
+        C{max_tunnels} is an integer from 0 (no tunnel) to ten million.
+        """
+        self.assertErrors(
+            document(
+                site(max_tunnels=-1),
+                site(name="b", hosts=["b.example"], max_tunnels=10**7 + 1),
+                site(name="c", hosts=["c.example"], max_tunnels=5.0),
+                defaults={"max_tunnels": -5},
+            ),
+            "defaults.max_tunnels: must be between 0 and 10000000, got -5",
+            "sites[0].max_tunnels: must be between 0 and 10000000, got -1",
+            "sites[1].max_tunnels: must be between 0 and 10000000, got 10000001",
+            "sites[2].max_tunnels: expected an integer, got float 5",
+        )
+        config = parseConfig(
+            document(
+                site(max_tunnels=0),
+                site(name="b", hosts=["b.example"], max_tunnels=10**7),
+            )
+        )
+        self.assertEqual([s.max_tunnels for s in config.sites], [0, 10**7])
+
+    def test_tunnelDrainRange(self) -> None:
+        """
+        C{tunnel_drain_secs} is from 0 to an hour.
+        """
+        self.assertErrors(
+            document(
+                site(tunnel_drain_secs=-0.5),
+                site(name="b", hosts=["b.example"], tunnel_drain_secs=3601),
+                defaults={"tunnel_drain_secs": math.inf},
+            ),
+            "defaults.tunnel_drain_secs: expected a finite number, got float inf",
+            "sites[0].tunnel_drain_secs: must be between 0 and 3600, got -0.5",
+            "sites[1].tunnel_drain_secs: must be between 0 and 3600, got 3601",
+        )
+        config = parseConfig(
+            document(
+                site(tunnel_drain_secs=0),
+                site(name="b", hosts=["b.example"], tunnel_drain_secs=3600),
+            )
+        )
+        self.assertEqual([s.tunnel_drain_secs for s in config.sites], [0.0, 3600.0])
+
+    def test_unknownKeyNearTunnelKeys(self) -> None:
+        """
+        A misspelt tunnel key is still an unknown key, with a suggestion.
+        """
+        self.assertErrors(
+            document(site(max_tunnel=5)),
+            'sites[0].max_tunnel: unknown key (did you mean "max_tunnels"?)',
+        )
+
+
 class SiteTests(ParseTestCase):
     """
     Tests for C{[[sites]]}.
@@ -2211,6 +2478,11 @@ _KNOWN_KEYS = [
     "rate_limit",
     "connect_timeout_secs",
     "response_timeout_secs",
+    "queue_timeout_secs",
+    "upgrade_protocols",
+    "tunnel_idle_timeout_secs",
+    "max_tunnels",
+    "tunnel_drain_secs",
     "name",
     "hosts",
     "upstreams",
@@ -2263,6 +2535,10 @@ _PLAUSIBLE_STRINGS = [
     "10.0.0.0/8",
     "ops@example.com",
     "https://acme.example/dir",
+    "websocket",
+    "WebSocket",
+    "h2c",
+    "websocket/13",
 ]
 
 _scalars = st.one_of(
