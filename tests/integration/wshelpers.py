@@ -703,6 +703,7 @@ class H2WebSocket:
     ) -> None:
         context = clientContext(caFile, alpn=["h2"])
         raw = socket.create_connection(("127.0.0.1", port), timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = context.wrap_socket(raw, server_hostname=serverName)
         self.timeout = timeout
         self.streamID = 1
@@ -800,10 +801,10 @@ class H2WebSocket:
                     self._parts = []
 
     def _pumpUntil(self, done: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + 3 * self.timeout
         while not done():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"HTTP/2: no {what} after {self.timeout} s")
+                raise TimeoutError(f"HTTP/2: no {what} after {3 * self.timeout} s")
             self._pumpOnce()
 
     def _sendData(self, data: bytes, end: bool = False) -> None:
@@ -820,9 +821,12 @@ class H2WebSocket:
             )
             if window <= 0:
                 if time.monotonic() > deadline:
-                    raise TimeoutError("HTTP/2: the send window stayed shut")
+                    raise TimeoutError(
+                        f"HTTP/2: the send window stayed shut for {self.timeout} s"
+                    )
                 self._pumpOnce()
                 continue
+            deadline = time.monotonic() + self.timeout
             self.h2.send_data(self.streamID, bytes(view[:window]))
             view = view[window:]
             self._flush()
