@@ -83,6 +83,11 @@ class AccessRecord:
     @ivar referer: The Referer header; C{""} when absent.
     @ivar tls_version: C{"TLSv1.3"} and the like, or L{None} for plain HTTP.
     @ivar generation: The config generation that served the request.
+    @ivar bytes_received: For a tunnel (WebSocket and other Upgrades), the
+        bytes the client sent through it; L{None} for other requests.
+    @ivar close_reason: For a tunnel, why it ended (C{"client closed"},
+        C{"upstream closed"}, C{"idle timeout"}, C{"site removed"},
+        C{"shutdown"}); L{None} for other requests.
     """
 
     ts: float
@@ -105,6 +110,8 @@ class AccessRecord:
     referer: str
     tls_version: str | None
     generation: int
+    bytes_received: int | None = None
+    close_reason: str | None = None
 
 
 _FIELDS = tuple(a.name for a in attrs.fields(AccessRecord))

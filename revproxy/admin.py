@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from revproxy.acme.renewal import AcmeSiteDescription, RenewalResult
     from revproxy.config import RateLimit
     from revproxy.metrics import Metrics
+    from revproxy.proxy.tunnel import SiteTunnels, TunnelRegistry
     from revproxy.ratelimit import RateLimiter
     from revproxy.upstreamhealth import HealthMonitor, UpstreamHealthDescription
 
@@ -97,11 +98,13 @@ _USAGE = {
     "renew": "renew SITE",
     "ratelimit": "ratelimit [reset] SITE IP",
     "stats": "stats [SITE]",
+    "tunnels": "tunnels [SITE]",
     "reopen-logs": "reopen-logs",
     "help": "help",
 }
 
 _DESCRIPTIONS = {
+    "tunnels": "open tunnels (WebSocket and other Upgrades) per site: how many, by config generation, the oldest's age, bytes each way",
     "reload": "re-read the config file and apply it; answers what changed",
     "check": "validate the config file on disk and answer what a reload would change, without applying it",
     "status": "uptime, number of sites, config generation and sha256",
@@ -129,12 +132,14 @@ class Operations:
         health: HealthMonitor | None = None,
         reopenLogs: Callable[[], None] | None = None,
         poolSizes: Callable[[], list[tuple[str, int, int]]] | None = None,
+        tunnels: TunnelRegistry | None = None,
     ) -> None:
         self.limiter = limiter
         self.metrics = metrics
         self.health = health
         self.reopenLogs = reopenLogs
         self.poolSizes = poolSizes
+        self.tunnels = tunnels
 
 
 class UsageError(Exception):
@@ -229,6 +234,22 @@ def reloadAnswer(result: ReloadResult) -> Answer:
             + ", ".join(result.failed)
         )
     return answer
+
+
+def renderTunnels(tunnels: SiteTunnels) -> Answer:
+    """
+    One site's open tunnels in an answer.
+    """
+    return {
+        "open": tunnels.open,
+        "by_generation": {
+            str(generation): count
+            for generation, count in sorted(tunnels.byGeneration.items())
+        },
+        "oldest_secs": tunnels.oldestSecs,
+        "bytes_up": tunnels.bytesUp,
+        "bytes_down": tunnels.bytesDown,
+    }
 
 
 def peekUpstream(selector: UpstreamSelector[_U]) -> _U | None:
@@ -369,6 +390,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             "renew": self.renew,
             "ratelimit": self.ratelimit,
             "stats": self.stats,
+            "tunnels": self.tunnels,
             "reopen-logs": self.reopenLogs,
             "help": self.help,
         }
@@ -563,6 +585,30 @@ class AdminFactory(Factory["AdminProtocol"]):
             stats["upstreams"] = upstreams
             sites[name] = stats
         return {"status": "ok", "generation": runtime.generation, "sites": sites}
+
+    def tunnels(self, args: list[str]) -> Answer:
+        """
+        The open tunnels, per site (or of one site).
+        """
+        if len(args) > 1:
+            raise UsageError(_USAGE["tunnels"])
+        registry = self.operations.tunnels
+        runtime = self.reloader.holder.current
+        site = args[0] if args else None
+        known = {route.name for route in runtime.table.sites}
+        if site is not None and site not in known:
+            if registry is None or not registry.count(site):
+                return {"status": "error", "message": f"unknown site: {site}"}
+        described = {} if registry is None else registry.describe(site)
+        sites: dict[str, Answer] = {
+            name: renderTunnels(tunnels) for name, tunnels in described.items()
+        }
+        return {
+            "status": "ok",
+            "generation": runtime.generation,
+            "total": sum(t.open for t in described.values()),
+            "sites": sites,
+        }
 
     def reopenLogs(self, args: list[str]) -> Answer:
         """

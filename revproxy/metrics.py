@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 from prometheus_client.metrics_core import (
@@ -31,6 +31,9 @@ from twisted.logger import Logger
 
 import revproxy
 from revproxy.config import Upstream
+
+if TYPE_CHECKING:
+    from revproxy.proxy.tunnel import TunnelCounts
 
 _log = Logger()
 
@@ -322,6 +325,8 @@ class LiveSources:
         not in back-off).
     @ivar poolSizes: C{(upstream url, idle, active)} for each upstream pool.
     @ivar trackedClients: How many buckets the rate limiter tracks.
+    @ivar tunnels: Each site's tunnels (WebSocket and other Upgrades): open
+        now, opened and closed (by reason) since start, bytes each way.
     """
 
     connections: Callable[[], int] = _zero
@@ -331,6 +336,7 @@ class LiveSources:
     upstreamHealth: Callable[[], Iterable[tuple[str, str, bool]]] = _nothing
     poolSizes: Callable[[], Iterable[tuple[str, int, int]]] = _nothing
     trackedClients: Callable[[], int] = _zero
+    tunnels: Callable[[], Iterable[TunnelCounts]] = _nothing
 
 
 class Metrics:
@@ -757,6 +763,22 @@ class Metrics:
             tracked.add_metric([], value)
         yield tracked
 
+        tunnelsOpen = next(families)
+        tunnelsOpened = next(families)
+        tunnelsClosed = next(families)
+        tunnelBytes = next(families)
+        for counts in self._live("tunnels", self.sources.tunnels):
+            tunnelsOpen.add_metric([counts.site], counts.open)
+            tunnelsOpened.add_metric([counts.site], counts.opened)
+            for reason, count in sorted(counts.closed.items()):
+                tunnelsClosed.add_metric([counts.site, reason], count)
+            tunnelBytes.add_metric([counts.site, "up"], counts.bytesUp)
+            tunnelBytes.add_metric([counts.site, "down"], counts.bytesDown)
+        yield tunnelsOpen
+        yield tunnelsOpened
+        yield tunnelsClosed
+        yield tunnelBytes
+
         build = next(families)
         build.add_metric([], {"version": _BUILD_VERSION})
         yield build
@@ -847,6 +869,27 @@ class Metrics:
             "revproxy_rate_limit_tracked_clients",
             "Client buckets the rate limiter tracks.",
             labels=[],
+        )
+        yield GaugeMetricFamily(
+            "revproxy_tunnels_open",
+            "Open tunnels (WebSocket and other Upgrades), by site.",
+            labels=["site"],
+        )
+        yield CounterMetricFamily(
+            "revproxy_tunnels_opened",
+            "Tunnels opened, by site.",
+            labels=["site"],
+        )
+        yield CounterMetricFamily(
+            "revproxy_tunnels_closed",
+            "Tunnels closed, by site and reason.",
+            labels=["site", "reason"],
+        )
+        yield CounterMetricFamily(
+            "revproxy_tunnel_bytes",
+            "Bytes carried by tunnels, by site and direction (up: from "
+            "clients, down: from upstreams).",
+            labels=["site", "direction"],
         )
         yield InfoMetricFamily(
             "revproxy_build",

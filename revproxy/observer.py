@@ -194,6 +194,8 @@ class RequestObserver:
             referer=_header(request, b"referer"),
             tls_version=tlsVersion(request),
             generation=request.generation or self.generation,
+            bytes_received=request.receivedLength,
+            close_reason=request.closeReason,
         )
 
     # -- operations

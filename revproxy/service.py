@@ -48,6 +48,7 @@ from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import FrontEnd
 from revproxy.proxy.limits import ConnectionLimits
 from revproxy.proxy.pool import ConnectionPool
+from revproxy.proxy.tunnel import TunnelRegistry
 from revproxy.ratelimit import RateLimiter
 from revproxy.reload import (
     IReloadFollower,
@@ -156,7 +157,7 @@ def buildService(
         configPath,
         holder,
         reactor,
-        [_HealthFollower(health), path]
+        [_HealthFollower(health), path, path.tunnels]
         + ([] if termination is None else [termination])
         + [_SystemdFollower(notifier, holder)],
     )
@@ -195,6 +196,7 @@ class RequestPath(Service):
         every client connection is known (graceful shutdown).
     @ivar gate: the cap on client and upstream connections together.
     @ivar pool: the upstream connection pool.
+    @ivar tunnels: the open tunnels (WebSocket and other Upgrades).
     """
 
     name = "request-path"
@@ -209,6 +211,7 @@ class RequestPath(Service):
         limiter: RateLimiter,
         observer: RequestObserver,
         site: FrontEnd,
+        tunnels: TunnelRegistry,
     ) -> None:
         self.holder = holder
         self.gate = gate
@@ -217,10 +220,13 @@ class RequestPath(Service):
         self.limiter = limiter
         self.observer = observer
         self.site = site
+        self.tunnels = tunnels
         self.tracker = ConnectionTracker(site, gate)
 
     def stopService(self) -> None:
         super().stopService()
+        # Tunnels that end from now on end for the shutdown.
+        self.tunnels.shuttingDown = True
         self.pool.close()
 
     def reloadStarting(self, source: str) -> None:
@@ -288,6 +294,7 @@ def requestPath(
         config.server.max_tracked_clients,
         config.server.rate_limit_ipv6_prefix,
     )
+    tunnels = TunnelRegistry(reactor)
     metrics = Metrics(
         reactor,
         sources=LiveSources(
@@ -303,6 +310,7 @@ def requestPath(
             upstreamHealth=lambda: _upstreamHealth(health, holder.current),
             poolSizes=lambda: poolSizes(pool, holder.current.table.sites),
             trackedClients=lambda: len(limiter),
+            tunnels=tunnels.counts,
         ),
     )
     observer = RequestObserver(
@@ -313,7 +321,9 @@ def requestPath(
     )
     router = Router(
         holder,
-        Forwarder(pool, reactor, config.server.trusted_proxies, metrics),
+        Forwarder(
+            pool, reactor, config.server.trusted_proxies, metrics, tunnels=tunnels
+        ),
         challenges=challenges,
         limiter=limiter,
         observer=observer,
@@ -327,7 +337,7 @@ def requestPath(
         refused=observer.refused,
         snapshot=router.snapshot,
     )
-    path = RequestPath(holder, gate, pool, metrics, limiter, observer, site)
+    path = RequestPath(holder, gate, pool, metrics, limiter, observer, site, tunnels)
     path.follow(holder.current)
     return path
 
@@ -573,6 +583,7 @@ def operations(
                     poolSizes=lambda: poolSizes(
                         path.pool, path.holder.current.table.sites
                     ),
+                    tunnels=path.tunnels,
                 ),
             ),
             reactor,

@@ -144,7 +144,7 @@ class FormatJSONTests(SynchronousTestCase):
             b'"upstream_status":200,"upstream_ms":10.25,'
             b'"request_id":"0123456789abcdef0123456789abcdef",'
             b'"user_agent":"curl/8.5.0","referer":"https://ref.example/",'
-            b'"tls_version":"TLSv1.3","generation":3}\n',
+            b'"tls_version":"TLSv1.3","generation":3,"bytes_received":null,"close_reason":null}\n',
         )
 
     def test_noUpstream(self) -> None:

@@ -91,7 +91,8 @@ class ConnectionPrefaceTests(SynchronousTestCase):
         self.assertEqual(settings[SettingCodes.MAX_CONCURRENT_STREAMS], 100)
         self.assertEqual(settings[SettingCodes.INITIAL_WINDOW_SIZE], STREAM_WINDOW)
         self.assertEqual(settings[SettingCodes.MAX_HEADER_LIST_SIZE], 9000)
-        self.assertEqual(settings[SettingCodes.ENABLE_CONNECT_PROTOCOL], 0)
+        # RFC 8441: WebSocket over HTTP/2 is offered.
+        self.assertEqual(settings[SettingCodes.ENABLE_CONNECT_PROTOCOL], 1)
         [update] = framesOf(WindowUpdateFrame, frames)
         self.assertEqual(update.stream_id, 0)
         self.assertEqual(update.window_increment, CONNECTION_WINDOW - 65535)
@@ -993,13 +994,30 @@ class RequestRefusalTests(SynchronousTestCase):
         """
         self.assertRefused([(b":method", b"CONNECT"), (b":authority", b"a:443")], 405)
 
-    def test_extendedConnect(self) -> None:
+    def test_extendedConnectOtherProtocol(self) -> None:
         """
-        Extended CONNECT (:protocol) is 501: it is not supported yet.
+        An extended CONNECT (RFC 8441) for anything but websocket is 501.
         """
         self.assertRefused(
-            [(b":method", b"CONNECT"), (b":protocol", b"websocket"), *GET[1:]], 501
+            [(b":method", b"CONNECT"), (b":protocol", b"webtransport"), *GET[1:]], 501
         )
+
+    def test_extendedConnectHandled(self) -> None:
+        """
+        An extended CONNECT for websocket reaches the handler as a CONNECT
+        with its :protocol, its :path as target, and no end to its body.
+        """
+        peer = H2Peer(self)
+        peer.request(
+            [(b":method", b"CONNECT"), (b":protocol", b"websocket"), *GET[1:]],
+            end=False,
+        )
+        [exchange] = peer.handler.exchanges
+        self.assertEqual(
+            (exchange.method, exchange.protocol, exchange.uri),
+            (b"CONNECT", b"websocket", b"/"),
+        )
+        self.assertFalse(exchange.bodyComplete)
 
     def test_tooManyFields(self) -> None:
         """

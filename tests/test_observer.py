@@ -320,6 +320,8 @@ class ContextTests(SynchronousTestCase):
                 "referer": "http://r.example/",
                 "tls_version": None,
                 "generation": 1,
+                "bytes_received": None,
+                "close_reason": None,
             },
         )
         self.assertEqual(

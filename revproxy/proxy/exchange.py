@@ -150,6 +150,21 @@ class ExchangeChannel(TypingProtocol):
         The response is whole.
         """
 
+    def startTunnel(
+        self,
+        exchange: Exchange,
+        code: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """
+        Send the head of a switch to a tunnel now (C{101} over HTTP/1.1,
+        C{200} for an HTTP/2 extended CONNECT); from then on what the
+        client sends is the exchange's body, as it comes, with no framing,
+        and what is sent goes out as it is; L{sendEnd} closes the connection
+        (HTTP/1.1) or ends the stream (HTTP/2).
+        """
+
     def abortExchange(self, exchange: Exchange) -> None:
         """
         Cut the response short so that the client sees it is incomplete:
@@ -214,6 +229,7 @@ class Exchange:
         "clientIP",
         "clientLeft",
         "clientproto",
+        "closeReason",
         "code",
         "counted",
         "finished",
@@ -224,6 +240,8 @@ class Exchange:
         "method",
         "observer",
         "peer",
+        "protocol",
+        "receivedLength",
         "refusal",
         "relay",
         "requestID",
@@ -280,6 +298,13 @@ class Exchange:
         self.bodyLimit: int | None = None
         #: The forwarder's relay in progress, if any.
         self.relay: BodySink | None = None
+        #: An HTTP/2 extended CONNECT's C{:protocol} (RFC 8441), else
+        #: L{None}.
+        self.protocol: bytes | None = None
+        #: Why the tunnel this exchange became ended, else L{None}.
+        self.closeReason: str | None = None
+        #: The bytes the client sent through that tunnel.
+        self.receivedLength: int | None = None
         #: The lowercased names never forwarded: the hop-by-hop ones and
         #: those the request's Connection fields list, when the protocol
         #: read them already (else L{None}).
@@ -441,6 +466,32 @@ class Exchange:
         self.code = code
         self.startedWriting = True
         self.channel.sendHead(self, code, reason, headers)
+
+    def startTunnel(
+        self,
+        code: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        sink: BodySink,
+    ) -> None:
+        """
+        The request became a tunnel: answer C{code} with C{headers} at once,
+        then every byte the client sends is body for C{sink} (no limit, no
+        end until the client's side ends), and what is written goes out as
+        it is until L{finish} ends the connection (HTTP/1.1) or the stream
+        (HTTP/2).
+        """
+        if self.clientLeft or self.finished or self.startedWriting:
+            return
+        self.code = code
+        self.startedWriting = True
+        self.bodyLimit = None
+        self.bodyLength = None
+        if self.bodyComplete:
+            self.bodyComplete = False
+            self._body = []
+        self.channel.startTunnel(self, code, reason, headers)
+        self.attach(sink)
 
     def write(self, data: bytes) -> None:
         if self.clientLeft or self.finished or not data:

@@ -8,7 +8,10 @@ How it works: docs/internals.md, "The forwarder".
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
+import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, cast
 
@@ -23,6 +26,7 @@ from revproxy.proxy.headers import (
     HAS_DATE,
     HAS_HSTS,
     HAS_REQUEST_ID,
+    connectionTokens,
     isTrusted,
     relayResponseHeaders,
     upstreamRequestHeaders,
@@ -33,6 +37,7 @@ from revproxy.proxy.pool import (
     localConnectError,
 )
 from revproxy.proxy.responses import httpDate, shortLine, simpleResponse
+from revproxy.proxy.tunnel import Tunnel, TunnelRegistry
 from revproxy.proxy.upstream import (
     UpstreamClosed,
     UpstreamConnection,
@@ -72,14 +77,18 @@ class Forwarder:
         clock: IReactorTime,
         trustedProxies: tuple[IPv4Network | IPv6Network, ...] = (),
         metrics: Metrics | None = None,
+        tunnels: TunnelRegistry | None = None,
     ) -> None:
         """
         @param metrics: Where upstream errors are counted, if anywhere.
+        @param tunnels: The open tunnels (WebSocket and other Upgrades); a
+            registry of the forwarder's own if not given.
         """
         self.pool = pool
         self.clock = clock
         self.trustedProxies = trustedProxies
         self.metrics = metrics
+        self.tunnels = TunnelRegistry(clock) if tunnels is None else tunnels
         #: Local connect errors are logged once a second at most.
         self.localErrors = LogThrottle(clock, 1.0)
 
@@ -109,6 +118,7 @@ class _Relay:
     """
 
     __slots__ = (
+        "accept",
         "attempt",
         "bodyIn",
         "bodyPaused",
@@ -135,6 +145,7 @@ class _Relay:
         "timedOut",
         "timer",
         "tried",
+        "upgrade",
         "upstream",
         "waiting",
         "watched",
@@ -182,6 +193,11 @@ class _Relay:
         self.chunked = False
         self.streaming = False
         self.bodyPaused = False
+        #: The protocols asked for in C{Upgrade} upstream, when the request
+        #: may become a tunnel (L{revproxy.proxy.tunnel.Tunnel}).
+        self.upgrade: bytes | None = None
+        #: The C{Sec-WebSocket-Accept} a translated extended CONNECT needs.
+        self.accept: bytes | None = None
 
     # -- start
 
@@ -208,7 +224,40 @@ class _Relay:
             # An HTTP/1.0 request without Host (routed to the default site):
             # HTTP/1.1 requires one upstream, so name the site or upstream.
             headers.insert(0, (b"Host", self.route.fallbackHost))
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
+        method = self.method
+        if request.protocol is not None or request.header(b"upgrade") is not None:
+            upgrade = self._upgradeOffered()
+            if upgrade is None and request.protocol is not None:
+                self._end()
+                self._answer(501, "this site does not serve that protocol")
+                return
+            if upgrade is not None:
+                if self.forwarder.tunnels.count(self.config.name) >= (
+                    self.config.max_tunnels
+                ):
+                    self._end()
+                    self._log(
+                        LogLevel.warn,
+                        "site {site}: {method} {target}: max_tunnels ({max}) "
+                        "reached (request_id {request_id})",
+                        max=self.config.max_tunnels,
+                    )
+                    self._answer(503, "too many open tunnels", [(b"Retry-After", b"5")])
+                    return
+                self.upgrade = upgrade
+                headers += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+                if request.protocol is not None:
+                    # RFC 8441: an HTTP/2 extended CONNECT goes upstream as
+                    # an HTTP/1.1 WebSocket upgrade, with a key of our own.
+                    method = b"GET"
+                    key = base64.b64encode(os.urandom(16))
+                    headers.append((b"sec-websocket-key", key))
+                    self.accept = _websocketAccept(key)
+                # Nothing is sent upstream before the switch: what the
+                # client sends meanwhile waits in the exchange.
+                self.hasBody = False
+                self.bodyIn = True
+        parts = [method, b" ", self.target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         self.head = b"".join(parts)
@@ -217,6 +266,36 @@ class _Relay:
             if self.done:
                 return
         self._tryNext()
+
+    def _upgradeOffered(self) -> bytes | None:
+        """
+        What to ask the upstream for in C{Upgrade}: the protocols of the
+        client's upgrade request (an HTTP/1.1 GET with C{Connection:
+        upgrade}, or an HTTP/2 extended CONNECT) that the site's
+        C{upgrade_protocols} lists; L{None} when there are none (the
+        request then goes as an ordinary one, without C{Upgrade}).
+        """
+        request = self.request
+        allowed = self.config.upgrade_protocols
+        protocol = request.protocol
+        if protocol is not None:
+            if request.method == b"CONNECT" and protocol.lower() == b"websocket":
+                return b"websocket" if "websocket" in allowed else None
+            return None
+        if (
+            request.method != b"GET"
+            or request.clientproto != b"HTTP/1.1"
+            or b"upgrade" not in connectionTokens(request.headerValues(b"connection"))
+        ):
+            return None
+        offered = []
+        for value in request.headerValues(b"upgrade"):
+            for item in value.split(b","):
+                item = item.strip()
+                name = item.split(b"/", 1)[0].lower()
+                if name and name.decode("latin-1") in allowed:
+                    offered.append(item)
+        return b", ".join(offered) if offered else None
 
     # -- BodySink
 
@@ -484,6 +563,9 @@ class _Relay:
             watched.touch()
         if request.clientLeft:
             return
+        if code == 101:
+            self._switch(reason, headers)
+            return
         out, found = relayResponseHeaders(headers, noBody=code == 204 or code == 304)
         if not found & HAS_DATE:
             out.append((b"Date", httpDate(self.forwarder.clock.seconds())))
@@ -497,6 +579,78 @@ class _Relay:
         stream = connection.stream if connection is not None else None
         if stream is not None:
             request.registerProducer(cast(IPushProducer, stream))
+
+    def _switch(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """
+        The upstream switched protocols: if it switched to what was asked
+        for, the exchange and the connection become a tunnel; else 502.
+        """
+        connection = self.connection
+        upstream = self.upstream
+        problem = self._switchProblem(headers)
+        if problem is not None or connection is None or upstream is None:
+            self._disarm()
+            self._stopBody()
+            self.connection = None
+            if connection is not None:
+                connection.abandon()
+            self._count("protocol")
+            self.done = True
+            self.request.relay = None
+            self._log(
+                LogLevel.warn,
+                "site {site}: upstream {upstream}: {problem} (request_id {request_id})",
+                problem=problem,
+            )
+            self._answer(502, "the upstream switched protocols wrongly")
+            return
+        self._disarm()
+        self.done = True
+        self.connection = None
+        request = self.request
+        out, found = relayResponseHeaders(headers, noBody=True)
+        if request.requestID and not found & HAS_REQUEST_ID:
+            out.append((b"X-Request-ID", request.requestID.encode("ascii")))
+        if self.accept is not None:
+            # RFC 8441 section 5: the client's stream is accepted with 200,
+            # without the HTTP/1.1 handshake's fields.
+            out = [pair for pair in out if pair[0].lower() != b"sec-websocket-accept"]
+            code, phrase = 200, b"OK"
+        else:
+            out += [(b"Connection", b"upgrade"), (b"Upgrade", _upgradeOf(headers))]
+            code, phrase = 101, reason
+        forwarder = self.forwarder
+        Tunnel(
+            request,
+            connection,
+            self.config,
+            upstream.url,
+            forwarder.tunnels,
+            forwarder.clock,
+        ).start(code, phrase, out)
+
+    def _switchProblem(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """
+        What is wrong with the upstream's 101 C{headers}, if anything: a
+        switch nobody asked for, to another protocol than asked, or (for a
+        translated extended CONNECT) without the right
+        C{Sec-WebSocket-Accept}.
+        """
+        upgrade = self.upgrade
+        if upgrade is None:
+            return "101 Switching Protocols to a request that asked for no upgrade"
+        answered = _upgradeOf(headers)
+        names = {item.strip().split(b"/", 1)[0].lower() for item in upgrade.split(b",")}
+        if answered.split(b"/", 1)[0].strip().lower() not in names:
+            return (
+                "101 Switching Protocols to "
+                f"{logText(answered) or 'nothing'} where {logText(upgrade)} was asked"
+            )
+        if self.accept is not None:
+            accepts = [v for k, v in headers if k.lower() == b"sec-websocket-accept"]
+            if accepts != [self.accept]:
+                return "101 Switching Protocols with a wrong Sec-WebSocket-Accept"
+        return None
 
     def responseBody(self, data: bytes) -> None:
         watched = self.watched
@@ -752,3 +906,25 @@ class _Relay:
         self.connection = None
         if connection is not None:
             connection.abandon()
+
+
+#: RFC 6455 section 1.3: the GUID a WebSocket key is hashed with.
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _websocketAccept(key: bytes) -> bytes:
+    """
+    The C{Sec-WebSocket-Accept} that answers C{key} (RFC 6455 section 4.2.2).
+    """
+    return base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
+
+
+def _upgradeOf(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """
+    The value of the C{Upgrade} field among C{headers} (the first, trimmed),
+    or C{b""}.
+    """
+    for name, value in headers:
+        if len(name) == 7 and name.lower() == b"upgrade":
+            return value.strip()
+    return b""

@@ -185,6 +185,8 @@ class HTTP1Connection(Protocol):
         self._writePaused = False
         self._readPaused = 0
         self._dispatching = False
+        # The exchange in flight became a tunnel: what comes is its body.
+        self._tunnel: Exchange | None = None
         # Deadline bookkeeping.
         self._since = 0.0
         self._bodyStart = 0.0
@@ -211,6 +213,10 @@ class HTTP1Connection(Protocol):
         h2 = self._h2
         if h2 is not None:
             h2.dataReceived(data)
+            return
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.bodyReceived(data)
             return
         if self._negotiate:
             self._negotiate = False
@@ -241,6 +247,7 @@ class HTTP1Connection(Protocol):
         self._cancel()
         self._producer = None
         self._parser = None
+        self._tunnel = None
         current = self._current
         self._current = None
         reading = self._reading
@@ -726,6 +733,36 @@ class HTTP1Connection(Protocol):
         self._bodiless = method == b"HEAD" or code in (204, 304)
         self._pendingHead = b"".join(parts)
 
+    def startTunnel(
+        self,
+        exchange: Exchange,
+        code: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        if exchange is not self._current or self._phase >= CLOSING:
+            return
+        parts = [_statusLine(code, reason)]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self._tunnel = exchange
+        self._parser = None
+        self._keepAlive = False
+        self._chunked = False
+        self._bodiless = False
+        self._pendingHead = b""
+        self._persistent.pop(id(exchange), None)
+        if self.transport is not None:
+            self._write(b"".join(parts))
+        # Bytes that came after the upgrade request are the tunnel's first.
+        ahead = self._ahead
+        self._ahead = []
+        self._aheadBytes = 0
+        self._resumeReading(1)
+        for data in ahead:
+            exchange.bodyReceived(data)
+
     def sendData(self, exchange: Exchange, data: bytes) -> None:
         if self._bodiless or exchange is not self._current:
             return
@@ -750,6 +787,12 @@ class HTTP1Connection(Protocol):
         self._expects.discard(id(exchange))
         self._producer = None
         if self._phase >= CLOSING:
+            return
+        if self._tunnel is not None:
+            # A tunnel ends with its connection.
+            self._tunnel = None
+            self._current = None
+            self._closeQuietly()
             return
         if not self._keepAlive or self._draining:
             if not exchange.bodyComplete:

@@ -334,7 +334,14 @@ class _Head:
     A request head read from a HEADERS block.
     """
 
-    __slots__ = ("contentLength", "expectContinue", "fields", "method", "path")
+    __slots__ = (
+        "contentLength",
+        "expectContinue",
+        "fields",
+        "method",
+        "path",
+        "protocol",
+    )
 
     def __init__(self) -> None:
         self.method = b""
@@ -342,6 +349,8 @@ class _Head:
         self.fields: list[tuple[bytes, bytes]] = []
         self.contentLength: int | None = None
         self.expectContinue = False
+        #: An extended CONNECT's C{:protocol} (RFC 8441).
+        self.protocol: bytes | None = None
 
 
 def readHead(
@@ -406,9 +415,15 @@ def readHead(
     if method is None or not _TOKEN.match(method):
         raise _Refusal(400, "the method is not a token")
     if method == b"CONNECT":
-        if protocol is not None:
-            raise _Refusal(501, "extended CONNECT is not supported")
-        raise _Refusal(405, "CONNECT is not allowed")
+        if protocol is None:
+            raise _Refusal(405, "CONNECT is not allowed")
+        # RFC 8441 section 4: an extended CONNECT carries :scheme and
+        # :path like any request (checked below); only WebSocket is served.
+        if protocol.lower() != b"websocket":
+            raise _Refusal(501, "extended CONNECT is served for websocket only")
+        head.protocol = protocol
+    elif protocol is not None:
+        raise _Refusal(400, "a :protocol on a request that is not a CONNECT")
     if count > maxFields:
         raise _Refusal(431, f"more than {maxFields} header fields")
     if path is None:
@@ -463,6 +478,7 @@ class _Stream:
         "refused",
         "stalled",
         "stalledAt",
+        "tunnel",
         "unacked",
         "waiting",
     )
@@ -480,6 +496,9 @@ class _Stream:
         self.producerPaused = False
         self.stalled = False
         self.stalledAt = 0.0
+        #: An extended CONNECT: what the client sends is a tunnel's, under
+        #: the tunnel's idle deadline, not the body deadlines.
+        self.tunnel = False
         # The request body.
         self.bodyDone = exchange.bodyComplete
         self.bodyPaused = False
@@ -577,6 +596,8 @@ class HTTP2Connection(Protocol):
                 SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
                 SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_headers_total_bytes,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                # RFC 8441: WebSocket over an HTTP/2 stream.
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         # h2 copies the setting into the decoder only when a change is
@@ -734,8 +755,10 @@ class HTTP2Connection(Protocol):
         # No Connection field reaches here (h2 refuses connection-specific
         # fields), so nothing more is hop-by-hop.
         exchange.hopByHop = HOP_BY_HOP
+        exchange.protocol = head.protocol
         now = self._clock.seconds()
         stream = _Stream(streamID, exchange, now)
+        stream.tunnel = head.protocol is not None
         stream.bodyDone = ended
         self._streams[streamID] = stream
         self._ofExchange[exchange] = stream
@@ -924,6 +947,22 @@ class HTTP2Connection(Protocol):
                 fields.append((name, value))
         self._send(stream, lambda conn: conn.send_headers(stream.id, fields))
         self._flushSoon()
+
+    def startTunnel(
+        self,
+        exchange: Exchange,
+        code: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        stream = self._ofExchange.get(exchange)
+        if stream is None:
+            return
+        stream.tunnel = True
+        self.sendHead(exchange, code, reason, headers)
+        if not self._receiving:
+            self._pump()
+            self._flush()
 
     def sendData(self, exchange: Exchange, data: bytes) -> None:
         stream = self._ofExchange.get(exchange)
@@ -1429,6 +1468,7 @@ class HTTP2Connection(Protocol):
             stream.bodyDone
             or stream.refused
             or stream.bodyPaused
+            or stream.tunnel
             or stream.waiting > UNATTACHED_BODY
         ):
             return nextAt

@@ -537,6 +537,21 @@ class ConnectionPool:
         if self._sweep is None:
             self._sweep = self._clock.callLater(self.idleTimeout, self._sweepIdle)
 
+    def detach(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection}, busy, leaves the pool for good (it became a tunnel):
+        it no longer counts against the upstream's connections, and the
+        next request in line, if any, gets a connection.
+        """
+        if connection.pool is not self:
+            return
+        connection.pool = _DETACHED
+        host = self._hosts.get(connection.key)
+        if host is None:
+            return
+        host.active -= 1
+        self._serveWaiting(connection.key, host)
+
     def connectionLost(self, connection: UpstreamConnection) -> None:
         """
         C{connection} closed, idle or busy.
@@ -625,6 +640,9 @@ class _DetachedPool:
         pass
 
     def connectionMade(self, connection: UpstreamConnection) -> None:
+        pass
+
+    def detach(self, connection: UpstreamConnection) -> None:
         pass
 
 

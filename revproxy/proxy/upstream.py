@@ -60,6 +60,12 @@ class ConnectionOwner(TypingProtocol):
         close it.
         """
 
+    def detach(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection} leaves the pool for good (it became a tunnel): it no
+        longer counts as one of the pool's, and is never given back.
+        """
+
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 #: What one read of an upstream connection takes at most.  A client that
@@ -204,6 +210,9 @@ class UpstreamConnection(Protocol):
         #: What L{verified} asks the kernel with, and about which socket.
         self._poller: select.poll | None = None
         self._polled: socket.socket | None = None
+        #: Whether the connection became a tunnel (L{startTunnel}): once the
+        #: parser is gone, every byte goes to the sink as it comes.
+        self.tunnelled = False
         self._reset(False)
 
     def _reset(self, isHead: bool) -> None:
@@ -306,6 +315,12 @@ class UpstreamConnection(Protocol):
         if sink is None:
             return
         self._sink = None
+        if self.tunnelled:
+            if reason.check(ConnectionDone):
+                sink.responseDone()
+            else:
+                sink.responseFailed(UpstreamClosed(True, reason))
+            return
         if self._started and self._untilClose and not self._done:
             # A body delimited by the end of the connection is complete when
             # the connection closes cleanly.
@@ -350,6 +365,19 @@ class UpstreamConnection(Protocol):
         assert self.transport is not None
         self._write(data)
 
+    def startTunnel(self, sink: ResponseSink) -> None:
+        """
+        The upstream switched protocols (101) and the exchange accepted it:
+        from the end of the response head on, every byte read goes to
+        C{sink}'s C{responseBody} as it is, the end of the connection to its
+        C{responseDone} (or C{responseFailed}), and the connection leaves
+        its pool for good.  Its deadline is the caller's to L{watch}.
+        """
+        self._sink = sink
+        self.tunnelled = True
+        self._onDeadline = None
+        self.pool.detach(self)
+
     def abandon(self) -> None:
         """
         Drop the exchange in progress and close the connection: the client
@@ -361,6 +389,11 @@ class UpstreamConnection(Protocol):
             stream.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnelled and self._parser is None:
+            sink = self._sink
+            if sink is not None:
+                sink.responseBody(data)
+            return
         if self._sink is None:
             # Bytes nobody asked for: the connection is out of step.
             self._abort()
@@ -404,6 +437,10 @@ class UpstreamConnection(Protocol):
                     return
             try:
                 parser.feed_data(data)
+            except httptools.HttpParserUpgrade as e:
+                # A 101 response head is whole (llhttp stops there).
+                self._switched(data[e.args[0] :] + rest if e.args else rest)
+                return
             except httptools.HttpParserError as e:
                 cause = e.__context__
                 if isinstance(cause, _HeadResponseDone):
@@ -430,6 +467,21 @@ class UpstreamConnection(Protocol):
                     self._rawBody(rest)
                 return
             data = rest
+
+    def _switched(self, rest: bytes) -> None:
+        """
+        The upstream's 101 head is read: go on as a tunnel if the exchange
+        took it (L{startTunnel}), with C{rest}, the bytes after the head,
+        as its first; else drop the connection.
+        """
+        self._parser = None
+        if not self.tunnelled:
+            self._sink = None
+            self._abort()
+            return
+        sink = self._sink
+        if rest and sink is not None:
+            sink.responseBody(rest)
 
     def _rawBody(self, data: bytes) -> None:
         """
