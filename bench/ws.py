@@ -34,6 +34,7 @@ CPU column (under 100 % = it was not the bottleneck).
     python3 bench/ws.py --venv /path/to/.venv            # 3 reps x 3 s (~3 min)
     python3 bench/ws.py --quick                          # 1 rep x 2 s
     python3 bench/ws.py --targets nginx,caddy            # without revproxy
+    python3 bench/ws.py --targets nginx,nginx-64k        # nginx with 64 KiB buffers too
 
 Output: a Markdown table on stdout and ws.md / ws.json / ws.jsonl in
 --out (default bench/results/ws-<timestamp>/).
@@ -65,7 +66,10 @@ if not SHARED.exists():
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 UPSTREAM_PORT = 18139
-PORTS = {"nginx": 18130, "caddy": 18131, "revproxy": 18132}
+PORTS = {"nginx": 18130, "caddy": 18131, "revproxy": 18132, "nginx-64k": 18133}
+#: The nginx rows: the stock proxy buffers (4/8 KiB, which a tunnel reads
+#: into), and a sensitivity row with 64 KiB ones.
+NGINX_EXTRA = {"nginx": "", "nginx-64k": "proxy_buffer_size 64k;"}
 LOAD_CORE, PROXY_CORE = "0", "1"
 IDLE_TUNNELS = 1000
 CASES = [(1, 64), (1, 64 * 1024), (100, 64), (100, 64 * 1024)]
@@ -305,8 +309,9 @@ def start_proxy(rp, name: str, run: Path, venv: Path, repo: Path):
     port = PORTS[name]
     values = {"PORT": str(port), "UPSTREAM_PORT": str(UPSTREAM_PORT), "RUN": str(run)}
     conf = run / "conf"
-    if name == "nginx":
-        path = render(HERE / "ws-nginx.conf.in", conf / "nginx.conf", values)
+    if name in NGINX_EXTRA:
+        values |= {"NAME": name, "EXTRA": NGINX_EXTRA[name]}
+        path = render(HERE / "ws-nginx.conf.in", conf / f"{name}.conf", values)
         argv = [
             "nginx",
             "-c",
