@@ -1976,3 +1976,101 @@ class OperationsCommandTests(AdminTestsMixin, SynchronousTestCase):
             },
         )
         self.assertNotIn("health", upstreams[2])
+
+
+class _OpenTunnel:
+    """
+    What the tunnel registry reads of an open tunnel.
+    """
+
+    def __init__(self, site: str, generation: int, openedAt: float) -> None:
+        self.site = site
+        self.generation = generation
+        self.openedAt = openedAt
+        self.bytesUp = 10
+        self.bytesDown = 20
+        self.drainTimer = None
+
+
+class TunnelsCommandTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    C{tunnels [SITE]}: the open tunnels per site.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from revproxy.proxy.tunnel import TunnelRegistry
+
+        self.registry = TunnelRegistry(self.clock)
+        self.factory = AdminFactory(
+            self.reloader, self.clock, operations=Operations(tunnels=self.registry)
+        )
+
+    def test_none(self) -> None:
+        """
+        Without tunnels the answer has none.
+        """
+        self.assertEqual(
+            self.command("tunnels"),
+            {"status": "ok", "generation": 1, "total": 0, "sites": {}},
+        )
+
+    def test_perSite(self) -> None:
+        """
+        Each site with tunnels: how many, by generation, the oldest's age,
+        bytes each way; C{tunnels SITE} for one site.
+        """
+        now = self.clock.seconds()
+        for site, generation, age in (
+            ("app", 1, 30),
+            ("app", 2, 5),
+            ("fallback", 2, 1),
+        ):
+            self.registry.opened(cast(Any, _OpenTunnel(site, generation, now - age)))
+        app = {
+            "open": 2,
+            "by_generation": {"1": 1, "2": 1},
+            "oldest_secs": 30.0,
+            "bytes_up": 20,
+            "bytes_down": 40,
+        }
+        self.assertEqual(
+            self.command("tunnels"),
+            {
+                "status": "ok",
+                "generation": 1,
+                "total": 3,
+                "sites": {
+                    "app": app,
+                    "fallback": {
+                        "open": 1,
+                        "by_generation": {"2": 1},
+                        "oldest_secs": 1.0,
+                        "bytes_up": 10,
+                        "bytes_down": 20,
+                    },
+                },
+            },
+        )
+        self.assertEqual(
+            self.command("tunnels app"),
+            {"status": "ok", "generation": 1, "total": 2, "sites": {"app": app}},
+        )
+
+    def test_unknownSite(self) -> None:
+        """
+        A site that is not configured (and has no tunnel left) is an error.
+        """
+        self.assertEqual(
+            self.command("tunnels nope"),
+            {"status": "error", "message": "unknown site: nope"},
+        )
+
+    def test_usage(self) -> None:
+        """
+        More than one argument is a usage error.
+        """
+        self.assertEqual(
+            self.command("tunnels a b"),
+            {"status": "error", "message": "usage: tunnels [SITE]"},
+        )

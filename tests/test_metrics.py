@@ -634,6 +634,48 @@ class LiveValuesTests(SynchronousTestCase):
             {labels(version=revproxy.__version__): 1},
         )
 
+    def test_tunnels(self) -> None:
+        """
+        Each site's tunnels: open now, opened and closed by reason since
+        start, and bytes each way.
+        """
+        from revproxy.proxy.tunnel import TunnelCounts
+
+        self.metrics.sources = attrs.evolve(
+            self.metrics.sources,
+            tunnels=lambda: [
+                TunnelCounts(
+                    site=SITE,
+                    open=2,
+                    opened=5,
+                    closed={"client closed": 2, "idle timeout": 1},
+                    bytesUp=100,
+                    bytesDown=200,
+                )
+            ],
+        )
+        self.assertEqual(
+            samples(self.metrics, "revproxy_tunnels_open"), {labels(site=SITE): 2}
+        )
+        self.assertEqual(
+            samples(self.metrics, "revproxy_tunnels_opened_total"),
+            {labels(site=SITE): 5},
+        )
+        self.assertEqual(
+            samples(self.metrics, "revproxy_tunnels_closed_total"),
+            {
+                labels(site=SITE, reason="client closed"): 2,
+                labels(site=SITE, reason="idle timeout"): 1,
+            },
+        )
+        self.assertEqual(
+            samples(self.metrics, "revproxy_tunnel_bytes_total"),
+            {
+                labels(site=SITE, direction="up"): 100,
+                labels(site=SITE, direction="down"): 200,
+            },
+        )
+
 
 class RegistryTests(SynchronousTestCase):
     """

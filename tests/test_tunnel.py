@@ -24,6 +24,7 @@ from revproxy.proxy.http2 import HTTP2Connection
 from revproxy.proxy.tunnel import (
     CLIENT_CLOSED,
     IDLE_TIMEOUT,
+    SHUTDOWN,
     SITE_REMOVED,
     UPSTREAM_CLOSED,
     TunnelRegistry,
@@ -132,14 +133,22 @@ class TunnelTests(SynchronousTestCase):
         closed after what it was sent, and the end is counted.
         """
         client, upstream = self.open()
+        client.send(b"hi")
+        [tunnel] = self.registry.tunnels()
         upstream.respond(b"bye")
         upstream.close()
+        exchange = tunnel.exchange
+        self.assertEqual(
+            (exchange.code, exchange.closeReason, exchange.receivedLength),
+            (101, UPSTREAM_CLOSED, 2),
+        )
+        self.assertEqual(exchange.sentLength, 3)
         self.assertTrue(client.transport.value().endswith(b"bye"))
         self.assertTrue(client.transport.connected is False)
         self.assertEqual(self.registry.count("a"), 0)
         [counts] = self.registry.counts()
         self.assertEqual(counts.closed, {UPSTREAM_CLOSED: 1})
-        self.assertEqual((counts.bytesUp, counts.bytesDown), (0, 3))
+        self.assertEqual((counts.bytesUp, counts.bytesDown), (2, 3))
 
     def test_clientCloses(self) -> None:
         """
@@ -154,6 +163,17 @@ class TunnelTests(SynchronousTestCase):
         [counts] = self.registry.counts()
         self.assertEqual(counts.closed, {CLIENT_CLOSED: 1})
         self.assertEqual(counts.bytesUp, 4)
+
+    def test_shutdown(self) -> None:
+        """
+        A tunnel cut while the process shuts down ends for C{"shutdown"}.
+        """
+        client, upstream = self.open()
+        self.registry.shuttingDown = True
+        client.transport.abortConnection()
+        self.assertTrue(upstream.transport.connected is False)
+        [counts] = self.registry.counts()
+        self.assertEqual(counts.closed, {SHUTDOWN: 1})
 
     def test_idle(self) -> None:
         """
