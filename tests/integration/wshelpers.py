@@ -35,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -876,6 +877,18 @@ class H2WebSocket:
         finally:
             self.sock.close()
         return self.closeCode
+
+    def cancel(self) -> None:
+        """
+        Reset the stream (C{RST_STREAM CANCEL}) without a close frame, then
+        close the connection.
+        """
+        try:
+            self.h2.reset_stream(self.streamID, ErrorCodes.CANCEL)
+            self._flush()
+            time.sleep(0.05)
+        finally:
+            self.sock.close()
 
     def abort(self) -> None:
         """
