@@ -69,7 +69,10 @@ UPSTREAM_PORT = 18139
 PORTS = {"nginx": 18130, "caddy": 18131, "revproxy": 18132, "nginx-64k": 18133}
 #: The nginx rows: the stock proxy buffers (4/8 KiB, which a tunnel reads
 #: into), and a sensitivity row with 64 KiB ones.
-NGINX_EXTRA = {"nginx": "", "nginx-64k": "proxy_buffer_size 64k;"}
+NGINX_EXTRA = {
+    "nginx": "",
+    "nginx-64k": "proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;",
+}
 LOAD_CORE, PROXY_CORE = "0", "1"
 IDLE_TUNNELS = 1000
 CASES = [(1, 64), (1, 64 * 1024), (100, 64), (100, 64 * 1024)]
@@ -361,7 +364,7 @@ def summarise(raw: list[dict], targets: list[str]) -> tuple[dict, str]:
     for row in raw:
         cell = table.setdefault(row["target"], {}).setdefault(row["case"], {})
         for key, value in row.items():
-            if isinstance(value, int | float) and key != "rep":
+            if isinstance(value, int | float) and key not in ("rep", "attempt"):
                 cell.setdefault(key, []).append(value)
     med = {
         t: {c: {k: median(v) for k, v in cells.items()} for c, cells in cases.items()}
@@ -418,16 +421,27 @@ async def measure(
     try:
         pids = proc.tree()
         for tunnels, size in CASES:
-            result = await echo_case(
-                PORTS[name],
-                tunnels,
-                size,
-                args.depth,
-                args.warm,
-                args.duration,
-                pids,
-                rp,
-            )
+            # METHOD.md: a count during which other work used more than
+            # FOREIGN_LIMIT_PCT of the CPU is repeated, at most twice, and
+            # the last attempt is kept whatever it shows.
+            for attempt in range(1 + rp.FOREIGN_RETRIES):
+                result = await echo_case(
+                    PORTS[name],
+                    tunnels,
+                    size,
+                    args.depth,
+                    args.warm,
+                    args.duration,
+                    pids,
+                    rp,
+                )
+                result["attempt"] = attempt + 1
+                if result["foreign_cpu_pct"] <= rp.FOREIGN_LIMIT_PCT:
+                    break
+                rp.log(
+                    f"{name} {case_name(tunnels, size)}: other work used "
+                    f"{result['foreign_cpu_pct']} % CPU, repeating"
+                )
             row = {
                 "target": name,
                 "rep": rep,
