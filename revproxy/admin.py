@@ -45,6 +45,7 @@ from revproxy.formatting import isoTime
 from revproxy.hostnames import claims, normalizeHostHeader
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.pool import UpstreamSelector
+from revproxy.proxy.rules import mountPoint, stripPrefix
 from revproxy.reload import Refused, ReloadResult
 from revproxy.runtime import RuntimeHolder, SiteRoute
 from revproxy.tls import TLSFiles
@@ -93,7 +94,7 @@ _USAGE = {
     "check": "check",
     "status": "status",
     "sites": "sites",
-    "route": "route HOST [PATH] [CLIENT_IP]",
+    "route": "route HOST [PATH] [METHOD] [CLIENT_IP]",
     "certs": "certs",
     "renew": "renew SITE",
     "ratelimit": "ratelimit [reset] SITE IP",
@@ -250,6 +251,87 @@ def renderTunnels(tunnels: SiteTunnels) -> Answer:
         "bytes_up": tunnels.bytesUp,
         "bytes_down": tunnels.bytesDown,
     }
+
+
+def explainRule(site: SiteRoute, rule: SiteRoute, path: str) -> Answer:
+    """
+    Which rule of C{site} a request for C{path} meets, why, and what the
+    rule does (for admin C{route}).
+    """
+    config = rule.rule
+    explained: Answer = {}
+    matched: Answer
+    if config is None:
+        matched = {
+            "kind": "site",
+            "why": "no route of the site matches: the site's own rules"
+            if site.config.routes
+            else "the site has no routes",
+        }
+    elif config.path is not None:
+        matched = {
+            "kind": "exact",
+            "index": config.index,
+            "path": config.path,
+            "why": f"exact path {config.path}",
+        }
+    else:
+        prefix = config.path_prefix or ""
+        matched = {
+            "kind": "prefix",
+            "index": config.index,
+            "path_prefix": prefix,
+            "why": f"longest matching prefix {prefix}",
+        }
+    if config is not None and config.methods:
+        matched["methods"] = list(config.methods)
+    explained["rule"] = matched
+    rewrites: list[str] = []
+    action = site.config if config is None else config
+    if config is not None and config.strip_prefix and config.path_prefix:
+        rest = stripPrefix(path.encode(), config.path_prefix.encode()).decode()
+        rewrites.append(
+            f"prefix {config.path_prefix} stripped: {rest} sent upstream, with "
+            f"X-Forwarded-Prefix: {mountPoint(config.path_prefix.encode()).decode()}"
+        )
+        if config.rewrite_redirects:
+            rewrites.append(
+                "Location, Content-Location, Refresh and Set-Cookie Path from "
+                "the upstream written back under the prefix"
+            )
+    if rule.upstreamHost is not None:
+        rewrites.append(f"Host set to {rule.upstreamHost.decode()}")
+    for side, rules in (
+        ("request", rule.requestHeaders),
+        ("response", rule.responseHeaders),
+    ):
+        for headerRules in rules:
+            for name, template in headerRules.set:
+                rewrites.append(f"{side} header {name} set to {template.source}")
+            for name, template in headerRules.add:
+                rewrites.append(f"{side} header {name} added: {template.source}")
+            for name in headerRules.remove:
+                rewrites.append(f"{side} header {name} removed")
+    explained["rewrites"] = rewrites
+    if action.redirect is not None:
+        explained["action"] = {
+            "redirect": {
+                "to": action.redirect.to.source,
+                "status": action.redirect.status,
+            }
+        }
+    elif action.respond is not None:
+        respond = action.respond
+        explained["action"] = {
+            "respond": {
+                "status": respond.status,
+                "content_type": respond.content_type,
+                "file": respond.file or None,
+            }
+        }
+    else:
+        explained["action"] = "proxy"
+    return explained
 
 
 def peekUpstream(selector: UpstreamSelector[_U]) -> _U | None:
@@ -626,25 +708,31 @@ class AdminFactory(Factory["AdminProtocol"]):
 
     def route(self, args: list[str]) -> Answer:
         """
-        Where a request for C{HOST} (and C{PATH}, from C{CLIENT_IP}) would go.
+        Where a request for C{HOST} (and C{PATH} with C{METHOD}, from
+        C{CLIENT_IP}) would go, which rule of its site it would meet and why,
+        and what that rule would do.
 
         C{CLIENT_IP} is the TCP peer's address, optionally preceded by the
         comma-separated C{X-Forwarded-For} entries the peer would send
-        (C{203.0.113.7,10.0.0.2}).  A second argument that is an IP address
-        rather than a path is taken as C{CLIENT_IP}.
+        (C{203.0.113.7,10.0.0.2}).  The arguments after C{HOST} are told
+        apart by their shape: a path starts with C{/}, an address has a
+        C{.}, C{:} or C{,}, a method is a word (C{GET} if none).
         """
-        if not 1 <= len(args) <= 3:
+        if not 1 <= len(args) <= 4:
             raise UsageError(_USAGE["route"])
         rawHost = args[0]
         path = "/"
+        method = "GET"
         client: str | None = None
-        if len(args) == 3:
-            path, client = args[1], args[2]
-        elif len(args) == 2:
-            if args[1].startswith("/") or args[1] == "*":
-                path = args[1]
+        for arg in args[1:]:
+            if arg.startswith("/") or arg == "*":
+                path = arg
+            elif any(c in arg for c in ".:,"):
+                client = arg
+            elif arg.isalpha():
+                method = arg.upper()
             else:
-                client = args[1]
+                raise UsageError(_USAGE["route"])
         if not (path.startswith("/") or path == "*"):
             return {
                 "status": "error",
@@ -696,8 +784,11 @@ class AdminFactory(Factory["AdminProtocol"]):
                 answer=421,
             )
             return answer
-        site = route.config
-        upstream = peekUpstream(route.selector)
+        rule = route.match(method.encode("ascii"), path.split("?", 1)[0].encode())
+        answer["method"] = method
+        answer.update(explainRule(route, rule, path))
+        site = rule.config
+        upstream = peekUpstream(rule.selector) if site.upstreams else None
         rateLimit = site.rate_limit
         served = self.servedTLS() if self.servedTLS is not None else runtime.tls
         certificate = served.certificates.lookup(host)
@@ -715,7 +806,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                 }
             ),
             upstream=None if upstream is None else upstream.url,
-            upstream_down=upstream is not None and route.selector.isDown(upstream),
+            upstream_down=upstream is not None and rule.selector.isDown(upstream),
             tls=site.tls,
             strict_sni_host=site.strict_sni_host,
             timeouts={

@@ -3,13 +3,17 @@
 The revproxy configuration: one TOML document, strictly validated into
 immutable attrs objects.
 
-L{parseConfig} is pure: no reactor and no sockets.  Endpoint strings are
+L{parseConfig} needs no reactor and no sockets.  Endpoint strings are
 parsed by Twisted against a L{MemoryReactor}, which at most reads Twisted's
 plugin cache (for an unknown endpoint type) or an C{ssl:} endpoint's files.
+It reads the pages the config serves (a C{respond}'s C{file},
+C{error_pages}), so that a missing one is a config error at load and at
+each reload rather than a surprise at request time.
 It reports every problem of a document at once in one L{ConfigError}, each as
 C{"key.path: problem"}, where the key path is spelled as in the file
 (C{sites[2].upstreams[0]}).  Only L{loadConfig} and L{checkConfig} read the
-config and certificate files.
+config and certificate files.  L{routeWarnings} finds what is valid but
+surely not meant (an unreachable route, a redirect to itself).
 
 The attribute names of the config classes are the TOML keys, so code, error
 messages and the file say the same thing.
@@ -29,7 +33,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import attrs
 import idna
@@ -43,6 +47,12 @@ from twisted.internet.testing import MemoryReactor
 
 from revproxy.formatting import shorten
 from revproxy.hostnames import isWildcard
+from revproxy.placeholders import (
+    PLACEHOLDERS,
+    Template,
+    parseTemplate,
+    renderLocation,
+)
 from revproxy.private.twisted import tcpInterface, tcpPort, unixPath
 
 _T = TypeVar("_T")
@@ -72,6 +82,24 @@ _KEY_TYPES = ("ec-p256", "rsa2048")
 _LOG_FORMATS = ("json", "combined")
 _TLS_VERSIONS = ("1.2", "1.3")
 _MAX_HSTS_SECS = 2**31 - 1
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# The answers revproxy makes itself, which error_pages may replace.
+_ERROR_PAGE_STATUSES = (413, 421, 429, 502, 503, 504)
+# The most bytes of a respond file or an error page.
+_MAX_PAGE_BYTES = 1048576
+# Header fields that revproxy manages itself: hop-by-hop or framing fields,
+# and Host (upstream_host's job), which no header rule may touch.
+_MANAGED_HEADERS = (
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+)
 
 _TOP_KEYS = ("server", "acme", "logging", "defaults", "sites")
 _SERVER_KEYS = (
@@ -121,6 +149,7 @@ _DEFAULTS_KEYS = (
     "tunnel_idle_timeout_secs",
     "max_tunnels",
     "tunnel_drain_secs",
+    "error_pages",
 )
 _SITE_KEYS = (
     "name",
@@ -136,8 +165,34 @@ _SITE_KEYS = (
     "upstream_tls_verify",
     "health_check",
     "default",
+    "routes",
+    "redirect",
+    "respond",
+    "request_headers",
+    "response_headers",
+    "upstream_host",
     *_DEFAULTS_KEYS,
 )
+_ROUTE_KEYS = (
+    "path",
+    "path_prefix",
+    "methods",
+    "upstreams",
+    "strip_prefix",
+    "upstream_host",
+    "rewrite_redirects",
+    "redirect",
+    "respond",
+    "request_headers",
+    "response_headers",
+    "max_body_bytes",
+    "rate_limit",
+    "connect_timeout_secs",
+    "response_timeout_secs",
+)
+_REDIRECT_KEYS = ("to", "status")
+_RESPOND_KEYS = ("status", "body", "file", "content_type")
+_HEADER_RULES_KEYS = ("set", "add", "remove")
 _RATE_LIMIT_KEYS = ("requests_per_second", "burst", "dry_run")
 _HEALTH_CHECK_KEYS = ("path", "interval_secs", "timeout_secs", "fails", "passes")
 
@@ -149,6 +204,7 @@ _HOMES = (
     ("[logging]", _LOGGING_KEYS),
     ("[defaults]", _DEFAULTS_KEYS),
     ("[[sites]]", _SITE_KEYS),
+    ("[[sites.routes]]", _ROUTE_KEYS),
 )
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -156,6 +212,8 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A respond body may have lines.
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SYNTAX = re.compile(r"(?s)(.*) \((at line (\d+), column (\d+)|at end of document)\)")
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # An RFC 9110 token (section 5.6.2): what an Upgrade protocol name is.
@@ -243,6 +301,110 @@ class HealthCheck:
     fails: int = 3
     #: Consecutive passed checks that make an unhealthy upstream healthy.
     passes: int = 2
+
+
+@attrs.frozen
+class HeaderRules:
+    """
+    What a site or route changes in the request it forwards
+    (C{request_headers}) or the response it sends (C{response_headers}).
+
+    @ivar set: Fields that replace any of the same name: each name as
+        written (an RFC 9110 token) and its value template.
+    @ivar add: Fields added beside any of the same name.
+    @ivar remove: Lowercased names of the fields removed.
+
+    No name appears twice, and none is one of L{_MANAGED_HEADERS}.
+    """
+
+    set: tuple[tuple[str, Template], ...] = ()
+    add: tuple[tuple[str, Template], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+_NO_HEADER_RULES = HeaderRules()
+
+
+@attrs.frozen
+class Redirect:
+    """
+    A redirect: C{redirect = { to = "https://example.com{uri}", status = 301 }}.
+
+    @ivar to: The C{Location}: an absolute http(s) URL or a path starting
+        with C{/}, with placeholders.
+    @ivar status: 301, 302, 303, 307 or 308.
+    """
+
+    to: Template
+    status: int = 308
+
+
+@attrs.frozen
+class Respond:
+    """
+    A fixed answer: C{respond = { status = 503, body = "..." }} or
+    C{respond = { status = 503, file = "/path" }}.
+
+    @ivar status: 200 to 599; never a body with 204 or 304.
+    @ivar body: The body template, or L{None} (a file's content, or an
+        empty body).
+    @ivar file: The file's path as resolved (relative to the config file),
+        for messages; C{""} without one.
+    @ivar content: The file's bytes, read at load and at each reload (at
+        most 1 MiB).
+    @ivar content_type: The C{Content-Type}; by default C{text/html;
+        charset=utf-8} for a C{.html} or C{.htm} file, else C{text/plain;
+        charset=utf-8}.
+    """
+
+    status: int
+    body: Template | None = None
+    file: str = ""
+    content: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    One C{[[sites.routes]]} entry: one matcher (C{path} or C{path_prefix},
+    maybe C{methods}), one action (C{upstreams}, C{redirect} or C{respond})
+    and its modifiers.
+
+    @ivar index: Its position in the site's routes, for messages.
+    @ivar path: The exact path it matches, or L{None}.
+    @ivar path_prefix: The path prefix it matches, or L{None}.
+    @ivar methods: Uppercased method names it matches; C{()} matches any.
+    @ivar strip_prefix: Whether C{path_prefix} is taken off the path sent
+        upstream.
+    @ivar upstream_host: The C{Host} (hostname, maybe C{:port}) sent
+        upstream and the TLS server name of an https upstream; C{""}: as
+        the client sent it.
+    @ivar rewrite_redirects: Whether the upstream's redirects and cookie
+        paths are put back under the stripped prefix.
+    @ivar request_headers: Added to the site's rules.
+    @ivar response_headers: Added to the site's rules.
+
+    The limits, L{None} where the site's apply, are those of
+    L{SiteConfig}.
+    """
+
+    index: int
+    path: str | None = None
+    path_prefix: str | None = None
+    methods: tuple[str, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    strip_prefix: bool = False
+    upstream_host: str = ""
+    rewrite_redirects: bool = False
+    redirect: Redirect | None = None
+    respond: Respond | None = None
+    request_headers: HeaderRules = _NO_HEADER_RULES
+    response_headers: HeaderRules = _NO_HEADER_RULES
+    max_body_bytes: int | None = None
+    rate_limit: RateLimit | None = None
+    connect_timeout_secs: float | None = None
+    response_timeout_secs: float | None = None
 
 
 @attrs.frozen
@@ -346,6 +508,10 @@ class Defaults:
         beyond is answered 503 (0: every upgrade is).
     @ivar tunnel_drain_secs: How long a tunnel whose site or upstream a
         reload removed may go on before it is closed.
+    @ivar error_pages: The pages of the answers revproxy makes itself
+        (413, 421, 429, 502, 503, 504), each status with its file's bytes,
+        read at load and at each reload; sorted by status.
+    @ivar error_page_files: The same statuses with their files' paths.
     """
 
     max_body_bytes: int = _DEFAULT_MAX_BODY_BYTES
@@ -357,6 +523,8 @@ class Defaults:
     tunnel_idle_timeout_secs: float = _DEFAULT_TUNNEL_IDLE_TIMEOUT_SECS
     max_tunnels: int = _DEFAULT_MAX_TUNNELS
     tunnel_drain_secs: float = _DEFAULT_TUNNEL_DRAIN_SECS
+    error_pages: tuple[tuple[int, bytes], ...] = ()
+    error_page_files: tuple[tuple[int, str], ...] = ()
 
 
 @attrs.frozen
@@ -372,6 +540,19 @@ class SiteConfig:
     @ivar strict_sni_host: Whether an HTTPS request is answered 421 when its
         connection's SNI name belongs to another site (always false without
         TLS).
+    @ivar upstreams: May be empty when C{redirect} or C{respond} is set, or
+        when a route with C{path_prefix = "/"} and no C{methods} catches
+        every request.
+    @ivar routes: Matched before the site's own answer: the exact C{path},
+        else the longest C{path_prefix}, the first written among equals.
+    @ivar redirect: The site's own answer instead of C{upstreams}, or
+        L{None}.
+    @ivar respond: The site's own answer instead of C{upstreams}, or
+        L{None}.
+    @ivar request_headers: Applied to every request the site forwards.
+    @ivar response_headers: Applied to every response of the site.
+    @ivar upstream_host: The C{Host} sent to the site's own upstreams (see
+        L{RouteConfig.upstream_host}).
 
     The limits, from C{max_body_bytes} on, are those of L{Defaults}.
     """
@@ -401,6 +582,14 @@ class SiteConfig:
     tunnel_idle_timeout_secs: float = _DEFAULT_TUNNEL_IDLE_TIMEOUT_SECS
     max_tunnels: int = _DEFAULT_MAX_TUNNELS
     tunnel_drain_secs: float = _DEFAULT_TUNNEL_DRAIN_SECS
+    error_pages: tuple[tuple[int, bytes], ...] = ()
+    error_page_files: tuple[tuple[int, str], ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    redirect: Redirect | None = None
+    respond: Respond | None = None
+    request_headers: HeaderRules = _NO_HEADER_RULES
+    response_headers: HeaderRules = _NO_HEADER_RULES
+    upstream_host: str = ""
 
 
 @attrs.frozen
@@ -1402,7 +1591,10 @@ class _Parser:
             _MAX_TIMEOUT_SECS,
             lowOpen=True,
         )
+        errorPages, errorPageFiles = self._errorPages(table, base)
         return Defaults(
+            error_pages=errorPages,
+            error_page_files=errorPageFiles,
             max_body_bytes=_or(maxBody, base.max_body_bytes),
             rate_limit=base.rate_limit if rateLimit is None else rateLimit,
             connect_timeout_secs=_or(connectTimeout, base.connect_timeout_secs),
@@ -1645,7 +1837,8 @@ class _Parser:
         name = self._siteName(table)
         isDefault = table.boolean("default", False)
         hosts, noHosts = self._siteHosts(table, isDefault)
-        upstreams = self._siteUpstreams(table)
+        upstreams = self._upstreamList(table)
+        answers = self._siteAnswers(table)
         tls, certFile, keyFile = self._siteTLS(table, hosts, noHosts, httpsListeners)
         redirect = table.boolean("redirect_http", False)
         if redirect and tls == "none":
@@ -1664,9 +1857,14 @@ class _Parser:
                 "strict_sni_host",
                 'only used with tls = "acme" or "files" (this site has tls = "none")',
             )
-        upstreamCA, verify = self._siteUpstreamTLS(table, upstreams)
+        allUpstreams = upstreams + [
+            u for route in answers.routes for u in route.upstreams
+        ]
+        upstreamCA, verify = self._siteUpstreamTLS(table, allUpstreams)
 
         healthCheck = self._healthCheck(table.table("health_check", _HEALTH_CHECK_KEYS))
+        if healthCheck is not None and not allUpstreams:
+            table.error("health_check", "only used with upstreams (this site has none)")
         limits = self._limits(table, defaults)
         config = SiteConfig(
             name=_or(name, ""),
@@ -1691,6 +1889,14 @@ class _Parser:
             tunnel_idle_timeout_secs=limits.tunnel_idle_timeout_secs,
             max_tunnels=limits.max_tunnels,
             tunnel_drain_secs=limits.tunnel_drain_secs,
+            error_pages=limits.error_pages,
+            error_page_files=limits.error_page_files,
+            routes=answers.routes,
+            redirect=answers.redirect,
+            respond=answers.respond,
+            request_headers=answers.request_headers,
+            response_headers=answers.response_headers,
+            upstream_host=answers.upstream_host,
         )
         return _ParsedSite(
             config=config,
@@ -1758,19 +1964,18 @@ class _Parser:
             table.error("hosts", "required (a list of hostnames) unless default = true")
         return hosts, noHosts
 
-    def _siteUpstreams(self, table: _Table) -> list[Upstream]:
+    def _upstreamList(self, table: _Table, *, required: bool = False) -> list[Upstream]:
         """
-        Read a site's C{upstreams}: required, URLs, no duplicates.
+        Read the C{upstreams} of a site or route: URLs, no duplicates.
+
+        @param required: Whether an absent or empty list is an error (a
+            site checks that itself, in L{_siteAnswers}).
         """
         upstreams: list[Upstream] = []
-        if not table.has("upstreams"):
-            table.error(
-                "upstreams", 'required (a list of URLs like "http://10.0.0.1:8000")'
-            )
-        else:
+        if table.has("upstreams"):
             path = table.keyPath("upstreams")
             items = _asStringList(self._errors, path, table.get("upstreams"))
-            if items == []:
+            if items == [] and required:
                 table.error("upstreams", "must not be empty")
             seen: dict[str, int] = {}
             for index, item in enumerate(items or ()):
@@ -1857,3 +2062,640 @@ class _Parser:
                 "has no effect with upstream_tls_verify = false; remove one of them",
             )
         return upstreamCA, verify
+
+    def _siteAnswers(self, table: _Table) -> _SiteAnswers:
+        """
+        Read what a site answers besides its own C{upstreams} (its routes,
+        a site-level C{redirect} or C{respond}, its header rules and
+        C{upstream_host}), and check that every request has one answer.
+        """
+        routes = self._routes(table)
+        redirect = self._redirect(table.table("redirect", _REDIRECT_KEYS))
+        respond = self._respond(table.table("respond", _RESPOND_KEYS))
+        given = table.has("upstreams") and table.get("upstreams") != []
+        answers = [key for key in ("redirect", "respond") if table.has(key)]
+        if len(answers) == 2:
+            table.error(
+                "respond", "a site has one answer of its own; it also has redirect"
+            )
+        if given and answers:
+            table.error(
+                answers[0],
+                f"a site with upstreams cannot also have {answers[0]}: which "
+                f"would answer? Remove upstreams, or put the {answers[0]} in a "
+                "[[sites.routes]] entry",
+            )
+        catchAll = any(r.path_prefix == "/" and not r.methods for r in routes)
+        if not given and not answers and not catchAll:
+            alternatives = (
+                "unless the site answers every request without them: a "
+                'site-level redirect or respond, or a route with path_prefix = "/"'
+            )
+            if table.has("upstreams"):
+                table.error("upstreams", f"must not be empty, {alternatives}")
+            else:
+                table.error(
+                    "upstreams",
+                    'required (a list of URLs like "http://10.0.0.1:8000"), '
+                    + alternatives,
+                )
+        upstreamHost = self._upstreamHost(table)
+        if upstreamHost and not given:
+            table.error(
+                "upstream_host",
+                "only used with the site's own upstreams (a route with "
+                "upstreams sets its own)",
+            )
+        return _SiteAnswers(
+            routes=tuple(routes),
+            redirect=redirect,
+            respond=respond,
+            request_headers=self._headerRules(table, "request_headers"),
+            response_headers=self._headerRules(table, "response_headers"),
+            upstream_host=_or(upstreamHost, ""),
+        )
+
+    def _routes(self, table: _Table) -> list[RouteConfig]:
+        """
+        Read a site's C{[[sites.routes]]}.
+        """
+        if not table.has("routes"):
+            return []
+        value = table.get("routes")
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            table.error(
+                "routes",
+                "expected an array of tables ([[sites.routes]]), got "
+                + _describe(value),
+            )
+            return []
+        path = table.keyPath("routes")
+        return [
+            self._route(
+                _Table(self._errors, f"{path}[{index}]", item, _ROUTE_KEYS), index
+            )
+            for index, item in enumerate(value)
+        ]
+
+    def _route(self, table: _Table, index: int) -> RouteConfig:
+        """
+        Read one route: one matcher, one action, and modifiers that fit
+        them.
+        """
+        path, prefix = self._routeMatcher(table)
+        methods = self._methods(table)
+        actions = [k for k in ("upstreams", "redirect", "respond") if table.has(k)]
+        if not actions:
+            self._errors.append(
+                f"{table.path}: needs an action: upstreams, redirect or respond"
+            )
+        elif len(actions) > 1:
+            table.error(actions[1], f"a route has one action; it also has {actions[0]}")
+        upstreams = self._upstreamList(table, required=True)
+        redirect = self._redirect(table.table("redirect", _REDIRECT_KEYS))
+        respond = self._respond(table.table("respond", _RESPOND_KEYS))
+        hasUpstreams = table.has("upstreams")
+        strip = table.boolean("strip_prefix", False)
+        if strip and not table.has("path_prefix"):
+            table.error("strip_prefix", "only used with path_prefix")
+        elif strip and not hasUpstreams:
+            table.error(
+                "strip_prefix",
+                "only used with upstreams (it changes what is forwarded)",
+            )
+        rewrite = table.boolean("rewrite_redirects", False)
+        if rewrite and not strip:
+            table.error("rewrite_redirects", "needs strip_prefix = true")
+        upstreamHost = self._upstreamHost(table)
+        rateLimit = self._rateLimit(table.table("rate_limit", _RATE_LIMIT_KEYS))
+        maxBody = table.integer("max_body_bytes", None, 1, _MAX_BODY_BYTES)
+        noTimeout: float | None = None
+        connect = table.number(
+            "connect_timeout_secs", noTimeout, 0, _MAX_TIMEOUT_SECS, lowOpen=True
+        )
+        response = table.number(
+            "response_timeout_secs", noTimeout, 0, _MAX_TIMEOUT_SECS, lowOpen=True
+        )
+        for key in (
+            "upstream_host",
+            "request_headers",
+            "max_body_bytes",
+            "connect_timeout_secs",
+            "response_timeout_secs",
+        ):
+            if table.has(key) and not hasUpstreams:
+                table.error(
+                    key,
+                    "only used with upstreams (a redirect or respond forwards nothing)",
+                )
+        return RouteConfig(
+            index=index,
+            path=path,
+            path_prefix=prefix,
+            methods=_or(methods, ()),
+            upstreams=tuple(upstreams),
+            strip_prefix=_or(strip, False),
+            upstream_host=_or(upstreamHost, ""),
+            rewrite_redirects=_or(rewrite, False),
+            redirect=redirect,
+            respond=respond,
+            request_headers=self._headerRules(table, "request_headers"),
+            response_headers=self._headerRules(table, "response_headers"),
+            max_body_bytes=maxBody,
+            rate_limit=rateLimit,
+            connect_timeout_secs=connect,
+            response_timeout_secs=response,
+        )
+
+    def _routeMatcher(self, table: _Table) -> tuple[str | None, str | None]:
+        """
+        Read a route's C{path} or C{path_prefix}: one of them, starting with
+        C{/}.
+        """
+        found: dict[str, str | None] = {}
+        for key in ("path", "path_prefix"):
+            value = table.string(key, None)
+            if value is None:
+                found[key] = None
+            elif not value.startswith("/"):
+                table.error(key, f'{_quote(value)} must start with "/"')
+                found[key] = None
+            elif any(c.isspace() for c in value):
+                table.error(key, f"{_quote(value)} must not contain whitespace")
+                found[key] = None
+            elif "?" in value or "#" in value:
+                table.error(
+                    key,
+                    f"{_quote(value)} must not have a query or fragment "
+                    "(routes match the path alone)",
+                )
+                found[key] = None
+            else:
+                found[key] = value
+        if not table.has("path") and not table.has("path_prefix"):
+            self._errors.append(
+                f"{table.path}: needs a matcher: path (exact) or path_prefix"
+            )
+        elif table.has("path") and table.has("path_prefix"):
+            table.error("path_prefix", "a route has one matcher; it also has path")
+        return found["path"], found["path_prefix"]
+
+    def _methods(self, table: _Table) -> tuple[str, ...] | None:
+        """
+        Read a route's C{methods}: tokens, uppercased, no duplicates.
+        """
+        if not table.has("methods"):
+            return ()
+        path = table.keyPath("methods")
+        items = _asStringList(self._errors, path, table.get("methods"))
+        if items is None:
+            return None
+        if not items:
+            table.error(
+                "methods", "must not be empty (leave it out to match every method)"
+            )
+            return None
+        methods: list[str] = []
+        for index, item in enumerate(items):
+            if item is None:
+                return None
+            if not _TOKEN.fullmatch(item):
+                self._errors.append(
+                    f"{path}[{index}]: {_quote(item)} is not a method name (an "
+                    "RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)"
+                )
+                return None
+            method = item.upper()
+            if method in methods:
+                self._errors.append(
+                    f"{path}[{index}]: duplicate method {_quote(method)} "
+                    f"(also methods[{methods.index(method)}])"
+                )
+                return None
+            methods.append(method)
+        return tuple(methods)
+
+    def _upstreamHost(self, table: _Table) -> str | None:
+        """
+        Read an C{upstream_host}: a hostname or IP address, maybe with a
+        port, normalized (C{"app.internal"}, C{"[::1]:8443"}).
+        """
+        value = table.string("upstream_host", "")
+        if not value:
+            return value
+        problem = f"{_quote(value)} is not a hostname[:port]"
+        try:
+            parts = urlsplit("//" + value)
+            port = parts.port
+            if not parts.hostname or parts.path or parts.query or "@" in value:
+                raise ValueError(problem)
+            host = _normalizeHost(parts.hostname, allowWildcard=False)
+        except ValueError as e:
+            detail = str(e)
+            table.error(
+                "upstream_host", detail if detail.startswith(problem) else problem
+            )
+            return None
+        if port is not None and not 1 <= port <= 65535:
+            table.error("upstream_host", f"{problem}: the port must be 1-65535")
+            return None
+        netloc = f"[{host}]" if ":" in host else host
+        return netloc if port is None else f"{netloc}:{port}"
+
+    def _template(self, table: _Table, key: str) -> Template | None:
+        """
+        Read a string with placeholders.
+        """
+        text = table.string(key, None)
+        if text is None:
+            return None
+        return self._parseTemplate(table.keyPath(key), text)
+
+    def _parseTemplate(self, path: str, text: str) -> Template | None:
+        """
+        Parse C{text}, recording a problem at C{path} if it is wrong.
+        """
+        try:
+            return parseTemplate(text)
+        except ValueError as e:
+            self._errors.append(f"{path}: {_quote(text)}: {e}")
+            return None
+
+    def _redirect(self, table: _Table | None) -> Redirect | None:
+        """
+        Read a C{redirect = { to = "...", status = 308 }}.
+        """
+        if table is None:
+            return None
+        if not table.has("to"):
+            table.error(
+                "to",
+                'required (where to send, such as "https://example.com{uri}")',
+            )
+        to = self._template(table, "to")
+        if to is not None and to.parts and isinstance(to.parts[0], str):
+            start = to.parts[0]
+            if not (start.startswith("/") or re.match(r"(?i)https?://", start)):
+                table.error(
+                    "to",
+                    f"{_quote(to.source)} must be an absolute http(s) URL or a "
+                    'path starting with "/"',
+                )
+                to = None
+        elif to is not None and not to.parts:
+            table.error("to", "must not be empty")
+            to = None
+        if to is not None and any(
+            isinstance(part, str) and any(c.isspace() for c in part)
+            for part in to.parts
+        ):
+            table.error(
+                "to",
+                f"{_quote(to.source)} must not contain whitespace (write %20)",
+            )
+            to = None
+        status = table.integer("status", 308, 100, 999)
+        if status is not None and status not in _REDIRECT_STATUSES:
+            table.error("status", f"must be 301, 302, 303, 307 or 308, got {status}")
+            status = None
+        if to is None or status is None:
+            return None
+        return Redirect(to=to, status=status)
+
+    def _respond(self, table: _Table | None) -> Respond | None:
+        """
+        Read a C{respond = { status = N, body = "..." }} or
+        C{respond = { status = N, file = "/path" }}.
+        """
+        if table is None:
+            return None
+        if not table.has("status"):
+            table.error("status", "required (the status to answer, such as 200)")
+        status = table.integer("status", None, 200, 599)
+        body = None
+        if table.has("body"):
+            text = table.get("body")
+            path = table.keyPath("body")
+            if not isinstance(text, str):
+                table.error("body", f"expected a string, got {_describe(text)}")
+            elif _BODY_CONTROL.search(text):
+                table.error(
+                    "body",
+                    f"{_quote(text)} contains a control character other than "
+                    "tab, CR and LF",
+                )
+            else:
+                body = self._parseTemplate(path, text)
+        filename = table.string("file", "")
+        if table.has("body") and table.has("file"):
+            table.error("file", "a respond has body or file, not both")
+        elif status in (204, 304) and (table.has("body") or table.has("file")):
+            key = "body" if table.has("body") else "file"
+            table.error(key, f"a {status} answer has no body")
+        content: bytes | None = b""
+        if filename == "" and table.has("file"):
+            table.error("file", "must not be empty")
+        elif filename:
+            filename = self._path(filename)
+            content = self._readPage(table.keyPath("file"), filename)
+        html = filename is not None and filename.lower().endswith((".html", ".htm"))
+        contentType = table.string(
+            "content_type",
+            "text/html; charset=utf-8" if html else "text/plain; charset=utf-8",
+        )
+        if contentType == "":
+            table.error("content_type", "must not be empty")
+        if status is None or content is None or not contentType:
+            return None
+        return Respond(
+            status=status,
+            body=body,
+            file=_or(filename, ""),
+            content=content,
+            content_type=contentType,
+        )
+
+    def _readPage(self, path: str, filename: str) -> bytes | None:
+        """
+        Read a page the config serves (a C{respond} file, an error page):
+        a regular file of at most 1 MiB.
+        """
+        try:
+            if not stat.S_ISREG(os.stat(filename).st_mode):
+                self._errors.append(
+                    f"{path}: {_quote(filename, None)} is not a regular file"
+                )
+                return None
+            with open(filename, "rb") as f:
+                data = f.read(_MAX_PAGE_BYTES + 1)
+        except (OSError, ValueError) as e:
+            self._errors.append(
+                f"{path}: cannot read {_quote(filename, None)}: {_reason(e)}"
+            )
+            return None
+        if len(data) > _MAX_PAGE_BYTES:
+            self._errors.append(
+                f"{path}: {_quote(filename, None)} is larger than 1 MiB "
+                f"({_MAX_PAGE_BYTES} bytes)"
+            )
+            return None
+        return data
+
+    def _errorPages(
+        self, table: _Table, base: Defaults
+    ) -> tuple[tuple[tuple[int, bytes], ...], tuple[tuple[int, str], ...]]:
+        """
+        Read C{error_pages = { 502 = "/path", ... }}, or inherit C{base}'s
+        (a site's table replaces the defaults' whole).
+        """
+        if not table.has("error_pages"):
+            return base.error_pages, base.error_page_files
+        value = table.get("error_pages")
+        if not isinstance(value, dict):
+            table.error("error_pages", f"expected a table, got {_describe(value)}")
+            return base.error_pages, base.error_page_files
+        pages: list[tuple[int, bytes]] = []
+        files: list[tuple[int, str]] = []
+        allowed = ", ".join(str(s) for s in _ERROR_PAGE_STATUSES)
+        for key, item in value.items():
+            path = _join(table.keyPath("error_pages"), key)
+            if key not in (str(status) for status in _ERROR_PAGE_STATUSES):
+                self._errors.append(
+                    f"{path}: not an answer revproxy makes itself; error_pages "
+                    f"takes {allowed}"
+                )
+                continue
+            filename = _asString(self._errors, path, item)
+            if filename == "":
+                self._errors.append(f"{path}: must not be empty")
+            if not filename:
+                continue
+            filename = self._path(filename)
+            content = self._readPage(path, filename)
+            if content is not None:
+                pages.append((int(key), content))
+                files.append((int(key), filename))
+        return tuple(sorted(pages)), tuple(sorted(files))
+
+    def _headerRules(self, parent: _Table, key: str) -> HeaderRules:
+        """
+        Read C{request_headers} or C{response_headers}:
+        C{{ set = {...}, add = {...}, remove = [...] }}.
+        """
+        table = parent.table(key, _HEADER_RULES_KEYS)
+        if table is None:
+            return _NO_HEADER_RULES
+        request = key == "request_headers"
+        seen: dict[str, str] = {}
+        rules: dict[str, list[tuple[str, Template]]] = {"set": [], "add": []}
+        for kind in ("set", "add"):
+            if not table.has(kind):
+                continue
+            value = table.get(kind)
+            if not isinstance(value, dict):
+                table.error(kind, f"expected a table, got {_describe(value)}")
+                continue
+            for name, text in value.items():
+                path = _join(table.keyPath(kind), name)
+                if not self._headerName(path, name, request, seen, kind):
+                    continue
+                checked = _asString(self._errors, path, text)
+                template = None
+                if checked is not None:
+                    template = self._parseTemplate(path, checked)
+                if template is not None:
+                    rules[kind].append((name, template))
+        remove: list[str] = []
+        if table.has("remove"):
+            path = table.keyPath("remove")
+            items = _asStringList(self._errors, path, table.get("remove"))
+            for index, name in enumerate(items or ()):
+                itemPath = f"{path}[{index}]"
+                if name is not None and self._headerName(
+                    itemPath, name, request, seen, "remove"
+                ):
+                    remove.append(name.lower())
+        return HeaderRules(
+            set=tuple(rules["set"]), add=tuple(rules["add"]), remove=tuple(remove)
+        )
+
+    def _headerName(
+        self, path: str, name: str, request: bool, seen: dict[str, str], kind: str
+    ) -> bool:
+        """
+        Check a header rule's field name: a token, not managed by revproxy,
+        in one rule only.
+        """
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name):
+            self._errors.append(
+                f"{path}: {_quote(name)} is not a header field name (an RFC 9110 "
+                "token: letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        elif lower == "host" and request:
+            self._errors.append(
+                f"{path}: {_quote(name)}: the Host sent upstream is set by "
+                "upstream_host"
+            )
+        elif lower in _MANAGED_HEADERS:
+            self._errors.append(
+                f"{path}: {_quote(name)} is a hop-by-hop or framing field, which "
+                "revproxy manages itself"
+            )
+        elif lower in seen:
+            self._errors.append(
+                f"{path}: {_quote(name)} already has a rule (in {seen[lower]}); "
+                "give each field one rule"
+            )
+        else:
+            seen[lower] = kind
+            return True
+        return False
+
+
+@attrs.frozen
+class _SiteAnswers:
+    """
+    What a site answers besides its own upstreams, as L{_Parser._siteAnswers}
+    read it.
+    """
+
+    routes: tuple[RouteConfig, ...]
+    redirect: Redirect | None
+    respond: Respond | None
+    request_headers: HeaderRules
+    response_headers: HeaderRules
+    upstream_host: str
+
+
+def routeWarnings(config: Config) -> list[str]:
+    """
+    What is valid in the routes of C{config} but surely not meant: a route
+    that no request can reach, because an earlier route of its site has the
+    same matcher and takes all its methods (or a route with
+    C{path_prefix = "/"} and no C{methods} leaves the site's own upstreams
+    unused); and a redirect that sends a request it answers back to the
+    same URL, a loop.
+
+    @return: One C{"key.path: problem"} per warning.
+    """
+    warnings: list[str] = []
+    for siteIndex, site in enumerate(config.sites):
+        sitePath = f"sites[{siteIndex}]"
+        warnings.extend(_shadowedRoutes(sitePath, site))
+        if site.redirect is not None:
+            warnings.extend(
+                _redirectLoops(f"{sitePath}.redirect.to", config, site, None)
+            )
+        for route in site.routes:
+            if route.redirect is not None:
+                warnings.extend(
+                    _redirectLoops(
+                        f"{sitePath}.routes[{route.index}].redirect.to",
+                        config,
+                        site,
+                        route,
+                    )
+                )
+    return warnings
+
+
+def _shadowedRoutes(sitePath: str, site: SiteConfig) -> list[str]:
+    """
+    The warnings of the routes of C{site} that no request reaches.
+    """
+    warnings: list[str] = []
+    for route in site.routes:
+        for earlier in site.routes[: route.index]:
+            if (earlier.path, earlier.path_prefix) != (
+                route.path,
+                route.path_prefix,
+            ):
+                continue
+            if earlier.methods and not (
+                route.methods and set(route.methods) <= set(earlier.methods)
+            ):
+                continue
+            key = "path" if route.path is not None else "path_prefix"
+            value = route.path if route.path is not None else route.path_prefix
+            taken = "every method" if not earlier.methods else "all its methods"
+            warnings.append(
+                f"{sitePath}.routes[{route.index}]: no request reaches this "
+                f"route: routes[{earlier.index}] has the same {key} "
+                f"{_quote(value or '')} and takes {taken}"
+            )
+            break
+    catchAll = [r for r in site.routes if r.path_prefix == "/" and not r.methods]
+    if site.upstreams and catchAll:
+        warnings.append(
+            f"{sitePath}.upstreams: no request reaches them: "
+            f'routes[{catchAll[0].index}] has path_prefix = "/" and takes every '
+            "method"
+        )
+    return warnings
+
+
+def _redirectLoops(
+    keyPath: str, config: Config, site: SiteConfig, route: RouteConfig | None
+) -> list[str]:
+    """
+    A warning when the redirect at C{keyPath} sends a request it answers
+    back to the same URL, for one of the site's hosts and the schemes it is
+    served over.  The request tried has the path of the route (its exact
+    path, or its prefix itself), or C{/} for the site's own redirect.
+    """
+    redirect = route.redirect if route is not None else site.redirect
+    assert redirect is not None
+    schemes = []
+    if config.server.listen_http and not site.redirect_http:
+        schemes.append("http")
+    if site.tls != "none" and config.server.listen_https:
+        schemes.append("https")
+    hosts = [h.replace("*", "x", 1) for h in site.hosts] or ["default.invalid"]
+    if route is None:
+        path, suffix = "/", ""
+    elif route.path is not None:
+        path, suffix = route.path, ""
+    else:
+        path, suffix = route.path_prefix or "/", ""
+    for scheme in schemes:
+        for host in hosts:
+            netloc = f"[{host}]" if ":" in host else host
+            request = f"{scheme}://{netloc}{path}"
+            values = dict.fromkeys(PLACEHOLDERS, "")
+            values.update(
+                host=netloc,
+                uri=path,
+                path=path,
+                scheme=scheme,
+                client_ip="192.0.2.1",
+                request_id="0",
+                path_suffix=suffix,
+            )
+            target = renderLocation(redirect.to, values).decode("utf-8", "replace")
+            if _sameURL(urljoin(request, target), request):
+                return [
+                    f"{keyPath}: {_quote(redirect.to.source)} sends {request} "
+                    "back to itself: a redirect loop"
+                ]
+    return []
+
+
+def _sameURL(a: str, b: str) -> bool:
+    """
+    Whether two absolute URLs name the same resource: same scheme, host
+    (any case), port (the default one or none) and path and query.
+    """
+
+    def key(url: str) -> tuple[object, ...] | None:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return None
+        scheme = parts.scheme.lower()
+        if port is None:
+            port = {"http": 80, "https": 443}.get(scheme)
+        return (scheme, parts.hostname, port, parts.path or "/", parts.query)
+
+    return key(a) is not None and key(a) == key(b)

@@ -27,6 +27,7 @@ from revproxy.config import (
     ConfigFileError,
     checkConfig,
     loadConfig,
+    routeWarnings,
 )
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 
@@ -200,7 +201,7 @@ def configWarnings(config: Config) -> list[str]:
                 f'site "{site.name}"\'s https:// upstreams are not verified '
                 "(anyone on the path can read and change its traffic)"
             )
-    return warnings
+    return warnings + routeWarnings(config)
 
 
 class Reloader(Service):

@@ -25,13 +25,16 @@ from revproxy.hostnames import (
     isWildcard,
     normalizeHostHeader,
 )
+from revproxy.placeholders import renderBody, renderLocation
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.responses import (
     httpDate,
+    shortBody,
     shortHeaders,
     shortLine,
     simpleResponse,
 )
+from revproxy.proxy.rules import applyHeaderRules, placeholderValues
 
 if TYPE_CHECKING:
     from revproxy.config import SiteConfig
@@ -190,9 +193,15 @@ class Router:
         if found is None:
             return
         host, target = found
-        route = runtime.table.match(host)
+        site = runtime.table.match(host)
+        route = None
+        if site is not None:
+            request.errorPages = site.errorPages
+            route = site.match(request.method, target.split(b"?", 1)[0])
+        else:
+            request.errorPages = runtime.errorPages
         # The body limit first, before any byte of the body is asked for:
-        # the site's, or the defaults' for a request no site takes (it is
+        # the route's, or the defaults' for a request no site takes (it is
         # refused, but its body must not be read without a bound either).
         if request.hasBody and not request.limitBody(
             runtime.config.defaults.max_body_bytes
@@ -211,19 +220,24 @@ class Router:
                 "no site is configured for this host",
             )
             return
-        site = route.config
+        config = route.config
         if request.secure:
-            if self._misdirected(request, runtime, route):
+            if self._misdirected(request, runtime, route.site):
                 return
-        elif self._redirected(request, runtime, site, host, target):
+        elif self._redirected(request, runtime, config, host, target):
             return
-        if site.rate_limit.enabled and self._rateLimited(request, site):
+        if config.rate_limit.enabled and self._rateLimited(request, route):
+            return
+        rule = route.rule
+        action = config if rule is None else rule
+        if action.redirect is not None or action.respond is not None:
+            self._act(request, route, host, target)
             return
         observer = self.observer
         if observer is not None:
-            observer.started(request, site.name)
+            observer.started(request, config.name)
         else:
-            request.siteName = site.name
+            request.siteName = config.name
         self.forwarder.forward(request, route, target)
 
     def _target(self, request: Exchange) -> tuple[str | None, bytes] | None:
@@ -341,16 +355,18 @@ class Router:
         )
         return True
 
-    def _rateLimited(self, request: Exchange, site: SiteConfig) -> bool:
+    def _rateLimited(self, request: Exchange, route: SiteRoute) -> bool:
         """
-        Whether C{request} was answered 429 by C{site}'s rate limit (in dry
-        run, it is only logged and counted).
+        Whether C{request} was answered 429 by its route's rate limit (in
+        dry run, it is only logged and counted): the site's, or a route's
+        own, whose buckets are apart (L{SiteRoute.limitKey}).
         """
         limiter = self.limiter
         if limiter is None:
             return False
+        site = route.config
         limit = site.rate_limit
-        decision = limiter.allow(site.name, limit, request.clientIP)
+        decision = limiter.allow(route.limitKey, limit, request.clientIP)
         if decision.allowed:
             return False
         if limit.dry_run:
@@ -364,6 +380,53 @@ class Router:
             [(b"Retry-After", b"%d" % decision.retryAfter)],
         )
         return True
+
+    def _act(
+        self, request: Exchange, route: SiteRoute, host: str | None, target: bytes
+    ) -> None:
+        """
+        Answer C{request} with its route's (or site's) C{redirect} or
+        C{respond}, placeholders filled in, the response header rules
+        applied.
+        """
+        config = route.config
+        rule = route.rule
+        action = config if rule is None else rule
+        values = placeholderValues(request, route, host, target)
+        observer = self.observer
+        if observer is not None:
+            observer.started(request, config.name)
+        else:
+            request.siteName = config.name
+        if request.clientLeft or request.finished or request.startedWriting:
+            return
+        date = httpDate(self.forwarder.clock.seconds())
+        redirect = action.redirect
+        if redirect is not None:
+            location = renderLocation(redirect.to, values)
+            code = redirect.status
+            body = shortBody(code, location.decode("ascii"))
+            headers = shortHeaders(date, len(body))
+            headers.append((b"Location", location))
+        else:
+            respond = action.respond
+            assert respond is not None
+            code = respond.status
+            contentType = respond.content_type.encode("latin-1")
+            if respond.body is not None:
+                body = renderBody(
+                    respond.body, values, html=b"html" in contentType.lower()
+                )
+            else:
+                body = respond.content
+            headers = shortHeaders(date, len(body), contentType)
+        if request.requestID:
+            headers.append((b"X-Request-ID", request.requestID.encode("ascii")))
+        headers = applyHeaderRules(headers, route.responseHeaders, values)
+        request.respond(code, b"", headers)
+        if request.method != b"HEAD" and code not in (204, 304):
+            request.write(body)
+        request.finish()
 
     def snapshot(self) -> Runtime:
         """

@@ -12,10 +12,18 @@ the previous snapshot.
 
 from __future__ import annotations
 
+import attrs
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
-from revproxy.config import Config, SiteConfig, Upstream, endpointPort
+from revproxy.config import (
+    Config,
+    HeaderRules,
+    RouteConfig,
+    SiteConfig,
+    Upstream,
+    endpointPort,
+)
 from revproxy.hostnames import RoutingTable, isWildcard
 from revproxy.proxy.pool import UpstreamSelector
 from revproxy.proxy.upstream import PoolKey
@@ -25,25 +33,85 @@ from revproxy.tls import NO_TLS_FILES, TLSFiles, loadTLSFiles
 
 class SiteRoute:
     """
-    A site as the request path sees it: its config and its upstream selector.
-    Satisfies L{revproxy.hostnames.HasHosts}.
+    A site as the request path sees it, or one of its routes: the config
+    requests are answered by (for a route, its site's with the route's
+    upstreams and limits), the upstream selector and pool keys, and what the
+    route changes.  The site's own (L{rule} L{None}) satisfies
+    L{revproxy.hostnames.HasHosts} and picks the route of a request with
+    L{match}.
+
+    @ivar rule: the route's config, or L{None} for the site itself.
+    @ivar site: the site's own L{SiteRoute} (itself for the site).
+    @ivar requestHeaders: the header rules for the request sent upstream,
+        the site's then the route's.
+    @ivar responseHeaders: the same for the response sent to the client.
+    @ivar upstreamHost: the C{Host} sent upstream instead of the client's,
+        or L{None}.
     """
 
-    __slots__ = ("config", "fallbackHost", "hsts", "keys", "selector")
+    __slots__ = (
+        "config",
+        "errorPages",
+        "fallbackHost",
+        "hsts",
+        "keys",
+        "limitKey",
+        "requestHeaders",
+        "responseHeaders",
+        "routes",
+        "rule",
+        "selector",
+        "site",
+        "upstreamHost",
+    )
 
     def __init__(
         self,
         config: SiteConfig,
         selector: UpstreamSelector[Upstream],
         upstreamTLS: UpstreamTLS = SYSTEM_TRUST,
+        rule: RouteConfig | None = None,
+        site: SiteRoute | None = None,
     ) -> None:
         """
         @param upstreamTLS: How the site's https:// upstreams are verified.
+        @param rule: For a route, its config; C{config} is then the site's
+            with the route's upstreams and limits.
+        @param site: For a route, its site's own L{SiteRoute}.
         """
         self.config = config
         self.selector = selector
+        self.rule = rule
+        self.site = self if site is None else site
+        #: The pages of the answers revproxy makes itself, by status.
+        self.errorPages: dict[int, bytes] | None = (
+            dict(config.error_pages) if config.error_pages else None
+        )
+        #: The rate limiter's key: the site's, or a route's own when it
+        #: sets its own rate_limit (its buckets are apart).
+        self.limitKey = (
+            config.name
+            if rule is None or rule.rate_limit is None
+            else f"{config.name}/routes[{rule.index}]"
+        )
+        host = rule.upstream_host if rule is not None else config.upstream_host
+        self.upstreamHost = host.encode("idna") if host else None
+        # The name an https upstream is asked for and verified against: the
+        # upstream_host without its port (none for an IP literal).
+        serverName = "" if host.startswith("[") else host.split(":", 1)[0]
         self.keys: dict[Upstream, PoolKey] = {
-            u: (u.scheme, u.host, u.port, upstreamTLS if u.scheme == "https" else None)
+            u: (
+                u.scheme,
+                u.host,
+                u.port,
+                (
+                    attrs.evolve(upstreamTLS, serverName=serverName)
+                    if serverName
+                    else upstreamTLS
+                )
+                if u.scheme == "https"
+                else None,
+            )
             for u in config.upstreams
         }
         #: The Strict-Transport-Security value for HTTPS responses, if any.
@@ -52,16 +120,27 @@ class SiteRoute:
             if config.hsts_max_age_secs
             else None
         )
+        siteHeaders = (config.request_headers, config.response_headers)
+        if rule is None:
+            self.requestHeaders = _rules(siteHeaders[0])
+            self.responseHeaders = _rules(siteHeaders[1])
+        else:
+            self.requestHeaders = _rules(siteHeaders[0], rule.request_headers)
+            self.responseHeaders = _rules(siteHeaders[1], rule.response_headers)
         exact = [h for h in config.hosts if not isWildcard(h)]
         if exact:
             fallback = exact[0]
-        else:
+        elif config.upstreams:
             first = config.upstreams[0]
             host = f"[{first.host}]" if ":" in first.host else first.host
             default = 443 if first.scheme == "https" else 80
             fallback = host if first.port == default else f"{host}:{first.port}"
+        else:
+            fallback = "localhost"
         #: The Host sent upstream for a request that came without one.
         self.fallbackHost = fallback.encode("ascii")
+        #: The site's routes (the site's own L{SiteRoute} only).
+        self.routes: RouteRules | None = None
 
     @property
     def name(self) -> str:
@@ -74,6 +153,72 @@ class SiteRoute:
     @property
     def default(self) -> bool:
         return self.config.default
+
+    def match(self, method: bytes, path: bytes) -> SiteRoute:
+        """
+        The route of a request for C{path} (without its query) with
+        C{method}: the exact C{path} route, else the longest matching
+        C{path_prefix}, else the site's own (among equals, the first
+        written).
+        """
+        routes = self.routes
+        if routes is None:
+            return self
+        return routes.match(method, path) or self
+
+
+def _rules(*rules: HeaderRules) -> tuple[HeaderRules, ...]:
+    """
+    The header rules that apply, in order, without the empty ones.
+    """
+    return tuple(r for r in rules if r.set or r.add or r.remove)
+
+
+class RouteRules:
+    """
+    The routes of one site, as L{SiteRoute.match} reads them: exact paths
+    in a dict, prefixes longest first.
+    """
+
+    __slots__ = ("_exact", "_prefixes")
+
+    def __init__(self, routes: list[SiteRoute]) -> None:
+        self._exact: dict[bytes, list[SiteRoute]] = {}
+        prefixes: list[tuple[bytes, SiteRoute]] = []
+        for route in routes:
+            rule = route.rule
+            assert rule is not None
+            if rule.path is not None:
+                self._exact.setdefault(rule.path.encode("utf-8"), []).append(route)
+            elif rule.path_prefix is not None:
+                prefixes.append((rule.path_prefix.encode("utf-8"), route))
+        # Longest first; sorted() is stable, so equals stay in written order.
+        self._prefixes = sorted(prefixes, key=lambda item: -len(item[0]))
+
+    def all(self) -> list[SiteRoute]:
+        """
+        Every route, exact ones first.
+        """
+        routes = [r for group in self._exact.values() for r in group]
+        return routes + [route for _, route in self._prefixes]
+
+    def match(self, method: bytes, path: bytes) -> SiteRoute | None:
+        exact = self._exact.get(path)
+        if exact is not None:
+            for route in exact:
+                if _allows(route, method):
+                    return route
+        for prefix, route in self._prefixes:
+            if path.startswith(prefix) and _allows(route, method):
+                return route
+        return None
+
+
+def _allows(route: SiteRoute, method: bytes) -> bool:
+    rule = route.rule
+    assert rule is not None
+    methods = rule.methods
+    return not methods or method.decode("latin-1") in methods
 
 
 @frozen
@@ -92,6 +237,14 @@ class Runtime:
     secured: frozenset[str] = frozenset()
     #: The port HTTP requests are redirected to (the first listen_https).
     httpsPort: int | None = None
+
+    @property
+    def errorPages(self) -> dict[int, bytes] | None:
+        """
+        The C{[defaults]} error pages, for a request no site takes.
+        """
+        pages = self.config.defaults.error_pages
+        return dict(pages) if pages else None
 
 
 def buildRuntime(
@@ -114,14 +267,42 @@ def buildRuntime(
     if previous is not None:
         for route in previous.table.sites:
             carried[(route.name, route.selector.upstreams)] = route.selector
+            for child in route.routes.all() if route.routes is not None else ():
+                carried.setdefault(
+                    (route.name, child.selector.upstreams), child.selector
+                )
+
     routes = []
-    for site in config.sites:
-        selector = carried.get((site.name, site.upstreams))
+
+    def selectorFor(
+        site: SiteConfig, upstreams: tuple[Upstream, ...]
+    ) -> UpstreamSelector[Upstream]:
+        # A site and its routes with the same upstreams share one selector
+        # (round robin and back-off), and keep it across reloads.
+        selector = carried.get((site.name, upstreams))
         if selector is None:
-            selector = UpstreamSelector(site.upstreams, clock)
-        routes.append(
-            SiteRoute(site, selector, tls.upstreamTLS.get(site.name, SYSTEM_TRUST))
-        )
+            selector = carried[(site.name, upstreams)] = UpstreamSelector(
+                upstreams, clock
+            )
+        return selector
+
+    for site in config.sites:
+        upstreamTLS = tls.upstreamTLS.get(site.name, SYSTEM_TRUST)
+        route = SiteRoute(site, selectorFor(site, site.upstreams), upstreamTLS)
+        if site.routes:
+            route.routes = RouteRules(
+                [
+                    SiteRoute(
+                        _routeConfig(site, rule),
+                        selectorFor(site, rule.upstreams),
+                        upstreamTLS,
+                        rule=rule,
+                        site=route,
+                    )
+                    for rule in site.routes
+                ]
+            )
+        routes.append(route)
     generation = previous.generation + 1 if previous is not None else 1
     return Runtime(
         config=config,
@@ -137,6 +318,31 @@ def buildRuntime(
             endpointPort(config.server.listen_https[0])
             if config.server.listen_https
             else None
+        ),
+    )
+
+
+def _routeConfig(site: SiteConfig, rule: RouteConfig) -> SiteConfig:
+    """
+    The config a request of route C{rule} is answered by: its site's, with
+    the route's upstreams and whatever limits the route sets.
+    """
+    return attrs.evolve(
+        site,
+        upstreams=rule.upstreams,
+        max_body_bytes=(
+            site.max_body_bytes if rule.max_body_bytes is None else rule.max_body_bytes
+        ),
+        rate_limit=site.rate_limit if rule.rate_limit is None else rule.rate_limit,
+        connect_timeout_secs=(
+            site.connect_timeout_secs
+            if rule.connect_timeout_secs is None
+            else rule.connect_timeout_secs
+        ),
+        response_timeout_secs=(
+            site.response_timeout_secs
+            if rule.response_timeout_secs is None
+            else rule.response_timeout_secs
         ),
     )
 

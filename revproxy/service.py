@@ -242,7 +242,12 @@ class RequestPath(Service):
         sites = runtime.config.sites
         self.observer.generation = runtime.generation
         self.observer.reconfigure(runtime.config.logging)
-        self.limiter.retain({s.name: s.rate_limit for s in sites})
+        limits = {s.name: s.rate_limit for s in sites}
+        for site in runtime.table.sites:
+            for route in site.routes.all() if site.routes is not None else ():
+                if route.limitKey != site.limitKey:
+                    limits[route.limitKey] = route.config.rate_limit
+        self.limiter.retain(limits)
         self.metrics.retainSites(
             [s.name for s in sites],
             {s.name: [u.url for u in s.upstreams] for s in sites},

@@ -21,9 +21,13 @@ from revproxy.config import (
     Config,
     ConfigError,
     Defaults,
+    HeaderRules,
     HealthCheck,
     LoggingConfig,
     RateLimit,
+    Redirect,
+    Respond,
+    RouteConfig,
     ServerConfig,
     SiteConfig,
     Upstream,
@@ -32,9 +36,17 @@ from revproxy.config import (
     loadConfig,
     parseConfig,
     quickConfig,
+    routeWarnings,
 )
+from revproxy.placeholders import parseTemplate
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+# What a site without upstreams needs instead, as the errors say.
+_ALTERNATIVES = (
+    "unless the site answers every request without them: a site-level "
+    'redirect or respond, or a route with path_prefix = "/"'
+)
 
 
 def _tomlString(text: str) -> str:
@@ -1495,8 +1507,9 @@ class SiteTests(ParseTestCase):
         del entry["upstreams"]
         self.assertErrors(
             document(entry, site(name="b", hosts=["b.example"], upstreams=[])),
-            'sites[0].upstreams: required (a list of URLs like "http://10.0.0.1:8000")',
-            "sites[1].upstreams: must not be empty",
+            'sites[0].upstreams: required (a list of URLs like "http://10.0.0.1:8000"), '
+            + _ALTERNATIVES,
+            "sites[1].upstreams: must not be empty, " + _ALTERNATIVES,
         )
 
     def test_duplicateUpstream(self) -> None:
@@ -2741,3 +2754,1084 @@ class OperationsLimitTests(ParseTestCase):
             "sites[0].health_check.timeout_secs: must not be longer than "
             "interval_secs (1)",
         )
+
+
+def route(**keys: Any) -> dict[str, Any]:
+    """
+    A valid minimal C{[[sites.routes]]} entry, changed by C{keys}.
+    """
+    entry: dict[str, Any] = {
+        "path_prefix": "/api/",
+        "upstreams": ["http://127.0.0.1:9000"],
+    }
+    entry.update(keys)
+    return entry
+
+
+def _write(case: SynchronousTestCase, name: str, data: bytes) -> str:
+    """
+    Write C{data} to a new file C{name} in a new directory; return the
+    directory.
+    """
+    directory: str = case.mktemp()
+    os.makedirs(directory)
+    with open(os.path.join(directory, name), "wb") as f:
+        f.write(data)
+    return directory
+
+
+class RouteTests(ParseTestCase):
+    """
+    C{[[sites.routes]]}: one matcher, one action, and modifiers that fit.
+    """
+
+    def routes(self, *routes: dict[str, Any], **keys: Any) -> tuple[RouteConfig, ...]:
+        """
+        The routes of a valid one-site document.
+        """
+        config = parseConfig(document(site(routes=list(routes), **keys)))
+        return config.sites[0].routes
+
+    def test_noRoutes(self) -> None:
+        """
+        A site without routes has none, and the defaults of the new keys.
+        """
+        [s] = parseConfig(document()).sites
+        self.assertEqual(s.routes, ())
+        self.assertIsNone(s.redirect)
+        self.assertIsNone(s.respond)
+        self.assertEqual(s.request_headers, HeaderRules())
+        self.assertEqual(s.response_headers, HeaderRules())
+        self.assertEqual(s.upstream_host, "")
+        self.assertEqual(s.error_pages, ())
+
+    def test_upstreamsRoute(self) -> None:
+        """
+        A prefix route to upstreams, with every modifier.
+        """
+        [r] = self.routes(
+            route(
+                methods=["get", "Post"],
+                strip_prefix=True,
+                rewrite_redirects=True,
+                upstream_host="App.Internal:8443",
+                upstreams=["https://10.0.0.5"],
+                max_body_bytes=1024,
+                rate_limit={"requests_per_second": 5, "burst": 10},
+                connect_timeout_secs=1,
+                response_timeout_secs=2.5,
+            )
+        )
+        self.assertEqual(
+            r,
+            RouteConfig(
+                index=0,
+                path_prefix="/api/",
+                methods=("GET", "POST"),
+                upstreams=(Upstream("https://10.0.0.5:443", "https", "10.0.0.5", 443),),
+                strip_prefix=True,
+                upstream_host="app.internal:8443",
+                rewrite_redirects=True,
+                max_body_bytes=1024,
+                rate_limit=RateLimit(5.0, 10),
+                connect_timeout_secs=1.0,
+                response_timeout_secs=2.5,
+            ),
+        )
+
+    def test_exactRedirectAndRespond(self) -> None:
+        """
+        An exact route with a redirect, and one with a fixed answer, in
+        order, with their indexes.
+        """
+        a, b = self.routes(
+            {"path": "/old", "redirect": {"to": "/new", "status": 301}},
+            {"path": "/ping", "respond": {"status": 200, "body": "pong {host}"}},
+        )
+        self.assertEqual(a.index, 0)
+        self.assertEqual(a.path, "/old")
+        self.assertIsNone(a.path_prefix)
+        self.assertEqual(a.redirect, Redirect(parseTemplate("/new"), 301))
+        self.assertEqual(b.index, 1)
+        self.assertEqual(
+            b.respond, Respond(status=200, body=parseTemplate("pong {host}"))
+        )
+
+    def test_upstreamHostEmpty(self) -> None:
+        """
+        C{upstream_host = ""} is the default: the client's Host.
+        """
+        [r] = self.routes(route(upstream_host=""))
+        self.assertEqual(r.upstream_host, "")
+
+    def test_upstreamHostIPv6(self) -> None:
+        """
+        An IPv6 C{upstream_host} keeps its brackets.
+        """
+        [r] = self.routes(route(upstream_host="[2001:DB8::1]:8443"))
+        self.assertEqual(r.upstream_host, "[2001:db8::1]:8443")
+
+    def test_notAnArrayOfTables(self) -> None:
+        """
+        C{routes} is an array of tables.
+        """
+        self.assertErrors(
+            document(site(routes="x")),
+            'sites[0].routes: expected an array of tables ([[sites.routes]]), got string "x"',
+        )
+
+    def test_unknownKey(self) -> None:
+        """
+        An unknown key of a route is an error naming it.
+        """
+        self.assertErrors(
+            document(site(routes=[route(path_prefx="/a")])),
+            'sites[0].routes[0].path_prefx: unknown key (did you mean "path_prefix"?)',
+        )
+
+    def test_routeKeyInSite(self) -> None:
+        """
+        A route's key written in the site is pointed to its table.
+        """
+        self.assertErrors(
+            document(site(path_prefix="/a")),
+            "sites[0].path_prefix: unknown key (it belongs in [[sites.routes]])",
+        )
+
+    def test_matcher(self) -> None:
+        """
+        A route has exactly one matcher, a path starting with "/", without
+        whitespace, query or fragment.
+        """
+        missing = route()
+        del missing["path_prefix"]
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        missing,
+                        route(path="/a"),
+                        route(path_prefix="api/"),
+                        route(path_prefix="/a b"),
+                        {"path": "/a?b=1", "respond": {"status": 200}},
+                        route(path_prefix=""),
+                    ]
+                )
+            ),
+            "sites[0].routes[0]: needs a matcher: path (exact) or path_prefix",
+            "sites[0].routes[1].path_prefix: a route has one matcher; it also has path",
+            'sites[0].routes[2].path_prefix: "api/" must start with "/"',
+            'sites[0].routes[3].path_prefix: "/a b" must not contain whitespace',
+            'sites[0].routes[4].path: "/a?b=1" must not have a query or fragment '
+            "(routes match the path alone)",
+            'sites[0].routes[5].path_prefix: "" must start with "/"',
+        )
+
+    def test_action(self) -> None:
+        """
+        A route has exactly one action.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        {"path": "/a"},
+                        route(redirect={"to": "/b"}),
+                        {
+                            "path": "/c",
+                            "redirect": {"to": "/"},
+                            "respond": {"status": 200},
+                        },
+                        route(upstreams=[]),
+                    ]
+                )
+            ),
+            "sites[0].routes[0]: needs an action: upstreams, redirect or respond",
+            "sites[0].routes[1].redirect: a route has one action; it also has upstreams",
+            "sites[0].routes[2].respond: a route has one action; it also has redirect",
+            "sites[0].routes[3].upstreams: must not be empty",
+        )
+
+    def test_routeUpstreamErrors(self) -> None:
+        """
+        A route's upstreams are checked as a site's.
+        """
+        self.assertErrors(
+            document(
+                site(routes=[route(upstreams=["ftp://x", "http://a", "HTTP://a:80"])])
+            ),
+            'sites[0].routes[0].upstreams[0]: "ftp://x" is not an http(s) URL',
+            'sites[0].routes[0].upstreams[2]: duplicate upstream "http://a:80" '
+            "(also upstreams[1])",
+        )
+
+    def test_methods(self) -> None:
+        """
+        C{methods}: tokens, no duplicates whatever their case, not empty.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        route(methods=["GET", "get"]),
+                        route(methods=["GE T"]),
+                        route(methods=[]),
+                        route(methods="GET"),
+                    ]
+                )
+            ),
+            'sites[0].routes[0].methods[1]: duplicate method "GET" (also methods[0])',
+            'sites[0].routes[1].methods[0]: "GE T" is not a method name (an RFC 9110 '
+            "token: letters, digits and !#$%&'*+-.^_`|~)",
+            "sites[0].routes[2].methods: must not be empty (leave it out to match "
+            "every method)",
+            'sites[0].routes[3].methods: expected an array, got string "GET"',
+        )
+
+    def test_stripPrefixAndRewrite(self) -> None:
+        """
+        C{strip_prefix} needs C{path_prefix} and C{upstreams};
+        C{rewrite_redirects} needs C{strip_prefix}.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        {"path": "/a", "upstreams": ["http://b"], "strip_prefix": True},
+                        {
+                            "path_prefix": "/b/",
+                            "respond": {"status": 200},
+                            "strip_prefix": True,
+                        },
+                        route(rewrite_redirects=True),
+                        route(strip_prefix=False, rewrite_redirects=True),
+                    ]
+                )
+            ),
+            "sites[0].routes[0].strip_prefix: only used with path_prefix",
+            "sites[0].routes[1].strip_prefix: only used with upstreams (it changes "
+            "what is forwarded)",
+            "sites[0].routes[2].rewrite_redirects: needs strip_prefix = true",
+            "sites[0].routes[3].rewrite_redirects: needs strip_prefix = true",
+        )
+
+    def test_upstreamOnlyKeys(self) -> None:
+        """
+        C{upstream_host}, C{request_headers}, C{max_body_bytes} and the
+        timeouts only go with C{upstreams}; C{rate_limit} and
+        C{response_headers} go with any action.
+        """
+        answer = {"path": "/a", "respond": {"status": 200}}
+        text = document(
+            site(
+                routes=[
+                    {
+                        **answer,
+                        "upstream_host": "a.internal",
+                        "request_headers": {"set": {"X-A": "1"}},
+                        "max_body_bytes": 10,
+                        "connect_timeout_secs": 1,
+                        "response_timeout_secs": 1,
+                    }
+                ]
+            )
+        )
+        problem = "only used with upstreams (a redirect or respond forwards nothing)"
+        self.assertErrors(
+            text,
+            *(
+                f"sites[0].routes[0].{key}: {problem}"
+                for key in (
+                    "upstream_host",
+                    "request_headers",
+                    "max_body_bytes",
+                    "connect_timeout_secs",
+                    "response_timeout_secs",
+                )
+            ),
+        )
+        [r] = self.routes(
+            {
+                **answer,
+                "rate_limit": {"requests_per_second": 1, "burst": 1},
+                "response_headers": {"set": {"Cache-Control": "no-store"}},
+            }
+        )
+        self.assertEqual(r.rate_limit, RateLimit(1.0, 1))
+
+    def test_limitRanges(self) -> None:
+        """
+        A route's limits have the ranges of a site's.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        route(
+                            max_body_bytes=0,
+                            rate_limit={"requests_per_second": 1, "burst": 0},
+                            connect_timeout_secs=0,
+                            response_timeout_secs=86401,
+                        )
+                    ]
+                )
+            ),
+            "sites[0].routes[0].rate_limit.burst: burst must be >= 1 when "
+            "requests_per_second > 0",
+            "sites[0].routes[0].max_body_bytes: must be between 1 and "
+            "1099511627776, got 0",
+            "sites[0].routes[0].connect_timeout_secs: must be greater than 0 and "
+            "at most 86400, got 0",
+            "sites[0].routes[0].response_timeout_secs: must be greater than 0 and "
+            "at most 86400, got 86401",
+        )
+
+    def test_upstreamHostErrors(self) -> None:
+        """
+        C{upstream_host} is a hostname or address with maybe a port.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        route(upstream_host="http://a"),
+                        route(upstream_host="a:99999"),
+                        route(upstream_host="a b"),
+                        route(upstream_host="*.a"),
+                    ]
+                )
+            ),
+            'sites[0].routes[0].upstream_host: "http://a" is not a hostname[:port]',
+            'sites[0].routes[1].upstream_host: "a:99999" is not a hostname[:port]',
+            'sites[0].routes[2].upstream_host: "a b" is not a hostname[:port]',
+            'sites[0].routes[3].upstream_host: "*.a" is not a hostname[:port]',
+        )
+
+    def test_httpsUpstreamInRoute(self) -> None:
+        """
+        An https upstream of a route lets the site set C{upstream_ca_file}.
+        """
+        config = parseConfig(
+            document(
+                site(
+                    upstream_ca_file="/ca.pem",
+                    routes=[route(upstreams=["https://a"])],
+                )
+            )
+        )
+        self.assertEqual(config.sites[0].upstream_ca_file, "/ca.pem")
+
+
+class SiteAnswerTests(ParseTestCase):
+    """
+    A site's own C{redirect} or C{respond} instead of C{upstreams}, and when
+    a site may have no upstreams.
+    """
+
+    def siteWithout(self, **keys: Any) -> dict[str, Any]:
+        """
+        A site without upstreams, with C{keys}.
+        """
+        entry = site(**keys)
+        del entry["upstreams"]
+        return entry
+
+    def test_siteRedirect(self) -> None:
+        """
+        A site that redirects everything needs no upstreams: three lines.
+        """
+        [s] = parseConfig(
+            document(self.siteWithout(redirect={"to": "https://example.org{uri}"}))
+        ).sites
+        self.assertEqual(s.upstreams, ())
+        self.assertEqual(
+            s.redirect, Redirect(parseTemplate("https://example.org{uri}"))
+        )
+        assert s.redirect is not None
+        self.assertEqual(s.redirect.status, 308)
+
+    def test_siteRespond(self) -> None:
+        """
+        A site that answers everything itself needs no upstreams, even with
+        an empty list.
+        """
+        [s] = parseConfig(
+            document(site(upstreams=[], respond={"status": 503, "body": "later"}))
+        ).sites
+        self.assertEqual(s.respond, Respond(503, parseTemplate("later")))
+
+    def test_catchAllRoute(self) -> None:
+        """
+        A route with C{path_prefix = "/"} and no C{methods} catches every
+        request, so the site needs no upstreams.
+        """
+        [s] = parseConfig(
+            document(self.siteWithout(routes=[route(path_prefix="/")]))
+        ).sites
+        self.assertEqual(s.upstreams, ())
+
+    def test_routesThatDoNotCatchAll(self) -> None:
+        """
+        Routes that leave some requests without an answer (another prefix,
+        or "/" for some methods only) still need the site's upstreams.
+        """
+        self.assertErrors(
+            document(
+                self.siteWithout(
+                    routes=[route(), route(path_prefix="/", methods=["GET"])]
+                )
+            ),
+            'sites[0].upstreams: required (a list of URLs like "http://10.0.0.1:8000"), '
+            + _ALTERNATIVES,
+        )
+
+    def test_upstreamsAndOwnAnswer(self) -> None:
+        """
+        A site with upstreams and its own redirect or respond is an error:
+        which one would answer?
+        """
+        for key, value in (("redirect", {"to": "/"}), ("respond", {"status": 200})):
+            self.assertErrors(
+                document(site(**{key: value})),
+                f"sites[0].{key}: a site with upstreams cannot also have {key}: "
+                f"which would answer? Remove upstreams, or put the {key} in a "
+                "[[sites.routes]] entry",
+            )
+
+    def test_redirectAndRespond(self) -> None:
+        """
+        A site has one answer of its own.
+        """
+        self.assertErrors(
+            document(self.siteWithout(redirect={"to": "/"}, respond={"status": 200})),
+            "sites[0].respond: a site has one answer of its own; it also has redirect",
+        )
+
+    def test_upstreamHost(self) -> None:
+        """
+        A site's C{upstream_host} goes with its own upstreams.
+        """
+        [s] = parseConfig(document(site(upstream_host="app.internal"))).sites
+        self.assertEqual(s.upstream_host, "app.internal")
+        self.assertErrors(
+            document(
+                self.siteWithout(
+                    upstream_host="app.internal", routes=[route(path_prefix="/")]
+                )
+            ),
+            "sites[0].upstream_host: only used with the site's own upstreams (a "
+            "route with upstreams sets its own)",
+        )
+
+    def test_healthCheckNeedsUpstreams(self) -> None:
+        """
+        A site with no upstreams anywhere has nothing to health-check.
+        """
+        self.assertErrors(
+            document(
+                self.siteWithout(
+                    respond={"status": 200}, health_check={"path": "/healthz"}
+                )
+            ),
+            "sites[0].health_check: only used with upstreams (this site has none)",
+        )
+
+
+class RedirectTests(ParseTestCase):
+    """
+    C{redirect = { to = "...", status = N }}, on a site or a route.
+    """
+
+    def redirectErrors(self, *redirects: dict[str, Any]) -> tuple[str, ...]:
+        """
+        The errors of routes with these redirects.
+        """
+        return self.errorsOf(
+            document(site(routes=[{"path": "/a", "redirect": r} for r in redirects]))
+        )
+
+    def test_statuses(self) -> None:
+        """
+        Every redirect status is taken; 308 by default.
+        """
+        for status in (301, 302, 303, 307, 308):
+            config = parseConfig(
+                document(
+                    site(
+                        routes=[
+                            {"path": "/a", "redirect": {"to": "/b", "status": status}}
+                        ]
+                    )
+                )
+            )
+            redirect = config.sites[0].routes[0].redirect
+            assert redirect is not None
+            self.assertEqual(redirect.status, status)
+
+    def test_errors(self) -> None:
+        """
+        C{to} is required, an absolute http(s) URL or a path, with known
+        placeholders; C{status} is a redirect status.
+        """
+        self.assertEqual(
+            self.redirectErrors(
+                {"status": 301},
+                {"to": "/b", "status": 304},
+                {"to": "example.com/b"},
+                {"to": "ftp://example.com/"},
+                {"to": "/b{foo}"},
+                {"to": ""},
+                {"to": "/b", "code": 301},
+                {"to": "/a b{path}"},
+            ),
+            (
+                "sites[0].routes[0].redirect.to: required (where to send, such as "
+                '"https://example.com{uri}")',
+                "sites[0].routes[1].redirect.status: must be 301, 302, 303, 307 or "
+                "308, got 304",
+                'sites[0].routes[2].redirect.to: "example.com/b" must be an absolute '
+                'http(s) URL or a path starting with "/"',
+                'sites[0].routes[3].redirect.to: "ftp://example.com/" must be an '
+                'absolute http(s) URL or a path starting with "/"',
+                'sites[0].routes[4].redirect.to: "/b{foo}": {foo} is not a '
+                "placeholder; these are: {host}, {uri}, {path}, {query}, {scheme}, "
+                "{client_ip}, {request_id}, {path_suffix} (write {{ and }} for "
+                "literal braces)",
+                "sites[0].routes[5].redirect.to: must not be empty",
+                "sites[0].routes[6].redirect.code: unknown key",
+                'sites[0].routes[7].redirect.to: "/a b{path}" must not contain '
+                "whitespace (write %20)",
+            ),
+        )
+
+    def test_placeholderFirst(self) -> None:
+        """
+        A C{to} may start with a placeholder (C{{scheme}://...}).
+        """
+        config = parseConfig(
+            document(
+                site(
+                    routes=[
+                        {
+                            "path_prefix": "/old/",
+                            "redirect": {"to": "{scheme}://{host}/new/{path_suffix}"},
+                        }
+                    ]
+                )
+            )
+        )
+        redirect = config.sites[0].routes[0].redirect
+        assert redirect is not None
+        self.assertEqual(
+            redirect.to.names(), frozenset({"scheme", "host", "path_suffix"})
+        )
+
+
+class RespondTests(ParseTestCase):
+    """
+    C{respond = { status = N, body = "..." | file = "...", content_type }}.
+    """
+
+    def respond(self, baseDir: str | None = None, **keys: Any) -> Respond | None:
+        """
+        The C{respond} of a route with C{keys}.
+        """
+        config = parseConfig(
+            document(site(routes=[{"path": "/a", "respond": keys}])), baseDir=baseDir
+        )
+        return config.sites[0].routes[0].respond
+
+    def test_body(self) -> None:
+        """
+        A body template, plain text by default, or another content type.
+        """
+        self.assertEqual(
+            self.respond(status=200, body="hi {client_ip}"),
+            Respond(200, parseTemplate("hi {client_ip}")),
+        )
+        self.assertEqual(
+            self.respond(status=404, body="<p>no</p>", content_type="text/html"),
+            Respond(404, parseTemplate("<p>no</p>"), content_type="text/html"),
+        )
+
+    def test_bodyLines(self) -> None:
+        """
+        A body may have tabs and lines, but no other control character.
+        """
+        self.assertEqual(
+            self.respond(status=200, body="a\r\n\tb\n"),
+            Respond(200, parseTemplate("a\r\n\tb\n")),
+        )
+        self.assertErrors(
+            document(
+                site(
+                    routes=[{"path": "/a", "respond": {"status": 200, "body": "\x01"}}]
+                )
+            ),
+            'sites[0].routes[0].respond.body: "\\u0001" contains a control '
+            "character other than tab, CR and LF",
+        )
+
+    def test_emptyBody(self) -> None:
+        """
+        Neither body nor file is an empty answer; 204 takes no body.
+        """
+        self.assertEqual(self.respond(status=204), Respond(204))
+
+    def test_file(self) -> None:
+        """
+        A file relative to the config's directory is read at load; a
+        C{.html} file is HTML by default.
+        """
+        directory = _write(self, "maintenance.html", b"<h1>Back soon</h1>")
+        self.assertEqual(
+            self.respond(
+                os.path.abspath(directory), status=503, file="maintenance.html"
+            ),
+            Respond(
+                503,
+                file=os.path.join(os.path.abspath(directory), "maintenance.html"),
+                content=b"<h1>Back soon</h1>",
+                content_type="text/html; charset=utf-8",
+            ),
+        )
+        txt = _write(self, "a.txt", b"x")
+        result = self.respond(status=200, file=os.path.join(txt, "a.txt"))
+        assert result is not None
+        self.assertEqual(result.content_type, "text/plain; charset=utf-8")
+
+    def test_fileErrors(self) -> None:
+        """
+        A missing, non-regular or too large file is a config error naming
+        the key.
+        """
+        directory = _write(self, "big.html", b"x" * (1048576 + 1))
+        missing = os.path.join(directory, "missing.html")
+        big = os.path.join(directory, "big.html")
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        {"path": "/a", "respond": {"status": 200, "file": missing}},
+                        {"path": "/b", "respond": {"status": 200, "file": directory}},
+                        {"path": "/c", "respond": {"status": 200, "file": big}},
+                    ]
+                )
+            ),
+            f'sites[0].routes[0].respond.file: cannot read "{missing}": No such '
+            "file or directory",
+            f'sites[0].routes[1].respond.file: "{directory}" is not a regular file',
+            f'sites[0].routes[2].respond.file: "{big}" is larger than 1 MiB '
+            "(1048576 bytes)",
+        )
+
+    def test_errors(self) -> None:
+        """
+        C{status} is required and 200-599; body and file exclude each other;
+        204 and 304 have no body.
+        """
+        directory = _write(self, "a.txt", b"x")
+        path = os.path.join(directory, "a.txt")
+        self.assertErrors(
+            document(
+                site(
+                    routes=[
+                        {"path": "/a", "respond": {"body": "x"}},
+                        {"path": "/b", "respond": {"status": 101}},
+                        {
+                            "path": "/c",
+                            "respond": {"status": 200, "body": "x", "file": path},
+                        },
+                        {"path": "/d", "respond": {"status": 304, "body": "x"}},
+                        {"path": "/e", "respond": {"status": 204, "file": path}},
+                        {"path": "/f", "respond": {"status": 200, "body": "{x}"}},
+                        {"path": "/g", "respond": {"status": 200, "content_type": ""}},
+                    ]
+                )
+            ),
+            "sites[0].routes[0].respond.status: required (the status to answer, "
+            "such as 200)",
+            "sites[0].routes[1].respond.status: must be between 200 and 599, got 101",
+            "sites[0].routes[2].respond.file: a respond has body or file, not both",
+            "sites[0].routes[3].respond.body: a 304 answer has no body",
+            "sites[0].routes[4].respond.file: a 204 answer has no body",
+            'sites[0].routes[5].respond.body: "{x}": {x} is not a placeholder; '
+            "these are: {host}, {uri}, {path}, {query}, {scheme}, {client_ip}, "
+            "{request_id}, {path_suffix} (write {{ and }} for literal braces)",
+            "sites[0].routes[6].respond.content_type: must not be empty",
+        )
+
+    def test_rereadOnReload(self) -> None:
+        """
+        L{loadConfig} reads the file each time: a reload serves the new page.
+        """
+        directory = _write(self, "page.txt", b"one")
+        configPath = os.path.join(directory, "config.toml")
+        with open(configPath, "w") as f:
+            f.write(
+                document(
+                    site(
+                        routes=[
+                            {
+                                "path": "/a",
+                                "respond": {"status": 200, "file": "page.txt"},
+                            }
+                        ]
+                    )
+                )
+            )
+        first = loadConfig(configPath).sites[0].routes[0].respond
+        with open(os.path.join(directory, "page.txt"), "wb") as f:
+            f.write(b"two")
+        second = loadConfig(configPath).sites[0].routes[0].respond
+        assert first is not None and second is not None
+        self.assertEqual((first.content, second.content), (b"one", b"two"))
+
+
+class HeaderRuleTests(ParseTestCase):
+    """
+    C{request_headers} and C{response_headers} on a site or a route.
+    """
+
+    def test_rules(self) -> None:
+        """
+        C{set} and C{add} keep names as written with value templates;
+        C{remove} lowercases.
+        """
+        [s] = parseConfig(
+            document(
+                site(
+                    response_headers={
+                        "set": {"X-Frame-Options": "DENY", "X-Id": "{request_id}"},
+                        "add": {"Link": "</a.css>; rel=preload"},
+                        "remove": ["Server", "X-Powered-By"],
+                    },
+                    request_headers={"set": {"X-Client": "{client_ip}"}},
+                )
+            )
+        ).sites
+        self.assertEqual(
+            s.response_headers,
+            HeaderRules(
+                set=(
+                    ("X-Frame-Options", parseTemplate("DENY")),
+                    ("X-Id", parseTemplate("{request_id}")),
+                ),
+                add=(("Link", parseTemplate("</a.css>; rel=preload")),),
+                remove=("server", "x-powered-by"),
+            ),
+        )
+        self.assertEqual(
+            s.request_headers,
+            HeaderRules(set=(("X-Client", parseTemplate("{client_ip}")),)),
+        )
+
+    def test_routeRules(self) -> None:
+        """
+        A route has its own rules.
+        """
+        [r] = (
+            parseConfig(
+                document(site(routes=[route(response_headers={"remove": ["ETag"]})]))
+            )
+            .sites[0]
+            .routes
+        )
+        self.assertEqual(r.response_headers, HeaderRules(remove=("etag",)))
+
+    def test_managedFields(self) -> None:
+        """
+        No rule touches a hop-by-hop or framing field, nor Host.
+        """
+        managed = (
+            "Connection",
+            "keep-alive",
+            "Proxy-Connection",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Content-Length",
+            "Host",
+        )
+        self.assertErrors(
+            document(site(response_headers={"remove": list(managed)})),
+            *(
+                f'sites[0].response_headers.remove[{index}]: "{name}" is a '
+                "hop-by-hop or framing field, which revproxy manages itself"
+                for index, name in enumerate(managed)
+            ),
+        )
+        self.assertErrors(
+            document(
+                site(request_headers={"set": {"Host": "x"}, "add": {"Connection": "x"}})
+            ),
+            'sites[0].request_headers.set.Host: "Host": the Host sent upstream is '
+            "set by upstream_host",
+            'sites[0].request_headers.add.Connection: "Connection" is a hop-by-hop '
+            "or framing field, which revproxy manages itself",
+        )
+
+    def test_errors(self) -> None:
+        """
+        Names are tokens with one rule each; values are strings with known
+        placeholders; unknown keys are errors.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    response_headers={
+                        "set": {"X A": "1", "X-B": 2, "X-C": "{nope}", "X-D": "1"},
+                        "add": {"x-d": "2"},
+                        "remove": ["X-d", 3],
+                        "rename": {},
+                    },
+                    request_headers={"set": "X-A: 1"},
+                )
+            ),
+            'sites[0].request_headers.set: expected a table, got string "X-A: 1"',
+            'sites[0].response_headers.rename: unknown key (did you mean "remove"?)',
+            'sites[0].response_headers.set."X A": "X A" is not a header field name '
+            "(an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)",
+            "sites[0].response_headers.set.X-B: expected a string, got integer 2",
+            'sites[0].response_headers.set.X-C: "{nope}": {nope} is not a '
+            "placeholder; these are: {host}, {uri}, {path}, {query}, {scheme}, "
+            "{client_ip}, {request_id}, {path_suffix} (write {{ and }} for literal "
+            "braces)",
+            'sites[0].response_headers.add.x-d: "x-d" already has a rule (in set); '
+            "give each field one rule",
+            "sites[0].response_headers.remove[1]: expected a string, got integer 3",
+            'sites[0].response_headers.remove[0]: "X-d" already has a rule (in '
+            "set); give each field one rule",
+        )
+
+    def test_controlCharacter(self) -> None:
+        """
+        A value with a control character (a literal CR LF) is an error.
+        """
+        self.assertErrors(
+            document(site(response_headers={"set": {"X-A": "a\r\nB: c"}})),
+            'sites[0].response_headers.set.X-A: "a\\r\\nB: c" contains a control '
+            "character",
+        )
+
+
+class ErrorPageTests(ParseTestCase):
+    """
+    C{error_pages}, in C{[defaults]} or a site.
+    """
+
+    def test_defaultsInherited(self) -> None:
+        """
+        Pages in C{[defaults]}, relative to the config's directory, are read
+        and inherited, sorted by status; a site's table replaces them whole.
+        """
+        directory = _write(self, "502.html", b"<h1>down</h1>")
+        with open(os.path.join(directory, "503.html"), "wb") as f:
+            f.write(b"<h1>busy</h1>")
+        with open(os.path.join(directory, "429.html"), "wb") as f:
+            f.write(b"<h1>slow down</h1>")
+        base = os.path.abspath(directory)
+        config = parseConfig(
+            document(
+                site(),
+                site(name="b", hosts=["b.example"], error_pages={"429": "429.html"}),
+                defaults={"error_pages": {"503": "503.html", "502": "502.html"}},
+            ),
+            baseDir=base,
+        )
+        a, b = config.sites
+        self.assertEqual(
+            config.defaults.error_pages,
+            ((502, b"<h1>down</h1>"), (503, b"<h1>busy</h1>")),
+        )
+        self.assertEqual(a.error_pages, config.defaults.error_pages)
+        self.assertEqual(
+            a.error_page_files,
+            (
+                (502, os.path.join(base, "502.html")),
+                (503, os.path.join(base, "503.html")),
+            ),
+        )
+        self.assertEqual(b.error_pages, ((429, b"<h1>slow down</h1>"),))
+        self.assertEqual(b.error_page_files, ((429, os.path.join(base, "429.html")),))
+
+    def test_errors(self) -> None:
+        """
+        Only the answers revproxy makes itself have pages; each a readable
+        file of at most 1 MiB.
+        """
+        directory = _write(self, "big.html", b"x" * (1048576 + 1))
+        base = os.path.abspath(directory)
+        self.assertEqual(
+            self.errorsOf(
+                document(
+                    site(
+                        error_pages={
+                            "404": "a.html",
+                            "0502": "a.html",
+                            "502": "missing.html",
+                            "503": "big.html",
+                            "504": "",
+                            "413": 1,
+                        }
+                    ),
+                    defaults={"error_pages": ["502.html"]},
+                ),
+                baseDir=base,
+            ),
+            (
+                "defaults.error_pages: expected a table, got array",
+                "sites[0].error_pages.404: not an answer revproxy makes itself; "
+                "error_pages takes 413, 421, 429, 502, 503, 504",
+                "sites[0].error_pages.0502: not an answer revproxy makes itself; "
+                "error_pages takes 413, 421, 429, 502, 503, 504",
+                f'sites[0].error_pages.502: cannot read "{base}/missing.html": No '
+                "such file or directory",
+                f'sites[0].error_pages.503: "{base}/big.html" is larger than 1 MiB '
+                "(1048576 bytes)",
+                "sites[0].error_pages.504: must not be empty",
+                "sites[0].error_pages.413: expected a string, got integer 1",
+            ),
+        )
+
+
+class RouteWarningTests(SynchronousTestCase):
+    """
+    L{routeWarnings}: unreachable routes and redirect loops.
+    """
+
+    def warnings(self, *sites: dict[str, Any], **tables: Any) -> list[str]:
+        """
+        The route warnings of a valid document.
+        """
+        return routeWarnings(parseConfig(document(*sites, **tables)))
+
+    def test_none(self) -> None:
+        """
+        Routes that each can be reached, and redirects elsewhere, warn of
+        nothing.
+        """
+        self.assertEqual(
+            self.warnings(
+                site(
+                    routes=[
+                        route(),
+                        route(path_prefix="/api"),
+                        route(path_prefix="/v1/", methods=["POST"]),
+                        route(path_prefix="/v1/", methods=["GET"]),
+                        route(path_prefix="/v1/"),
+                        {"path": "/api/", "respond": {"status": 200}},
+                        {"path": "/old", "redirect": {"to": "/new"}},
+                        {"path": "/x", "redirect": {"to": "https://example.com/x"}},
+                        {
+                            "path_prefix": "/y/",
+                            "redirect": {"to": "https://other.example{uri}"},
+                        },
+                    ]
+                )
+            ),
+            [],
+        )
+
+    def test_shadowed(self) -> None:
+        """
+        A route after an equal matcher that takes all its methods is never
+        reached.
+        """
+        self.assertEqual(
+            self.warnings(
+                site(
+                    routes=[
+                        route(),
+                        route(methods=["GET"]),
+                        {
+                            "path": "/a",
+                            "methods": ["GET", "HEAD"],
+                            "respond": {"status": 200},
+                        },
+                        {"path": "/a", "methods": ["head"], "respond": {"status": 200}},
+                        {"path": "/a", "respond": {"status": 200}},
+                    ]
+                )
+            ),
+            [
+                "sites[0].routes[1]: no request reaches this route: routes[0] has "
+                'the same path_prefix "/api/" and takes every method',
+                "sites[0].routes[3]: no request reaches this route: routes[2] has "
+                'the same path "/a" and takes all its methods',
+            ],
+        )
+
+    def test_catchAllHidesUpstreams(self) -> None:
+        """
+        A route with C{path_prefix = "/"} and no methods leaves the site's
+        upstreams unused.
+        """
+        self.assertEqual(
+            self.warnings(site(routes=[route(), route(path_prefix="/")])),
+            [
+                "sites[0].upstreams: no request reaches them: routes[1] has "
+                'path_prefix = "/" and takes every method'
+            ],
+        )
+
+    def test_selfRedirects(self) -> None:
+        """
+        A redirect to C{{scheme}://{host}{uri}} or C{{path}}, or to its own
+        exact path on one of the site's hosts, loops.
+        """
+        entry = site(
+            routes=[
+                {"path_prefix": "/a/", "redirect": {"to": "{scheme}://{host}{uri}"}},
+                {"path": "/b", "redirect": {"to": "{scheme}://{host}{path}"}},
+                {"path": "/c", "redirect": {"to": "http://EXAMPLE.com:80/c"}},
+                {"path": "/d", "redirect": {"to": "/d"}},
+                {"path": "/e", "redirect": {"to": "{uri}"}},
+            ]
+        )
+        self.assertEqual(
+            self.warnings(entry),
+            [
+                'sites[0].routes[0].redirect.to: "{scheme}://{host}{uri}" sends '
+                "http://example.com/a/ back to itself: a redirect loop",
+                'sites[0].routes[1].redirect.to: "{scheme}://{host}{path}" sends '
+                "http://example.com/b back to itself: a redirect loop",
+                'sites[0].routes[2].redirect.to: "http://EXAMPLE.com:80/c" sends '
+                "http://example.com/c back to itself: a redirect loop",
+                'sites[0].routes[3].redirect.to: "/d" sends http://example.com/d '
+                "back to itself: a redirect loop",
+                'sites[0].routes[4].redirect.to: "{uri}" sends http://example.com/e '
+                "back to itself: a redirect loop",
+            ],
+        )
+
+    def test_siteRedirectToHTTPSOfItself(self) -> None:
+        """
+        A site-level redirect to C{https://<own host>{uri}} loops for HTTPS
+        requests when the site is served over HTTPS; without TLS it is the
+        usual move to HTTPS elsewhere.
+        """
+        redirect = {"to": "https://www.example.com{uri}"}
+        entry = site(hosts=["example.com", "www.example.com"], redirect=redirect)
+        del entry["upstreams"]
+        self.assertEqual(self.warnings(entry), [])
+        self.assertEqual(
+            self.warnings({**entry, "tls": "acme"}, acme={"email": "ops@example.com"}),
+            [
+                'sites[0].redirect.to: "https://www.example.com{uri}" sends '
+                "https://www.example.com/ back to itself: a redirect loop"
+            ],
+        )
+
+    def test_inConfigWarnings(self) -> None:
+        """
+        The reload's and C{--check}'s warnings include the route warnings.
+        """
+        from revproxy.reload import configWarnings
+
+        config = parseConfig(
+            document(site(routes=[{"path": "/d", "redirect": {"to": "/d"}}]))
+        )
+        self.assertEqual(configWarnings(config), routeWarnings(config))
+        self.assertEqual(len(routeWarnings(config)), 1)

@@ -23,9 +23,13 @@ from revproxy import metrics as metricsModule
 from revproxy.config import (
     _ACME_KEYS,
     _DEFAULTS_KEYS,
+    _HEADER_RULES_KEYS,
     _HEALTH_CHECK_KEYS,
     _LOGGING_KEYS,
     _RATE_LIMIT_KEYS,
+    _REDIRECT_KEYS,
+    _RESPOND_KEYS,
+    _ROUTE_KEYS,
     _SERVER_KEYS,
     _SITE_KEYS,
     _TOP_KEYS,
@@ -34,6 +38,7 @@ from revproxy.config import (
     loadConfig,
     parseConfig,
 )
+from revproxy.reload import configWarnings
 
 _DEBIAN = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "debian"
@@ -49,12 +54,21 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "[[sites]]": _SITE_KEYS,
     "rate_limit": _RATE_LIMIT_KEYS,
     "health_check": _HEALTH_CHECK_KEYS,
+    "[[sites.routes]]": _ROUTE_KEYS,
+    "redirect": _REDIRECT_KEYS,
+    "respond": _RESPOND_KEYS,
+    "request_headers": _HEADER_RULES_KEYS,
 }
 
 # The TLS step of debian/config.toml's header comment, as an operator
 # follows it: the line to delete and the commented lines to uncomment.
 _TLS_DELETE = "listen_https = []"
 _TLS_UNCOMMENT = ('listen_https = ["tcp:443"]', "email = ", 'tls = "acme"')
+
+# The proxy step of the header comment: the shipped site answers every
+# request itself until its respond line gives way to upstreams.
+_PROXY_DELETE = "respond = "
+_PROXY_UNCOMMENT = "upstreams = "
 
 _MACRO_TAG = re.compile(r"\.(B|I|BR|RB|BI|IB|IR|RI)\s+(.*)")
 
@@ -231,6 +245,23 @@ def _deleteLine(text: str, line: str) -> str:
     return pattern.sub("", text)
 
 
+def _deleteLineStarting(text: str, start: str) -> str:
+    """
+    C{text} without its one line that starts with C{start}.
+    """
+    pattern = re.compile(rf"^{re.escape(start)}.*\n", re.M)
+    if len(pattern.findall(text)) != 1:
+        raise AssertionError(f"no single line starting with {start!r} to delete")
+    return pattern.sub("", text)
+
+
+def _proxyVariant(text: str) -> str:
+    """
+    debian/config.toml after its proxy step: upstreams instead of respond.
+    """
+    return _uncomment(_deleteLineStarting(text, _PROXY_DELETE), _PROXY_UNCOMMENT)
+
+
 def _acmeVariant(text: str) -> str:
     """
     debian/config.toml after the two documented TLS steps.
@@ -258,9 +289,10 @@ class ShippedConfigTests(SynchronousTestCase):
     def test_valid(self) -> None:
         """
         The file as shipped passes revproxy's validation and is the promised
-        example: plain HTTP on port 80, every Host to 127.0.0.1:8000, the
-        admin socket, state and log where the package puts them, the ops
-        listener on loopback.
+        example: plain HTTP on port 80, every Host answered with a short
+        page that says what to edit, nothing proxied, the admin socket,
+        state and log where the package puts them, the ops listener on
+        loopback.
         """
         path = os.path.join(_DEBIAN, "config.toml")
         _read("config.toml")
@@ -277,7 +309,33 @@ class ShippedConfigTests(SynchronousTestCase):
         [site] = config.sites
         self.assertTrue(site.default)
         self.assertEqual(site.tls, "none")
+        self.assertEqual(site.upstreams, ())
+        self.assertEqual(site.routes, ())
+        self.assertIsNotNone(site.respond)
+        assert site.respond is not None
+        self.assertEqual(site.respond.status, 200)
+        self.assertEqual(site.respond.content_type, "text/plain; charset=utf-8")
+        assert site.respond.body is not None
+        self.assertTrue(site.respond.body.isLiteral)
+        self.assertIn("revproxy is running", site.respond.body.source)
+        self.assertIn("edit /etc/revproxy/config.toml", site.respond.body.source)
+        self.assertEqual(configWarnings(config), [])
+
+    def test_proxyVariant(self) -> None:
+        """
+        Following the header comment's proxy step (delete the respond line,
+        uncomment upstreams) gives a valid config that sends every Host to
+        the upstream, alone or with the TLS steps.
+        """
+        text = _read("config.toml")
+        header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+        self.assertIn(_PROXY_DELETE, header)
+        self.assertIn(f"# {_PROXY_UNCOMMENT}", header)
+        [site] = self.load(_proxyVariant(text)).sites
+        self.assertIsNone(site.respond)
         self.assertEqual([u.url for u in site.upstreams], ["http://127.0.0.1:8000"])
+        [site] = self.load(_acmeVariant(_proxyVariant(text))).sites
+        self.assertEqual((site.tls, len(site.upstreams)), ("acme", 1))
 
     def test_acmeVariant(self) -> None:
         """
@@ -312,7 +370,7 @@ class ShippedConfigTests(SynchronousTestCase):
         ACME variant, still gives a valid config: the examples in the
         comments hold no typo.
         """
-        text = _acmeVariant(_read("config.toml"))
+        text = _acmeVariant(_proxyVariant(_read("config.toml")))
         commented = re.findall(r"^# ?([a-z_]+ = .*)$", text, re.M)
         self.assertNotEqual(commented, [])
         for line in commented:
@@ -383,6 +441,20 @@ class RevproxyManPageTests(SynchronousTestCase):
                 limit = "rate_limit = { requests_per_second = 1, burst = 1"
                 without = site + limit + " }\n"
                 with_ = site + f"{limit}, {key} = {value} }}\n"
+                attribute = "sites"
+            elif table in ("[[sites.routes]]", "redirect", "respond"):
+                entry = {
+                    "[[sites.routes]]": 'upstreams = ["http://127.0.0.1:9000"]',
+                    "redirect": 'redirect = { to = "/" }',
+                    "respond": "respond = { status = 200 }",
+                }[table]
+                if table == "[[sites.routes]]":
+                    route = f'[[sites.routes]]\npath_prefix = "/a/"\n{entry}\n'
+                    without, with_ = site + route, site + route + setting
+                else:
+                    route = '[[sites.routes]]\npath = "/a"\n'
+                    without = site + route + entry + "\n"
+                    with_ = site + route + f"{entry[:-2]}, {key} = {value} }}\n"
                 attribute = "sites"
             elif table == "health_check":
                 check = 'health_check = { path = "/h"'

@@ -142,6 +142,30 @@ class CheckTests(_OptionsTestCase):
         self.assertIn("2 site(s)", self.out(options))
         self.assertEqual(self.err(options), "")
 
+    def test_routeWarnings(self) -> None:
+        """
+        A valid file with a route no request reaches and a redirect to
+        itself: exit 0, each warning on standard output with its key path.
+        """
+        path = self.writeFile(
+            GOOD
+            + '[[sites.routes]]\npath = "/a"\nredirect = { to = "/a" }\n'
+            + '[[sites.routes]]\npath = "/a"\nrespond = { status = 200 }\n'
+        )
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
+        lines = self.out(options).splitlines()
+        self.assertEqual(
+            lines[:2],
+            [
+                "revproxy: warning: sites[1].routes[1]: no request reaches this "
+                'route: routes[0] has the same path "/a" and takes every method',
+                'revproxy: warning: sites[1].routes[0].redirect.to: "/a" sends '
+                "http://other.example/a back to itself: a redirect loop",
+            ],
+        )
+        self.assertIn("configuration test is successful", lines[-1])
+
     def test_bad(self) -> None:
         """
         An invalid file: exit 1, and each problem on its own line of

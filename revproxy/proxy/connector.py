@@ -27,7 +27,7 @@ def reactorConnector(reactor: IRevProxyReactor) -> UpstreamConnector:
     def connect(key: PoolKey, factory: ClientFactory, timeout: float) -> IConnector:
         _scheme, host, port, settings = key
         if settings is not None:
-            creator: Any = creators.creatorFor(host, settings)
+            creator: Any = creators.creatorFor(settings.serverName or host, settings)
             return reactor.connectSSL(
                 host, port, factory, creator, timeout=timeout, bindAddress=None
             )

@@ -232,6 +232,7 @@ class Exchange:
         "closeReason",
         "code",
         "counted",
+        "errorPages",
         "finished",
         "generation",
         "headers",
@@ -301,6 +302,9 @@ class Exchange:
         #: An HTTP/2 extended CONNECT's C{:protocol} (RFC 8441), else
         #: L{None}.
         self.protocol: bytes | None = None
+        #: The pages of revproxy's own answers for this request's site, by
+        #: status (L{revproxy.runtime.SiteRoute.errorPages}).
+        self.errorPages: dict[int, bytes] | None = None
         #: Why the tunnel this exchange became ended, else L{None}.
         self.closeReason: str | None = None
         #: The bytes the client sent through that tunnel.

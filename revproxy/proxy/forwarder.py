@@ -37,6 +37,13 @@ from revproxy.proxy.pool import (
     localConnectError,
 )
 from revproxy.proxy.responses import httpDate, shortLine, simpleResponse
+from revproxy.proxy.rules import (
+    applyHeaderRules,
+    mountPoint,
+    placeholderValues,
+    rewriteRedirects,
+    stripPrefix,
+)
 from revproxy.proxy.tunnel import Tunnel, TunnelRegistry
 from revproxy.proxy.upstream import (
     UpstreamClosed,
@@ -147,6 +154,7 @@ class _Relay:
         "tried",
         "upgrade",
         "upstream",
+        "uri",
         "waiting",
         "watched",
         "withdraw",
@@ -163,6 +171,9 @@ class _Relay:
         self.request = exchange
         self.route = route
         self.target = target
+        #: The request's target in origin form as the client sent it (the
+        #: target sent upstream may lose a mounted route's prefix).
+        self.uri = target
         self.config = route.config
         self.method = exchange.method
         self.tried: list[Upstream] = []
@@ -220,10 +231,24 @@ class _Relay:
             lowercase=True,
             drop=request.hopByHop,
         )
-        if host is None:
+        route = self.route
+        if route.upstreamHost is not None:
+            # upstream_host: the Host the upstream routes by (the client's
+            # stays in X-Forwarded-Host).
+            headers = [(b"host", route.upstreamHost)] + [
+                pair for pair in headers if pair[0].lower() != b"host"
+            ]
+        elif host is None:
             # An HTTP/1.0 request without Host (routed to the default site):
             # HTTP/1.1 requires one upstream, so name the site or upstream.
-            headers.insert(0, (b"Host", self.route.fallbackHost))
+            headers.insert(0, (b"Host", route.fallbackHost))
+        rule = route.rule
+        if rule is not None and rule.strip_prefix and rule.path_prefix is not None:
+            prefix = rule.path_prefix.encode("utf-8")
+            self.target = stripPrefix(self.target, prefix)
+            headers.append((b"X-Forwarded-Prefix", mountPoint(prefix)))
+        if route.requestHeaders:
+            headers = applyHeaderRules(headers, route.requestHeaders, self._values())
         method = self.method
         if request.protocol is not None or request.header(b"upgrade") is not None:
             upgrade = self._upgradeOffered()
@@ -266,6 +291,19 @@ class _Relay:
             if self.done:
                 return
         self._tryNext()
+
+    def _values(self) -> dict[str, str]:
+        """
+        The placeholder values of this request (for header rules).
+        """
+        request = self.request
+        host = request.header(b"host")
+        name = None
+        if host is not None:
+            name = (
+                host.decode("latin-1").rsplit(":", 1)[0] if b"]" not in host else None
+            )
+        return placeholderValues(request, self.route, name, self.uri)
 
     def _upgradeOffered(self) -> bytes | None:
         """
@@ -567,6 +605,18 @@ class _Relay:
             self._switch(reason, headers)
             return
         out, found = relayResponseHeaders(headers, noBody=code == 204 or code == 304)
+        route = self.route
+        rule = route.rule
+        if rule is not None and rule.rewrite_redirects and rule.path_prefix is not None:
+            hosts = [route.upstreamHost] if route.upstreamHost is not None else []
+            given = request.header(b"host")
+            if given is not None:
+                hosts.append(given)
+            out = rewriteRedirects(
+                out, mountPoint(rule.path_prefix.encode("utf-8")), hosts
+            )
+        if route.responseHeaders:
+            out = applyHeaderRules(out, route.responseHeaders, self._values())
         if not found & HAS_DATE:
             out.append((b"Date", httpDate(self.forwarder.clock.seconds())))
         if request.requestID and not found & HAS_REQUEST_ID:

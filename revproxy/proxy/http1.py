@@ -31,7 +31,13 @@ from revproxy.proxy.eager import noDelay, writerFor
 from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.headers import HOP_BY_HOP, connectionTokens
 from revproxy.proxy.http2 import HTTP2Connection
-from revproxy.proxy.responses import REASONS, httpDate, shortBody, shortHeaders
+from revproxy.proxy.responses import (
+    REASONS,
+    httpDate,
+    refusalBody,
+    shortBody,
+    shortHeaders,
+)
 
 if TYPE_CHECKING:
     from revproxy.proxy.exchange import FrontEndView
@@ -882,9 +888,10 @@ class HTTP1Connection(Protocol):
         self._parser = None
         self._ahead = []
         self._queue.clear()
-        body = shortBody(code, detail)
+        body, contentType = refusalBody(exchange, code, detail)
         head = [_statusLine(code, REASONS.get(code, b""))]
-        for name, value in shortHeaders(httpDate(self._clock.seconds()), len(body)):
+        date = httpDate(self._clock.seconds())
+        for name, value in shortHeaders(date, len(body), contentType):
             head += (name, b": ", value, b"\r\n")
         head.append(b"Connection: close\r\n\r\n")
         if exchange.method == b"HEAD":

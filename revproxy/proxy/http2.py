@@ -48,7 +48,7 @@ from zope.interface import implementer
 from revproxy.private.h2 import forgetContentLength
 from revproxy.proxy.exchange import Exchange, FrontEndView
 from revproxy.proxy.headers import HOP_BY_HOP
-from revproxy.proxy.responses import httpDate, shortBody, shortHeaders
+from revproxy.proxy.responses import httpDate, refusalBody, shortHeaders
 
 _log = Logger()
 
@@ -1036,9 +1036,10 @@ class HTTP2Connection(Protocol):
             return
         stream.refused = True
         stream.headSent = stream.ended = True
-        body = shortBody(code, detail)
+        body, contentType = refusalBody(exchange, code, detail)
         fields = [(b":status", b"%d" % code)]
-        for name, value in shortHeaders(httpDate(self._clock.seconds()), len(body)):
+        date = httpDate(self._clock.seconds())
+        for name, value in shortHeaders(date, len(body), contentType):
             fields.append((name.lower(), value))
         stream.buffer = bytearray(b"" if stream.isHead else body)
         stream.producer = None

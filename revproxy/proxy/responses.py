@@ -25,7 +25,18 @@ if TYPE_CHECKING:
 #: The reason phrases of the answers revproxy makes itself (RFC 9110
 #: section 15).
 REASONS = {
+    200: b"OK",
+    201: b"Created",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
     308: b"Permanent Redirect",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    410: b"Gone",
     400: b"Bad Request",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -44,6 +55,8 @@ REASONS = {
 
 #: The C{Content-Type} of a short text answer.
 TEXT = b"text/plain; charset=utf-8"
+#: The C{Content-Type} of an error page (C{error_pages}).
+HTML = b"text/html; charset=utf-8"
 
 # The C{Date} value last made, and the second it is for.
 _date: tuple[int, bytes] = (-1, b"")
@@ -81,6 +94,21 @@ def shortBody(code: int, detail: str | None = None) -> bytes:
     return (shortLine(code, detail) + "\n").encode("utf-8")
 
 
+def refusalBody(
+    exchange: Exchange | None, code: int, detail: str
+) -> tuple[bytes, bytes]:
+    """
+    The body of an early refusal of C{exchange} and its C{Content-Type}:
+    its site's error page for C{code} if there is one, else the one-line
+    text.
+    """
+    pages = exchange.errorPages if exchange is not None else None
+    page = pages.get(code) if pages else None
+    if page is not None:
+        return page, HTML
+    return shortBody(code, detail), TEXT
+
+
 def shortHeaders(
     date: bytes, length: int, contentType: bytes = TEXT
 ) -> list[tuple[bytes, bytes]]:
@@ -112,8 +140,14 @@ def simpleResponse(
     """
     if exchange.clientLeft or exchange.finished or exchange.startedWriting:
         return
-    body = (message + "\n").encode("utf-8")
-    fields = shortHeaders(date, len(body))
+    pages = exchange.errorPages
+    page = pages.get(code) if pages else None
+    if page is not None:
+        body = page
+        fields = shortHeaders(date, len(body), HTML)
+    else:
+        body = (message + "\n").encode("utf-8")
+        fields = shortHeaders(date, len(body))
     fields.extend(headers)
     if exchange.requestID:
         fields.append((b"X-Request-ID", exchange.requestID.encode("ascii")))

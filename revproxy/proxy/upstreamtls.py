@@ -44,12 +44,15 @@ class UpstreamTLS:
     @ivar caDigest: SHA-256 of the CA bundle's bytes: a CA file changed and
         reloaded makes a new pool key, so new connections use it.
     @ivar trustRoot: The loaded bundle, or L{None} for the system store.
+    @ivar serverName: The name sent as SNI and verified instead of the
+        upstream's own host (C{upstream_host}); C{""}: the upstream's host.
     """
 
     verify: bool = True
     caFile: str = ""
     caDigest: str = ""
     trustRoot: IOpenSSLTrustRoot | None = attrs.field(default=None, eq=False)
+    serverName: str = ""
 
 
 #: System trust store, verification on: the default.
