@@ -536,6 +536,29 @@ class RefusedUpgradeTests(_TunnelTestCase):
         self.assertEqual(self.answers.stray, b"")
         self.assertEqual((await self.admin("tunnels"))["total"], 0)
 
+    async def test_unlistedProtocolsStripped(self) -> None:
+        """
+        An upgrade to C{h2c}, or to a protocol the site does not list, goes
+        to the upstream as an ordinary request without C{Upgrade}, and its
+        answer comes back as an ordinary response.
+        """
+        client = await connectRaw(self.reactor, self.port)
+        try:
+            for protocol in ("h2c", "foo"):
+                response = await client.request(
+                    upgradeRequest("refuse.test", "/plain", protocol=protocol)
+                )
+                self.assertEqual((response.code, response.body), (200, PLAIN_BODY))
+                lines = self.answers.heads[-1].lower().split(b"\r\n")
+                self.assertEqual(
+                    [line for line in lines if line.startswith(b"upgrade:")], []
+                )
+                connection = [x for x in lines if x.startswith(b"connection:")]
+                self.assertNotIn(b"upgrade", b"".join(connection), protocol)
+        finally:
+            await client.close()
+        self.assertEqual((await self.admin("tunnels"))["total"], 0)
+
     async def test_101WithoutUpgrade(self) -> None:
         """
         A 101 without an C{Upgrade} header, or with another protocol than
