@@ -299,12 +299,14 @@ def explainRule(site: SiteRoute, rule: SiteRoute, path: str) -> Answer:
                 "Location, Content-Location, Refresh and Set-Cookie Path from "
                 "the upstream written back under the prefix"
             )
-    if rule.upstreamHost is not None:
-        rewrites.append(f"Host set to {rule.upstreamHost.decode()}")
-    for side, rules in (
-        ("request", rule.requestHeaders),
-        ("response", rule.responseHeaders),
-    ):
+    proxied = action.redirect is None and action.respond is None
+    sides = [("response", rule.responseHeaders)]
+    if proxied:
+        # What is forwarded: a redirect or fixed answer forwards nothing.
+        if rule.upstreamHost is not None:
+            rewrites.append(f"Host set to {rule.upstreamHost.decode()}")
+        sides.insert(0, ("request", rule.requestHeaders))
+    for side, rules in sides:
         for headerRules in rules:
             for name, template in headerRules.set:
                 rewrites.append(f"{side} header {name} set to {template.source}")

@@ -17,9 +17,11 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorTime,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
 from revproxy.listeners import ConnectionGate
 
@@ -62,6 +64,24 @@ def _connectionOf(wrapper: ProtocolWrapper) -> ClientConnection | None:
     return None
 
 
+class _TrackedConnection(ProtocolWrapper):
+    """
+    A tracked client connection: its protocol learns that it is lost
+    before the tracker forgets it, so that what waits for the last
+    connection to go (the end of a graceful shutdown, then the access log's
+    close) comes after everything the protocol does then (a tunnel cut by
+    the shutdown writes its access-log line).
+    """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            self.wrappedProtocol.connectionLost(reason)
+        finally:
+            self.factory.unregisterProtocol(self)
+            # As ProtocolWrapper: no reference cycle through the protocol.
+            self.wrappedProtocol = None  # type: ignore[assignment]
+
+
 class ConnectionTracker(WrappingFactory):
     """
     Wraps the L{Site} so that every client connection is known, and tells
@@ -69,6 +89,7 @@ class ConnectionTracker(WrappingFactory):
     """
 
     noisy = False
+    protocol = _TrackedConnection
 
     def __init__(
         self, wrappedFactory: IProtocolFactory, gate: ConnectionGate | None = None

@@ -229,3 +229,38 @@ class DrainTests(SynchronousTestCase):
         first.finish()
         self.assertFalse(busy.connected)
         self.successResultOf(stopped)
+
+
+class TrackedConnectionTests(SynchronousTestCase):
+    """
+    The tracker forgets a connection only after its protocol learned that
+    it is lost.
+    """
+
+    def test_lostBeforeForgotten(self) -> None:
+        """
+        When a connection's protocol hears of its loss, the tracker still
+        counts it, so nothing waiting for the last connection to go runs
+        before the protocol is done.
+        """
+        from twisted.internet.protocol import Factory, Protocol
+
+        seen: list[int] = []
+        tracker: ConnectionTracker
+
+        class Recording(Protocol):
+            def connectionLost(self, reason: object = None) -> None:
+                seen.append(len(tracker.protocols))
+
+        tracker = ConnectionTracker(Factory.forProtocol(Recording))
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = tracker.buildProtocol(address)
+        assert protocol is not None
+        transport = StringTransportWithDisconnection(peerAddress=address)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        emptied = tracker.whenEmpty()
+        transport.loseConnection()
+        self.assertEqual(seen, [1])
+        self.successResultOf(emptied)
+        self.assertEqual(len(tracker.protocols), 0)
