@@ -720,11 +720,10 @@ class AdminRouteTests(_RoutesTestCase):
 
     async def test_answeredRuleForwardsNothing(self) -> None:
         """
-        BUG (fails on main as of ccc8bfd): a rule that revproxy answers
-        itself (C{respond}, C{redirect}) forwards nothing, so the site's
-        request header rules do not apply to it; C{route} should not list
-        them as its rewrites.  It lists C{"request header X-Site set to
-        shop"} and the others for C{/healthz} and C{/old/x}.
+        A rule that revproxy answers itself (C{respond}, C{redirect})
+        forwards nothing, so the site's request header rules do not apply
+        to it: C{route} does not list them as its rewrites (a regression
+        test: it did, for C{/healthz} and C{/old/x}).
         """
         for command in ["route shop.test /healthz GET", "route shop.test /old/x GET"]:
             answer = await self.admin(command)
