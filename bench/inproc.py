@@ -7,6 +7,7 @@ C{--profile}, cProfile's top functions.  Used to find where revproxy's
 per-request time goes (docs/performance.md, #13).
 
     PYTHONPATH=. taskset -c 1 .venv/bin/python bench/inproc.py [N] [--profile]
+        [--config bench/revproxy-routes50.toml.in]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from revproxy.proxy.pool import ConnectionPool
 from revproxy.ratelimit import RateLimiter
 from revproxy.routing import Router
 from revproxy.runtime import RuntimeHolder, buildRuntime
-from revproxy.service import reactorConnector
+from revproxy.proxy.connector import reactorConnector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUEST = (
@@ -55,7 +56,10 @@ RESPONSE = (
 
 def main(argv: list[str]) -> None:
     count = int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else 20000
-    with open(os.path.join(HERE, "revproxy.toml.in"), encoding="utf-8") as f:
+    path = os.path.join(HERE, "revproxy.toml.in")
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1]
+    with open(path, encoding="utf-8") as f:
         text = (
             f.read()
             .replace("@PORT@", "18120")

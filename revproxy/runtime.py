@@ -177,30 +177,45 @@ def _rules(*rules: HeaderRules) -> tuple[HeaderRules, ...]:
 class RouteRules:
     """
     The routes of one site, as L{SiteRoute.match} reads them: exact paths
-    in a dict, prefixes longest first.
+    in a dict; prefixes that end a first path segment (C{/api/},
+    C{/api/v2/}) grouped by that segment, so a request looks only at its
+    own group, and the others (C{/}, C{/static}) apart; each list longest
+    first, equals in written order.
     """
 
-    __slots__ = ("_exact", "_prefixes")
+    __slots__ = ("_exact", "_groups", "_loose")
 
     def __init__(self, routes: list[SiteRoute]) -> None:
         self._exact: dict[bytes, list[SiteRoute]] = {}
-        prefixes: list[tuple[bytes, SiteRoute]] = []
+        groups: dict[bytes, list[tuple[bytes, SiteRoute]]] = {}
+        loose: list[tuple[bytes, SiteRoute]] = []
         for route in routes:
             rule = route.rule
             assert rule is not None
             if rule.path is not None:
                 self._exact.setdefault(rule.path.encode("utf-8"), []).append(route)
             elif rule.path_prefix is not None:
-                prefixes.append((rule.path_prefix.encode("utf-8"), route))
+                prefix = rule.path_prefix.encode("utf-8")
+                key = _firstSegment(prefix)
+                if key is None:
+                    loose.append((prefix, route))
+                else:
+                    groups.setdefault(key, []).append((prefix, route))
         # Longest first; sorted() is stable, so equals stay in written order.
-        self._prefixes = sorted(prefixes, key=lambda item: -len(item[0]))
+        self._groups = {
+            key: sorted(group, key=lambda item: -len(item[0]))
+            for key, group in groups.items()
+        }
+        self._loose = sorted(loose, key=lambda item: -len(item[0]))
 
     def all(self) -> list[SiteRoute]:
         """
         Every route, exact ones first.
         """
         routes = [r for group in self._exact.values() for r in group]
-        return routes + [route for _, route in self._prefixes]
+        for group in self._groups.values():
+            routes += [route for _, route in group]
+        return routes + [route for _, route in self._loose]
 
     def match(self, method: bytes, path: bytes) -> SiteRoute | None:
         exact = self._exact.get(path)
@@ -208,10 +223,39 @@ class RouteRules:
             for route in exact:
                 if _allows(route, method):
                     return route
-        for prefix, route in self._prefixes:
+        found: tuple[bytes, SiteRoute] | None = None
+        key = _firstSegment(path)
+        if key is not None:
+            for prefix, route in self._groups.get(key, ()):
+                if path.startswith(prefix) and _allows(route, method):
+                    found = (prefix, route)
+                    break
+        for prefix, route in self._loose:
+            if found is not None and len(prefix) < len(found[0]):
+                break
             if path.startswith(prefix) and _allows(route, method):
-                return route
-        return None
+                if found is None or (
+                    len(prefix) == len(found[0])
+                    and _index(route) < _index(found[1])
+                ):
+                    found = (prefix, route)
+                break
+        return None if found is None else found[1]
+
+
+def _firstSegment(path: bytes) -> bytes | None:
+    """
+    C{path} up to the end of its first segment, slash included
+    (C{/api/} of C{/api/v2/x}), or L{None} when it has no second slash.
+    """
+    end = path.find(b"/", 1)
+    return None if end < 0 else path[: end + 1]
+
+
+def _index(route: SiteRoute) -> int:
+    rule = route.rule
+    assert rule is not None
+    return rule.index
 
 
 def _allows(route: SiteRoute, method: bytes) -> bool:

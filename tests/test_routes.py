@@ -247,3 +247,77 @@ error_pages = { 413 = "413.html", 502 = "502.html" }
         [response] = client.responses()
         self.assertEqual(response.code, 413)
         self.assertEqual(response.body, b"<h1>413 page</h1>")
+
+
+MATCHING = """
+[server]
+
+[[sites]]
+name = "s"
+hosts = ["s.example"]
+upstreams = ["http://10.0.0.1:80"]
+
+[[sites.routes]]
+path_prefix = "/api"
+respond = { status = 200, body = "0" }
+
+[[sites.routes]]
+path_prefix = "/api/"
+respond = { status = 200, body = "1" }
+
+[[sites.routes]]
+path_prefix = "/api/v2/"
+respond = { status = 200, body = "2" }
+
+[[sites.routes]]
+path_prefix = "/api/v2/"
+methods = ["POST"]
+respond = { status = 200, body = "3" }
+
+[[sites.routes]]
+path = "/api/v2/exact"
+respond = { status = 200, body = "4" }
+
+[[sites.routes]]
+path_prefix = "/"
+methods = ["DELETE"]
+respond = { status = 200, body = "5" }
+"""
+
+
+class MatchingTests(SynchronousTestCase):
+    """
+    L{revproxy.runtime.SiteRoute.match}: exact, else the longest prefix
+    (whether it ends a path segment or not), else the site; among equals
+    the first written that allows the method.
+    """
+
+    def index(self, method: bytes, path: bytes) -> int | None:
+        from twisted.internet.task import Clock
+
+        from revproxy.config import parseConfig
+        from revproxy.runtime import buildRuntime
+
+        runtime = buildRuntime(parseConfig(MATCHING), Clock())
+        [site] = runtime.table.sites
+        rule = site.match(method, path).rule
+        return None if rule is None else rule.index
+
+    def test_order(self) -> None:
+        """
+        Each path meets the rule nginx's order gives it.
+        """
+        cases = [
+            (b"GET", b"/api/v2/exact", 4),
+            (b"GET", b"/api/v2/other", 2),
+            (b"POST", b"/api/v2/other", 2),
+            (b"GET", b"/api/v1", 1),
+            (b"GET", b"/api/", 1),
+            (b"GET", b"/api", 0),
+            (b"GET", b"/apix/y", 0),
+            (b"GET", b"/other", None),
+            (b"DELETE", b"/other", 5),
+            (b"DELETE", b"/api/x", 1),
+        ]
+        for method, path, expected in cases:
+            self.assertEqual(self.index(method, path), expected, (method, path))
