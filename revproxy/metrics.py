@@ -372,6 +372,7 @@ class Metrics:
         self._clock = clock
         self._sites: dict[str, _SiteStats] = {}
         self._reloads = {True: 0, False: 0}
+        self._denied: dict[tuple[str, str], int] = {}
         self._failing: set[str] = set()
         self.sources = LiveSources() if sources is None else sources
         if registry is None:
@@ -495,6 +496,14 @@ class Metrics:
         errors[key] = errors.get(key, 0) + 1
 
     # -- operations
+
+    def accessDenied(self, site: str, reason: str) -> None:
+        """
+        A request to C{site} was refused by its access rules (C{reason}:
+        C{"address"}, C{"basic_auth"}, C{"forward_auth"}).
+        """
+        key = (site, reason)
+        self._denied[key] = self._denied.get(key, 0) + 1
 
     def reloaded(self, ok: bool) -> None:
         """
@@ -763,6 +772,11 @@ class Metrics:
             tracked.add_metric([], value)
         yield tracked
 
+        denied = next(families)
+        for (site, reason), count in sorted(self._denied.items()):
+            denied.add_metric([site, reason], count)
+        yield denied
+
         tunnelsOpen = next(families)
         tunnelsOpened = next(families)
         tunnelsClosed = next(families)
@@ -869,6 +883,12 @@ class Metrics:
             "revproxy_rate_limit_tracked_clients",
             "Client buckets the rate limiter tracks.",
             labels=[],
+        )
+        yield CounterMetricFamily(
+            "revproxy_access_denied",
+            "Requests refused by access rules (401, 403, 429 after failed "
+            "logins, or the forward-auth service's answer), by site and reason.",
+            labels=["site", "reason"],
         )
         yield GaugeMetricFamily(
             "revproxy_tunnels_open",

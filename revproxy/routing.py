@@ -11,14 +11,27 @@ pending ACME http-01 challenges itself.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from revproxy.access import (
+    DENIED_ADDRESS,
+    DENIED_BASIC_AUTH,
+    DENIED_FORWARD_AUTH,
+    FailureLimit,
+    PasswordChecks,
+    addressAllowed,
+    basicCredentials,
+    challenge,
+)
 from revproxy.hostnames import (
     HasHosts,
     RoutingTable,
@@ -26,6 +39,7 @@ from revproxy.hostnames import (
     normalizeHostHeader,
 )
 from revproxy.placeholders import renderBody, renderLocation
+from revproxy.proxy.forwardauth import ForwardAuthCheck
 from revproxy.proxy.headers import clientAddress, isTrusted
 from revproxy.proxy.responses import (
     httpDate,
@@ -37,7 +51,7 @@ from revproxy.proxy.responses import (
 from revproxy.proxy.rules import applyHeaderRules, placeholderValues
 
 if TYPE_CHECKING:
-    from revproxy.config import SiteConfig
+    from revproxy.config import AccessRules, BasicAuth, ForwardAuth, SiteConfig
     from revproxy.observer import RequestObserver
     from revproxy.proxy.exchange import Exchange
     from revproxy.proxy.forwarder import Forwarder
@@ -162,6 +176,7 @@ class Router:
         issued: Callable[[str], bool] | None = None,
         limiter: RateLimiter | None = None,
         observer: RequestObserver | None = None,
+        inThread: Callable[[Callable[[], bool]], Deferred[bool]] | None = None,
     ) -> None:
         """
         @param issued: Whether an ACME site has its certificate from the CA
@@ -169,6 +184,8 @@ class Router:
             self-signed placeholder).
         @param limiter: The rate limiter, or L{None} to limit nothing.
         @param observer: Told when a request is routed, or L{None}.
+        @param inThread: Runs a password check off the reactor thread (the
+            reactor's thread pool); at once, in this thread, if not given.
         """
         self.runtime = runtime
         self.forwarder = forwarder
@@ -176,6 +193,11 @@ class Router:
         self.issued = issued
         self.limiter = limiter
         self.observer = observer
+        clock = forwarder.clock
+        self.passwords = PasswordChecks(
+            clock, inThread if inThread is not None else _atOnce
+        )
+        self.authFailures = FailureLimit(clock)
         self._dryRunLogged: dict[str, float] = {}
         # Host values seen lately and their normalized names (or None):
         # a pure function of the bytes, asked by every request.
@@ -226,6 +248,20 @@ class Router:
                 return
         elif self._redirected(request, runtime, config, host, target):
             return
+        access = route.access
+        if access is not None:
+            self._checkAccess(request, route, access, host, target)
+            return
+        self._proceed(request, route, host, target)
+
+    def _proceed(
+        self, request: Exchange, route: SiteRoute, host: str | None, target: bytes
+    ) -> None:
+        """
+        C{request} may go on (its access rules let it): rate limit, then
+        its route's action.
+        """
+        config = route.config
         if config.rate_limit.enabled and self._rateLimited(request, route):
             return
         rule = route.rule
@@ -380,6 +416,163 @@ class Router:
             [(b"Retry-After", b"%d" % decision.retryAfter)],
         )
         return True
+
+    def _checkAccess(
+        self,
+        request: Exchange,
+        route: SiteRoute,
+        access: AccessRules,
+        host: str | None,
+        target: bytes,
+    ) -> None:
+        """
+        Apply C{access} to C{request}: its address first, then its basic
+        auth or forward auth; go on with L{_proceed} if they let it.
+        """
+        name = route.config.name
+        if not addressAllowed(access, request.clientIP):
+            self._denied(request, name, DENIED_ADDRESS)
+            self._answer(request, 403, "this address may not reach this site", name)
+            return
+        basic = access.basic_auth
+        if basic is not None:
+            self._basicAuth(request, route, basic, host, target)
+            return
+        forward = access.forward_auth
+        if forward is not None:
+            self._forwardAuth(request, route, forward, host, target)
+            return
+        self._proceed(request, route, host, target)
+
+    def _basicAuth(
+        self,
+        request: Exchange,
+        route: SiteRoute,
+        basic: BasicAuth,
+        host: str | None,
+        target: bytes,
+    ) -> None:
+        name = route.config.name
+        client = request.clientIP
+        wait = self.authFailures.blocked(client)
+        if wait is not None:
+            self._denied(request, name, DENIED_BASIC_AUTH)
+            self._answer(
+                request,
+                429,
+                "too many failed logins, try again later",
+                name,
+                [(b"Retry-After", b"%d" % max(1, math.ceil(wait)))],
+            )
+            return
+        credentials = basicCredentials(request.header(b"authorization"))
+        if credentials is None:
+            self._unauthorized(request, name, basic, counted=False)
+            return
+        user, password = credentials
+
+        def checked(ok: bool) -> None:
+            if request.clientLeft or request.finished:
+                return
+            if not ok:
+                self.authFailures.failed(client)
+                self._unauthorized(request, name, basic, counted=True)
+                return
+            self.authFailures.succeeded(client)
+            drop = {basic.user_header.lower().encode()} if basic.user_header else set()
+            if not basic.pass_authorization:
+                drop.add(b"authorization")
+            headers = [pair for pair in request.headers if pair[0] not in drop]
+            if basic.user_header:
+                headers.append(
+                    (basic.user_header.lower().encode(), user.encode("utf-8"))
+                )
+            request.headers = headers
+            self._proceed(request, route, host, target)
+
+        def broken(failure: Failure) -> None:
+            _log.failure("Checking a password failed", failure)
+            if not (request.clientLeft or request.finished):
+                self._answer(request, 500, "the password could not be checked", name)
+
+        self.passwords.check(dict(basic.users), user, password).addCallbacks(
+            checked, broken
+        )
+
+    def _unauthorized(
+        self, request: Exchange, site: str, basic: BasicAuth, counted: bool
+    ) -> None:
+        if counted:
+            self._denied(request, site, DENIED_BASIC_AUTH)
+        self._answer(
+            request,
+            401,
+            "credentials are needed",
+            site,
+            [(b"WWW-Authenticate", challenge(basic))],
+        )
+
+    def _forwardAuth(
+        self,
+        request: Exchange,
+        route: SiteRoute,
+        auth: ForwardAuth,
+        host: str | None,
+        target: bytes,
+    ) -> None:
+        name = route.config.name
+        copied = [header.lower().encode("ascii") for header in auth.copy_headers]
+
+        def allowed(headers: list[tuple[bytes, bytes]]) -> None:
+            if request.clientLeft or request.finished:
+                return
+            # The client's own copies go first: it cannot spoof them.
+            fields = [pair for pair in request.headers if pair[0] not in copied]
+            for fieldName, value in headers:
+                lower = fieldName.lower()
+                if lower in copied:
+                    fields.append((lower, value))
+            request.headers = fields
+            self._proceed(request, route, host, target)
+
+        def answer(
+            code: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        ) -> None:
+            if request.clientLeft or request.finished or request.startedWriting:
+                return
+            self._denied(request, name, DENIED_FORWARD_AUTH)
+            observer = self.observer
+            if observer is not None:
+                observer.started(request, name)
+            else:
+                request.siteName = name
+            headers.append((b"Content-Length", b"%d" % len(body)))
+            request.respond(code, reason, headers)
+            if request.method != b"HEAD":
+                request.write(body)
+            request.finish()
+
+        def failed(code: int, detail: str) -> None:
+            _log.warn("site {site}: forward auth: {detail}", site=name, detail=detail)
+            if not (request.clientLeft or request.finished):
+                self._answer(request, code, "the auth service failed", name)
+
+        ForwardAuthCheck(
+            self.forwarder.pool,
+            self.forwarder.clock,
+            request,
+            auth,
+            host or route.fallbackHost.decode(),
+            target,
+            allowed,
+            answer,
+            failed,
+        ).start()
+
+    def _denied(self, request: Exchange, site: str, reason: str) -> None:
+        metrics = self.forwarder.metrics
+        if metrics is not None:
+            metrics.accessDenied(site, reason)
 
     def _act(
         self, request: Exchange, route: SiteRoute, host: str | None, target: bytes
@@ -564,3 +757,10 @@ def httpsLocation(host: str, port: int, target: bytes) -> bytes:
     if port != 443:
         authority += f":{port}"
     return b"https://" + authority.encode("ascii") + target
+
+
+def _atOnce(check: Callable[[], bool]) -> Deferred[bool]:
+    """
+    Run C{check} now, in this thread (tests).
+    """
+    return maybeDeferred(check)

@@ -17,6 +17,7 @@ from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
 from revproxy.config import (
+    AccessRules,
     Config,
     HeaderRules,
     RouteConfig,
@@ -50,6 +51,7 @@ class SiteRoute:
     """
 
     __slots__ = (
+        "access",
         "config",
         "errorPages",
         "fallbackHost",
@@ -87,6 +89,14 @@ class SiteRoute:
         self.errorPages: dict[int, bytes] | None = (
             dict(config.error_pages) if config.error_pages else None
         )
+        #: The access rules requests meet (a route's own when it sets any,
+        #: else its site's), or L{None} when there are none.
+        rules = (
+            rule.access
+            if rule is not None and _restricts(rule.access)
+            else config.access
+        )
+        self.access: AccessRules | None = rules if _restricts(rules) else None
         #: The rate limiter's key: the site's, or a route's own when it
         #: sets its own rate_limit (its buckets are apart).
         self.limitKey = (
@@ -167,6 +177,13 @@ class SiteRoute:
         return routes.match(method, path) or self
 
 
+def _restricts(rules: AccessRules) -> bool:
+    """
+    Whether C{rules} restrict anything.
+    """
+    return bool(rules.allow or rules.deny or rules.basic_auth or rules.forward_auth)
+
+
 def _rules(*rules: HeaderRules) -> tuple[HeaderRules, ...]:
     """
     The header rules that apply, in order, without the empty ones.
@@ -235,8 +252,7 @@ class RouteRules:
                 break
             if path.startswith(prefix) and _allows(route, method):
                 if found is None or (
-                    len(prefix) == len(found[0])
-                    and _index(route) < _index(found[1])
+                    len(prefix) == len(found[0]) and _index(route) < _index(found[1])
                 ):
                     found = (prefix, route)
                 break

@@ -14,13 +14,15 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -333,6 +335,7 @@ def requestPath(
         limiter=limiter,
         observer=observer,
         issued=None if manager is None else manager.isIssued,
+        inThread=inReactorThreads(reactor),
     )
     site = FrontEnd(
         router,
@@ -345,6 +348,21 @@ def requestPath(
     path = RequestPath(holder, gate, pool, metrics, limiter, observer, site, tunnels)
     path.follow(holder.current)
     return path
+
+
+def inReactorThreads(
+    reactor: IRevProxyReactor,
+) -> Callable[[Callable[[], bool]], Deferred[bool]]:
+    """
+    Run a check (a password's hash) in the reactor's thread pool, with its
+    result back on the reactor thread.
+    """
+
+    def run(check: Callable[[], bool]) -> Deferred[bool]:
+        pool = cast(IReactorThreads, reactor).getThreadPool()
+        return deferToThreadPool(reactor, pool, check)
+
+    return run
 
 
 def _upstreamHealth(
