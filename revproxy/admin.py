@@ -40,6 +40,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from revproxy.access import addressAllowed
 from revproxy.certificates import LoadedCertificate
 from revproxy.formatting import isoTime
 from revproxy.hostnames import claims, normalizeHostHeader
@@ -52,7 +53,7 @@ from revproxy.tls import TLSFiles
 
 if TYPE_CHECKING:
     from revproxy.acme.renewal import AcmeSiteDescription, RenewalResult
-    from revproxy.config import RateLimit
+    from revproxy.config import AccessRules, RateLimit
     from revproxy.metrics import Metrics
     from revproxy.proxy.tunnel import SiteTunnels, TunnelRegistry
     from revproxy.ratelimit import RateLimiter
@@ -251,6 +252,37 @@ def renderTunnels(tunnels: SiteTunnels) -> Answer:
         "bytes_up": tunnels.bytesUp,
         "bytes_down": tunnels.bytesDown,
     }
+
+
+def explainAccess(access: AccessRules | None, clientIP: str | None) -> Answer | None:
+    """
+    The access rules a request meets, and what they would decide for
+    C{clientIP} (for admin C{route}); L{None} when there are none.
+    """
+    if access is None:
+        return None
+    described: Answer = {
+        "allow": [str(n) for n in access.allow],
+        "deny": [str(n) for n in access.deny],
+        "basic_auth": None
+        if access.basic_auth is None
+        else {"realm": access.basic_auth.realm, "users": len(access.basic_auth.users)},
+        "forward_auth": None
+        if access.forward_auth is None
+        else access.forward_auth.url,
+    }
+    if clientIP is None:
+        decision = "give a client address to see the decision"
+    elif not addressAllowed(access, clientIP):
+        decision = "denied (403): the address rules do not allow this client"
+    elif access.basic_auth is not None:
+        decision = "the address may pass; a user and password are needed (401 without)"
+    elif access.forward_auth is not None:
+        decision = "the address may pass; the auth service is asked"
+    else:
+        decision = "allowed"
+    described["decision"] = decision
+    return described
 
 
 def explainRule(site: SiteRoute, rule: SiteRoute, path: str) -> Answer:
@@ -793,6 +825,7 @@ class AdminFactory(Factory["AdminProtocol"]):
         rule = route.match(method.encode("ascii"), path.split("?", 1)[0].encode())
         answer["method"] = method
         answer.update(explainRule(route, rule, path))
+        answer["access"] = explainAccess(rule.access, clientIP)
         site = rule.config
         upstream = peekUpstream(rule.selector) if site.upstreams else None
         rateLimit = site.rate_limit

@@ -20,7 +20,7 @@ from tests.test_forwarder import FakeClient, ProxyHarness, readRequest
 
 
 def rules(
-    allow: list[str] = [], deny: list[str] = [], allowFirst: bool = True
+    allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), allowFirst: bool = True
 ) -> AccessRules:
     return AccessRules(
         allow=tuple(ipaddress.ip_network(a) for a in allow),
@@ -44,7 +44,7 @@ class AddressTests(SynchronousTestCase):
         """
         With an C{allow} list, only those it names.
         """
-        allow = rules(allow=["10.0.0.0/8", "2001:db8::/32"])
+        allow = rules(allow=("10.0.0.0/8", "2001:db8::/32"))
         self.assertTrue(addressAllowed(allow, "10.1.2.3"))
         self.assertTrue(addressAllowed(allow, "2001:db8::1"))
         self.assertFalse(addressAllowed(allow, "192.0.2.1"))
@@ -55,7 +55,7 @@ class AddressTests(SynchronousTestCase):
         """
         With a C{deny} list only, everyone but those it names.
         """
-        deny = rules(deny=["192.0.2.0/24"])
+        deny = rules(deny=("192.0.2.0/24",))
         self.assertFalse(addressAllowed(deny, "192.0.2.9"))
         self.assertTrue(addressAllowed(deny, "198.51.100.1"))
 
@@ -64,11 +64,11 @@ class AddressTests(SynchronousTestCase):
         The list written first decides for an address both name.
         """
         self.assertTrue(
-            addressAllowed(rules(["10.0.0.0/8"], ["10.1.0.0/16"]), "10.1.0.1")
+            addressAllowed(rules(("10.0.0.0/8",), ("10.1.0.0/16",)), "10.1.0.1")
         )
         self.assertFalse(
             addressAllowed(
-                rules(["10.0.0.0/8"], ["10.1.0.0/16"], allowFirst=False), "10.1.0.1"
+                rules(("10.0.0.0/8",), ("10.1.0.0/16",), allowFirst=False), "10.1.0.1"
             )
         )
 
@@ -133,7 +133,9 @@ class RouterAccessTests(SynchronousTestCase):
             f.write(f"alice:{hashed}\n")
         return ProxyHarness(self, BASE + extra, baseDir=base)
 
-    def get(self, proxy: ProxyHarness, headers: bytes = b"", ip: str = "203.0.113.9") -> FakeClient:
+    def get(
+        self, proxy: ProxyHarness, headers: bytes = b"", ip: str = "203.0.113.9"
+    ) -> FakeClient:
         client = proxy.client(ip)
         client.send(b"GET /x HTTP/1.1\r\nHost: a.example\r\n" + headers + b"\r\n")
         return client
@@ -153,11 +155,14 @@ class RouterAccessTests(SynchronousTestCase):
         """
         Without credentials: 401 with the realm.
         """
-        proxy = self.proxy('basic_auth = { realm = "staff", users_file = "htpasswd" }\n')
+        proxy = self.proxy(
+            'basic_auth = { realm = "staff", users_file = "htpasswd" }\n'
+        )
         [response] = self.get(proxy).responses()
         self.assertEqual(response.code, 401)
         self.assertEqual(
-            response.values(b"www-authenticate"), [b'Basic realm="staff", charset="UTF-8"']
+            response.values(b"www-authenticate"),
+            [b'Basic realm="staff", charset="UTF-8"'],
         )
 
     def test_basicRight(self) -> None:
@@ -166,7 +171,9 @@ class RouterAccessTests(SynchronousTestCase):
         C{X-Remote-User} (the client's own copy dropped) and without
         C{Authorization}.
         """
-        proxy = self.proxy('basic_auth = { realm = "staff", users_file = "htpasswd" }\n')
+        proxy = self.proxy(
+            'basic_auth = { realm = "staff", users_file = "htpasswd" }\n'
+        )
         token = base64.b64encode(b"alice:secret")
         self.get(
             proxy, b"Authorization: Basic " + token + b"\r\nX-Remote-User: admin\r\n"
@@ -182,7 +189,9 @@ class RouterAccessTests(SynchronousTestCase):
         A wrong password, or an unknown user, is 401; past the failure limit
         the client gets 429 even with the right one.
         """
-        proxy = self.proxy('basic_auth = { realm = "staff", users_file = "htpasswd" }\n')
+        proxy = self.proxy(
+            'basic_auth = { realm = "staff", users_file = "htpasswd" }\n'
+        )
         wrong = b"Authorization: Basic " + base64.b64encode(b"alice:nope") + b"\r\n"
         for _ in range(10):
             [response] = self.get(proxy, wrong).responses()

@@ -740,6 +740,7 @@ class RouteTests(AdminTestsMixin, SynchronousTestCase):
                 "rule": {"kind": "site", "why": "the site has no routes"},
                 "rewrites": [],
                 "action": "proxy",
+                "access": None,
                 "site": "app",
                 "default_site": False,
                 "certificate": None,

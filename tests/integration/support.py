@@ -515,9 +515,10 @@ class Upstream:
 # -- the config file
 
 
-def _toml(value: object) -> str:
+def toml(value: object) -> str:
     """
-    A TOML literal for a string, number, boolean or list of those.
+    A TOML literal for a string, number, boolean, list, or table (as an
+    inline table).
     """
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -526,7 +527,13 @@ def _toml(value: object) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return (
+            "{ "
+            + ", ".join(f"{json.dumps(str(k))} = {toml(v)}" for k, v in value.items())
+            + " }"
+        )
     raise TypeError(f"no TOML for {value!r}")
 
 
@@ -553,7 +560,7 @@ def configText(
     serverKeys.update(server or {})
     lines = [
         "[server]",
-        *(f"{key} = {_toml(value)}" for key, value in serverKeys.items()),
+        *(f"{key} = {toml(value)}" for key, value in serverKeys.items()),
         "",
         "[logging]",
         'access_log = "-"',
@@ -561,7 +568,7 @@ def configText(
     ]
     for site in sites:
         lines += ["", "[[sites]]"]
-        lines += [f"{key} = {_toml(value)}" for key, value in site.items()]
+        lines += [f"{key} = {toml(value)}" for key, value in site.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,6 @@ The config (L{_RoutesTestCase.configText}):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -52,6 +51,7 @@ from tests.integration.support import (
     getReactor,
     replaceFile,
     spawnProxy,
+    toml,
     withTimeout,
 )
 
@@ -163,33 +163,11 @@ class RecordingUpstream(Upstream):
         return f"{self.name} {method} {uri}".encode("latin-1")
 
 
-def _toml(value: object) -> str:
-    """
-    A TOML literal for a string, number, boolean, list, or table (as an
-    inline table).
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return (
-            "{ "
-            + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items())
-            + " }"
-        )
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def _table(header: str, keys: Mapping[str, object]) -> list[str]:
     """
     The lines of a TOML table (or array-of-tables entry) C{header}.
     """
-    return ["", header, *(f"{key} = {_toml(value)}" for key, value in keys.items())]
+    return ["", header, *(f"{key} = {toml(value)}" for key, value in keys.items())]
 
 
 def _request(
