@@ -235,8 +235,7 @@ class RouteRules:
                 break
             if path.startswith(prefix) and _allows(route, method):
                 if found is None or (
-                    len(prefix) == len(found[0])
-                    and _index(route) < _index(found[1])
+                    len(prefix) == len(found[0]) and _index(route) < _index(found[1])
                 ):
                     found = (prefix, route)
                 break
