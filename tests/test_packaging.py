@@ -23,13 +23,13 @@ from revproxy import admin, admin_client, cli
 from revproxy import metrics as metricsModule
 from revproxy.config import (
     _ACME_KEYS,
+    _BASIC_AUTH_KEYS,
     _DEFAULTS_KEYS,
+    _FORWARD_AUTH_KEYS,
     _HEADER_RULES_KEYS,
     _HEALTH_CHECK_KEYS,
     _LOGGING_KEYS,
     _RATE_LIMIT_KEYS,
-    _BASIC_AUTH_KEYS,
-    _FORWARD_AUTH_KEYS,
     _REDIRECT_KEYS,
     _RESPOND_KEYS,
     _ROUTE_KEYS,
