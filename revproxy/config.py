@@ -388,7 +388,7 @@ class BasicAuth:
         config file).
     @ivar users: Each C{(user, hash)} of that file, read at load and at
         each reload by L{parseConfig} (bcrypt or argon2 hashes only, see
-        L{revproxy.htpasswd}).
+        L{revproxy.htpasswd}); a changed file makes a changed site.
     @ivar pass_authorization: Whether the client's C{Authorization} is
         forwarded upstream (by default it is removed).
     @ivar user_header: The request field that carries the user name
@@ -397,7 +397,8 @@ class BasicAuth:
 
     realm: str = "restricted"
     users_file: str = ""
-    users: tuple[tuple[str, str], ...] = ()
+    # Kept out of repr(): no hash in a log line or a traceback.
+    users: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     pass_authorization: bool = False
     user_header: str = "X-Remote-User"
 

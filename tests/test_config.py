@@ -4181,3 +4181,12 @@ class AccessTests(ParseTestCase):
             baseDir=base,
         ).sites
         self.assertEqual(s.error_pages, ((401, b"<h1>no</h1>"), (403, b"<h1>no</h1>")))
+
+    def test_usersNotInRepr(self) -> None:
+        """
+        The hashes of a C{basic_auth} are not in its C{repr}, so that no log
+        line or traceback shows them.
+        """
+        auth = BasicAuth(users_file="/f", users=(("alice", _HASH),))
+        self.assertNotIn(_HASH, repr(auth))
+        self.assertIn("/f", repr(auth))
