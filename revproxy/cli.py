@@ -5,6 +5,7 @@ C{revproxy}: run or check the proxy without spelling out twistd.
     revproxy [--config FILE]            run in the foreground
     revproxy --check [--config FILE]    validate FILE, exit 0 or 1 (nginx -t)
     revproxy [--config FILE] -- ARGS    ARGS go to C{twistd revproxy}
+    revproxy hash-password [--argon2]   print a hash for a basic_auth users_file
 
 It runs twistd in this process, with the command line that
 C{twistd --nodaemon --pidfile= revproxy --config FILE} would have: the same
@@ -19,10 +20,11 @@ One difference: when standard output is the systemd journal
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 import attrs
@@ -37,6 +39,9 @@ DEFAULT_CONFIG = "/etc/revproxy/config.toml"
 #: (systemd knows the pid; C{ProtectSystem=strict} leaves nowhere to write
 #: one).
 TWISTD_OPTIONS = ("--nodaemon", "--pidfile=")
+
+#: The subcommand that prints a password hash (L{hashPasswordCommand}).
+HASH_PASSWORD = "hash-password"
 
 #: The twistd log observer factory used when standard output is the journal.
 JOURNAL_LOGGER = "revproxy.cli.journalLogObserver"
@@ -69,7 +74,10 @@ class Invocation:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="revproxy",
-        usage="revproxy [--check] [--config FILE] [-- PLUGIN-ARGS...]",
+        usage=(
+            "revproxy [--check] [--config FILE] [-- PLUGIN-ARGS...]\n"
+            "       revproxy hash-password [--argon2]"
+        ),
         description=(
             "Run the revproxy HTTP/HTTPS reverse proxy in the foreground on the "
             "TOML config FILE, as 'twistd --nodaemon --pidfile= revproxy --config "
@@ -80,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
             "Arguments after '--' are passed to 'twistd revproxy' (see "
             "'twistd revproxy --help'). Signals: SIGHUP reloads the config, "
             "SIGUSR1 reopens the access log, SIGTERM and SIGINT shut down "
-            "gracefully (exit 0). The admin socket: revproxy-admin(8)."
+            "gracefully (exit 0). The admin socket: revproxy-admin(8). "
+            "'revproxy hash-password' prints a password hash for a basic_auth "
+            "users_file (see 'revproxy hash-password --help')."
         ),
     )
     parser.add_argument(
@@ -104,6 +114,81 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     return parser
+
+
+def _hashPasswordParser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"revproxy {HASH_PASSWORD}",
+        description=(
+            "Print a hash of a password for a basic_auth users_file (an "
+            "htpasswd file: one NAME:HASH a line). The password is asked for "
+            "twice, without echo, on a terminal; else it is the first line of "
+            "standard input. bcrypt (cost 12) by default."
+        ),
+        epilog='Example: echo "alice:$(revproxy hash-password)" >> users',
+    )
+    parser.add_argument(
+        "--argon2",
+        action="store_true",
+        help="make an argon2id hash instead of a bcrypt one",
+    )
+    return parser
+
+
+def _readPassword(
+    stdin: TextIO, prompt: Callable[[str], str]
+) -> tuple[str | None, str]:
+    """
+    Read the password to hash: asked twice without echo when C{stdin} is a
+    terminal, else its first line.
+
+    @return: The password, or L{None} with the reason it is refused.
+    """
+    if stdin.isatty():
+        password = prompt("Password: ")
+        if password and prompt("Again: ") != password:
+            return None, "the passwords do not match"
+    else:
+        password = stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        return None, "the password is empty"
+    return password, ""
+
+
+def hashPasswordCommand(
+    argv: Sequence[str],
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    prompt: Callable[[str], str] = getpass.getpass,
+) -> int:
+    """
+    C{revproxy hash-password [--argon2]}: print the hash of a password, for
+    a C{basic_auth} C{users_file}.
+
+    @param argv: the arguments after C{hash-password}.
+    @param prompt: asks for a password without echo (L{getpass.getpass}).
+    @return: the exit status: 0 when the hash is printed, 1 for an empty
+        password, two that differ, or one the scheme cannot take.
+    @raise SystemExit: for C{--help} and bad arguments, as L{argparse} does.
+    """
+    from revproxy.htpasswd import hashPassword
+
+    options = _hashPasswordParser().parse_args(list(argv))
+    password, problem = _readPassword(stdin, prompt)
+    if password is None:
+        stderr.write(f"revproxy {HASH_PASSWORD}: {problem}\n")
+        return 1
+    try:
+        hash = hashPassword(
+            password.encode("utf-8", "surrogateescape"),
+            "argon2" if options.argon2 else "bcrypt",
+        )
+    except ValueError as e:
+        stderr.write(f"revproxy {HASH_PASSWORD}: {e}\n")
+        return 1
+    stdout.write(hash + "\n")
+    return 0
 
 
 def _twistedVersion() -> str:
@@ -196,14 +281,18 @@ def journalLogObserver() -> FileLogObserver:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """
-    The C{revproxy} command: run or check through twistd, in this process.
+    The C{revproxy} command: run or check through twistd, in this process;
+    or, with C{hash-password} first, L{hashPasswordCommand}.
 
     @param argv: the arguments, without the program name (the process's if
         L{None}).
     @return: 0 once the proxy has stopped; twistd and C{--check} exit with
         their own status by raising L{SystemExit}.
     """
-    invocation = parseArguments(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [HASH_PASSWORD]:
+        return hashPasswordCommand(args[1:], sys.stdin, sys.stdout, sys.stderr)
+    invocation = parseArguments(args)
     journal = isJournalStream(os.environ, sys.stdout)
     from twisted.scripts.twistd import run
 

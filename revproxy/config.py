@@ -47,6 +47,7 @@ from twisted.internet.testing import MemoryReactor
 
 from revproxy.formatting import shorten
 from revproxy.hostnames import isWildcard
+from revproxy.htpasswd import HtpasswdError, parseHtpasswd
 from revproxy.placeholders import (
     PLACEHOLDERS,
     Template,
@@ -84,7 +85,7 @@ _TLS_VERSIONS = ("1.2", "1.3")
 _MAX_HSTS_SECS = 2**31 - 1
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 # The answers revproxy makes itself, which error_pages may replace.
-_ERROR_PAGE_STATUSES = (413, 421, 429, 502, 503, 504)
+_ERROR_PAGE_STATUSES = (401, 403, 413, 421, 429, 502, 503, 504)
 # The most bytes of a respond file or an error page.
 _MAX_PAGE_BYTES = 1048576
 # Header fields that revproxy manages itself: hop-by-hop or framing fields,
@@ -101,6 +102,8 @@ _MANAGED_HEADERS = (
     "host",
 )
 
+# The keys of a site or route that say who may send it requests.
+_ACCESS_KEYS = ("allow", "deny", "basic_auth", "forward_auth")
 _TOP_KEYS = ("server", "acme", "logging", "defaults", "sites")
 _SERVER_KEYS = (
     "listen_http",
@@ -171,6 +174,7 @@ _SITE_KEYS = (
     "request_headers",
     "response_headers",
     "upstream_host",
+    *_ACCESS_KEYS,
     *_DEFAULTS_KEYS,
 )
 _ROUTE_KEYS = (
@@ -189,12 +193,18 @@ _ROUTE_KEYS = (
     "rate_limit",
     "connect_timeout_secs",
     "response_timeout_secs",
+    *_ACCESS_KEYS,
 )
 _REDIRECT_KEYS = ("to", "status")
 _RESPOND_KEYS = ("status", "body", "file", "content_type")
 _HEADER_RULES_KEYS = ("set", "add", "remove")
 _RATE_LIMIT_KEYS = ("requests_per_second", "burst", "dry_run")
 _HEALTH_CHECK_KEYS = ("path", "interval_secs", "timeout_secs", "fails", "passes")
+_BASIC_AUTH_KEYS = ("realm", "users_file", "pass_authorization", "user_header")
+_FORWARD_AUTH_KEYS = ("url", "copy_headers", "timeout_secs")
+# The most bytes of an htpasswd file.
+_MAX_USERS_FILE_BYTES = 16 * 1048576
+_MAX_FORWARD_AUTH_TIMEOUT_SECS = 300
 
 # Where each key lives, to tell an operator who put a key under the wrong
 # header (a common TOML slip: keys written below [[sites]] belong to the site).
@@ -216,6 +226,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SYNTAX = re.compile(r"(?s)(.*) \((at line (\d+), column (\d+)|at end of document)\)")
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# A basic_auth realm, sent in a quoted-string.
+_REALM = re.compile(r"[ !#-\[\]-~]+")
 # An RFC 9110 token (section 5.6.2): what an Upgrade protocol name is.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -365,6 +377,91 @@ class Respond:
 
 
 @attrs.frozen
+class BasicAuth:
+    """
+    C{basic_auth = { realm = "admin", users_file = "/etc/revproxy/htpasswd" }}:
+    HTTP Basic authentication against an htpasswd file.
+
+    @ivar realm: The C{realm} of the C{WWW-Authenticate} challenge:
+        printable ASCII without C{"} or C{\\}.
+    @ivar users_file: The htpasswd file's path as resolved (relative to the
+        config file).
+    @ivar users: Each C{(user, hash)} of that file, read at load and at
+        each reload by L{parseConfig} (bcrypt or argon2 hashes only, see
+        L{revproxy.htpasswd}); a changed file makes a changed site.
+    @ivar pass_authorization: Whether the client's C{Authorization} is
+        forwarded upstream (by default it is removed).
+    @ivar user_header: The request field that carries the user name
+        upstream, the client's own copies removed first; C{""}: none.
+    """
+
+    realm: str = "restricted"
+    users_file: str = ""
+    # Kept out of repr(): no hash in a log line or a traceback.
+    users: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    pass_authorization: bool = False
+    user_header: str = "X-Remote-User"
+
+
+@attrs.frozen
+class ForwardAuth:
+    """
+    C{forward_auth = { url = "http://127.0.0.1:9091/api/verify" }}: each
+    request is first asked about to an auth service (Authelia, Authentik,
+    oauth2-proxy), which lets it through with a 2xx.
+
+    @ivar url: The URL as written.
+    @ivar upstream: Where the auth service is: its scheme, host and port,
+        as an upstream.
+    @ivar path: The path and query of C{url}, which the C{GET} asks for:
+        C{"/api/verify"}, C{"/"} when the URL has none.
+    @ivar copy_headers: The fields of a 2xx answer copied into the
+        request forwarded upstream (names as written, no two alike in any
+        case); the client's own fields of those names are removed first.
+    @ivar timeout_secs: How long the auth service may take to answer.
+    """
+
+    url: str
+    upstream: Upstream
+    path: str = "/"
+    copy_headers: tuple[str, ...] = ()
+    timeout_secs: float = 5.0
+
+
+@attrs.frozen
+class AccessRules:
+    """
+    Who may send requests to a site or route: C{allow} and C{deny} client
+    networks, then C{basic_auth} or C{forward_auth}.
+
+    @ivar allow: Client networks allowed.
+    @ivar deny: Client networks denied.
+    @ivar allow_first: Whether C{allow} was written before C{deny}: the
+        first list that names a client decides (nginx); a client that
+        neither names is denied when C{allow} is set, else allowed.
+    @ivar basic_auth: Basic authentication, or L{None}.
+    @ivar forward_auth: An auth service asked first, or L{None}; never both
+        with C{basic_auth}.
+    """
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allow_first: bool = True
+    basic_auth: BasicAuth | None = None
+    forward_auth: ForwardAuth | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """
+        Whether these rules may refuse a request at all.
+        """
+        return bool(self.allow or self.deny or self.basic_auth or self.forward_auth)
+
+
+_NO_ACCESS = AccessRules()
+
+
+@attrs.frozen
 class RouteConfig:
     """
     One C{[[sites.routes]]} entry: one matcher (C{path} or C{path_prefix},
@@ -384,6 +481,9 @@ class RouteConfig:
         paths are put back under the stripped prefix.
     @ivar request_headers: Added to the site's rules.
     @ivar response_headers: Added to the site's rules.
+    @ivar access: Who may send requests to this route: its own rules when
+        it sets any of C{allow}, C{deny}, C{basic_auth} or C{forward_auth}
+        (they replace the site's whole), else the site's.
 
     The limits, L{None} where the site's apply, are those of
     L{SiteConfig}.
@@ -405,6 +505,7 @@ class RouteConfig:
     rate_limit: RateLimit | None = None
     connect_timeout_secs: float | None = None
     response_timeout_secs: float | None = None
+    access: AccessRules = _NO_ACCESS
 
 
 @attrs.frozen
@@ -509,7 +610,7 @@ class Defaults:
     @ivar tunnel_drain_secs: How long a tunnel whose site or upstream a
         reload removed may go on before it is closed.
     @ivar error_pages: The pages of the answers revproxy makes itself
-        (413, 421, 429, 502, 503, 504), each status with its file's bytes,
+        (401, 403, 413, 421, 429, 502, 503, 504), each status with its file's bytes,
         read at load and at each reload; sorted by status.
     @ivar error_page_files: The same statuses with their files' paths.
     """
@@ -553,6 +654,8 @@ class SiteConfig:
     @ivar response_headers: Applied to every response of the site.
     @ivar upstream_host: The C{Host} sent to the site's own upstreams (see
         L{RouteConfig.upstream_host}).
+    @ivar access: Who may send requests to the site (a route may have its
+        own, see L{RouteConfig.access}).
 
     The limits, from C{max_body_bytes} on, are those of L{Defaults}.
     """
@@ -590,6 +693,7 @@ class SiteConfig:
     request_headers: HeaderRules = _NO_HEADER_RULES
     response_headers: HeaderRules = _NO_HEADER_RULES
     upstream_host: str = ""
+    access: AccessRules = _NO_ACCESS
 
 
 def allUpstreams(site: SiteConfig) -> tuple[Upstream, ...]:
@@ -1028,6 +1132,12 @@ class _Table:
         """
         return self._value[key]
 
+    def keys(self) -> list[str]:
+        """
+        The keys of this table, in the order they are written.
+        """
+        return list(self._value)
+
     def string(self, key: str, default: _T) -> str | _T | None:
         """
         A string.
@@ -1263,6 +1373,31 @@ def _parseUpstream(url: str) -> Upstream:
     return Upstream(
         url=f"{scheme}://{netloc}:{port}", scheme=scheme, host=host, port=port
     )
+
+
+def _parseServiceURL(url: str) -> tuple[Upstream, str]:
+    """
+    Parse the URL of an auth service: an upstream URL (L{_parseUpstream})
+    that may have a path and a query.
+
+    @return: The upstream, and the path and query (C{"/"} when there is no
+        path).
+    @raise ValueError: saying what is wrong.
+    """
+    quoted = _quote(url)
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        raise ValueError(f"{quoted} is not an http(s) URL: it contains whitespace")
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"{quoted} is not an http(s) URL: {e}") from None
+    if parts.fragment or url.endswith("#"):
+        raise ValueError(f"{quoted}: the URL must not have a fragment")
+    upstream = _parseUpstream(f"{parts.scheme}://{parts.netloc}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return upstream, path
 
 
 def _directoryProblem(url: str) -> str | None:
@@ -1848,7 +1983,8 @@ class _Parser:
         isDefault = table.boolean("default", False)
         hosts, noHosts = self._siteHosts(table, isDefault)
         upstreams = self._upstreamList(table)
-        answers = self._siteAnswers(table)
+        access = _or(self._access(table), _NO_ACCESS)
+        answers = self._siteAnswers(table, access)
         tls, certFile, keyFile = self._siteTLS(table, hosts, noHosts, httpsListeners)
         redirect = table.boolean("redirect_http", False)
         if redirect and tls == "none":
@@ -1907,6 +2043,7 @@ class _Parser:
             request_headers=answers.request_headers,
             response_headers=answers.response_headers,
             upstream_host=answers.upstream_host,
+            access=access,
         )
         return _ParsedSite(
             config=config,
@@ -2073,13 +2210,15 @@ class _Parser:
             )
         return upstreamCA, verify
 
-    def _siteAnswers(self, table: _Table) -> _SiteAnswers:
+    def _siteAnswers(self, table: _Table, access: AccessRules) -> _SiteAnswers:
         """
         Read what a site answers besides its own C{upstreams} (its routes,
         a site-level C{redirect} or C{respond}, its header rules and
         C{upstream_host}), and check that every request has one answer.
+
+        @param access: The site's access rules, which its routes inherit.
         """
-        routes = self._routes(table)
+        routes = self._routes(table, access)
         redirect = self._redirect(table.table("redirect", _REDIRECT_KEYS))
         respond = self._respond(table.table("respond", _RESPOND_KEYS))
         given = table.has("upstreams") and table.get("upstreams") != []
@@ -2125,9 +2264,12 @@ class _Parser:
             upstream_host=_or(upstreamHost, ""),
         )
 
-    def _routes(self, table: _Table) -> list[RouteConfig]:
+    def _routes(self, table: _Table, access: AccessRules) -> list[RouteConfig]:
         """
         Read a site's C{[[sites.routes]]}.
+
+        @param access: The site's access rules, for the routes that set
+            none of their own.
         """
         if not table.has("routes"):
             return []
@@ -2142,15 +2284,17 @@ class _Parser:
         path = table.keyPath("routes")
         return [
             self._route(
-                _Table(self._errors, f"{path}[{index}]", item, _ROUTE_KEYS), index
+                _Table(self._errors, f"{path}[{index}]", item, _ROUTE_KEYS),
+                index,
+                access,
             )
             for index, item in enumerate(value)
         ]
 
-    def _route(self, table: _Table, index: int) -> RouteConfig:
+    def _route(self, table: _Table, index: int, siteAccess: AccessRules) -> RouteConfig:
         """
         Read one route: one matcher, one action, and modifiers that fit
-        them.
+        them, and its access rules (else C{siteAccess}).
         """
         path, prefix = self._routeMatcher(table)
         methods = self._methods(table)
@@ -2215,6 +2359,7 @@ class _Parser:
             rate_limit=rateLimit,
             connect_timeout_secs=connect,
             response_timeout_secs=response,
+            access=_or(self._access(table), siteAccess),
         )
 
     def _routeMatcher(self, table: _Table) -> tuple[str | None, str | None]:
@@ -2311,6 +2456,208 @@ class _Parser:
             return None
         netloc = f"[{host}]" if ":" in host else host
         return netloc if port is None else f"{netloc}:{port}"
+
+    def _access(self, table: _Table) -> AccessRules | None:
+        """
+        Read the access keys of a site or route: C{allow}, C{deny},
+        C{basic_auth}, C{forward_auth}.
+
+        @return: The rules, or L{None} when the table sets none of the keys
+            (a route then has its site's).
+        """
+        if not any(table.has(key) for key in _ACCESS_KEYS):
+            return None
+        allow = self._networks(table, "allow")
+        deny = self._networks(table, "deny")
+        lists = [key for key in table.keys() if key in ("allow", "deny")]
+        basic = self._basicAuth(table.table("basic_auth", _BASIC_AUTH_KEYS))
+        forward = self._forwardAuth(table.table("forward_auth", _FORWARD_AUTH_KEYS))
+        if table.has("basic_auth") and table.has("forward_auth"):
+            table.error(
+                "forward_auth",
+                "a site or route has basic_auth or forward_auth, not both",
+            )
+        return AccessRules(
+            allow=allow,
+            deny=deny,
+            allow_first=lists[:1] != ["deny"],
+            basic_auth=basic,
+            forward_auth=forward,
+        )
+
+    def _networks(
+        self, table: _Table, key: str
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """
+        Read C{allow} or C{deny}: addresses or networks (CIDR), at least
+        one, no duplicates.
+        """
+        if not table.has(key):
+            return ()
+        path = table.keyPath(key)
+        items = _asStringList(self._errors, path, table.get(key))
+        if items == []:
+            table.error(key, f"must not be empty (leave {key} out instead)")
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for index, item in enumerate(items or ()):
+            if item is None:
+                continue
+            try:
+                network = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                self._errors.append(
+                    f"{path}[{index}]: {_quote(item)} is not an IP address or "
+                    'network (CIDR, such as "10.0.0.0/8" or "2001:db8::/32")'
+                )
+                continue
+            if network in networks:
+                self._errors.append(
+                    f"{path}[{index}]: duplicate network {_quote(str(network))} "
+                    f"(also {key}[{networks.index(network)}])"
+                )
+                continue
+            networks.append(network)
+        return tuple(networks)
+
+    def _basicAuth(self, table: _Table | None) -> BasicAuth | None:
+        """
+        Read a C{basic_auth = { realm = "...", users_file = "..." }}, and
+        the users of its file.
+        """
+        if table is None:
+            return None
+        base = BasicAuth()
+        realm = table.string("realm", base.realm)
+        if realm == "":
+            table.error("realm", "must not be empty")
+            realm = None
+        elif realm is not None and not _REALM.fullmatch(realm):
+            table.error(
+                "realm",
+                f'{_quote(realm)} must be printable ASCII without " or \\',
+            )
+            realm = None
+        if not table.has("users_file"):
+            table.error(
+                "users_file",
+                "required (an htpasswd file of bcrypt or argon2 hashes; "
+                "make one with `revproxy hash-password`)",
+            )
+        usersFile = table.string("users_file", "")
+        users: tuple[tuple[str, str], ...] | None = ()
+        if usersFile == "" and table.has("users_file"):
+            table.error("users_file", "must not be empty")
+        elif usersFile:
+            usersFile = self._path(usersFile)
+            users = self._readUsers(table.keyPath("users_file"), usersFile)
+        passAuthorization = table.boolean("pass_authorization", base.pass_authorization)
+        userHeader = table.string("user_header", base.user_header)
+        if userHeader and not self._headerName(
+            table.keyPath("user_header"), userHeader, True, {}, "user_header"
+        ):
+            userHeader = None
+        if None in (realm, usersFile, users, passAuthorization, userHeader):
+            return None
+        return BasicAuth(
+            realm=_or(realm, base.realm),
+            users_file=_or(usersFile, ""),
+            users=_or(users, ()),
+            pass_authorization=_or(passAuthorization, False),
+            user_header=_or(userHeader, ""),
+        )
+
+    def _readUsers(
+        self, path: str, filename: str
+    ) -> tuple[tuple[str, str], ...] | None:
+        """
+        Read the htpasswd file of a C{basic_auth}: a regular UTF-8 file of at
+        most 16 MiB, with at least one user.
+        """
+        try:
+            if not stat.S_ISREG(os.stat(filename).st_mode):
+                self._errors.append(
+                    f"{path}: {_quote(filename, None)} is not a regular file"
+                )
+                return None
+            with open(filename, "rb") as f:
+                data = f.read(_MAX_USERS_FILE_BYTES + 1)
+        except (OSError, ValueError) as e:
+            self._errors.append(
+                f"{path}: cannot read {_quote(filename, None)}: {_reason(e)}"
+            )
+            return None
+        if len(data) > _MAX_USERS_FILE_BYTES:
+            self._errors.append(
+                f"{path}: {_quote(filename, None)} is larger than 16 MiB"
+            )
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self._errors.append(
+                f"{path}: {_quote(filename, None)} is not UTF-8 text (bad byte "
+                f"at offset {e.start})"
+            )
+            return None
+        try:
+            users = parseHtpasswd(text.removeprefix("\ufeff"), filename)
+        except HtpasswdError as e:
+            self._errors.extend(f"{path}: {problem}" for problem in e.problems)
+            return None
+        if not users:
+            self._errors.append(
+                f"{path}: {_quote(filename, None)} has no users (add one: "
+                "NAME:HASH, the hash from `revproxy hash-password`)"
+            )
+            return None
+        return tuple(users)
+
+    def _forwardAuth(self, table: _Table | None) -> ForwardAuth | None:
+        """
+        Read a C{forward_auth = { url = "...", copy_headers = [...] }}.
+        """
+        if table is None:
+            return None
+        if not table.has("url"):
+            table.error(
+                "url",
+                "required (the auth service's URL, such as "
+                '"http://127.0.0.1:9091/api/verify")',
+            )
+        url = table.string("url", None)
+        parsed: tuple[Upstream, str] | None = None
+        if url is not None:
+            try:
+                parsed = _parseServiceURL(url)
+            except ValueError as e:
+                table.error("url", str(e))
+        copyHeaders: list[str] = []
+        if table.has("copy_headers"):
+            path = table.keyPath("copy_headers")
+            items = _asStringList(self._errors, path, table.get("copy_headers"))
+            seen: dict[str, str] = {}
+            for index, name in enumerate(items or ()):
+                itemPath = f"{path}[{index}]"
+                if name is not None and self._headerName(
+                    itemPath, name, True, seen, f"copy_headers[{index}]"
+                ):
+                    copyHeaders.append(name)
+        timeout = table.number(
+            "timeout_secs",
+            5.0,
+            0,
+            _MAX_FORWARD_AUTH_TIMEOUT_SECS,
+            lowOpen=True,
+        )
+        if url is None or parsed is None or timeout is None:
+            return None
+        return ForwardAuth(
+            url=url,
+            upstream=parsed[0],
+            path=parsed[1],
+            copy_headers=tuple(copyHeaders),
+            timeout_secs=timeout,
+        )
 
     def _template(self, table: _Table, key: str) -> Template | None:
         """

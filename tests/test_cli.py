@@ -21,11 +21,14 @@ from revproxy.cli import (
     JOURNAL_LOGGER,
     Invocation,
     formatJournalEvent,
+    hashPasswordCommand,
     isJournalStream,
     journalLogObserver,
+    main,
     parseArguments,
     twistdArguments,
 )
+from revproxy.htpasswd import checkPassword
 
 
 class ParseArgumentsTests(SynchronousTestCase):
@@ -315,3 +318,126 @@ class EntryPointTests(SynchronousTestCase):
         """
         [script] = entry_points(group="console_scripts", name="revproxy")
         self.assertEqual(script.value, "revproxy.cli:main")
+
+
+class _Input(io.StringIO):
+    """
+    Standard input, a terminal or not.
+    """
+
+    def __init__(self, text: str = "", tty: bool = False) -> None:
+        super().__init__(text)
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class HashPasswordTests(SynchronousTestCase):
+    """
+    C{revproxy hash-password}: L{hashPasswordCommand}.
+    """
+
+    def command(
+        self, args: list[str], stdin: _Input, answers: list[str] | None = None
+    ) -> tuple[int, str, str, list[str]]:
+        """
+        Run the command; return its status, output, errors and prompts.
+        """
+        stdout, stderr = io.StringIO(), io.StringIO()
+        prompts: list[str] = []
+        replies = list(answers or [])
+
+        def prompt(text: str) -> str:
+            prompts.append(text)
+            return replies.pop(0)
+
+        status = hashPasswordCommand(args, stdin, stdout, stderr, prompt)
+        return status, stdout.getvalue(), stderr.getvalue(), prompts
+
+    def test_stdin(self) -> None:
+        """
+        Without a terminal, the first line of standard input is hashed with
+        bcrypt, and nothing is asked.
+        """
+        status, out, err, prompts = self.command([], _Input("s3cret\r\nmore\n"))
+        self.assertEqual((status, err, prompts), (0, "", []))
+        hash = out.strip()
+        self.assertTrue(hash.startswith("$2b$12$"), hash)
+        self.assertEqual(out, hash + "\n")
+        self.assertTrue(checkPassword(hash, b"s3cret"))
+
+    def test_argon2(self) -> None:
+        """
+        C{--argon2} makes an argon2id hash.
+        """
+        status, out, err, _ = self.command(["--argon2"], _Input("s3cret"))
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out.startswith("$argon2id$"), out)
+        self.assertTrue(checkPassword(out.strip(), b"s3cret"))
+
+    def test_terminal(self) -> None:
+        """
+        On a terminal the password is asked twice, without echo.
+        """
+        status, out, err, prompts = self.command(
+            ["--argon2"], _Input(tty=True), ["pässword", "pässword"]
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(prompts, ["Password: ", "Again: "])
+        self.assertTrue(checkPassword(out.strip(), "pässword".encode()))
+
+    def test_mismatch(self) -> None:
+        """
+        Two different answers exit 1 without a hash.
+        """
+        self.assertEqual(
+            self.command([], _Input(tty=True), ["one", "two"]),
+            (
+                1,
+                "",
+                "revproxy hash-password: the passwords do not match\n",
+                ["Password: ", "Again: "],
+            ),
+        )
+
+    def test_empty(self) -> None:
+        """
+        An empty password exits 1, from a terminal or standard input.
+        """
+        message = "revproxy hash-password: the password is empty\n"
+        self.assertEqual(self.command([], _Input("\n")), (1, "", message, []))
+        self.assertEqual(self.command([], _Input("")), (1, "", message, []))
+        self.assertEqual(
+            self.command([], _Input(tty=True), [""]), (1, "", message, ["Password: "])
+        )
+
+    def test_tooLong(self) -> None:
+        """
+        A password longer than bcrypt reads exits 1, saying why.
+        """
+        status, out, err, _ = self.command([], _Input("x" * 73))
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("72 bytes", err)
+
+    def test_badArgument(self) -> None:
+        """
+        An unknown option is a usage error.
+        """
+        self.patch(sys, "stderr", io.StringIO())
+        error = self.assertRaises(SystemExit, self.command, ["--md5"], _Input("x"))
+        self.assertEqual(error.code, 2)
+
+    def test_main(self) -> None:
+        """
+        C{revproxy hash-password} runs it, on the process's streams, and
+        returns its status.
+        """
+        stdout = io.StringIO()
+        self.patch(sys, "stdin", _Input("s3cret\n"))
+        self.patch(sys, "stdout", stdout)
+        self.assertEqual(main(["hash-password", "--argon2"]), 0)
+        self.assertTrue(checkPassword(stdout.getvalue().strip(), b"s3cret"))
+        self.patch(sys, "stdin", _Input(""))
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertEqual(main(["hash-password"]), 1)

@@ -17,10 +17,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.config import (
+    AccessRules,
     AcmeConfig,
+    BasicAuth,
     Config,
     ConfigError,
     Defaults,
+    ForwardAuth,
     HeaderRules,
     HealthCheck,
     LoggingConfig,
@@ -3683,9 +3686,9 @@ class ErrorPageTests(ParseTestCase):
             (
                 "defaults.error_pages: expected a table, got array",
                 "sites[0].error_pages.404: not an answer revproxy makes itself; "
-                "error_pages takes 413, 421, 429, 502, 503, 504",
+                "error_pages takes 401, 403, 413, 421, 429, 502, 503, 504",
                 "sites[0].error_pages.0502: not an answer revproxy makes itself; "
-                "error_pages takes 413, 421, 429, 502, 503, 504",
+                "error_pages takes 401, 403, 413, 421, 429, 502, 503, 504",
                 f'sites[0].error_pages.502: cannot read "{base}/missing.html": No '
                 "such file or directory",
                 f'sites[0].error_pages.503: "{base}/big.html" is larger than 1 MiB '
@@ -3835,3 +3838,355 @@ class RouteWarningTests(SynchronousTestCase):
         )
         self.assertEqual(configWarnings(config), routeWarnings(config))
         self.assertEqual(len(routeWarnings(config)), 1)
+
+
+_HASH = "$2b$04$" + "a" * 53
+
+
+def _usersDir(case: SynchronousTestCase, text: str = f"alice:{_HASH}\n") -> str:
+    """
+    A new directory with an htpasswd file C{users} holding C{text}.
+    """
+    return os.path.abspath(_write(case, "users", text.encode("utf-8")))
+
+
+class AccessTests(ParseTestCase):
+    """
+    The access keys of a site or route: C{allow}, C{deny}, C{basic_auth},
+    C{forward_auth}.
+    """
+
+    def test_none(self) -> None:
+        """
+        A site and route without access keys let every request through.
+        """
+        [s] = parseConfig(document(site(routes=[route()]))).sites
+        self.assertEqual(s.access, AccessRules())
+        self.assertEqual(s.routes[0].access, AccessRules())
+        self.assertFalse(s.access.enabled)
+
+    def test_networks(self) -> None:
+        """
+        C{allow} and C{deny} are addresses or networks, host bits allowed;
+        C{allow_first} records which list is written first.
+        """
+        [s] = parseConfig(
+            document(
+                site(
+                    allow=["10.1.2.3/8", "2001:db8::/32", "192.0.2.7"],
+                    deny=["::ffff:10.0.0.0/104"],
+                )
+            )
+        ).sites
+        self.assertEqual(
+            s.access.allow,
+            (
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("2001:db8::/32"),
+                ipaddress.ip_network("192.0.2.7/32"),
+            ),
+        )
+        self.assertEqual(s.access.deny, (ipaddress.ip_network("::ffff:a00:0/104"),))
+        self.assertTrue(s.access.allow_first)
+        self.assertTrue(s.access.enabled)
+        [s] = parseConfig(document(site(deny=["10.0.0.1"], allow=["10.0.0.0/8"]))).sites
+        self.assertFalse(s.access.allow_first)
+        [s] = parseConfig(document(site(deny=["10.0.0.1"]))).sites
+        self.assertFalse(s.access.allow_first)
+
+    def test_networkErrors(self) -> None:
+        """
+        A list must not be empty; each item is a network, given once.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    allow=[],
+                    deny=["10.0.0.0/8", "nope", 3, "10.0.0.1/8"],
+                    routes=[route(allow="10.0.0.0/8")],
+                )
+            ),
+            "sites[0].allow: must not be empty (leave allow out instead)",
+            "sites[0].deny[2]: expected a string, got integer 3",
+            'sites[0].deny[1]: "nope" is not an IP address or network (CIDR, such '
+            'as "10.0.0.0/8" or "2001:db8::/32")',
+            'sites[0].deny[3]: duplicate network "10.0.0.0/8" (also deny[0])',
+            'sites[0].routes[0].allow: expected an array, got string "10.0.0.0/8"',
+        )
+
+    def test_routeInheritsOrReplaces(self) -> None:
+        """
+        A route without access keys has its site's rules; one with any
+        has its own only.
+        """
+        [s] = parseConfig(
+            document(
+                site(
+                    allow=["10.0.0.0/8"],
+                    routes=[route(), route(path_prefix="/b/", deny=["10.0.0.1"])],
+                )
+            )
+        ).sites
+        self.assertEqual(s.routes[0].access, s.access)
+        self.assertEqual(
+            s.routes[1].access,
+            AccessRules(deny=(ipaddress.ip_network("10.0.0.1/32"),), allow_first=False),
+        )
+
+    def test_basicAuth(self) -> None:
+        """
+        C{basic_auth} reads its users file, relative to the config file, at
+        parse time.
+        """
+        base = _usersDir(self, f"# users\nalice:{_HASH}\nbob:{_HASH}\n")
+        [s] = parseConfig(
+            document(site(basic_auth={"realm": "admin area", "users_file": "users"})),
+            baseDir=base,
+        ).sites
+        self.assertEqual(
+            s.access.basic_auth,
+            BasicAuth(
+                realm="admin area",
+                users_file=os.path.join(base, "users"),
+                users=(("alice", _HASH), ("bob", _HASH)),
+            ),
+        )
+        [s] = parseConfig(
+            document(
+                site(
+                    basic_auth={
+                        "users_file": os.path.join(base, "users"),
+                        "pass_authorization": True,
+                        "user_header": "",
+                    }
+                )
+            )
+        ).sites
+        auth = s.access.basic_auth
+        assert auth is not None
+        self.assertEqual(
+            (auth.realm, auth.pass_authorization, auth.user_header),
+            ("restricted", True, ""),
+        )
+
+    def test_basicAuthErrors(self) -> None:
+        """
+        A realm must fit a quoted-string, a users file is required and
+        readable, and the user header is a field name revproxy does not
+        manage.
+        """
+        base = _usersDir(self)
+        self.assertEqual(
+            self.errorsOf(
+                document(
+                    site(
+                        basic_auth={
+                            "realm": 'say "hi"',
+                            "user_header": "Bad Name",
+                            "users": [],
+                        },
+                        routes=[
+                            route(basic_auth={"users_file": "missing", "realm": ""}),
+                            route(path_prefix="/x/", basic_auth={"users_file": ""}),
+                        ],
+                    )
+                ),
+                baseDir=base,
+            ),
+            (
+                'sites[0].basic_auth.users: unknown key (did you mean "users_file"?)',
+                'sites[0].basic_auth.realm: "say \\"hi\\"" must be printable ASCII '
+                'without " or \\',
+                "sites[0].basic_auth.users_file: required (an htpasswd file of "
+                "bcrypt or argon2 hashes; make one with `revproxy hash-password`)",
+                'sites[0].basic_auth.user_header: "Bad Name" is not a header field '
+                "name (an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)",
+                "sites[0].routes[0].basic_auth.realm: must not be empty",
+                f'sites[0].routes[0].basic_auth.users_file: cannot read "{base}/'
+                'missing": No such file or directory',
+                "sites[0].routes[1].basic_auth.users_file: must not be empty",
+            ),
+        )
+
+    def test_usersFileErrors(self) -> None:
+        """
+        Every problem of the users file is an error at C{users_file}, with
+        its line; a file without users is one too.
+        """
+        base = _usersDir(self, f"alice:{_HASH}\nbob:hunter2\nalice:{_HASH}\n")
+        errors = self.errorsOf(
+            document(site(basic_auth={"users_file": "users"})), baseDir=base
+        )
+        path = os.path.join(base, "users")
+        self.assertEqual(len(errors), 2)
+        self.assertTrue(
+            errors[0].startswith(
+                f"sites[0].basic_auth.users_file: {path}, line 2: user 'bob': "
+                "this looks like a password in plain text"
+            ),
+            errors[0],
+        )
+        self.assertNotIn("hunter2", errors[0])
+        self.assertEqual(
+            errors[1],
+            f"sites[0].basic_auth.users_file: {path}, line 3: user 'alice' is "
+            "already given on line 1",
+        )
+        empty = _usersDir(self, "# nobody\n")
+        self.assertErrors(
+            document(site(basic_auth={"users_file": os.path.join(empty, "users")})),
+            f'sites[0].basic_auth.users_file: "{empty}/users" has no users (add '
+            "one: NAME:HASH, the hash from `revproxy hash-password`)",
+        )
+
+    def test_usersFileReread(self) -> None:
+        """
+        The users file is read at each parse, so a reload sees its changes.
+        """
+        base = _usersDir(self)
+        text = document(site(basic_auth={"users_file": "users"}))
+        [s] = parseConfig(text, baseDir=base).sites
+        self.assertEqual(
+            s.access.basic_auth and s.access.basic_auth.users[0][0], "alice"
+        )
+        with open(os.path.join(base, "users"), "w") as f:
+            f.write(f"carol:{_HASH}\n")
+        [s] = parseConfig(text, baseDir=base).sites
+        self.assertEqual(
+            s.access.basic_auth and s.access.basic_auth.users[0][0], "carol"
+        )
+
+    def test_forwardAuth(self) -> None:
+        """
+        C{forward_auth} has an http(s) URL with a path, the fields to copy
+        (as written) and a timeout.
+        """
+        [s] = parseConfig(
+            document(
+                site(
+                    forward_auth={
+                        "url": "http://127.0.0.1:9091/api/authz/forward-auth?a=b",
+                        "copy_headers": ["Remote-User", "Remote-Groups"],
+                        "timeout_secs": 2.5,
+                    },
+                    routes=[
+                        route(forward_auth={"url": "https://Auth.Example.com"}),
+                    ],
+                )
+            )
+        ).sites
+        self.assertEqual(
+            s.access.forward_auth,
+            ForwardAuth(
+                url="http://127.0.0.1:9091/api/authz/forward-auth?a=b",
+                upstream=Upstream("http://127.0.0.1:9091", "http", "127.0.0.1", 9091),
+                path="/api/authz/forward-auth?a=b",
+                copy_headers=("Remote-User", "Remote-Groups"),
+                timeout_secs=2.5,
+            ),
+        )
+        self.assertEqual(
+            s.routes[0].access.forward_auth,
+            ForwardAuth(
+                url="https://Auth.Example.com",
+                upstream=Upstream(
+                    "https://auth.example.com:443", "https", "auth.example.com", 443
+                ),
+            ),
+        )
+
+    def test_forwardAuthErrors(self) -> None:
+        """
+        The URL is required and an http(s) URL without a fragment; the
+        fields are tokens, once each, not managed by revproxy; the timeout
+        is above 0 and at most 300 seconds.
+        """
+        self.assertErrors(
+            document(
+                site(
+                    forward_auth={
+                        "copy_headers": ["Remote-User", "remote-user", "Host", "a b"],
+                        "timeout_secs": 0,
+                    },
+                    routes=[
+                        route(forward_auth={"url": "ftp://x", "timeout_secs": 301}),
+                        route(path_prefix="/f/", forward_auth={"url": "http://a/b#c"}),
+                    ],
+                )
+            ),
+            "sites[0].forward_auth.url: required (the auth service's URL, such as "
+            '"http://127.0.0.1:9091/api/verify")',
+            'sites[0].forward_auth.copy_headers[1]: "remote-user" already has a '
+            "rule (in copy_headers[0]); give each field one rule",
+            'sites[0].forward_auth.copy_headers[2]: "Host": the Host sent upstream '
+            "is set by upstream_host",
+            'sites[0].forward_auth.copy_headers[3]: "a b" is not a header field '
+            "name (an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)",
+            "sites[0].forward_auth.timeout_secs: must be greater than 0 and at "
+            "most 300, got 0",
+            'sites[0].routes[0].forward_auth.url: "ftp://x" is not an http(s) URL',
+            "sites[0].routes[0].forward_auth.timeout_secs: must be greater than 0 "
+            "and at most 300, got 301",
+            'sites[0].routes[1].forward_auth.url: "http://a/b#c": the URL must not '
+            "have a fragment",
+        )
+
+    def test_notBoth(self) -> None:
+        """
+        A site or route has basic_auth or forward_auth, not both.
+        """
+        base = _usersDir(self)
+        self.assertEqual(
+            self.errorsOf(
+                document(
+                    site(
+                        basic_auth={"users_file": "users"},
+                        forward_auth={"url": "http://127.0.0.1:9091/"},
+                    )
+                ),
+                baseDir=base,
+            ),
+            (
+                "sites[0].forward_auth: a site or route has basic_auth or "
+                "forward_auth, not both",
+            ),
+        )
+
+    def test_routeWithOwnAuth(self) -> None:
+        """
+        A route may set basic_auth where its site has forward_auth: its
+        rules replace the site's.
+        """
+        base = _usersDir(self)
+        [s] = parseConfig(
+            document(
+                site(
+                    forward_auth={"url": "http://127.0.0.1:9091/"},
+                    routes=[route(basic_auth={"users_file": "users"})],
+                )
+            ),
+            baseDir=base,
+        ).sites
+        self.assertIsNotNone(s.access.forward_auth)
+        self.assertIsNone(s.routes[0].access.forward_auth)
+        self.assertIsNotNone(s.routes[0].access.basic_auth)
+
+    def test_errorPages(self) -> None:
+        """
+        401 and 403 may have error pages.
+        """
+        base = os.path.abspath(_write(self, "denied.html", b"<h1>no</h1>"))
+        [s] = parseConfig(
+            document(site(error_pages={"401": "denied.html", "403": "denied.html"})),
+            baseDir=base,
+        ).sites
+        self.assertEqual(s.error_pages, ((401, b"<h1>no</h1>"), (403, b"<h1>no</h1>")))
+
+    def test_usersNotInRepr(self) -> None:
+        """
+        The hashes of a C{basic_auth} are not in its C{repr}, so that no log
+        line or traceback shows them.
+        """
+        auth = BasicAuth(users_file="/f", users=(("alice", _HASH),))
+        self.assertNotIn(_HASH, repr(auth))
+        self.assertIn("/f", repr(auth))

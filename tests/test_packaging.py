@@ -11,6 +11,7 @@ so that a new key or command without documentation fails here.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -22,7 +23,9 @@ from revproxy import admin, admin_client, cli
 from revproxy import metrics as metricsModule
 from revproxy.config import (
     _ACME_KEYS,
+    _BASIC_AUTH_KEYS,
     _DEFAULTS_KEYS,
+    _FORWARD_AUTH_KEYS,
     _HEADER_RULES_KEYS,
     _HEALTH_CHECK_KEYS,
     _LOGGING_KEYS,
@@ -58,6 +61,8 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "redirect": _REDIRECT_KEYS,
     "respond": _RESPOND_KEYS,
     "request_headers": _HEADER_RULES_KEYS,
+    "basic_auth": _BASIC_AUTH_KEYS,
+    "forward_auth": _FORWARD_AUTH_KEYS,
 }
 
 # The TLS step of debian/config.toml's header comment, as an operator
@@ -431,6 +436,9 @@ class RevproxyManPageTests(SynchronousTestCase):
             '[[sites]]\nname = "t"\nhosts = ["t.example"]\n'
             'upstreams = ["https://127.0.0.1:8443"]\n'
         )
+        users = json.dumps(os.path.abspath(self.mktemp()))
+        with open(json.loads(users), "w") as f:
+            f.write("u:$2b$04$" + "a" * 53 + "\n")
         checked = 0
         for table, key, value in _documentedDefaults(_read("revproxy.8")):
             setting = f"{key} = {value}\n"
@@ -456,8 +464,12 @@ class RevproxyManPageTests(SynchronousTestCase):
                     without = site + route + entry + "\n"
                     with_ = site + route + f"{entry[:-2]}, {key} = {value} }}\n"
                 attribute = "sites"
-            elif table == "health_check":
-                check = 'health_check = { path = "/h"'
+            elif table in ("health_check", "basic_auth", "forward_auth"):
+                check = {
+                    "health_check": 'health_check = { path = "/h"',
+                    "basic_auth": f"basic_auth = {{ users_file = {users}",
+                    "forward_auth": 'forward_auth = { url = "http://127.0.0.1:1/"',
+                }[table]
                 without = site + check + " }\n"
                 with_ = site + f"{check}, {key} = {value} }}\n"
                 attribute = "sites"
