@@ -30,13 +30,13 @@ from revproxy.accesslog import AccessLog
 from revproxy.config import parseConfig
 from revproxy.metrics import Metrics
 from revproxy.observer import RequestObserver
+from revproxy.proxy.connector import reactorConnector
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import ConnectionLimits, FrontEnd
 from revproxy.proxy.pool import ConnectionPool
 from revproxy.ratelimit import RateLimiter
 from revproxy.routing import Router
 from revproxy.runtime import RuntimeHolder, buildRuntime
-from revproxy.proxy.connector import reactorConnector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUEST = (

@@ -773,8 +773,8 @@ class Metrics:
         yield tracked
 
         denied = next(families)
-        for (site, reason), count in sorted(self._denied.items()):
-            denied.add_metric([site, reason], count)
+        for (deniedSite, reason), count in sorted(self._denied.items()):
+            denied.add_metric([deniedSite, reason], count)
         yield denied
 
         tunnelsOpen = next(families)
