@@ -638,6 +638,11 @@ class Metrics:
             "rate_limited": stats.refusals[429],
             "too_large": stats.refusals[413],
             "refused": {str(code): n for code, n in stats.refusals.items()},
+            "access_denied": {
+                reason: count
+                for (site, reason), count in sorted(self._denied.items())
+                if site == name
+            },
             "rate_limit_dry_run": stats.dryRun,
             "upstream_latency_ms": {
                 "p50": None if p50 is None else round(p50 * 1000, 3),

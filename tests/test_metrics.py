@@ -1017,6 +1017,26 @@ class StatsTests(SynchronousTestCase):
             {"open": 12, "upstream": 8, "max": 819, "paused": True, "limit_reached": 3},
         )
 
+    def test_accessDenied(self) -> None:
+        """
+        Requests refused by access rules are counted by site and reason, in
+        C{stats} and in C{revproxy_access_denied_total}.
+        """
+        self.metrics.requestStarted("a")
+        self.metrics.accessDenied("a", "basic_auth")
+        self.metrics.accessDenied("a", "basic_auth")
+        self.metrics.accessDenied("a", "address")
+        self.assertEqual(
+            self.metrics.stats("a")["access_denied"], {"address": 1, "basic_auth": 2}
+        )
+        self.assertEqual(
+            samples(self.metrics, "revproxy_access_denied_total"),
+            {
+                labels(site="a", reason="address"): 1,
+                labels(site="a", reason="basic_auth"): 2,
+            },
+        )
+
     def test_oneSite(self) -> None:
         """
         With a site, that site's stats: the shape the admin command answers.
@@ -1046,6 +1066,7 @@ class StatsTests(SynchronousTestCase):
                     "429": 1,
                     "431": 0,
                 },
+                "access_denied": {},
                 "rate_limit_dry_run": 0,
                 "upstreams": {},
             },
