@@ -14,16 +14,17 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall, IReactorThreads
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from revproxy.accesslog import AccessLog
@@ -214,8 +215,10 @@ class RequestPath(Service):
         observer: RequestObserver,
         site: FrontEnd,
         tunnels: TunnelRegistry,
+        passwords: PasswordThreads | None = None,
     ) -> None:
         self.holder = holder
+        self.passwords = passwords
         self.gate = gate
         self.pool = pool
         self.metrics = metrics
@@ -225,8 +228,15 @@ class RequestPath(Service):
         self.tunnels = tunnels
         self.tracker = ConnectionTracker(site, gate)
 
+    def startService(self) -> None:
+        super().startService()
+        if self.passwords is not None:
+            self.passwords.pool.start()
+
     def stopService(self) -> None:
         super().stopService()
+        if self.passwords is not None:
+            self.passwords.pool.stop()
         # Tunnels that end from now on end for the shutdown.
         self.tunnels.shuttingDown = True
         self.pool.close()
@@ -289,6 +299,7 @@ def requestPath(
     log and metrics.
     """
     gate = ConnectionGate(maxConnections(config), reactor)
+    passwords = PasswordThreads(reactor)
     pool = ConnectionPool(
         reactor,
         reactorConnector(reactor),
@@ -335,7 +346,7 @@ def requestPath(
         limiter=limiter,
         observer=observer,
         issued=None if manager is None else manager.isIssued,
-        inThread=inReactorThreads(reactor),
+        inThread=passwords.run,
     )
     site = FrontEnd(
         router,
@@ -345,24 +356,34 @@ def requestPath(
         refused=observer.refused,
         snapshot=router.snapshot,
     )
-    path = RequestPath(holder, gate, pool, metrics, limiter, observer, site, tunnels)
+    path = RequestPath(
+        holder, gate, pool, metrics, limiter, observer, site, tunnels, passwords
+    )
     path.follow(holder.current)
     return path
 
 
-def inReactorThreads(
-    reactor: IRevProxyReactor,
-) -> Callable[[Callable[[], bool]], Deferred[bool]]:
+class PasswordThreads:
     """
-    Run a check (a password's hash) in the reactor's thread pool, with its
-    result back on the reactor thread.
+    The threads that check passwords (bcrypt, argon2: a third of a second
+    of CPU each): at most one fewer than the machine's cores, so that
+    however many logins come at once a core stays with the reactor and the
+    requests of other sites are not slowed; started and stopped with the
+    request path.
     """
 
-    def run(check: Callable[[], bool]) -> Deferred[bool]:
-        pool = cast(IReactorThreads, reactor).getThreadPool()
-        return deferToThreadPool(reactor, pool, check)
+    def __init__(self, reactor: IRevProxyReactor, threads: int | None = None) -> None:
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 2) - 1)
+        self._reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="passwords")
 
-    return run
+    def run(self, check: Callable[[], bool]) -> Deferred[bool]:
+        """
+        Run C{check} in one of the threads, its result back on the reactor
+        thread.
+        """
+        return deferToThreadPool(self._reactor, self.pool, check)
 
 
 def _upstreamHealth(

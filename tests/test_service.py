@@ -980,3 +980,23 @@ class OperationsWiringTests(SynchronousTestCase):
             1.0,
         )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class PasswordThreadsTests(SynchronousTestCase):
+    """
+    L{PasswordThreads}: the threads of password checks leave a core to the
+    reactor.
+    """
+
+    def test_size(self) -> None:
+        """
+        One fewer thread than cores, at least one; or as many as given.
+        """
+        from revproxy.service import PasswordThreads
+
+        reactor = cast(IRevProxyReactor, MemoryReactorClock())
+        self.patch(os, "cpu_count", lambda: 8)
+        self.assertEqual(PasswordThreads(reactor).pool.max, 7)
+        self.patch(os, "cpu_count", lambda: 1)
+        self.assertEqual(PasswordThreads(reactor).pool.max, 1)
+        self.assertEqual(PasswordThreads(reactor, 3).pool.max, 3)
