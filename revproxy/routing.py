@@ -198,6 +198,9 @@ class Router:
             clock, inThread if inThread is not None else _atOnce
         )
         self.authFailures = FailureLimit(clock)
+        # Each basic_auth's users as a dict, by the identity of the
+        # (immutable) config value that holds them.
+        self._users: dict[int, tuple[BasicAuth, dict[str, str]]] = {}
         self._dryRunLogged: dict[str, float] = {}
         # Host values seen lately and their normalized names (or None):
         # a pure function of the bytes, asked by every request.
@@ -495,9 +498,22 @@ class Router:
             if not (request.clientLeft or request.finished):
                 self._answer(request, 500, "the password could not be checked", name)
 
-        self.passwords.check(dict(basic.users), user, password).addCallbacks(
+        self.passwords.check(self._usersOf(basic), user, password).addCallbacks(
             checked, broken
         )
+
+    def _usersOf(self, basic: BasicAuth) -> dict[str, str]:
+        """
+        C{basic}'s users by name, made once per config value.
+        """
+        entry = self._users.get(id(basic))
+        if entry is not None and entry[0] is basic:
+            return entry[1]
+        if len(self._users) >= 64:
+            self._users.clear()
+        users = dict(basic.users)
+        self._users[id(basic)] = (basic, users)
+        return users
 
     def _unauthorized(
         self, request: Exchange, site: str, basic: BasicAuth, counted: bool
