@@ -34,6 +34,12 @@ DENIED_BASIC_AUTH = "basic_auth"
 DENIED_FORWARD_AUTH = "forward_auth"
 
 
+class ChecksBusy(Exception):
+    """
+    Too many password checks wait already: this one is not made.
+    """
+
+
 def addressAllowed(rules: AccessRules, clientIP: str) -> bool:
     """
     Whether C{clientIP} may reach what C{rules} protect, as nginx's

@@ -26,6 +26,7 @@ from revproxy.access import (
     DENIED_ADDRESS,
     DENIED_BASIC_AUTH,
     DENIED_FORWARD_AUTH,
+    ChecksBusy,
     FailureLimit,
     PasswordChecks,
     addressAllowed,
@@ -494,9 +495,19 @@ class Router:
             self._proceed(request, route, host, target)
 
         def broken(failure: Failure) -> None:
+            if request.clientLeft or request.finished:
+                return
+            if failure.check(ChecksBusy):
+                self._answer(
+                    request,
+                    503,
+                    "too many logins at once, try again",
+                    name,
+                    [(b"Retry-After", b"2")],
+                )
+                return
             _log.failure("Checking a password failed", failure)
-            if not (request.clientLeft or request.finished):
-                self._answer(request, 500, "the password could not be checked", name)
+            self._answer(request, 500, "the password could not be checked", name)
 
         self.passwords.check(self._usersOf(basic), user, password).addCallbacks(
             checked, broken

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall
@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from revproxy.access import ChecksBusy
 from revproxy.accesslog import AccessLog
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.acme.renewal import AcmeManager
@@ -372,18 +373,39 @@ class PasswordThreads:
     request path.
     """
 
-    def __init__(self, reactor: IRevProxyReactor, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        reactor: IRevProxyReactor,
+        threads: int | None = None,
+        waiting: int = 200,
+    ) -> None:
+        """
+        @param waiting: the most checks that may wait for a thread; beyond,
+            a check fails at once with L{ChecksBusy} (the login is answered
+            503) instead of making every later one wait longer.
+        """
         if threads is None:
             threads = max(1, (os.cpu_count() or 2) - 1)
         self._reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="passwords")
+        self.waiting = waiting
+        self.pending = 0
 
     def run(self, check: Callable[[], bool]) -> Deferred[bool]:
         """
         Run C{check} in one of the threads, its result back on the reactor
         thread.
         """
-        return deferToThreadPool(self._reactor, self.pool, check)
+        if self.pending >= self.pool.max + self.waiting:
+            return fail(ChecksBusy())
+        self.pending += 1
+
+        def done(result: object) -> object:
+            self.pending -= 1
+            return result
+
+        d: Deferred[bool] = deferToThreadPool(self._reactor, self.pool, check)
+        return d.addBoth(done)
 
 
 def _upstreamHealth(

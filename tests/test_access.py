@@ -295,3 +295,35 @@ class ForwardAuthTests(SynchronousTestCase):
         self.proxy.reactor.advance(2)
         [response] = client.responses()
         self.assertEqual(response.code, 504)
+
+
+class BusyTests(SynchronousTestCase):
+    """
+    Too many password checks waiting: a login is answered 503.
+    """
+
+    def test_busy(self) -> None:
+        from twisted.internet.defer import fail
+
+        from revproxy.access import ChecksBusy
+
+        base = self.mktemp()
+        os.makedirs(base)
+        with open(os.path.join(base, "htpasswd"), "w") as f:
+            f.write("alice:" + bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode() + "\n")
+        proxy = ProxyHarness(
+            self,
+            BASE + 'basic_auth = { realm = "r", users_file = "htpasswd" }\n',
+            baseDir=base,
+        )
+        router = proxy.site.handler
+        router.passwords._inThread = lambda check: fail(ChecksBusy())  # type: ignore[attr-defined]
+        client = proxy.client()
+        client.send(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nAuthorization: Basic "
+            + base64.b64encode(b"alice:x")
+            + b"\r\n\r\n"
+        )
+        [response] = client.responses()
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.values(b"retry-after"), [b"2"])

@@ -1000,3 +1000,20 @@ class PasswordThreadsTests(SynchronousTestCase):
         self.patch(os, "cpu_count", lambda: 1)
         self.assertEqual(PasswordThreads(reactor).pool.max, 1)
         self.assertEqual(PasswordThreads(reactor, 3).pool.max, 3)
+
+    def test_tooManyWaiting(self) -> None:
+        """
+        Past the threads and C{waiting} checks, a check fails at once with
+        L{ChecksBusy} (the pool not started, nothing runs here).
+        """
+        from revproxy.access import ChecksBusy
+        from revproxy.service import PasswordThreads
+
+        reactor = cast(IRevProxyReactor, MemoryReactorClock())
+        threads = PasswordThreads(reactor, threads=1, waiting=1)
+        first = threads.run(lambda: True)
+        second = threads.run(lambda: True)
+        self.assertEqual(threads.pending, 2)
+        self.failureResultOf(threads.run(lambda: True), ChecksBusy)
+        self.assertNoResult(first)
+        self.assertNoResult(second)

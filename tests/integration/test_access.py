@@ -956,12 +956,13 @@ class BcryptLoadTests(_AccessTestCase):
 
     async def test_hostnameUpstreamDuringChecks(self) -> None:
         """
-        KNOWN BUG (fails on main as of #17): a request to another site
-        whose upstream is named by a host name (C{http://localhost:PORT})
-        and which needs a new upstream connection waits for queued
-        password checks, because the host name is resolved in the
-        reactor's thread pool (Twisted's default resolver, behind
-        C{reactor.connectTCP}), where the checks run too.
+        A request to another site whose upstream is named by a host name
+        (C{http://localhost:PORT}) and which needs a new upstream
+        connection does not wait for queued password checks: the host name
+        is resolved in the reactor's thread pool (Twisted's default
+        resolver, behind C{reactor.connectTCP}), and the checks run in
+        threads of their own (L{revproxy.service.PasswordThreads}); a
+        regression test, it waited for them when they shared the pool.
 
         C{named-a.test} answers at once before the checks (the name
         resolves); C{named-b.test} (the same kind of upstream, not
