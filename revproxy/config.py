@@ -2573,23 +2573,8 @@ class _Parser:
         Read the htpasswd file of a C{basic_auth}: a regular UTF-8 file of at
         most 16 MiB, with at least one user.
         """
-        try:
-            if not stat.S_ISREG(os.stat(filename).st_mode):
-                self._errors.append(
-                    f"{path}: {_quote(filename, None)} is not a regular file"
-                )
-                return None
-            with open(filename, "rb") as f:
-                data = f.read(_MAX_USERS_FILE_BYTES + 1)
-        except (OSError, ValueError) as e:
-            self._errors.append(
-                f"{path}: cannot read {_quote(filename, None)}: {_reason(e)}"
-            )
-            return None
-        if len(data) > _MAX_USERS_FILE_BYTES:
-            self._errors.append(
-                f"{path}: {_quote(filename, None)} is larger than 16 MiB"
-            )
+        data = self._readFile(path, filename, _MAX_USERS_FILE_BYTES, "16 MiB")
+        if data is None:
             return None
         try:
             text = data.decode("utf-8")
@@ -2772,10 +2757,13 @@ class _Parser:
             content_type=contentType,
         )
 
-    def _readPage(self, path: str, filename: str) -> bytes | None:
+    def _readFile(
+        self, path: str, filename: str, limit: int, size: str
+    ) -> bytes | None:
         """
-        Read a page the config serves (a C{respond} file, an error page):
-        a regular file of at most 1 MiB.
+        The bytes of C{filename}, a regular file of at most C{limit} bytes
+        (C{size} says it for the message); L{None}, with an error naming
+        C{path}, when it cannot be read or is too large.
         """
         try:
             if not stat.S_ISREG(os.stat(filename).st_mode):
@@ -2784,19 +2772,27 @@ class _Parser:
                 )
                 return None
             with open(filename, "rb") as f:
-                data = f.read(_MAX_PAGE_BYTES + 1)
+                data = f.read(limit + 1)
         except (OSError, ValueError) as e:
             self._errors.append(
                 f"{path}: cannot read {_quote(filename, None)}: {_reason(e)}"
             )
             return None
-        if len(data) > _MAX_PAGE_BYTES:
+        if len(data) > limit:
             self._errors.append(
-                f"{path}: {_quote(filename, None)} is larger than 1 MiB "
-                f"({_MAX_PAGE_BYTES} bytes)"
+                f"{path}: {_quote(filename, None)} is larger than {size}"
             )
             return None
         return data
+
+    def _readPage(self, path: str, filename: str) -> bytes | None:
+        """
+        Read a page the config serves (a C{respond} file, an error page):
+        a regular file of at most 1 MiB.
+        """
+        return self._readFile(
+            path, filename, _MAX_PAGE_BYTES, f"1 MiB ({_MAX_PAGE_BYTES} bytes)"
+        )
 
     def _errorPages(
         self, table: _Table, base: Defaults
