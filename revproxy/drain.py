@@ -13,6 +13,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHalfCloseableProtocol,
     ILoggingContext,
     IProtocolFactory,
     IReactorTime,
@@ -22,6 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from revproxy.listeners import ConnectionGate
 
@@ -64,14 +66,29 @@ def _connectionOf(wrapper: ProtocolWrapper) -> ClientConnection | None:
     return None
 
 
+@implementer(IHalfCloseableProtocol)
 class _TrackedConnection(ProtocolWrapper):
     """
     A tracked client connection: its protocol learns that it is lost
     before the tracker forgets it, so that what waits for the last
     connection to go (the end of a graceful shutdown, then the access log's
     close) comes after everything the protocol does then (a tunnel cut by
-    the shutdown writes its access-log line).
+    the shutdown writes its access-log line).  The end of what the client
+    sends reaches a protocol that can use it (a tunnel's); for any other,
+    the connection ends then, as it does without a wrapper.
     """
+
+    def readConnectionLost(self) -> None:
+        wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if wrapped is not None:
+            wrapped.readConnectionLost()
+        elif self.transport is not None:
+            self.transport.abortConnection()
+
+    def writeConnectionLost(self) -> None:
+        wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if wrapped is not None:
+            wrapped.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:

@@ -264,3 +264,40 @@ class TrackedConnectionTests(SynchronousTestCase):
         self.assertEqual(seen, [1])
         self.successResultOf(emptied)
         self.assertEqual(len(tracker.protocols), 0)
+
+    def test_halfClosePassedOn(self) -> None:
+        """
+        The end of what the client sends reaches a protocol that can use
+        it; for any other the connection is aborted, as without a wrapper.
+        """
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from twisted.internet.protocol import Factory, Protocol
+        from zope.interface import implementer
+
+        ended: list[bool] = []
+
+        @implementer(IHalfCloseableProtocol)
+        class HalfCloseable(Protocol):
+            def readConnectionLost(self) -> None:
+                ended.append(True)
+
+            def writeConnectionLost(self) -> None:
+                pass
+
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        for factory, expected in (
+            (Factory.forProtocol(HalfCloseable), [True]),
+            (Factory.forProtocol(Protocol), []),
+        ):
+            tracker = ConnectionTracker(factory)
+            protocol = tracker.buildProtocol(address)
+            assert protocol is not None
+            transport = StringTransportWithDisconnection(peerAddress=address)
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
+            ended.clear()
+            protocol.readConnectionLost()
+            self.assertEqual(ended, expected)
+            self.assertEqual(transport.connected, bool(expected))
+            transport.loseConnection()

@@ -466,3 +466,44 @@ class ExtendedConnectTests(SynchronousTestCase):
         events = self.peer.events()
         [response] = [e for e in events if isinstance(e, ResponseReceived)]
         self.assertEqual(dict(response.headers)[b":status"], b"502")
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """
+    A plain-TCP client that ends its side of a tunnel (a TCP half-close)
+    half-closes the upstream and still gets what the upstream sends.
+    """
+
+    def test_clientHalfCloses(self) -> None:
+        proxy = ProxyHarness(self, TUNNEL_CONFIG)
+        client = proxy.client()
+        client.send(UPGRADE)
+        upstream = proxy.upstream()
+        upstream.accept()
+        upstream.respond(SWITCHED)
+        halfClosed: list[bool] = []
+        upstream.transport.loseWriteConnection = (  # type: ignore[attr-defined]
+            lambda: halfClosed.append(True)
+        )
+        client.send(b"last words")
+        client.channel.readConnectionLost()  # type: ignore[attr-defined]
+        self.assertEqual(halfClosed, [True])
+        self.assertTrue(upstream.transport.value().endswith(b"last words"))
+        upstream.respond(b"answer")
+        self.assertTrue(client.transport.value().endswith(b"answer"))
+        upstream.close()
+        self.assertTrue(client.transport.connected is False)
+        [counts] = proxy.forwarder.tunnels.counts()
+        # The client ended its side first: the tunnel ended for it.
+        self.assertEqual(counts.closed, {CLIENT_CLOSED: 1})
+
+    def test_halfCloseOutsideTunnel(self) -> None:
+        """
+        Outside a tunnel, the end of what the client sends ends the
+        connection, as it did before half-close was passed on.
+        """
+        proxy = ProxyHarness(self, TUNNEL_CONFIG)
+        client = proxy.client()
+        client.send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        client.channel.readConnectionLost()  # type: ignore[attr-defined]
+        self.assertTrue(client.transport.connected is False)

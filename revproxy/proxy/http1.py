@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHalfCloseableProtocol,
     IPushProducer,
     ISSLTransport,
     ITCPTransport,
@@ -130,7 +131,7 @@ class _Stop(Exception):
     """
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTP1Connection(Protocol):
     """
     One client connection speaking HTTP/1.x (or, after ALPN chose C{h2},
@@ -242,6 +243,24 @@ class HTTP1Connection(Protocol):
             self._startHead()
         self._feed(data)
         self._dispatch()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent all it will (a TCP half-close): a tunnel passes it
+        on to its upstream and goes on the other way; anything else ends
+        here, as without half-close (the response could not be relied on to
+        be read).
+        """
+        tunnel = self._tunnel
+        if tunnel is not None and self._h2 is None:
+            tunnel.bodyEnded()
+            return
+        transport = self.transport
+        if transport is not None:
+            cast(ITCPTransport, transport).abortConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         h2 = self._h2

@@ -79,6 +79,9 @@ class Tunnel:
         self.bytesDown = 0
         self.reason: str | None = None
         self._upstreamPaused = False
+        # Whether the client ended its side first (a half-close, or an
+        # HTTP/2 END_STREAM): the tunnel then ends for the client.
+        self._clientEnded = False
         self.drainTimer: IDelayedCall | None = None
 
     def start(
@@ -121,6 +124,7 @@ class Tunnel:
         """
         if self.reason is not None:
             return
+        self._clientEnded = True
         stream = self.connection.stream
         if stream is None:
             return
@@ -169,7 +173,7 @@ class Tunnel:
     def _upstreamEnded(self) -> None:
         if self.reason is not None:
             return
-        self._end(UPSTREAM_CLOSED)
+        self._end(CLIENT_CLOSED if self._clientEnded else UPSTREAM_CLOSED)
         self._finishClient()
 
     # -- IPushProducer: the upstream transport's
