@@ -1266,3 +1266,52 @@ class ChunkedBody:
 
     def stopProducing(self) -> None:
         self._stopped = True
+
+
+class ProxyCaseMixin:
+    """
+    What a test case of the real process asks of it: the admin socket's
+    answers, and that it logged no traceback.  The case sets C{reactor},
+    C{socketPath} and C{proxy}.
+    """
+
+    reactor: IIntegrationReactor
+    socketPath: str
+    configPath: str
+    directory: str
+    proxy: ProxyProcess
+    port: int
+
+    async def startProxy(self) -> None:
+        """
+        Start the real process on C{configPath}, in C{directory}; stopped
+        (SIGTERM, which must give exit status 0) at the end of the test.
+        """
+        self.proxy, self.port = await spawnProxy(
+            self.reactor, ["--config", self.configPath], self.directory
+        )
+        cast(Any, self).addCleanup(self.stopProxy)
+
+    async def stopProxy(self) -> None:
+        """
+        Stop the process gracefully; it must exit 0 if it was running.
+        """
+        running = self.proxy.running
+        code = await self.proxy.terminate()
+        if running and code != 0:
+            raise AssertionError(f"SIGTERM gave {code}\n{self.proxy.output}")
+
+    async def admin(self, command: str) -> dict[str, Any]:
+        """
+        The admin socket's answer to C{command}.
+        """
+        answer: dict[str, Any] = await askAdmin(self.reactor, self.socketPath, command)
+        return answer
+
+    def assertNoTraceback(self) -> None:
+        """
+        The proxy logged no traceback so far.
+        """
+        output = self.proxy.output
+        if "Traceback" in output:
+            raise AssertionError(f"the proxy logged a traceback:\n{output}")

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -44,16 +43,14 @@ from twisted.web.server import Request
 from tests.integration.support import (
     LOOPBACK_LISTEN,
     IIntegrationReactor,
-    ProxyProcess,
+    ProxyCaseMixin,
     RawResponse,
     UpstreamSite,
-    askAdmin,
     closedPort,
     connectRaw,
     getReactor,
     replaceFile,
     runCommand,
-    spawnProxy,
     toml,
     withTimeout,
 )
@@ -255,7 +252,7 @@ class AuthService(RecordingUpstream):
         self.site = UpstreamSite(_AuthResource(self.seen), reactor)
 
 
-class _AccessTestCase(TestCase):
+class _AccessTestCase(ProxyCaseMixin, TestCase):
     """
     Starts the upstreams, the auth service and a proxy on the config;
     stops them after the test, checking that SIGTERM made the proxy exit
@@ -286,17 +283,7 @@ class _AccessTestCase(TestCase):
             self.addCleanup(server.stop)
         self.downPort = closedPort()
         replaceFile(self.configPath, self.configText())
-        self.proxy: ProxyProcess
-        self.proxy, self.port = await spawnProxy(
-            self.reactor, ["--config", self.configPath], self.directory
-        )
-        self.addCleanup(self._stopProxy)
-
-    async def _stopProxy(self) -> None:
-        running = self.proxy.running
-        code = await self.proxy.terminate()
-        if running:
-            self.assertEqual(code, 0, f"SIGTERM gave {code}\n{self.proxy.output}")
+        await self.startProxy()
 
     def configText(self) -> str:
         """
@@ -410,18 +397,6 @@ class _AccessTestCase(TestCase):
         finally:
             await client.close()
         return answers
-
-    async def admin(self, command: str) -> dict[str, Any]:
-        """
-        The admin socket's answer to C{command}.
-        """
-        return await askAdmin(self.reactor, self.socketPath, command)
-
-    def assertNoTraceback(self) -> None:
-        """
-        The proxy logged no traceback so far.
-        """
-        self.assertNotIn("Traceback", self.proxy.output)
 
 
 class BasicAuthTests(_AccessTestCase):

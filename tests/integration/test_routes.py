@@ -40,17 +40,15 @@ from tests.integration.support import (
     EXIT_TIMEOUT,
     LOOPBACK_LISTEN,
     IIntegrationReactor,
-    ProxyProcess,
+    ProxyCaseMixin,
     RawClient,
     RawResponse,
     Upstream,
     UpstreamSite,
-    askAdmin,
     closedPort,
     connectRaw,
     getReactor,
     replaceFile,
-    spawnProxy,
     toml,
     withTimeout,
 )
@@ -190,7 +188,7 @@ def _request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-class _RoutesTestCase(TestCase):
+class _RoutesTestCase(ProxyCaseMixin, TestCase):
     """
     Starts the four upstreams and a proxy on the first version of the
     config; stops them after the test, checking that SIGTERM made the
@@ -221,17 +219,7 @@ class _RoutesTestCase(TestCase):
             self.addCleanup(upstream.stop)
         self.downPort = closedPort()
         self.writeConfig(second=False)
-        self.proxy: ProxyProcess
-        self.proxy, self.port = await spawnProxy(
-            self.reactor, ["--config", self.configPath], self.directory
-        )
-        self.addCleanup(self._stopProxy)
-
-    async def _stopProxy(self) -> None:
-        running = self.proxy.running
-        code = await self.proxy.terminate()
-        if running:
-            self.assertEqual(code, 0, f"SIGTERM gave {code}\n{self.proxy.output}")
+        await self.startProxy()
 
     def configText(self, second: bool) -> str:
         """
@@ -387,18 +375,6 @@ class _RoutesTestCase(TestCase):
             )
         finally:
             await client.close()
-
-    async def admin(self, command: str) -> dict[str, Any]:
-        """
-        The admin socket's answer to C{command}.
-        """
-        return await askAdmin(self.reactor, self.socketPath, command)
-
-    def assertNoTraceback(self) -> None:
-        """
-        The proxy logged no traceback so far.
-        """
-        self.assertNotIn("Traceback", self.proxy.output)
 
 
 class RouteMatchingTests(_RoutesTestCase):
