@@ -41,6 +41,7 @@ from revproxy.config import Config, loadConfig, parseConfig
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.listeners import GatedFactory, withBacklog
 from revproxy.proxy.connector import reactorConnector
+from revproxy.proxy.eager import EagerTLSFactory
 from revproxy.proxy.upstreamtls import UpstreamTLS, loadUpstreamTLS
 from revproxy.reload import Reloader
 from revproxy.service import (
@@ -436,7 +437,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         the test's reactor (see L{test_tlsUsesInjectedReactor}).
         """
         factory = self.tlsFactory()
-        self.assertIs(factory._clock, self.reactor)
+        self.assertIs(cast(EagerTLSFactory, factory).clock, self.reactor)
         return factory
 
     def connectTLS(
@@ -502,7 +503,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         tree was built with, not on the global reactor.
         """
         self.start()
-        self.assertIs(self.tlsFactory()._clock, self.reactor)
+        self.assertIs(cast(EagerTLSFactory, self.tlsFactory()).clock, self.reactor)
 
     def assertServesRuntime(self, top: RevProxyService) -> None:
         """

@@ -280,13 +280,13 @@ class _ConnectionFactory(ClientFactory):
         self.counter: ConnectionCounter | None = None
 
     def buildProtocol(self, addr: object) -> UpstreamConnection:
-        connection = UpstreamConnection(self.pool, self.key, self.pool._clock)
+        connection = UpstreamConnection(self.pool, self.key, self.pool.clock)
         connection.factory = self
         return connection
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self.uncount()
-        self.pool._connectFailed(self, reason)
+        self.pool.connectFailed(self, reason)
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         self.uncount()
@@ -383,7 +383,7 @@ class ConnectionPool:
         @param counter: Told of every upstream socket opened and closed.
         """
         self.counter = counter
-        self._clock = clock
+        self.clock = clock
         self._connect = connect
         self.idleTimeout = idleTimeout
         self.maxIdle = maxIdle
@@ -423,7 +423,7 @@ class ConnectionPool:
         host = self._host(key)
         if not fresh:
             idle = host.idle
-            now = self._clock.seconds()
+            now = self.clock.seconds()
             while idle:
                 connection = idle.pop()
                 if (
@@ -475,7 +475,7 @@ class ConnectionPool:
         except Exception:
             # A connector that raises (a bad address) must not leak the slot.
             factory.uncount()
-            self._connectFailed(factory, Failure())
+            self.connectFailed(factory, Failure())
         return factory
 
     # -- called by connections and factories
@@ -495,7 +495,11 @@ class ConnectionPool:
         host.active += 1
         waiter.connectionReady(connection)
 
-    def _connectFailed(self, factory: _ConnectionFactory, reason: Failure) -> None:
+    def connectFailed(self, factory: _ConnectionFactory, reason: Failure) -> None:
+        """
+        C{factory}'s connect failed (its factory tells the pool): its waiter
+        learns why, and the next in line gets a try.
+        """
         host = self._host(factory.key)
         host.connecting.discard(factory)
         waiter = factory.waiter
@@ -532,10 +536,10 @@ class ConnectionPool:
             connection.pool = _DETACHED
             connection.close()
             return
-        connection.idleSince = self._clock.seconds()
+        connection.idleSince = self.clock.seconds()
         host.idle.append(connection)
         if self._sweep is None:
-            self._sweep = self._clock.callLater(self.idleTimeout, self._sweepIdle)
+            self._sweep = self.clock.callLater(self.idleTimeout, self._sweepIdle)
 
     def detach(self, connection: UpstreamConnection) -> None:
         """
@@ -582,7 +586,7 @@ class ConnectionPool:
 
     def _sweepIdle(self) -> None:
         self._sweep = None
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         remaining = False
         for host in self._hosts.values():
             keep = []
@@ -595,7 +599,7 @@ class ConnectionPool:
             host.idle[:] = keep
             remaining = remaining or bool(keep)
         if remaining and not self._closed:
-            self._sweep = self._clock.callLater(self.idleTimeout / 2, self._sweepIdle)
+            self._sweep = self.clock.callLater(self.idleTimeout / 2, self._sweepIdle)
 
     def idleCount(self, key: PoolKey) -> int:
         """
