@@ -822,7 +822,7 @@ class AdminFactory(Factory["AdminProtocol"]):
                 answer=421,
             )
             return answer
-        rule = route.match(method.encode("ascii"), path.split("?", 1)[0].encode())
+        rule = route.match(method.encode("ascii"), path.encode())
         answer["method"] = method
         answer.update(explainRule(route, rule, path))
         answer["access"] = explainAccess(rule.access, clientIP)

@@ -223,7 +223,7 @@ class Router:
         route = None
         if site is not None:
             request.errorPages = site.errorPages
-            route = site.match(request.method, target.split(b"?", 1)[0])
+            route = site.match(request.method, target)
         else:
             request.errorPages = runtime.errorPages
         # The body limit first, before any byte of the body is asked for:

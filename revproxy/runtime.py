@@ -164,17 +164,18 @@ class SiteRoute:
     def default(self) -> bool:
         return self.config.default
 
-    def match(self, method: bytes, path: bytes) -> SiteRoute:
+    def match(self, method: bytes, target: bytes) -> SiteRoute:
         """
-        The route of a request for C{path} (without its query) with
-        C{method}: the exact C{path} route, else the longest matching
-        C{path_prefix}, else the site's own (among equals, the first
-        written).
+        The route of a request for C{target} (origin form; its query is not
+        matched) with C{method}: the exact C{path} route, else the longest
+        matching C{path_prefix}, else the site's own (among equals, the
+        first written).  A site without routes answers at once, without
+        looking at the target.
         """
         routes = self.routes
         if routes is None:
             return self
-        return routes.match(method, path) or self
+        return routes.match(method, target.split(b"?", 1)[0]) or self
 
 
 def _restricts(rules: AccessRules) -> bool:
