@@ -219,6 +219,7 @@ class Router:
         if found is None:
             return
         host, target = found
+        request.routedHost = host
         site = runtime.table.match(host)
         route = None
         if site is not None:

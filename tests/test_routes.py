@@ -30,7 +30,7 @@ strip_prefix = true
 rewrite_redirects = true
 upstreams = ["http://10.2.0.1:9000"]
 upstream_host = "api.internal"
-request_headers = { add = { X-Route = "api {path_suffix}" } }
+request_headers = { add = { X-Route = "api {path_suffix}", X-Route-Host = "{host}" } }
 
 [[sites.routes]]
 path_prefix = "/api/v2/"
@@ -124,6 +124,17 @@ class RoutesTests(SynchronousTestCase):
         self.assertEqual(request.values(b"x-forwarded-prefix"), [b"/api"])
         self.assertEqual(request.values(b"x-site"), [b"shop"])
         self.assertEqual(request.values(b"x-route"), [b"api users"])
+
+    def test_hostPlaceholder(self) -> None:
+        """
+        C{{host}} in a header rule is the host the request was routed by:
+        normalized, without its port.
+        """
+        self.get(b"/api/x", host=b"SHOP.example:8080")
+        upstream = self.proxy.upstream()
+        upstream.accept()
+        request = readRequest(upstream.transport.value())
+        self.assertEqual(request.values(b"x-route-host"), [b"shop.example"])
 
     def test_rewriteRedirects(self) -> None:
         """

@@ -246,6 +246,7 @@ class Exchange:
         "refusal",
         "relay",
         "requestID",
+        "routedHost",
         "runtime",
         "secure",
         "sentLength",
@@ -302,6 +303,9 @@ class Exchange:
         #: An HTTP/2 extended CONNECT's C{:protocol} (RFC 8441), else
         #: L{None}.
         self.protocol: bytes | None = None
+        #: The host the router routed this request by (normalized, without
+        #: a port), or L{None} (none yet, or an HTTP/1.0 request without).
+        self.routedHost: str | None = None
         #: The pages of revproxy's own answers for this request's site, by
         #: status (L{revproxy.runtime.SiteRoute.errorPages}).
         self.errorPages: dict[int, bytes] | None = None

@@ -297,13 +297,7 @@ class _Relay:
         The placeholder values of this request (for header rules).
         """
         request = self.request
-        host = request.header(b"host")
-        name = None
-        if host is not None:
-            name = (
-                host.decode("latin-1").rsplit(":", 1)[0] if b"]" not in host else None
-            )
-        return placeholderValues(request, self.route, name, self.uri)
+        return placeholderValues(request, self.route, request.routedHost, self.uri)
 
     def _upgradeOffered(self) -> bytes | None:
         """
