@@ -46,7 +46,7 @@ from tests.integration.support import (
     EXIT_TIMEOUT,
     START_TIMEOUT,
     IIntegrationReactor,
-    closedPort,
+    closedPorts,
     exitCode,
     getReactor,
     waitFor,
@@ -121,10 +121,14 @@ class Pebble:
         self.tlsPort = tlsPort
         self.authzReuse = authzReuse
         self.environment = dict(environment or {})
-        self.listenPort = closedPort()
-        self.managementPort = closedPort()
-        self.dnsPort = closedPort()
-        self.dnsManagementPort = closedPort()
+        # Four different ports: picked one at a time, two could be the same
+        # (pebble then failed to bind one that its DNS server had taken).
+        (
+            self.listenPort,
+            self.managementPort,
+            self.dnsPort,
+            self.dnsManagementPort,
+        ) = closedPorts(4)
         self.directoryURL = f"https://127.0.0.1:{self.listenPort}/dir"
         self.managementURL = f"https://127.0.0.1:{self.managementPort}"
         self.caFile = os.path.join(directory, "ca.pem")

@@ -126,6 +126,21 @@ def closedPort() -> int:
         return int(s.getsockname()[1])
 
 
+def closedPorts(count: int) -> list[int]:
+    """
+    C{count} different loopback ports nothing listens on: all bound at once
+    (so that the kernel cannot hand one out twice), then closed.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def exitCode(reason: Failure) -> int:
     """
     A process's exit status from the reason C{processEnded} got: negative
