@@ -713,6 +713,8 @@ class Config:
 
     @ivar path: The file it was loaded from (L{loadConfig}), else C{""}.
     @ivar source_sha256: Hex SHA-256 of that file's bytes, else C{""}.
+    @ivar source: That file's bytes, else C{b""} (worker processes are sent
+        exactly the bytes the supervisor validated).
     """
 
     server: ServerConfig
@@ -722,6 +724,7 @@ class Config:
     sites: tuple[SiteConfig, ...]
     path: str = ""
     source_sha256: str = ""
+    source: bytes = attrs.field(default=b"", eq=False, repr=False)
 
 
 def parseConfig(text: str, *, baseDir: str | None = None) -> Config:
@@ -761,6 +764,17 @@ def loadConfig(path: str) -> Config:
         raise ConfigFileError(
             f"{path}: cannot read the config file: {_reason(e)}"
         ) from None
+    return configFromBytes(data, path)
+
+
+def configFromBytes(data: bytes, path: str) -> Config:
+    """
+    Parse and validate C{data}, the bytes of the config file at C{path}
+    (relative file paths in it are relative to that file's directory).
+
+    @raise ConfigError: when the bytes are not UTF-8 or the config is
+        invalid.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -772,7 +786,10 @@ def loadConfig(path: str) -> Config:
         baseDir=os.path.dirname(os.path.abspath(path)),
     )
     return attrs.evolve(
-        config, path=path, source_sha256=hashlib.sha256(data).hexdigest()
+        config,
+        path=path,
+        source_sha256=hashlib.sha256(data).hexdigest(),
+        source=data,
     )
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as listener
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -33,7 +33,8 @@ from revproxy.acme.challenges import ChallengeStore
 from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
-from revproxy.config import Config, allUpstreams
+from revproxy.certificates import LoadedCertificate
+from revproxy.config import Config, SiteConfig, allUpstreams
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
 from revproxy.interfaces import IRevProxyReactor
@@ -68,6 +69,42 @@ from revproxy.tls import HandshakeDeadline, RefusalLog, SNIContextFactory, TLSFi
 from revproxy.upstreamhealth import HealthMonitor
 
 _log = Logger()
+
+
+class HealthStates(Protocol):
+    """
+    Where the request path reads the upstreams' health from: the checks
+    themselves (L{HealthMonitor}), or, in a worker process, what the
+    supervisor's checks found.
+    """
+
+    def states(self) -> Iterable[tuple[str, str, bool]]:
+        """
+        C{(site, upstream url, healthy)} for every checked upstream.
+        """
+
+
+class AcmeCertificates(Protocol):
+    """
+    The ACME sites' certificates as the request path and the HTTPS
+    listeners need them: the manager itself (L{AcmeManager}), or, in a
+    worker process, what the supervisor's manager sent.
+    """
+
+    def certificates(self) -> dict[str, LoadedCertificate]:
+        """
+        The certificate each ACME site serves now, by site name.
+        """
+
+    def isIssued(self, site: str) -> bool:
+        """
+        Whether C{site} has its certificate from the CA.
+        """
+
+    def updateSites(self, sites: Sequence[SiteConfig]) -> object:
+        """
+        Follow a new config's sites.
+        """
 
 
 class RevProxyService(MultiService):
@@ -167,9 +204,9 @@ def buildService(
     )
     reloader.setName("reloader")
     reloader.setServiceParent(top)
-    operations(config, reactor, path, reloader, health, termination).setServiceParent(
-        top
-    )
+    operations(
+        config, reactor, path, reloader, health, termination, manager
+    ).setServiceParent(top)
     signals(reactor, reloader, path.observer).setServiceParent(top)
     # Added last, so it is the first child asked to stop: STOPPING=1 goes
     # out as the graceful shutdown begins, before the drain.
@@ -290,9 +327,9 @@ def requestPath(
     config: Config,
     reactor: IRevProxyReactor,
     holder: RuntimeHolder,
-    health: HealthMonitor,
+    health: HealthStates,
     challenges: ChallengeStore,
-    manager: AcmeManager | None,
+    manager: AcmeCertificates | None,
 ) -> RequestPath:
     """
     The request path for C{config}, serving C{holder}'s runtime: routing,
@@ -409,7 +446,7 @@ class PasswordThreads:
 
 
 def _upstreamHealth(
-    health: HealthMonitor, runtime: Runtime
+    health: HealthStates, runtime: Runtime
 ) -> list[tuple[str, str, bool]]:
     """
     C{(site, upstream url, healthy)} for every upstream of C{runtime}.
@@ -423,18 +460,34 @@ def _upstreamHealth(
 
 
 def httpListeners(
-    config: Config, reactor: IRevProxyReactor, path: RequestPath
+    config: Config,
+    reactor: IRevProxyReactor,
+    path: RequestPath,
+    endpoints: Sequence[IStreamServerEndpoint] | None = None,
 ) -> MultiService:
     """
     The plain HTTP listeners, under one C{"http"} service.
+
+    @param endpoints: where to listen; C{server.listen_http}'s endpoints
+        if not given (a worker process gives the sockets it was passed).
     """
     listeners = MultiService()
     listeners.setName("http")
-    for description in config.server.listen_http:
-        Listener(
-            serverFromString(reactor, withBacklog(description)), path.tracker, path.gate
-        ).setServiceParent(listeners)
+    if endpoints is None:
+        endpoints = listenEndpoints(reactor, config.server.listen_http)
+    for endpoint in endpoints:
+        Listener(endpoint, path.tracker, path.gate).setServiceParent(listeners)
     return listeners
+
+
+def listenEndpoints(
+    reactor: IRevProxyReactor, descriptions: Iterable[str]
+) -> list[IStreamServerEndpoint]:
+    """
+    The server endpoints of listener C{descriptions}, with nginx's backlog
+    where they set none.
+    """
+    return [serverFromString(reactor, withBacklog(d)) for d in descriptions]
 
 
 def _http2Available() -> bool:
@@ -465,7 +518,7 @@ class TLSTermination(MultiService):
     def __init__(
         self,
         holder: RuntimeHolder,
-        manager: AcmeManager,
+        manager: AcmeCertificates,
         contexts: SNIContextFactory,
         refusals: RefusalLog,
     ) -> None:
@@ -524,7 +577,7 @@ def _publish(termination: TLSTermination | None) -> None:
         termination.publish()
 
 
-def _served(manager: AcmeManager, runtime: Runtime) -> TLSFiles:
+def _served(manager: AcmeCertificates, runtime: Runtime) -> TLSFiles:
     """
     The certificate files of C{runtime} and the ACME sites' certificates
     (issued or placeholder).
@@ -535,7 +588,9 @@ def _served(manager: AcmeManager, runtime: Runtime) -> TLSFiles:
     )
 
 
-def _expiries(manager: AcmeManager, runtime: Runtime) -> list[tuple[str, str, float]]:
+def _expiries(
+    manager: AcmeCertificates, runtime: Runtime
+) -> list[tuple[str, str, float]]:
     """
     C{(site, source, not_after)} for every certificate served.
     """
@@ -552,12 +607,16 @@ def tlsTermination(
     reactor: IRevProxyReactor,
     path: RequestPath,
     challenges: ChallengeStore,
-    manager: AcmeManager,
+    manager: AcmeCertificates,
+    endpoints: Sequence[IStreamServerEndpoint] | None = None,
 ) -> TLSTermination:
     """
     The HTTPS listeners for C{config}: TLS chosen by SNI (with TLS-ALPN-01
     answers from C{challenges}), then HTTP/1.1 or HTTP/2 by ALPN into
     C{path}.
+
+    @param endpoints: where to listen; C{server.listen_https}'s endpoints
+        if not given.
     """
     contexts = SNIContextFactory(
         _served(manager, path.holder.current).certificates,
@@ -572,10 +631,10 @@ def tlsTermination(
         HandshakeDeadline(path.tracker, reactor, config.server.handshake_timeout_secs),
         reactor,
     )
-    for description in config.server.listen_https:
-        Listener(
-            serverFromString(reactor, withBacklog(description)), factory, path.gate
-        ).setServiceParent(termination)
+    if endpoints is None:
+        endpoints = listenEndpoints(reactor, config.server.listen_https)
+    for endpoint in endpoints:
+        Listener(endpoint, factory, path.gate).setServiceParent(termination)
     return termination
 
 
@@ -624,6 +683,7 @@ def operations(
     reloader: Reloader,
     health: HealthMonitor,
     termination: TLSTermination | None,
+    manager: AcmeManager | None,
 ) -> MultiService:
     """
     What operators drive and read: the admin socket (C{"admin"}), and,
@@ -639,7 +699,7 @@ def operations(
                 reloader,
                 reactor,
                 reactor.seconds(),
-                certificates=None if termination is None else termination.manager,
+                certificates=manager,
                 servedTLS=None if termination is None else termination.served,
                 operations=Operations(
                     limiter=path.limiter,
