@@ -71,6 +71,9 @@ _DEFAULT_TUNNEL_DRAIN_SECS = 30.0
 _MAX_BODY_BYTES = 2**40
 _MAX_TIMEOUT_SECS = 86400
 _MAX_SHUTDOWN_TIMEOUT_SECS = 3600
+#: The most worker processes C{[server] workers} may ask for (and the cap
+#: of C{"auto"}).
+MAX_WORKERS = 256
 _MAX_REQUESTS_PER_SECOND = 1e6
 _MAX_BURST = 10**7
 _MAX_TUNNEL_IDLE_TIMEOUT_SECS = 7 * 86400
@@ -112,6 +115,7 @@ _SERVER_KEYS = (
     "ops_listen",
     "state_dir",
     "shutdown_timeout_secs",
+    "workers",
     "trusted_proxies",
     "tls_min_version",
     "http2",
@@ -521,6 +525,12 @@ class ServerConfig:
     ops_listen: str = "tcp:9901:interface=127.0.0.1"
     state_dir: str = "/var/lib/revproxy"
     shutdown_timeout_secs: float = 30.0
+    #: How many worker processes run the request path: the count, with
+    #: C{"auto"} already resolved to the usable cores (L{usableCores}).
+    workers: int = 1
+    #: Whether C{workers} was written as C{"auto"}, for messages only
+    #: (reloads compare the resolved count).
+    workers_auto: bool = False
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls_min_version: str = "1.2"
     http2: bool = True
@@ -859,6 +869,17 @@ def quickConfig(listen: str, to: str) -> Config:
             SiteConfig(name="default", hosts=(), upstreams=(upstream,), default=True),
         ),
     )
+
+
+def usableCores() -> int:
+    """
+    What C{workers = "auto"} means: the cores this process may run on
+    (C{os.sched_getaffinity}, or C{os.cpu_count} where that does not
+    exist), at most L{MAX_WORKERS}.
+    """
+    getAffinity = getattr(os, "sched_getaffinity", None)
+    count = len(getAffinity(0)) if getAffinity is not None else os.cpu_count() or 1
+    return max(1, min(count, MAX_WORKERS))
 
 
 def endpointPort(description: str) -> int | None:
@@ -1523,6 +1544,7 @@ class _Parser:
             0,
             _MAX_SHUTDOWN_TIMEOUT_SECS,
         )
+        workers, workersAuto = self._workers(table, base)
         trusted = self._trustedProxies(table)
         tlsMinVersion = table.choice(
             "tls_min_version", base.tls_min_version, _TLS_VERSIONS
@@ -1536,6 +1558,8 @@ class _Parser:
             ops_listen=_or(opsListen, base.ops_listen),
             state_dir=_or(stateDir, base.state_dir),
             shutdown_timeout_secs=_or(shutdownTimeout, base.shutdown_timeout_secs),
+            workers=_or(workers, base.workers),
+            workers_auto=workersAuto,
             trusted_proxies=trusted,
             tls_min_version=_or(tlsMinVersion, base.tls_min_version),
             http2=_or(http2, base.http2),
@@ -1597,6 +1621,33 @@ class _Parser:
                 "would not listen anywhere",
             )
         return listenHTTP, listenHTTPS, opsListen
+
+    def _workers(self, table: _Table, base: ServerConfig) -> tuple[int | None, bool]:
+        """
+        Read C{workers}: an integer from 1 to L{MAX_WORKERS}, or C{"auto"},
+        resolved here to L{usableCores}.
+
+        @return: the count (L{None} where invalid), and whether it was
+            C{"auto"}.
+        """
+        if not table.has("workers"):
+            return base.workers, False
+        value = table.get("workers")
+        if value == "auto":
+            return usableCores(), True
+        if isinstance(value, bool) or not isinstance(value, int):
+            table.error(
+                "workers", f'expected an integer or "auto", got {_describe(value)}'
+            )
+            return None, False
+        if _rangeProblem(value, 1, MAX_WORKERS) is not None:
+            table.error(
+                "workers",
+                f'must be between 1 and {MAX_WORKERS} or "auto", '
+                f"got {_formatNumber(value)}",
+            )
+            return None, False
+        return value, False
 
     def _trustedProxies(
         self, table: _Table

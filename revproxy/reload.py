@@ -36,6 +36,11 @@ _log = Logger()
 #: The tables whose keys are read once, at start-up.
 STATIC_TABLES = ("server", "acme")
 
+#: Fields of the static tables that only say how a key was written, not what
+#: runs: C{workers = "auto"} and the same count written as a number run the
+#: same workers, so only the resolved C{server.workers} is compared.
+_NOT_COMPARED = frozenset({"server.workers_auto"})
+
 
 def staticChanges(old: Config, new: Config) -> list[str]:
     """
@@ -47,8 +52,11 @@ def staticChanges(old: Config, new: Config) -> list[str]:
         before = getattr(old, table)
         after = getattr(new, table)
         for field in attrs.fields(type(before)):
+            key = f"{table}.{field.name}"
+            if key in _NOT_COMPARED:
+                continue
             if getattr(before, field.name) != getattr(after, field.name):
-                changed.append(f"{table}.{field.name}")
+                changed.append(key)
     return changed
 
 

@@ -96,6 +96,13 @@ class Options(usage.Options):
         if self["check"]:
             for warning in configWarnings(config) + list(tls.warnings):
                 print(f"revproxy: warning: {warning}", file=self.stdout)
+            server = config.server
+            if server.workers > 1:
+                auto = " (auto)" if server.workers_auto else ""
+                print(
+                    f"revproxy: {server.workers} worker processes{auto}",
+                    file=self.stdout,
+                )
             print(
                 f"revproxy: the configuration file {self['config'] or '(quick mode)'} "
                 f"syntax is ok; {len(config.sites)} site(s)\n"

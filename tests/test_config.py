@@ -1735,6 +1735,108 @@ class ServerTLSSettingsTests(ParseTestCase):
         )
 
 
+class WorkersTests(ParseTestCase):
+    """
+    Tests for C{server.workers}: a count from 1 to 256, or C{"auto"}.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without the key, there is one process, not written as C{"auto"}.
+        """
+        for text in (document(), document(server={})):
+            server = parseConfig(text).server
+            self.assertEqual((server.workers, server.workers_auto), (1, False))
+
+    def test_count(self) -> None:
+        """
+        An integer is the count of workers, from 1 to 256.
+        """
+        for count in (1, 4, 256):
+            server = parseConfig(document(server={"workers": count})).server
+            self.assertEqual((server.workers, server.workers_auto), (count, False))
+
+    def test_auto(self) -> None:
+        """
+        C{"auto"} is resolved at parse time to the usable cores,
+        C{len(os.sched_getaffinity(0))}, and remembered as written.
+        """
+        server = parseConfig(document(server={"workers": "auto"})).server
+        self.assertEqual(
+            (server.workers, server.workers_auto),
+            (min(len(os.sched_getaffinity(0)), 256), True),
+        )
+
+    def test_autoAffinity(self) -> None:
+        """
+        C{"auto"} counts the cores the process may run on, not all of them.
+        """
+        self.patch(os, "sched_getaffinity", lambda pid: {0, 2, 5})
+        self.patch(os, "cpu_count", lambda: 64)
+        self.assertEqual(
+            parseConfig(document(server={"workers": "auto"})).server.workers, 3
+        )
+
+    def test_autoWithoutAffinity(self) -> None:
+        """
+        Where C{os.sched_getaffinity} does not exist, C{"auto"} is
+        C{os.cpu_count()}, or 1 when that is unknown.
+        """
+        self.patch(os, "sched_getaffinity", None)
+        for cpus, expected in ((6, 6), (None, 1)):
+            self.patch(os, "cpu_count", lambda cpus=cpus: cpus)
+            server = parseConfig(document(server={"workers": "auto"})).server
+            self.assertEqual((server.workers, server.workers_auto), (expected, True))
+
+    def test_autoCapped(self) -> None:
+        """
+        C{"auto"} on a machine with more than 256 usable cores is 256.
+        """
+        self.patch(os, "sched_getaffinity", lambda pid: set(range(300)))
+        self.assertEqual(
+            parseConfig(document(server={"workers": "auto"})).server.workers, 256
+        )
+
+    def test_outOfRange(self) -> None:
+        """
+        A count outside 1 to 256 is one error naming the key, the range and
+        C{"auto"}.
+        """
+        for count in (0, 257, -1):
+            self.assertErrors(
+                document(server={"workers": count}),
+                f'server.workers: must be between 1 and 256 or "auto", got {count}',
+            )
+
+    def test_wrongType(self) -> None:
+        """
+        A boolean, a float or another string is one error naming the key and
+        the value.
+        """
+        for value, described in (
+            (True, "boolean true"),
+            (1.5, "float 1.5"),
+            (4.0, "float 4"),
+            ("many", 'string "many"'),
+            ("AUTO", 'string "AUTO"'),
+            ([4], "array"),
+        ):
+            self.assertErrors(
+                document(server={"workers": value}),
+                f'server.workers: expected an integer or "auto", got {described}',
+            )
+
+    def test_onlyInServer(self) -> None:
+        """
+        Written in a site, C{workers} is an unknown key that says where it
+        belongs.
+        """
+        self.assertErrors(
+            document(site(workers=4)),
+            "sites[0].workers: unknown key (it belongs in [server])",
+        )
+
+
 class HSTSTests(ParseTestCase):
     """
     Tests for a site's C{hsts_max_age_secs}.
@@ -2396,6 +2498,7 @@ class QuickConfigTests(SynchronousTestCase):
         self.assertEqual(config.server.listen_https, ())
         self.assertEqual(config.server.admin_socket_path, "")
         self.assertEqual(config.server.ops_listen, "")
+        self.assertEqual(config.server.workers, 1)
         self.assertEqual(
             config.sites,
             (
@@ -2511,6 +2614,7 @@ _KNOWN_KEYS = [
     "upstream_tls_verify",
     "tls_min_version",
     "http2",
+    "workers",
     "health_check",
     "default",
     "requests_per_second",

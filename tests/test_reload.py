@@ -195,6 +195,17 @@ class ReloaderTests(ReloaderCase):
         assert route is not None
         self.assertEqual(route.config.upstreams[0].port, 9005)
 
+    def test_workersWaitForRestart(self) -> None:
+        """
+        A changed C{workers} is listed once, as C{server.workers}, and keeps
+        its running value until a restart.
+        """
+        self.write(BASE.replace('ops_listen = ""', 'ops_listen = ""\nworkers = 4'))
+        answer = self.reload()
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(answer["restart_required"], ["server.workers"])
+        self.assertEqual(self.holder.current.config.server.workers, 1)
+
     def test_checkChangesNothing(self) -> None:
         """
         C{check} answers the same diff as a reload would, without swapping.
@@ -400,6 +411,42 @@ class DiffTests(SynchronousTestCase):
         self.assertEqual(
             staticChanges(old, new), ["server.admin_socket_path", "acme.email"]
         )
+
+    def test_workersChanged(self) -> None:
+        """
+        A changed C{workers} is named C{server.workers}, also when it goes
+        to or from C{"auto"}; C{workers_auto} is never named on its own.
+        """
+        from revproxy.config import parseConfig
+
+        def withWorkers(value: str) -> Config:
+            self.patch(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+            return parseConfig(
+                BASE.replace('ops_listen = ""', f'ops_listen = ""\nworkers = {value}')
+            )
+
+        one, four, auto = parseConfig(BASE), withWorkers("4"), withWorkers('"auto"')
+        self.assertEqual(staticChanges(one, four), ["server.workers"])
+        self.assertEqual(staticChanges(four, auto), ["server.workers"])
+        self.assertEqual(staticChanges(auto, one), ["server.workers"])
+
+    def test_workersAutoSameCount(self) -> None:
+        """
+        C{"auto"} and the count it resolves to run the same workers: no
+        restart is asked for when one replaces the other.
+        """
+        from revproxy.config import parseConfig
+
+        self.patch(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+        auto = parseConfig(
+            BASE.replace('ops_listen = ""', 'ops_listen = ""\nworkers = "auto"')
+        )
+        three = parseConfig(
+            BASE.replace('ops_listen = ""', 'ops_listen = ""\nworkers = 3')
+        )
+        self.assertTrue(auto.server.workers_auto)
+        self.assertEqual(staticChanges(auto, three), [])
+        self.assertEqual(staticChanges(three, auto), [])
 
     def test_noChanges(self) -> None:
         """

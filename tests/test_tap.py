@@ -166,6 +166,38 @@ class CheckTests(_OptionsTestCase):
         )
         self.assertIn("configuration test is successful", lines[-1])
 
+    def test_workers(self) -> None:
+        """
+        With more than one worker, the success output says how many, and
+        C{(auto)} when the file says C{"auto"}.
+        """
+        server = 'ops_listen = ""\n'
+        for setting, line in (
+            ("workers = 4\n", "revproxy: 4 worker processes"),
+            ('workers = "auto"\n', "revproxy: 3 worker processes (auto)"),
+        ):
+            self.patch(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+            path = self.writeFile(GOOD.replace(server, server + setting))
+            options = self.options()
+            self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
+            lines = self.out(options).splitlines()
+            self.assertIn(line, lines)
+            self.assertIn("configuration test is successful", lines[-1])
+            self.assertEqual(self.err(options), "")
+
+    def test_oneWorkerNotMentioned(self) -> None:
+        """
+        One worker (the default, or C{"auto"} on one usable core) adds no
+        line to the success output.
+        """
+        server = 'ops_listen = ""\n'
+        self.patch(os, "sched_getaffinity", lambda pid: {0})
+        for setting in ("", "workers = 1\n", 'workers = "auto"\n'):
+            path = self.writeFile(GOOD.replace(server, server + setting))
+            options = self.options()
+            self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
+            self.assertNotIn("worker", self.out(options))
+
     def test_bad(self) -> None:
         """
         An invalid file: exit 1, and each problem on its own line of
