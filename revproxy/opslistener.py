@@ -7,13 +7,16 @@ Prometheus, on twisted.web (loopback by default).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from revproxy.admin import healthzBody
 from revproxy.metrics import Metrics
@@ -22,6 +25,8 @@ _NOT_FOUND = b"404 Not Found: this listener serves /healthz and /metrics\n"
 _NOT_ALLOWED = b"405 Method Not Allowed: use GET or HEAD\n"
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
+
+_log = Logger()
 
 
 class OpsResource(Resource):
@@ -40,15 +45,24 @@ class OpsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, metrics: Metrics, draining: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        draining: Callable[[], bool],
+        collect: Callable[[], Deferred[Any]] | None = None,
+    ) -> None:
         """
         @param draining: whether the proxy is shutting down.
+        @param collect: gathers the registry to answer C{/metrics} from,
+            when it is not C{metrics}' own (a supervisor's, summed from its
+            workers).
         """
         super().__init__()
         self.metrics = metrics
         self.draining = draining
+        self.collect = collect
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         """
         Answer C{request}.
         """
@@ -67,8 +81,34 @@ class OpsResource(Resource):
         encoder, contentType = choose_encoder(
             "" if accept is None else accept.decode("latin-1")
         )
-        body = encoder(self.metrics.registry)
-        return self._answer(request, 200, contentType.encode("ascii"), body)
+        if self.collect is None:
+            assert self.metrics is not None
+            body = encoder(self.metrics.registry)
+            return self._answer(request, 200, contentType.encode("ascii"), body)
+
+        gone: list[bool] = []
+        cast(Request, request).notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def collected(registry: Any) -> None:
+            if gone:
+                return
+            body = self._answer(
+                request, 200, contentType.encode("ascii"), encoder(registry)
+            )
+            request.write(body)
+            request.finish()
+
+        def failed(reason: Failure) -> None:
+            _log.failure("Collecting the metrics failed", reason)
+            if gone:
+                return
+            request.write(
+                self._answer(request, 503, _TEXT, b"503: metrics unavailable\n")
+            )
+            request.finish()
+
+        self.collect().addCallback(collected).addErrback(failed)
+        return NOT_DONE_YET
 
     def _answer(
         self, request: IRequest, code: int, contentType: bytes, body: bytes
@@ -99,16 +139,22 @@ class _OpsSite(Site):
         """
 
 
-def opsSite(metrics: Metrics, draining: Callable[[], bool], reactor: Any) -> Site:
+def opsSite(
+    metrics: Metrics | None,
+    draining: Callable[[], bool],
+    reactor: Any,
+    collect: Callable[[], Deferred[Any]] | None = None,
+) -> Site:
     """
     The L{Site} to serve on C{ops_listen}.
 
     @param draining: whether the proxy is shutting down (C{/healthz} then
         answers 503).
     @param reactor: the reactor, for the site's clock (idle timeouts).
+    @param collect: see L{OpsResource}.
     """
     return _OpsSite(
-        OpsResource(metrics, draining),
+        OpsResource(metrics, draining, collect),
         reactor=reactor,
         parsePOSTFormSubmission=False,
     )

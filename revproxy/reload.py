@@ -12,13 +12,14 @@ until a restart, and the answer says which of them changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from revproxy.config import (
@@ -163,10 +164,14 @@ class IReloadFollower(Interface):
         and nothing is swapped.
         """
 
-    def follow(runtime: Runtime) -> None:
+    def follow(runtime: Runtime) -> Deferred[Sequence[str]] | None:
         """
         C{runtime} is now current (called in the same reactor turn as the
         swap).  Raising makes the reload partially applied.
+
+        A follower whose part applies it elsewhere (worker processes)
+        returns a L{Deferred} that fires with what failed there, by name
+        (the reload is then partially applied); the answer waits for it.
         """
 
     def reloadEnded(result: ReloadResult) -> None:
@@ -190,7 +195,7 @@ class ReloadFollower:
     def prepare(self, runtime: Runtime) -> None:
         pass
 
-    def follow(self, runtime: Runtime) -> None:
+    def follow(self, runtime: Runtime) -> Deferred[Sequence[str]] | None:
         pass
 
     def reloadEnded(self, result: ReloadResult) -> None:
@@ -246,7 +251,7 @@ class Reloader(Service):
         """
         return self._lock.run(self._reloadOnce, source)
 
-    def _reloadOnce(self, source: str) -> ReloadResult:
+    def _reloadOnce(self, source: str) -> Deferred[ReloadResult]:
         # The followers are told while the lock is held: releasing it runs
         # the next waiting reload at once, and each reload's start and
         # result must reach them in order (systemd pairs RELOADING=1 with
@@ -256,13 +261,18 @@ class Reloader(Service):
                 follower.reloadStarting(source)
             except Exception:
                 _log.failure("A reload follower ({part}) failed", part=follower.part)
-        result = self._once(source, True)
-        for follower in self.followers:
-            try:
-                follower.reloadEnded(result)
-            except Exception:
-                _log.failure("A reload follower ({part}) failed", part=follower.part)
-        return result
+
+        def ended(result: ReloadResult) -> ReloadResult:
+            for follower in self.followers:
+                try:
+                    follower.reloadEnded(result)
+                except Exception:
+                    _log.failure(
+                        "A reload follower ({part}) failed", part=follower.part
+                    )
+            return result
+
+        return self._once(source, True).addCallback(ended)
 
     def check(self) -> Deferred[ReloadResult]:
         """
@@ -271,17 +281,25 @@ class Reloader(Service):
         """
         return self._lock.run(self._once, "check", False)
 
-    def _once(self, source: str, apply: bool) -> ReloadResult:
-        try:
-            return self._attempt(source, apply)
-        except Exception as e:
+    def _once(self, source: str, apply: bool) -> Deferred[ReloadResult]:
+        def unexpected(reason: Failure) -> ReloadResult:
             _log.failure(
                 "Reload ({source}) failed unexpectedly; nothing was applied",
+                reason,
                 source=source,
             )
-            return Refused("internal", f"internal error: {e}")
+            return Refused("internal", f"internal error: {reason.value}")
 
-    def _attempt(self, source: str, apply: bool) -> ReloadResult:
+        attempt: Deferred[ReloadResult] = maybeDeferred(
+            self._attempt,  # type: ignore[arg-type]
+            source,
+            apply,
+        )
+        return attempt.addErrback(unexpected)
+
+    def _attempt(
+        self, source: str, apply: bool
+    ) -> ReloadResult | Deferred[ReloadResult]:
         verb = "Reload" if apply else "Check"
         if not self.configPath:
             return Refused(
@@ -320,7 +338,36 @@ class Reloader(Service):
                 warnings,
                 wouldBeGeneration=runtime.generation,
             )
-        failed = self._swap(source, runtime)
+        failed, elsewhere = self._swap(source, runtime)
+        if elsewhere:
+            # Parts that apply it elsewhere (worker processes): the answer
+            # waits for them.
+            return gatherResults(elsewhere).addCallback(
+                lambda more: self._applied(
+                    source,
+                    runtime,
+                    config,
+                    sites,
+                    restart,
+                    warnings,
+                    failed + tuple(name for names in more for name in names),
+                )
+            )
+        return self._applied(source, runtime, config, sites, restart, warnings, failed)
+
+    def _applied(
+        self,
+        source: str,
+        runtime: Runtime,
+        config: Config,
+        sites: SiteChanges,
+        restart: list[str],
+        warnings: tuple[str, ...],
+        failed: tuple[str, ...],
+    ) -> Applied:
+        """
+        Log and answer a reload that swapped C{runtime} in.
+        """
         for warning in warnings:
             _log.warn("{problem}", problem=warning)
         _log.info(
@@ -389,19 +436,23 @@ class Reloader(Service):
             )
         return config
 
-    def _swap(self, source: str, runtime: Runtime) -> tuple[str, ...]:
+    def _swap(
+        self, source: str, runtime: Runtime
+    ) -> tuple[tuple[str, ...], list[Deferred[Sequence[str]]]]:
         """
         Make C{runtime} current, with its followers.
 
-        @return: the names of the followers that failed after the swap.
+        @return: the names of the followers that failed after the swap, and
+            what the followers that apply it elsewhere will say failed.
         """
         for follower in self.followers:
             follower.prepare(runtime)
         self.holder.current = runtime
         failed = []
+        elsewhere: list[Deferred[Sequence[str]]] = []
         for follower in self.followers:
             try:
-                follower.follow(runtime)
+                later = follower.follow(runtime)
             except Exception:
                 _log.failure(
                     "After reload ({source}): a follower ({part}) failed",
@@ -409,7 +460,24 @@ class Reloader(Service):
                     part=follower.part,
                 )
                 failed.append(str(follower.part))
-        return tuple(failed)
+            else:
+                if later is not None:
+                    elsewhere.append(later.addErrback(self._lost, source, follower))
+        return tuple(failed), elsewhere
+
+    def _lost(
+        self, reason: Failure, source: str, follower: IReloadFollower
+    ) -> Sequence[str]:
+        """
+        A follower's L{Deferred} failed: its whole part failed.
+        """
+        _log.failure(
+            "After reload ({source}): a follower ({part}) failed",
+            reason,
+            source=source,
+            part=follower.part,
+        )
+        return [str(follower.part)]
 
     def _refused(
         self, verb: str, source: str, code: str, what: str, errors: list[str]

@@ -719,6 +719,7 @@ class RegistryTests(SynchronousTestCase):
             b"accept", b"application/openmetrics-text; version=1.0.0"
         )
         body = resource.render(request)
+        assert isinstance(body, bytes)
         self.assertTrue(body.endswith(b"# EOF\n"))
         parsed = {
             family.name: family
@@ -1345,6 +1346,7 @@ class OpsResourceTests(SynchronousTestCase):
         resource = OpsResource(self.metrics, lambda: False)
         request = dummyRequest(b"/healthz")
         body = resource.render(request)
+        assert isinstance(body, bytes)
         self.assertEqual(request.responseCode, 200)
         self.assertEqual(json.loads(body), {"status": "ok"})
         self.assertEqual(
