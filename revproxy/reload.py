@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredLock,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -290,12 +296,11 @@ class Reloader(Service):
             )
             return Refused("internal", f"internal error: {reason.value}")
 
-        attempt: Deferred[ReloadResult] = maybeDeferred(
-            self._attempt,  # type: ignore[arg-type]
-            source,
-            apply,
-        )
-        return attempt.addErrback(unexpected)
+        def attempt() -> Deferred[ReloadResult]:
+            result = self._attempt(source, apply)
+            return result if isinstance(result, Deferred) else succeed(result)
+
+        return maybeDeferred(attempt).addErrback(unexpected)
 
     def _attempt(
         self, source: str, apply: bool
