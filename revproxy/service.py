@@ -198,19 +198,24 @@ def buildService(
         configPath,
         holder,
         reactor,
-        [_HealthFollower(health), path, path.tunnels]
+        [HealthFollower(health), path, path.tunnels]
         + ([] if termination is None else [termination])
-        + [_SystemdFollower(notifier, holder)],
+        + [SystemdFollower(notifier, holder)],
     )
     reloader.setName("reloader")
     reloader.setServiceParent(top)
     operations(
         config, reactor, path, reloader, health, termination, manager
     ).setServiceParent(top)
-    signals(reactor, reloader, path.observer).setServiceParent(top)
+
+    def reopenLogs() -> None:
+        _log.info("SIGUSR1: reopening the access log")
+        path.observer.reopen()
+
+    signals(reactor, reloader, reopenLogs).setServiceParent(top)
     # Added last, so it is the first child asked to stop: STOPPING=1 goes
     # out as the graceful shutdown begins, before the drain.
-    notice = _SystemdNotice(
+    notice = SystemdNotice(
         notifier,
         reactor,
         lambda: servingStatus(
@@ -638,7 +643,7 @@ def tlsTermination(
     return termination
 
 
-class _HealthFollower(ReloadFollower):
+class HealthFollower(ReloadFollower):
     """
     Moves the upstream health checks to each new runtime's sites.
     """
@@ -655,7 +660,7 @@ class _HealthFollower(ReloadFollower):
         self.health.update(runtime.table.sites)
 
 
-class _SystemdFollower(ReloadFollower):
+class SystemdFollower(ReloadFollower):
     """
     Tells systemd when a reload begins and how it ended.
     """
@@ -764,7 +769,7 @@ class _AccessLogService(Service):
 
 
 def signals(
-    reactor: IRevProxyReactor, reloader: Reloader, observer: RequestObserver
+    reactor: IRevProxyReactor, reloader: Reloader, reopenLogs: Callable[[], None]
 ) -> SignalRelay:
     """
     The signals an operator sends: SIGTERM and SIGINT stop gracefully,
@@ -781,10 +786,6 @@ def signals(
     def reload() -> None:
         reloader.reload("SIGHUP")
 
-    def reopenLogs() -> None:
-        _log.info("SIGUSR1: reopening the access log")
-        observer.reopen()
-
     relay = SignalRelay(
         reactor,
         {
@@ -798,7 +799,7 @@ def signals(
     return relay
 
 
-class _SystemdNotice(Service):
+class SystemdNotice(Service):
     """
     Tells systemd (C{READY=1}) that the proxy serves once the reactor runs:
     every listener is bound by then (they bind in C{privilegedStartService},
@@ -812,8 +813,14 @@ class _SystemdNotice(Service):
         reactor: IRevProxyReactor,
         status: Callable[[], str],
         timeout: float,
+        whenServing: Callable[[], Deferred[None]] | None = None,
     ) -> None:
+        """
+        @param whenServing: fires when the proxy serves (the workers of a
+            supervisor); when not given, it serves once the reactor runs.
+        """
         self.notifier = notifier
+        self._whenServing = whenServing
         self._reactor = reactor
         self._status = status
         self._timeout = timeout
@@ -824,11 +831,18 @@ class _SystemdNotice(Service):
         # A delayed call runs once the reactor runs, after its
         # callWhenRunning hooks: SignalRelay's handlers are in by then, so
         # a SIGTERM right after READY=1 is a graceful stop (exit 0).
-        self._call = self._reactor.callLater(0, self._ready)
+        self._call = self._reactor.callLater(0, self._running)
+
+    def _running(self) -> None:
+        self._call = None
+        if self._whenServing is None:
+            self._ready()
+        else:
+            self._whenServing().addCallback(lambda _: self._ready())
 
     def _ready(self) -> None:
-        self._call = None
-        self.notifier.ready(self._status())
+        if self.running:
+            self.notifier.ready(self._status())
 
     def stopService(self) -> None:
         super().stopService()

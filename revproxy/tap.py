@@ -147,6 +147,16 @@ def makeService(
         reactor = _globalReactor()
         descriptors = raiseLimit()
     config: Config = options["parsed"]
+    if config.server.workers > 1:
+        from revproxy.workers.supervisor import buildSupervisor
+
+        return buildSupervisor(
+            config,
+            options["config"] or "",
+            reactor,
+            options.get("tls"),
+            descriptors=descriptors,
+        )
     return buildService(
         config,
         options["config"] or "",

@@ -9,12 +9,11 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from revproxy.acme.challenges import ChallengeStore
 from revproxy.acme.issuer import AcmeIssuer
 from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.storage import AcmeStorage
 from revproxy.config import Config
-from revproxy.interfaces import IIssuer, IRevProxyReactor
+from revproxy.interfaces import IChallengeResponder, IIssuer, IRevProxyReactor
 
 _log = Logger()
 
@@ -22,7 +21,7 @@ _log = Logger()
 def acmeManager(
     config: Config,
     reactor: IRevProxyReactor,
-    challenges: ChallengeStore,
+    challenges: IChallengeResponder,
     onChange: Callable[[], None],
 ) -> AcmeManager:
     """

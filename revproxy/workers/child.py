@@ -432,6 +432,10 @@ class WorkerProtocol(amp.AMP):
         self.worker = worker
         self._gone = gone
 
+    def makeConnection(self, transport: Any) -> None:
+        # Without AMP's log lines at every connect and disconnect.
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
     @Apply.responder
     def apply(
         self, path: str, config: bytes, static: bytes, generation: int
@@ -492,7 +496,7 @@ class WorkerProtocol(amp.AMP):
         }
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        super().connectionLost(reason)
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
         if self._gone is not None:
             self._gone()
 
