@@ -106,6 +106,8 @@ class Challenge(amp.Command):
         (b"present", amp.Boolean()),
     ]
     response = []
+    #: An unknown kind, an invalid token or name.
+    errors = {ValueError: b"INVALID"}
 
 
 class Health(amp.Command):
