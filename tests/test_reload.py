@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -872,3 +872,77 @@ class ConfigWarningsTests(SynchronousTestCase):
                 "change its traffic)",
             ],
         )
+
+
+class Elsewhere(ReloadFollower):
+    """
+    A follower that applies each reload elsewhere (as the worker processes'
+    follower does): C{follow} returns a L{Deferred} the test fires.
+    """
+
+    part = "elsewhere"
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Sequence[str]]] = []
+
+    def follow(self, runtime: Runtime) -> Deferred[Sequence[str]]:
+        d: Deferred[Sequence[str]] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class ElsewhereTests(ReloaderCase):
+    """
+    A follower that applies the reload elsewhere makes the answer wait for
+    it and names what failed there.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.elsewhere = Elsewhere()
+        self.steps: list[tuple[str, object]] = []
+        self.reloader.followers = (
+            self.elsewhere,
+            FakeReloadFollower("after", self.steps),
+        )
+        self.write(BASE.replace("127.0.0.1:9002", "127.0.0.1:9003"))
+
+    def test_waits(self) -> None:
+        """
+        The answer comes once the follower's L{Deferred} fires; the swap
+        and the other followers did not wait; the next reload waits for
+        the lock.
+        """
+        result = self.reloader.reload("test")
+        self.assertNoResult(result)
+        self.assertEqual(self.holder.current.generation, 2)
+        self.assertIn(("after follow", 2), self.steps)
+        self.assertNotIn(("after ended", True), self.steps)
+        second = self.reloader.reload("test")
+        self.assertNoResult(second)
+        self.elsewhere.pending[0].callback([])
+        self.assertEqual(reloadAnswer(self.successResultOf(result))["status"], "ok")
+        self.assertIn(("after ended", True), self.steps)
+        self.elsewhere.pending[1].callback([])
+        self.assertEqual(reloadAnswer(self.successResultOf(second))["generation"], 3)
+
+    def test_failedThere(self) -> None:
+        """
+        What failed there makes the reload partially applied, by name.
+        """
+        result = self.reloader.reload("test")
+        self.elsewhere.pending[0].callback(["worker 2 (pid 7): no such file"])
+        answer = reloadAnswer(self.successResultOf(result))
+        self.assertEqual(answer["status"], "partially applied")
+        self.assertEqual(answer["failed"], ["worker 2 (pid 7): no such file"])
+
+    def test_deferredFails(self) -> None:
+        """
+        A L{Deferred} that fails makes the follower's whole part failed,
+        logged.
+        """
+        result = self.reloader.reload("test")
+        self.elsewhere.pending[0].errback(RuntimeError("lost"))
+        answer = reloadAnswer(self.successResultOf(result))
+        self.assertEqual(answer["failed"], ["elsewhere"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -332,10 +332,12 @@ class WorkerProcess(ProcessProtocol):
         if self._logBuffer:
             self._log(self._logBuffer)
             self._logBuffer = b""
+        # The slot hears of the end first: what was still asked of the
+        # process fails next, as a lost worker rather than an answer.
+        self.workers.ended(self.slot, self, reason)
         if not self._ampLost:
             self._ampLost = True
             self.amp.connectionLost(reason)
-        self.workers.ended(self.slot, self, reason)
 
     def signal(self, name: str) -> None:
         """
@@ -564,7 +566,10 @@ class Workers(Service):
         slot.restarts += 1
         slot.state = "restarting"
         slot.pid = None
-        slot.restart = self._reactor.callLater(delay, self._spawn, slot)
+        if delay:
+            slot.restart = self._reactor.callLater(delay, self._spawn, slot)
+        else:
+            self._spawn(slot)
 
     # -- telling them
 
