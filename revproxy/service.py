@@ -546,7 +546,7 @@ class TLSTermination(MultiService):
         """
         The certificates the HTTPS listeners serve now.
         """
-        return _served(self.manager, self.holder.current)
+        return servedTLS(self.manager, self.holder.current)
 
     def publish(self) -> None:
         """
@@ -562,7 +562,7 @@ class TLSTermination(MultiService):
         """
         Serve C{runtime}'s certificates from the swap on.
         """
-        self.contexts.store = _served(self.manager, runtime).certificates
+        self.contexts.store = servedTLS(self.manager, runtime).certificates
 
     def follow(self, runtime: Runtime) -> None:
         """
@@ -582,7 +582,7 @@ def _publish(termination: TLSTermination | None) -> None:
         termination.publish()
 
 
-def _served(manager: AcmeCertificates, runtime: Runtime) -> TLSFiles:
+def servedTLS(manager: AcmeCertificates, runtime: Runtime) -> TLSFiles:
     """
     The certificate files of C{runtime} and the ACME sites' certificates
     (issued or placeholder).
@@ -599,7 +599,7 @@ def _expiries(
     """
     C{(site, source, not_after)} for every certificate served.
     """
-    served = _served(manager, runtime)
+    served = servedTLS(manager, runtime)
     return [
         (site, cert.source, cert.not_after)
         for cert in served.certificates.all()
@@ -624,7 +624,7 @@ def tlsTermination(
         if not given.
     """
     contexts = SNIContextFactory(
-        _served(manager, path.holder.current).certificates,
+        servedTLS(manager, path.holder.current).certificates,
         minVersion=config.server.tls_min_version,
         http2=config.server.http2 and _http2Available(),
         challenges=challenges,

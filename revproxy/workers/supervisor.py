@@ -65,6 +65,7 @@ from revproxy.service import (
     SystemdFollower,
     SystemdNotice,
     listenEndpoints,
+    servedTLS,
     signals,
 )
 from revproxy.tls import TLSFiles
@@ -1032,7 +1033,9 @@ def buildSupervisor(
             reactor,
             reactor.seconds(),
             certificates=manager,
-            servedTLS=None,
+            servedTLS=(
+                None if manager is None else lambda: servedTLS(manager, holder.current)
+            ),
             operations=Operations(health=health),
         )
         WorkerCommands(factory, workers, health)
