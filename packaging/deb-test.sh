@@ -557,6 +557,58 @@ check "admin socket removed at shutdown" gone "$SOCKET"
 check "its log: no traceback, no plugin cache complaint" clean_log
 # systemd removes the RuntimeDirectory= when the service stops.
 rm -rf /run/revproxy
+
+section "workers = 2: a supervisor and two worker processes from the package's venv"
+write_config ''
+sed -i 's/^shutdown_timeout_secs = 5$/shutdown_timeout_secs = 5\nworkers = 2/' "$CONFIG"
+check "ExecStartPre says 2 worker processes" \
+    bash -c "runuser -u revproxy -- ${PRE[*]} | grep -F 'revproxy: 2 worker processes'"
+mkdir -p /run/revproxy && chown revproxy:revproxy /run/revproxy && chmod 0750 /run/revproxy
+: >"$TMP/revproxy.log"
+prlimit --nofile="1024:$nofile_hard" \
+    runuser -u revproxy -- "${START_CMD[@]}" >"$TMP/revproxy.log" 2>&1 &
+RUNUSER_PID=$!
+if wait_until 10 proxy_child && wait_until 30 port_open "$HTTP_PORT"; then
+    pass "supervisor $PROXY_PID listening on 127.0.0.1:$HTTP_PORT"
+else
+    fail "supervisor listening" "$(cat "$TMP/revproxy.log")"
+fi
+two_workers() {
+    local status
+    status=$(echo status | timeout 10 nc -U "$SOCKET" 2>/dev/null) || return 1
+    [ "$(printf '%s' "$status" | json_get '[w["state"] for w in a["workers"]]' 2>/dev/null)" = "['serving', 'serving']" ] || return 1
+    WORKER_PIDS=$(printf '%s' "$status" | json_get '" ".join(str(w["pid"]) for w in a["workers"])')
+}
+check "status: two workers serving" wait_until 20 two_workers
+workers_are_children() {
+    local pid
+    for pid in $WORKER_PIDS; do
+        [ "$(ps -o ppid= -p "$pid" | tr -d ' ')" = "$PROXY_PID" ] || return 1
+        [ "$(ps -o user= -p "$pid")" = revproxy ] || return 1
+    done
+}
+check "the workers are the supervisor's children, as user revproxy" workers_are_children
+check "proxied through a worker" proxied app.test
+check "ops listener: /metrics counts 2 workers serving" bash -c \
+    "curl -sS -f --max-time 10 http://127.0.0.1:$OPS_PORT/metrics | grep -F 'revproxy_workers{state=\"serving\"} 2.0'"
+if [ -n "$PROXY_PID" ] && kill -TERM "$PROXY_PID" 2>/dev/null; then
+    if wait_until 30 bash -c "! kill -0 $RUNUSER_PID"; then
+        wait "$RUNUSER_PID"
+        rc=$?
+        RUNUSER_PID=""
+        PROXY_PID=""
+        check "SIGTERM: the supervisor exits 0" test "$rc" = 0
+    else
+        fail "SIGTERM: exited within 30 s" "$(tail -n 20 "$TMP/revproxy.log")"
+    fi
+fi
+workers_gone() {
+    local pid
+    for pid in $WORKER_PIDS; do ! kill -0 "$pid" 2>/dev/null || return 1; done
+}
+check "no worker process left" workers_gone
+check "its log: no traceback, no plugin cache complaint" clean_log
+rm -rf /run/revproxy
 kill "$UPSTREAM_PID" 2>/dev/null
 wait "$UPSTREAM_PID" 2>/dev/null
 UPSTREAM_PID=""
