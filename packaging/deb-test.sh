@@ -576,12 +576,16 @@ fi
 two_workers() {
     local status
     status=$(echo status | timeout 10 nc -U "$SOCKET" 2>/dev/null) || return 1
-    [ "$(printf '%s' "$status" | json_get '[w["state"] for w in a["workers"]]' 2>/dev/null)" = "['serving', 'serving']" ] || return 1
-    WORKER_PIDS=$(printf '%s' "$status" | json_get '" ".join(str(w["pid"]) for w in a["workers"])')
+    [ "$(printf '%s' "$status" | json_get '[w["state"] for w in a["workers"]]' 2>/dev/null)" = "['serving', 'serving']" ]
 }
 check "status: two workers serving" wait_until 20 two_workers
+# (check runs its command in a subshell: the pids are read here.)
+WORKER_PIDS=$(echo status | timeout 10 nc -U "$SOCKET" 2>/dev/null |
+    json_get '" ".join(str(w["pid"]) for w in a["workers"])' 2>/dev/null || true)
+note "worker pids: ${WORKER_PIDS:-(none)}"
 workers_are_children() {
     local pid
+    [ -n "$WORKER_PIDS" ] || return 1
     for pid in $WORKER_PIDS; do
         [ "$(ps -o ppid= -p "$pid" | tr -d ' ')" = "$PROXY_PID" ] || return 1
         [ "$(ps -o user= -p "$pid")" = revproxy ] || return 1
