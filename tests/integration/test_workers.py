@@ -364,7 +364,9 @@ class WorkersTests(TestCase):
         self.assertEqual([r.code for r in responses], [200] * count)
         samples = await self.metrics()
         perWorker = {
-            worker: samples.get(("revproxy_worker_connections", (("worker", worker),)))
+            worker: samples.get(
+                ("revproxy_worker_connections", (("worker", worker),)), -1.0
+            )
             for worker in ("1", "2")
         }
         pids = [w["pid"] for w in await self.workers()]
@@ -374,7 +376,7 @@ class WorkersTests(TestCase):
         self.assertEqual(
             list(byPid.values()), [perWorker["1"], perWorker["2"]], message
         )
-        self.assertEqual((perWorker["1"] or 0) + (perWorker["2"] or 0), count, message)
+        self.assertEqual(perWorker["1"] + perWorker["2"], count, message)
         self.assertGreater(perWorker["1"], 0, message)
         self.assertGreater(perWorker["2"], 0, message)
 
