@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -315,6 +315,34 @@ class WorkersTests(TestCase):
         self.assertEqual(response.code, 200, response.body)
         return _samples(response.body.decode("utf-8"))
 
+    async def spreadClients(
+        self, pids: Sequence[int], batch: int = 8, batches: int = 5
+    ) -> tuple[list[RawClient], dict[int, int | None]]:
+        """
+        Keep-alive connections, each with one request answered, opened
+        C{batch} at a time until each of the workers C{pids} holds some
+        (at most C{batches} times); them, and the worker holding each (by
+        the client's port).
+        """
+        clients: list[RawClient] = []
+        owners: dict[int, int | None] = {}
+        for _ in range(batches):
+            more = await _all([self.connect() for _ in range(batch)])
+            responses = await _all([c.request(_request()) for c in more])
+            self.assertEqual([r.code for r in responses], [200] * len(more))
+            clients += more
+            owners = connectionOwners(
+                self.port, [_clientPort(c) for c in clients], pids
+            )
+            if all(pid in owners.values() for pid in pids):
+                break
+        self.assertNotIn(None, owners.values(), owners)
+        self.assertTrue(
+            all(pid in owners.values() for pid in pids),
+            f"one worker holds all {len(clients)} connections: {owners}",
+        )
+        return clients, owners
+
     # -- the tests
 
     async def test_serve(self) -> None:
@@ -390,27 +418,14 @@ class WorkersTests(TestCase):
         self.writeConfig()
         await self.startProxy()
         pids = [w["pid"] for w in await self.workers()]
-        clients: list[RawClient] = []
-        owners: dict[int, int | None] = {}
-        for _ in range(5):
-            more = await _all([self.connect() for _ in range(8)])
-            responses = await _all([c.request(_request()) for c in more])
-            self.assertEqual([r.code for r in responses], [200] * len(more))
-            clients += more
-            owners = connectionOwners(
-                self.port, [_clientPort(c) for c in clients], pids
-            )
-            if all(pid in owners.values() for pid in pids):
-                break
-        self.assertNotIn(None, owners.values(), owners)
-        self.assertTrue(
-            all(pid in owners.values() for pid in pids),
-            f"one worker holds all {len(clients)} connections: {owners}",
-        )
+        clients, owners = await self.spreadClients(pids)
         ports = [_clientPort(c) for c in clients]
         victim, survivor = pids
         os.kill(victim, signal.SIGKILL)
+        killedAt = self.reactor.seconds()
         await waitFor(lambda: _processGone(victim), 5, "the killed worker gone")
+        response = await self.get()
+        self.assertEqual(response.code, 200)
         for client, port in zip(clients, ports, strict=True):
             owner = owners[port]
             if owner == survivor:
@@ -418,12 +433,10 @@ class WorkersTests(TestCase):
                 self.assertEqual(response.code, 200)
             else:
                 await withTimeout(client.lost, 5, "the killed worker's connection lost")
-        response = await self.get()
-        self.assertEqual(response.code, 200)
         workers = await self.waitWorkers(
             lambda ws: ws[0]["state"] == "serving" and ws[0]["pid"] not in pids,
             "worker 1 serving again",
-            seconds=5,
+            seconds=5 - (self.reactor.seconds() - killedAt),
         )
         self.assertEqual(
             [(w["worker"], w["restarts"], w["state"]) for w in workers],
@@ -445,15 +458,19 @@ class WorkersTests(TestCase):
         """
         self.writeConfig()
         await self.startProxy()
-        clients = await _all([self.connect() for _ in range(8)])
+        pids = [w["pid"] for w in await self.workers()]
+        clients, _ = await self.spreadClients(pids)
         failures: list[str] = []
         codes: dict[int, int] = {}
         seen: set[tuple[bytes, bytes]] = set()
         done = [False]
-        perClient = 60
+        least = -(-300 // len(clients))
 
         async def load(client: RawClient) -> None:
-            for _ in range(perClient):
+            # Until the reloads are done, and at least its share of 300.
+            for sent in range(2000):
+                if done[0] and sent >= least:
+                    return
                 try:
                     response = await client.request(_request())
                 except Exception as e:
@@ -461,8 +478,6 @@ class WorkersTests(TestCase):
                     return
                 codes[response.code] = codes.get(response.code, 0) + 1
                 seen.add((response.body, b"".join(response.header(b"x-version"))))
-                if done[0]:
-                    return
 
         loads = ensureDeferred(_all([load(c) for c in clients]))
         answers = []
@@ -472,7 +487,8 @@ class WorkersTests(TestCase):
             self.writeConfig(version, upstream=upstream)
             answers.append(await self.admin("reload"))
             await self.pause(0.05)
-        await loads
+        done[0] = True
+        await withTimeout(loads, 20, "the client loops")
         self.assertEqual(failures, [])
         self.assertEqual(set(codes), {200}, codes)
         self.assertGreaterEqual(sum(codes.values()), 300)
@@ -534,8 +550,10 @@ class WorkersTests(TestCase):
         self.assertEqual(code, 0, self.proxy.output)
         for pid in pids:
             self.assertTrue(_processGone(pid), f"worker pid {pid} still runs")
-        self.assertIn("worker 1", self.proxy.output)
-        self.assertIn("exited (exit status 0)", self.proxy.output)
+        for index, pid in enumerate(pids, 1):
+            self.assertIn(
+                f"worker {index} (pid {pid}) exited (exit status 0)", self.proxy.output
+            )
 
     async def test_signals(self) -> None:
         """
@@ -666,13 +684,12 @@ class WorkersTests(TestCase):
         """
         self.writeConfig()
         await self.startProxy()
-        count = 24
-        clients = await _all([self.connect() for _ in range(8)])
-        for _ in range(count // 8):
-            responses = await _all([c.request(_request()) for c in clients])
-            self.assertEqual([r.code for r in responses], [200] * 8)
         pids = [w["pid"] for w in await self.workers()]
-        owners = connectionOwners(self.port, [_clientPort(c) for c in clients], pids)
+        clients, owners = await self.spreadClients(pids)
+        for _ in range(2):
+            responses = await _all([c.request(_request()) for c in clients])
+            self.assertEqual([r.code for r in responses], [200] * len(clients))
+        count = 3 * len(clients)
         samples = await self.metrics()
         key = ("revproxy_requests_total", (("code_class", "2xx"), ("site", "main")))
         self.assertEqual(samples.get(key), float(count), f"owners {owners}")
