@@ -222,13 +222,11 @@ class _WorkersCase(_AcmeTestCase):
         self.assertEqual(answer["status"], "ok", answer)
         self.assertEqual(answer["workers"], WORKERS, answer)
 
-    async def alone(
-        self, check: Callable[[dict[str, Any]], Awaitable[None]]
-    ) -> list[int]:
+    async def alone(self, check: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         """
         For each worker in turn, run C{check(worker)} with every other
         worker stopped, so that every connection C{check} makes is that
-        worker's; the pids of the workers checked.
+        worker's; then wait until all have caught up (L{barrier}).
         """
         workers = await self.serving()
         for worker in workers:
@@ -239,7 +237,6 @@ class _WorkersCase(_AcmeTestCase):
             finally:
                 self.resume(others)
         await self.barrier()
-        return [w["pid"] for w in workers]
 
     # -- clients
 
@@ -501,7 +498,6 @@ class AcmeReloadTests(_WorkersCase):
         self.writeConfig([siteA, siteB])
         answer = await self.admin("reload")
         self.assertEqual(answer["status"], "ok", f"{answer}\n{self.outputs()}")
-        placeholders: list[int] = []
 
         async def atOnce(worker: dict[str, Any]) -> None:
             for _ in range(2):
@@ -509,7 +505,6 @@ class AcmeReloadTests(_WorkersCase):
                 self.assertWhoami(response)
                 if commonName(cert) == placeholderName("b"):
                     self.assertPlaceholder(cert, "b", ["b.test"])
-                    placeholders.append(worker["worker"])
                 else:
                     self.assertFromPebble(cert, ["b.test"])
 
