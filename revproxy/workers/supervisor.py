@@ -201,6 +201,12 @@ class MirroredChallenges:
                 authorization=authorization,
                 present=present,
             )
+            # The issuer tells the CA to validate from a thread as soon as
+            # this returns, while the reactor thread may not have written
+            # the command to the pipes yet: a worker the CA reached first
+            # answered 404.  In the pipe before the CA hears of it, it is
+            # read no later than the CA's connection is accepted.
+            self.workers.flush()
 
     def addHTTP01(self, token: str, keyAuthorization: str) -> None:
         self.store.addHTTP01(token, keyAuthorization)
@@ -246,6 +252,15 @@ class _ChildPipe:
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
+
+    def flush(self) -> None:
+        """
+        Write what is buffered for the worker now, not when the reactor
+        next finds its pipe writable.
+        """
+        pipe = getattr(self._process, "pipes", {}).get(3)
+        if pipe is not None and not (pipe.disconnecting or pipe.disconnected):
+            pipe.doWrite()
 
     def loseConnection(self) -> None:
         self.disconnecting = True
@@ -593,6 +608,16 @@ class Workers(Service):
             slot.process.amp.callRemote(command, **arguments).addErrback(
                 self._failedTo, slot, command
             )
+
+    def flush(self) -> None:
+        """
+        Write the commands buffered for every running worker now.
+        """
+        for slot in self.live():
+            assert slot.process is not None
+            transport = slot.process.amp.transport
+            if isinstance(transport, _ChildPipe):
+                transport.flush()
 
     def _failedTo(
         self, reason: Failure, slot: WorkerSlot, command: type[amp.Command]
