@@ -203,6 +203,22 @@ class PrivateNamesTests(SynchronousTestCase):
             self.assertEqual(privateTwisted.tcpPort(endpoint6), 443)
             self.assertEqual(privateTwisted.tcpInterface(endpoint6), "::")
 
+    def test_tcpEndpointBacklog(self) -> None:
+        """
+        Twisted's C{TCP4ServerEndpoint._backlog}, which
+        L{revproxy.private.twisted.tcpBacklog} reads.
+        """
+        with self.needs(
+            "Twisted",
+            "TCP4ServerEndpoint._backlog",
+            "revproxy/private/twisted.py",
+            "bind one SO_REUSEPORT socket per worker with the listener's backlog",
+        ):
+            endpoint = serverFromString(MemoryReactor(), "tcp:8080:backlog=511")
+            self.assertEqual(endpoint._backlog, 511)
+            self.assertEqual(privateTwisted.tcpBacklog(endpoint), 511)
+            self.assertEqual(privateTwisted.tcpBacklog(object()), 50)
+
     def test_unixEndpointAddress(self) -> None:
         """
         Twisted's C{UNIXServerEndpoint._address}, which

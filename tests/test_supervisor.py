@@ -254,7 +254,7 @@ class FakeSockets:
     The bound listeners, as a worker inherits them.
     """
 
-    def inherited(self) -> tuple[dict[int, int], list[Inherited]]:
+    def inherited(self, index: int) -> tuple[dict[int, int], list[Inherited]]:
         return {5: 42}, [Inherited("http", 5, socket.AF_INET)]
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-__all__ = ["IOpenSSLTrustRoot", "canSendNow", "tcpInterface", "tcpPort", "unixPath"]
+__all__ = [
+    "IOpenSSLTrustRoot",
+    "canSendNow",
+    "tcpBacklog",
+    "tcpInterface",
+    "tcpPort",
+    "unixPath",
+]
 
 
 def canSendNow(connection: Any) -> bool:
@@ -49,6 +56,15 @@ def tcpInterface(endpoint: object) -> Any:
     another endpoint.
     """
     return getattr(endpoint, "_interface", "")
+
+
+def tcpBacklog(endpoint: object) -> Any:
+    """
+    The listen backlog of a C{TCP4ServerEndpoint} or C{TCP6ServerEndpoint}
+    (its private C{_backlog}), or 50 (Twisted's default) for another
+    endpoint.
+    """
+    return getattr(endpoint, "_backlog", 50)
 
 
 def unixPath(endpoint: object) -> Any:

@@ -27,11 +27,11 @@ from twisted.application.service import MultiService
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger, formatEvent, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import implementer, provider
+from zope.interface import provider
 
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.admin import AdminFactory, Answer, Operations
@@ -96,48 +96,6 @@ class Inherited:
         if kind not in ("http", "https"):
             raise ValueError(f"unknown listener kind {kind!r}")
         return cls(kind, int(fd), socket.AddressFamily(int(family)))
-
-
-#: How many connections a worker accepts each time a shared listening socket
-#: wakes it.  Twisted's port accepts up to 100 (and more as it goes) in one
-#: go, so a burst of connections queued on the socket all went to whichever
-#: worker woke first (the integration test saw 20 of 20 on one worker, 3
-#: runs in 8); one per wake-up leaves the rest to the other workers, which
-#: the same wake-up woke (nginx's C{multi_accept off}).
-ACCEPTS_PER_WAKEUP = 1
-
-
-def fairAccepts(port: IListeningPort) -> IListeningPort:
-    """
-    Make C{port} (a L{twisted.internet.tcp.Port}) accept at most
-    L{ACCEPTS_PER_WAKEUP} connections each time it is readable.
-    """
-    tcpPort: Any = port
-    doRead = tcpPort.doRead
-
-    def fairRead() -> object:
-        tcpPort.numberAccepts = ACCEPTS_PER_WAKEUP
-        return doRead()
-
-    tcpPort.doRead = fairRead
-    return port
-
-
-@implementer(IStreamServerEndpoint)
-class SharedSocketEndpoint:
-    """
-    An inherited listening socket, shared with the other workers: adopted
-    (L{AdoptedStreamServerEndpoint}) and made to accept fairly
-    (L{fairAccepts}).
-    """
-
-    def __init__(self, reactor: Any, fileno: int, addressFamily: int) -> None:
-        self._adopted = AdoptedStreamServerEndpoint(reactor, fileno, addressFamily)
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        listening: Deferred[IListeningPort] = self._adopted.listen(factory)
-        listening.addCallback(fairAccepts)
-        return listening
 
 
 def shareLimit(limit: RateLimit, workers: int) -> RateLimit:
@@ -304,7 +262,7 @@ class Worker:
         reactor: IRevProxyReactor,
         workers: int,
         listeners: Sequence[Inherited],
-        endpoint: Any = SharedSocketEndpoint,
+        endpoint: Any = AdoptedStreamServerEndpoint,
     ) -> None:
         """
         @param workers: how many workers share the sockets (and the rate
