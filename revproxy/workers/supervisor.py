@@ -27,7 +27,7 @@ from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import CannotListenError, ProcessDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -134,6 +134,27 @@ class _ReusePort(tcp.Port):
         return s
 
 
+def _unclaimed(interface: str, number: int) -> int:
+    """
+    Check that no socket has the port C{number} on C{interface}, by
+    binding it without C{SO_REUSEPORT}: another program's, or another
+    revproxy's own C{SO_REUSEPORT} sockets, would otherwise silently
+    share its connections.
+
+    @return: the port (the one the kernel picked, for 0).
+    @raise CannotListenError: the port is taken.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((interface, number))
+        except OSError as e:
+            raise CannotListenError(interface, number, e) from None
+        port: int = probe.getsockname()[1]
+        return port
+
+
 class BoundSockets(Service):
     """
     Every listener of the config, bound at start (a port that cannot be
@@ -190,7 +211,7 @@ class BoundSockets(Service):
         the one the kernel picked for the first).
         """
         ports: list[IListeningPort] = []
-        number = tcpPort(endpoint, 0)
+        number = _unclaimed(tcpInterface(endpoint), tcpPort(endpoint, 0))
         for _ in range(self._workers):
             port = _ReusePort(
                 number,

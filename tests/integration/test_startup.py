@@ -90,6 +90,33 @@ class StartupFailureTests(_ProcessTestCase):
         self.assertIn(str(port), line)
         self.assertIn("in use", line.lower())
 
+    async def test_portInUseWithWorkers(self) -> None:
+        """
+        With workers, a listen port already taken stops start-up as with
+        one process, whether the socket that has it uses C{SO_REUSEPORT}
+        (another supervisor's: the two would silently share its
+        connections) or not.
+        """
+        for reuse in (False, True):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+                if reuse:
+                    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                taken.bind(("127.0.0.1", 0))
+                taken.listen(1)
+                port = taken.getsockname()[1]
+                path = writeConfig(
+                    self.directory,
+                    [_site(closedPort())],
+                    listen=[f"tcp:{port}:interface=127.0.0.1"],
+                    server={"workers": 2},
+                )
+                code, proxy = await self.runProxy("--config", path)
+            line = self.assertOneLineFailure(code, proxy)
+            self.assertEqual(code, 1)
+            self.assertIn(str(port), line)
+            self.assertIn("in use", line.lower())
+            self.assertNotIn("worker 1", proxy.output)
+
     async def test_missingConfig(self) -> None:
         """
         A config file that does not exist: exit status 1 and one line
