@@ -147,17 +147,14 @@ def makeService(
         reactor = _globalReactor()
         descriptors = raiseLimit()
     config: Config = options["parsed"]
+    build = buildService
     if config.server.workers > 1:
+        # The supervisor of worker processes, each running buildService's
+        # request path.
         from revproxy.workers.supervisor import buildSupervisor
 
-        return buildSupervisor(
-            config,
-            options["config"] or "",
-            reactor,
-            options.get("tls"),
-            descriptors=descriptors,
-        )
-    return buildService(
+        build = buildSupervisor
+    return build(
         config,
         options["config"] or "",
         reactor,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import trustme
 from twisted.application.service import IService
@@ -432,6 +432,26 @@ class MakeServiceTests(_OptionsTestCase):
         self.assertTrue(IService.providedBy(service))
         self.assertFalse(service.running)
         self.assertEqual(reactor.tcpServers, [])
+
+    def test_workers(self) -> None:
+        """
+        With C{workers} above 1 the tree is the supervisor's: the sockets
+        and the workers, and no request path of its own.
+        """
+        options = self.options()
+        options.parseOptions(
+            [
+                "--config",
+                self.writeFile(GOOD.replace("[logging]", "workers = 2\n\n[logging]")),
+            ]
+        )
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=cast(IRevProxyReactor, reactor))
+        names = {child.name for child in cast(Any, service)}
+        self.assertIn("workers", names)
+        self.assertIn("sockets", names)
+        self.assertNotIn("request-path", names)
+        self.assertFalse(service.running)
 
     def test_raisesDescriptorLimitInTheRealProcess(self) -> None:
         """
