@@ -35,6 +35,7 @@ from revproxy.workers.supervisor import (
     EXIT_GRACE_SECS,
     MISSED_PINGS,
     PING_SECS,
+    START_TIMEOUT_SECS,
     MirroredChallenges,
     WorkerCommands,
     Workers,
@@ -544,6 +545,24 @@ class TellingTests(WorkersCase):
         self.reactor.advance(PING_SECS)
         self.assertEqual(self.process(1).signals, ["KILL"])
         self.assertEqual(self.process(2).signals, [])
+
+    def test_startTimeout(self) -> None:
+        """
+        A worker that never answers its first config is killed after
+        L{START_TIMEOUT_SECS}; when the proxy never served, its end stops
+        the supervisor.
+        """
+        self.workers.startService()
+        self.addCleanup(self.stop)
+        self.reactor.processes[0].child.holdApply = True
+        self.reactor.flush()
+        self.reactor.advance(START_TIMEOUT_SECS - PING_SECS)
+        self.assertEqual(self.reactor.processes[0].signals, [])
+        self.reactor.advance(PING_SECS)
+        self.assertEqual(self.reactor.processes[0].signals, ["KILL"])
+        self.assertEqual(self.reactor.processes[1].signals, [])
+        self.reactor.processes[0].end(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual(len(self.fatal), 1)
 
     def test_healthSync(self) -> None:
         """

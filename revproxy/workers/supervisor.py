@@ -87,6 +87,10 @@ MAX_BACKOFF_SECS = 30.0
 #: Heartbeats are this far apart; three unanswered ones kill the worker.
 PING_SECS = 5.0
 MISSED_PINGS = 3
+#: A worker that has not served its first config this long after it was
+#: started is killed (and started again, or, before the proxy ever served,
+#: the supervisor exits).
+START_TIMEOUT_SECS = 60.0
 #: How often the upstream health states are compared and sent on.
 HEALTH_SYNC_SECS = 1.0
 #: After the shutdown timeout, how long the workers get to exit before
@@ -793,6 +797,14 @@ class Workers(Service):
                     )
                     slot.pingSent = None
                     process.signal("KILL")
+                continue
+            if slot.state == "starting" and now - slot.started >= START_TIMEOUT_SECS:
+                _log.error(
+                    "{worker} did not start serving within {secs:g} s: killing it",
+                    worker=slot.name,
+                    secs=now - slot.started,
+                )
+                process.signal("KILL")
                 continue
             if slot.state != "serving":
                 continue
