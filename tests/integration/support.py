@@ -19,7 +19,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -1330,3 +1331,83 @@ class ProxyCaseMixin:
         output = self.proxy.output
         if "Traceback" in output:
             raise AssertionError(f"the proxy logged a traceback:\n{output}")
+
+
+# -- which process holds a connection (Linux's /proc)
+
+
+def tcpConnections() -> dict[tuple[int, int], int]:
+    """
+    The IPv4 TCP sockets of the machine's network namespace: the socket
+    inode by C{(local port, remote port)}, for those on 127.0.0.1 at both
+    ends.  A connection the kernel completed but no process accepted yet
+    has no inode (0 in C{/proc/net/tcp}): it is left out.
+    """
+    found: dict[tuple[int, int], int] = {}
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            localIP, localPort = local.split(":")
+            remoteIP, remotePort = remote.split(":")
+            if localIP == remoteIP == "0100007F" and inode:
+                found[(int(localPort, 16), int(remotePort, 16))] = inode
+    return found
+
+
+def socketInodes(pid: int) -> set[int]:
+    """
+    The inodes of the sockets process C{pid} has open (none once it is
+    gone).
+    """
+    inodes: set[int] = set()
+    directory = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(directory, name))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+def connectionOwners(
+    serverPort: int, clientPorts: Iterable[int], pids: Iterable[int]
+) -> dict[int, int | None]:
+    """
+    Which of C{pids} holds the server side of each client connection to
+    C{serverPort} (by the client's local port); L{None} for none of them.
+    """
+    tcp = tcpConnections()
+    holders = {pid: socketInodes(pid) for pid in pids}
+    owners: dict[int, int | None] = {}
+    for clientPort in clientPorts:
+        inode = tcp.get((serverPort, clientPort))
+        owners[clientPort] = next(
+            (pid for pid, inodes in holders.items() if inode in inodes), None
+        )
+    return owners
+
+
+def connectionOwner(
+    serverPort: int, clientPort: int, pids: Sequence[int], seconds: float = 2.0
+) -> int | None:
+    """
+    Blocking: which of C{pids} holds the server side of the open connection
+    from C{clientPort} to C{serverPort}, retried for up to C{seconds} while
+    none does (the kernel completes a connection before a process accepts
+    it); L{None} if none does by then.  Call it from the thread that made
+    the connection, or from the reactor's once the server has answered.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        owner = connectionOwners(serverPort, [clientPort], pids)[clientPort]
+        if owner is not None or time.monotonic() > deadline:
+            return owner
+        time.sleep(0.01)

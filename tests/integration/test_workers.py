@@ -30,6 +30,7 @@ from tests.integration.support import (
     askAdmin,
     closedPort,
     configText,
+    connectionOwners,
     connectRaw,
     getReactor,
     replaceFile,
@@ -73,59 +74,6 @@ async def _all(awaitables: Iterable[Any]) -> list[Any]:
         [ensureDeferred(a) for a in awaitables], consumeErrors=True
     )
     return results
-
-
-def _tcpConnections() -> dict[tuple[int, int], int]:
-    """
-    The IPv4 TCP sockets of the machine's network namespace: the socket
-    inode by C{(local port, remote port)}, for those on 127.0.0.1 at both
-    ends.
-    """
-    found: dict[tuple[int, int], int] = {}
-    with open("/proc/net/tcp", encoding="ascii") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            local, remote, inode = fields[1], fields[2], int(fields[9])
-            localIP, localPort = local.split(":")
-            remoteIP, remotePort = remote.split(":")
-            if localIP == remoteIP == "0100007F" and inode:
-                found[(int(localPort, 16), int(remotePort, 16))] = inode
-    return found
-
-
-def _socketInodes(pid: int) -> set[int]:
-    """
-    The inodes of the sockets process C{pid} has open.
-    """
-    inodes = set()
-    directory = f"/proc/{pid}/fd"
-    for name in os.listdir(directory):
-        try:
-            target = os.readlink(os.path.join(directory, name))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[len("socket:[") : -1]))
-    return inodes
-
-
-def connectionOwners(
-    serverPort: int, clientPorts: Iterable[int], pids: Iterable[int]
-) -> dict[int, int | None]:
-    """
-    Which of C{pids} holds the server side of each client connection to
-    C{serverPort} (by the client's local port); L{None} for none of them.
-    """
-    tcp = _tcpConnections()
-    holders = {pid: _socketInodes(pid) for pid in pids}
-    owners: dict[int, int | None] = {}
-    for clientPort in clientPorts:
-        inode = tcp.get((serverPort, clientPort))
-        owners[clientPort] = next(
-            (pid for pid, inodes in holders.items() if inode in inodes), None
-        )
-    return owners
 
 
 def _clientPort(client: RawClient) -> int:
