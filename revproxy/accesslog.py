@@ -242,6 +242,22 @@ def _describe(error: OSError) -> str:
     return f"{name}: {error.strerror or error}"
 
 
+def wholeLines(data: memoryview | bytes, limit: int | None) -> int:
+    """
+    How many bytes of C{data} to write at once: all of them without a
+    C{limit}; else the whole lines that fit in C{limit} bytes, or the first
+    line alone when it is longer.
+    """
+    if limit is None or len(data) <= limit:
+        return len(data)
+    chunk = bytes(data[:limit])
+    cut = chunk.rfind(b"\n") + 1
+    if cut:
+        return cut
+    end = bytes(data).find(b"\n", limit) + 1
+    return end or len(data)
+
+
 class AccessLog:
     """
     Writes access log lines to a file or to standard output, off the
@@ -269,11 +285,16 @@ class AccessLog:
         path: str,
         format: str,
         stdout: BinaryIO | None = None,
+        writeLimit: int | None = None,
     ) -> None:
         """
         @param path: A file path, C{"-"} for C{stdout}, or C{""} for no log.
         @param format: C{"json"} or C{"combined"}.
         @param stdout: Where C{"-"} writes; by default C{sys.stdout.buffer}.
+        @param writeLimit: When several processes write the same file or
+            pipe (worker processes): the most bytes of one C{write}, in
+            whole lines (C{PIPE_BUF}: a pipe writes that much at once, so
+            lines never interleave; a longer line is written alone).
         @raise ValueError: For an unknown C{format}.
         """
         try:
@@ -283,6 +304,7 @@ class AccessLog:
         self._formatName = format
         self._clock = clock
         self._path = path
+        self._writeLimit = writeLimit
         self._stream: BinaryIO | None = None
         if path == STDOUT:
             self._stream = sys.stdout.buffer if stdout is None else stdout
@@ -394,7 +416,9 @@ class AccessLog:
             while data:
                 # Unbuffered files may write part of the data; BinaryIO's
                 # write is annotated int, but raw streams may return None.
-                written: int | None = stream.write(data)
+                written: int | None = stream.write(
+                    data[: wholeLines(data, self._writeLimit)]
+                )
                 if not written:
                     break
                 data = data[written:]

@@ -11,6 +11,7 @@ L{operations}), the graceful shutdown (L{shutdown}) and the signals.
 from __future__ import annotations
 
 import os
+import select
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
@@ -335,11 +336,16 @@ def requestPath(
     health: HealthStates,
     challenges: ChallengeStore,
     manager: AcmeCertificates | None,
+    sharedLog: bool = False,
 ) -> RequestPath:
     """
     The request path for C{config}, serving C{holder}'s runtime: routing,
     rate limits, forwarding over pooled upstream connections, the access
     log and metrics.
+
+    @param sharedLog: whether other processes (workers) write the same
+        access log: each write is then whole lines of at most C{PIPE_BUF}
+        bytes, so that lines never interleave.
     """
     gate = ConnectionGate(maxConnections(config), reactor)
     passwords = PasswordThreads(reactor)
@@ -376,7 +382,12 @@ def requestPath(
     )
     observer = RequestObserver(
         reactor,
-        AccessLog(reactor, config.logging.access_log, config.logging.access_log_format),
+        AccessLog(
+            reactor,
+            config.logging.access_log,
+            config.logging.access_log_format,
+            writeLimit=select.PIPE_BUF if sharedLog else None,
+        ),
         metrics,
         holder.current.generation,
     )

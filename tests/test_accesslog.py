@@ -25,6 +25,7 @@ from revproxy.accesslog import (
     formatCombined,
     formatJSON,
     logText,
+    wholeLines,
 )
 
 #: 2026-11-27T09:20:18.123Z
@@ -646,3 +647,58 @@ class AccessLogStreamTests(SynchronousTestCase):
         ]
         self.assertEqual(warning["count"], 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _Writes(io.BytesIO):
+    """
+    A stream that records each write.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return super().write(data)
+
+
+class WholeLinesTests(SynchronousTestCase):
+    """
+    L{wholeLines} and an L{AccessLog} with a C{writeLimit}: what several
+    worker processes writing one file or pipe need so that their lines
+    never interleave.
+    """
+
+    def test_wholeLines(self) -> None:
+        """
+        All without a limit or when it fits; else the whole lines that fit;
+        a first line longer than the limit alone.
+        """
+        data = b"aaaa\nbbbb\ncccc\n"
+        self.assertEqual(wholeLines(data, None), 15)
+        self.assertEqual(wholeLines(data, 15), 15)
+        self.assertEqual(wholeLines(data, 14), 10)
+        self.assertEqual(wholeLines(data, 9), 5)
+        self.assertEqual(wholeLines(memoryview(data), 5), 5)
+        self.assertEqual(wholeLines(b"aaaaaaaa\nb\n", 4), 9)
+        self.assertEqual(wholeLines(b"aaaaaaaa", 4), 8)
+
+    def test_writesWholeLinesWithinLimit(self) -> None:
+        """
+        Every write is whole lines of at most the limit; together they are
+        every line, in order.
+        """
+        clock = Clock()
+        stream = _Writes()
+        line = formatJSON(_RECORD)
+        limit = 3 * len(line) + 1
+        accessLog = AccessLog(clock, "-", "json", stream, writeLimit=limit)
+        accessLog.start()
+        self.addCleanup(accessLog.stop)
+        for _ in range(10):
+            accessLog.log(_RECORD)
+        clock.advance(1)
+        self.assertEqual(stream.getvalue(), line * 10)
+        self.assertEqual([len(w) // len(line) for w in stream.writes], [3, 3, 3, 1])
+        self.assertTrue(all(w.endswith(b"\n") for w in stream.writes))

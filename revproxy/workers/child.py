@@ -326,6 +326,7 @@ class Worker:
             self.health,
             self.challenges,
             self.certificates if https else None,
+            sharedLog=True,
         )
         tree = MultiService()
         httpListeners(
