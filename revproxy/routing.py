@@ -50,14 +50,36 @@ from revproxy.proxy.responses import (
     simpleResponse,
 )
 from revproxy.proxy.rules import applyHeaderRules, placeholderValues
+from revproxy.ratelimit import ALLOWED, Decision
 
 if TYPE_CHECKING:
-    from revproxy.config import AccessRules, BasicAuth, ForwardAuth, SiteConfig
+    from revproxy.config import (
+        AccessRules,
+        BasicAuth,
+        ForwardAuth,
+        RateLimit,
+        SiteConfig,
+    )
     from revproxy.observer import RequestObserver
     from revproxy.proxy.exchange import Exchange
     from revproxy.proxy.forwarder import Forwarder
-    from revproxy.ratelimit import RateLimiter
     from revproxy.runtime import Runtime, RuntimeHolder, SiteRoute
+
+
+class RateLimits(Protocol):
+    """
+    What L{Router} asks of a rate limiter: this process's
+    (L{revproxy.ratelimit.RateLimiter}, which decides at once) or a shared
+    one, which answers after a round trip.
+    """
+
+    def allow(
+        self, site: str, limit: RateLimit, clientIP: str
+    ) -> Decision | Deferred[Decision]:
+        """
+        Take a token from the bucket of C{clientIP} on C{site}, if it has
+        one.
+        """
 
 
 class HTTP01Answers(Protocol):
@@ -175,7 +197,7 @@ class Router:
         forwarder: Forwarder,
         challenges: HTTP01Answers | None = None,
         issued: Callable[[str], bool] | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimits | None = None,
         observer: RequestObserver | None = None,
         inThread: Callable[[Callable[[], bool]], Deferred[bool]] | None = None,
     ) -> None:
@@ -267,8 +289,65 @@ class Router:
         its route's action.
         """
         config = route.config
-        if config.rate_limit.enabled and self._rateLimited(request, route):
+        limiter = self.limiter
+        if limiter is not None and config.rate_limit.enabled:
+            decision = limiter.allow(
+                route.limitKey, config.rate_limit, request.clientIP
+            )
+            if isinstance(decision, Deferred):
+                # A shared limiter (the fleet's) answers after a round trip.
+                args = (request, route, host, target)
+                decision.addCallbacks(
+                    self._decided,
+                    self._undecided,
+                    callbackArgs=args,
+                    errbackArgs=args,
+                )
+                return
+            if self._rateLimited(request, route, decision):
+                return
+        self._go(request, route, host, target)
+
+    def _decided(
+        self,
+        decision: Decision,
+        request: Exchange,
+        route: SiteRoute,
+        host: str | None,
+        target: bytes,
+    ) -> None:
+        """
+        The rate limit's decision on C{request} came: go on unless it was
+        refused (or the client left meanwhile).
+        """
+        if request.clientLeft or request.finished:
             return
+        if not self._rateLimited(request, route, decision):
+            self._go(request, route, host, target)
+
+    def _undecided(
+        self,
+        reason: Failure,
+        request: Exchange,
+        route: SiteRoute,
+        host: str | None,
+        target: bytes,
+    ) -> None:
+        """
+        The rate limiter failed to decide: the request is admitted (a
+        limiter's failure never fails a request), and it is logged.
+        """
+        _log.failure("The rate limiter failed; request admitted", reason)
+        self._decided(ALLOWED, request, route, host, target)
+
+    def _go(
+        self, request: Exchange, route: SiteRoute, host: str | None, target: bytes
+    ) -> None:
+        """
+        C{request} passed its access rules and rate limit: its route's
+        action.
+        """
+        config = route.config
         rule = route.rule
         action = config if rule is None else rule
         if action.redirect is not None or action.respond is not None:
@@ -396,18 +475,17 @@ class Router:
         )
         return True
 
-    def _rateLimited(self, request: Exchange, route: SiteRoute) -> bool:
+    def _rateLimited(
+        self, request: Exchange, route: SiteRoute, decision: Decision
+    ) -> bool:
         """
-        Whether C{request} was answered 429 by its route's rate limit (in
-        dry run, it is only logged and counted): the site's, or a route's
-        own, whose buckets are apart (L{SiteRoute.limitKey}).
+        Whether C{request} was answered 429 for its route's rate limit's
+        C{decision} (in dry run, it is only logged and counted): the
+        site's, or a route's own, whose buckets are apart
+        (L{SiteRoute.limitKey}).
         """
-        limiter = self.limiter
-        if limiter is None:
-            return False
         site = route.config
         limit = site.rate_limit
-        decision = limiter.allow(route.limitKey, limit, request.clientIP)
         if decision.allowed:
             return False
         if limit.dry_run:

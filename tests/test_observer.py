@@ -13,6 +13,7 @@ from ipaddress import ip_network
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -28,7 +29,7 @@ from revproxy.proxy.exchange import Exchange
 from revproxy.proxy.forwarder import Forwarder
 from revproxy.proxy.frontend import FrontEnd
 from revproxy.proxy.responses import httpDate, simpleResponse
-from revproxy.ratelimit import RateLimiter
+from revproxy.ratelimit import ALLOWED, Decision, RateLimiter
 from revproxy.routing import Router
 from revproxy.runtime import RuntimeHolder, SiteRoute, buildRuntime
 
@@ -113,7 +114,7 @@ class _Forwarder:
             )
 
 
-class ContextTests(SynchronousTestCase):
+class _ContextCase(SynchronousTestCase):
     """
     L{Router} with a rate limiter and an observer, on a real L{FrontEnd}
     connection.
@@ -177,6 +178,12 @@ class ContextTests(SynchronousTestCase):
     def logLines(self) -> list[dict[str, Any]]:
         self.accessLog.flush()
         return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+
+class ContextTests(_ContextCase):
+    """
+    The request context of L{Router} with L{RateLimiter} and an observer.
+    """
 
     # -- rate limit
 
@@ -388,6 +395,78 @@ class ContextTests(SynchronousTestCase):
             channel, b"GET", b"/", b"HTTP/1.1", [], 0, transport=transport
         )
         self.assertIsNone(tlsVersion(request))
+
+
+class _LaterLimiter:
+    """
+    A shared rate limiter's stand-in: each decision is a L{Deferred} the
+    test fires.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, Deferred[Decision]]] = []
+
+    def allow(self, site: str, limit: Any, clientIP: str) -> Deferred[Decision]:
+        d: Deferred[Decision] = Deferred()
+        self.asked.append((site, clientIP, d))
+        return d
+
+
+class LaterDecisionTests(_ContextCase):
+    """
+    A rate limiter that decides after a round trip (the fleet's): the
+    request waits for its decision.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.later = _LaterLimiter()
+        self.root.limiter = self.later
+
+    def send(self) -> Any:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: limited.example\r\n\r\n")
+        return channel, transport
+
+    def test_waits(self) -> None:
+        """
+        Nothing is forwarded before the decision; admitted, it is.
+        """
+        _, transport = self.send()
+        self.assertEqual(len(self.later.asked), 1)
+        self.assertEqual(self.forwarder.forwarded, [])
+        self.later.asked[0][2].callback(ALLOWED)
+        self.assertEqual(len(self.forwarder.forwarded), 1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+
+    def test_refusedLater(self) -> None:
+        """
+        Refused, it is answered 429 with the decision's C{Retry-After}.
+        """
+        _, transport = self.send()
+        self.later.asked[0][2].callback(Decision(False, 3))
+        self.assertEqual(self.forwarder.forwarded, [])
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 429 "))
+        self.assertIn(b"Retry-After: 3\r\n", transport.value())
+
+    def test_failedAdmits(self) -> None:
+        """
+        A limiter that fails admits the request (and it is logged): a
+        request never fails because the shared limiter did.
+        """
+        self.send()
+        self.later.asked[0][2].errback(RuntimeError("redis went away"))
+        self.assertEqual(len(self.forwarder.forwarded), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_clientLeft(self) -> None:
+        """
+        A client gone before the decision is not forwarded.
+        """
+        _, transport = self.send()
+        transport.loseConnection()
+        self.later.asked[0][2].callback(ALLOWED)
+        self.assertEqual(self.forwarder.forwarded, [])
 
 
 class ReconfigureTests(SynchronousTestCase):
