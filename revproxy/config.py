@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -107,7 +108,7 @@ _MANAGED_HEADERS = (
 
 # The keys of a site or route that say who may send it requests.
 _ACCESS_KEYS = ("allow", "deny", "basic_auth", "forward_auth")
-_TOP_KEYS = ("server", "acme", "logging", "defaults", "sites")
+_TOP_KEYS = ("server", "acme", "cluster", "logging", "defaults", "sites")
 _SERVER_KEYS = (
     "listen_http",
     "listen_https",
@@ -144,6 +145,15 @@ _ACME_KEYS = (
     "challenge",
     "renew_before_days",
     "key_type",
+)
+_CLUSTER_KEYS = (
+    "redis_url",
+    "redis_password_file",
+    "redis_ca_file",
+    "key_prefix",
+    "node_name",
+    "secret_file",
+    "reload_channel",
 )
 _LOGGING_KEYS = ("access_log", "access_log_format")
 _DEFAULTS_KEYS = (
@@ -215,6 +225,7 @@ _MAX_FORWARD_AUTH_TIMEOUT_SECS = 300
 _HOMES = (
     ("[server]", _SERVER_KEYS),
     ("[acme]", _ACME_KEYS),
+    ("[cluster]", _CLUSTER_KEYS),
     ("[logging]", _LOGGING_KEYS),
     ("[defaults]", _DEFAULTS_KEYS),
     ("[[sites]]", _SITE_KEYS),
@@ -232,6 +243,20 @@ _SYNTAX = re.compile(r"(?s)(.*) \((at line (\d+), column (\d+)|at end of documen
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # A basic_auth realm, sent in a quoted-string.
 _REALM = re.compile(r"[ !#-\[\]-~]+")
+# A cluster key_prefix: printable ASCII without spaces.
+_KEY_PREFIX = re.compile(r"[!-~]{1,64}")
+_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_REDIS_SCHEMES = ("redis", "rediss")
+_DEFAULT_REDIS_PORT = 6379
+_MAX_REDIS_DB = 15
+#: The fewest bytes of C{[cluster] secret_file}.
+MIN_CLUSTER_SECRET_BYTES = 32
+_MAX_CLUSTER_SECRET_BYTES = 65536
+_MAX_REDIS_PASSWORD_BYTES = 4096
+_MAKE_SECRET = (
+    "make one with: head -c 32 /dev/urandom > /etc/revproxy/cluster.key; "
+    "chmod 600 /etc/revproxy/cluster.key"
+)
 # An RFC 9110 token (section 5.6.2): what an Upgrade protocol name is.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -591,6 +616,42 @@ class AcmeConfig:
     key_type: str = "ec-p256"
 
 
+@attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """
+    The C{[cluster]} table (static): the Redis server that a fleet of
+    revproxy nodes shares (issue #19).  Nothing acts on it yet.
+
+    @ivar redis_url: The URL as written; C{redis_host}, C{redis_port},
+        C{redis_db} and C{redis_tls} are its parts (the host without
+        brackets, C{redis_tls} for C{rediss://}).
+    @ivar redis_password: The content of C{redis_password_file} without its
+        trailing newline, C{""} when there is none; never in a repr.
+    @ivar secret: The bytes of C{secret_file} (at least
+        L{MIN_CLUSTER_SECRET_BYTES}); never in a repr.
+    @ivar secret_file_mode: The permission bits of C{secret_file} when it
+        was read, for the warning when group or others may read it; not
+        compared by reloads.
+    """
+
+    # Keyword-only, in the order of the keys: a reload lists the changed
+    # ones in this order.
+    redis_url: str
+    redis_host: str
+    redis_port: int = _DEFAULT_REDIS_PORT
+    redis_db: int = 0
+    redis_tls: bool = False
+    redis_password_file: str = ""
+    redis_password: str = attrs.field(default="", repr=False)
+    redis_ca_file: str = ""
+    key_prefix: str = "revproxy:"
+    node_name: str = attrs.field(factory=socket.gethostname)
+    secret_file: str
+    secret: bytes = attrs.field(repr=False)
+    secret_file_mode: int = attrs.field(default=0o600, eq=False, repr=False)
+    reload_channel: bool = False
+
+
 @attrs.frozen
 class LoggingConfig:
     """
@@ -725,6 +786,8 @@ class Config:
     @ivar source_sha256: Hex SHA-256 of that file's bytes, else C{""}.
     @ivar source: That file's bytes, else C{b""} (worker processes are sent
         exactly the bytes the supervisor validated).
+    @ivar cluster: The C{[cluster]} table, or L{None} when the file has
+        none (one node on its own, as before).
     """
 
     server: ServerConfig
@@ -732,6 +795,7 @@ class Config:
     logging: LoggingConfig
     defaults: Defaults
     sites: tuple[SiteConfig, ...]
+    cluster: ClusterConfig | None = None
     path: str = ""
     source_sha256: str = ""
     source: bytes = attrs.field(default=b"", eq=False, repr=False)
@@ -828,6 +892,8 @@ def checkConfig(config: Config) -> list[str]:
 
     if config.acme.ca_file:
         checkReadable("acme.ca_file", config.acme.ca_file)
+    if config.cluster is not None and config.cluster.redis_ca_file:
+        checkReadable("cluster.redis_ca_file", config.cluster.redis_ca_file)
     for index, site in enumerate(config.sites):
         if site.cert_file:
             checkReadable(f"sites[{index}].cert_file", site.cert_file)
@@ -1459,6 +1525,76 @@ def _directoryProblem(url: str) -> str | None:
     )
 
 
+def _parseRedisURL(url: str) -> tuple[str, int, int, bool]:
+    """
+    Parse a Redis URL: C{redis://host:port/db} or C{rediss://} (TLS), the
+    port and the database optional, no user or password, no query.
+
+    @return: The host (without brackets), port, database and whether it is
+        TLS.
+    @raise ValueError: saying what is wrong.
+    """
+    # Checked first, and the URL not repeated: the error must not show the
+    # password to whoever reads the log.
+    authority = url.partition("://")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    if "@" in authority:
+        raise ValueError(
+            "the URL must not hold a user or password; put the password in a "
+            "file named by redis_password_file instead, so that it is not in "
+            "the config file, which is often world-readable"
+        )
+    quoted = _quote(url)
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        raise ValueError(f"{quoted} is not a Redis URL: it contains whitespace")
+    kind = "is not a redis:// or rediss:// URL"
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"{quoted} {kind}: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _REDIS_SCHEMES or not url.lower().startswith(scheme + "://"):
+        raise ValueError(f"{quoted} {kind}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"{quoted}: the URL must not have a query or fragment")
+    if parts.netloc.count(":") > 1 and not parts.netloc.startswith("["):
+        raise ValueError(f"{quoted}: an IPv6 address must be in brackets")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(
+            f"{quoted}: the port must be a number between 1 and 65535"
+        ) from None
+    if port is None:
+        if parts.netloc.endswith(":"):
+            raise ValueError(f"{quoted}: the port is empty")
+        port = _DEFAULT_REDIS_PORT
+    elif not 1 <= port <= 65535:
+        raise ValueError(f"{quoted}: the port must be between 1 and 65535")
+    if not parts.hostname:
+        raise ValueError(f"{quoted}: the URL has no host")
+    hostname = parts.hostname
+    if parts.netloc.startswith("["):
+        hostname = f"[{hostname}]"
+    try:
+        host = _normalizeHost(hostname, allowWildcard=False)
+    except ValueError as e:
+        raise ValueError(f"{quoted}: {e}") from None
+    db = 0
+    if parts.path not in ("", "/"):
+        number = parts.path[1:]
+        if not (number.isascii() and number.isdigit()) or not (
+            0 <= int(number) <= _MAX_REDIS_DB
+        ):
+            raise ValueError(
+                f"{quoted}: the path must be a database number between 0 and "
+                f"{_MAX_REDIS_DB} (got {_quote(parts.path)})"
+            )
+        db = int(number)
+    return host, port, db, scheme == "rediss"
+
+
 @attrs.frozen
 class _ParsedSite:
     """
@@ -1490,6 +1626,7 @@ class _Parser:
         top = _Table(self._errors, "", document, _TOP_KEYS)
         server, httpsListeners = self._server(top.table("server", _SERVER_KEYS))
         acme, emailMissing = self._acme(top.table("acme", _ACME_KEYS))
+        cluster = self._cluster(top.table("cluster", _CLUSTER_KEYS))
         logging = self._logging(top.table("logging", _LOGGING_KEYS))
         defaults = self._defaults(top.table("defaults", _DEFAULTS_KEYS))
         sites = self._sites(top, server, httpsListeners, defaults)
@@ -1513,6 +1650,7 @@ class _Parser:
             logging=logging,
             defaults=defaults,
             sites=tuple(site.config for site in sites),
+            cluster=cluster,
         )
 
     def _path(self, filename: str) -> str:
@@ -1758,6 +1896,150 @@ class _Parser:
             key_type=_or(keyType, base.key_type),
         )
         return config, email == ""
+
+    def _cluster(self, table: _Table | None) -> ClusterConfig | None:
+        """
+        Read C{[cluster]}: L{None} when it is absent.  Reads the password
+        and secret files it names.
+        """
+        if table is None:
+            return None
+        redisURL = table.string("redis_url", None)
+        host, port, db, tls = "", _DEFAULT_REDIS_PORT, 0, False
+        if redisURL is None:
+            if not table.has("redis_url"):
+                table.error(
+                    "redis_url",
+                    'required in [cluster] (such as "redis://127.0.0.1:6379/0")',
+                )
+        else:
+            try:
+                host, port, db, tls = _parseRedisURL(redisURL)
+            except ValueError as e:
+                table.error("redis_url", str(e))
+                redisURL = None
+        passwordFile = self._path(_or(table.string("redis_password_file", ""), ""))
+        password = ""
+        if passwordFile:
+            password = _or(self._redisPassword(table, passwordFile), "")
+        caFile = self._path(_or(table.string("redis_ca_file", ""), ""))
+        if caFile and redisURL is not None and not tls:
+            table.error(
+                "redis_ca_file",
+                "only used with a rediss:// redis_url (Redis over TLS)",
+            )
+        keyPrefix = table.string("key_prefix", "revproxy:")
+        if keyPrefix is not None and not _KEY_PREFIX.fullmatch(keyPrefix):
+            table.error(
+                "key_prefix",
+                f"{_quote(keyPrefix)} must be 1 to 64 printable ASCII characters "
+                "without spaces",
+            )
+            keyPrefix = None
+        nodeName = table.string("node_name", None)
+        if nodeName is None and not table.has("node_name"):
+            hostName = socket.gethostname()
+            if not _NODE_NAME.fullmatch(hostName):
+                table.error(
+                    "node_name",
+                    f"the host name {_quote(hostName)} is not a valid node name "
+                    "(1 to 64 letters, digits, dots, hyphens or underscores); "
+                    "set node_name",
+                )
+            nodeName = hostName
+        elif nodeName is not None and not _NODE_NAME.fullmatch(nodeName):
+            table.error(
+                "node_name",
+                f"{_quote(nodeName)} must be 1 to 64 letters, digits, dots, "
+                "hyphens or underscores",
+            )
+            nodeName = None
+        rawSecretFile = table.string("secret_file", None)
+        secretFile = self._path(_or(rawSecretFile, ""))
+        secret, mode = b"", 0o600
+        if not table.has("secret_file"):
+            table.error(
+                "secret_file",
+                "required in [cluster]: a file of at least "
+                f"{MIN_CLUSTER_SECRET_BYTES} random bytes ({_MAKE_SECRET})",
+            )
+        elif rawSecretFile == "":
+            table.error("secret_file", f"must not be empty ({_MAKE_SECRET})")
+        elif secretFile:
+            secret, mode = _or(self._clusterSecret(table, secretFile), (b"", 0o600))
+        reloadChannel = table.boolean("reload_channel", False)
+        return ClusterConfig(
+            redis_url=_or(redisURL, ""),
+            redis_host=host,
+            redis_port=port,
+            redis_db=db,
+            redis_tls=tls,
+            redis_password_file=passwordFile,
+            redis_password=password,
+            redis_ca_file=caFile,
+            key_prefix=_or(keyPrefix, "revproxy:"),
+            node_name=_or(nodeName, ""),
+            secret_file=secretFile,
+            secret=secret,
+            secret_file_mode=mode,
+            reload_channel=_or(reloadChannel, False),
+        )
+
+    def _redisPassword(self, table: _Table, filename: str) -> str | None:
+        """
+        The password in C{filename} (C{redis_password_file}), without its
+        trailing newline.
+        """
+        path = table.keyPath("redis_password_file")
+        data = self._readFile(
+            path,
+            filename,
+            _MAX_REDIS_PASSWORD_BYTES,
+            f"{_MAX_REDIS_PASSWORD_BYTES} bytes",
+        )
+        if data is None:
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._errors.append(f"{path}: {_quote(filename, None)} is not UTF-8 text")
+            return None
+        text = text.removesuffix("\n").removesuffix("\r")
+        if not text:
+            self._errors.append(
+                f"{path}: {_quote(filename, None)} is empty (it holds the Redis "
+                "password, on one line)"
+            )
+            return None
+        return text
+
+    def _clusterSecret(self, table: _Table, filename: str) -> tuple[bytes, int] | None:
+        """
+        The bytes of C{filename} (C{secret_file}) and its permission bits.
+        """
+        path = table.keyPath("secret_file")
+        data = self._readFile(
+            path,
+            filename,
+            _MAX_CLUSTER_SECRET_BYTES,
+            f"{_MAX_CLUSTER_SECRET_BYTES // 1024} KiB",
+        )
+        if data is None:
+            return None
+        if len(data) < MIN_CLUSTER_SECRET_BYTES:
+            self._errors.append(
+                f"{path}: {_quote(filename, None)} holds {len(data)} byte(s); "
+                f"at least {MIN_CLUSTER_SECRET_BYTES} are needed ({_MAKE_SECRET})"
+            )
+            return None
+        try:
+            mode = stat.S_IMODE(os.stat(filename).st_mode)
+        except OSError as e:
+            self._errors.append(
+                f"{path}: cannot read {_quote(filename, None)}: {_reason(e)}"
+            )
+            return None
+        return data, mode
 
     def _logging(self, table: _Table | None) -> LoggingConfig:
         """

@@ -6,8 +6,8 @@ A reload reads the file, parses and validates it, builds a whole new
 L{Runtime} off to the side and swaps one reference.  Reloads are serialized
 by one L{DeferredLock}; a reload that waited reads the file when its turn
 comes, so it applies the latest version.  A reload that fails changes
-nothing.  Static settings (C{[server]}, C{[acme]}) keep their running values
-until a restart, and the answer says which of them changed.
+nothing.  Static settings (C{[server]}, C{[acme]}, C{[cluster]}) keep their
+running values until a restart, and the answer says which of them changed.
 """
 
 from __future__ import annotations
@@ -40,30 +40,52 @@ from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 
 _log = Logger()
 
-#: The tables whose keys are read once, at start-up.
-STATIC_TABLES = ("server", "acme")
+#: The tables whose keys are read once, at start-up.  C{[cluster]} may be
+#: absent (L{None}).
+STATIC_TABLES = ("server", "acme", "cluster")
 
 #: Fields of the static tables that only say how a key was written, not what
 #: runs: C{workers = "auto"} and the same count written as a number run the
-#: same workers, so only the resolved C{server.workers} is compared.
-_NOT_COMPARED = frozenset({"server.workers_auto"})
+#: same workers, so only the resolved C{server.workers} is compared.  The
+#: secret file's permissions only matter for a warning.
+_NOT_COMPARED = frozenset({"server.workers_auto", "cluster.secret_file_mode"})
+
+#: Fields of the static tables that are not keys of the file but what a key
+#: gave: a change is named by that key (a password rotated in the same file
+#: is a change of C{cluster.redis_password_file}).
+_REPORTED_AS = {
+    "cluster.redis_host": "cluster.redis_url",
+    "cluster.redis_port": "cluster.redis_url",
+    "cluster.redis_db": "cluster.redis_url",
+    "cluster.redis_tls": "cluster.redis_url",
+    "cluster.redis_password": "cluster.redis_password_file",
+    "cluster.secret": "cluster.secret_file",
+}
 
 
 def staticChanges(old: Config, new: Config) -> list[str]:
     """
     The static keys whose value differs between C{old} and C{new}, as key
-    paths (C{"server.listen_http"}).
+    paths (C{"server.listen_http"}), each once; a table that one has and
+    the other has not (C{[cluster]}) is named alone (C{"cluster"}).
     """
-    changed = []
+    changed: list[str] = []
     for table in STATIC_TABLES:
         before = getattr(old, table)
         after = getattr(new, table)
+        if before is None and after is None:
+            continue
+        if before is None or after is None:
+            changed.append(table)
+            continue
         for field in attrs.fields(type(before)):
             key = f"{table}.{field.name}"
             if key in _NOT_COMPARED:
                 continue
             if getattr(before, field.name) != getattr(after, field.name):
-                changed.append(key)
+                key = _REPORTED_AS.get(key, key)
+                if key not in changed:
+                    changed.append(key)
     return changed
 
 
@@ -220,6 +242,13 @@ def configWarnings(config: Config) -> list[str]:
                 f'site "{site.name}"\'s https:// upstreams are not verified '
                 "(anyone on the path can read and change its traffic)"
             )
+    cluster = config.cluster
+    if cluster is not None and cluster.secret_file_mode & 0o077:
+        warnings.append(
+            f"cluster.secret_file: {cluster.secret_file} can be read by group "
+            f"or others (mode {cluster.secret_file_mode:04o}): "
+            f"chmod 600 {cluster.secret_file}"
+        )
     return warnings + routeWarnings(config)
 
 
@@ -320,7 +349,10 @@ class Reloader(Service):
         restart = staticChanges(current.config, config)
         # Static settings keep their running values until a restart.
         effective = attrs.evolve(
-            config, server=current.config.server, acme=current.config.acme
+            config,
+            server=current.config.server,
+            acme=current.config.acme,
+            cluster=current.config.cluster,
         )
         try:
             runtime = buildRuntime(effective, self._clock, previous=current)

@@ -103,6 +103,19 @@ class Options(usage.Options):
                     f"revproxy: {server.workers} worker processes{auto}",
                     file=self.stdout,
                 )
+            cluster = config.cluster
+            if cluster is not None:
+                host = (
+                    f"[{cluster.redis_host}]"
+                    if ":" in cluster.redis_host
+                    else cluster.redis_host
+                )
+                overTLS = " (tls)" if cluster.redis_tls else ""
+                print(
+                    f"revproxy: cluster node {cluster.node_name}, redis "
+                    f"{host}:{cluster.redis_port}/{cluster.redis_db}{overTLS}",
+                    file=self.stdout,
+                )
             print(
                 f"revproxy: the configuration file {self['config'] or '(quick mode)'} "
                 f"syntax is ok; {len(config.sites)} site(s)\n"

@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 from typing import Any
 
 import attrs
@@ -20,6 +21,7 @@ from revproxy.config import (
     AccessRules,
     AcmeConfig,
     BasicAuth,
+    ClusterConfig,
     Config,
     ConfigError,
     Defaults,
@@ -42,6 +44,7 @@ from revproxy.config import (
     routeWarnings,
 )
 from revproxy.placeholders import parseTemplate
+from revproxy.reload import configWarnings
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -4294,3 +4297,471 @@ class AccessTests(ParseTestCase):
         auth = BasicAuth(users_file="/f", users=(("alice", _HASH),))
         self.assertNotIn(_HASH, repr(auth))
         self.assertIn("/f", repr(auth))
+
+
+class ClusterTests(ParseTestCase):
+    """
+    Tests for C{[cluster]}: the Redis server a fleet shares, read and
+    checked (nothing acts on it yet).
+    """
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.secret = self.file("cluster.key", b"k" * 32)
+
+    def file(self, name: str, data: bytes, mode: int = 0o600) -> str:
+        """
+        Write C{data} to C{name} in the test's directory, with C{mode}.
+        """
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return path
+
+    def text(self, **keys: Any) -> str:
+        """
+        A document with a C{[cluster]} table of C{keys}, over a valid
+        minimal one (C{redis_url} and C{secret_file}); a key given as
+        L{None} is left out.
+        """
+        table: dict[str, Any] = {
+            "redis_url": "redis://127.0.0.1",
+            "secret_file": "cluster.key",
+        }
+        table.update(keys)
+        table = {key: value for key, value in table.items() if value is not None}
+        return document(cluster=table)
+
+    def parse(self, **keys: Any) -> ClusterConfig:
+        """
+        The C{[cluster]} of L{text}, parsed relative to the test's
+        directory.
+        """
+        config = parseConfig(self.text(**keys), baseDir=self.dir)
+        assert config.cluster is not None
+        return config.cluster
+
+    def errors(self, **keys: Any) -> tuple[str, ...]:
+        """
+        The errors of L{text}.
+        """
+        return self.errorsOf(self.text(**keys), baseDir=self.dir)
+
+    def test_absent(self) -> None:
+        """
+        Without C{[cluster]}, the config has no cluster, and the rest is as
+        it always was.
+        """
+        config = parseConfig(document())
+        self.assertIsNone(config.cluster)
+        self.assertIsNone(quickConfig("tcp:8080", "http://127.0.0.1:1").cluster)
+
+    def test_minimal(self) -> None:
+        """
+        C{redis_url} and C{secret_file} are enough; the rest has its
+        defaults, the node name being the host name.
+        """
+        self.patch(socket, "gethostname", lambda: "web-1.example")
+        cluster = self.parse()
+        self.assertEqual(
+            cluster,
+            ClusterConfig(
+                redis_url="redis://127.0.0.1",
+                redis_host="127.0.0.1",
+                redis_port=6379,
+                redis_db=0,
+                redis_tls=False,
+                secret_file=self.secret,
+                secret=b"k" * 32,
+                node_name="web-1.example",
+            ),
+        )
+        self.assertEqual(cluster.key_prefix, "revproxy:")
+        self.assertEqual(cluster.redis_password, "")
+        self.assertEqual(cluster.redis_password_file, "")
+        self.assertFalse(cluster.reload_channel)
+
+    def test_full(self) -> None:
+        """
+        Every key, read; the URL's parts are kept beside it, relative files
+        are resolved against the config file's directory, and the password
+        is the file's content without its trailing newline.
+        """
+        password = self.file("redis.pw", b"s3cret pass\n")
+        ca = self.file("redis-ca.pem", b"")
+        cluster = self.parse(
+            redis_url="rediss://Redis.Example:6380/3",
+            redis_password_file="redis.pw",
+            redis_ca_file="redis-ca.pem",
+            key_prefix="shop:prod:",
+            node_name="web-2",
+            secret_file="./cluster.key",
+            reload_channel=True,
+        )
+        self.assertEqual(
+            (
+                cluster.redis_url,
+                cluster.redis_host,
+                cluster.redis_port,
+                cluster.redis_db,
+                cluster.redis_tls,
+            ),
+            ("rediss://Redis.Example:6380/3", "redis.example", 6380, 3, True),
+        )
+        self.assertEqual(cluster.redis_password_file, password)
+        self.assertEqual(cluster.redis_password, "s3cret pass")
+        self.assertEqual(cluster.redis_ca_file, ca)
+        self.assertEqual(cluster.key_prefix, "shop:prod:")
+        self.assertEqual(cluster.node_name, "web-2")
+        self.assertEqual(cluster.secret_file, self.secret)
+        self.assertEqual(cluster.secret, b"k" * 32)
+        self.assertTrue(cluster.reload_channel)
+
+    def test_urls(self) -> None:
+        """
+        The host may be a name, IPv4 or IPv6 in brackets; the port and the
+        database are optional, the database 0 to 15.
+        """
+        for url, parts in (
+            ("redis://10.0.0.5", ("10.0.0.5", 6379, 0, False)),
+            ("redis://10.0.0.5:7000/", ("10.0.0.5", 7000, 0, False)),
+            ("REDIS://cache.internal/15", ("cache.internal", 6379, 15, False)),
+            ("rediss://[2001:DB8::7]:6390/2", ("2001:db8::7", 6390, 2, True)),
+        ):
+            cluster = self.parse(redis_url=url)
+            self.assertEqual(
+                (
+                    cluster.redis_host,
+                    cluster.redis_port,
+                    cluster.redis_db,
+                    cluster.redis_tls,
+                ),
+                parts,
+                url,
+            )
+
+    def test_redisURLRequired(self) -> None:
+        """
+        C{redis_url} must be given.
+        """
+        self.assertEqual(
+            self.errors(redis_url=None),
+            (
+                "cluster.redis_url: required in [cluster] (such as "
+                '"redis://127.0.0.1:6379/0")',
+            ),
+        )
+
+    def test_badRedisURLs(self) -> None:
+        """
+        A bad Redis URL is an error saying what is wrong with it.
+        """
+        for url, problem in (
+            ("http://cache:6379/0", " is not a redis:// or rediss:// URL"),
+            ("cache:6379", " is not a redis:// or rediss:// URL"),
+            ("redis://cache:0/0", ": the port must be between 1 and 65535"),
+            (
+                "redis://cache:70000/0",
+                ": the port must be a number between 1 and 65535",
+            ),
+            ("redis://cache:port/0", ": the port must be a number between 1 and 65535"),
+            ("redis://cache:/0", ": the port is empty"),
+            (
+                "redis://cache/16",
+                ': the path must be a database number between 0 and 15 (got "/16")',
+            ),
+            (
+                "redis://cache/zero",
+                ': the path must be a database number between 0 and 15 (got "/zero")',
+            ),
+            (
+                "redis://cache/0?timeout=1",
+                ": the URL must not have a query or fragment",
+            ),
+            ("redis://cache/0?", ": the URL must not have a query or fragment"),
+            ("redis:///0", ": the URL has no host"),
+            ("redis://::1/0", ": an IPv6 address must be in brackets"),
+            (
+                "redis://cache .internal/0",
+                " is not a Redis URL: it contains whitespace",
+            ),
+        ):
+            self.assertEqual(
+                self.errors(redis_url=url),
+                (f"cluster.redis_url: {_tomlString(url)}{problem}",),
+                url,
+            )
+
+    def test_noCredentialsInURL(self) -> None:
+        """
+        A user or password in the URL is an error that points to
+        C{redis_password_file}, and does not repeat the password.
+        """
+        for url in (
+            "redis://:hunter2@cache/0",
+            "rediss://revproxy:hunter2@cache:6380",
+            "redis://revproxy:hunter2 @cache/0?x",
+        ):
+            self.assertEqual(
+                self.errors(redis_url=url),
+                (
+                    "cluster.redis_url: the URL must not hold a user or password; "
+                    "put the password in a file named by redis_password_file "
+                    "instead, so that it is not in the config file, which is often "
+                    "world-readable",
+                ),
+            )
+
+    def test_passwordFileErrors(self) -> None:
+        """
+        The password file must be readable, UTF-8 and not empty (a lone
+        newline is empty).
+        """
+        missing = os.path.join(self.dir, "missing.pw")
+        self.file("empty.pw", b"")
+        self.file("newline.pw", b"\n")
+        self.file("binary.pw", b"\xff\xfe")
+        self.assertEqual(
+            self.errors(redis_password_file="missing.pw"),
+            (
+                f"cluster.redis_password_file: cannot read {_tomlString(missing)}: "
+                "No such file or directory",
+            ),
+        )
+        for name in ("empty.pw", "newline.pw"):
+            path = _tomlString(os.path.join(self.dir, name))
+            self.assertEqual(
+                self.errors(redis_password_file=name),
+                (
+                    f"cluster.redis_password_file: {path} is empty (it holds the "
+                    "Redis password, on one line)",
+                ),
+            )
+        path = _tomlString(os.path.join(self.dir, "binary.pw"))
+        self.assertEqual(
+            self.errors(redis_password_file="binary.pw"),
+            (f"cluster.redis_password_file: {path} is not UTF-8 text",),
+        )
+
+    def test_passwordCRLF(self) -> None:
+        """
+        Only the trailing newline is taken off, also a CRLF one.
+        """
+        self.file("crlf.pw", b" pass word \r\n")
+        cluster = self.parse(redis_password_file="crlf.pw")
+        self.assertEqual(cluster.redis_password, " pass word ")
+
+    def test_absolutePathsKept(self) -> None:
+        """
+        An absolute path is used as written.
+        """
+        cluster = self.parse(secret_file=self.secret)
+        self.assertEqual(cluster.secret_file, self.secret)
+
+    def test_secretFileRequired(self) -> None:
+        """
+        C{secret_file} must be given, and the error says how to make one.
+        """
+        self.assertEqual(
+            self.errors(secret_file=None),
+            (
+                "cluster.secret_file: required in [cluster]: a file of at least 32 "
+                "random bytes (make one with: head -c 32 /dev/urandom > "
+                "/etc/revproxy/cluster.key; chmod 600 /etc/revproxy/cluster.key)",
+            ),
+        )
+        (error,) = self.errors(secret_file="")
+        self.assertTrue(error.startswith("cluster.secret_file: must not be empty"))
+
+    def test_secretFileMissing(self) -> None:
+        """
+        A secret file that cannot be read is an error.
+        """
+        missing = os.path.join(self.dir, "nope.key")
+        self.assertEqual(
+            self.errors(secret_file="nope.key"),
+            (
+                f"cluster.secret_file: cannot read {_tomlString(missing)}: "
+                "No such file or directory",
+            ),
+        )
+
+    def test_secretFileShort(self) -> None:
+        """
+        A secret of fewer than 32 bytes is an error saying how to make one.
+        """
+        short = self.file("short.key", b"k" * 31)
+        self.assertEqual(
+            self.errors(secret_file="short.key"),
+            (
+                f"cluster.secret_file: {_tomlString(short)} holds 31 byte(s); at "
+                "least 32 are needed (make one with: head -c 32 /dev/urandom > "
+                "/etc/revproxy/cluster.key; chmod 600 /etc/revproxy/cluster.key)",
+            ),
+        )
+
+    def test_secretIsRawBytes(self) -> None:
+        """
+        The secret is the file's bytes as they are, a newline included.
+        """
+        data = bytes(range(256))[:40] + b"\n"
+        self.file("raw.key", data)
+        self.assertEqual(self.parse(secret_file="raw.key").secret, data)
+
+    def test_keyPrefix(self) -> None:
+        """
+        C{key_prefix} is 1 to 64 printable ASCII characters without spaces.
+        """
+        self.assertEqual(self.parse(key_prefix="a" * 64).key_prefix, "a" * 64)
+        for prefix in ("", "a b", "a" * 65, "é:"):
+            self.assertEqual(
+                self.errors(key_prefix=prefix),
+                (
+                    f"cluster.key_prefix: {_tomlString(prefix)} must be 1 to 64 "
+                    "printable ASCII characters without spaces",
+                ),
+                prefix,
+            )
+        self.assertEqual(
+            self.errors(key_prefix=1),
+            ("cluster.key_prefix: expected a string, got integer 1",),
+        )
+
+    def test_nodeName(self) -> None:
+        """
+        C{node_name} is 1 to 64 letters, digits, dots, hyphens or
+        underscores.
+        """
+        self.assertEqual(self.parse(node_name="a_b.c-9").node_name, "a_b.c-9")
+        for name in ("", "web 1", "web/1", "n" * 65):
+            self.assertEqual(
+                self.errors(node_name=name),
+                (
+                    f"cluster.node_name: {_tomlString(name)} must be 1 to 64 "
+                    "letters, digits, dots, hyphens or underscores",
+                ),
+                name,
+            )
+
+    def test_hostNameNotANodeName(self) -> None:
+        """
+        When the host name does not fit, leaving C{node_name} out is an
+        error that says to set it.
+        """
+        self.patch(socket, "gethostname", lambda: "bad host")
+        self.assertEqual(
+            self.errors(),
+            (
+                'cluster.node_name: the host name "bad host" is not a valid node '
+                "name (1 to 64 letters, digits, dots, hyphens or underscores); "
+                "set node_name",
+            ),
+        )
+        self.assertEqual(self.parse(node_name="web-1").node_name, "web-1")
+
+    def test_caFileOnlyWithTLS(self) -> None:
+        """
+        C{redis_ca_file} with a C{redis://} URL is an error.
+        """
+        self.assertEqual(
+            self.errors(redis_ca_file="ca.pem"),
+            (
+                "cluster.redis_ca_file: only used with a rediss:// redis_url "
+                "(Redis over TLS)",
+            ),
+        )
+
+    def test_caFileChecked(self) -> None:
+        """
+        L{checkConfig} reports a C{redis_ca_file} that cannot be read.
+        """
+        config = parseConfig(
+            self.text(redis_url="rediss://cache", redis_ca_file="ca.pem"),
+            baseDir=self.dir,
+        )
+        path = _tomlString(os.path.join(self.dir, "ca.pem"))
+        self.assertEqual(
+            checkConfig(config),
+            [f"cluster.redis_ca_file: cannot read {path}: No such file or directory"],
+        )
+
+    def test_reloadChannel(self) -> None:
+        """
+        C{reload_channel} is a boolean.
+        """
+        self.assertTrue(self.parse(reload_channel=True).reload_channel)
+        self.assertEqual(
+            self.errors(reload_channel="yes"),
+            ('cluster.reload_channel: expected true or false, got string "yes"',),
+        )
+
+    def test_unknownKey(self) -> None:
+        """
+        An unknown key of C{[cluster]} is an error, with the key it may
+        have meant; a cluster key elsewhere says where it belongs.
+        """
+        self.assertEqual(
+            self.errors(redis_uri="redis://x"),
+            ('cluster.redis_uri: unknown key (did you mean "redis_url"?)',),
+        )
+        self.assertEqual(
+            self.errorsOf(document(server={"key_prefix": "x:"})),
+            ("server.key_prefix: unknown key (it belongs in [cluster])",),
+        )
+        self.assertEqual(
+            self.errorsOf("cluster = 1\n" + document()),
+            ("cluster: expected a table, got integer 1",),
+        )
+
+    def test_allErrorsAtOnce(self) -> None:
+        """
+        Every problem of the table is reported at once.
+        """
+        self.assertEqual(
+            len(
+                self.errors(
+                    redis_url="http://x",
+                    key_prefix="",
+                    node_name="",
+                    secret_file=None,
+                )
+            ),
+            4,
+        )
+
+    def test_secretsNotInRepr(self) -> None:
+        """
+        Neither the Redis password nor the secret shows in the repr of the
+        config (logs, tracebacks).
+        """
+        self.file("redis.pw", b"hunter2-password\n")
+        self.file("secret.key", b"S" * 40)
+        config = parseConfig(
+            self.text(redis_password_file="redis.pw", secret_file="secret.key"),
+            baseDir=self.dir,
+        )
+        assert config.cluster is not None
+        self.assertEqual(config.cluster.redis_password, "hunter2-password")
+        self.assertEqual(config.cluster.secret, b"S" * 40)
+        for text in (repr(config), repr(config.cluster), str(config)):
+            self.assertNotIn("hunter2", text)
+            self.assertNotIn("SSSS", text)
+            self.assertIn("redis.pw", text)
+
+    def test_worldReadableSecretWarned(self) -> None:
+        """
+        A secret file that group or others may read is a config warning;
+        one only its owner may read is not.
+        """
+        self.assertEqual(configWarnings(parseConfig(self.text(), baseDir=self.dir)), [])
+        for mode in (0o640, 0o604, 0o644):
+            os.chmod(self.secret, mode)
+            self.assertEqual(
+                configWarnings(parseConfig(self.text(), baseDir=self.dir)),
+                [
+                    f"cluster.secret_file: {self.secret} can be read by group or "
+                    f"others (mode {mode:04o}): chmod 600 {self.secret}"
+                ],
+            )

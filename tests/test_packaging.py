@@ -24,6 +24,7 @@ from revproxy import metrics as metricsModule
 from revproxy.config import (
     _ACME_KEYS,
     _BASIC_AUTH_KEYS,
+    _CLUSTER_KEYS,
     _DEFAULTS_KEYS,
     _FORWARD_AUTH_KEYS,
     _HEADER_RULES_KEYS,
@@ -52,6 +53,7 @@ _DEBIAN = os.path.join(
 _TABLES: dict[str, tuple[str, ...]] = {
     "[server]": _SERVER_KEYS,
     "[acme]": _ACME_KEYS,
+    "[cluster]": _CLUSTER_KEYS,
     "[logging]": _LOGGING_KEYS,
     "[defaults]": _DEFAULTS_KEYS,
     "[[sites]]": _SITE_KEYS,
@@ -439,6 +441,12 @@ class RevproxyManPageTests(SynchronousTestCase):
         users = json.dumps(os.path.abspath(self.mktemp()))
         with open(json.loads(users), "w") as f:
             f.write("u:$2b$04$" + "a" * 53 + "\n")
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "wb") as f:
+            f.write(b"s" * 32)
+        clusterKeys = (
+            f'redis_url = "redis://127.0.0.1"\nsecret_file = {json.dumps(secret)}\n'
+        )
         checked = 0
         for table, key, value in _documentedDefaults(_read("revproxy.8")):
             setting = f"{key} = {value}\n"
@@ -473,6 +481,10 @@ class RevproxyManPageTests(SynchronousTestCase):
                 without = site + check + " }\n"
                 with_ = site + f"{check}, {key} = {value} }}\n"
                 attribute = "sites"
+            elif table == "[cluster]":
+                cluster = f"[cluster]\n{clusterKeys}"
+                without, with_ = cluster + site, cluster + setting + site
+                attribute = "cluster"
             else:
                 without, with_ = site, f"{table}\n{setting}" + site
                 attribute = table.strip("[]")

@@ -206,6 +206,77 @@ class ReloaderTests(ReloaderCase):
         self.assertEqual(answer["restart_required"], ["server.workers"])
         self.assertEqual(self.holder.current.config.server.workers, 1)
 
+    def clusterTable(self, **keys: str) -> str:
+        """
+        A C{[cluster]} table with C{keys} (TOML values as written) over
+        C{redis_url} and a 32-byte C{secret_file} beside the config file.
+        """
+        secret = os.path.join(os.path.dirname(self.path), "cluster.key")
+        if not os.path.exists(secret):
+            with open(secret, "wb") as f:
+                f.write(b"k" * 32)
+            os.chmod(secret, 0o600)
+        table = {
+            "redis_url": '"redis://127.0.0.1:6379/0"',
+            "secret_file": '"cluster.key"',
+        }
+        table.update(keys)
+        return "\n[cluster]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+
+    def test_clusterChangeWaitsForRestart(self) -> None:
+        """
+        A changed C{[cluster]} key is listed as C{cluster.KEY} and keeps its
+        running value, while the dynamic part is applied; a new URL is one
+        change (C{cluster.redis_url}), not one per part.
+        """
+        self.write(BASE + self.clusterTable())
+        self.reloader = Reloader(
+            self.path,
+            RuntimeHolder(buildRuntime(loadConfig(self.path), self.clock)),
+            self.clock,
+        )
+        self.holder = self.reloader.holder
+        running = self.holder.current.config.cluster
+        assert running is not None
+        self.write(
+            BASE.replace("9001", "9005")
+            + self.clusterTable(
+                redis_url='"rediss://cache.internal:6380/2"',
+                node_name='"web-9"',
+                reload_channel="true",
+            )
+        )
+        answer = self.reload()
+        self.assertEqual(answer["status"], "ok")
+        self.assertEqual(
+            answer["restart_required"],
+            ["cluster.redis_url", "cluster.node_name", "cluster.reload_channel"],
+        )
+        runtime = self.holder.current
+        self.assertEqual(runtime.generation, 2)
+        self.assertIs(runtime.config.cluster, running)
+        self.assertEqual(running.redis_port, 6379)
+        route = runtime.table.match("a.example")
+        assert route is not None
+        self.assertEqual(route.config.upstreams[0].port, 9005)
+
+    def test_clusterAddedOrRemoved(self) -> None:
+        """
+        Adding C{[cluster]} to a running config, or removing it, is listed
+        as C{cluster}; the running config keeps what it had.
+        """
+        self.write(BASE + self.clusterTable())
+        answer = self.reload()
+        self.assertEqual(answer["restart_required"], ["cluster"])
+        self.assertIsNone(self.holder.current.config.cluster)
+
+        self.write(BASE + self.clusterTable())
+        self.holder.current = buildRuntime(loadConfig(self.path), self.clock)
+        self.write(BASE)
+        answer = self.reload()
+        self.assertEqual(answer["restart_required"], ["cluster"])
+        self.assertIsNotNone(self.holder.current.config.cluster)
+
     def test_checkChangesNothing(self) -> None:
         """
         C{check} answers the same diff as a reload would, without swapping.
@@ -447,6 +518,34 @@ class DiffTests(SynchronousTestCase):
         self.assertTrue(auto.server.workers_auto)
         self.assertEqual(staticChanges(auto, three), [])
         self.assertEqual(staticChanges(three, auto), [])
+
+    def test_clusterFileContents(self) -> None:
+        """
+        A password or secret rotated in the same file is named by the key
+        of its file; the secret file's permissions are not compared.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+
+        def configWith(password: bytes, secret: bytes, mode: int) -> Config:
+            for name, data in (("pw", password), ("key", secret)):
+                path = os.path.join(directory, name)
+                with open(path, "wb") as f:
+                    f.write(data)
+                os.chmod(path, mode)
+            return parseConfig(
+                BASE
+                + '[cluster]\nredis_url = "redis://h"\nsecret_file = "key"\n'
+                + 'redis_password_file = "pw"\n',
+                baseDir=directory,
+            )
+
+        one = configWith(b"one\n", b"a" * 32, 0o600)
+        self.assertEqual(staticChanges(one, configWith(b"one\n", b"a" * 32, 0o644)), [])
+        self.assertEqual(
+            staticChanges(one, configWith(b"two\n", b"b" * 32, 0o600)),
+            ["cluster.redis_password_file", "cluster.secret_file"],
+        )
 
     def test_noChanges(self) -> None:
         """

@@ -198,6 +198,79 @@ class CheckTests(_OptionsTestCase):
             self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
             self.assertNotIn("worker", self.out(options))
 
+    def test_cluster(self) -> None:
+        """
+        With C{[cluster]}, the success output names the node and its Redis
+        server, C{(tls)} for C{rediss://}, and never the password or the
+        secret.
+        """
+        directory = os.path.dirname(self.writeFile(""))
+        with open(os.path.join(directory, "cluster.key"), "wb") as f:
+            f.write(b"S" * 32)
+        os.chmod(os.path.join(directory, "cluster.key"), 0o600)
+        with open(os.path.join(directory, "redis.pw"), "w") as f:
+            f.write("hunter2\n")
+        for url, line in (
+            (
+                "redis://10.0.0.5",
+                "revproxy: cluster node web-1, redis 10.0.0.5:6379/0",
+            ),
+            (
+                "rediss://[2001:db8::7]:6380/3",
+                "revproxy: cluster node web-1, redis [2001:db8::7]:6380/3 (tls)",
+            ),
+        ):
+            path = os.path.join(directory, "revproxy.toml")
+            with open(path, "w") as f:
+                f.write(
+                    GOOD
+                    + f'[cluster]\nredis_url = "{url}"\nnode_name = "web-1"\n'
+                    + 'secret_file = "cluster.key"\nredis_password_file = "redis.pw"\n'
+                )
+            options = self.options()
+            self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
+            lines = self.out(options).splitlines()
+            self.assertEqual(lines[0], line)
+            self.assertIn("configuration test is successful", lines[-1])
+            self.assertNotIn("hunter2", self.out(options))
+            self.assertNotIn("SSSS", self.out(options))
+            self.assertEqual(self.err(options), "")
+
+    def test_clusterSecretReadableByOthers(self) -> None:
+        """
+        A cluster secret file that others may read is a warning; the check
+        still passes.
+        """
+        path = self.writeFile("")
+        secret = os.path.join(os.path.dirname(path), "cluster.key")
+        with open(secret, "wb") as f:
+            f.write(b"S" * 32)
+        os.chmod(secret, 0o644)
+        with open(path, "w") as f:
+            f.write(
+                GOOD + '[cluster]\nredis_url = "redis://127.0.0.1"\n'
+                'node_name = "n1"\nsecret_file = "cluster.key"\n'
+            )
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
+        self.assertEqual(
+            self.out(options).splitlines()[:2],
+            [
+                f"revproxy: warning: cluster.secret_file: {secret} can be read by "
+                f"group or others (mode 0644): chmod 600 {secret}",
+                "revproxy: cluster node n1, redis 127.0.0.1:6379/0",
+            ],
+        )
+
+    def test_noClusterNotMentioned(self) -> None:
+        """
+        Without C{[cluster]}, no cluster line.
+        """
+        path = self.writeFile(GOOD)
+        options = self.options()
+        self.assertEqual(self.exitCode(options, ["--config", path, "--check"]), 0)
+        self.assertNotIn("cluster node", self.out(options))
+
     def test_bad(self) -> None:
         """
         An invalid file: exit 1, and each problem on its own line of

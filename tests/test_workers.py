@@ -229,6 +229,23 @@ class WorkerConfigTests(SynchronousTestCase):
         self.assertEqual(config.server.listen_http, ("tcp:18080:interface=127.0.0.1",))
         self.assertEqual(config.sites[1].hosts, ("changed.test",))
 
+    def test_staticCluster(self) -> None:
+        """
+        C{[cluster]} is static too: a worker keeps the supervisor's
+        (here: none) when the new file adds one.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "cluster.key"), "wb") as f:
+            f.write(b"k" * 32)
+        path = os.path.join(directory, "config.toml")
+        changed = CONFIG + (
+            b'\n[cluster]\nredis_url = "redis://127.0.0.1"\n'
+            b'secret_file = "cluster.key"\n'
+        )
+        self.assertIsNotNone(workerConfig(path, changed, b"", 2).cluster)
+        self.assertIsNone(workerConfig(path, changed, CONFIG, 2).cluster)
+
 
 class RemoteStateTests(SynchronousTestCase):
     """

@@ -148,7 +148,10 @@ def workerConfig(path: str, data: bytes, static: bytes, workers: int) -> Config:
     config = configFromBytes(data, path)
     base = configFromBytes(static, path) if static else config
     server = attrs.evolve(base.server, admin_socket_path="", ops_listen="")
-    return shareLimits(attrs.evolve(config, server=server, acme=base.acme), workers)
+    return shareLimits(
+        attrs.evolve(config, server=server, acme=base.acme, cluster=base.cluster),
+        workers,
+    )
 
 
 @attrs.define
