@@ -87,6 +87,14 @@ def _ipv6Key(ip: str, prefix: int) -> str:
     return f"{inet_ntop(AF_INET6, masked)}/{prefix}"
 
 
+def clientKey(ip: str, ipv6Prefix: int) -> str:
+    """
+    The bucket key of the client C{ip}: itself for an IPv4 address, its
+    C{/ipv6Prefix} network for an IPv6 one (see L{RateLimiter}).
+    """
+    return _ipv6Key(ip, ipv6Prefix) if ":" in ip else ip
+
+
 class RateLimiter:
     """
     Token buckets per C{(site, client address)}.

@@ -35,6 +35,8 @@ from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.certificates import LoadedCertificate
+from revproxy.cluster.ratelimit import SharedRateLimiter
+from revproxy.cluster.redis import RedisLink
 from revproxy.config import Config, SiteConfig, allUpstreams
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
@@ -260,8 +262,18 @@ class RequestPath(Service):
         site: FrontEnd,
         tunnels: TunnelRegistry,
         passwords: PasswordThreads | None = None,
+        shared: SharedRateLimiter | None = None,
+        redis: RedisLink | None = None,
     ) -> None:
+        """
+        @param shared: the fleet's rate limiter (with C{[cluster]}), in
+            front of C{limiter}.
+        @param redis: its Redis connection, opened and closed with the
+            request path.
+        """
         self.holder = holder
+        self.shared = shared
+        self.redis = redis
         self.passwords = passwords
         self.gate = gate
         self.pool = pool
@@ -276,14 +288,24 @@ class RequestPath(Service):
         super().startService()
         if self.passwords is not None:
             self.passwords.pool.start()
+        if self.redis is not None:
+            self.redis.startService()
+        if self.shared is not None:
+            self.shared.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self.passwords is not None:
             self.passwords.pool.stop()
+        stopped = None
+        if self.shared is not None:
+            self.shared.stop()
+        if self.redis is not None:
+            stopped = self.redis.stopService()
         # Tunnels that end from now on end for the shutdown.
         self.tunnels.shuttingDown = True
         self.pool.close()
+        return stopped
 
     def reloadStarting(self, source: str) -> None:
         pass
@@ -391,13 +413,24 @@ def requestPath(
         metrics,
         holder.current.generation,
     )
+    shared = redis = None
+    if config.cluster is not None:
+        redis = RedisLink(reactor, config.cluster)
+        shared = SharedRateLimiter(
+            reactor,
+            redis,
+            limiter,
+            config.cluster.key_prefix,
+            f"{config.cluster.node_name}:{os.getpid()}",
+            config.server.rate_limit_ipv6_prefix,
+        )
     router = Router(
         holder,
         Forwarder(
             pool, reactor, config.server.trusted_proxies, metrics, tunnels=tunnels
         ),
         challenges=challenges,
-        limiter=limiter,
+        limiter=limiter if shared is None else shared,
         observer=observer,
         issued=None if manager is None else manager.isIssued,
         inThread=passwords.run,
@@ -411,7 +444,17 @@ def requestPath(
         snapshot=router.snapshot,
     )
     path = RequestPath(
-        holder, gate, pool, metrics, limiter, observer, site, tunnels, passwords
+        holder,
+        gate,
+        pool,
+        metrics,
+        limiter,
+        observer,
+        site,
+        tunnels,
+        passwords,
+        shared,
+        redis,
     )
     path.follow(holder.current)
     return path

@@ -148,10 +148,12 @@ def workerConfig(path: str, data: bytes, static: bytes, workers: int) -> Config:
     config = configFromBytes(data, path)
     base = configFromBytes(static, path) if static else config
     server = attrs.evolve(base.server, admin_socket_path="", ops_listen="")
-    return shareLimits(
-        attrs.evolve(config, server=server, acme=base.acme, cluster=base.cluster),
-        workers,
-    )
+    config = attrs.evolve(config, server=server, acme=base.acme, cluster=base.cluster)
+    if config.cluster is not None:
+        # The fleet's buckets are shared exactly, through Redis; a worker
+        # takes its share only while Redis is down.
+        return config
+    return shareLimits(config, workers)
 
 
 @attrs.define

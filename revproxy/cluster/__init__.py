@@ -1,0 +1,1 @@
+"""The fleet (#19): what several revproxy nodes share through Redis."""

@@ -1,0 +1,265 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+Rate limits shared by the fleet (#19): the GCRA bucket of each (site or
+route, client) in Redis, one Lua script call per request, on Redis's own
+clock; while Redis is down or slow, this process's own buckets with its
+share of the limit, never failing a request because Redis is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from revproxy.config import RateLimit
+from revproxy.ratelimit import ALLOWED, Decision, RateLimiter, clientKey
+from revproxy.throttle import LogThrottle
+
+_log = Logger()
+
+#: The bucket script: KEYS[1] the bucket, ARGV[1] the emission interval
+#: and ARGV[2] the burst tolerance, in microseconds.  The key holds the
+#: theoretical arrival time (TAT) and expires when the bucket would be full
+#: again, so idle clients cost nothing.  Redis's clock (TIME) is every
+#: node's clock.  Returns {allowed, microseconds until a token}.
+GCRA = """\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local early = tat - now - tolerance
+if early > 0 then
+  return {0, early}
+end
+local next = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', next), 'PX', math.ceil((next - now) / 1000))
+return {1, 0}
+"""
+
+GCRA_SHA = hashlib.sha1(GCRA.encode("utf-8")).hexdigest()
+
+#: The limiters' heartbeat: KEYS[1] the sorted set of the fleet's limiting
+#: processes (score: when each stops counting, in ms of Redis's clock),
+#: ARGV[1] this one, ARGV[2] how long it counts without another beat.
+#: Returns how many count now.
+HEARTBEAT = """\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+HEARTBEAT_SHA = hashlib.sha1(HEARTBEAT.encode("utf-8")).hexdigest()
+
+#: How often a limiting process says it is there, and how long it counts.
+HEARTBEAT_SECS = 5.0
+HEARTBEAT_TTL_MS = 15_000
+
+#: How long a request waits for Redis's decision before this process
+#: decides alone.
+DECISION_TIMEOUT_SECS = 0.05
+
+#: Redis down or slow is logged at most this often.
+FALLBACK_LOG_SECS = 60.0
+
+
+class ScriptRunner(Protocol):
+    """
+    What the shared limiter needs of the Redis connection
+    (L{revproxy.cluster.redis.RedisLink}).
+    """
+
+    @property
+    def up(self) -> bool:
+        """
+        Whether a connection is open now.
+        """
+
+    def evalsha(
+        self, sha: str, script: str, keys: list[str], args: list[Any]
+    ) -> Deferred[Any]:
+        """
+        Run C{script} by its C{sha}.
+        """
+
+
+def bucketArguments(limit: RateLimit) -> list[int]:
+    """
+    The GCRA arguments of C{limit}: the emission interval (one token's
+    refill) and the burst tolerance ((burst - 1) intervals), in whole
+    microseconds.
+    """
+    interval = max(1, round(1_000_000 / limit.requests_per_second))
+    return [interval, interval * (limit.burst - 1)]
+
+
+def nodeShare(limit: RateLimit, processes: int) -> RateLimit:
+    """
+    One of C{processes}' share of C{limit}: what each enforces alone while
+    Redis is down, so that together they admit no more than the limit.
+    """
+    if processes <= 1 or not limit.enabled:
+        return limit
+    return attrs.evolve(
+        limit,
+        requests_per_second=limit.requests_per_second / processes,
+        burst=max(1, limit.burst // processes),
+    )
+
+
+class SharedRateLimiter:
+    """
+    The fleet's rate limiter: a request's decision is Redis's, through
+    L{GCRA}; this process's L{RateLimiter} decides, with its share, while
+    Redis is down or when its answer takes longer than
+    L{DECISION_TIMEOUT_SECS}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        redis: ScriptRunner,
+        local: RateLimiter,
+        prefix: str,
+        member: str,
+        ipv6Prefix: int = 64,
+        timeout: float = DECISION_TIMEOUT_SECS,
+    ) -> None:
+        """
+        @param local: decides when Redis does not.
+        @param prefix: the cluster's key prefix.
+        @param member: this process, among the fleet's limiting processes
+            (C{node:pid}).
+        """
+        self._clock = clock
+        self.redis = redis
+        self.local = local
+        self._prefix = prefix
+        self._member = member
+        #: How many processes of the fleet limited requests at the last
+        #: heartbeat: while Redis is down, each enforces that share.
+        self.processes = 1
+        self._beats: LoopingCall | None = None
+        self._ipv6Prefix = ipv6Prefix
+        self._timeout = timeout
+        self._logs = LogThrottle(clock, FALLBACK_LOG_SECS)
+        self.fallbacks = 0
+
+    def start(self) -> None:
+        """
+        Say every L{HEARTBEAT_SECS} that this process limits requests, and
+        learn how many do.
+        """
+        self._beats = LoopingCall(self.beat)
+        self._beats.clock = self._clock
+        self._beats.start(HEARTBEAT_SECS, now=True)
+
+    def stop(self) -> None:
+        beats, self._beats = self._beats, None
+        if beats is not None and beats.running:
+            beats.stop()
+
+    def beat(self) -> None:
+        """
+        One heartbeat (while Redis is up).
+        """
+        if not self.redis.up:
+            return
+
+        def counted(count: Any) -> None:
+            try:
+                self.processes = max(1, int(count))
+            except (TypeError, ValueError):
+                pass
+
+        self.redis.evalsha(
+            HEARTBEAT_SHA,
+            HEARTBEAT,
+            [f"{self._prefix}limiters"],
+            [self._member, HEARTBEAT_TTL_MS],
+        ).addCallbacks(counted, lambda _: None)
+
+    def allow(
+        self, site: str, limit: RateLimit, clientIP: str
+    ) -> Decision | Deferred[Decision]:
+        """
+        Take a token from the shared bucket of C{clientIP} on C{site}.
+        """
+        if not limit.enabled:
+            return ALLOWED
+        if not self.redis.up:
+            return self._alone(site, limit, clientIP, "Redis is down")
+        key = f"{self._prefix}rl:{site}:{clientKey(clientIP, self._ipv6Prefix)}"
+        decided: Deferred[Decision] = Deferred()
+
+        def late() -> None:
+            if not decided.called:
+                decided.callback(
+                    self._alone(site, limit, clientIP, "Redis did not answer in time")
+                )
+
+        timer = self._clock.callLater(self._timeout, late)
+
+        def answered(reply: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if decided.called:
+                return
+            try:
+                if not isinstance(reply, list | tuple) or len(reply) != 2:
+                    raise ValueError(reply)
+                allowed, wait = int(reply[0]), int(reply[1])
+            except (TypeError, ValueError):
+                decided.callback(
+                    self._alone(site, limit, clientIP, f"bad answer {reply!r}")
+                )
+                return
+            if allowed:
+                decided.callback(ALLOWED)
+            else:
+                decided.callback(Decision(False, max(1, math.ceil(wait / 1_000_000))))
+
+        def failed(reason: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not decided.called:
+                decided.callback(
+                    self._alone(site, limit, clientIP, reason.getErrorMessage())
+                )
+
+        self.redis.evalsha(GCRA_SHA, GCRA, [key], bucketArguments(limit)).addCallbacks(
+            answered, failed
+        )
+        return decided
+
+    def _alone(self, site: str, limit: RateLimit, clientIP: str, why: str) -> Decision:
+        """
+        Decide with this process's buckets and share, and say so (at most
+        once a minute).
+        """
+        self.fallbacks += 1
+        processes = max(1, self.processes)
+        held = self._logs.due()
+        if held is not None:
+            _log.warn(
+                "Rate limits: {why}; each of {processes} process(es) limits "
+                "alone, with its share, until Redis answers again ({held} more "
+                "such decisions since the last line)",
+                why=why,
+                processes=processes,
+                held=held,
+            )
+        return self.local.allow(site, nodeShare(limit, processes), clientIP)

@@ -1,0 +1,199 @@
+"""
+Tests for L{revproxy.cluster}: the fleet's shared rate limiter, with a
+fake Redis (the scripts themselves run against a real Redis in
+L{tests.integration.test_cluster}).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from revproxy.cluster.ratelimit import (
+    DECISION_TIMEOUT_SECS,
+    FALLBACK_LOG_SECS,
+    GCRA,
+    GCRA_SHA,
+    HEARTBEAT_SECS,
+    HEARTBEAT_SHA,
+    SharedRateLimiter,
+    bucketArguments,
+    nodeShare,
+)
+from revproxy.config import RateLimit
+from revproxy.ratelimit import ALLOWED, Decision, RateLimiter
+
+LIMIT = RateLimit(10.0, 4)
+
+
+class FakeRedis:
+    """
+    Records the scripts run; each answer is a L{Deferred} the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.up = True
+        self.calls: list[tuple[str, list[str], list[Any], Deferred[Any]]] = []
+
+    def evalsha(
+        self, sha: str, script: str, keys: list[str], args: list[Any]
+    ) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((sha, keys, args, d))
+        return d
+
+
+class SharedRateLimiterTests(SynchronousTestCase):
+    """
+    L{SharedRateLimiter}: Redis decides; this process decides alone, with
+    its share, when Redis is down or slow.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedis()
+        self.local = RateLimiter(self.clock)
+        self.limiter = SharedRateLimiter(
+            self.clock, self.redis, self.local, "rp:", "node-a:42"
+        )
+
+    def decide(self, ip: str = "192.0.2.7") -> Decision | Deferred[Decision]:
+        return self.limiter.allow("site", LIMIT, ip)
+
+    def later(self) -> Deferred[Decision]:
+        """
+        A decision Redis is asked for.
+        """
+        d = self.decide()
+        assert isinstance(d, Deferred)
+        return d
+
+    def test_arguments(self) -> None:
+        """
+        The emission interval and the burst tolerance, in microseconds.
+        """
+        self.assertEqual(bucketArguments(RateLimit(10.0, 20)), [100_000, 1_900_000])
+        self.assertEqual(bucketArguments(RateLimit(3.0, 1)), [333_333, 0])
+
+    def test_redisDecides(self) -> None:
+        """
+        One script call per request, on the client's bucket; its answer is
+        the decision, the wait rounded up to whole seconds.
+        """
+        d = self.decide()
+        assert isinstance(d, Deferred)
+        sha, keys, args, answer = self.redis.calls[0]
+        self.assertEqual(sha, GCRA_SHA)
+        self.assertEqual(keys, ["rp:rl:site:192.0.2.7"])
+        self.assertEqual(args, bucketArguments(LIMIT))
+        self.assertNoResult(d)
+        answer.callback([1, 0])
+        self.assertEqual(self.successResultOf(d), ALLOWED)
+        refused = self.decide()
+        assert isinstance(refused, Deferred)
+        self.redis.calls[1][3].callback([0, 2_500_000])
+        self.assertEqual(self.successResultOf(refused), Decision(False, 3))
+        self.assertEqual(self.limiter.fallbacks, 0)
+
+    def test_ipv6Network(self) -> None:
+        """
+        IPv6 clients share the bucket of their /64, as locally.
+        """
+        self.decide("2001:db8:1:2::5")
+        self.assertEqual(self.redis.calls[0][1], ["rp:rl:site:2001:db8:1:2::/64"])
+
+    def test_unlimited(self) -> None:
+        """
+        A site without a limit asks nobody.
+        """
+        self.assertEqual(
+            self.limiter.allow("site", RateLimit(0.0, 0), "192.0.2.7"), ALLOWED
+        )
+        self.assertEqual(self.redis.calls, [])
+
+    def test_downDecidesAloneWithShare(self) -> None:
+        """
+        While Redis is down, the local buckets decide at once, with this
+        process's share of the limit.
+        """
+        self.redis.up = False
+        self.limiter.processes = 2
+        decisions = [self.decide() for _ in range(3)]
+        self.assertEqual(decisions, [ALLOWED, ALLOWED, Decision(False, 1)])
+        self.assertEqual(self.redis.calls, [])
+        self.assertEqual(self.limiter.fallbacks, 3)
+        self.assertEqual(nodeShare(LIMIT, 2), RateLimit(5.0, 2))
+
+    def test_slowDecidesAlone(self) -> None:
+        """
+        An answer that takes longer than the deadline is not waited for;
+        when it comes, it is ignored.
+        """
+        d = self.later()
+        self.clock.advance(DECISION_TIMEOUT_SECS)
+        self.assertEqual(self.successResultOf(d), ALLOWED)
+        self.redis.calls[0][3].callback([0, 1_000_000])
+        self.assertEqual(self.limiter.fallbacks, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failureDecidesAlone(self) -> None:
+        """
+        A failed call, or an answer that makes no sense, leaves the
+        decision to the local buckets; no timer is left.
+        """
+        d = self.later()
+        self.redis.calls[0][3].errback(ConnectionError("gone"))
+        self.assertEqual(self.successResultOf(d), ALLOWED)
+        d = self.later()
+        self.redis.calls[1][3].callback(b"nonsense")
+        self.assertEqual(self.successResultOf(d), ALLOWED)
+        self.assertEqual(self.limiter.fallbacks, 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_fallbackLoggedOncePerMinute(self) -> None:
+        """
+        Deciding alone is logged once a minute at most, with how many
+        decisions were made alone meanwhile.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.redis.up = False
+        for _ in range(5):
+            self.decide()
+        self.clock.advance(FALLBACK_LOG_SECS)
+        self.decide()
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 2)
+        self.assertEqual(warnings[1]["held"], 4)
+
+    def test_heartbeat(self) -> None:
+        """
+        Every few seconds the process says it limits requests, and learns
+        how many do (its share while Redis is down); not while Redis is
+        down.
+        """
+        self.limiter.start()
+        self.addCleanup(self.limiter.stop)
+        sha, keys, args, answer = self.redis.calls[0]
+        self.assertEqual(
+            (sha, keys, args[0]), (HEARTBEAT_SHA, ["rp:limiters"], "node-a:42")
+        )
+        answer.callback(3)
+        self.assertEqual(self.limiter.processes, 3)
+        self.redis.up = False
+        self.clock.advance(HEARTBEAT_SECS)
+        self.assertEqual(len(self.redis.calls), 1)
+        self.assertEqual(self.limiter.processes, 3)
+
+    def test_scriptUsesRedisClock(self) -> None:
+        """
+        The bucket script reads Redis's own clock: every node's decisions
+        are on one clock.
+        """
+        self.assertIn("redis.call('TIME')", GCRA)
