@@ -16,8 +16,10 @@ export PYTHONPATH := $(CURDIR)
 
 # Debian packages the integration tests use: real admin-socket clients
 # (nc, socat), real TLS and HTTP/2 clients (openssl, nghttp, curl), and
-# pebble, Let's Encrypt's test ACME server (with pebble-challtestsrv), and
-# slowhttptest, a real slow-client attacker for the slow-client tests.
+# pebble, Let's Encrypt's test ACME server (with pebble-challtestsrv),
+# slowhttptest, a real slow-client attacker for the slow-client tests, and
+# redis-server (Redis 7), which the tests start on a loopback port with a
+# directory of their own (the shared state of a fleet, #19).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements-test.txt setup.cfg pyproject.toml
@@ -73,6 +75,7 @@ debian-deps:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v pebble >/dev/null || missing="$$missing pebble"; \
 	command -v slowhttptest >/dev/null || missing="$$missing slowhttptest"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

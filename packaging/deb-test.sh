@@ -349,6 +349,11 @@ check "the shipped config passes revproxy --check (as revproxy)" \
 check "no plugin cache, no bytecode in the package" nothing_generated_shipped
 check "postinst made the plugin cache and the bytecode" postinst_generated
 check "venv = requirements.lock's versions (+ pip check)" venv_matches_lock
+# The Redis client of #19 and its C parser (txredisapi picks HiredisProtocol
+# when hiredis imports). A python of its own: import txredisapi installs
+# Twisted's global reactor.
+check "venv imports hiredis and txredisapi (with hiredis)" \
+    "$VENV/bin/python" -B -c 'import hiredis, txredisapi; assert txredisapi.hiredis is hiredis'
 
 # ---- 1b. reinstall: prerm upgrade + postinst configure once more ------------------
 section "reinstall over itself (the upgrade path of the maintainer scripts)"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -33,7 +34,7 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     connectProtocol,
 )
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectError, ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -1331,6 +1332,234 @@ class ProxyCaseMixin:
         output = self.proxy.output
         if "Traceback" in output:
             raise AssertionError(f"the proxy logged a traceback:\n{output}")
+
+
+# -- Redis (#19): a redis-server of the test's own
+
+
+#: A RESP C{PING}, and the first line of the answer a live server gives.
+REDIS_PING = b"*1\r\n$4\r\nPING\r\n"
+REDIS_PONG = b"+PONG"
+
+
+class _RedisPing(Protocol):
+    """
+    Sends one C{PING} and fires L{answered} with the first line of the reply.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.answered: Deferred[bytes] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write(REDIS_PING)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n" in self.data and not self.answered.called:
+            self.answered.callback(self.data.split(b"\r\n", 1)[0])
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.answered.called:
+            self.answered.errback(
+                ConnectionError(f"closed before a reply line: {self.data!r}")
+            )
+        self.lost.callback(None)
+
+
+async def pingRedis(
+    reactor: IIntegrationReactor, port: int, seconds: float = EXIT_TIMEOUT
+) -> bytes:
+    """
+    The first line of a Redis server's answer to C{PING} on
+    C{127.0.0.1:port}, over a plain TCP connection of its own (C{+PONG} when
+    it is up); fails when it cannot connect or gets no line in C{seconds}.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    client: _RedisPing = await connectProtocol(endpoint, _RedisPing())
+    try:
+        line: bytes = await withTimeout(client.answered, seconds, "redis PING")
+    finally:
+        transport = client.transport
+        assert transport is not None
+        transport.loseConnection()
+        await withTimeout(client.lost, EXIT_TIMEOUT, "redis PING close")
+    return line
+
+
+class _RedisProtocol(ProcessProtocol):
+    """
+    Collects C{redis-server}'s output and tells when it ends.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[int] = Deferred()
+        self.exitCode: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.exitCode = exitCode(reason)
+        self.ended.callback(self.exitCode)
+
+
+class RedisServer:
+    """
+    A C{redis-server} child process (Debian's, Redis 7) on C{127.0.0.1:port}
+    with its own C{directory}, no persistence (C{--save ''},
+    C{--appendonly no}) and in the foreground.  L{stop} and L{start} again
+    keep the port, for tests of Redis going away and coming back.
+
+    @ivar port: the loopback port it listens on.
+    @ivar directory: its working directory (C{--dir}).
+    """
+
+    def __init__(self, reactor: IIntegrationReactor, directory: str, port: int) -> None:
+        self.reactor = reactor
+        self.directory = directory
+        self.port = port
+        self._protocol: _RedisProtocol | None = None
+        self._transport: IProcessTransport | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        """
+        The command line it runs.
+        """
+        return [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            self.directory,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether a process was started and has not ended yet.
+        """
+        return self._protocol is not None and not self._protocol.ended.called
+
+    @property
+    def output(self) -> str:
+        """
+        What the current (or last) process wrote, for failure messages.
+        """
+        if self._protocol is None:
+            return ""
+        return self._protocol.output.decode("utf-8", "replace")
+
+    async def start(self) -> None:
+        """
+        Start C{redis-server} and wait until it answers C{PING} (at most
+        L{START_TIMEOUT} seconds); a server that does not is killed and the
+        start fails with its output.
+        """
+        assert not self.running, "redis-server is already running"
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise AssertionError(
+                "redis-server is not installed (Debian package redis-server;"
+                " make debian-deps installs it)"
+            )
+        os.makedirs(self.directory, exist_ok=True)
+        self._protocol = protocol = _RedisProtocol()
+        self._transport = self.reactor.spawnProcess(
+            protocol,
+            executable,
+            self.argv,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            path=self.directory,
+        )
+        try:
+            await withTimeout(
+                Deferred.fromCoroutine(self._waitPong(protocol)),
+                START_TIMEOUT,
+                "redis-server answering PING",
+            )
+        except BaseException as e:
+            await self._kill()
+            raise AssertionError(
+                f"redis-server did not start on port {self.port}: {e}\n{self.output}"
+            ) from e
+
+    async def _waitPong(self, protocol: _RedisProtocol) -> None:
+        """
+        Ping until the server answers C{+PONG}; fail at once if it ends.
+        """
+        while True:
+            if protocol.ended.called:
+                raise RuntimeError(f"redis-server exited with {protocol.exitCode}")
+            try:
+                line = await pingRedis(self.reactor, self.port, seconds=1.0)
+            except (ConnectError, ConnectionError, TimeoutError):
+                await deferLater(self.reactor, 0.05, lambda: None)
+                continue
+            if line == REDIS_PONG:
+                return
+            # "-LOADING ..." while it loads a data set: ask again.
+            await deferLater(self.reactor, 0.05, lambda: None)
+
+    async def stop(self) -> int:
+        """
+        SIGTERM the server and wait for its exit status (a server still
+        running after L{EXIT_TIMEOUT} is killed, and the stop fails).
+        """
+        protocol, transport = self._protocol, self._transport
+        assert protocol is not None and transport is not None
+        if self.running:
+            transport.signalProcess("TERM")
+        ended: Deferred[int] = Deferred()
+        protocol.ended.addBoth(_relay, ended)
+        try:
+            code: int = await withTimeout(ended, EXIT_TIMEOUT, "redis-server exit")
+        except TimeoutError as e:
+            await self._kill()
+            raise AssertionError(
+                f"redis-server still running after {EXIT_TIMEOUT} s: {e}\n{self.output}"
+            ) from e
+        return code
+
+    async def _kill(self) -> None:
+        """
+        SIGKILL the server if it still runs, and wait for its end.
+        """
+        protocol, transport = self._protocol, self._transport
+        if protocol is None or transport is None:
+            return
+        if self.running:
+            transport.signalProcess("KILL")
+        ended: Deferred[int] = Deferred()
+        protocol.ended.addBoth(_relay, ended)
+        await ended
+
+
+async def startRedis(reactor: IIntegrationReactor, directory: str) -> RedisServer:
+    """
+    A running L{RedisServer} on a free loopback port with C{directory} as its
+    own; the caller stops it (L{RedisServer.stop}, for example with
+    C{addCleanup}).
+    """
+    server = RedisServer(reactor, directory, closedPort())
+    await server.start()
+    return server
 
 
 # -- which process holds a connection (Linux's /proc)
