@@ -71,7 +71,7 @@ class SharedRateLimitTests(TestCase):
         directory = os.path.join(self.directory, name)
         os.makedirs(directory)
         path = os.path.join(directory, "revproxy.toml")
-        site = {
+        site: dict[str, object] = {
             "name": "main",
             "hosts": ["main.test"],
             "upstreams": [f"http://127.0.0.1:{self.upstream.port}"],
