@@ -35,7 +35,7 @@ from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.certificates import LoadedCertificate
-from revproxy.cluster.ratelimit import SharedRateLimiter
+from revproxy.cluster.ratelimit import ClusterCollector, SharedRateLimiter
 from revproxy.cluster.redis import RedisLink
 from revproxy.config import Config, SiteConfig, allUpstreams
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
@@ -424,6 +424,8 @@ def requestPath(
             f"{config.cluster.node_name}:{os.getpid()}",
             config.server.rate_limit_ipv6_prefix,
         )
+    if shared is not None:
+        metrics.registry.register(ClusterCollector(shared))
     router = Router(
         holder,
         Forwarder(

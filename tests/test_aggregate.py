@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, generate_latest
@@ -20,8 +21,10 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.admin import renderTunnels
+from revproxy.cluster.ratelimit import ClusterCollector, SharedRateLimiter
 from revproxy.metrics import LATENCY_RELATIVE_ERROR, LiveSources, Metrics
 from revproxy.proxy.tunnel import SiteTunnels, TunnelCounts
+from revproxy.ratelimit import RateLimiter
 from revproxy.workers.aggregate import (
     SHARED_GAUGES,
     mergeExpositions,
@@ -325,6 +328,21 @@ class MergeExpositionsTests(SynchronousTestCase):
                 exposition(worker(processCollectors=True))
             )
         }
+        # With [cluster], a worker's registry also has the fleet's metrics.
+        cluster = CollectorRegistry(auto_describe=False)
+        cluster.register(
+            ClusterCollector(
+                SharedRateLimiter(
+                    Clock(),
+                    cast(Any, SimpleNamespace(up=False)),
+                    RateLimiter(Clock()),
+                    "rp:",
+                    "n:1",
+                )
+            )
+        )
+        for family in text_string_to_metric_families(generate_latest(cluster).decode()):
+            families[family.name] = family.type
         self.assertEqual({families.get(name) for name in SHARED_GAUGES}, {"gauge"})
 
     def test_connectionsByWorker(self) -> None:

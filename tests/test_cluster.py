@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
@@ -20,6 +22,7 @@ from revproxy.cluster.ratelimit import (
     GCRA_SHA,
     HEARTBEAT_SECS,
     HEARTBEAT_SHA,
+    ClusterCollector,
     SharedRateLimiter,
     bucketArguments,
     nodeShare,
@@ -197,3 +200,31 @@ class SharedRateLimiterTests(SynchronousTestCase):
         are on one clock.
         """
         self.assertIn("redis.call('TIME')", GCRA)
+
+
+class ClusterCollectorTests(SynchronousTestCase):
+    """
+    L{ClusterCollector}: the fleet's metrics of one process.
+    """
+
+    def test_metrics(self) -> None:
+        """
+        Redis up or down, the fleet's limiting processes, the decisions
+        made alone.
+        """
+        clock = Clock()
+        redis = FakeRedis()
+        limiter = SharedRateLimiter(clock, redis, RateLimiter(clock), "rp:", "n:1")
+        limiter.processes = 3
+        redis.up = False
+        limiter.allow("site", LIMIT, "192.0.2.7")
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ClusterCollector(limiter))
+        text = generate_latest(registry).decode()
+        self.assertIn("revproxy_cluster_redis_up 0.0", text)
+        self.assertIn("revproxy_cluster_limiting_processes 3.0", text)
+        self.assertIn("revproxy_ratelimit_local_decisions_total 1.0", text)
+        redis.up = True
+        self.assertIn(
+            "revproxy_cluster_redis_up 1.0", generate_latest(registry).decode()
+        )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import attrs
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -263,3 +265,37 @@ class SharedRateLimiter:
                 held=held,
             )
         return self.local.allow(site, nodeShare(limit, processes), clientIP)
+
+
+class ClusterCollector:
+    """
+    The fleet's metrics of one process, for C{/metrics}: whether its Redis
+    connection is up, how many processes of the fleet limit requests, and
+    how many decisions it made alone (Redis down or slow).
+    """
+
+    def __init__(self, limiter: SharedRateLimiter) -> None:
+        self.limiter = limiter
+
+    def describe(self) -> list[Any]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Any]:
+        limiter = self.limiter
+        yield GaugeMetricFamily(
+            "revproxy_cluster_redis_up",
+            "Whether the connection to the cluster's Redis is open (summed over "
+            "worker processes)",
+            value=1.0 if limiter.redis.up else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "revproxy_cluster_limiting_processes",
+            "How many processes of the fleet limit requests, at the last "
+            "heartbeat (each takes that share of a limit while Redis is down)",
+            value=float(limiter.processes),
+        )
+        yield CounterMetricFamily(
+            "revproxy_ratelimit_local_decisions",
+            "Rate-limit decisions made by this process alone, Redis being down or slow",
+            value=float(limiter.fallbacks),
+        )

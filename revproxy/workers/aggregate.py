@@ -78,6 +78,9 @@ SHARED_GAUGES = frozenset(
         "process_max_fds",
         # A timestamp: a sum means nothing; the largest is the latest start.
         "process_start_time_seconds",
+        # The fleet's limiting processes, counted in Redis: every worker
+        # reads the same count.
+        "revproxy_cluster_limiting_processes",
     }
 )
 """

@@ -145,6 +145,8 @@ class SharedRateLimitTests(TestCase):
         """
         codes, elapsed = await self.burst(3.0)
         self.assertShared(codes, elapsed)
+        for proxy, _ in self.nodes:
+            self.assertNotIn("Rate limits: Redis", proxy.output)
 
     async def test_redisDownThenBack(self) -> None:
         """
