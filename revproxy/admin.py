@@ -53,6 +53,7 @@ from revproxy.tls import TLSFiles
 
 if TYPE_CHECKING:
     from revproxy.acme.renewal import AcmeSiteDescription, RenewalResult
+    from revproxy.cluster.ratelimit import SharedRateLimiter
     from revproxy.config import AccessRules, RateLimit
     from revproxy.metrics import Metrics
     from revproxy.proxy.tunnel import SiteTunnels, TunnelRegistry
@@ -135,7 +136,13 @@ class Operations:
         reopenLogs: Callable[[], None] | None = None,
         poolSizes: Callable[[], list[tuple[str, int, int]]] | None = None,
         tunnels: TunnelRegistry | None = None,
+        shared: SharedRateLimiter | None = None,
     ) -> None:
+        """
+        @param shared: the fleet's rate limiter (with C{[cluster]}): its
+            buckets, in Redis, are the ones C{ratelimit} shows.
+        """
+        self.shared = shared
         self.limiter = limiter
         self.metrics = metrics
         self.health = health
@@ -252,6 +259,27 @@ def renderTunnels(tunnels: SiteTunnels) -> Answer:
         "bytes_up": tunnels.bytesUp,
         "bytes_down": tunnels.bytesDown,
     }
+
+
+def _bucketAnswer(
+    answer: Answer, limit: RateLimit, bucket: tuple[float, float] | None
+) -> Answer:
+    """
+    C{answer} with a bucket's C{tokens} and C{capacity} (L{None}: not
+    tracked, full), and the seconds until a request would be admitted (0:
+    now) and until it is full again.
+    """
+    tokens, capacity = (
+        (float(limit.burst), float(limit.burst)) if bucket is None else bucket
+    )
+    answer["tokens"] = round(tokens, 3)
+    answer["capacity"] = capacity
+    answer["tracked"] = bucket is not None
+    answer["wait_secs"] = (
+        0.0 if tokens >= 1.0 else round((1.0 - tokens) / limit.requests_per_second, 3)
+    )
+    answer["full_in_secs"] = round((capacity - tokens) / limit.requests_per_second, 3)
+    return answer
 
 
 def explainAccess(access: AccessRules | None, clientIP: str | None) -> Answer | None:
@@ -611,7 +639,7 @@ class AdminFactory(Factory["AdminProtocol"]):
             upstreams.append(answer)
         return upstreams
 
-    def ratelimit(self, args: list[str]) -> Answer:
+    def ratelimit(self, args: list[str]) -> Answer | Deferred[Answer]:
         """
         Show (C{ratelimit SITE IP}) or refill (C{ratelimit reset SITE IP})
         the rate-limit bucket of a client on a site.
@@ -641,26 +669,30 @@ class AdminFactory(Factory["AdminProtocol"]):
         if limiter is None or not limit.enabled:
             answer["tokens"] = None
             return answer
+        shared = self.operations.shared
+        if shared is not None and shared.redis.up:
+            answer["shared"] = True
+
+            def read(bucket: tuple[float | None, bool]) -> Answer:
+                tokens, deleted = bucket
+                if reset:
+                    answer["reset"] = deleted
+                return _bucketAnswer(
+                    answer,
+                    limit,
+                    (tokens, float(limit.burst)) if tokens is not None else None,
+                )
+
+            def failed(reason: Failure) -> Answer:
+                return {
+                    "status": "error",
+                    "message": f"Redis: {reason.getErrorMessage()}",
+                }
+
+            return shared.bucket(siteName, limit, ip, reset).addCallbacks(read, failed)
         if reset:
             answer["reset"] = limiter.reset(siteName, ip)
-        bucket = limiter.bucket(siteName, ip)
-        tokens, capacity = (
-            (float(limit.burst), float(limit.burst)) if bucket is None else bucket
-        )
-        answer["tokens"] = round(tokens, 3)
-        answer["capacity"] = capacity
-        answer["tracked"] = bucket is not None
-        # Seconds until a request would be admitted (0: now) and until the
-        # bucket is full again.
-        answer["wait_secs"] = (
-            0.0
-            if tokens >= 1.0
-            else round((1.0 - tokens) / limit.requests_per_second, 3)
-        )
-        answer["full_in_secs"] = round(
-            (capacity - tokens) / limit.requests_per_second, 3
-        )
-        return answer
+        return _bucketAnswer(answer, limit, limiter.bucket(siteName, ip))
 
     def stats(self, args: list[str]) -> Answer:
         """

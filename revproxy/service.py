@@ -771,6 +771,7 @@ def operations(
                         path.pool, path.holder.current.table.sites
                     ),
                     tunnels=path.tunnels,
+                    shared=path.shared,
                 ),
             ),
             reactor,

@@ -19,7 +19,7 @@ import attrs
 import trustme
 from cryptography import x509
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.internet.task import Clock
@@ -1905,6 +1905,37 @@ class OperationsCommandTests(AdminTestsMixin, SynchronousTestCase):
         answer = self.command("ratelimit reset app 192.0.2.1")
         self.assertEqual((answer["reset"], answer["tokens"]), (True, 10.0))
         self.assertTrue(self.limiter.allow("app", self.limit, "192.0.2.1").allowed)
+
+    def test_ratelimitShared(self) -> None:
+        """
+        With the fleet's limiter and Redis up, the bucket shown (and reset)
+        is the shared one; with Redis down, this process's.
+        """
+        asked: list[tuple[str, str, bool]] = []
+
+        class Shared:
+            redis = type("Up", (), {"up": True})()
+
+            def bucket(
+                self, site: str, limit: Any, ip: str, reset: bool = False
+            ) -> Any:
+                asked.append((site, ip, reset))
+                return succeed((2.5, reset))
+
+        self.factory.operations.shared = cast(Any, Shared())
+        answer = self.command("ratelimit app 192.0.2.1")
+        self.assertEqual(
+            (answer["shared"], answer["tokens"], answer["tracked"]), (True, 2.5, True)
+        )
+        answer = self.command("ratelimit reset app 192.0.2.1")
+        self.assertEqual(answer["reset"], True)
+        self.assertEqual(
+            asked, [("app", "192.0.2.1", False), ("app", "192.0.2.1", True)]
+        )
+        Shared.redis.up = False
+        answer = self.command("ratelimit app 192.0.2.1")
+        self.assertNotIn("shared", answer)
+        self.assertEqual(answer["tokens"], 10.0)
 
     def test_ratelimitErrors(self) -> None:
         """

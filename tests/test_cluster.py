@@ -16,6 +16,7 @@ from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from revproxy.cluster.ratelimit import (
+    BUCKET_SHA,
     DECISION_TIMEOUT_SECS,
     FALLBACK_LOG_SECS,
     GCRA,
@@ -200,6 +201,51 @@ class SharedRateLimiterTests(SynchronousTestCase):
         are on one clock.
         """
         self.assertIn("redis.call('TIME')", GCRA)
+
+
+class BucketTests(SynchronousTestCase):
+    """
+    L{SharedRateLimiter.bucket}: a shared bucket as admin C{ratelimit}
+    shows it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedis()
+        self.limiter = SharedRateLimiter(
+            self.clock, self.redis, RateLimiter(self.clock), "rp:", "n:1"
+        )
+
+    def test_tokens(self) -> None:
+        """
+        The tokens left: the burst less what the theoretical arrival time
+        is ahead of now, in intervals.
+        """
+        d = self.limiter.bucket("site", LIMIT, "192.0.2.7")
+        sha, keys, args, answer = self.redis.calls[0]
+        self.assertEqual(
+            (sha, keys, args), (BUCKET_SHA, ["rp:rl:site:192.0.2.7"], ["read"])
+        )
+        now = 1_000_000_000
+        answer.callback([now + 250_000, now, 0])
+        self.assertEqual(self.successResultOf(d), (1.5, False))
+
+    def test_untracked(self) -> None:
+        """
+        No key: a full bucket, L{None}.
+        """
+        d = self.limiter.bucket("site", LIMIT, "192.0.2.7")
+        self.redis.calls[0][3].callback([-1, 5, 0])
+        self.assertEqual(self.successResultOf(d), (None, False))
+
+    def test_reset(self) -> None:
+        """
+        C{reset} deletes the key first, and says whether there was one.
+        """
+        d = self.limiter.bucket("site", LIMIT, "192.0.2.7", reset=True)
+        self.assertEqual(self.redis.calls[0][2], ["reset"])
+        self.redis.calls[0][3].callback([-1, 5, 1])
+        self.assertEqual(self.successResultOf(d), (None, True))
 
 
 class ClusterCollectorTests(SynchronousTestCase):

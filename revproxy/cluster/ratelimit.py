@@ -70,6 +70,22 @@ HEARTBEAT_SHA = hashlib.sha1(HEARTBEAT.encode("utf-8")).hexdigest()
 HEARTBEAT_SECS = 5.0
 HEARTBEAT_TTL_MS = 15_000
 
+#: One bucket as it is (admin C{ratelimit}): KEYS[1] the bucket; ARGV[1]
+#: C{"reset"} to empty it first (refill it).  Returns {TAT or -1, now, how
+#: many keys were deleted}, in microseconds of Redis's clock.
+BUCKET = """\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deleted = 0
+if ARGV[1] == 'reset' then
+  deleted = redis.call('DEL', KEYS[1])
+end
+local tat = tonumber(redis.call('GET', KEYS[1])) or -1
+return {tat, now, deleted}
+"""
+
+BUCKET_SHA = hashlib.sha1(BUCKET.encode("utf-8")).hexdigest()
+
 #: How long a request waits for Redis's decision before this process
 #: decides alone.
 DECISION_TIMEOUT_SECS = 0.05
@@ -246,6 +262,28 @@ class SharedRateLimiter:
             answered, failed
         )
         return decided
+
+    def bucket(
+        self, site: str, limit: RateLimit, clientIP: str, reset: bool = False
+    ) -> Deferred[tuple[float | None, bool]]:
+        """
+        The shared bucket of C{clientIP} on C{site} (admin C{ratelimit}):
+        its tokens now (L{None} when Redis tracks none: a full bucket), and
+        whether C{reset} emptied a tracked one.
+        """
+        interval = bucketArguments(limit)[0]
+
+        def read(reply: Any) -> tuple[float | None, bool]:
+            tat, now, deleted = (int(value) for value in reply)
+            if tat < 0:
+                return None, bool(deleted)
+            tokens = limit.burst - max(0, tat - now) / interval
+            return max(0.0, min(float(limit.burst), tokens)), bool(deleted)
+
+        key = f"{self._prefix}rl:{site}:{clientKey(clientIP, self._ipv6Prefix)}"
+        return self.redis.evalsha(
+            BUCKET_SHA, BUCKET, [key], ["reset" if reset else "read"]
+        ).addCallback(read)
 
     def _alone(self, site: str, limit: RateLimit, clientIP: str, why: str) -> Decision:
         """

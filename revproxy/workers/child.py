@@ -363,6 +363,7 @@ class Worker:
                 reopenLogs=path.observer.reopen,
                 poolSizes=lambda: poolSizes(path.pool, holder.current.table.sites),
                 tunnels=path.tunnels,
+                shared=path.shared,
             ),
         )
         _log.info(

@@ -22,6 +22,7 @@ from tests.integration.support import (
     RawResponse,
     RedisServer,
     Upstream,
+    askAdmin,
     configText,
     connectRaw,
     getReactor,
@@ -77,7 +78,11 @@ class SharedRateLimitTests(TestCase):
             "upstreams": [f"http://127.0.0.1:{self.upstream.port}"],
             "rate_limit": {"requests_per_second": RATE, "burst": BURST},
         }
-        text = configText([site], os.path.join(directory, "state"))
+        text = configText(
+            [site],
+            os.path.join(directory, "state"),
+            server={"admin_socket_path": os.path.join(directory, "admin.sock")},
+        )
         text += (
             "\n[cluster]\n"
             f'redis_url = "redis://127.0.0.1:{self.redis.port}/0"\n'
@@ -123,6 +128,12 @@ class SharedRateLimitTests(TestCase):
         await _all([loop(n) for n in range(4)])
         return codes, self.reactor.seconds() - start
 
+    async def admin(self, node: str, command: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await askAdmin(
+            self.reactor, os.path.join(self.directory, node, "admin.sock"), command
+        )
+        return answer
+
     async def sleep(self, seconds: float) -> None:
         await deferLater(self.reactor, seconds, lambda: None)
 
@@ -147,6 +158,21 @@ class SharedRateLimitTests(TestCase):
         self.assertShared(codes, elapsed)
         for proxy, _ in self.nodes:
             self.assertNotIn("Rate limits: Redis", proxy.output)
+        # Either node's admin socket shows the one shared bucket; a reset
+        # on one refills it for both.
+        answers = [await self.admin(name, "ratelimit main 127.0.0.1") for name in "ab"]
+        for answer in answers:
+            self.assertEqual(answer["status"], "ok", answer)
+            self.assertTrue(answer["shared"], answer)
+            self.assertTrue(answer["tracked"], answer)
+            self.assertLess(answer["tokens"], 2, answer)
+        reset = await self.admin("a", "ratelimit reset main 127.0.0.1")
+        self.assertTrue(reset["reset"], reset)
+        after = await self.admin("b", "ratelimit main 127.0.0.1")
+        self.assertEqual(
+            (after["tracked"], after["tokens"]), (False, float(BURST)), after
+        )
+        self.assertEqual((await self.get(self.nodes[1][1])).code, 200)
 
     async def test_redisDownThenBack(self) -> None:
         """
