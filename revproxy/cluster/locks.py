@@ -144,6 +144,7 @@ class OrderLock:
         """
         Take C{name}'s lease: C{True} when this process holds it now (it is
         then renewed until L{release}), C{False} when another owner does.
+        A lease this process already holds is C{True} without asking Redis.
 
         While Redis is down (or after L{stop}) this is C{False} at once, as
         when the lock is another's: the caller waits and tries again later.
