@@ -87,6 +87,22 @@ def _ipv6Key(ip: str, prefix: int) -> str:
     return f"{inet_ntop(AF_INET6, masked)}/{prefix}"
 
 
+def shareLimit(limit: RateLimit, parts: int) -> RateLimit:
+    """
+    One of C{parts}' share of C{limit} (worker processes, or the fleet's
+    limiting processes while Redis is down): the rate and the burst
+    divided among them (the burst at least 1), so that together they admit
+    no more than the limit.
+    """
+    if parts <= 1 or not limit.enabled:
+        return limit
+    return attrs.evolve(
+        limit,
+        requests_per_second=limit.requests_per_second / parts,
+        burst=max(1, limit.burst // parts),
+    )
+
+
 def clientKey(ip: str, ipv6Prefix: int) -> str:
     """
     The bucket key of the client C{ip}: itself for an IPv4 address, its

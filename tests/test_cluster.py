@@ -26,10 +26,9 @@ from revproxy.cluster.ratelimit import (
     ClusterCollector,
     SharedRateLimiter,
     bucketArguments,
-    nodeShare,
 )
 from revproxy.config import RateLimit
-from revproxy.ratelimit import ALLOWED, Decision, RateLimiter
+from revproxy.ratelimit import ALLOWED, Decision, RateLimiter, shareLimit
 
 LIMIT = RateLimit(10.0, 4)
 
@@ -130,7 +129,7 @@ class SharedRateLimiterTests(SynchronousTestCase):
         self.assertEqual(decisions, [ALLOWED, ALLOWED, Decision(False, 1)])
         self.assertEqual(self.redis.calls, [])
         self.assertEqual(self.limiter.fallbacks, 3)
-        self.assertEqual(nodeShare(LIMIT, 2), RateLimit(5.0, 2))
+        self.assertEqual(shareLimit(LIMIT, 2), RateLimit(5.0, 2))
 
     def test_slowDecidesAlone(self) -> None:
         """

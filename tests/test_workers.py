@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from revproxy.acme.renewal import placeholderCertificate
 from revproxy.config import RateLimit, configFromBytes
 from revproxy.interfaces import IRevProxyReactor
+from revproxy.ratelimit import shareLimit
 from revproxy.workers import protocol
 from revproxy.workers.child import (
     WORKER_COMMANDS,
@@ -31,7 +32,6 @@ from revproxy.workers.child import (
     RemoteHealth,
     Worker,
     WorkerProtocol,
-    shareLimit,
     shareLimits,
     workerConfig,
 )

@@ -13,7 +13,6 @@ import math
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from revproxy.config import RateLimit
-from revproxy.ratelimit import ALLOWED, Decision, RateLimiter, clientKey
+from revproxy.ratelimit import ALLOWED, Decision, RateLimiter, clientKey, shareLimit
 from revproxy.throttle import LogThrottle
 
 _log = Logger()
@@ -122,20 +121,6 @@ def bucketArguments(limit: RateLimit) -> list[int]:
     """
     interval = max(1, round(1_000_000 / limit.requests_per_second))
     return [interval, interval * (limit.burst - 1)]
-
-
-def nodeShare(limit: RateLimit, processes: int) -> RateLimit:
-    """
-    One of C{processes}' share of C{limit}: what each enforces alone while
-    Redis is down, so that together they admit no more than the limit.
-    """
-    if processes <= 1 or not limit.enabled:
-        return limit
-    return attrs.evolve(
-        limit,
-        requests_per_second=limit.requests_per_second / processes,
-        burst=max(1, limit.burst // processes),
-    )
 
 
 class SharedRateLimiter:
@@ -302,7 +287,7 @@ class SharedRateLimiter:
                 processes=processes,
                 held=held,
             )
-        return self.local.allow(site, nodeShare(limit, processes), clientIP)
+        return self.local.allow(site, shareLimit(limit, processes), clientIP)
 
 
 class ClusterCollector:

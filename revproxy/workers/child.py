@@ -36,9 +36,10 @@ from zope.interface import provider
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.admin import AdminFactory, Answer, Operations
 from revproxy.certificates import LoadedCertificate
-from revproxy.config import Config, ConfigError, RateLimit, SiteConfig, configFromBytes
+from revproxy.config import Config, ConfigError, SiteConfig, configFromBytes
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.metrics import poolSizes
+from revproxy.ratelimit import shareLimit
 from revproxy.reload import Applied, Refused, ReloadResult, siteChanges
 from revproxy.runtime import Runtime, RuntimeHolder, SiteRoute, buildRuntime
 from revproxy.service import (
@@ -96,21 +97,6 @@ class Inherited:
         if kind not in ("http", "https"):
             raise ValueError(f"unknown listener kind {kind!r}")
         return cls(kind, int(fd), socket.AddressFamily(int(family)))
-
-
-def shareLimit(limit: RateLimit, workers: int) -> RateLimit:
-    """
-    One worker's share of C{limit}: the rate and the burst divided among
-    C{workers} (the burst at least 1), so that the workers together admit
-    no more than the limit.
-    """
-    if workers <= 1 or not limit.enabled:
-        return limit
-    return attrs.evolve(
-        limit,
-        requests_per_second=limit.requests_per_second / workers,
-        burst=max(1, limit.burst // workers),
-    )
 
 
 def shareLimits(config: Config, workers: int) -> Config:
