@@ -649,6 +649,9 @@ class ClusterConfig:
     secret_file: str
     secret: bytes = attrs.field(repr=False)
     secret_file_mode: int = attrs.field(default=0o600, eq=False, repr=False)
+    #: The permission bits of C{redis_password_file} when it was read (for
+    #: the warning when group or others may read it).
+    redis_password_file_mode: int = attrs.field(default=0o600, eq=False, repr=False)
     reload_channel: bool = False
 
 
@@ -1920,8 +1923,11 @@ class _Parser:
                 redisURL = None
         passwordFile = self._path(_or(table.string("redis_password_file", ""), ""))
         password = ""
+        passwordMode = 0o600
         if passwordFile:
             password = _or(self._redisPassword(table, passwordFile), "")
+            if password:
+                passwordMode = stat.S_IMODE(os.stat(passwordFile).st_mode)
         caFile = self._path(_or(table.string("redis_ca_file", ""), ""))
         if caFile and redisURL is not None and not tls:
             table.error(
@@ -1982,6 +1988,7 @@ class _Parser:
             secret_file=secretFile,
             secret=secret,
             secret_file_mode=mode,
+            redis_password_file_mode=passwordMode,
             reload_channel=_or(reloadChannel, False),
         )
 

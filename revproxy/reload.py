@@ -48,7 +48,13 @@ STATIC_TABLES = ("server", "acme", "cluster")
 #: runs: C{workers = "auto"} and the same count written as a number run the
 #: same workers, so only the resolved C{server.workers} is compared.  The
 #: secret file's permissions only matter for a warning.
-_NOT_COMPARED = frozenset({"server.workers_auto", "cluster.secret_file_mode"})
+_NOT_COMPARED = frozenset(
+    {
+        "server.workers_auto",
+        "cluster.secret_file_mode",
+        "cluster.redis_password_file_mode",
+    }
+)
 
 #: Fields of the static tables that are not keys of the file but what a key
 #: gave: a change is named by that key (a password rotated in the same file
@@ -248,6 +254,16 @@ def configWarnings(config: Config) -> list[str]:
             f"cluster.secret_file: {cluster.secret_file} can be read by group "
             f"or others (mode {cluster.secret_file_mode:04o}): "
             f"chmod 600 {cluster.secret_file}"
+        )
+    if (
+        cluster is not None
+        and cluster.redis_password_file
+        and cluster.redis_password_file_mode & 0o077
+    ):
+        warnings.append(
+            f"cluster.redis_password_file: {cluster.redis_password_file} can be "
+            f"read by group or others (mode {cluster.redis_password_file_mode:04o}): "
+            f"chmod 600 {cluster.redis_password_file}"
         )
     return warnings + routeWarnings(config)
 

@@ -4750,6 +4750,23 @@ class ClusterTests(ParseTestCase):
             self.assertNotIn("SSSS", text)
             self.assertIn("redis.pw", text)
 
+    def test_worldReadablePasswordWarned(self) -> None:
+        """
+        A Redis password file that group or others may read is a config
+        warning too.
+        """
+        password = self.file("redis.pw", b"hunter2\n")
+        text = self.text(redis_password_file="redis.pw")
+        self.assertEqual(configWarnings(parseConfig(text, baseDir=self.dir)), [])
+        os.chmod(password, 0o644)
+        self.assertEqual(
+            configWarnings(parseConfig(text, baseDir=self.dir)),
+            [
+                f"cluster.redis_password_file: {password} can be read by group "
+                f"or others (mode 0644): chmod 600 {password}"
+            ],
+        )
+
     def test_worldReadableSecretWarned(self) -> None:
         """
         A secret file that group or others may read is a config warning;

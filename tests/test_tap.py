@@ -210,6 +210,7 @@ class CheckTests(_OptionsTestCase):
         os.chmod(os.path.join(directory, "cluster.key"), 0o600)
         with open(os.path.join(directory, "redis.pw"), "w") as f:
             f.write("hunter2\n")
+        os.chmod(os.path.join(directory, "redis.pw"), 0o600)
         for url, line in (
             (
                 "redis://10.0.0.5",
