@@ -31,6 +31,7 @@ from zope.interface.interface import InterfaceClass
 from revproxy.private import twisted as privateTwisted
 from revproxy.private.h2 import forgetContentLength
 from revproxy.private.pyopenssl import setCurvesList
+from revproxy.private.txredisapi import connected
 
 
 class PrivateNamesTests(SynchronousTestCase):
@@ -234,6 +235,58 @@ class PrivateNamesTests(SynchronousTestCase):
             self.assertIsInstance(endpoint, UNIXServerEndpoint)
             self.assertEqual(endpoint._address, "/run/x.sock")
             self.assertEqual(privateTwisted.unixPath(endpoint), "/run/x.sock")
+
+    def test_processPipes(self) -> None:
+        """
+        Twisted's C{Process.pipes} (each child descriptor's
+        C{ProcessWriter}, with C{doWrite}), which
+        L{revproxy.private.twisted.flushToChild} writes through.
+        """
+        with self.needs(
+            "Twisted",
+            "Process.pipes and ProcessWriter.doWrite",
+            "revproxy/private/twisted.py",
+            "write an ACME challenge to the workers before the CA is told",
+        ):
+            import inspect
+
+            from twisted.internet import process
+
+            self.assertIn("self.pipes", inspect.getsource(process.Process.__init__))
+            self.assertTrue(callable(process.ProcessWriter.doWrite))
+
+            class Writer:
+                disconnecting = disconnected = False
+                written = 0
+
+                def doWrite(self) -> None:
+                    self.written += 1
+
+            writer = Writer()
+            privateTwisted.flushToChild(type("P", (), {"pipes": {3: writer}})(), 3)
+            privateTwisted.flushToChild(type("P", (), {"pipes": {}})(), 3)
+            self.assertEqual(writer.written, 1)
+
+    # -- txredisapi
+
+    def test_redisFactoryPool(self) -> None:
+        """
+        txredisapi's C{RedisFactory.pool}, which
+        L{revproxy.private.txredisapi.connected} reads.
+        """
+        with self.needs(
+            "txredisapi",
+            "RedisFactory.pool",
+            "revproxy/private/txredisapi.py",
+            "tell whether the cluster's Redis connection is open",
+        ):
+            import txredisapi  # type: ignore[import-untyped]
+
+            factory = txredisapi.RedisFactory("127.0.0.1:6379", 0, 1, isLazy=True)
+            self.assertEqual(factory.pool, [])
+            self.assertFalse(connected(factory))
+            factory.pool.append(object())
+            self.assertTrue(connected(factory))
 
     # -- h2
 

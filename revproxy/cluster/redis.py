@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from revproxy.config import ClusterConfig
 from revproxy.interfaces import IRevProxyReactor
+from revproxy.private.txredisapi import connected
 
 _log = Logger()
 
@@ -68,7 +69,7 @@ class RedisLink(Service):
     @property
     def up(self) -> bool:
         factory = self._factory
-        return factory is not None and bool(factory.pool)
+        return factory is not None and connected(factory)
 
     def startService(self) -> None:
         super().startService()

@@ -8,8 +8,10 @@ message instead of a request in production.
     exchange groups, and the type of C{NO_OVERLAPPING_PROTOCOLS};
   - L{revproxy.private.acme}: C{acme}'s POST-as-GET;
   - L{revproxy.private.twisted}: Twisted's TCP transport buffer, its
-    server endpoints' addresses and C{IOpenSSLTrustRoot};
-  - L{revproxy.private.h2}: an C{h2} stream's expected content-length.
+    server endpoints' addresses, a spawned process's pipes and
+    C{IOpenSSLTrustRoot};
+  - L{revproxy.private.h2}: an C{h2} stream's expected content-length;
+  - L{revproxy.private.txredisapi}: whether a Redis connection is open.
 
 Nothing outside this package names another library's private names.
 """

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_private_names,tests.integration.test_eager -*-
 """
 Twisted's private names: the write buffer of its TCP transport, the
-addresses its server endpoints will listen on, and C{IOpenSSLTrustRoot}
+addresses its server endpoints will listen on, a spawned process's pipes,
+and C{IOpenSSLTrustRoot}
 (only in the private C{twisted.internet._sslverify}).
 """
 
@@ -14,6 +15,7 @@ from twisted.internet._sslverify import IOpenSSLTrustRoot
 __all__ = [
     "IOpenSSLTrustRoot",
     "canSendNow",
+    "flushToChild",
     "tcpBacklog",
     "tcpInterface",
     "tcpPort",
@@ -39,6 +41,20 @@ def canSendNow(connection: Any) -> bool:
         and not connection.disconnecting
         and not connection._writeDisconnected
     )
+
+
+def flushToChild(process: object, childFD: int) -> None:
+    """
+    Write what C{process} (a C{twisted.internet.process.Process}) has
+    buffered for the child's descriptor C{childFD} now, instead of when the
+    reactor next finds the pipe writable.
+
+    The pipes are only in C{Process.pipes} (not part of
+    C{IProcessTransport}), each a C{ProcessWriter} whose C{doWrite} sends.
+    """
+    pipe = getattr(process, "pipes", {}).get(childFD)
+    if pipe is not None and not (pipe.disconnecting or pipe.disconnected):
+        pipe.doWrite()
 
 
 def tcpPort(endpoint: object, default: object = None) -> Any:

@@ -59,7 +59,12 @@ from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit
 from revproxy.interfaces import IChallengeResponder, IRevProxyReactor
 from revproxy.opslistener import opsSite
-from revproxy.private.twisted import tcpBacklog, tcpInterface, tcpPort
+from revproxy.private.twisted import (
+    flushToChild,
+    tcpBacklog,
+    tcpInterface,
+    tcpPort,
+)
 from revproxy.reload import Reloader, ReloadFollower, configWarnings
 from revproxy.runtime import Runtime, RuntimeHolder, buildRuntime
 from revproxy.sdnotify import Notifier, servingStatus
@@ -343,19 +348,11 @@ class _ChildPipe:
         Write what is buffered for the worker now, not when the reactor
         next finds its pipe writable.
         """
-        pipe = getattr(self._process, "pipes", {}).get(3)
-        if pipe is not None and not (pipe.disconnecting or pipe.disconnected):
-            pipe.doWrite()
+        flushToChild(self._process, 3)
 
     def loseConnection(self) -> None:
         self.disconnecting = True
         self._process.closeChildFD(3)
-
-    def getPeer(self) -> IAddress:
-        return self._process.getPeer() if hasattr(self._process, "getPeer") else None  # type: ignore[return-value]
-
-    def getHost(self) -> IAddress:
-        return self.getPeer()
 
 
 @attrs.define(eq=False)
