@@ -138,12 +138,23 @@ class RevProxyService(MultiService):
 
     def fatal(self, message: str) -> None:
         """
-        Print C{message} on the process's real standard error (twistd has
-        redirected C{sys.stderr} into its log) and exit 1.
+        Say C{message} (L{reportFatal}) and exit 1.
         """
-        _log.critical("{message}", message=message)
-        os.write(2, message.encode("utf-8", "replace") + b"\n")
+        reportFatal(message)
         raise SystemExit(1)
+
+
+def reportFatal(message: str) -> None:
+    """
+    Log C{message} as critical and print it on the process's real standard
+    error (twistd has redirected C{sys.stderr} into its log): why the proxy
+    cannot run.
+    """
+    _log.critical("{message}", message=message)
+    try:
+        os.write(2, message.encode("utf-8", "replace") + b"\n")
+    except OSError:
+        pass
 
 
 def buildService(

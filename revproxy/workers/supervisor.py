@@ -74,6 +74,7 @@ from revproxy.service import (
     SystemdFollower,
     SystemdNotice,
     listenEndpoints,
+    reportFatal,
     servedTLS,
     signals,
 )
@@ -1002,14 +1003,12 @@ class WorkerCommands:
             first = dict(answers[0][1])
             if first.get("status") != "ok":
                 return first
+            # The site, client and limit are the same in every answer; the
+            # bucket is each worker's own.
             first["workers"] = [
-                {
-                    "worker": index,
-                    **{
-                        k: v for k, v in a.items() if k not in first or k in _PER_WORKER
-                    },
-                }
-                for index, a in answers
+                {"worker": index}
+                | {key: answer[key] for key in _PER_WORKER if key in answer}
+                for index, answer in answers
             ]
             for key in _PER_WORKER:
                 first.pop(key, None)
@@ -1201,10 +1200,6 @@ def _exitAfterStop(reactor: Any, message: str) -> None:
     End the supervisor with status 1 and C{message}: a worker could not
     start, so the proxy cannot serve.
     """
-    _log.critical("{message}", message=message)
-    try:
-        os.write(2, message.encode("utf-8", "replace") + b"\n")
-    except OSError:
-        pass
+    reportFatal(message)
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
     reactor.stop()
