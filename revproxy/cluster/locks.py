@@ -70,8 +70,8 @@ return redis.call('GET', KEYS[1])
 HOLDER_SHA = hashlib.sha1(HOLDER.encode("utf-8")).hexdigest()
 
 #: How long a lease lasts without a renewal, and how often it is renewed.
-LEASE_MS = 60_000
-RENEW_SECS = 20.0
+LEASE_MS = 30_000
+RENEW_SECS = 10.0
 
 
 @attrs.define(eq=False)

@@ -9,10 +9,11 @@ Redis that is down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -51,6 +52,25 @@ class _TLSEndpoint:
         return connecting.addCallback(lambda tls: tls.wrappedProtocol)
 
 
+def redisEndpoint(
+    reactor: IRevProxyReactor, cluster: ClusterConfig
+) -> IStreamClientEndpoint:
+    """
+    Where the cluster's Redis is: TCP, or TLS verified against
+    C{redis_ca_file} (the system's roots without one).
+    """
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, cluster.redis_host, cluster.redis_port, timeout=5
+    )
+    if cluster.redis_tls:
+        caPEM = b""
+        if cluster.redis_ca_file:
+            with open(cluster.redis_ca_file, "rb") as f:
+                caPEM = f.read()
+        endpoint = _TLSEndpoint(endpoint, cluster.redis_host, caPEM)
+    return endpoint
+
+
 class RedisLink(Service):
     """
     One connection to the cluster's Redis, opened at start and kept open
@@ -87,16 +107,7 @@ class RedisLink(Service):
             replyTimeout=REPLY_TIMEOUT_SECS,
             convertNumbers=True,
         )
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, cluster.redis_host, cluster.redis_port, timeout=5
-        )
-        if cluster.redis_tls:
-            caPEM = b""
-            if cluster.redis_ca_file:
-                with open(cluster.redis_ca_file, "rb") as f:
-                    caPEM = f.read()
-            endpoint = _TLSEndpoint(endpoint, cluster.redis_host, caPEM)
-        factory.startConnecting(endpoint)
+        factory.startConnecting(redisEndpoint(self._reactor, cluster))
         self._factory = factory
 
     def stopService(self) -> Deferred[None] | None:
@@ -125,3 +136,153 @@ class RedisLink(Service):
             return handler.eval(script, keys, args)
 
         return d.addErrback(missing)
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        """
+        Send one Redis command (C{"SET", key, value, "PX", 1000}) and get
+        its reply: bulk strings as L{str}, numbers converted.  Fails at
+        once with L{ConnectionError} while Redis is down (nothing waits
+        for it to come back).
+        """
+        if not self.up:
+            return _down()
+        d: Deferred[Any] = self._factory.handler.execute_command(*args)
+        return d
+
+    def whenUp(self, timeout: float) -> Deferred[bool]:
+        """
+        Whether Redis is up, waiting at most C{timeout} seconds for a
+        connection being opened (at start, or after a loss).
+        """
+        if self.up:
+            return succeed(True)
+        done: Deferred[bool] = Deferred()
+        clock = self._reactor
+        deadline = clock.seconds() + timeout
+
+        def check() -> None:
+            if self.up or not self.running or clock.seconds() >= deadline:
+                done.callback(self.up)
+            else:
+                clock.callLater(0.05, check)
+
+        clock.callLater(0.05, check)
+        return done
+
+
+def _down() -> Deferred[Any]:
+    return fail(ConnectionError("Redis is down"))
+
+
+class RedisSubscription(Service):
+    """
+    The fleet's messages (Redis pub/sub), on a connection of their own
+    (a subscribed connection can do nothing else), opened at start and
+    kept open until stop, reconnected with back-off.
+
+    Channels are named before start (L{listen}); each time the
+    subscriptions are made (at start, and again after Redis was lost),
+    L{onSubscribed} is called: a message sent while this node was not
+    subscribed is lost, so the parts that rely on messages read again what
+    they might have missed then.
+    """
+
+    name = "redis-subscription"
+
+    def __init__(self, reactor: IRevProxyReactor, cluster: ClusterConfig) -> None:
+        self._reactor = reactor
+        self.cluster = cluster
+        self._handlers: dict[str, Callable[[str], None]] = {}
+        self._resyncs: list[Callable[[], None]] = []
+        self._factory: Any = None
+        self.subscribed = False
+
+    def listen(self, channel: str, handler: Callable[[str], None]) -> None:
+        """
+        Call C{handler} with each message published on C{channel}.
+        """
+        self._handlers[channel] = handler
+
+    def onSubscribed(self, resync: Callable[[], None]) -> None:
+        """
+        Call C{resync} each time the subscriptions are made.
+        """
+        self._resyncs.append(resync)
+
+    def startService(self) -> None:
+        super().startService()
+        import txredisapi
+
+        subscription = self
+
+        class _Subscriber(txredisapi.SubscriberProtocol):
+            def connectionMade(self) -> Deferred[Any]:
+                made: Deferred[Any] = super().connectionMade()
+                return made.addCallback(lambda _: self._subscribe())
+
+            def _subscribe(self) -> Deferred[Any]:
+                if not self.connected:
+                    return succeed(None)
+                channels = list(subscription._handlers)
+                if not channels:
+                    return succeed(None)
+                d: Deferred[Any] = self.subscribe(channels)
+                return d.addCallbacks(
+                    lambda _: subscription._subscribed(),
+                    lambda f: _log.warn(
+                        "cluster: cannot subscribe to the fleet's messages: {error}",
+                        error=f.getErrorMessage(),
+                    ),
+                )
+
+            def connectionLost(self, why: Any) -> None:
+                subscription.subscribed = False
+                super().connectionLost(why)
+
+            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+                subscription._received(channel, message)
+
+        cluster = self.cluster
+        factory = txredisapi.RedisFactory(
+            f"{cluster.redis_host}:{cluster.redis_port}",
+            None,
+            1,
+            isLazy=True,
+            handler=txredisapi.ConnectionHandler,
+            password=cluster.redis_password or None,
+            replyTimeout=None,
+            convertNumbers=False,
+        )
+        factory.protocol = _Subscriber
+        factory.startConnecting(redisEndpoint(self._reactor, cluster))
+        self._factory = factory
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.subscribed = False
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return None
+        stopped: Deferred[Any] = factory.disconnect()
+        return stopped.addBoth(lambda _: None)
+
+    def _subscribed(self) -> None:
+        self.subscribed = True
+        for resync in self._resyncs:
+            try:
+                resync()
+            except Exception:
+                _log.failure("cluster: reading the fleet's state again failed")
+
+    def _received(self, channel: Any, message: Any) -> None:
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        handler = self._handlers.get(channel)
+        if handler is None:
+            return
+        try:
+            handler(str(message))
+        except Exception:
+            _log.failure("cluster: a message on {channel} failed", channel=channel)
