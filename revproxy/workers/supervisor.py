@@ -55,6 +55,7 @@ from revproxy.admin import (
     renderUpstreamHealth,
 )
 from revproxy.certificates import LoadedCertificate
+from revproxy.cluster.fleet import buildFleet
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit
 from revproxy.interfaces import IChallengeResponder, IRevProxyReactor
@@ -1120,8 +1121,17 @@ def buildSupervisor(
         fatal=lambda message: _exitAfterStop(reactor, message),
     )
     challenges.workers = workers
+    fleet = buildFleet(config, reactor)
+    if fleet is not None:
+        fleet.setServiceParent(top)
     if config.server.listen_https:
-        manager = acmeManager(config, reactor, challenges, workers.sendCertificates)
+        manager = acmeManager(
+            config,
+            reactor,
+            challenges,
+            workers.sendCertificates,
+            None if fleet is None else fleet.orders,
+        )
         manager.updateSites(config.sites)
         manager.setName("acme")
         manager.setServiceParent(top)
