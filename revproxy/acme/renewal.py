@@ -743,11 +743,14 @@ class AcmeManager(Service):
                 error=str(e),
             )
         _log.error(
-            "ACME: site {site}: {what} ({failures} in a row), retrying at {when}; "
+            "ACME: site {site}: {what}, retrying at {when}; "
             "still serving the {serving}: {error}",
             site=state.name,
-            what="order failed" if decided.ordered else str(decided),
-            failures=backoff.failures,
+            what=(
+                f"order failed ({backoff.failures} in a row)"
+                if decided.ordered
+                else str(decided)
+            ),
             when=isoTime(backoff.retryAt),
             serving=(
                 "current certificate"

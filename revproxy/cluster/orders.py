@@ -53,6 +53,9 @@ _log = Logger()
 #: How long an order waits for Redis to answer before giving up (at start,
 #: the connection is still being made).
 REDIS_WAIT_SECS = 5.0
+#: How soon an order that found Redis down is tried again (a fixed delay,
+#: not the growing back-off of a CA's refusal).
+REDIS_RETRY_SECS = 30.0
 #: How often a node waiting for another's order looks again.
 POLL_SECS = 5.0
 #: How long a node waits for other nodes' orders, in all.
@@ -177,9 +180,20 @@ class FleetOrders:
         waitingFor: str | None = None
         while True:
             if not await self.redis.whenUp(REDIS_WAIT_SECS):
-                raise AcmeError(
+                now = self._clock.seconds()
+                error = (
                     "Redis is down: no order without the fleet's order lock "
                     "(the current certificate is served until Redis is back)"
+                )
+                raise AcmeBackoff(
+                    "the order waits for Redis",
+                    BackoffRecord(
+                        failures=1,
+                        retryAt=now + REDIS_RETRY_SECS,
+                        lastError=error,
+                        lastErrorAt=now,
+                    ),
+                    ordered=False,
                 )
             found = await self._found(site, wanted)
             if found is not None:
