@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -16,7 +16,14 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from revproxy.cluster.reloads import ANSWER_SECS, FleetReloads, combine
+from revproxy.cluster.reloads import (
+    ANSWER_SECS,
+    FleetReloads,
+    combine,
+    reloadHereWith,
+)
+from revproxy.reload import Refused, ReloadResult
+from revproxy.runtime import RuntimeHolder
 
 OK: dict[str, Any] = {"status": "ok", "generation": 3, "warnings": []}
 REFUSED: dict[str, Any] = {
@@ -455,3 +462,34 @@ class CombineTests(SynchronousTestCase):
             self.assertIs(answer["nodes"]["a"], local)
             # Whatever the fleet did, this node's answer is unchanged.
             self.assertNotIn("nodes", local)
+
+
+class ReloadHereWithTests(SynchronousTestCase):
+    """
+    L{reloadHereWith}: this node's reload for the fleet.
+    """
+
+    def test_reloads(self) -> None:
+        """
+        It reloads with the source C{"fleet"} and answers as the admin
+        C{reload} does.
+        """
+        sources: list[str] = []
+
+        class Reloader:
+            holder = cast(RuntimeHolder, None)
+
+            def reload(self, source: str) -> Deferred[ReloadResult]:
+                sources.append(source)
+                return succeed(Refused("config_invalid", "bad"))
+
+            def check(self) -> Deferred[ReloadResult]:
+                raise NotImplementedError()
+
+        answers: list[Any] = []
+        reloadHereWith(Reloader())().addCallback(answers.append)
+        self.assertEqual(sources, ["fleet"])
+        self.assertEqual(
+            answers,
+            [{"status": "error", "code": "config_invalid", "message": "bad"}],
+        )

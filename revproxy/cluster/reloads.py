@@ -30,6 +30,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from revproxy.admin import SupportsReload, reloadAnswer
+
 _log = Logger()
 
 #: How long the asking node waits for the other nodes' answers.
@@ -172,6 +174,19 @@ def combine(
             combined["code"] = FLEET_INCOMPLETE
             combined["message"] = f"this node reloaded, but {fleet}"
     return combined
+
+
+def reloadHereWith(reloader: SupportsReload) -> Callable[[], Deferred[Answer]]:
+    """
+    The C{reloadHere} of L{FleetReloads} for this node's C{reloader}: a
+    reload with the source C{"fleet"} (through the same lock as SIGHUP and
+    the admin), answered as the admin C{reload} answers.
+    """
+
+    def reloadHere() -> Deferred[Answer]:
+        return reloader.reload("fleet").addCallback(reloadAnswer)
+
+    return reloadHere
 
 
 class FleetReloads:
