@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from revproxy.admin import SupportsReload, reloadAnswer
+from revproxy.admin import PARTIALLY_APPLIED, SupportsReload, reloadAnswer
 
 _log = Logger()
 
@@ -40,12 +40,10 @@ ANSWER_SECS = 10.0
 #: How many request ids a node remembers, to answer each request once.
 SEEN_IDS = 1000
 
-#: The status of a fleet reload that this node applied but where some
-#: other node failed or did not answer (as L{revproxy.admin.PARTIALLY_APPLIED},
-#: which C{revproxy-admin} knows: exit status 1).
-PARTIALLY_APPLIED = "partially applied"
-
-#: The code of such an answer, when this node's own answer has none.
+#: The code of a fleet reload that this node applied but where some other
+#: node failed or did not answer (its status: L{PARTIALLY_APPLIED}, which
+#: C{revproxy-admin} knows, exit status 1), when this node's own answer
+#: has no code.
 FLEET_INCOMPLETE = "fleet_incomplete"
 
 Answer = dict[str, Any]
