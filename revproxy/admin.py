@@ -146,6 +146,7 @@ class Operations:
         tunnels: TunnelRegistry | None = None,
         shared: SharedRateLimiter | None = None,
         fleet: SupportsFleetReload | None = None,
+        cluster: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """
         @param shared: the fleet's rate limiter (with C{[cluster]}): its
@@ -153,9 +154,12 @@ class Operations:
         @param fleet: the fleet's reloads (with C{[cluster] reload_channel
             = true}): C{reload} then asks the other nodes too, and answers
             with every node's result.
+        @param cluster: the fleet as this node sees it (with
+            C{[cluster]}), C{status}'s C{"cluster"}.
         """
         self.shared = shared
         self.fleet = fleet
+        self.cluster = cluster
         self.limiter = limiter
         self.metrics = metrics
         self.health = health
@@ -624,7 +628,7 @@ class AdminFactory(Factory["AdminProtocol"]):
         """
         self._noArguments("status", args)
         runtime = self.reloader.holder.current
-        return {
+        answer: Answer = {
             "status": "ok",
             "uptime_secs": max(0, int(self.clock.seconds() - self.startTime)),
             "pid": os.getpid(),
@@ -633,6 +637,9 @@ class AdminFactory(Factory["AdminProtocol"]):
             "config_sha256": runtime.sha256,
             "config_path": runtime.config.path,
         }
+        if self.operations.cluster is not None:
+            answer["cluster"] = self.operations.cluster()
+        return answer
 
     def sites(self, args: list[str]) -> Answer:
         """

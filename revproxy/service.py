@@ -35,7 +35,7 @@ from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.certificates import LoadedCertificate
-from revproxy.cluster.fleet import buildFleet
+from revproxy.cluster.fleet import Fleet, buildFleet
 from revproxy.cluster.ratelimit import ClusterCollector, SharedRateLimiter
 from revproxy.cluster.redis import RedisLink
 from revproxy.config import Config, SiteConfig, allUpstreams
@@ -227,7 +227,7 @@ def buildService(
     reloader.setName("reloader")
     reloader.setServiceParent(top)
     operations(
-        config, reactor, path, reloader, health, termination, manager
+        config, reactor, path, reloader, health, termination, manager, fleet
     ).setServiceParent(top)
 
     def reopenLogs() -> None:
@@ -764,6 +764,7 @@ def operations(
     health: HealthMonitor,
     termination: TLSTermination | None,
     manager: AcmeManager | None,
+    fleet: Fleet | None = None,
 ) -> MultiService:
     """
     What operators drive and read: the admin socket (C{"admin"}), and,
@@ -791,6 +792,8 @@ def operations(
                     ),
                     tunnels=path.tunnels,
                     shared=path.shared,
+                    fleet=None if fleet is None else fleet.enableReloads(reloader),
+                    cluster=None if fleet is None else fleet.status,
                 ),
             ),
             reactor,

@@ -18,10 +18,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 
 from revproxy.acme.storage import AcmeStorage
+from revproxy.admin import SupportsReload
 from revproxy.cluster.locks import OrderLock
 from revproxy.cluster.nodes import Nodes
 from revproxy.cluster.orders import FleetOrders
 from revproxy.cluster.redis import RedisLink, RedisSubscription
+from revproxy.cluster.reloads import FleetReloads, reloadHereWith
 from revproxy.cluster.secrets import SealedKeys
 from revproxy.cluster.storage import SharedAcmeState
 from revproxy.config import ClusterConfig, Config
@@ -36,6 +38,8 @@ class Fleet(Service):
     @ivar subscription: The fleet's messages.
     @ivar nodes: The heartbeat and the live nodes.
     @ivar orders: The ACME orders, shared.
+    @ivar reloads: The fleet-wide reloads (C{reload_channel}), once
+        L{enableReloads} made them.
     """
 
     name = "cluster"
@@ -44,6 +48,8 @@ class Fleet(Service):
         self, reactor: IRevProxyReactor, cluster: ClusterConfig, stateDir: str
     ) -> None:
         self.cluster = cluster
+        self._reactor = reactor
+        self.reloads: FleetReloads | None = None
         prefix = cluster.key_prefix
         node = cluster.node_name
         self.link = RedisLink(reactor, cluster)
@@ -60,6 +66,25 @@ class Fleet(Service):
             OrderLock(reactor, self.link, prefix, f"{node}:{os.getpid()}"),
             AcmeStorage(stateDir),
         )
+        # The first beat was skipped if Redis was not connected yet.
+        self.subscription.onSubscribed(self.nodes.beat)
+
+    def enableReloads(self, reloader: SupportsReload) -> FleetReloads | None:
+        """
+        With C{reload_channel}, the fleet-wide reloads of C{reloader} (the
+        admin C{reload} asks every node); else L{None}.  Before start.
+        """
+        if not self.cluster.reload_channel:
+            return None
+        self.reloads = FleetReloads(
+            self._reactor,
+            self.link,
+            self.subscription,
+            self.nodes,
+            self.cluster.key_prefix,
+            reloadHereWith(reloader),
+        )
+        return self.reloads
 
     def startService(self) -> None:
         super().startService()
@@ -70,6 +95,8 @@ class Fleet(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.reloads is not None:
+            self.reloads.stop()
         self.orders.stop()
         self.nodes.stop()
         stopping: list[Deferred[Any]] = []

@@ -1163,7 +1163,11 @@ def buildSupervisor(
             servedTLS=(
                 None if manager is None else lambda: servedTLS(manager, holder.current)
             ),
-            operations=Operations(health=health),
+            operations=Operations(
+                health=health,
+                fleet=None if fleet is None else fleet.enableReloads(reloader),
+                cluster=None if fleet is None else fleet.status,
+            ),
         )
         WorkerCommands(factory, workers, health)
         admin = AdminSocket(config.server.admin_socket_path, factory, reactor)

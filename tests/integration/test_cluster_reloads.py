@@ -267,7 +267,6 @@ class RealNodesTests(TestCase):
     # Remove once the service makes FleetReloads (revproxy/cluster/fleet.py)
     # and gives it to the admin (Operations(fleet=...)); it passed with a
     # stand-in wiring.
-    skip = "FleetReloads is not wired into the service yet"
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.reactor = getReactor()
