@@ -22,6 +22,7 @@ from revproxy.cluster.challenges import (
     ACK_POLL_SECS,
     ANSWER_TTL_MS,
     PUBLISH_WAIT_SECS,
+    RESYNC_RETRY_SECS,
     RESYNC_SECS,
     SharedChallenges,
 )
@@ -478,6 +479,20 @@ class SharedChallengesTests(SynchronousTestCase):
         self.assertIsNotNone(self.redis.get("rp:challenge:http-01:tok"))
         self.assertEqual(self.redis.get(INDEX), {"http-01:tok"})
         self.redis.deliver()
+        self.assertEqual(self.b.store.http01("tok"), b"tok.thumb")
+
+    def test_resyncWaitsForLink(self) -> None:
+        """
+        A subscription made while the command connection is still down
+        reads everything once that connection is up.
+        """
+        self.a.challenges.addHTTP01("tok", "tok.thumb")
+        self.b.link.up = False
+        self.b.subscription.subscribe()
+        self.clock.advance(RESYNC_RETRY_SECS)
+        self.assertIsNone(self.b.store.http01("tok"))
+        self.b.link.up = True
+        self.clock.advance(RESYNC_RETRY_SECS)
         self.assertEqual(self.b.store.http01("tok"), b"tok.thumb")
 
     def test_resyncKeepsNewerMessage(self) -> None:

@@ -43,6 +43,11 @@ ANSWER_TTL_MS = 600_000
 #: How often the whole set of pending answers is read again.
 RESYNC_SECS = 30.0
 
+#: A full read asked for while the command connection is down (the
+#: subscription, on a connection of its own, may be made first) is tried
+#: again this often until it is up.
+RESYNC_RETRY_SECS = 0.5
+
 #: How long L{SharedChallenges.published} waits for acknowledgements at
 #: most, and how often it looks.
 PUBLISH_WAIT_SECS = 5.0
@@ -214,6 +219,7 @@ class SharedChallenges:
         self._stamp = 0
         self._touched: dict[_Answer, int] = {}
         self._resyncing: Deferred[None] | None = None
+        self._retry: IDelayedCall | None = None
         self._again = False
         self._redisErrors = LogThrottle(clock, ERROR_LOG_SECS)
         self._badMessages = LogThrottle(clock, ERROR_LOG_SECS)
@@ -257,6 +263,9 @@ class SharedChallenges:
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
         for wait in list(self._waits):
             self._finish(wait)
 
@@ -501,10 +510,19 @@ class SharedChallenges:
         drop mirrored answers no longer there, forget the index members of
         expired answers, acknowledge every mirrored answer, and write again
         the own answers Redis lost (added while it was down, or expired).
-        Never fails; nothing while Redis is down or after L{stop}.
+        Never fails; nothing after L{stop}.  While the command connection
+        is down, it is tried again every L{RESYNC_RETRY_SECS} until it is
+        up.
         """
-        if not self._running or not self.link.up:
+        if not self._running:
             return succeed(None)
+        if not self.link.up:
+            if self._retry is None or not self._retry.active():
+                self._retry = self._clock.callLater(RESYNC_RETRY_SECS, self.resync)
+            return succeed(None)
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
         if self._resyncing is not None:
             self._again = True
             return self._resyncing
