@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -257,8 +257,6 @@ class SharedChallengesTests(SynchronousTestCase):
         return [e for e in self.events if e.get("log_level") == LogLevel.warn]
 
     def warningText(self) -> str:
-        from twisted.logger import formatEvent
-
         return "\n".join(formatEvent(e) for e in self.warnings())
 
     def acks(self, kind: str, key: str) -> set[str]:
