@@ -198,7 +198,7 @@ def buildService(
         manager = acmeManager(
             config,
             reactor,
-            challenges,
+            challenges if fleet is None else fleet.shareChallenges(challenges),
             lambda: _publish(termination),
             None if fleet is None else fleet.orders,
         )

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from revproxy.acme.storage import AcmeStorage
 from revproxy.admin import SupportsReload
+from revproxy.cluster.challenges import SharedChallenges
 from revproxy.cluster.locks import OrderLock
 from revproxy.cluster.nodes import Nodes
 from revproxy.cluster.orders import FleetOrders
@@ -27,7 +28,7 @@ from revproxy.cluster.reloads import FleetReloads, reloadHereWith
 from revproxy.cluster.secrets import SealedKeys
 from revproxy.cluster.storage import SharedAcmeState
 from revproxy.config import ClusterConfig, Config
-from revproxy.interfaces import IRevProxyReactor
+from revproxy.interfaces import IChallengeResponder, IRevProxyReactor
 
 
 class Fleet(Service):
@@ -40,6 +41,8 @@ class Fleet(Service):
     @ivar orders: The ACME orders, shared.
     @ivar reloads: The fleet-wide reloads (C{reload_channel}), once
         L{enableReloads} made them.
+    @ivar challenges: The ACME challenge answers, shared, once
+        L{shareChallenges} made them.
     """
 
     name = "cluster"
@@ -50,6 +53,7 @@ class Fleet(Service):
         self.cluster = cluster
         self._reactor = reactor
         self.reloads: FleetReloads | None = None
+        self.challenges: SharedChallenges | None = None
         prefix = cluster.key_prefix
         node = cluster.node_name
         self.link = RedisLink(reactor, cluster)
@@ -68,6 +72,22 @@ class Fleet(Service):
         )
         # The first beat was skipped if Redis was not connected yet.
         self.subscription.onSubscribed(self.nodes.beat)
+
+    def shareChallenges(self, local: IChallengeResponder) -> SharedChallenges:
+        """
+        The challenge answers of this node's orders, told to every node
+        (and the other nodes' answers, mirrored into C{local}).  Before
+        start.
+        """
+        self.challenges = SharedChallenges(
+            self._reactor,
+            self.link,
+            self.subscription,
+            self.nodes,
+            self.cluster.key_prefix,
+            local,
+        )
+        return self.challenges
 
     def enableReloads(self, reloader: SupportsReload) -> FleetReloads | None:
         """
@@ -92,12 +112,16 @@ class Fleet(Service):
         self.subscription.startService()
         self.nodes.start()
         self.orders.start()
+        if self.challenges is not None:
+            self.challenges.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self.reloads is not None:
             self.reloads.stop()
         self.orders.stop()
+        if self.challenges is not None:
+            self.challenges.stop()
         self.nodes.stop()
         stopping: list[Deferred[Any]] = []
         for part in (self.subscription, self.link):

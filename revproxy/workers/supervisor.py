@@ -1135,7 +1135,7 @@ def buildSupervisor(
         manager = acmeManager(
             config,
             reactor,
-            challenges,
+            challenges if fleet is None else fleet.shareChallenges(challenges),
             workers.sendCertificates,
             None if fleet is None else fleet.orders,
         )
