@@ -488,6 +488,45 @@ class WaitingTests(FleetOrdersCase):
         self.clock.advance(POLL_SECS)
         self.assertEqual(self.result(d), (record, "node node-b of the fleet"))
 
+    def test_holderFailed(self) -> None:
+        """
+        When the holder's order failed (its back-off shared, the lock
+        released), the waiting order takes the lock and waits out that
+        back-off: an L{AcmeBackoff} not C{ordered}, nothing asked of the CA.
+        """
+        d = self.order()
+        backoff = BackoffRecord(
+            failures=1, retryAt=NOW + 45, lastError="refused", lastErrorAt=NOW + 1
+        )
+        self.clock.advance(1)
+        self.otherBacksOff(backoff, now=NOW + 1)
+        self.result(self.otherLock.release(SITE))
+        self.clock.advance(POLL_SECS)
+        e = self.failureResultOf(d, AcmeBackoff).value
+        self.assertFalse(e.ordered)
+        self.assertEqual(e.backoff, backoff)
+        self.assertEqual(self.issues, [])
+        self.assertIsNone(self.redis.get(LOCK))
+
+    def test_unwantedAnnouncement(self) -> None:
+        """
+        An announced certificate the order does not want (issued before a
+        forced renewal was asked) wakes it but is not taken: it goes on
+        waiting, and orders once the lock is free.
+        """
+        self.since = NOW + 10
+        self.clock.advance(10)
+        d = self.order(forced=True)
+        self.otherSaves(certificate(NOW + 5))
+        self.subscription.deliver(CHANNEL, announcement("node-b", issuedAt=NOW + 5))
+        self.assertNoResult(d)
+        self.result(self.otherLock.release(SITE))
+        self.clock.advance(POLL_SECS)
+        self.assertEqual(len(self.issues), 1)
+        record = certificate(NOW + 15)
+        self.issues[0].callback(record)
+        self.assertEqual(self.result(d), (record, ""))
+
     def test_holderDied(self) -> None:
         """
         A holder that died (its lease not renewed) lets its lease expire:
