@@ -648,7 +648,8 @@ class FleetManagerTests(SynchronousTestCase):
         """
         An L{AcmeBackoff} not C{ordered} (another node's failure waited
         out) sets the fleet's back-off as it is (no failure added), stores
-        it, logs why, and the site is ordered again at its C{retryAt}.
+        it, logs why (without a failure count), and the site is ordered
+        again at its C{retryAt}.
         """
         manager = self.manager(acmeSite("app", "a.test"))
         self.clock.advance(0)
@@ -662,9 +663,11 @@ class FleetManagerTests(SynchronousTestCase):
         answer = manager.describeAll()[0]
         self.assertEqual(answer.lastError, "refused")
         self.assertEqual(answer.nextRenewal, NOW + 600)
+        # Another node's failures are not counted as this node's.
         self.assertTrue(
-            self.logged("the fleet waits after node-b's failed order (3 in a row)")
+            self.logged("the fleet waits after node-b's failed order, retrying at")
         )
+        self.assertFalse(self.logged("in a row"))
         self.assertEqual(self.flushLoggedErrors(), [])
         self.clock.advance(599)
         self.assertEqual(len(self.orders.calls), 1)

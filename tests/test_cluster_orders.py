@@ -31,6 +31,7 @@ from revproxy.cluster.locks import ACQUIRE_SHA, LEASE_MS, RELEASE_SHA, OrderLock
 from revproxy.cluster.orders import (
     BACKOFF_MEMORY_SECS,
     POLL_SECS,
+    REDIS_RETRY_SECS,
     REDIS_WAIT_SECS,
     RESYNC_SECS,
     WAIT_LIMIT_SECS,
@@ -586,12 +587,21 @@ class RedisDownTests(FleetOrdersCase):
     def test_down(self) -> None:
         """
         Redis down (L{whenUp} C{False} after L{REDIS_WAIT_SECS}): the order
-        fails with an L{AcmeError}, nothing asked of Redis or the CA.
+        fails with an L{AcmeBackoff} not C{ordered}, one failure, retried
+        after L{REDIS_RETRY_SECS} (not the growing back-off of a CA's
+        refusal); nothing asked of Redis or the CA.
         """
         self.redis.up = False
-        e = self.failureResultOf(self.order(), AcmeError).value
-        self.assertNotIsInstance(e, AcmeBackoff)
-        self.assertIn("Redis is down", str(e))
+        self.clock.advance(3)
+        e = self.failureResultOf(self.order(), AcmeBackoff).value
+        self.assertFalse(e.ordered)
+        self.assertEqual(str(e), "the order waits for Redis")
+        backoff = e.backoff
+        assert isinstance(backoff, BackoffRecord)
+        self.assertEqual(backoff.failures, 1)
+        self.assertEqual(backoff.retryAt, NOW + 3 + REDIS_RETRY_SECS)
+        self.assertEqual(backoff.lastErrorAt, NOW + 3)
+        self.assertIn("Redis is down", backoff.lastError)
         self.assertEqual(self.redis.waits, [REDIS_WAIT_SECS])
         self.assertEqual(self.redis.commands, [])
         self.assertEqual(self.redis.calls, [])
