@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.renewal import (
     CHECK_INTERVAL,
+    CLOCK_SKEW_SECS,
     AcmeManager,
     RenewalResult,
     loadRecord,
@@ -789,8 +790,8 @@ class FleetManagerTests(SynchronousTestCase):
     def test_forcedWantsNew(self) -> None:
         """
         A forced renewal (C{renew}) is a forced order, and wants only a
-        certificate issued since it was asked; its answer follows the
-        fleet's.
+        certificate issued since it was asked (give or take the nodes'
+        clock skew, L{CLOCK_SKEW_SECS}); its answer follows the fleet's.
         """
         self.storage.certificates["app"] = record(["a.test"], NOW - 10 * DAY)
         manager = self.manager(acmeSite("app", "a.test"))
@@ -798,7 +799,10 @@ class FleetManagerTests(SynchronousTestCase):
         d = manager.renew("app")
         [call] = self.orders.calls
         self.assertTrue(call.forced)
-        self.assertFalse(call.wanted(record(["a.test"], NOW + 50)))
+        self.assertFalse(
+            call.wanted(record(["a.test"], NOW + 100 - CLOCK_SKEW_SECS - 1))
+        )
+        self.assertTrue(call.wanted(record(["a.test"], NOW + 100 - CLOCK_SKEW_SECS)))
         fresh = record(["a.test"], NOW + 100)
         self.assertTrue(call.wanted(fresh))
         call.result.callback((fresh, "node node-b of the fleet"))

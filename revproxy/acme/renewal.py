@@ -48,6 +48,10 @@ _log = Logger()
 CHECK_INTERVAL = 3600.0
 #: How often the CA's renewal window (ARI) is asked for, per certificate.
 ARI_INTERVAL = 6 * 3600.0
+#: How far apart the clocks of a fleet's nodes may be: a forced renewal
+#: takes a certificate another node issued up to this long before it was
+#: asked for (its C{issuedAt} is that node's clock).
+CLOCK_SKEW_SECS = 60.0
 #: How long a placeholder certificate is valid.
 PLACEHOLDER_DAYS = 30
 
@@ -555,7 +559,7 @@ class AcmeManager(Service):
             if record.names != names or record.notAfter <= self._clock.seconds():
                 return False
             if forced:
-                return record.issuedAt >= since
+                return record.issuedAt >= since - CLOCK_SKEW_SECS
             return current is None or record.issuedAt > current.issuedAt
 
         d: Deferred[tuple[CertificateRecord, str]] = maybeDeferred(

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -65,6 +65,15 @@ RESYNC_SECS = 30.0
 #: How long a back-off record stays in Redis after it ends: the next
 #: failure counts on from it.
 BACKOFF_MEMORY_SECS = 86400.0
+
+
+T = TypeVar("T")
+
+
+class _RedisFailed(Exception):
+    """
+    Redis failed while an order needed it.
+    """
 
 
 class Link(Protocol):
@@ -100,6 +109,23 @@ class Manager(Protocol):
     def acmeSites(self) -> list[str]: ...
 
     def resetIssuer(self) -> None: ...
+
+
+def _waitForRedis(error: str, now: float) -> AcmeBackoff:
+    """
+    The back-off of an order that could not go on because Redis is down
+    or failed: tried again in L{REDIS_RETRY_SECS}, whatever the count.
+    """
+    return AcmeBackoff(
+        "the order waits for Redis",
+        BackoffRecord(
+            failures=1,
+            retryAt=now + REDIS_RETRY_SECS,
+            lastError=error,
+            lastErrorAt=now,
+        ),
+        ordered=False,
+    )
 
 
 class FleetOrders:
@@ -176,24 +202,43 @@ class FleetOrders:
         wanted: Callable[[CertificateRecord], bool],
         forced: bool,
     ) -> tuple[CertificateRecord, str]:
+        try:
+            return await self._orderOnce(site, issue, wanted, forced)
+        except _RedisFailed as e:
+            raise _waitForRedis(
+                f"Redis failed during the order ({e}); the current certificate "
+                f"is served",
+                self._clock.seconds(),
+            ) from e
+
+    async def _redis(self, asked: Awaitable[T]) -> T:
+        """
+        What Redis answers to C{asked}; a failure of Redis (not an
+        L{AcmeError}: a lost connection, an error reply) raises
+        L{_RedisFailed}.
+        """
+        try:
+            return await asked
+        except AcmeError:
+            raise
+        except Exception as e:
+            raise _RedisFailed(str(e) or type(e).__name__) from e
+
+    async def _orderOnce(
+        self,
+        site: str,
+        issue: Callable[[], Deferred[CertificateRecord]],
+        wanted: Callable[[CertificateRecord], bool],
+        forced: bool,
+    ) -> tuple[CertificateRecord, str]:
         deadline = self._clock.seconds() + WAIT_LIMIT_SECS
         waitingFor: str | None = None
         while True:
             if not await self.redis.whenUp(REDIS_WAIT_SECS):
-                now = self._clock.seconds()
-                error = (
+                raise _waitForRedis(
                     "Redis is down: no order without the fleet's order lock "
-                    "(the current certificate is served until Redis is back)"
-                )
-                raise AcmeBackoff(
-                    "the order waits for Redis",
-                    BackoffRecord(
-                        failures=1,
-                        retryAt=now + REDIS_RETRY_SECS,
-                        lastError=error,
-                        lastErrorAt=now,
-                    ),
-                    ordered=False,
+                    "(the current certificate is served until Redis is back)",
+                    self._clock.seconds(),
                 )
             found = await self._found(site, wanted)
             if found is not None:
@@ -204,10 +249,9 @@ class FleetOrders:
                 finally:
                     await self.lock.release(site)
             if waitingFor is None:
-                try:
-                    waitingFor = await self.lock.holder(site) or "another node"
-                except ConnectionError:
-                    waitingFor = "another node"
+                waitingFor = await self._redis(self.lock.holder(site)) or (
+                    "another node"
+                )
                 _log.info(
                     "ACME: site {site}: {holder} is ordering its certificate for "
                     "the fleet; waiting for it",
@@ -229,7 +273,7 @@ class FleetOrders:
         C{wanted}, and where it comes from.
         """
         try:
-            stored = await self.shared.loadCertificate(site)
+            stored = await self._redis(self.shared.loadCertificate(site))
         except AcmeError as e:
             _log.warn(
                 "ACME: site {site}: cannot use the fleet's certificate: {error}",
@@ -258,7 +302,7 @@ class FleetOrders:
         now = self._clock.seconds()
         previous: BackoffRecord | None = None
         try:
-            stored = await self.shared.loadBackoff(site)
+            stored = await self._redis(self.shared.loadBackoff(site))
         except AcmeError as e:
             _log.warn("ACME: site {site}: {error}", site=site, error=str(e))
             stored = None
@@ -293,6 +337,13 @@ class FleetOrders:
                     error=str(why),
                 )
             raise AcmeBackoff(str(e), backoff, ordered=True) from e
+        if not self.lock.held(site):
+            _log.warn(
+                "ACME: site {site}: the order lock's lease was lost during the "
+                "order (Redis unreachable too long); another node may have "
+                "ordered too",
+                site=site,
+            )
         try:
             await self.shared.saveCertificate(site, record)
             await self.shared.saveBackoff(site, None, now)
@@ -325,10 +376,7 @@ class FleetOrders:
         @raise AcmeError: The fleet's key cannot be read or used, or this
             node's cannot be made or written.
         """
-        try:
-            keyPEM, uris = await self.shared.loadAccount()
-        except ConnectionError as e:
-            raise AcmeError(f"cannot read the fleet's account: {e}") from None
+        keyPEM, uris = await self._redis(self.shared.loadAccount())
         localKey, _ = self.local.accountKey()
         localPEM = localKey.private_bytes(
             serialization.Encoding.PEM,
@@ -336,10 +384,10 @@ class FleetOrders:
             serialization.NoEncryption(),
         )
         if keyPEM is None:
-            if await self.shared.createAccount(localPEM):
+            if await self._redis(self.shared.createAccount(localPEM)):
                 _log.info("ACME: this node's account key is now the fleet's")
                 return
-            keyPEM, uris = await self.shared.loadAccount()
+            keyPEM, uris = await self._redis(self.shared.loadAccount())
             if keyPEM is None:
                 raise AcmeError("the fleet's account key disappeared from Redis")
         if keyPEM != localPEM:
