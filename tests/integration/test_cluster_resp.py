@@ -3,7 +3,7 @@ Integration tests of the request path's lean Redis client
 (L{revproxy.cluster.resp.RespLink}) against one real C{redis-server}
 (Debian's, on a loopback port with its own directory), on the real
 reactor: the GCRA script's decisions through L{SharedRateLimiter}, Redis
-going away and coming back on the same port, AUTH and SELECT.
+going away and coming back on the same port, AUTH and SELECT, TLS.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any, cast
 
+import trustme
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import (
@@ -35,7 +36,12 @@ from revproxy.cluster.resp import RedisReplyError, RespLink
 from revproxy.config import ClusterConfig, RateLimit
 from revproxy.interfaces import IRevProxyReactor
 from revproxy.ratelimit import ALLOWED, Decision, RateLimiter
-from tests.integration.support import RedisServer, getReactor, startRedis
+from tests.integration.support import (
+    RedisServer,
+    closedPorts,
+    getReactor,
+    startRedis,
+)
 
 #: How long a connection is waited for at most.
 WAIT_SECS = 10.0
@@ -242,3 +248,105 @@ class RespLinkPasswordTests(RespLinkTests):
         await right.command("CONFIG", "SET", "requirepass", wrong)
         self.assertTrue(await link.whenUp(WAIT_SECS))
         self.assertEqual(await link.command("PING"), "PONG")
+
+
+class _TLSRedisServer(RedisServer):
+    """
+    A L{RedisServer} that also listens with TLS on C{tlsPort} (its
+    certificate from C{directory}), the plain port staying for its PING.
+    """
+
+    def __init__(
+        self, reactor: Any, directory: str, port: int, tlsPort: int, password: str
+    ) -> None:
+        super().__init__(reactor, directory, port, password)
+        self.tlsPort = tlsPort
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            *super().argv,
+            "--tls-port",
+            str(self.tlsPort),
+            "--tls-cert-file",
+            os.path.join(self.directory, "cert.pem"),
+            "--tls-key-file",
+            os.path.join(self.directory, "key.pem"),
+            "--tls-ca-cert-file",
+            os.path.join(self.directory, "ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+
+class RespLinkTLSTests(TestCase):
+    """
+    C{redis_tls}: the link verifies Redis's certificate against
+    C{redis_ca_file}, authenticates and runs the script; a certificate of
+    another CA is refused (never up).
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.reactor = getReactor()
+        self.directory = tempfile.mkdtemp(prefix="rpx-resp-tls-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        redisDir = os.path.join(self.directory, "redis")
+        os.makedirs(redisDir)
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost")
+        ca.cert_pem.write_to_path(os.path.join(redisDir, "ca.pem"))
+        leaf.private_key_pem.write_to_path(os.path.join(redisDir, "key.pem"))
+        leaf.cert_chain_pems[0].write_to_path(os.path.join(redisDir, "cert.pem"))
+        trustme.CA().cert_pem.write_to_path(os.path.join(self.directory, "other.pem"))
+        port, tlsPort = closedPorts(2)
+        self.redis = _TLSRedisServer(self.reactor, redisDir, port, tlsPort, PASSWORD)
+        await self.redis.start()
+        self.addCleanup(self.redis.stop)
+
+    async def link(self, caFile: str) -> RespLink:
+        cluster = ClusterConfig(
+            redis_url=f"rediss://localhost:{self.redis.tlsPort}/0",
+            redis_host="localhost",
+            redis_port=self.redis.tlsPort,
+            redis_tls=True,
+            redis_ca_file=caFile,
+            redis_password=PASSWORD,
+            key_prefix="it:",
+            node_name="node",
+            secret_file=os.path.join(self.directory, "cluster.key"),
+            secret=b"k" * 32,
+        )
+        link = RespLink(cast(IRevProxyReactor, self.reactor), cluster)
+        link.startService()
+
+        async def stop() -> None:
+            stopped = link.stopService()
+            if stopped is not None:
+                await stopped
+
+        self.addCleanup(stop)
+        return link
+
+    async def test_tls(self) -> None:
+        """
+        Over TLS with the cluster's CA: up, and the script decides.
+        """
+        link = await self.link(os.path.join(self.redis.directory, "ca.pem"))
+        self.assertTrue(await link.whenUp(WAIT_SECS))
+        shared = SharedRateLimiter(
+            self.reactor, link, RateLimiter(self.reactor), "it:", "n:1", timeout=2.0
+        )
+        decision = await cast(
+            Deferred[Decision], shared.allow("site", RateLimit(1.0, 1), "192.0.2.1")
+        )
+        self.assertEqual(decision, ALLOWED)
+        self.assertEqual(shared.fallbacks, 0)
+
+    async def test_otherCA(self) -> None:
+        """
+        A certificate the CA file does not vouch for: never up.
+        """
+        link = await self.link(os.path.join(self.directory, "other.pem"))
+        self.assertFalse(await link.whenUp(1.5))
+        with self.assertRaises(ConnectionError):
+            await link.command("PING")
