@@ -37,7 +37,7 @@ from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.certificates import LoadedCertificate
 from revproxy.cluster.fleet import Fleet, buildFleet
 from revproxy.cluster.ratelimit import ClusterCollector, SharedRateLimiter
-from revproxy.cluster.redis import RedisLink
+from revproxy.cluster.resp import RespLink
 from revproxy.config import Config, SiteConfig, allUpstreams
 from revproxy.descriptors import DescriptorLimit, currentDescriptorLimit
 from revproxy.drain import ConnectionTracker, DrainService
@@ -282,12 +282,13 @@ class RequestPath(Service):
         tunnels: TunnelRegistry,
         passwords: PasswordThreads | None = None,
         shared: SharedRateLimiter | None = None,
-        redis: RedisLink | None = None,
+        redis: RespLink | None = None,
     ) -> None:
         """
         @param shared: the fleet's rate limiter (with C{[cluster]}), in
             front of C{limiter}.
-        @param redis: its Redis connection, opened and closed with the
+        @param redis: its Redis connection (the lean one, L{RespLink}:
+            one script call per request), opened and closed with the
             request path.
         """
         self.holder = holder
@@ -434,7 +435,7 @@ def requestPath(
     )
     shared = redis = None
     if config.cluster is not None:
-        redis = RedisLink(reactor, config.cluster)
+        redis = RespLink(reactor, config.cluster)
         shared = SharedRateLimiter(
             reactor,
             redis,

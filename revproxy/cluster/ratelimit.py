@@ -96,7 +96,7 @@ FALLBACK_LOG_SECS = 60.0
 class ScriptRunner(Protocol):
     """
     What the shared limiter needs of the Redis connection
-    (L{revproxy.cluster.redis.RedisLink}).
+    (L{revproxy.cluster.resp.RespLink} on the request path).
     """
 
     @property

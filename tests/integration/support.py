@@ -1420,12 +1420,20 @@ class RedisServer:
 
     @ivar port: the loopback port it listens on.
     @ivar directory: its working directory (C{--dir}).
+    @ivar password: the password it requires (C{--requirepass}), if any.
     """
 
-    def __init__(self, reactor: IIntegrationReactor, directory: str, port: int) -> None:
+    def __init__(
+        self,
+        reactor: IIntegrationReactor,
+        directory: str,
+        port: int,
+        password: str = "",
+    ) -> None:
         self.reactor = reactor
         self.directory = directory
         self.port = port
+        self.password = password
         self._protocol: _RedisProtocol | None = None
         self._transport: IProcessTransport | None = None
 
@@ -1448,6 +1456,7 @@ class RedisServer:
             "no",
             "--daemonize",
             "no",
+            *(["--requirepass", self.password] if self.password else []),
         ]
 
     @property
@@ -1514,6 +1523,9 @@ class RedisServer:
                 continue
             if line == REDIS_PONG:
                 return
+            if self.password and line.startswith(b"-NOAUTH"):
+                # It answers, and wants the password first.
+                return
             # "-LOADING ..." while it loads a data set: ask again.
             await deferLater(self.reactor, 0.05, lambda: None)
 
@@ -1551,13 +1563,15 @@ class RedisServer:
         await ended
 
 
-async def startRedis(reactor: IIntegrationReactor, directory: str) -> RedisServer:
+async def startRedis(
+    reactor: IIntegrationReactor, directory: str, password: str = ""
+) -> RedisServer:
     """
     A running L{RedisServer} on a free loopback port with C{directory} as its
-    own; the caller stops it (L{RedisServer.stop}, for example with
-    C{addCleanup}).
+    own (requiring C{password}, if given); the caller stops it
+    (L{RedisServer.stop}, for example with C{addCleanup}).
     """
-    server = RedisServer(reactor, directory, closedPort())
+    server = RedisServer(reactor, directory, closedPort(), password)
     await server.start()
     return server
 
