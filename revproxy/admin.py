@@ -122,6 +122,14 @@ _DESCRIPTIONS = {
 }
 
 
+#: What C{help} adds about C{reload} with a fleet.
+_FLEET_RELOAD = (
+    "; then tells the other live nodes ([cluster] reload_channel) to re-read "
+    "their own files, and answers with each node's result (nodes, silent); "
+    "SIGHUP reloads this node only"
+)
+
+
 class Operations:
     """
     What the operations commands (C{ratelimit}, C{stats}, C{reopen-logs},
@@ -137,18 +145,40 @@ class Operations:
         poolSizes: Callable[[], list[tuple[str, int, int]]] | None = None,
         tunnels: TunnelRegistry | None = None,
         shared: SharedRateLimiter | None = None,
+        fleet: SupportsFleetReload | None = None,
+        cluster: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """
         @param shared: the fleet's rate limiter (with C{[cluster]}): its
             buckets, in Redis, are the ones C{ratelimit} shows.
+        @param fleet: the fleet's reloads (with C{[cluster] reload_channel
+            = true}): C{reload} then asks the other nodes too, and answers
+            with every node's result.
+        @param cluster: the fleet as this node sees it (with
+            C{[cluster]}), C{status}'s C{"cluster"}.
         """
         self.shared = shared
+        self.fleet = fleet
+        self.cluster = cluster
         self.limiter = limiter
         self.metrics = metrics
         self.health = health
         self.reopenLogs = reopenLogs
         self.poolSizes = poolSizes
         self.tunnels = tunnels
+
+
+class SupportsFleetReload(TypingProtocol):
+    """
+    What the admin socket needs of
+    L{revproxy.cluster.reloads.FleetReloads}.
+    """
+
+    def reloadFleet(self, localAnswer: Answer) -> Deferred[Answer]:
+        """
+        Ask the other nodes to reload, after this one did (its answer:
+        C{localAnswer}); fires with every node's answer, never fails.
+        """
 
 
 class UsageError(Exception):
@@ -539,6 +569,8 @@ class AdminFactory(Factory["AdminProtocol"]):
             "help": self.help,
         }
         self.descriptions: dict[str, str] = dict(_DESCRIPTIONS)
+        if self.operations.fleet is not None:
+            self.descriptions["reload"] += _FLEET_RELOAD
 
     def buildProtocol(self, addr: IAddress | None) -> AdminProtocol:
         return AdminProtocol(self)
@@ -572,10 +604,16 @@ class AdminFactory(Factory["AdminProtocol"]):
 
     def reload(self, args: list[str]) -> Deferred[Answer]:
         """
-        Reload the config file, through the same lock as SIGHUP.
+        Reload the config file, through the same lock as SIGHUP; with a
+        fleet (L{Operations.fleet}), then ask the other nodes to reload
+        theirs, and answer with every node's result.
         """
         self._noArguments("reload", args)
-        return self.reloader.reload("admin").addCallback(reloadAnswer)
+        answered = self.reloader.reload("admin").addCallback(reloadAnswer)
+        fleet = self.operations.fleet
+        if fleet is not None:
+            answered.addCallback(fleet.reloadFleet)
+        return answered
 
     def check(self, args: list[str]) -> Deferred[Answer]:
         """
@@ -590,7 +628,7 @@ class AdminFactory(Factory["AdminProtocol"]):
         """
         self._noArguments("status", args)
         runtime = self.reloader.holder.current
-        return {
+        answer: Answer = {
             "status": "ok",
             "uptime_secs": max(0, int(self.clock.seconds() - self.startTime)),
             "pid": os.getpid(),
@@ -599,6 +637,9 @@ class AdminFactory(Factory["AdminProtocol"]):
             "config_sha256": runtime.sha256,
             "config_path": runtime.config.path,
         }
+        if self.operations.cluster is not None:
+            answer["cluster"] = self.operations.cluster()
+        return answer
 
     def sites(self, args: list[str]) -> Answer:
         """

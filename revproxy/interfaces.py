@@ -88,6 +88,14 @@ class IChallengeResponder(Interface):
         Stop answering tls-alpn-01 for C{name}; unknown names are ignored.
         """
 
+    def published() -> Deferred[None]:
+        """
+        Fires when every answer added so far can be served wherever the CA
+        may connect (every worker, every node of the fleet), or when no
+        longer waiting for that makes sense; it never fails.  The issuer
+        asks the CA to validate only after it fired.
+        """
+
 
 class IIssuer(Interface):
     """

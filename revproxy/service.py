@@ -35,6 +35,7 @@ from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.certificates import LoadedCertificate
+from revproxy.cluster.fleet import Fleet, buildFleet
 from revproxy.cluster.ratelimit import ClusterCollector, SharedRateLimiter
 from revproxy.cluster.redis import RedisLink
 from revproxy.config import Config, SiteConfig, allUpstreams
@@ -188,11 +189,18 @@ def buildService(
     challenges = ChallengeStore(reactor)
     termination: TLSTermination | None = None
     manager: AcmeManager | None = None
+    fleet = buildFleet(config, reactor)
+    if fleet is not None:
+        fleet.setServiceParent(top)
     if config.server.listen_https:
         # The manager tells the HTTPS listeners of every new certificate;
         # they are built below, once the manager's certificates exist.
         manager = acmeManager(
-            config, reactor, challenges, lambda: _publish(termination)
+            config,
+            reactor,
+            challenges if fleet is None else fleet.shareChallenges(challenges),
+            lambda: _publish(termination),
+            None if fleet is None else fleet.orders,
         )
         manager.updateSites(config.sites)
     path = requestPath(config, reactor, holder, health, challenges, manager)
@@ -219,7 +227,7 @@ def buildService(
     reloader.setName("reloader")
     reloader.setServiceParent(top)
     operations(
-        config, reactor, path, reloader, health, termination, manager
+        config, reactor, path, reloader, health, termination, manager, fleet
     ).setServiceParent(top)
 
     def reopenLogs() -> None:
@@ -756,6 +764,7 @@ def operations(
     health: HealthMonitor,
     termination: TLSTermination | None,
     manager: AcmeManager | None,
+    fleet: Fleet | None = None,
 ) -> MultiService:
     """
     What operators drive and read: the admin socket (C{"admin"}), and,
@@ -783,6 +792,8 @@ def operations(
                     ),
                     tunnels=path.tunnels,
                     shared=path.shared,
+                    fleet=None if fleet is None else fleet.enableReloads(reloader),
+                    cluster=None if fleet is None else fleet.status,
                 ),
             ),
             reactor,

@@ -133,6 +133,8 @@ class FakeChallengeResponder:
         away) raises L{RuntimeError}.
     @ivar onAdd: Called after each add, if not L{None} (a test cancels an
         order from there).
+    @ivar publishing: What L{published} returns, if not L{None} (a test
+        holds the order there); else it fires at once.
     """
 
     def __init__(self, log: list[tuple[Any, ...]] | None = None) -> None:
@@ -142,6 +144,7 @@ class FakeChallengeResponder:
         self.offThread: list[str] = []
         self.failRemove = False
         self.onAdd: Callable[[], object] | None = None
+        self.publishing: Deferred[None] | None = None
 
     @property
     def calls(self) -> list[tuple[str, str]]:
@@ -194,6 +197,16 @@ class FakeChallengeResponder:
         self.tlsalpn01.pop(name, None)
         if self.failRemove:
             raise RuntimeError("responder broke")
+
+    def published(self) -> Deferred[None]:
+        """
+        See L{IChallengeResponder.published}: logged as C{("published",)}
+        (not one of L{calls}).
+        """
+        self._record("published")
+        if self.publishing is not None:
+            return self.publishing
+        return succeed(None)
 
 
 _CA_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -142,6 +142,13 @@ class ChallengeStoreTests(SynchronousTestCase):
         """
         self.assertTrue(verifyObject(IChallengeResponder, self.store))
 
+    def test_published(self) -> None:
+        """
+        The store serves its answers itself: C{published} fires at once.
+        """
+        self.store.addHTTP01("tok", "tok.thumb")
+        self.assertIsNone(self.successResultOf(self.store.published()))
+
     def test_http01(self) -> None:
         """
         An added token answers with its key authorization as bytes until it

@@ -635,8 +635,9 @@ class IssuerTests(SynchronousTestCase):
 
     def test_order(self) -> None:
         """
-        The account is registered, the answers are published before the
-        challenges are answered and removed once the authorizations are
+        The account is registered, the answers are published (and the
+        responder says they are everywhere) before the challenges are
+        answered and removed once the authorizations are
         valid, before finalization; the chain comes back leaf first.
         """
         self.ca.authorizations = {"a.test": ["pending", "valid"], "b.test": ["valid"]}
@@ -652,6 +653,7 @@ class IssuerTests(SynchronousTestCase):
                 "newOrder",
                 "addHTTP01",
                 "addHTTP01",
+                "published",
                 "answer",
                 "answer",
                 "authorization",
@@ -848,6 +850,48 @@ class IssuerTests(SynchronousTestCase):
         issuer = self.makeIssuer(orderDeadline=10.0)
         failure = self.failureResultOf(self.issue(issuer), AcmeError)
         self.assertIn("deadline of 10 s passed (answering a.test)", str(failure.value))
+        self.assertEqual(self.kinds()[-3:], ["removeHTTP01", "removeHTTP01", "close"])
+
+    def test_answerWaitsForPublished(self) -> None:
+        """
+        The CA is told to validate only once the responder's C{published}
+        fired (a fleet's nodes acknowledged the answers).
+        """
+        self.responder.publishing = Deferred()
+        d = self.makeIssuer().issue(["a.test"], self.key, self.responder)
+        self.clock.advance(3)
+        self.assertEqual(self.kinds()[-2:], ["addHTTP01", "published"])
+        self.assertNotIn("answer", self.kinds())
+        self.responder.publishing.callback(None)
+        self.settle(d)
+        self.successResultOf(d)
+        kinds = self.kinds()
+        self.assertEqual(kinds.index("published") + 1, kinds.index("answer"))
+
+    def test_noAnswersNotPublished(self) -> None:
+        """
+        With every authorization valid already, nothing is added and
+        C{published} is not waited for.
+        """
+        self.ca.initial = {"a.test": "valid"}
+        self.responder.publishing = Deferred()
+        self.successResultOf(self.issue(self.makeIssuer(), ["a.test"]))
+        self.assertNotIn("published", self.kinds())
+
+    def test_deadlinePublished(self) -> None:
+        """
+        A C{published} that never fires is given up at the order's
+        deadline; the answers are removed and the CA never told.
+        """
+        self.responder.publishing = Deferred()
+        issuer = self.makeIssuer(orderDeadline=10.0)
+        failure = self.failureResultOf(self.issue(issuer), AcmeError)
+        self.assertIn(
+            "deadline of 10 s passed (publishing the challenge answers)",
+            str(failure.value),
+        )
+        self.assertLessEqual(self.clock.seconds(), 10.5)
+        self.assertNotIn("answer", self.kinds())
         self.assertEqual(self.kinds()[-3:], ["removeHTTP01", "removeHTTP01", "close"])
 
     def test_retryAfter(self) -> None:

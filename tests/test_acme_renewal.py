@@ -6,20 +6,23 @@ storage and a L{Clock}.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from revproxy.acme import AcmeError
+from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.renewal import (
     CHECK_INTERVAL,
+    CLOCK_SKEW_SECS,
     AcmeManager,
     RenewalResult,
     loadRecord,
@@ -506,3 +509,331 @@ class ManagerTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertTrue(self.clock.getDelayedCalls())
+
+
+@attrs.define
+class OrderCall:
+    """
+    One order a L{FakeOrders} was asked for; C{result} is answered by the
+    test.
+    """
+
+    site: str
+    names: tuple[str, ...]
+    issue: Callable[[], Deferred[CertificateRecord]]
+    wanted: Callable[[CertificateRecord], bool]
+    forced: bool
+    result: Deferred[tuple[CertificateRecord, str]]
+
+
+class FakeOrders:
+    """
+    A L{revproxy.acme.renewal.Orders} (the fleet's, in the proxy) whose
+    orders the test answers.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[OrderCall] = []
+
+    def order(
+        self,
+        site: str,
+        names: tuple[str, ...],
+        issue: Callable[[], Deferred[CertificateRecord]],
+        wanted: Callable[[CertificateRecord], bool],
+        forced: bool,
+    ) -> Deferred[tuple[CertificateRecord, str]]:
+        d: Deferred[tuple[CertificateRecord, str]] = Deferred()
+        self.calls.append(OrderCall(site, names, issue, wanted, forced, d))
+        return d
+
+
+class FleetManagerTests(SynchronousTestCase):
+    """
+    L{AcmeManager} with C{orders} (the fleet's): certificates another node
+    got are served (from an order, or offered by L{AcmeManager.adopt}),
+    back-offs the fleet decided are waited out, forced renewals want a
+    certificate issued since.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.storage = MemoryStorage()
+        self.issuer = FakeIssuer(self.clock)
+        self.factoryCalls = 0
+        self.changes = 0
+        self.orders = FakeOrders()
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.addCleanup(self.assertNoTimers)
+
+    def assertNoTimers(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def issuerFactory(self) -> IIssuer:
+        self.factoryCalls += 1
+        return self.issuer
+
+    def manager(self, *sites: SiteConfig) -> AcmeManager:
+        manager = AcmeManager(
+            self.clock,
+            self.storage,  # type: ignore[arg-type]
+            self.issuerFactory,
+            AcmeConfig(email="ops@example.com"),
+            FakeChallengeResponder(),
+            rng=random.Random(4),
+            orders=self.orders,
+        )
+
+        def changed() -> None:
+            self.changes += 1
+
+        manager.onChange = changed
+        manager.updateSites(sites)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        return manager
+
+    def logged(self, text: str) -> list[str]:
+        return [formatEvent(e) for e in self.events if text in formatEvent(e)]
+
+    def test_fromTheFleet(self) -> None:
+        """
+        An order that the fleet answers with another node's certificate
+        serves it without asking the CA, stores it locally, and logs where
+        it comes from.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        [call] = self.orders.calls
+        self.assertEqual(
+            (call.site, call.names, call.forced), ("app", ("a.test",), False)
+        )
+        got = record(["a.test"], NOW - DAY)
+        call.result.callback((got, "node node-b of the fleet"))
+        self.assertTrue(manager.isIssued("app"))
+        self.assertEqual(manager.certificates()["app"].chain, loadRecord(got).chain)
+        self.assertEqual(self.storage.certificates["app"], got)
+        self.assertEqual(self.changes, 2)
+        self.assertEqual(self.issuer.orders, [])
+        self.assertEqual(self.factoryCalls, 0)
+        self.assertTrue(
+            self.logged("certificate from node node-b of the fleet for a.test")
+        )
+        self.assertFalse(self.logged("certificate issued"))
+
+    def test_issuedThroughTheFleet(self) -> None:
+        """
+        The fleet's C{issue} orders with the CA: a record for the site's
+        names, issued now; served as issued.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        [call] = self.orders.calls
+        issued = call.issue()
+        self.assertEqual(len(self.issuer.orders), 1)
+        self.clock.advance(3)
+        self.issuer.grant()
+        got = self.successResultOf(issued)
+        self.assertEqual(got.names, ("a.test",))
+        self.assertEqual(got.issuedAt, NOW + 3)
+        self.assertEqual(got.directoryURL, AcmeConfig(email="x").directory_url)
+        call.result.callback((got, ""))
+        self.assertTrue(manager.isIssued("app"))
+        self.assertTrue(self.logged("certificate issued for a.test"))
+
+    def test_fleetBackoff(self) -> None:
+        """
+        An L{AcmeBackoff} not C{ordered} (another node's failure waited
+        out) sets the fleet's back-off as it is (no failure added), stores
+        it, logs why (without a failure count), and the site is ordered
+        again at its C{retryAt}.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        backoff = BackoffRecord(
+            failures=3, retryAt=NOW + 600, lastError="refused", lastErrorAt=NOW - 5
+        )
+        self.orders.calls[0].result.errback(
+            AcmeBackoff("the fleet waits after node-b's failed order", backoff, False)
+        )
+        self.assertEqual(self.storage.backoffs["app"], backoff)
+        answer = manager.describeAll()[0]
+        self.assertEqual(answer.lastError, "refused")
+        self.assertEqual(answer.nextRenewal, NOW + 600)
+        # Another node's failures are not counted as this node's.
+        self.assertTrue(
+            self.logged("the fleet waits after node-b's failed order, retrying at")
+        )
+        self.assertFalse(self.logged("in a row"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.clock.advance(599)
+        self.assertEqual(len(self.orders.calls), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.orders.calls), 2)
+
+    def test_orderedBackoff(self) -> None:
+        """
+        An L{AcmeBackoff} C{ordered} (this node's order failed, counted by
+        the fleet) is logged as a failed order, with the fleet's count.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        backoff = BackoffRecord(
+            failures=5, retryAt=NOW + 900, lastError="rateLimited", lastErrorAt=NOW
+        )
+        self.orders.calls[0].result.errback(AcmeBackoff("rateLimited", backoff, True))
+        self.assertEqual(self.storage.backoffs["app"], backoff)
+        self.assertTrue(self.logged("order failed (5 in a row)"))
+        self.assertEqual(manager.describeAll()[0].nextRenewal, NOW + 900)
+
+    def test_adopt(self) -> None:
+        """
+        L{AcmeManager.adopt} serves a newer certificate for the site's
+        names, stores it, says so and logs where it comes from.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW - 10 * DAY)
+        manager = self.manager(acmeSite("app", "a.test"))
+        newer = record(["a.test"], NOW - DAY)
+        before = self.changes
+        self.assertTrue(manager.adopt("app", newer, "node node-b of the fleet"))
+        self.assertEqual(manager.certificates()["app"].chain, loadRecord(newer).chain)
+        self.assertEqual(self.storage.certificates["app"], newer)
+        self.assertEqual(self.changes, before + 1)
+        self.assertTrue(self.logged("certificate from node node-b of the fleet"))
+        # Taken: not offered again.
+        self.assertFalse(manager.adopt("app", newer, "node node-b of the fleet"))
+
+    def test_adoptClearsBackoff(self) -> None:
+        """
+        A certificate adopted during a back-off ends it.
+        """
+        self.storage.backoffs["app"] = BackoffRecord(
+            failures=2, retryAt=NOW + 900, lastError="refused", lastErrorAt=NOW
+        )
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.assertTrue(manager.adopt("app", record(["a.test"], NOW), "node b"))
+        self.assertNotIn("app", self.storage.backoffs)
+        self.assertIsNone(manager.describeAll()[0].lastError)
+
+    def test_adoptRefused(self) -> None:
+        """
+        L{AcmeManager.adopt} refuses, serving what it served: a certificate
+        not newer than the served one, for other names, expired, or for an
+        unknown site.
+        """
+        current = record(["a.test"], NOW - 10 * DAY)
+        self.storage.certificates["app"] = current
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        served = manager.certificates()["app"]
+        for site, offered in [
+            ("app", record(["a.test"], NOW - 11 * DAY)),
+            ("app", record(["a.test"], NOW - 10 * DAY)),
+            ("app", record(["a.test", "b.test"], NOW - DAY)),
+            ("app", record(["a.test"], NOW - 2 * DAY, lifetime=DAY)),
+            ("other", record(["a.test"], NOW - DAY)),
+        ]:
+            self.assertFalse(manager.adopt(site, offered, "node b"), offered)
+            self.assertIs(manager.certificates()["app"], served)
+        self.assertEqual(self.storage.certificates, {"app": current})
+
+    def test_adoptDuringOrder(self) -> None:
+        """
+        While the site's own order runs, nothing is adopted (the order
+        takes the fleet's certificate itself).
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        self.assertFalse(manager.adopt("app", record(["a.test"], NOW), "node b"))
+        self.assertFalse(manager.isIssued("app"))
+        self.orders.calls[0].result.errback(AcmeError("stopping"))
+
+    def test_adoptUnusable(self) -> None:
+        """
+        A certificate whose key does not match is refused without raising,
+        logged, and neither served nor stored.
+        """
+        manager = self.manager(acmeSite("app", "a.test"))
+        good = record(["a.test"], NOW)
+        bad = attrs.evolve(good, keyPEM=record(["a.test"], NOW).keyPEM)
+        self.assertFalse(manager.adopt("app", bad, "node node-b of the fleet"))
+        self.assertFalse(manager.isIssued("app"))
+        self.assertEqual(self.storage.certificates, {})
+        self.assertTrue(
+            self.logged("the certificate from node node-b of the fleet is unusable")
+        )
+        garbage = attrs.evolve(good, keyPEM=b"not a key")
+        self.assertFalse(manager.adopt("app", garbage, "node b"))
+
+    def test_wanted(self) -> None:
+        """
+        A scheduled order wants a valid certificate for the site's names
+        issued after the served one.
+        """
+        current = record(["a.test"], NOW - 80 * DAY)
+        self.storage.certificates["app"] = current
+        self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(0)
+        [call] = self.orders.calls
+        self.assertFalse(call.forced)
+        self.assertFalse(call.wanted(current))
+        self.assertFalse(call.wanted(record(["a.test"], NOW - 81 * DAY)))
+        self.assertTrue(call.wanted(record(["a.test"], NOW - 79 * DAY)))
+        self.assertFalse(call.wanted(record(["b.test"], NOW)))
+        self.assertFalse(call.wanted(record(["a.test"], NOW - 2 * DAY, lifetime=DAY)))
+        call.result.errback(AcmeError("stopping"))
+
+    def test_forcedWantsNew(self) -> None:
+        """
+        A forced renewal (C{renew}) is a forced order, and wants only a
+        certificate issued since it was asked (give or take the nodes'
+        clock skew, L{CLOCK_SKEW_SECS}); its answer follows the fleet's.
+        """
+        self.storage.certificates["app"] = record(["a.test"], NOW - 10 * DAY)
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(100)
+        d = manager.renew("app")
+        [call] = self.orders.calls
+        self.assertTrue(call.forced)
+        self.assertFalse(
+            call.wanted(record(["a.test"], NOW + 100 - CLOCK_SKEW_SECS - 1))
+        )
+        self.assertTrue(call.wanted(record(["a.test"], NOW + 100 - CLOCK_SKEW_SECS)))
+        fresh = record(["a.test"], NOW + 100)
+        self.assertTrue(call.wanted(fresh))
+        call.result.callback((fresh, "node node-b of the fleet"))
+        answer = self.successResultOf(d)
+        self.assertIsNone(answer.error)
+        self.assertEqual(self.storage.certificates["app"], fresh)
+
+    def test_resetIssuer(self) -> None:
+        """
+        The issuer is built once; after L{AcmeManager.resetIssuer} (the
+        fleet's account key replaced this node's) the next order builds it
+        again.
+        """
+        manager = self.manager(acmeSite("app", "a.test"), acmeSite("api", "b.test"))
+        self.clock.advance(0)
+        first, second = self.orders.calls
+        first.issue()
+        second.issue()
+        self.assertEqual(self.factoryCalls, 1)
+        manager.resetIssuer()
+        self.assertEqual(self.factoryCalls, 1)
+        first.issue()
+        self.assertEqual(self.factoryCalls, 2)
+        for call in self.orders.calls:
+            call.result.errback(AcmeError("stopping"))
+
+    def test_acmeSites(self) -> None:
+        """
+        L{AcmeManager.acmeSites} names the acme sites.
+        """
+        manager = self.manager(acmeSite("app", "a.test"), acmeSite("api", "b.test"))
+        self.assertEqual(sorted(manager.acmeSites()), ["api", "app"])
+        for call in self.orders.calls:
+            call.result.errback(AcmeError("stopping"))

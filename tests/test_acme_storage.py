@@ -394,6 +394,94 @@ class AccountTests(_StorageCase):
             self.assertEqual(_readBytes(path), data)
 
 
+class ReplaceAccountTests(_StorageCase):
+    """
+    L{AcmeStorage.replaceAccountKey} (the fleet's account key, with
+    C{[cluster]}) and L{AcmeStorage.accounts}.
+    """
+
+    def test_replaces(self) -> None:
+        """
+        The key is replaced (mode 0600, read back by new instances) and the
+        account URIs with the given ones (the old key's are gone); no
+        temporary file is left.
+        """
+        self.storage.accountKey()
+        self.storage.saveAccountURI(DIRECTORY, "https://acme.test/acct/old")
+        fleet = ec.generate_private_key(ec.SECP256R1())
+        accounts = {
+            DIRECTORY: "https://acme.test/acct/fleet",
+            "https://o.test/d": "https://o.test/a",
+        }
+        self.storage.replaceAccountKey(_keyPEM(fleet), accounts)
+        path = os.path.join(self.stateDir, "acme", "account.key")
+        self.assertEqual(_readBytes(path), _keyPEM(fleet))
+        self.assertEqual(_mode(path), 0o600)
+        for storage in (self.storage, AcmeStorage(self.stateDir)):
+            key, created = storage.accountKey()
+            self.assertFalse(created)
+            self.assertEqual(key.private_numbers(), fleet.private_numbers())
+            self.assertEqual(storage.accounts(), accounts)
+        self.assertEqual(
+            json.loads(_readBytes(os.path.join(self.stateDir, "acme", "account.json"))),
+            accounts,
+        )
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.stateDir, "acme"))),
+            ["account.json", "account.key"],
+        )
+
+    def test_replacesNothingYet(self) -> None:
+        """
+        Without a key yet the state directory is made (0700) and the key
+        written; no URIs is an empty C{account.json}.
+        """
+        fleet = ec.generate_private_key(ec.SECP256R1())
+        self.storage.replaceAccountKey(_keyPEM(fleet), {})
+        key, created = self.storage.accountKey()
+        self.assertFalse(created)
+        self.assertEqual(key.private_numbers(), fleet.private_numbers())
+        self.assertEqual(self.storage.accounts(), {})
+        self.assertEqual(_mode(os.path.join(self.stateDir, "acme")), 0o700)
+
+    def test_rejectsOtherKeys(self) -> None:
+        """
+        A key that is not EC P-256 (RSA, P-384, garbage) is an
+        L{AcmeError}; the local key and URIs are kept.
+        """
+        key, _ = self.storage.accountKey()
+        self.storage.saveAccountURI(DIRECTORY, "https://acme.test/acct/1")
+        for bad in (
+            _keyPEM(rsa.generate_private_key(65537, 2048)),
+            _keyPEM(ec.generate_private_key(ec.SECP384R1())),
+            b"garbage",
+        ):
+            self.assertRaises(
+                AcmeError,
+                self.storage.replaceAccountKey,
+                bad,
+                {DIRECTORY: "https://acme.test/acct/2"},
+            )
+            again, _ = self.storage.accountKey()
+            self.assertEqual(again.private_numbers(), key.private_numbers())
+            self.assertEqual(
+                self.storage.accounts(), {DIRECTORY: "https://acme.test/acct/1"}
+            )
+        e = self.assertRaises(
+            AcmeError,
+            self.storage.replaceAccountKey,
+            _keyPEM(ec.generate_private_key(ec.SECP384R1())),
+            {},
+        )
+        self.assertIn("not an EC P-256 private key", str(e))
+
+    def test_accountsNone(self) -> None:
+        """
+        No C{account.json}: no accounts.
+        """
+        self.assertEqual(self.storage.accounts(), {})
+
+
 class CertificateTests(_StorageCase):
     """
     Saving and loading a site's certificate.

@@ -2201,3 +2201,84 @@ class RouteRulesTests(AdminTestsMixin, SynchronousTestCase):
         self.assertEqual(
             (answer["method"], answer["upstream"]), ("POST", "http://10.1.0.1:8000")
         )
+
+
+class _FakeFleet:
+    """
+    Fleet reloads whose answers wait until the test fires them.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Answer, Deferred[Answer]]] = []
+
+    def reloadFleet(self, localAnswer: Answer) -> Deferred[Answer]:
+        d: Deferred[Answer] = Deferred()
+        self.asked.append((localAnswer, d))
+        return d
+
+
+class FleetReloadCommandTests(AdminTestsMixin, SynchronousTestCase):
+    """
+    C{reload} with a fleet (C{[cluster] reload_channel = true}).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fleet = _FakeFleet()
+        self.factory = AdminFactory(
+            self.reloader, self.clock, operations=Operations(fleet=self.fleet)
+        )
+
+    def test_reloadAsksTheFleet(self) -> None:
+        """
+        This node reloads first; then the fleet is asked with this node's
+        answer, and the fleet's combined answer is the command's.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        self.assertEqual(self.fleet.asked, [])
+        [(source, reloaded)] = self.reloader.reloads
+        self.assertEqual(source, "admin")
+        reloaded.callback(RELOADED)
+        [(local, answered)] = self.fleet.asked
+        self.assertEqual(local, RELOADED_JSON)
+        self.assertEqual(transport.value(), b"")
+        combined = dict(
+            RELOADED_JSON, nodes={"a": RELOADED_JSON, "b": RELOADED_JSON}, silent=[]
+        )
+        answered.callback(combined)
+        self.assertEqual(answerOf(transport), combined)
+
+    def test_refusedReloadStillAsks(self) -> None:
+        """
+        A refused local reload is passed to the fleet too (the other nodes
+        read their own files).
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"reload\n")
+        self.reloader.reloads[0][1].callback(Refused("config_invalid", "bad"))
+        [(local, answered)] = self.fleet.asked
+        self.assertEqual(local["code"], "config_invalid")
+        answered.callback(dict(local, nodes={"a": local}))
+        self.assertEqual(answerOf(transport)["nodes"], {"a": local})
+
+    def test_help(self) -> None:
+        """
+        C{help} says that C{reload} asks the fleet, and that SIGHUP does
+        not.
+        """
+        commands = cast(dict[str, str], self.command("help")["commands"])
+        self.assertIn("reload_channel", commands["reload"])
+        self.assertIn("SIGHUP reloads this node only", commands["reload"])
+        plain = AdminFactory(self.reloader, self.clock)
+        self.assertNotIn("reload_channel", plain.descriptions["reload"])
+
+    def test_checkIsLocal(self) -> None:
+        """
+        C{check} does not ask the fleet.
+        """
+        proto, transport = self.connect()
+        proto.dataReceived(b"check\n")
+        self.reloader.checks[0].callback(RELOADED)
+        self.assertEqual(self.fleet.asked, [])
+        self.assertEqual(answerOf(transport)["status"], "ok")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -115,6 +116,20 @@ class FakeChallengeResponderTests(SynchronousTestCase):
         It provides L{IChallengeResponder}.
         """
         self.assertTrue(verifyObject(IChallengeResponder, FakeChallengeResponder()))
+
+    def test_published(self) -> None:
+        """
+        C{published} is logged (not among L{calls}) and fires at once, or
+        returns C{publishing} when a test set it.
+        """
+        responder = FakeChallengeResponder()
+        responder.addHTTP01("token", "token.thumb")
+        self.assertIsNone(self.successResultOf(responder.published()))
+        held: Deferred[None] = Deferred()
+        responder.publishing = held
+        self.assertIs(responder.published(), held)
+        self.assertEqual(responder.log[1:], [("published",), ("published",)])
+        self.assertEqual(responder.calls, [("addHTTP01", "token")])
 
     def test_publishedAndLogged(self) -> None:
         """

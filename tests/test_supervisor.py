@@ -20,12 +20,13 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from revproxy.acme.challenges import ChallengeStore
 from revproxy.acme.renewal import placeholderCertificate
 from revproxy.admin import AdminFactory, Operations, reloadAnswer
 from revproxy.config import configFromBytes
-from revproxy.interfaces import IRevProxyReactor
+from revproxy.interfaces import IChallengeResponder, IRevProxyReactor
 from revproxy.reload import Reloader
 from revproxy.runtime import RuntimeHolder, buildRuntime
 from revproxy.upstreamhealth import HealthMonitor
@@ -605,6 +606,17 @@ class TellingTests(WorkersCase):
                 [(r["kind"], r["present"]) for r in told],
                 [("tls-alpn-01", True), ("http-01", True), ("http-01", False)],
             )
+
+    def test_challengesPublished(self) -> None:
+        """
+        L{MirroredChallenges} is an L{IChallengeResponder} whose
+        C{published} fires at once: each add was flushed to the workers'
+        pipes before it returned.
+        """
+        self.assertTrue(verifyObject(IChallengeResponder, self.challenges))
+        self.start()
+        self.challenges.addHTTP01("tok", "tok.c")
+        self.assertIsNone(self.successResultOf(self.challenges.published()))
 
     def test_certificates(self) -> None:
         """

@@ -22,3 +22,20 @@ class AcmeError(Exception):
     An ACME operation failed; the message says what, for the log and the
     admin socket (one line, no traceback).
     """
+
+
+class AcmeBackoff(AcmeError):
+    """
+    An order that ended with a back-off decided elsewhere (by the fleet's
+    shared state, C{[cluster]}): the site waits until C{backoff.retryAt}.
+
+    @ivar backoff: The back-off record (a
+        L{revproxy.acme.storage.BackoffRecord}).
+    @ivar ordered: Whether this node's own order failed (C{False}: another
+        node's failure is being waited out, nothing was asked of the CA).
+    """
+
+    def __init__(self, message: str, backoff: object, ordered: bool) -> None:
+        super().__init__(message)
+        self.backoff = backoff
+        self.ordered = ordered

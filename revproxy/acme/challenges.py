@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -166,6 +167,13 @@ class ChallengeStore:
         See L{IChallengeResponder.removeTLSALPN01}.
         """
         self._tlsALPN01.pop(_normalizeName(name), None)
+
+    def published(self) -> Deferred[None]:
+        """
+        See L{IChallengeResponder.published}: this store is where the
+        answers are served, so at once.
+        """
+        return succeed(None)
 
     def http01(self, token: str) -> bytes | None:
         """

@@ -749,7 +749,8 @@ class AcmeIssuer:
         responder: IChallengeResponder,
     ) -> None:
         """
-        Publish the answers of the pending authorizations, ask the CA to
+        Publish the answers of the pending authorizations, wait until the
+        responder says they are published everywhere, ask the CA to
         validate them, and wait until each is valid; remove the answers
         afterwards whatever happens.
         """
@@ -774,6 +775,8 @@ class AcmeIssuer:
                 else:
                     responder.addTLSALPN01(name, keyAuthorization)
                     removals.append(partial(responder.removeTLSALPN01, name))
+            if todo:
+                await self._published(deadline, responder)
             for name, _, challenge in todo:
                 if challenge.status in (messages.STATUS_PENDING, None):
                     await self._call(
@@ -787,6 +790,23 @@ class AcmeIssuer:
                     remove()
                 except Exception:
                     _log.failure("removing a challenge answer failed")
+
+    async def _published(self, deadline: float, responder: IChallengeResponder) -> None:
+        """
+        Wait until C{responder} says its answers can be served wherever the
+        CA may connect (a fleet's nodes acknowledged them), or until the
+        deadline.
+        """
+        step = "publishing the challenge answers"
+        remaining = deadline - self._reactor.seconds()
+        if remaining <= 0:
+            raise _Deadline(step)
+        d = responder.published()
+        d.addTimeout(remaining, self._reactor)
+        try:
+            await d
+        except DeferredTimeoutError:
+            raise _Deadline(step) from None
 
     async def _waitValid(
         self, calls: AcmeCalls, deadline: float, name: str, uri: str

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import attrs
 from cryptography import x509
@@ -32,7 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from revproxy.acme import AcmeError
+from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.schedule import backoffDelay, renewalTime
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.certificates import LoadedCertificate, PrivateKey
@@ -47,6 +48,10 @@ _log = Logger()
 CHECK_INTERVAL = 3600.0
 #: How often the CA's renewal window (ARI) is asked for, per certificate.
 ARI_INTERVAL = 6 * 3600.0
+#: How far apart the clocks of a fleet's nodes may be: a forced renewal
+#: takes a certificate another node issued up to this long before it was
+#: asked for (its C{issuedAt} is that node's clock).
+CLOCK_SKEW_SECS = 60.0
 #: How long a placeholder certificate is valid.
 PLACEHOLDER_DAYS = 30
 
@@ -125,6 +130,51 @@ def loadRecord(record: CertificateRecord) -> LoadedCertificate:
         source="acme",
         path="",
     )
+
+
+class Orders(Protocol):
+    """
+    Who runs an order: this process alone (L{LocalOrders}), or the fleet
+    (L{revproxy.cluster.orders.FleetOrders}: one order per site across the
+    nodes, the others take its certificate).
+    """
+
+    def order(
+        self,
+        site: str,
+        names: tuple[str, ...],
+        issue: Callable[[], Deferred[CertificateRecord]],
+        wanted: Callable[[CertificateRecord], bool],
+        forced: bool,
+    ) -> Deferred[tuple[CertificateRecord, str]]:
+        """
+        Get a certificate for C{site}'s C{names}: by calling C{issue} (an
+        order with the CA), or, when another node got one that is
+        C{wanted}, that one.
+
+        @param forced: The admin asked for a new certificate (C{renew}):
+            no shared back-off applies.
+        @return: Fires with the record and where it comes from (C{""}:
+            issued for this node's order, else for the log, such as
+            C{"node b of the fleet"}); fails with L{AcmeError} (an
+            L{AcmeBackoff} when the back-off was decided there).
+        """
+
+
+class LocalOrders:
+    """
+    Every order is this process's own (no C{[cluster]}).
+    """
+
+    def order(
+        self,
+        site: str,
+        names: tuple[str, ...],
+        issue: Callable[[], Deferred[CertificateRecord]],
+        wanted: Callable[[CertificateRecord], bool],
+        forced: bool,
+    ) -> Deferred[tuple[CertificateRecord, str]]:
+        return issue().addCallback(lambda record: (record, ""))
 
 
 @attrs.frozen
@@ -217,6 +267,7 @@ class AcmeManager(Service):
         challenges: IChallengeResponder,
         rng: random.Random | None = None,
         onChange: Callable[[], None] | None = None,
+        orders: Orders | None = None,
     ) -> None:
         """
         @param issuerFactory: Builds the issuer (account key, directory) on
@@ -224,7 +275,10 @@ class AcmeManager(Service):
             retried with back-off.
         @param onChange: Called (no arguments) whenever a site's certificate
             changes.
+        @param orders: Who runs the orders (the fleet's, with
+            C{[cluster]}); this process alone by default.
         """
+        self._orders: Orders = LocalOrders() if orders is None else orders
         self._clock = clock
         self._storage = storage
         self._issuerFactory = issuerFactory
@@ -461,7 +515,7 @@ class AcmeManager(Service):
             return succeed(RenewalResult(f"no acme site named {site}", None))
         ordering = state.ordering
         if ordering is None:
-            ordering = self._order(state)
+            ordering = self._order(state, forced=True)
         done: Deferred[RenewalResult] = Deferred()
 
         def report(result: object) -> object:
@@ -476,26 +530,44 @@ class AcmeManager(Service):
             self._issuerInstance = self._issuerFactory()
         return self._issuerInstance
 
-    def _order(self, state: _Site) -> Deferred[None]:
+    def _order(self, state: _Site, forced: bool = False) -> Deferred[None]:
         """
-        Start an order for C{state}'s names; its outcome is recorded on the
-        state, never raised.
+        Start an order for C{state}'s names (through the fleet, with
+        C{[cluster]}); its outcome is recorded on the state, never raised.
 
+        @param forced: The admin asked for it: only a certificate issued
+            from now on will do.
         @return: Fires (with L{None}) when the order has ended.
         """
         names = state.names
-        key = newKey(self._config.key_type)
-        _log.info(
-            "ACME: site {site}: ordering a certificate for {names}",
-            site=state.name,
-            names=", ".join(names),
-        )
-        d: Deferred[list[bytes]] = maybeDeferred(
-            lambda: self._issuer().issue(names, key, self._challenges)
+        current = state.record
+        since = self._clock.seconds()
+
+        def issue() -> Deferred[CertificateRecord]:
+            key = newKey(self._config.key_type)
+            _log.info(
+                "ACME: site {site}: ordering a certificate for {names}",
+                site=state.name,
+                names=", ".join(names),
+            )
+            d: Deferred[list[bytes]] = maybeDeferred(
+                lambda: self._issuer().issue(names, key, self._challenges)
+            )
+            return d.addCallback(lambda chain: self._record(names, key, chain))
+
+        def wanted(record: CertificateRecord) -> bool:
+            if record.names != names or record.notAfter <= self._clock.seconds():
+                return False
+            if forced:
+                return record.issuedAt >= since - CLOCK_SKEW_SECS
+            return current is None or record.issuedAt > current.issuedAt
+
+        d: Deferred[tuple[CertificateRecord, str]] = maybeDeferred(
+            self._orders.order, state.name, names, issue, wanted, forced
         )
         # An error while taking the certificate in is a failed order too.
         ordering: Deferred[None] = d.addCallback(
-            lambda chain: self._issued(state, names, key, chain)
+            lambda got: self._issued(state, *got)
         ).addErrback(lambda failure: self._failed(state, failure))
         state.ordering = ordering
 
@@ -511,25 +583,78 @@ class AcmeManager(Service):
         ordering.addBoth(finished)
         return ordering
 
-    def _issued(
-        self, state: _Site, names: tuple[str, ...], key: PrivateKey, chain: list[bytes]
-    ) -> None:
-        now = self._clock.seconds()
+    def _record(
+        self, names: tuple[str, ...], key: PrivateKey, chain: list[bytes]
+    ) -> CertificateRecord:
+        """
+        The record of a certificate the CA just issued.
+        """
         keyPEM = key.private_bytes(
             _PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         leaf = x509.load_pem_x509_certificate(chain[0])
-        record = CertificateRecord(
+        return CertificateRecord(
             names=names,
             chainPEM=b"".join(chain),
             keyPEM=keyPEM,
             notBefore=leaf.not_valid_before_utc.timestamp(),
             notAfter=leaf.not_valid_after_utc.timestamp(),
-            issuedAt=now,
+            issuedAt=self._clock.seconds(),
             directoryURL=self._config.directory_url,
         )
+
+    def adopt(self, site: str, record: CertificateRecord, origin: str) -> bool:
+        """
+        Serve C{record}, a certificate another node of the fleet got for
+        C{site}, if it is for the site's names, still valid, and newer
+        than the one served (and no order of this node is running: it
+        takes the fleet's certificate itself).
+
+        @param origin: Where it comes from, for the log.
+        @return: Whether it is served now.
+        """
+        state = self._sites.get(site)
+        if state is None or state.ordering is not None:
+            return False
+        if record.names != state.names or record.notAfter <= self._clock.seconds():
+            return False
+        if state.record is not None and record.issuedAt <= state.record.issuedAt:
+            return False
+        try:
+            self._issued(state, record, origin)
+        except CertificateError as e:
+            _log.warn(
+                "ACME: site {site}: the certificate from {origin} is unusable: {error}",
+                site=site,
+                origin=origin,
+                error=str(e),
+            )
+            return False
+        if self.running:
+            self._arm(self._nextDelay())
+        return True
+
+    def acmeSites(self) -> list[str]:
+        """
+        The acme sites' names.
+        """
+        return list(self._sites)
+
+    def resetIssuer(self) -> None:
+        """
+        Build the issuer again at the next order (the account key changed:
+        the fleet's replaced this node's).
+        """
+        self._issuerInstance = None
+
+    def _issued(self, state: _Site, record: CertificateRecord, origin: str) -> None:
+        """
+        Serve C{record} and keep it: issued for this node's order, or
+        taken from C{origin} (another node of the fleet) when not empty.
+        """
+        now = self._clock.seconds()
         certificate = loadRecord(record)
         try:
             self._storage.saveCertificate(state.name, record)
@@ -551,10 +676,11 @@ class AcmeManager(Service):
         state.ariCheckedAt = None
         self._schedule(state)
         _log.info(
-            "ACME: site {site}: certificate issued for {names}, expires {when}; "
+            "ACME: site {site}: certificate {how} for {names}, expires {when}; "
             "renewal {renewAt} ({reason})",
             site=state.name,
-            names=", ".join(names),
+            how=f"from {origin}" if origin else "issued",
+            names=", ".join(record.names),
             when=isoTime(certificate.not_after),
             renewAt=isoTime(state.renewAt or now),
             reason=state.renewReason,
@@ -563,6 +689,9 @@ class AcmeManager(Service):
 
     def _failed(self, state: _Site, failure: Failure) -> None:
         now = self._clock.seconds()
+        if isinstance(failure.value, AcmeBackoff):
+            self._backingOff(state, failure.value)
+            return
         if failure.check(AcmeError):
             error = str(failure.value)
         else:
@@ -598,6 +727,41 @@ class AcmeManager(Service):
                 else "self-signed placeholder"
             ),
             error=error,
+        )
+
+    def _backingOff(self, state: _Site, decided: AcmeBackoff) -> None:
+        """
+        Wait out a back-off the fleet decided (this node's order failed,
+        or another node's did).
+        """
+        backoff = decided.backoff
+        assert isinstance(backoff, BackoffRecord)
+        state.backoff = backoff
+        state.lastError = backoff.lastError
+        try:
+            self._storage.saveBackoff(state.name, backoff)
+        except AcmeError as e:
+            _log.warn(
+                "ACME: site {site}: cannot store the back-off: {error}",
+                site=state.name,
+                error=str(e),
+            )
+        _log.error(
+            "ACME: site {site}: {what}, retrying at {when}; "
+            "still serving the {serving}: {error}",
+            site=state.name,
+            what=(
+                f"order failed ({backoff.failures} in a row)"
+                if decided.ordered
+                else str(decided)
+            ),
+            when=isoTime(backoff.retryAt),
+            serving=(
+                "current certificate"
+                if state.certificate.source == "acme"
+                else "self-signed placeholder"
+            ),
+            error=backoff.lastError,
         )
 
     def _askRenewalWindow(self, state: _Site) -> None:

@@ -364,6 +364,32 @@ class AcmeStorage:
             raise AcmeError(f"{path}: not an EC P-256 private key")
         return key
 
+    def replaceAccountKey(self, keyPEM: bytes, accounts: Mapping[str, str]) -> None:
+        """
+        Replace the account key with C{keyPEM} (the fleet's, C{[cluster]}),
+        and the account URIs with C{accounts} (the old ones were the old
+        key's).
+
+        @raise AcmeError: It is not an EC P-256 key, or cannot be written.
+        """
+        path = os.path.join(self._acmeDir, ACCOUNT_KEY_FILE)
+        self._parseAccountKey(keyPEM, "the fleet's account key")
+        self._ensureDirectory(self._acmeDir)
+        self._writeAtomically(path, keyPEM, _SECRET_MODE)
+        self._writeAtomically(
+            os.path.join(self._acmeDir, ACCOUNT_FILE),
+            _toJSON(dict(accounts)),
+            _PUBLIC_MODE,
+        )
+
+    def accounts(self) -> dict[str, str]:
+        """
+        Every account URI, by ACME directory.
+
+        @raise AcmeError: C{account.json} cannot be read or parsed.
+        """
+        return self._accounts()
+
     def accountURI(self, directoryURL: str) -> str | None:
         """
         The account URI registered with the ACME directory C{directoryURL},

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from revproxy.acme.issuer import AcmeIssuer
 from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.storage import AcmeStorage
+from revproxy.cluster.orders import FleetOrders
 from revproxy.config import Config
 from revproxy.interfaces import IChallengeResponder, IIssuer, IRevProxyReactor
 
@@ -23,6 +24,7 @@ def acmeManager(
     reactor: IRevProxyReactor,
     challenges: IChallengeResponder,
     onChange: Callable[[], None],
+    orders: FleetOrders | None = None,
 ) -> AcmeManager:
     """
     The ACME manager for C{config}: certificates stored under
@@ -30,6 +32,8 @@ def acmeManager(
     or sent until a site needs it.
 
     @param onChange: called whenever a site's certificate changes.
+    @param orders: the fleet's orders (C{[cluster]}): one order per site
+        across the nodes, the certificates shared.
     """
     storage = AcmeStorage(config.server.state_dir)
     acme = config.acme
@@ -44,6 +48,8 @@ def acmeManager(
 
         def remember(uri: str) -> None:
             storage.saveAccountURI(directory, uri)
+            if orders is not None:
+                orders.saveAccountURI(directory, uri)
 
         return AcmeIssuer(
             reactor,
@@ -56,4 +62,9 @@ def acmeManager(
             challenge="tls-alpn-01" if acme.challenge == "tls-alpn-01" else "http-01",
         )
 
-    return AcmeManager(reactor, storage, issuer, acme, challenges, onChange=onChange)
+    manager = AcmeManager(
+        reactor, storage, issuer, acme, challenges, onChange=onChange, orders=orders
+    )
+    if orders is not None:
+        orders.manager = manager
+    return manager

@@ -55,6 +55,7 @@ from revproxy.admin import (
     renderUpstreamHealth,
 )
 from revproxy.certificates import LoadedCertificate
+from revproxy.cluster.fleet import buildFleet
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit
 from revproxy.interfaces import IChallengeResponder, IRevProxyReactor
@@ -314,6 +315,13 @@ class MirroredChallenges:
     def removeTLSALPN01(self, name: str) -> None:
         self.store.removeTLSALPN01(name)
         self._tell("tls-alpn-01", name, "", False)
+
+    def published(self) -> Deferred[None]:
+        """
+        See L{IChallengeResponder.published}: each add or remove is flushed
+        to the workers' pipes before it returns, so at once.
+        """
+        return succeed(None)
 
 
 class _SupervisorAMP(amp.AMP):
@@ -1120,8 +1128,17 @@ def buildSupervisor(
         fatal=lambda message: _exitAfterStop(reactor, message),
     )
     challenges.workers = workers
+    fleet = buildFleet(config, reactor)
+    if fleet is not None:
+        fleet.setServiceParent(top)
     if config.server.listen_https:
-        manager = acmeManager(config, reactor, challenges, workers.sendCertificates)
+        manager = acmeManager(
+            config,
+            reactor,
+            challenges if fleet is None else fleet.shareChallenges(challenges),
+            workers.sendCertificates,
+            None if fleet is None else fleet.orders,
+        )
         manager.updateSites(config.sites)
         manager.setName("acme")
         manager.setServiceParent(top)
@@ -1153,7 +1170,11 @@ def buildSupervisor(
             servedTLS=(
                 None if manager is None else lambda: servedTLS(manager, holder.current)
             ),
-            operations=Operations(health=health),
+            operations=Operations(
+                health=health,
+                fleet=None if fleet is None else fleet.enableReloads(reloader),
+                cluster=None if fleet is None else fleet.status,
+            ),
         )
         WorkerCommands(factory, workers, health)
         admin = AdminSocket(config.server.admin_socket_path, factory, reactor)
