@@ -135,7 +135,7 @@ class _GateClient(Protocol):
         self.server = server
 
     def connectionMade(self) -> None:
-        self.server.connected(self)
+        self.server.peerConnected(self)
 
     def dataReceived(self, data: bytes) -> None:
         transport = self.server.transport
@@ -178,7 +178,7 @@ class _GateServer(Protocol):
 
         d.addErrback(failed)
 
-    def connected(self, peer: _GateClient) -> None:
+    def peerConnected(self, peer: _GateClient) -> None:
         self.peer = peer
         assert peer.transport is not None
         if self.closed:
@@ -621,8 +621,10 @@ class _FleetCase(TestCase):
         """
         root = await self.writeRoot()
         certificates = {}
-        for site, hosts in sites.items():
-            served = await self.waitServed(hosts[0], nodes, old, seconds)
+        everything = await _all(
+            self.waitServed(hosts[0], nodes, old, seconds) for hosts in sites.values()
+        )
+        for (site, hosts), served in zip(sites.items(), everything, strict=True):
             serials = {s.cert.serial_number for s in served.values()}
             self.assertEqual(len(serials), 1, f"site {site}: {served}")
             times = [s.when for s in served.values()]
