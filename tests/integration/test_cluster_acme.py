@@ -570,6 +570,33 @@ class _FleetCase(TestCase):
         self.assertEqual(result.code, 0, result)
         return result.out.decode("utf-8", "replace").strip()
 
+    async def waitFleet(self, seconds: float = 20.0) -> float:
+        """
+        Wait until every running node's admin C{status} shows Redis up and
+        every running node live; how long that took.
+        """
+        started = self.reactor.seconds()
+        running = [n for n in self.nodes.values() if n.running]
+        names = {n.name for n in running}
+        answers: dict[str, Any] = {}
+
+        async def ready(node: Node) -> bool:
+            answer = await askAdmin(self.reactor, node.socketPath, "status")
+            cluster = answer.get("cluster") or {}
+            answers[node.name] = cluster
+            return cluster.get("redis") == "up" and names <= set(
+                cluster.get("nodes", [])
+            )
+
+        while not all(await _all(ready(n) for n in running)):
+            if self.reactor.seconds() - started > seconds:
+                raise AssertionError(
+                    f"the fleet is not whole after {seconds} s: {answers}\n"
+                    f"{self.outputs()}"
+                )
+            await deferLater(self.reactor, 0.2, lambda: None)
+        return self.reactor.seconds() - started
+
     # -- the fleet serving
 
     async def waitServed(
@@ -854,8 +881,12 @@ class RedisDownTests(_FleetCase):
 
         await self.redis.start()
         self.log("redis started again")
-        # txredisapi reconnects with back-off (1 s, then e times more).
-        await deferLater(self.reactor, 4.0, lambda: None)
+        # Each node reconnects with its own back-off (txredisapi's: 1 s,
+        # then e times more each time).  An order placed before every node
+        # is back would have its validations reach a node that cannot
+        # answer them yet: wait until all are.
+        took = await self.waitFleet()
+        self.log(f"every node back on redis after {took:.2f} s")
         for node in self.nodes.values():
             await servesIssued(node)
         answer = await askAdmin(
