@@ -814,6 +814,15 @@ class RenewalTests(_FleetCase):
             f"renew a on node b answered after {self.reactor.seconds() - started:.2f} s"
         )
         self.assertEqual(answer["status"], "ok", f"{answer}\n{self.outputs()}")
+        # The admin renew answers once the new certificate is in place on
+        # the node asked.
+        served = await self.handshake(node, "a.test")
+        self.assertNotEqual(
+            served.serial_number,
+            first["a"].serial_number,
+            f"renew a on node b answered {answer} and node b still serves "
+            f"the certificate of before\n{self.outputs()}",
+        )
         renewed = await self.assertFleetServes(
             list(self.nodes.values()),
             old={first["a"].serial_number},
