@@ -3,7 +3,8 @@
 What the integration tests share: an in-process upstream on loopback, a
 config file written for it, a real C{twistd revproxy} child process, raw
 HTTP clients, an in-process admin-socket client and a runner for command-line
-clients (C{nc}, C{socat}, C{revproxy-admin}).
+clients (C{nc}, C{socat}, C{revproxy-admin}); for the fleet (#19), a
+C{redis-server} and an HAProxy of the test's own.
 
 Everything listens on C{127.0.0.1} on a port the kernel picks; the proxy is
 asked for its port (it logs C{"ProxySite starting on PORT"}) rather than

@@ -24,6 +24,13 @@ redispatches to the next one).  Where a node dies mid-test (the lock
 holder, killed), HAProxy checks the nodes' HTTP ports every 300 ms, so
 that the dead node leaves the rotation at once: a validation handed to it
 would fail the survivor's order, which is not what that test is about.
+
+That test needs its holder to die in the middle of an order, every time:
+pebble's own delays before validating (C{PEBBLE_VA_SLEEPTIME}) are random
+(0 to N-1 s per validation), so instead pebble validates through a L{Gate}
+that holds its connections until the test opens it.  The holder has the
+lock and has asked pebble to validate (a connection waits at the gate)
+when it is killed; its order cannot have finished.
 """
 
 from __future__ import annotations
@@ -231,11 +238,16 @@ class Gate:
         )
 
     async def stop(self) -> None:
+        """
+        Stop listening, and close every connection still waiting.
+        """
         for server in self._waiting:
             if server.transport is not None:
-                server.transport.loseConnection()
+                server.transport.abortConnection()  # type: ignore[attr-defined]
         if self._port is not None:
-            await self._port.stopListening()
+            stopped = self._port.stopListening()
+            if stopped is not None:
+                await stopped
 
     def arrived(self, server: _GateServer) -> None:
         if self.isOpen:
