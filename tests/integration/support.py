@@ -1634,8 +1634,10 @@ class HAProxy:
     bytes relayed untouched (TLS and SNI included).
 
     A backend that refuses the connection (a node not started yet, or
-    stopped) costs no failure: HAProxy tries again at once on the next
-    backend (C{retries 2}, C{option redispatch 1}).  A backend that accepts
+    stopped) costs no failure: HAProxy tries again at once on another
+    backend (C{option redispatch 1}), up to six times (C{retries 6}: the
+    rotation is shared by concurrent connections, so with two backends of
+    three refusing, two retries were seen to land on refusing ones only).  A backend that accepts
     and then fails would still fail its client, so with C{checkInterval}
     each backend is also checked (a TCP connect every C{checkInterval}
     seconds; one failure takes it out of the rotation, one success puts it
@@ -1691,7 +1693,7 @@ class HAProxy:
             "    timeout connect 2s",
             "    timeout client 30s",
             "    timeout server 30s",
-            "    retries 2",
+            "    retries 6",
             "    option redispatch 1",
         ]
         if self.checkInterval is not None:
