@@ -139,3 +139,13 @@ class FakeSubscription:
         """
         for handler in self.handlers.get(channel, []):
             handler(message)
+
+
+class FakeNodes:
+    """
+    A L{revproxy.cluster.nodes.Nodes} whose live nodes the test sets.
+    """
+
+    def __init__(self, name: str, live: tuple[str, ...]) -> None:
+        self.name = name
+        self.live = live

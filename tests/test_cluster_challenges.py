@@ -27,6 +27,7 @@ from revproxy.cluster.challenges import (
     SharedChallenges,
 )
 from revproxy.interfaces import IChallengeResponder
+from tests.clusterfakes import FakeNodes
 
 PREFIX = "rp:"
 CHANNEL = "rp:challenges"
@@ -162,12 +163,6 @@ class FakeSubscription:
         self.subscribed = True
         for resync in self.resyncs:
             resync()
-
-
-class FakeNodes:
-    def __init__(self, name: str, live: tuple[str, ...]) -> None:
-        self.name = name
-        self.live = live
 
 
 class RecordingStore(ChallengeStore):

@@ -7,7 +7,6 @@ Redis are in L{tests.integration.test_cluster_reloads}).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -24,6 +23,7 @@ from revproxy.cluster.reloads import (
 )
 from revproxy.reload import Refused, ReloadResult
 from revproxy.runtime import RuntimeHolder
+from tests.clusterfakes import FakeNodes, FakeSubscription
 
 OK: dict[str, Any] = {"status": "ok", "generation": 3, "warnings": []}
 REFUSED: dict[str, Any] = {
@@ -60,24 +60,6 @@ class FakeLink:
         assert name == "PUBLISH"
         self.published.append((channel, json.loads(text)))
         return succeed(1)
-
-
-class FakeSubscription:
-    """
-    Records the handler of each channel.
-    """
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Callable[[str], None]] = {}
-
-    def listen(self, channel: str, handler: Callable[[str], None]) -> None:
-        self.handlers[channel] = handler
-
-
-class FakeNodes:
-    def __init__(self, name: str, live: tuple[str, ...]) -> None:
-        self.name = name
-        self.live = live
 
 
 @implementer(ILogObserver)
@@ -129,7 +111,7 @@ class FleetReloadsTests(SynchronousTestCase):
         Deliver C{message} (JSON-encoded unless a string) on the channel.
         """
         text = message if isinstance(message, str) else json.dumps(message)
-        self.subscription.handlers["rp:reloads"](text)
+        self.subscription.deliver("rp:reloads", text)
 
     def answer(self, requestId: str, node: str, answer: dict[str, Any]) -> None:
         self.send({"op": "answer", "id": requestId, "node": node, "answer": answer})

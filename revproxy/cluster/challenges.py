@@ -18,8 +18,7 @@ validate.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -28,6 +27,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from revproxy.cluster.nodes import LiveNodes
+from revproxy.cluster.redis import Commands, Messages
 from revproxy.interfaces import IChallengeResponder
 from revproxy.throttle import LogThrottle
 
@@ -59,60 +60,6 @@ ERROR_LOG_SECS = 60.0
 #: One answer: its kind (C{"http-01"} or C{"tls-alpn-01"}) and key (the
 #: token, or the name).
 _Answer = tuple[str, str]
-
-
-class CommandLink(Protocol):
-    """
-    What L{SharedChallenges} needs of the Redis connection
-    (L{revproxy.cluster.redis.RedisLink}).
-    """
-
-    @property
-    def up(self) -> bool:
-        """
-        Whether a connection is open now.
-        """
-
-    def command(self, *args: Any) -> Deferred[Any]:
-        """
-        Send one Redis command and get its reply.
-        """
-
-
-class Subscription(Protocol):
-    """
-    What L{SharedChallenges} needs of the fleet's messages
-    (L{revproxy.cluster.redis.RedisSubscription}).
-    """
-
-    def listen(self, channel: str, handler: Callable[[str], None]) -> None:
-        """
-        Call C{handler} with each message published on C{channel}.
-        """
-
-    def onSubscribed(self, resync: Callable[[], None]) -> None:
-        """
-        Call C{resync} each time the subscriptions are made.
-        """
-
-
-class LiveNodes(Protocol):
-    """
-    What L{SharedChallenges} needs of the fleet's nodes
-    (L{revproxy.cluster.nodes.Nodes}).
-    """
-
-    @property
-    def name(self) -> str:
-        """
-        This node.
-        """
-
-    @property
-    def live(self) -> tuple[str, ...]:
-        """
-        The live nodes, this one included.
-        """
 
 
 def _normalizeKey(kind: str, key: str) -> str:
@@ -184,8 +131,8 @@ class SharedChallenges:
     def __init__(
         self,
         clock: IReactorTime,
-        link: CommandLink,
-        subscription: Subscription,
+        link: Commands,
+        subscription: Messages,
         nodes: LiveNodes,
         prefix: str,
         local: IChallengeResponder,

@@ -9,7 +9,7 @@ acknowledgements, the admin C{status} and the logs.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -35,6 +35,24 @@ BEAT_SHA = hashlib.sha1(BEAT.encode("utf-8")).hexdigest()
 #: How often a node beats, and how long a beat counts.
 BEAT_SECS = 5.0
 BEAT_TTL_MS = 15_000
+
+
+class LiveNodes(Protocol):
+    """
+    What the fleet's parts need of L{Nodes}.
+    """
+
+    @property
+    def name(self) -> str:
+        """
+        This node.
+        """
+
+    @property
+    def live(self) -> tuple[str, ...]:
+        """
+        The live nodes, this one included.
+        """
 
 
 class Nodes:

@@ -45,6 +45,7 @@ from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.schedule import backoffDelay
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.cluster.locks import OrderLock
+from revproxy.cluster.redis import Commands, Messages
 from revproxy.cluster.storage import SharedAcmeState
 from revproxy.throttle import LogThrottle
 
@@ -76,27 +77,12 @@ class _RedisFailed(Exception):
     """
 
 
-class Link(Protocol):
+class Link(Commands, Protocol):
     """
     What this needs of L{revproxy.cluster.redis.RedisLink}.
     """
 
-    @property
-    def up(self) -> bool: ...
-
     def whenUp(self, timeout: float) -> Deferred[bool]: ...
-
-    def command(self, *args: Any) -> Deferred[Any]: ...
-
-
-class Subscription(Protocol):
-    """
-    What this needs of L{revproxy.cluster.redis.RedisSubscription}.
-    """
-
-    def listen(self, channel: str, handler: Callable[[str], None]) -> None: ...
-
-    def onSubscribed(self, resync: Callable[[], None]) -> None: ...
 
 
 class Manager(Protocol):
@@ -140,7 +126,7 @@ class FleetOrders:
         self,
         clock: IReactorTime,
         redis: Link,
-        subscription: Subscription,
+        subscription: Messages,
         shared: SharedAcmeState,
         lock: OrderLock,
         local: AcmeStorage,

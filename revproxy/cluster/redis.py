@@ -10,7 +10,7 @@ Redis that is down.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -29,6 +29,40 @@ _log = Logger()
 #: A command not answered this long closes the connection (it is opened
 #: again): a Redis that hangs is a Redis that is down.
 REPLY_TIMEOUT_SECS = 2.0
+
+
+class Commands(Protocol):
+    """
+    What the fleet's parts need of the Redis connection (L{RedisLink}).
+    """
+
+    @property
+    def up(self) -> bool:
+        """
+        Whether a connection is open now.
+        """
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        """
+        Send one Redis command and get its reply; fails at once while Redis
+        is down.
+        """
+
+
+class Messages(Protocol):
+    """
+    What the fleet's parts need of its messages (L{RedisSubscription}).
+    """
+
+    def listen(self, channel: str, handler: Callable[[str], None]) -> None:
+        """
+        Call C{handler} with each message published on C{channel}.
+        """
+
+    def onSubscribed(self, resync: Callable[[], None]) -> None:
+        """
+        Call C{resync} each time the subscriptions are made.
+        """
 
 
 @implementer(IStreamClientEndpoint)

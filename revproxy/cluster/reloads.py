@@ -22,7 +22,7 @@ import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from revproxy.admin import PARTIALLY_APPLIED, SupportsReload, reloadAnswer
+from revproxy.cluster.nodes import LiveNodes
+from revproxy.cluster.redis import Commands, Messages
 
 _log = Logger()
 
@@ -47,52 +49,6 @@ SEEN_IDS = 1000
 FLEET_INCOMPLETE = "fleet_incomplete"
 
 Answer = dict[str, Any]
-
-
-class CommandLink(Protocol):
-    """
-    What fleet reloads need of L{revproxy.cluster.redis.RedisLink}.
-    """
-
-    @property
-    def up(self) -> bool:
-        """
-        Whether a connection is open now.
-        """
-
-    def command(self, *args: Any) -> Deferred[Any]:
-        """
-        Send one Redis command; fails at once while Redis is down.
-        """
-
-
-class Listener(Protocol):
-    """
-    What fleet reloads need of L{revproxy.cluster.redis.RedisSubscription}.
-    """
-
-    def listen(self, channel: str, handler: Callable[[str], None]) -> None:
-        """
-        Call C{handler} with each message published on C{channel}.
-        """
-
-
-class LiveNodes(Protocol):
-    """
-    What fleet reloads need of L{revproxy.cluster.nodes.Nodes}.
-    """
-
-    @property
-    def name(self) -> str:
-        """
-        This node.
-        """
-
-    @property
-    def live(self) -> tuple[str, ...]:
-        """
-        The live nodes, this one included.
-        """
 
 
 @attrs.define(eq=False)
@@ -200,8 +156,8 @@ class FleetReloads:
     def __init__(
         self,
         clock: IReactorTime,
-        link: CommandLink,
-        subscription: Listener,
+        link: Commands,
+        subscription: Messages,
         nodes: LiveNodes,
         prefix: str,
         reloadHere: Callable[[], Deferred[Answer]],
