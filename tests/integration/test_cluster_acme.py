@@ -701,10 +701,11 @@ class _FleetCase(TestCase):
             self.assertIn(cert.serial_number, issued, site)
         self.assertEqual(self.pebbleCount("set INVALID"), 0, self.pebble.output)
 
-    def validationNodes(self, front: str) -> dict[str, int]:
+    def validationNodes(self, front: str, since: int = 0) -> dict[str, int]:
         """
         How many of pebble's validation connections (through HAProxy's
-        C{front}) each node got; none may have been left without a node.
+        C{front}; from the C{since}th on) each node got; none may have been
+        left without a node.
         """
         assert self.balancer is not None
         byPort = {
@@ -712,7 +713,7 @@ class _FleetCase(TestCase):
             for n in self.nodes.values()
         }
         counts: dict[str, int] = {}
-        for connection in self.balancer.connections(front):
+        for connection in self.balancer.connections(front)[since:]:
             self.assertIsNotNone(connection.port, self.balancer.output)
             name = byPort[connection.port]
             counts[name] = counts.get(name, 0) + 1
@@ -910,6 +911,8 @@ class RedisDownTests(_FleetCase):
         self.log(f"every node back on redis after {took:.2f} s")
         for node in self.nodes.values():
             await servesIssued(node)
+        assert self.balancer is not None
+        validations = len(self.balancer.connections("http"))
         answer = await askAdmin(
             self.reactor, self.nodes["c"].socketPath, "renew a", ISSUE_TIMEOUT
         )
@@ -920,6 +923,11 @@ class RedisDownTests(_FleetCase):
             sites={"a": SITES["a"]},
         )
         self.assertEqual(self.pebbleCount(ORDER_LINE), orders + 1, self.outputs())
+        # Every node was in the fleet: the validations of c's order reached
+        # the others too, which answered them.
+        reached = self.validationNodes("http", validations)
+        self.log(f"the renewal's validations by node: {reached}")
+        self.assertGreater(len(reached), 1, reached)
         self.assertNoTraceback()
 
 
