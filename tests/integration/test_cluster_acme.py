@@ -409,21 +409,25 @@ class _FleetCase(TestCase):
         return self.root
 
     def writeConfig(
-        self, node: Node, challenge: str, sites: dict[str, list[str]] = SITES
+        self,
+        node: Node,
+        challenge: str,
+        sites: dict[str, list[str]] = SITES,
+        plain: dict[str, list[str]] | None = None,
     ) -> None:
         """
-        The node's config: the sites (acme), its listeners, its admin
-        socket and state, C{[acme]} on pebble and C{[cluster]} on the Redis.
+        The node's config: the sites (acme; the C{plain} ones without
+        TLS), its listeners, its admin socket and state, C{[acme]} on
+        pebble and C{[cluster]} on the Redis.
         """
         assert self.pebble is not None
+        upstreams = [f"http://127.0.0.1:{self.upstream.port}"]
         siteTables: list[dict[str, object]] = [
-            {
-                "name": name,
-                "hosts": hosts,
-                "upstreams": [f"http://127.0.0.1:{self.upstream.port}"],
-                "tls": "acme",
-            }
+            {"name": name, "hosts": hosts, "upstreams": upstreams, "tls": "acme"}
             for name, hosts in sites.items()
+        ] + [
+            {"name": name, "hosts": hosts, "upstreams": upstreams}
+            for name, hosts in (plain or {}).items()
         ]
         text = configText(
             siteTables,
@@ -806,6 +810,45 @@ class IssuanceTests(_FleetCase):
         reached = self.validationNodes("https")
         self.log(f"tls-alpn-01 validations by node: {reached}")
         self.assertGreater(len(reached), 1, reached)
+
+
+class WholeFleetTests(_FleetCase):
+    """
+    A site added to a fleet whose nodes all run and know each other.
+    """
+
+    async def test_tlsalpn01SiteAdded(self) -> None:
+        """
+        The nodes start with a plain site only, and see each other in the
+        fleet; then an acme site is added to each node's file and each
+        reloads (all at once): the site is ordered once, over
+        tls-alpn-01, its validations answered by several nodes, and every
+        node serves its certificate.
+        """
+        balancer = await self.startBalancer()
+        await self.startPebble(closedPort(), balancer.port("https"))
+        plain = {"plain": ["plain.test"]}
+        for node in self.nodes.values():
+            self.writeConfig(node, "tls-alpn-01", {}, plain)
+        await self.startNodes()
+        took = await self.waitFleet()
+        self.log(f"the fleet is whole after {took:.2f} s")
+        sites = {"a": SITES["a"]}
+        for node in self.nodes.values():
+            self.writeConfig(node, "tls-alpn-01", sites, plain)
+        answers = await _all(
+            askAdmin(self.reactor, n.socketPath, "reload") for n in self.nodes.values()
+        )
+        for answer in answers:
+            self.assertEqual(answer["status"], "ok", answer)
+        certificates = await self.assertFleetServes(
+            list(self.nodes.values()), sites=sites
+        )
+        self.assertOrderedOnce(certificates, 1)
+        reached = self.validationNodes("https")
+        self.log(f"tls-alpn-01 validations by node: {reached}")
+        self.assertGreater(len(reached), 1, reached)
+        self.assertNoTraceback()
 
 
 class RenewalTests(_FleetCase):
