@@ -422,13 +422,13 @@ class _FleetCase(TestCase):
         """
         assert self.pebble is not None
         upstreams = [f"http://127.0.0.1:{self.upstream.port}"]
-        siteTables: list[dict[str, object]] = [
-            {"name": name, "hosts": hosts, "upstreams": upstreams, "tls": "acme"}
-            for name, hosts in sites.items()
-        ] + [
-            {"name": name, "hosts": hosts, "upstreams": upstreams}
-            for name, hosts in (plain or {}).items()
-        ]
+        siteTables: list[dict[str, object]] = []
+        for name, hosts in sites.items():
+            siteTables.append(
+                {"name": name, "hosts": hosts, "upstreams": upstreams, "tls": "acme"}
+            )
+        for name, hosts in (plain or {}).items():
+            siteTables.append({"name": name, "hosts": hosts, "upstreams": upstreams})
         text = configText(
             siteTables,
             node.stateDir,
