@@ -19,7 +19,9 @@ export PYTHONPATH := $(CURDIR)
 # pebble, Let's Encrypt's test ACME server (with pebble-challtestsrv),
 # slowhttptest, a real slow-client attacker for the slow-client tests, and
 # redis-server (Redis 7), which the tests start on a loopback port with a
-# directory of their own (the shared state of a fleet, #19).
+# directory of their own (the shared state of a fleet, #19), and haproxy,
+# the L4 balancer in TCP mode in front of a test fleet (#19; it lives in
+# /usr/sbin, which a user's PATH may lack).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements-test.txt setup.cfg pyproject.toml
@@ -76,6 +78,7 @@ debian-deps:
 	command -v pebble >/dev/null || missing="$$missing pebble"; \
 	command -v slowhttptest >/dev/null || missing="$$missing slowhttptest"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

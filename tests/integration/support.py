@@ -3,7 +3,8 @@
 What the integration tests share: an in-process upstream on loopback, a
 config file written for it, a real C{twistd revproxy} child process, raw
 HTTP clients, an in-process admin-socket client and a runner for command-line
-clients (C{nc}, C{socat}, C{revproxy-admin}).
+clients (C{nc}, C{socat}, C{revproxy-admin}); for the fleet (#19), a
+C{redis-server} and an HAProxy of the test's own.
 
 Everything listens on C{127.0.0.1} on a port the kernel picks; the proxy is
 asked for its port (it logs C{"ProxySite starting on PORT"}) rather than
@@ -1574,6 +1575,289 @@ async def startRedis(
     server = RedisServer(reactor, directory, closedPort(), password)
     await server.start()
     return server
+
+
+# -- HAProxy (#19): an L4 balancer in front of a test fleet
+
+#: Debian's HAProxy (package haproxy); it lives in /usr/sbin, which a
+#: user's PATH may lack.
+HAPROXY = "/usr/sbin/haproxy"
+
+#: A line of HAProxy's C{option tcplog}, logged when a connection ends:
+#: client, date, frontend, backend/server, timers, bytes, termination state.
+_TCPLOG = re.compile(
+    r"^\S+ \[[^\]]+\] (?P<front>\S+) (?P<backend>[^/\s]+)/(?P<server>\S+) "
+    r"\S+ (?P<bytes>\d+) (?P<state>\S\S) ",
+    re.MULTILINE,
+)
+
+
+def listeningInodes(port: int) -> set[int]:
+    """
+    The inodes of the sockets listening on C{127.0.0.1:port} (Linux's
+    C{/proc/net/tcp}, state C{0A}).
+    """
+    inodes: set[int] = set()
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            ip, hexPort = fields[1].split(":")
+            if fields[3] == "0A" and ip == "0100007F" and int(hexPort, 16) == port:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+class _HAProxyProtocol(_RedisProtocol):
+    """
+    Collects C{haproxy}'s output (its connection log, its warnings) and
+    tells when it ends.
+    """
+
+
+class HAProxyConnection:
+    """
+    One connection HAProxy forwarded (or failed to), from its log.
+
+    @ivar front: the frontend's name (the C{fronts} key).
+    @ivar port: the backend port it went to, L{None} when no server took
+        it (HAProxy's C{<NOSRV>}).
+    @ivar received: the bytes the client got back.
+    @ivar state: HAProxy's termination state (C{--} when it ended normally).
+    """
+
+    def __init__(self, front: str, port: int | None, received: int, state: str):
+        self.front = front
+        self.port = port
+        self.received = received
+        self.state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"<HAProxyConnection {self.front} -> {self.port} "
+            f"{self.received} bytes {self.state}>"
+        )
+
+
+class HAProxy:
+    """
+    Debian's C{haproxy}, a child process of the test's reactor in the
+    foreground (C{-db}), in TCP mode: each front listens on its own free
+    loopback port and hands each new connection to the next of its
+    backends (C{127.0.0.1:PORT}) in turn (C{balance roundrobin}), the
+    bytes relayed untouched (TLS and SNI included).
+
+    A backend that refuses the connection (a node not started yet, or
+    stopped) costs no failure: HAProxy tries again at once on another
+    backend (C{option redispatch 1}), up to six times (C{retries 6}: the
+    rotation is shared by concurrent connections, so with two backends of
+    three refusing, two retries were seen to land on refusing ones only).  A backend that accepts
+    and then fails would still fail its client, so with C{checkInterval}
+    each backend is also checked (a TCP connect every C{checkInterval}
+    seconds; one failure takes it out of the rotation, one success puts it
+    back): a node killed mid-test leaves the rotation within that time.
+    The checks are off by default: a check is a connection the node sees
+    (a TLS listener would see a handshake that never starts).
+
+    Each connection is logged on standard error when it ends
+    (C{option tcplog}), and L{connections} reads them: which backend each
+    went to.  The backends are named after their ports (C{port12345}).
+
+    @ivar directory: where its config file is.
+    @ivar fronts: the backend ports of each front.
+    """
+
+    def __init__(
+        self,
+        reactor: IIntegrationReactor,
+        directory: str,
+        fronts: Mapping[str, Sequence[int]],
+        checkInterval: float | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.directory = directory
+        self.fronts = {name: list(ports) for name, ports in fronts.items()}
+        self.checkInterval = checkInterval
+        self._ports = dict(zip(self.fronts, closedPorts(len(self.fronts)), strict=True))
+        self.configFile = os.path.join(directory, "haproxy.cfg")
+        self._protocol: _HAProxyProtocol | None = None
+        self._transport: IProcessTransport | None = None
+
+    def port(self, front: str) -> int:
+        """
+        The loopback port C{front} listens on.
+        """
+        return self._ports[front]
+
+    @property
+    def configText(self) -> str:
+        """
+        Its config file: global settings, TCP defaults, and one frontend
+        and backend per front.
+        """
+        lines = [
+            "global",
+            "    log stderr format raw local0 info",
+            "    maxconn 512",
+            "",
+            "defaults",
+            "    mode tcp",
+            "    log global",
+            "    option tcplog",
+            "    timeout connect 2s",
+            "    timeout client 30s",
+            "    timeout server 30s",
+            "    retries 6",
+            "    option redispatch 1",
+        ]
+        if self.checkInterval is not None:
+            inter = max(1, int(self.checkInterval * 1000))
+            lines.append(f"    default-server check inter {inter}ms fall 1 rise 1")
+        for name, ports in self.fronts.items():
+            lines += [
+                "",
+                f"frontend {name}",
+                f"    bind 127.0.0.1:{self.port(name)}",
+                f"    default_backend {name}",
+                "",
+                f"backend {name}",
+                "    balance roundrobin",
+            ]
+            lines += [f"    server port{p} 127.0.0.1:{p}" for p in ports]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether it was started and has not ended yet.
+        """
+        return self._protocol is not None and not self._protocol.ended.called
+
+    @property
+    def output(self) -> str:
+        """
+        What it wrote (its connection log, its warnings), for failure
+        messages.
+        """
+        if self._protocol is None:
+            return ""
+        return self._protocol.output.decode("utf-8", "replace")
+
+    def connections(self, front: str | None = None) -> list[HAProxyConnection]:
+        """
+        The connections (of C{front}, or of all) that have ended so far, in
+        the order they ended.
+        """
+        found = []
+        for match in _TCPLOG.finditer(self.output):
+            if front is not None and match["front"] != front:
+                continue
+            server = match["server"]
+            port = int(server[len("port") :]) if server.startswith("port") else None
+            found.append(
+                HAProxyConnection(
+                    match["front"], port, int(match["bytes"]), match["state"]
+                )
+            )
+        return found
+
+    async def start(self) -> None:
+        """
+        Write the config and start HAProxy; return once it listens on every
+        front (its own sockets, in C{/proc}); fail with its output if it
+        ends or takes longer than L{START_TIMEOUT}.
+        """
+        assert not self.running, "haproxy is already running"
+        if not os.access(HAPROXY, os.X_OK):
+            raise AssertionError(
+                f"{HAPROXY} is not installed (Debian package haproxy;"
+                " make debian-deps installs it)"
+            )
+        os.makedirs(self.directory, exist_ok=True)
+        replaceFile(self.configFile, self.configText)
+        self._protocol = protocol = _HAProxyProtocol()
+        self._transport = transport = self.reactor.spawnProcess(
+            protocol,
+            HAPROXY,
+            [HAPROXY, "-f", self.configFile, "-db"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            path=self.directory,
+        )
+        pid = transport.pid
+        assert pid is not None
+
+        def listening() -> bool:
+            if not self.running:
+                return True
+            ours = socketInodes(pid)
+            return all(listeningInodes(p) & ours for p in self._ports.values())
+
+        try:
+            await waitFor(listening, START_TIMEOUT, "haproxy listening")
+        except AssertionError as e:
+            await self._signal(signal.SIGKILL)
+            raise AssertionError(f"{e}\n{self.configText}\n{self.output}") from None
+        if not self.running:
+            raise AssertionError(
+                f"haproxy exited with {protocol.exitCode}\n"
+                f"{self.configText}\n{self.output}"
+            )
+
+    async def stop(self) -> int:
+        """
+        Stop it: a soft stop (C{SIGUSR1}: it closes its listeners and ends
+        once its connections have), then C{SIGTERM} after 3 s, then
+        C{SIGKILL}; its exit status (0 after a soft stop).
+        """
+        protocol = self._protocol
+        if protocol is None:
+            return 0
+        for signalNumber, seconds in (
+            (signal.SIGUSR1, 3.0),
+            (signal.SIGTERM, 3.0),
+            (signal.SIGKILL, None),
+        ):
+            if not self.running:
+                break
+            await self._signal(signalNumber, seconds)
+        assert protocol.exitCode is not None
+        return protocol.exitCode
+
+    async def _signal(self, number: int, seconds: float | None = None) -> None:
+        """
+        Send signal C{number}; wait up to C{seconds} (forever when L{None})
+        for the end.
+        """
+        protocol, transport = self._protocol, self._transport
+        assert protocol is not None and transport is not None
+        if not self.running:
+            return
+        transport.signalProcess(number)
+        ended: Deferred[int] = Deferred()
+        protocol.ended.addBoth(_relay, ended)
+        if seconds is None:
+            await ended
+            return
+        try:
+            await withTimeout(ended, seconds, "haproxy exit")
+        except TimeoutError:
+            pass
+
+
+async def startHAProxy(
+    reactor: IIntegrationReactor,
+    directory: str,
+    fronts: Mapping[str, Sequence[int]],
+    checkInterval: float | None = None,
+) -> HAProxy:
+    """
+    A running L{HAProxy} with C{fronts} (each front's backend ports), its
+    config in C{directory}; the caller stops it (L{HAProxy.stop}, for
+    example with C{addCleanup}).
+    """
+    proxy = HAProxy(reactor, directory, fronts, checkInterval)
+    await proxy.start()
+    return proxy
 
 
 # -- which process holds a connection (Linux's /proc)
