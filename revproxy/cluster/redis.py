@@ -15,10 +15,9 @@ from typing import Any, Protocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from revproxy.config import ClusterConfig
 from revproxy.interfaces import IRevProxyReactor
@@ -65,27 +64,6 @@ class Messages(Protocol):
         """
 
 
-@implementer(IStreamClientEndpoint)
-class _TLSEndpoint:
-    """
-    TLS over another endpoint, giving the protocol inside (what txredisapi
-    expects of an endpoint), verified against the cluster's CA.
-    """
-
-    def __init__(self, wrapped: IStreamClientEndpoint, host: str, caPEM: bytes) -> None:
-        trust = Certificate.loadPEM(caPEM) if caPEM else None
-        self._endpoint = wrapClientTLS(
-            optionsForClientTLS(host, trustRoot=trust)
-            if trust is not None
-            else optionsForClientTLS(host),
-            wrapped,
-        )
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        connecting: Deferred[Any] = self._endpoint.connect(factory)
-        return connecting.addCallback(lambda tls: tls.wrappedProtocol)
-
-
 def redisEndpoint(
     reactor: IRevProxyReactor, cluster: ClusterConfig
 ) -> IStreamClientEndpoint:
@@ -96,13 +74,20 @@ def redisEndpoint(
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
         reactor, cluster.redis_host, cluster.redis_port, timeout=5
     )
-    if cluster.redis_tls:
-        caPEM = b""
-        if cluster.redis_ca_file:
-            with open(cluster.redis_ca_file, "rb") as f:
-                caPEM = f.read()
-        endpoint = _TLSEndpoint(endpoint, cluster.redis_host, caPEM)
-    return endpoint
+    if not cluster.redis_tls:
+        return endpoint
+    trust = None
+    if cluster.redis_ca_file:
+        with open(cluster.redis_ca_file, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+    # wrapClientTLS's connect gives the protocol inside the TLS layer, as
+    # txredisapi's and Twisted's ClientService expect.
+    return wrapClientTLS(
+        optionsForClientTLS(cluster.redis_host, trustRoot=trust)
+        if trust is not None
+        else optionsForClientTLS(cluster.redis_host),
+        endpoint,
+    )
 
 
 class RedisLink(Service):

@@ -30,7 +30,6 @@ import hiredis
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -38,7 +37,6 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -58,35 +56,6 @@ RETRY_FACTOR = 2.0
 #: fleet's processes do not all come back in the same instant).
 RETRY_MAX_SECS = 4.0
 RETRY_JITTER_SECS = 0.5
-
-
-def respEndpoint(
-    reactor: IRevProxyReactor, cluster: ClusterConfig
-) -> IStreamClientEndpoint:
-    """
-    Where the cluster's Redis is, for L{RespLink}: TCP as
-    L{redisEndpoint<revproxy.cluster.redis.redisEndpoint>} has it; TLS
-    (verified against C{redis_ca_file}, the system's roots without one)
-    with Twisted's own C{wrapClientTLS}, whose C{connect} gives the
-    protocol inside the TLS layer as L{ClientService} expects (the TLS
-    endpoint of C{redisEndpoint}, made for txredisapi, unwraps it once
-    more, which fails with L{ClientService}'s proxy).
-    """
-    if not cluster.redis_tls:
-        return redisEndpoint(reactor, cluster)
-    trust = None
-    if cluster.redis_ca_file:
-        with open(cluster.redis_ca_file, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
-    options = (
-        optionsForClientTLS(cluster.redis_host, trustRoot=trust)
-        if trust is not None
-        else optionsForClientTLS(cluster.redis_host)
-    )
-    return wrapClientTLS(
-        options,
-        HostnameEndpoint(reactor, cluster.redis_host, cluster.redis_port, timeout=5),
-    )
 
 
 class RedisReplyError(Exception):
@@ -255,7 +224,7 @@ class RespLink(Service):
         retryPolicy: Callable[[int], float] | None = None,
     ) -> None:
         """
-        @param endpoint: where Redis is (by default L{respEndpoint} of
+        @param endpoint: where Redis is (by default L{redisEndpoint} of
             C{cluster}: TCP, or TLS with its CA).
         @param retryPolicy: seconds to wait before the next connection
             attempt, given how many failed in a row (by default an
@@ -288,7 +257,7 @@ class RespLink(Service):
         super().startService()
         endpoint = self._endpoint
         if endpoint is None:
-            endpoint = respEndpoint(self._reactor, self.cluster)
+            endpoint = redisEndpoint(self._reactor, self.cluster)
         self._client = ClientService(
             endpoint,
             _RespFactory(self),

@@ -32,6 +32,7 @@ from revproxy.cluster.ratelimit import (
     HEARTBEAT_TTL_MS,
     SharedRateLimiter,
 )
+from revproxy.cluster.redis import RedisLink, RedisSubscription
 from revproxy.cluster.resp import RedisReplyError, RespLink
 from revproxy.config import ClusterConfig, RateLimit
 from revproxy.interfaces import IRevProxyReactor
@@ -303,8 +304,8 @@ class RespLinkTLSTests(TestCase):
         await self.redis.start()
         self.addCleanup(self.redis.stop)
 
-    async def link(self, caFile: str) -> RespLink:
-        cluster = ClusterConfig(
+    def cluster(self, caFile: str) -> ClusterConfig:
+        return ClusterConfig(
             redis_url=f"rediss://localhost:{self.redis.tlsPort}/0",
             redis_host="localhost",
             redis_port=self.redis.tlsPort,
@@ -316,7 +317,9 @@ class RespLinkTLSTests(TestCase):
             secret_file=os.path.join(self.directory, "cluster.key"),
             secret=b"k" * 32,
         )
-        link = RespLink(cast(IRevProxyReactor, self.reactor), cluster)
+
+    async def link(self, caFile: str) -> RespLink:
+        link = RespLink(cast(IRevProxyReactor, self.reactor), self.cluster(caFile))
         link.startService()
 
         async def stop() -> None:
@@ -350,3 +353,40 @@ class RespLinkTLSTests(TestCase):
         self.assertFalse(await link.whenUp(1.5))
         with self.assertRaises(ConnectionError):
             await link.command("PING")
+
+    async def test_tlsControlLink(self) -> None:
+        """
+        The fleet's own connections (txredisapi's L{RedisLink} and
+        L{RedisSubscription}) over TLS with the cluster's CA: commands are
+        answered, messages arrive, and both stop cleanly (the TLS endpoint
+        gives the client the protocol it built, not the TLS layer, so its
+        reconnecting service does not take a connection for a failure).
+        """
+        cluster = self.cluster(os.path.join(self.redis.directory, "ca.pem"))
+        reactor = cast(IRevProxyReactor, self.reactor)
+        link = RedisLink(reactor, cluster)
+        subscription = RedisSubscription(reactor, cluster)
+        received: list[str] = []
+        subscription.listen("it:hello", received.append)
+        link.startService()
+        subscription.startService()
+        try:
+            self.assertTrue(await link.whenUp(WAIT_SECS))
+            for _ in range(int(WAIT_SECS / 0.05)):
+                if subscription.subscribed:
+                    break
+                await deferLater(self.reactor, 0.05, lambda: None)
+            self.assertTrue(subscription.subscribed)
+            self.assertEqual(await link.command("PING"), "PONG")
+            await link.command("PUBLISH", "it:hello", "world")
+            for _ in range(int(WAIT_SECS / 0.05)):
+                if received:
+                    break
+                await deferLater(self.reactor, 0.05, lambda: None)
+            self.assertEqual(received, ["world"])
+        finally:
+            for service in (link, subscription):
+                stopped = service.stopService()
+                if stopped is not None:
+                    await stopped
+        self.assertFalse(link.up)
