@@ -149,3 +149,11 @@ class FakeNodes:
     def __init__(self, name: str, live: tuple[str, ...]) -> None:
         self.name = name
         self.live = live
+        self.refreshed = 0
+        #: Nodes whose first heartbeat the next refresh sees.
+        self.joining: tuple[str, ...] = ()
+
+    def refresh(self) -> Deferred[tuple[str, ...]]:
+        self.refreshed += 1
+        self.live = tuple(sorted(set(self.live) | set(self.joining)))
+        return succeed(self.live)

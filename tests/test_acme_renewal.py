@@ -787,6 +787,23 @@ class FleetManagerTests(SynchronousTestCase):
         self.assertFalse(call.wanted(record(["a.test"], NOW - 2 * DAY, lifetime=DAY)))
         call.result.errback(AcmeError("stopping"))
 
+    def test_forcedWantsOtherThanServed(self) -> None:
+        """
+        A forced renewal just after an issuance (within the clock skew) does
+        not take the certificate the node already serves: it wants a newer
+        one.
+        """
+        served = record(["a.test"], NOW + 90)
+        self.storage.certificates["app"] = served
+        manager = self.manager(acmeSite("app", "a.test"))
+        self.clock.advance(100)
+        manager.renew("app")
+        [call] = self.orders.calls
+        self.assertTrue(call.forced)
+        self.assertFalse(call.wanted(served))
+        self.assertTrue(call.wanted(record(["a.test"], NOW + 95)))
+        call.result.errback(AcmeError("stopping"))
+
     def test_forcedWantsNew(self) -> None:
         """
         A forced renewal (C{renew}) is a forced order, and wants only a

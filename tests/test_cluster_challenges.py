@@ -541,6 +541,22 @@ class SharedChallengesTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.warnings(), [])
 
+    def test_publishedSeesJoinedNodes(self) -> None:
+        """
+        C{published} reads the live nodes afresh: a node that said it is
+        there since this node's last heartbeat (the fleet starting
+        together) is waited for too.
+        """
+        self.a.nodes.live = ("node-a",)
+        self.a.nodes.joining = ("node-b",)
+        self.a.challenges.addHTTP01("tok", "tok.thumb")
+        d = self.a.challenges.published()
+        self.assertEqual(self.a.nodes.refreshed, 1)
+        self.assertNoResult(d)
+        self.redis.deliver()
+        self.clock.advance(ACK_POLL_SECS)
+        self.assertIsNone(self.successResultOf(d))
+
     def test_publishedTimesOut(self) -> None:
         """
         After 5 s, C{published} logs one warning naming the nodes that did

@@ -28,12 +28,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.cluster.locks import ACQUIRE_SHA, LEASE_MS, RELEASE_SHA, OrderLock
+from revproxy.cluster.nodes import BEAT_SECS
 from revproxy.cluster.orders import (
     BACKOFF_MEMORY_SECS,
     POLL_SECS,
     REDIS_RETRY_SECS,
     REDIS_WAIT_SECS,
     RESYNC_SECS,
+    SETTLE_SECS,
     WAIT_LIMIT_SECS,
     FleetOrders,
 )
@@ -874,3 +876,64 @@ class AccountURITests(FleetOrdersCase):
         self.patch(self.redis, "command", lambda *a: fail(ConnectionError("lost")))
         self.orders.saveAccountURI(DIRECTORY, "u")
         self.assertTrue(self.logged("cannot share the account URI: lost"))
+
+
+class SettleTests(FleetOrdersCase):
+    """
+    A node's first order waits until it has been in the fleet for
+    L{SETTLE_SECS}: the nodes started with it have said they are there, so
+    the order's challenges wait for their acknowledgements.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.joined: float | None = None
+        self.orders._joined = lambda: self.joined
+
+    def wait(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass, a tenth of a second at a time (the node looks
+        every half second).
+        """
+        for _ in range(round(seconds * 10)):
+            self.clock.advance(0.1)
+
+    def test_waitsToBeSeen(self) -> None:
+        """
+        Until its first heartbeat is answered, and for L{SETTLE_SECS} after
+        it, the node holds the lock and does not order.
+        """
+        d = self.order()
+        self.assertEqual(self.issues, [])
+        self.wait(1.0)
+        self.joined = self.clock.seconds()
+        self.wait(SETTLE_SECS - 0.5)
+        self.assertEqual(self.issues, [])
+        self.wait(1.0)
+        self.assertEqual(len(self.issues), 1)
+        self.assertIsNotNone(self.redis.get(LOCK))
+        self.issues[0].errback(AcmeError("stopping"))
+        self.failureResultOf(d, AcmeError)
+
+    def test_settledAlready(self) -> None:
+        """
+        A node in the fleet for long enough orders at once.
+        """
+        self.joined = self.clock.seconds() - SETTLE_SECS
+        d = self.order()
+        self.assertEqual(len(self.issues), 1)
+        self.issues[0].errback(AcmeError("stopping"))
+        self.failureResultOf(d, AcmeError)
+
+    def test_boundedWait(self) -> None:
+        """
+        A node never seen in the fleet (its heartbeats unanswered) orders
+        after L{SETTLE_SECS} and a heartbeat more, not never.
+        """
+        d = self.order()
+        self.wait(SETTLE_SECS + BEAT_SECS - 0.5)
+        self.assertEqual(self.issues, [])
+        self.wait(1.0)
+        self.assertEqual(len(self.issues), 1)
+        self.issues[0].errback(AcmeError("stopping"))
+        self.failureResultOf(d, AcmeError)

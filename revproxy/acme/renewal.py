@@ -558,9 +558,10 @@ class AcmeManager(Service):
         def wanted(record: CertificateRecord) -> bool:
             if record.names != names or record.notAfter <= self._clock.seconds():
                 return False
+            newer = current is None or record.issuedAt > current.issuedAt
             if forced:
-                return record.issuedAt >= since - CLOCK_SKEW_SECS
-            return current is None or record.issuedAt > current.issuedAt
+                return newer and record.issuedAt >= since - CLOCK_SKEW_SECS
+            return newer
 
         d: Deferred[tuple[CertificateRecord, str]] = maybeDeferred(
             self._orders.order, state.name, names, issue, wanted, forced

@@ -256,6 +256,17 @@ class SharedChallenges:
         which nodes did not and fires anyway.  At once while Redis is
         down, without own answers, or when this node is the only live one.
         """
+        if not self._own or not self.link.up:
+            return succeed(None)
+        # The live nodes as they are now: a node that joined since this
+        # one's last heartbeat (the fleet starting together) is waited for.
+        return self.nodes.refresh().addCallback(lambda _: self._acknowledged())
+
+    def _acknowledged(self) -> Deferred[None]:
+        """
+        Fires when every other live node acknowledged this node's answers
+        (see L{published}).
+        """
         if not self._others() or not self._own or not self.link.up:
             return succeed(None)
 

@@ -69,6 +69,7 @@ class Fleet(Service):
             self.shared,
             OrderLock(reactor, self.link, prefix, f"{node}:{os.getpid()}"),
             AcmeStorage(stateDir),
+            joined=lambda: self.nodes.firstSeenAt,
         )
         # The first beat was skipped if Redis was not connected yet.
         self.subscription.onSubscribed(self.nodes.beat)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -54,6 +55,12 @@ class LiveNodes(Protocol):
         The live nodes, this one included.
         """
 
+    def refresh(self) -> Deferred[tuple[str, ...]]:
+        """
+        The live nodes as Redis has them now (after a heartbeat of this
+        one).
+        """
+
 
 class Nodes:
     """
@@ -62,6 +69,8 @@ class Nodes:
     @ivar name: this node (C{[cluster] node_name}).
     @ivar live: the nodes whose heartbeat counts, this one included once
         Redis answered, sorted; C{()} before the first answer.
+    @ivar firstSeenAt: when Redis first answered a heartbeat of this node
+        (this node in the fleet since), or L{None}.
     """
 
     def __init__(
@@ -72,6 +81,7 @@ class Nodes:
         self.key = f"{prefix}nodes"
         self.name = name
         self.live: tuple[str, ...] = ()
+        self.firstSeenAt: float | None = None
         self._loop: LoopingCall | None = None
 
     def start(self) -> None:
@@ -95,12 +105,19 @@ class Nodes:
         One heartbeat (while Redis is up; the last list is kept while it is
         down).
         """
-        if not self.redis.up:
-            return
+        self.refresh()
 
-        def seen(reply: Any) -> None:
+    def refresh(self) -> Deferred[tuple[str, ...]]:
+        """
+        One heartbeat, and the live nodes it answers; the last ones seen
+        while Redis is down or when it fails.
+        """
+        if not self.redis.up:
+            return succeed(self.live)
+
+        def seen(reply: Any) -> tuple[str, ...]:
             if not isinstance(reply, list):
-                return
+                return self.live
             live = tuple(
                 sorted(
                     (m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m))
@@ -123,7 +140,11 @@ class Nodes:
                         secs=BEAT_TTL_MS // 1000,
                     )
             self.live = live
+            if self.firstSeenAt is None:
+                self.firstSeenAt = self._clock.seconds()
+            return live
 
-        self.redis.evalsha(
+        d: Deferred[Any] = self.redis.evalsha(
             BEAT_SHA, BEAT, [self.key], [self.name, BEAT_TTL_MS]
-        ).addCallbacks(seen, lambda _: None)
+        )
+        return d.addCallbacks(seen, lambda _: self.live)

@@ -45,6 +45,7 @@ from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.schedule import backoffDelay
 from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.cluster.locks import OrderLock
+from revproxy.cluster.nodes import BEAT_SECS
 from revproxy.cluster.redis import Commands, Messages
 from revproxy.cluster.storage import SharedAcmeState
 from revproxy.throttle import LogThrottle
@@ -61,6 +62,11 @@ REDIS_RETRY_SECS = 30.0
 POLL_SECS = 5.0
 #: How long a node waits for other nodes' orders, in all.
 WAIT_LIMIT_SECS = 900.0
+#: How long a node is in the fleet before its first order: the nodes
+#: started with it have said they are there (their first heartbeat), so the
+#: order's challenges wait for them (a node the CA reaches before it has
+#: the answer fails the validation).
+SETTLE_SECS = BEAT_SECS + 1.0
 #: How often every site's certificate is read again from Redis.
 RESYNC_SECS = 30.0
 #: How long a back-off record stays in Redis after it ends: the next
@@ -131,7 +137,14 @@ class FleetOrders:
         lock: OrderLock,
         local: AcmeStorage,
         rng: random.Random | None = None,
+        joined: Callable[[], float | None] | None = None,
     ) -> None:
+        """
+        @param joined: When this node joined the fleet (its first heartbeat
+            answered; L{None} before): its first order waits until it has
+            been in the fleet for L{SETTLE_SECS}.  Without it, no wait.
+        """
+        self._joined = joined
         self._clock = clock
         self.redis = redis
         self.shared = shared
@@ -300,6 +313,7 @@ class FleetOrders:
                     previous,
                     ordered=False,
                 )
+        await self._settle(site)
         await self._useFleetAccount()
         try:
             record = await issue()
@@ -353,6 +367,23 @@ class FleetOrders:
                 error=str(e),
             )
         return record, ""
+
+    async def _settle(self, site: str) -> None:
+        """
+        Wait until this node has been in the fleet for L{SETTLE_SECS} (at
+        most that and a heartbeat more).
+        """
+        joined = self._joined
+        if joined is None:
+            return
+        limit = self._clock.seconds() + SETTLE_SECS + BEAT_SECS
+        for _ in range(10_000):  # the limit ends it long before
+            now = self._clock.seconds()
+            since = joined()
+            settled = None if since is None else since + SETTLE_SECS
+            if now >= limit or (settled is not None and now >= settled):
+                return
+            await self._news(site, min(0.5, limit - now, (settled or limit) - now))
 
     async def _useFleetAccount(self) -> None:
         """

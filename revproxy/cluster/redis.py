@@ -29,6 +29,19 @@ _log = Logger()
 #: again): a Redis that hangs is a Redis that is down.
 REPLY_TIMEOUT_SECS = 2.0
 
+#: The reconnection back-off: the first retry after about this long...
+RETRY_INITIAL_SECS = 0.2
+
+#: ...growing by this factor at each failed attempt in a row...
+RETRY_FACTOR = 2.0
+
+#: ...up to this (plus a jitter: of at most L{RETRY_JITTER_SECS} on the
+#: request path's link, a fraction of the delay on txredisapi's), so that
+#: the fleet's processes do not all come back in the same instant and a
+#: Redis back after an outage is used again within a few seconds.
+RETRY_MAX_SECS = 4.0
+RETRY_JITTER_SECS = 0.5
+
 
 class Commands(Protocol):
     """
@@ -90,6 +103,17 @@ def redisEndpoint(
     )
 
 
+def _backOff(factory: Any) -> None:
+    """
+    Give a txredisapi factory the reconnection back-off of L{RETRY_INITIAL_SECS}
+    (its documented C{initialDelay}, C{factor} and C{maxDelay}; its own
+    cap is 10 s).
+    """
+    factory.initialDelay = RETRY_INITIAL_SECS
+    factory.factor = RETRY_FACTOR
+    factory.maxDelay = RETRY_MAX_SECS
+
+
 class RedisLink(Service):
     """
     One connection to the cluster's Redis, opened at start and kept open
@@ -126,6 +150,7 @@ class RedisLink(Service):
             replyTimeout=REPLY_TIMEOUT_SECS,
             convertNumbers=True,
         )
+        _backOff(factory)
         factory.startConnecting(redisEndpoint(self._reactor, cluster))
         self._factory = factory
 
@@ -273,6 +298,7 @@ class RedisSubscription(Service):
             convertNumbers=False,
         )
         factory.protocol = _Subscriber
+        _backOff(factory)
         factory.startConnecting(redisEndpoint(self._reactor, cluster))
         self._factory = factory
 

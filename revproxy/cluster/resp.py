@@ -40,22 +40,18 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from revproxy.cluster.redis import REPLY_TIMEOUT_SECS, redisEndpoint
+from revproxy.cluster.redis import (
+    REPLY_TIMEOUT_SECS,
+    RETRY_FACTOR,
+    RETRY_INITIAL_SECS,
+    RETRY_JITTER_SECS,
+    RETRY_MAX_SECS,
+    redisEndpoint,
+)
 from revproxy.config import ClusterConfig
 from revproxy.interfaces import IRevProxyReactor
 
 _log = Logger()
-
-#: The reconnection back-off: the first retry after about this long...
-RETRY_INITIAL_SECS = 0.2
-
-#: ...growing by this factor at each failed attempt in a row...
-RETRY_FACTOR = 2.0
-
-#: ...up to this (plus a jitter of at most L{RETRY_JITTER_SECS}, so that the
-#: fleet's processes do not all come back in the same instant).
-RETRY_MAX_SECS = 4.0
-RETRY_JITTER_SECS = 0.5
 
 
 class RedisReplyError(Exception):
