@@ -57,6 +57,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from revproxy.config import ClusterConfig
+
 #: The checkout whose C{revproxy} and C{twisted/plugins} the child runs.
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -1575,6 +1577,25 @@ async def startRedis(
     server = RedisServer(reactor, directory, closedPort(), password)
     await server.start()
     return server
+
+
+def clusterConfig(redis: RedisServer, directory: str, **keys: Any) -> ClusterConfig:
+    """
+    The C{[cluster]} of a test node on C{redis} (plain TCP, database 0,
+    key prefix C{it:}), its secret file named under C{directory}; C{keys}
+    override any of it.
+    """
+    values: dict[str, Any] = {
+        "redis_url": f"redis://127.0.0.1:{redis.port}/0",
+        "redis_host": "127.0.0.1",
+        "redis_port": redis.port,
+        "key_prefix": "it:",
+        "node_name": "node",
+        "secret_file": os.path.join(directory, "cluster.key"),
+        "secret": b"k" * 32,
+    }
+    values.update(keys)
+    return ClusterConfig(**values)
 
 
 # -- HAProxy (#19): an L4 balancer in front of a test fleet

@@ -22,9 +22,13 @@ from revproxy.acme.challenges import ChallengeStore
 from revproxy.cluster.challenges import PUBLISH_WAIT_SECS, SharedChallenges
 from revproxy.cluster.nodes import Nodes
 from revproxy.cluster.redis import RedisLink, RedisSubscription
-from revproxy.config import ClusterConfig
 from revproxy.interfaces import IRevProxyReactor
-from tests.integration.support import RedisServer, getReactor, startRedis
+from tests.integration.support import (
+    RedisServer,
+    clusterConfig,
+    getReactor,
+    startRedis,
+)
 
 #: How long a connection or an answer is waited for at most.
 WAIT_SECS = 10.0
@@ -54,15 +58,7 @@ class SharedChallengesTests(TestCase):
             self.reactor, os.path.join(self.directory, "redis")
         )
         self.addCleanup(self.redis.stop)
-        self.cluster = ClusterConfig(
-            redis_url=f"redis://127.0.0.1:{self.redis.port}/0",
-            redis_host="127.0.0.1",
-            redis_port=self.redis.port,
-            key_prefix="it:",
-            node_name="node",
-            secret_file=os.path.join(self.directory, "cluster.key"),
-            secret=b"k" * 32,
-        )
+        self.cluster = clusterConfig(self.redis, self.directory)
         self.a = await self.node("node-a")
         self.b = await self.node("node-b")
         await self.beat(self.a, self.b)

@@ -18,9 +18,13 @@ from twisted.trial.unittest import TestCase
 
 from revproxy.cluster.locks import OrderLock
 from revproxy.cluster.redis import RedisLink
-from revproxy.config import ClusterConfig
 from revproxy.interfaces import IRevProxyReactor
-from tests.integration.support import RedisServer, getReactor, startRedis
+from tests.integration.support import (
+    RedisServer,
+    clusterConfig,
+    getReactor,
+    startRedis,
+)
 
 LEASE_MS = 1500
 RENEW_SECS = 0.5
@@ -45,15 +49,7 @@ class OrderLockTests(TestCase):
             self.reactor, os.path.join(self.directory, "redis")
         )
         self.addCleanup(self.redis.stop)
-        self.cluster = ClusterConfig(
-            redis_url=f"redis://127.0.0.1:{self.redis.port}/0",
-            redis_host="127.0.0.1",
-            redis_port=self.redis.port,
-            key_prefix="it:",
-            node_name="node",
-            secret_file=os.path.join(self.directory, "cluster.key"),
-            secret=b"k" * 32,
-        )
+        self.cluster = clusterConfig(self.redis, self.directory)
         self.linkA, self.a = await self.node("node-a:1")
         self.linkB, self.b = await self.node("node-b:2")
 

@@ -22,13 +22,13 @@ from twisted.trial.unittest import TestCase
 from revproxy.cluster.nodes import BEAT_SECS, Nodes
 from revproxy.cluster.redis import RedisLink, RedisSubscription
 from revproxy.cluster.reloads import FleetReloads
-from revproxy.config import ClusterConfig
 from revproxy.interfaces import IRevProxyReactor
 from tests.integration.support import (
     ProxyProcess,
     RedisServer,
     Upstream,
     askAdmin,
+    clusterConfig,
     configText,
     getReactor,
     replaceFile,
@@ -87,16 +87,7 @@ class FleetReloadTests(TestCase):
             self.reactor, os.path.join(self.directory, "redis")
         )
         self.addCleanup(self.redis.stop)
-        self.cluster = ClusterConfig(
-            redis_url=f"redis://127.0.0.1:{self.redis.port}/0",
-            redis_host="127.0.0.1",
-            redis_port=self.redis.port,
-            key_prefix="it:",
-            node_name="node",
-            secret_file=os.path.join(self.directory, "cluster.key"),
-            secret=b"k" * 32,
-            reload_channel=True,
-        )
+        self.cluster = clusterConfig(self.redis, self.directory, reload_channel=True)
         self.a = await self.node("node-a")
         self.b = await self.node("node-b")
         await self.allSeen([self.a, self.b])

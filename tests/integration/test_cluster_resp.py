@@ -40,6 +40,7 @@ from revproxy.ratelimit import ALLOWED, Decision, RateLimiter
 from tests.integration.support import (
     RedisServer,
     closedPorts,
+    clusterConfig,
     getReactor,
     startRedis,
 )
@@ -77,16 +78,12 @@ class RespLinkTests(TestCase):
             await self.redis.stop()
 
     def cluster(self, password: str = "", db: int = 0) -> ClusterConfig:
-        return ClusterConfig(
+        return clusterConfig(
+            self.redis,
+            self.directory,
             redis_url=f"redis://127.0.0.1:{self.redis.port}/{db}",
-            redis_host="127.0.0.1",
-            redis_port=self.redis.port,
             redis_password=password,
             redis_db=db,
-            key_prefix="it:",
-            node_name="node",
-            secret_file=os.path.join(self.directory, "cluster.key"),
-            secret=b"k" * 32,
         )
 
     async def link(self, cluster: ClusterConfig, wait: bool = True) -> RespLink:
