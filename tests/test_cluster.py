@@ -175,6 +175,25 @@ class SharedRateLimiterTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 2)
         self.assertEqual(warnings[1]["held"], 4)
 
+    def test_backLoggedOnce(self) -> None:
+        """
+        The first decision Redis makes after this process warned that it
+        decided alone is logged once (the limits are shared again); not
+        after a fallback that was not logged.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.redis.up = False
+        self.decide()
+        self.redis.up = True
+        for index in range(2):
+            self.decide()
+            self.redis.calls[index][3].callback([1, 0])
+        again = [e for e in events if "answers again;" in e.get("log_format", "")]
+        self.assertEqual(len(again), 1)
+
     def test_heartbeat(self) -> None:
         """
         Every few seconds the process says it limits requests, and learns

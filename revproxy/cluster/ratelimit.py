@@ -159,6 +159,7 @@ class SharedRateLimiter:
         self._ipv6Prefix = ipv6Prefix
         self._timeout = timeout
         self._logs = LogThrottle(clock, FALLBACK_LOG_SECS)
+        self._warned = False
         self.fallbacks = 0
 
     def start(self) -> None:
@@ -230,6 +231,9 @@ class SharedRateLimiter:
                     self._alone(site, limit, clientIP, f"bad answer {reply!r}")
                 )
                 return
+            if self._warned:
+                self._warned = False
+                _log.info("Rate limits: Redis answers again; the limits are shared")
             if allowed:
                 decided.callback(ALLOWED)
             else:
@@ -279,6 +283,7 @@ class SharedRateLimiter:
         processes = max(1, self.processes)
         held = self._logs.due()
         if held is not None:
+            self._warned = True
             _log.warn(
                 "Rate limits: {why}; each of {processes} process(es) limits "
                 "alone, with its share, until Redis answers again ({held} more "

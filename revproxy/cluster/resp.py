@@ -283,9 +283,11 @@ class RespLink(Service):
             if self._ready is protocol:
                 self._ready = None
                 if self.running:
-                    _log.warn(
-                        "cluster: the request path's Redis connection was lost: "
-                        "rate limits are decided locally until it is back"
+                    # Info: the rate limiter warns, once a minute, while it
+                    # decides alone; one warning per event.
+                    _log.info(
+                        "cluster: the request path's Redis connection was lost; "
+                        "reconnecting"
                     )
             return
         cluster = self.cluster
