@@ -40,7 +40,7 @@ from revproxy.cluster.orders import (
     FleetOrders,
 )
 from revproxy.cluster.secrets import SealedKeys
-from revproxy.cluster.storage import SharedAcmeState
+from revproxy.cluster.storage import ForeignSecret, SharedAcmeState
 from tests.clusterfakes import FakeRedis, FakeSubscription
 
 SECRET = bytes(range(32)) + b"-the fleet's secret"
@@ -231,10 +231,12 @@ class FleetCertificateTests(FleetOrdersCase):
         self.issues[0].callback(certificate(NOW))
         self.result(d)
 
-    def test_unusableOrdered(self) -> None:
+    def test_foreignSecretNotOrderedOver(self) -> None:
         """
-        A certificate in Redis that cannot be opened (another secret) is
-        logged and ordered again.
+        A certificate in Redis sealed with another secret (a node with
+        another C{secret_file}) fails the order, naming the secret, and is
+        never ordered over: two such nodes would replace each other's
+        certificates, each time with a new order from the CA.
         """
         stranger = SharedAcmeState(
             self.redis, "rp:", SealedKeys(OTHER_SECRET), "node-c"
@@ -242,6 +244,17 @@ class FleetCertificateTests(FleetOrdersCase):
         self.result(
             Deferred.fromCoroutine(stranger.saveCertificate(SITE, certificate(NOW)))
         )
+        failure = self.failureResultOf(self.order(), ForeignSecret)
+        self.assertIn("secret", str(failure.value))
+        self.assertEqual(self.issues, [])
+        self.assertIsNone(self.redis.get(LOCK))
+
+    def test_malformedOrderedOver(self) -> None:
+        """
+        A certificate in Redis that is not one (malformed JSON) is logged
+        and ordered again: the new one replaces it.
+        """
+        self.redis.command("SET", "rp:cert:" + SITE, "{not json")
         d = self.order()
         self.assertEqual(len(self.issues), 1)
         self.assertTrue(self.logged("cannot use the fleet's certificate"))

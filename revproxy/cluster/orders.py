@@ -47,7 +47,7 @@ from revproxy.acme.storage import AcmeStorage, BackoffRecord, CertificateRecord
 from revproxy.cluster.locks import OrderLock
 from revproxy.cluster.nodes import BEAT_SECS
 from revproxy.cluster.redis import Commands, Messages
-from revproxy.cluster.storage import SharedAcmeState
+from revproxy.cluster.storage import ForeignSecret, SharedAcmeState
 from revproxy.throttle import LogThrottle
 
 _log = Logger()
@@ -273,6 +273,9 @@ class FleetOrders:
         """
         try:
             stored = await self._redis(self.shared.loadCertificate(site))
+        except ForeignSecret:
+            # Never ordered over: see ForeignSecret.
+            raise
         except AcmeError as e:
             _log.warn(
                 "ACME: site {site}: cannot use the fleet's certificate: {error}",

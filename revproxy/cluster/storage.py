@@ -42,6 +42,15 @@ class Commands(Protocol):
     def command(self, *args: Any) -> Deferred[Any]: ...
 
 
+class ForeignSecret(AcmeError):
+    """
+    A sealed key in Redis does not open with this node's secret: another
+    node has another C{secret_file} (or the value was altered).  Nothing
+    may overwrite it from here: the two nodes would replace each other's
+    certificates, each time ordering one from the CA.
+    """
+
+
 def certificateContext(site: str) -> str:
     """
     What a site's sealed certificate key is bound to.
@@ -129,7 +138,7 @@ def decodeCertificate(
     except (binascii.Error, UnicodeEncodeError) as e:
         raise AcmeError(f"{what} in Redis: {e}") from None
     except SealError as e:
-        raise AcmeError(f"{what} in Redis: {e}") from None
+        raise ForeignSecret(f"{what} in Redis: {e}") from None
     record = CertificateRecord(
         names=tuple(names),
         chainPEM=chainPEM,
@@ -273,8 +282,10 @@ class SharedAcmeState:
             keyPEM = self.sealer.open(
                 base64.b64decode(sealed, validate=True), ACCOUNT_CONTEXT
             )
-        except (binascii.Error, SealError) as e:
+        except binascii.Error as e:
             raise AcmeError(f"the fleet's account key in Redis: {e}") from None
+        except SealError as e:
+            raise ForeignSecret(f"the fleet's account key in Redis: {e}") from None
         return keyPEM, uris
 
     async def createAccount(self, keyPEM: bytes) -> bool:
