@@ -42,12 +42,13 @@ async def _all(awaitables: Iterable[Any]) -> list[Any]:
     return results
 
 
-class SharedRateLimitTests(TestCase):
+class _TwoNodes(TestCase):
     """
-    Two nodes with one Redis hold a client to the site's limit, whichever
-    node it reaches; with Redis gone they keep serving, each with its
-    share, and share again once it is back.
+    Two nodes (C{a}, C{b}) with one Redis, one rate-limited site; each node
+    runs L{workers} worker processes.
     """
+
+    workers = 1
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.reactor = getReactor()
@@ -81,7 +82,10 @@ class SharedRateLimitTests(TestCase):
         text = configText(
             [site],
             os.path.join(directory, "state"),
-            server={"admin_socket_path": os.path.join(directory, "admin.sock")},
+            server={
+                "admin_socket_path": os.path.join(directory, "admin.sock"),
+                "workers": self.workers,
+            },
         )
         text += (
             "\n[cluster]\n"
@@ -148,6 +152,14 @@ class SharedRateLimitTests(TestCase):
         self.assertLessEqual(admitted, bound, f"{codes} in {elapsed:.2f} s")
         self.assertGreaterEqual(admitted, BURST, f"{codes} in {elapsed:.2f} s")
 
+
+class SharedRateLimitTests(_TwoNodes):
+    """
+    Two nodes with one Redis hold a client to the site's limit, whichever
+    node it reaches; with Redis gone they keep serving, each with its
+    share, and share again once it is back.
+    """
+
     async def test_sharedAcrossNodes(self) -> None:
         """
         A client alternating two nodes is held to the site's limit: the
@@ -196,5 +208,36 @@ class SharedRateLimitTests(TestCase):
         # txredisapi reconnects with back-off (1 s, then e times more).
         await self.sleep(4.0)
         await self.sleep(BURST / RATE)
+        codes, elapsed = await self.burst(3.0)
+        self.assertShared(codes, elapsed)
+
+
+class WorkersInFleetTests(_TwoNodes):
+    """
+    Nodes with workers take part in the fleet once each (the supervisor's
+    heartbeat), and every worker's requests count in the one shared bucket.
+    """
+
+    workers = 2
+
+    async def test_sharedAcrossWorkers(self) -> None:
+        """
+        A client alternating two nodes of two workers each is held to the
+        site's limit (four processes counting alone, or each with its
+        share of a node, would admit more); each node's C{status} shows
+        the fleet of two nodes, not four processes.
+        """
+        seen: list[dict[str, Any]] = []
+        for _ in range(int(3 * 5.0 / 0.2)):
+            seen = [
+                (await self.admin(name, "status")).get("cluster") or {} for name in "ab"
+            ]
+            if all(part.get("nodes") == ["node-a", "node-b"] for part in seen):
+                break
+            await self.sleep(0.2)
+        self.assertEqual(
+            [part["nodes"] for part in seen], [["node-a", "node-b"]] * 2, seen
+        )
+        self.assertEqual([part["redis"] for part in seen], ["up", "up"], seen)
         codes, elapsed = await self.burst(3.0)
         self.assertShared(codes, elapsed)
