@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
@@ -120,6 +121,23 @@ async def waitFor(
         if reactor.seconds() > deadline:
             raise AssertionError(f"{what}: not after {seconds} s")
         await deferLater(reactor, step, lambda: None)
+
+
+async def sleep(seconds: float) -> None:
+    """
+    Let C{seconds} pass on the reactor.
+    """
+    await deferLater(getReactor(), seconds, lambda: None)
+
+
+async def stopService(service: IService) -> None:
+    """
+    Stop C{service} if it runs, and wait until it has stopped.
+    """
+    if service.running:
+        stopped = service.stopService()
+        if stopped is not None:
+            await stopped
 
 
 def closedPort() -> int:

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred, gatherResults
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.integration.support import (
@@ -27,6 +26,7 @@ from tests.integration.support import (
     connectRaw,
     getReactor,
     replaceFile,
+    sleep,
     spawnProxy,
     startRedis,
 )
@@ -138,9 +138,6 @@ class _TwoNodes(TestCase):
         )
         return answer
 
-    async def sleep(self, seconds: float) -> None:
-        await deferLater(self.reactor, seconds, lambda: None)
-
     def assertShared(self, codes: dict[int, int], elapsed: float) -> None:
         """
         Both nodes together admitted no more than one bucket allows, and
@@ -192,7 +189,7 @@ class SharedRateLimitTests(_TwoNodes):
         its share, and says so once); Redis back on the same port: the
         limit is shared again, without a restart.
         """
-        await self.sleep(1.0)
+        await sleep(1.0)
         await self.redis.stop()
         codes, elapsed = await self.burst(2.0)
         self.assertEqual(set(codes) - {200, 429}, set(), codes)
@@ -206,8 +203,8 @@ class SharedRateLimitTests(_TwoNodes):
             self.assertEqual(len(warned), 1, proxy.output)
         await self.redis.start()
         # txredisapi reconnects with back-off (1 s, then e times more).
-        await self.sleep(4.0)
-        await self.sleep(BURST / RATE)
+        await sleep(4.0)
+        await sleep(BURST / RATE)
         codes, elapsed = await self.burst(3.0)
         self.assertShared(codes, elapsed)
 
@@ -234,7 +231,7 @@ class WorkersInFleetTests(_TwoNodes):
             ]
             if all(part.get("nodes") == ["node-a", "node-b"] for part in seen):
                 break
-            await self.sleep(0.2)
+            await sleep(0.2)
         self.assertEqual(
             [part["nodes"] for part in seen], [["node-a", "node-b"]] * 2, seen
         )

@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import cast
 
 import attrs
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from revproxy.acme.challenges import ChallengeStore
@@ -28,6 +26,8 @@ from tests.integration.support import (
     clusterConfig,
     getReactor,
     startRedis,
+    stopService,
+    waitFor,
 )
 
 #: How long a connection or an answer is waited for at most.
@@ -79,15 +79,17 @@ class SharedChallengesTests(TestCase):
             self.reactor, link, subscription, nodes, "it:", store
         )
         link.startService()
-        self.addCleanup(self.stopService, link)
+        self.addCleanup(stopService, link)
         subscription.startService()
-        self.addCleanup(self.stopService, subscription)
+        self.addCleanup(stopService, subscription)
         challenges.start()
         self.addCleanup(challenges.stop)
         nodes.start()
         self.addCleanup(nodes.stop)
-        await self.waitFor(lambda: link.up, f"{name}'s Redis connection")
-        await self.waitFor(lambda: subscription.subscribed, f"{name}'s subscription")
+        await waitFor(lambda: link.up, WAIT_SECS, f"{name}'s Redis connection")
+        await waitFor(
+            lambda: subscription.subscribed, WAIT_SECS, f"{name}'s subscription"
+        )
         if settle:
             # One full read now, so that none is left to come (from a
             # subscription made before the connection) while a test runs:
@@ -106,23 +108,7 @@ class SharedChallengesTests(TestCase):
                 node.nodes.beat()
             return all(node.nodes.live == names for node in nodes)
 
-        await self.waitFor(allSeen, "the heartbeats")
-
-    async def stopService(self, service: RedisLink | RedisSubscription) -> None:
-        if service.running:
-            stopped = service.stopService()
-            if stopped is not None:
-                await stopped
-
-    async def sleep(self, seconds: float) -> None:
-        await deferLater(self.reactor, seconds, lambda: None)
-
-    async def waitFor(self, condition: Callable[[], bool], what: str) -> None:
-        start = self.reactor.seconds()
-        while not condition():
-            if self.reactor.seconds() - start > WAIT_SECS:
-                self.fail(f"{what}: not within {WAIT_SECS} s")
-            await self.sleep(0.05)
+        await waitFor(allSeen, WAIT_SECS, "the heartbeats")
 
     async def test_servedEverywhere(self) -> None:
         """
@@ -146,11 +132,12 @@ class SharedChallengesTests(TestCase):
         self.a.challenges.removeHTTP01("tok_A-1")
         self.a.challenges.removeTLSALPN01("shop.test")
         self.assertIsNone(self.a.store.http01("tok_A-1"))
-        await self.waitFor(
+        await waitFor(
             lambda: (
                 self.b.store.http01("tok_A-1") is None
                 and self.b.store.tlsALPN01("shop.test") is None
             ),
+            WAIT_SECS,
             "node B's answers removed",
         )
         self.assertEqual(await self.a.link.command("KEYS", "it:challenge*"), [])
@@ -163,8 +150,10 @@ class SharedChallengesTests(TestCase):
         self.a.challenges.addHTTP01("early", "early.thumb")
         await self.a.challenges.published()
         c = await self.node("node-c", settle=False)
-        await self.waitFor(
-            lambda: c.store.http01("early") == b"early.thumb", "node C's answer"
+        await waitFor(
+            lambda: c.store.http01("early") == b"early.thumb",
+            WAIT_SECS,
+            "node C's answer",
         )
         await self.beat(self.a, self.b, c)
         start = self.reactor.seconds()

@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import cast
 
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from revproxy.cluster.locks import OrderLock
@@ -23,7 +21,10 @@ from tests.integration.support import (
     RedisServer,
     clusterConfig,
     getReactor,
+    sleep,
     startRedis,
+    stopService,
+    waitFor,
 )
 
 LEASE_MS = 1500
@@ -60,7 +61,7 @@ class OrderLockTests(TestCase):
         """
         link = RedisLink(cast(IRevProxyReactor, self.reactor), self.cluster)
         link.startService()
-        self.addCleanup(self.stopLink, link)
+        self.addCleanup(stopService, link)
         lock = OrderLock(
             self.reactor,
             link,
@@ -70,24 +71,8 @@ class OrderLockTests(TestCase):
             renew_secs=RENEW_SECS,
         )
         self.addCleanup(lock.stop)
-        await self.waitFor(lambda: link.up, "the Redis connection")
+        await waitFor(lambda: link.up, WAIT_SECS, "the Redis connection")
         return link, lock
-
-    async def stopLink(self, link: RedisLink) -> None:
-        if link.running:
-            stopped = link.stopService()
-            if stopped is not None:
-                await stopped
-
-    async def sleep(self, seconds: float) -> None:
-        await deferLater(self.reactor, seconds, lambda: None)
-
-    async def waitFor(self, condition: Callable[[], bool], what: str) -> None:
-        start = self.reactor.seconds()
-        while not condition():
-            if self.reactor.seconds() - start > WAIT_SECS:
-                self.fail(f"{what}: not within {WAIT_SECS} s")
-            await self.sleep(0.05)
 
     async def test_oneHolder(self) -> None:
         """
@@ -120,11 +105,11 @@ class OrderLockTests(TestCase):
         node takes it.
         """
         self.assertTrue(await self.a.acquire(NAME))
-        await self.sleep(RENEW_SECS * 2.5)
+        await sleep(RENEW_SECS * 2.5)
         self.assertFalse(await self.b.acquire(NAME))
 
         self.a.stop()
-        await self.stopLink(self.linkA)
+        await stopService(self.linkA)
         died = self.reactor.seconds()
         self.assertEqual(await self.b.holder(NAME), "node-a:1")
 
@@ -133,7 +118,7 @@ class OrderLockTests(TestCase):
             self.assertLess(
                 self.reactor.seconds() - died, WAIT_SECS, "the lease did not expire"
             )
-            await self.sleep(0.1)
+            await sleep(0.1)
             taken = await self.b.acquire(NAME)
         waited = self.reactor.seconds() - died
         # The last renewal was at most RENEW_SECS before it died.
@@ -149,7 +134,7 @@ class OrderLockTests(TestCase):
         held, and the other node still cannot take it.
         """
         self.assertTrue(await self.a.acquire(NAME))
-        await self.sleep(LEASE_MS / 1000 * 2.5)
+        await sleep(LEASE_MS / 1000 * 2.5)
         self.assertTrue(self.a.held(NAME))
         self.assertFalse(await self.b.acquire(NAME))
         self.assertEqual(await self.b.holder(NAME), "node-a:1")

@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from revproxy.cluster.nodes import BEAT_SECS, Nodes
@@ -32,8 +30,11 @@ from tests.integration.support import (
     configText,
     getReactor,
     replaceFile,
+    sleep,
     spawnProxy,
     startRedis,
+    stopService,
+    waitFor,
 )
 
 #: How long a connection, a heartbeat or an answer is waited for at most.
@@ -113,15 +114,15 @@ class FleetReloadTests(TestCase):
                 timeout=ANSWER_SECS,
             )
         link.startService()
-        self.addCleanup(self.stopService, link)
+        self.addCleanup(stopService, link)
         subscription.startService()
-        self.addCleanup(self.stopService, subscription)
+        self.addCleanup(stopService, subscription)
         if node.fleet is not None:
             self.addCleanup(node.fleet.stop)
-        await self.waitFor(lambda: link.up, f"{name}: the Redis connection")
+        await waitFor(lambda: link.up, WAIT_SECS, f"{name}: the Redis connection")
         if fleet:
-            await self.waitFor(
-                lambda: subscription.subscribed, f"{name}: the subscription"
+            await waitFor(
+                lambda: subscription.subscribed, WAIT_SECS, f"{name}: the subscription"
             )
         nodes.start()
         self.addCleanup(nodes.stop)
@@ -138,23 +139,7 @@ class FleetReloadTests(TestCase):
                 node.nodes.beat()
             return all(node.nodes.live == names for node in nodes)
 
-        await self.waitFor(seen, f"the heartbeats of {names}")
-
-    async def stopService(self, service: RedisLink | RedisSubscription) -> None:
-        if service.running:
-            stopped = service.stopService()
-            if stopped is not None:
-                await stopped
-
-    async def sleep(self, seconds: float) -> None:
-        await deferLater(self.reactor, seconds, lambda: None)
-
-    async def waitFor(self, condition: Callable[[], bool], what: str) -> None:
-        start = self.reactor.seconds()
-        while not condition():
-            if self.reactor.seconds() - start > WAIT_SECS:
-                self.fail(f"{what}: not within {WAIT_SECS} s")
-            await self.sleep(0.05)
+        await waitFor(seen, WAIT_SECS, f"the heartbeats of {names}")
 
     async def reloadFleet(self, node: Node) -> tuple[dict[str, Any], float]:
         """
@@ -223,8 +208,8 @@ class FleetReloadTests(TestCase):
         made again), the fleet answers again.
         """
         await self.redis.stop()
-        await self.waitFor(
-            lambda: not (self.a.link.up or self.b.link.up), "Redis seen down"
+        await waitFor(
+            lambda: not (self.a.link.up or self.b.link.up), WAIT_SECS, "Redis seen down"
         )
         answer, took = await self.reloadFleet(self.a)
         self.assertLess(took, 0.5)
@@ -236,10 +221,11 @@ class FleetReloadTests(TestCase):
         self.assertEqual(self.b.reloads, 0)
 
         await self.redis.start()
-        await self.waitFor(
+        await waitFor(
             lambda: all(
                 n.link.up and n.subscription.subscribed for n in (self.a, self.b)
             ),
+            WAIT_SECS,
             "Redis seen back",
         )
         await self.allSeen([self.a, self.b])
@@ -295,7 +281,7 @@ class RealNodesTests(TestCase):
                 for part in seen
             ):
                 return
-            await self.sleep(0.2)
+            await sleep(0.2)
 
     def writeConfig(self, name: str, extra: list[dict[str, object]]) -> None:
         """
@@ -343,9 +329,6 @@ class RealNodesTests(TestCase):
             seconds=WAIT_SECS + 5,
         )
         return answer
-
-    async def sleep(self, seconds: float) -> None:
-        await deferLater(self.reactor, seconds, lambda: None)
 
     async def test_reloadTellsTheOther(self) -> None:
         """

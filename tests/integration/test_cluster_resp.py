@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Any, cast
 
 import trustme
@@ -43,6 +42,8 @@ from tests.integration.support import (
     clusterConfig,
     getReactor,
     startRedis,
+    stopService,
+    waitFor,
 )
 
 #: How long a connection is waited for at most.
@@ -93,26 +94,10 @@ class RespLinkTests(TestCase):
         """
         link = RespLink(cast(IRevProxyReactor, self.reactor), cluster)
         link.startService()
-        self.addCleanup(self.stopLink, link)
+        self.addCleanup(stopService, link)
         if wait:
-            await self.waitFor(lambda: link.up, "the Redis connection")
+            await waitFor(lambda: link.up, WAIT_SECS, "the Redis connection")
         return link
-
-    async def stopLink(self, link: RespLink) -> None:
-        if link.running:
-            stopped = link.stopService()
-            if stopped is not None:
-                await stopped
-
-    async def sleep(self, seconds: float) -> None:
-        await deferLater(self.reactor, seconds, lambda: None)
-
-    async def waitFor(self, condition: Callable[[], bool], what: str) -> None:
-        start = self.reactor.seconds()
-        while not condition():
-            if self.reactor.seconds() - start > WAIT_SECS:
-                self.fail(f"{what}: not within {WAIT_SECS} s")
-            await self.sleep(0.05)
 
     async def test_gcra(self) -> None:
         """
@@ -184,7 +169,7 @@ class RespLinkTests(TestCase):
             self.reactor, link, RateLimiter(self.reactor), "it:", "node:1"
         )
         await self.redis.stop()
-        await self.waitFor(lambda: not link.up, "the link seeing Redis gone")
+        await waitFor(lambda: not link.up, WAIT_SECS, "the link seeing Redis gone")
         d = link.command("PING")
         self.assertTrue(d.called)
         with self.assertRaises(ConnectionError):
@@ -193,7 +178,7 @@ class RespLinkTests(TestCase):
         self.assertEqual(shared.fallbacks, 1)
 
         await self.redis.start()
-        await self.waitFor(lambda: link.up, "the link back")
+        await waitFor(lambda: link.up, WAIT_SECS, "the link back")
         self.assertEqual(await link.command("PING"), "PONG")
         decision = await cast(
             Deferred[Decision], shared.allow("site", RateLimit(1.0, 5), "192.0.2.9")
