@@ -143,6 +143,31 @@ class SharedRateLimiterTests(SynchronousTestCase):
         self.assertEqual(self.limiter.fallbacks, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_oneTimerForAllWaiting(self) -> None:
+        """
+        The decisions waiting for Redis share one timer, armed for the
+        oldest one's deadline: each one Redis has not answered in time is
+        decided alone at its own deadline, the answered ones are Redis's,
+        and no timer is left once none waits.
+        """
+        first = self.later()
+        self.clock.advance(0.02)
+        second = self.later()
+        self.clock.advance(0.02)
+        third = self.later()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(DECISION_TIMEOUT_SECS - 0.04)
+        self.assertEqual(self.successResultOf(first), ALLOWED)
+        self.assertEqual(self.limiter.fallbacks, 1)
+        self.assertNoResult(second)
+        self.redis.calls[1][3].callback([0, 2_000_000])
+        self.assertEqual(self.successResultOf(second), Decision(False, 2))
+        self.assertNoResult(third)
+        self.clock.advance(0.04)
+        self.assertEqual(self.successResultOf(third), ALLOWED)
+        self.assertEqual(self.limiter.fallbacks, 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_failureDecidesAlone(self) -> None:
         """
         A failed call, or an answer that makes no sense, leaves the

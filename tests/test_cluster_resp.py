@@ -318,7 +318,8 @@ class RespLinkTests(SynchronousTestCase):
         """
         A lost connection fails every command waiting on it with
         L{ConnectionError}; the link is down (commands fail at once) until
-        it connected again, which is logged once as a warning.
+        it connected again, which is logged once, at info (the rate
+        limiter deciding alone is the warning an operator gets).
         """
         link = self.link()
         waiting = [link.command("GET", "a"), link.command("GET", "b")]
@@ -331,8 +332,15 @@ class RespLinkTests(SynchronousTestCase):
         self.failureResultOf(
             link.evalsha(GCRA_SHA, GCRA, ["k"], [1, 2]), ConnectionError
         )
-        warnings = [e for e in self.events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(len(warnings), 1)
+        self.assertEqual(
+            [e for e in self.events if e["log_level"] == LogLevel.warn], []
+        )
+        lost = [
+            e
+            for e in self.events
+            if e["log_level"] == LogLevel.info and "was lost" in e["log_format"]
+        ]
+        self.assertEqual(len(lost), 1)
         self.assertEqual(len(self.endpoint.connections), 1)
         self.clock.advance(1.0)
         self.assertEqual(len(self.endpoint.connections), 2)

@@ -90,6 +90,11 @@ class RespProtocol(Protocol):
         self.onConnection: Callable[[RespProtocol, bool], None] = lambda p, o: None
 
     def connectionMade(self) -> None:
+        # Commands are small and pipelined: each goes out at once, not
+        # after the previous one's ACK (Nagle).
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         self.onConnection(self, True)
 
     def execute(self, *args: Any) -> Deferred[Any]:
