@@ -41,10 +41,9 @@ class FakeScripts:
         return succeed(self.reply)
 
 
-class NodesTests(SynchronousTestCase):
+class _NodesCase(SynchronousTestCase):
     """
-    L{Nodes}: a beat every L{BEAT_SECS} while Redis is up, the live nodes
-    from its reply, joins and leaves logged.
+    A L{Nodes} of C{node-a} on a fake Redis, its log kept.
     """
 
     def setUp(self) -> None:
@@ -64,6 +63,13 @@ class NodesTests(SynchronousTestCase):
     def logged(self, text: str) -> list[str]:
         return [formatEvent(e) for e in self.events if text in formatEvent(e)]
 
+
+class NodesTests(_NodesCase):
+    """
+    L{Nodes}: a beat every L{BEAT_SECS} while Redis is up, the live nodes
+    from its reply, joins and leaves logged.
+    """
+
     def test_beat(self) -> None:
         """
         A beat runs the C{BEAT} script on C{PREFIXnodes} with this node's
@@ -71,7 +77,15 @@ class NodesTests(SynchronousTestCase):
         """
         self.nodes.beat()
         self.assertEqual(
-            self.redis.calls, [(BEAT_SHA, BEAT, ["rp:nodes"], ["node-a", BEAT_TTL_MS])]
+            self.redis.calls,
+            [
+                (
+                    BEAT_SHA,
+                    BEAT,
+                    ["rp:nodes", "rp:node-processes"],
+                    ["node-a", BEAT_TTL_MS, self.nodes.process],
+                )
+            ],
         )
 
     def test_live(self) -> None:
@@ -80,7 +94,7 @@ class NodesTests(SynchronousTestCase):
         sorted; L{Nodes.others} leaves this one out.
         """
         self.assertEqual(self.nodes.live, ())
-        self.redis.reply = [b"node-c", "node-a", b"node-b"]
+        self.redis.reply = [[b"node-c", "node-a", b"node-b"], None]
         self.nodes.beat()
         self.assertEqual(self.nodes.live, ("node-a", "node-b", "node-c"))
         self.assertEqual(self.nodes.others(), ("node-b", "node-c"))
@@ -89,7 +103,7 @@ class NodesTests(SynchronousTestCase):
         """
         A reply that is not a list, or a failed beat, keeps the last list.
         """
-        self.redis.reply = ["node-a"]
+        self.redis.reply = [["node-a"], None]
         self.nodes.beat()
         self.redis.reply = None
         self.nodes.beat()
@@ -103,15 +117,15 @@ class NodesTests(SynchronousTestCase):
         Nodes that join (after the first list) and leave are logged; the
         first list is not a join.
         """
-        self.redis.reply = ["node-a", "node-b"]
+        self.redis.reply = [["node-a", "node-b"], None]
         self.nodes.beat()
         self.assertEqual(self.logged("joined"), [])
-        self.redis.reply = ["node-a", "node-b", "node-d", "node-c"]
+        self.redis.reply = [["node-a", "node-b", "node-d", "node-c"], None]
         self.nodes.beat()
         self.assertEqual(
             self.logged("joined"), ["cluster: node(s) node-c, node-d joined the fleet"]
         )
-        self.redis.reply = ["node-a", "node-d"]
+        self.redis.reply = [["node-a", "node-d"], None]
         self.nodes.beat()
         self.assertEqual(
             self.logged("left"),
@@ -128,7 +142,7 @@ class NodesTests(SynchronousTestCase):
         """
         While Redis is down no beat is sent and the last list is kept.
         """
-        self.redis.reply = ["node-a", "node-b"]
+        self.redis.reply = [["node-a", "node-b"], None]
         self.nodes.beat()
         self.redis.up = False
         self.nodes.beat()
@@ -158,3 +172,39 @@ class NodesTests(SynchronousTestCase):
         self.assertEqual(len(self.redis.calls), 3)
         # Stopping again is harmless.
         self.nodes.stop()
+
+
+class TwinTests(_NodesCase):
+    """
+    Two processes beating for one node_name (two nodes configured with the
+    same name) are told, once a minute; a restart (the process before this
+    one's id at the first beat) is not.
+    """
+
+    def test_restartNotTwin(self) -> None:
+        """
+        At the first beat the process that beat before is this node's
+        previous one: nothing said.
+        """
+        self.redis.reply = [["node-a"], "123-old"]
+        self.nodes.beat()
+        self.redis.reply = [["node-a"], self.nodes.process]
+        self.nodes.beat()
+        self.assertEqual(self.logged("two nodes share a node_name"), [])
+
+    def test_twin(self) -> None:
+        """
+        Another process beat for this name since this one's last beat: an
+        error naming both, at most once a minute.
+        """
+        self.redis.reply = [["node-a"], None]
+        self.nodes.beat()
+        self.redis.reply = [["node-a"], "999-other"]
+        self.nodes.beat()
+        self.nodes.beat()
+        [line] = self.logged("two nodes share a node_name")
+        self.assertIn("999-other", line)
+        self.assertIn(self.nodes.process, line)
+        self.clock.advance(60.0)
+        self.nodes.beat()
+        self.assertEqual(len(self.logged("two nodes share a node_name")), 2)

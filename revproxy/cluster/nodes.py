@@ -9,6 +9,8 @@ acknowledgements, the admin C{status} and the logs.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -17,18 +19,26 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from revproxy.cluster.ratelimit import ScriptRunner
+from revproxy.throttle import LogThrottle
 
 _log = Logger()
 
-#: KEYS[1] the sorted set of nodes, ARGV[1] this node, ARGV[2] how long it
-#: counts without another beat (ms).  Returns the live nodes, sorted.
+#: KEYS[1] the sorted set of nodes, KEYS[2] the hash of each node's
+#: process; ARGV[1] this node, ARGV[2] how long it counts without another
+#: beat (ms), ARGV[3] this process (an id made at start).  Returns {the
+#: live nodes, sorted; the process that beat for this node before, or
+#: false}: another process beating under the same name is a second node
+#: with this node_name.
 BEAT = """\
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local before = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
+return {redis.call('ZRANGE', KEYS[1], 0, -1), before}
 """
 
 BEAT_SHA = hashlib.sha1(BEAT.encode("utf-8")).hexdigest()
@@ -79,7 +89,13 @@ class Nodes:
         self._clock = clock
         self.redis = redis
         self.key = f"{prefix}nodes"
+        self.processesKey = f"{prefix}node-processes"
         self.name = name
+        #: This process, as it beats (a second process beating for the
+        #: same name is another node with this node_name).
+        self.process = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._beaten = False
+        self._twins = LogThrottle(clock, 60.0)
         self.live: tuple[str, ...] = ()
         self.firstSeenAt: float | None = None
         self._loop: LoopingCall | None = None
@@ -93,6 +109,31 @@ class Nodes:
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()
+
+    def _twin(self, before: Any) -> None:
+        """
+        Say (once a minute) that another process beats for this node's
+        name, once this one has beaten before (at start, the one before is
+        this node's previous process).
+        """
+        if isinstance(before, bytes):
+            before = before.decode("utf-8", "replace")
+        beaten, self._beaten = self._beaten, True
+        if (
+            beaten
+            and isinstance(before, str)
+            and before != self.process
+            and self._twins.due() is not None
+        ):
+            _log.error(
+                "cluster: another process beats for node_name {name} ({other}, "
+                "this one is {this}): two nodes share a node_name; the fleet "
+                "sees them as one (challenges, reloads and announcements go "
+                "wrong): give each node its own [cluster] node_name",
+                name=self.name,
+                other=before,
+                this=self.process,
+            )
 
     def others(self) -> tuple[str, ...]:
         """
@@ -116,12 +157,16 @@ class Nodes:
             return succeed(self.live)
 
         def seen(reply: Any) -> tuple[str, ...]:
-            if not isinstance(reply, list):
+            if not isinstance(reply, list) or len(reply) != 2:
                 return self.live
+            members, before = reply
+            if not isinstance(members, list):
+                return self.live
+            self._twin(before)
             live = tuple(
                 sorted(
                     (m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m))
-                    for m in reply
+                    for m in members
                 )
             )
             if live != self.live:
@@ -145,6 +190,9 @@ class Nodes:
             return live
 
         d: Deferred[Any] = self.redis.evalsha(
-            BEAT_SHA, BEAT, [self.key], [self.name, BEAT_TTL_MS]
+            BEAT_SHA,
+            BEAT,
+            [self.key, self.processesKey],
+            [self.name, BEAT_TTL_MS, self.process],
         )
         return d.addCallbacks(seen, lambda _: self.live)
