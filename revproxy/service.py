@@ -35,7 +35,7 @@ from revproxy.acme.renewal import AcmeManager
 from revproxy.acme.wiring import acmeManager
 from revproxy.admin import AdminFactory, AdminSocket, Operations
 from revproxy.certificates import LoadedCertificate
-from revproxy.cluster.fleet import Fleet, buildFleet
+from revproxy.cluster.fleet import Fleet, FleetCollector, buildFleet
 from revproxy.cluster.ratelimit import ClusterCollector, SharedRateLimiter
 from revproxy.cluster.resp import RespLink
 from revproxy.config import Config, SiteConfig, allUpstreams
@@ -204,6 +204,8 @@ def buildService(
         )
         manager.updateSites(config.sites)
     path = requestPath(config, reactor, holder, health, challenges, manager)
+    if fleet is not None:
+        path.metrics.registry.register(FleetCollector(fleet))
     httpListeners(config, reactor, path).setServiceParent(top)
     if manager is not None:
         manager.setName("acme")

@@ -21,7 +21,7 @@ from revproxy.cluster.fleet import Fleet, buildFleet
 from revproxy.cluster.orders import FleetOrders
 from revproxy.config import Config, loadConfig
 from revproxy.interfaces import IRevProxyReactor
-from revproxy.service import RevProxyService, buildService
+from revproxy.service import RequestPath, RevProxyService, buildService
 from revproxy.workers.supervisor import MirroredChallenges, buildSupervisor
 
 
@@ -148,3 +148,18 @@ reload_channel = {"true" if reloadChannel else "false"}
         assert challenges is not None
         self.assertIs(manager._challenges, challenges)
         self.assertIsInstance(challenges.local, MirroredChallenges)
+
+    def test_metrics(self) -> None:
+        """
+        C{/metrics} of a node in the fleet has whether its own connection
+        is up and subscribed, and how many nodes it sees live.
+        """
+        from prometheus_client import generate_latest
+
+        top, _ = self.build(self.config())
+        fleet = cast(Fleet, top.getServiceNamed("cluster"))
+        path = cast(RequestPath, top.getServiceNamed("request-path"))
+        fleet.nodes.live = ("node-a", "node-b", "node-c")
+        text = generate_latest(path.metrics.registry).decode("utf-8")
+        self.assertIn("revproxy_cluster_nodes 3.0", text)
+        self.assertIn("revproxy_cluster_control_up 0.0", text)

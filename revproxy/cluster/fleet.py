@@ -12,6 +12,7 @@ messages, the node heartbeat, and the ACME orders shared through Redis
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.application.service import Service
@@ -140,6 +141,36 @@ class Fleet(Service):
             "redis": "up" if self.link.up else "down",
             "nodes": list(self.nodes.live),
         }
+
+
+class FleetCollector:
+    """
+    The fleet as this node sees it, for C{/metrics}: whether its own
+    connection to Redis (ACME, challenges, heartbeat, reloads; not the
+    rate limits') is up and subscribed, and how many nodes are live.
+    """
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def describe(self) -> list[Any]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        fleet = self.fleet
+        yield GaugeMetricFamily(
+            "revproxy_cluster_control_up",
+            "Whether this node's connection to the fleet's Redis (certificates, "
+            "challenges, heartbeat, reloads) is open and subscribed",
+            value=1.0 if fleet.link.up and fleet.subscription.subscribed else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "revproxy_cluster_nodes",
+            "The fleet's live nodes (by their heartbeats), as this node last saw them",
+            value=float(len(fleet.nodes.live)),
+        )
 
 
 def buildFleet(config: Config, reactor: IRevProxyReactor) -> Fleet | None:

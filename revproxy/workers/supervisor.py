@@ -55,7 +55,7 @@ from revproxy.admin import (
     renderUpstreamHealth,
 )
 from revproxy.certificates import LoadedCertificate
-from revproxy.cluster.fleet import buildFleet
+from revproxy.cluster.fleet import Fleet, FleetCollector, buildFleet
 from revproxy.config import Config
 from revproxy.descriptors import DescriptorLimit
 from revproxy.interfaces import IChallengeResponder, IRevProxyReactor
@@ -1072,10 +1072,10 @@ class _SupervisorCollector:
         yield restarts
 
 
-def collectMetrics(workers: Workers) -> Deferred[Any]:
+def collectMetrics(workers: Workers, fleet: Fleet | None = None) -> Deferred[Any]:
     """
     One registry: every serving worker's metrics merged, and the
-    supervisor's.
+    supervisor's (and its fleet's, with C{[cluster]}).
     """
 
     def merged(results: list[tuple[WorkerSlot, dict[str, Any]]]) -> Any:
@@ -1086,6 +1086,8 @@ def collectMetrics(workers: Workers) -> Deferred[Any]:
             ]
         )
         registry.register(_SupervisorCollector(workers))
+        if fleet is not None:
+            registry.register(FleetCollector(fleet))
         return registry
 
     return workers.ask(protocol.Metrics).addCallback(merged)
@@ -1189,7 +1191,7 @@ def buildSupervisor(
                 None,
                 lambda: workers.stopping,
                 reactor,
-                collect=lambda: collectMetrics(workers),
+                collect=lambda: collectMetrics(workers, fleet),
             ),
             reactor=reactor,
         )
