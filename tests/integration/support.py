@@ -1597,6 +1597,18 @@ async def startRedis(
     return server
 
 
+def clusterSecret(directory: str) -> str:
+    """
+    A new cluster secret file (32 random bytes, mode 0600) in C{directory};
+    its path.
+    """
+    path = os.path.join(directory, "cluster.key")
+    with open(path, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(path, 0o600)
+    return path
+
+
 def clusterConfig(redis: RedisServer, directory: str, **keys: Any) -> ClusterConfig:
     """
     The C{[cluster]} of a test node on C{redis} (plain TCP, database 0,

@@ -22,6 +22,7 @@ from tests.integration.support import (
     RedisServer,
     Upstream,
     askAdmin,
+    clusterSecret,
     configText,
     connectRaw,
     getReactor,
@@ -61,10 +62,7 @@ class _TwoNodes(TestCase):
             self.reactor, os.path.join(self.directory, "redis")
         )
         self.addCleanup(self.redis.stop)
-        self.secret = os.path.join(self.directory, "cluster.key")
-        with open(self.secret, "wb") as f:
-            f.write(os.urandom(32))
-        os.chmod(self.secret, 0o600)
+        self.secret = clusterSecret(self.directory)
         self.nodes: list[tuple[ProxyProcess, int]] = []
         for name in ("a", "b"):
             self.nodes.append(await self.startNode(name))

@@ -64,6 +64,7 @@ from tests.integration.support import (
     askAdmin,
     closedPort,
     closedPorts,
+    clusterSecret,
     configText,
     connectRaw,
     getReactor,
@@ -345,10 +346,7 @@ class _FleetCase(TestCase):
             self.reactor, os.path.join(self.directory, "redis")
         )
         self.addCleanup(self.stopRedis)
-        self.secret = os.path.join(self.directory, "cluster.key")
-        with open(self.secret, "wb") as f:
-            f.write(os.urandom(32))
-        os.chmod(self.secret, 0o600)
+        self.secret = clusterSecret(self.directory)
         ports = closedPorts(2 * len(NODES))
         self.nodes: dict[str, Node] = {}
         for index, name in enumerate(NODES):

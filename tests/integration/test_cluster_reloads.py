@@ -27,6 +27,7 @@ from tests.integration.support import (
     Upstream,
     askAdmin,
     clusterConfig,
+    clusterSecret,
     configText,
     getReactor,
     replaceFile,
@@ -241,10 +242,6 @@ class RealNodesTests(TestCase):
     own file, and answers with both results.
     """
 
-    # Remove once the service makes FleetReloads (revproxy/cluster/fleet.py)
-    # and gives it to the admin (Operations(fleet=...)); it passed with a
-    # stand-in wiring.
-
     async def setUp(self) -> None:  # type: ignore[override]
         self.reactor = getReactor()
         self.directory = tempfile.mkdtemp(prefix="rpx-reloads-", dir="/tmp")
@@ -256,10 +253,7 @@ class RealNodesTests(TestCase):
             self.reactor, os.path.join(self.directory, "redis")
         )
         self.addCleanup(self.redis.stop)
-        self.secret = os.path.join(self.directory, "cluster.key")
-        with open(self.secret, "wb") as f:
-            f.write(os.urandom(32))
-        os.chmod(self.secret, 0o600)
+        self.secret = clusterSecret(self.directory)
         for name in ("a", "b"):
             self.writeConfig(name, [])
             await self.startNode(name)
