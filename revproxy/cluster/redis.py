@@ -253,6 +253,12 @@ class RedisSubscription(Service):
         """
         self._resyncs.append(resync)
 
+    def channels(self) -> list[str]:
+        """
+        The channels listened to.
+        """
+        return list(self._handlers)
+
     def startService(self) -> None:
         super().startService()
         import txredisapi
@@ -267,12 +273,12 @@ class RedisSubscription(Service):
             def _subscribe(self) -> Deferred[Any]:
                 if not self.connected:
                     return succeed(None)
-                channels = list(subscription._handlers)
+                channels = subscription.channels()
                 if not channels:
                     return succeed(None)
                 d: Deferred[Any] = self.subscribe(channels)
                 return d.addCallbacks(
-                    lambda _: subscription._subscribed(),
+                    lambda _: subscription.subscriptionsMade(),
                     lambda f: _log.warn(
                         "cluster: cannot subscribe to the fleet's messages: {error}",
                         error=f.getErrorMessage(),
@@ -284,7 +290,7 @@ class RedisSubscription(Service):
                 super().connectionLost(why)
 
             def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                subscription._received(channel, message)
+                subscription.received(channel, message)
 
         cluster = self.cluster
         factory = txredisapi.RedisFactory(
@@ -311,7 +317,11 @@ class RedisSubscription(Service):
         stopped: Deferred[Any] = factory.disconnect()
         return stopped.addBoth(lambda _: None)
 
-    def _subscribed(self) -> None:
+    def subscriptionsMade(self) -> None:
+        """
+        The connection subscribed to every channel: read again what may
+        have been missed (the L{onSubscribed} callbacks).
+        """
         self.subscribed = True
         for resync in self._resyncs:
             try:
@@ -319,7 +329,10 @@ class RedisSubscription(Service):
             except Exception:
                 _log.failure("cluster: reading the fleet's state again failed")
 
-    def _received(self, channel: Any, message: Any) -> None:
+    def received(self, channel: Any, message: Any) -> None:
+        """
+        A message on C{channel}: to its handler (a failing one is logged).
+        """
         if isinstance(channel, bytes):
             channel = channel.decode("utf-8", "replace")
         if isinstance(message, bytes):

@@ -188,13 +188,19 @@ class _RespFactory(Factory):
 
     noisy = False
 
-    def __init__(self, link: RespLink) -> None:
-        self.link = link
+    def __init__(
+        self,
+        clock: IReactorTime,
+        replyTimeout: float,
+        onConnection: Callable[[RespProtocol, bool], None],
+    ) -> None:
+        self.clock = clock
+        self.replyTimeout = replyTimeout
+        self.onConnection = onConnection
 
     def buildProtocol(self, addr: IAddress | None) -> RespProtocol:
-        link = self.link
-        protocol = RespProtocol(link._reactor, link.replyTimeout)
-        protocol.onConnection = link._connection
+        protocol = RespProtocol(self.clock, self.replyTimeout)
+        protocol.onConnection = self.onConnection
         return protocol
 
 
@@ -261,7 +267,7 @@ class RespLink(Service):
             endpoint = redisEndpoint(self._reactor, self.cluster)
         self._client = ClientService(
             endpoint,
-            _RespFactory(self),
+            _RespFactory(self._reactor, self.replyTimeout, self._connection),
             retryPolicy=self._retryDelay,
             clock=self._reactor,
         )
