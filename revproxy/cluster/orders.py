@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from revproxy.acme import AcmeBackoff, AcmeError
 from revproxy.acme.schedule import backoffDelay
@@ -192,23 +193,20 @@ class FleetOrders:
         """
         See L{revproxy.acme.renewal.Orders.order}.
         """
-        return ensureDeferred(self._order(site, issue, wanted, forced))
+        ordering = ensureDeferred(self._order(site, issue, wanted, forced))
+        return ordering.addErrback(self._redisFailed)
 
-    async def _order(
-        self,
-        site: str,
-        issue: Callable[[], Deferred[CertificateRecord]],
-        wanted: Callable[[CertificateRecord], bool],
-        forced: bool,
-    ) -> tuple[CertificateRecord, str]:
-        try:
-            return await self._orderOnce(site, issue, wanted, forced)
-        except _RedisFailed as e:
-            raise _waitForRedis(
-                f"Redis failed during the order ({e}); the current certificate "
-                f"is served",
-                self._clock.seconds(),
-            ) from e
+    def _redisFailed(self, failure: Failure) -> NoReturn:
+        """
+        Redis failing during an order is the wait for Redis (L{_RedisFailed}
+        becomes L{_waitForRedis}'s back-off); any other failure stays.
+        """
+        failure.trap(_RedisFailed)
+        raise _waitForRedis(
+            f"Redis failed during the order ({failure.value}); the current "
+            f"certificate is served",
+            self._clock.seconds(),
+        ) from failure.value
 
     async def _redis(self, asked: Awaitable[T]) -> T:
         """
@@ -223,7 +221,7 @@ class FleetOrders:
         except Exception as e:
             raise _RedisFailed(str(e) or type(e).__name__) from e
 
-    async def _orderOnce(
+    async def _order(
         self,
         site: str,
         issue: Callable[[], Deferred[CertificateRecord]],

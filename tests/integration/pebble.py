@@ -30,10 +30,8 @@ import trustme
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (
     Agent,
@@ -45,9 +43,9 @@ from twisted.web.client import (
 from tests.integration.support import (
     EXIT_TIMEOUT,
     START_TIMEOUT,
+    ChildOutput,
     IIntegrationReactor,
     closedPorts,
-    exitCode,
     getReactor,
     waitFor,
     withTimeout,
@@ -55,35 +53,6 @@ from tests.integration.support import (
 
 PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
-
-
-class _Child(ProcessProtocol):
-    """
-    Keeps a child's output and tells when it ends.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.output = b""
-        self.ended: Deferred[int] = Deferred()
-        self.exitCode: int | None = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exitCode = exitCode(reason)
-        self.ended.callback(self.exitCode)
-
-    @property
-    def running(self) -> bool:
-        """
-        Whether the child has not ended yet.
-        """
-        return not self.ended.called
 
 
 class Pebble:
@@ -134,9 +103,9 @@ class Pebble:
         self.caFile = os.path.join(directory, "ca.pem")
         self.configFile = os.path.join(directory, "pebble-config.json")
         self._ca: Any = None
-        self._pebble: _Child | None = None
-        self._dns: _Child | None = None
-        self._transports: list[tuple[_Child, IProcessTransport]] = []
+        self._pebble: ChildOutput | None = None
+        self._dns: ChildOutput | None = None
+        self._transports: list[tuple[ChildOutput, IProcessTransport]] = []
 
     @property
     def output(self) -> str:
@@ -178,18 +147,18 @@ class Pebble:
         with open(self.configFile, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> _Child:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ChildOutput:
         """
         Start one child in the work directory.
         """
-        child = _Child(name)
+        child = ChildOutput(name)
         transport = self.reactor.spawnProcess(
             child, argv[0], argv, env=env, path=self.directory
         )
         self._transports.append((child, transport))
         return child
 
-    async def _waitOutput(self, child: _Child, text: bytes) -> None:
+    async def _waitOutput(self, child: ChildOutput, text: bytes) -> None:
         """
         Wait until C{child} writes C{text}; fail with the output if it ends
         first or takes longer than L{START_TIMEOUT}.

@@ -1411,12 +1411,14 @@ async def pingRedis(
     return line
 
 
-class _RedisProtocol(ProcessProtocol):
+class ChildOutput(ProcessProtocol):
     """
-    Collects C{redis-server}'s output and tells when it ends.
+    Keeps a child's output (C{redis-server}, C{haproxy}, pebble) and tells
+    when it ends.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.output = b""
         self.ended: Deferred[int] = Deferred()
         self.exitCode: int | None = None
@@ -1430,6 +1432,13 @@ class _RedisProtocol(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.exitCode = exitCode(reason)
         self.ended.callback(self.exitCode)
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether the child has not ended yet.
+        """
+        return not self.ended.called
 
 
 class RedisServer:
@@ -1455,7 +1464,7 @@ class RedisServer:
         self.directory = directory
         self.port = port
         self.password = password
-        self._protocol: _RedisProtocol | None = None
+        self._protocol: ChildOutput | None = None
         self._transport: IProcessTransport | None = None
 
     @property
@@ -1510,7 +1519,7 @@ class RedisServer:
                 " make debian-deps installs it)"
             )
         os.makedirs(self.directory, exist_ok=True)
-        self._protocol = protocol = _RedisProtocol()
+        self._protocol = protocol = ChildOutput()
         self._transport = self.reactor.spawnProcess(
             protocol,
             executable,
@@ -1530,7 +1539,7 @@ class RedisServer:
                 f"redis-server did not start on port {self.port}: {e}\n{self.output}"
             ) from e
 
-    async def _waitPong(self, protocol: _RedisProtocol) -> None:
+    async def _waitPong(self, protocol: ChildOutput) -> None:
         """
         Ping until the server answers C{+PONG}; fail at once if it ends.
         """
@@ -1659,13 +1668,6 @@ def listeningInodes(port: int) -> set[int]:
     return inodes
 
 
-class _HAProxyProtocol(_RedisProtocol):
-    """
-    Collects C{haproxy}'s output (its connection log, its warnings) and
-    tells when it ends.
-    """
-
-
 class HAProxyConnection:
     """
     One connection HAProxy forwarded (or failed to), from its log.
@@ -1731,7 +1733,7 @@ class HAProxy:
         self.checkInterval = checkInterval
         self._ports = dict(zip(self.fronts, closedPorts(len(self.fronts)), strict=True))
         self.configFile = os.path.join(directory, "haproxy.cfg")
-        self._protocol: _HAProxyProtocol | None = None
+        self._protocol: ChildOutput | None = None
         self._transport: IProcessTransport | None = None
 
     def port(self, front: str) -> int:
@@ -1826,7 +1828,7 @@ class HAProxy:
             )
         os.makedirs(self.directory, exist_ok=True)
         replaceFile(self.configFile, self.configText)
-        self._protocol = protocol = _HAProxyProtocol()
+        self._protocol = protocol = ChildOutput()
         self._transport = transport = self.reactor.spawnProcess(
             protocol,
             HAPROXY,
